@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh Debian machine, then runs it.
+# Usage: bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium chromium-driver)
+command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_apt[@]}"
+  else
+    echo "missing system packages: ${need_apt[*]} (run: sudo apt-get install ${need_apt[*]})" >&2
+  fi
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+# torch==2.13.0 is the CPU build; pinned in pyproject.toml.
+.venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+exec .venv/bin/python -m pytest -n 2 "$@"

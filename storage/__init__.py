@@ -1,0 +1,55 @@
+"""The cnnviz run store: SQLite (or any SQLAlchemy database) holding traced runs.
+
+Works on NumPy arrays and plain records; never imports torch.
+"""
+
+from .codec import JSON_COPY_MAX_NUMEL, CodecError
+from .records import (
+    PHASES,
+    ROLES,
+    RUN_COMPLETED,
+    RUN_FAILED,
+    RUN_INTERRUPTED,
+    RUN_RUNNING,
+    IterationRecord,
+    LayerInfo,
+    RunInfo,
+    StepRecord,
+    TensorRecord,
+)
+from .schema import SCHEMA_VERSION
+from .store import (
+    DB_ENV_VAR,
+    DEFAULT_DB,
+    IterationSummary,
+    RunStore,
+    RunWriter,
+    StoreError,
+    default_db,
+    open_engine,
+)
+
+__all__ = [
+    "CodecError",
+    "DB_ENV_VAR",
+    "DEFAULT_DB",
+    "IterationRecord",
+    "IterationSummary",
+    "JSON_COPY_MAX_NUMEL",
+    "LayerInfo",
+    "PHASES",
+    "ROLES",
+    "RUN_COMPLETED",
+    "RUN_FAILED",
+    "RUN_INTERRUPTED",
+    "RUN_RUNNING",
+    "RunInfo",
+    "RunStore",
+    "RunWriter",
+    "SCHEMA_VERSION",
+    "StepRecord",
+    "StoreError",
+    "TensorRecord",
+    "default_db",
+    "open_engine",
+]

@@ -1,0 +1,83 @@
+"""Tensor <-> bytes, losslessly and without pickle, plus the summary columns."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+# Only plain numeric kinds ever come out of a store: bool, signed, unsigned, float.
+_ALLOWED_KINDS = "biuf"
+
+# Tensors up to this many elements also get a JSON copy for the sqlite3 shell.
+JSON_COPY_MAX_NUMEL = 4096
+
+
+class CodecError(ValueError):
+    pass
+
+
+def to_little_endian(array: np.ndarray) -> np.ndarray:
+    array = np.ascontiguousarray(array)
+    if array.dtype.kind not in _ALLOWED_KINDS:
+        raise CodecError(f"cannot store a tensor of dtype {array.dtype}")
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return array
+
+
+def encode(array: np.ndarray) -> tuple[bytes, str]:
+    """Raw C-order little-endian bytes and the NumPy dtype string that reads them."""
+    array = to_little_endian(array)
+    return array.tobytes(order="C"), array.dtype.str
+
+
+def decode(data: bytes, dtype: str, shape: tuple[int, ...] | None) -> np.ndarray:
+    """Inverse of `encode`. `shape` None gives the flat array (a truncated tensor)."""
+    try:
+        np_dtype = np.dtype(dtype)
+    except TypeError as exc:
+        raise CodecError(f"unknown dtype {dtype!r} in store") from exc
+    if np_dtype.kind not in _ALLOWED_KINDS:
+        raise CodecError(f"refusing to read dtype {dtype!r} from a store")
+    flat = np.frombuffer(data, dtype=np_dtype).copy()
+    return flat if shape is None else flat.reshape(shape)
+
+
+def summarize(array: np.ndarray) -> dict[str, float | int | None]:
+    """min, max, mean, std, l2 over the finite values; counts of NaN and Inf."""
+    values = np.asarray(array)
+    if values.dtype.kind == "b":
+        values = values.astype(np.int64)
+    values = values.astype(np.float64, copy=False).ravel()
+    nan_count = int(np.isnan(values).sum())
+    inf_count = int(np.isinf(values).sum())
+    finite = values[np.isfinite(values)] if nan_count or inf_count else values
+    if finite.size == 0:
+        stats: dict[str, float | int | None] = dict(min=None, max=None, mean=None, std=None, l2=None)
+    else:
+        stats = dict(
+            min=float(finite.min()),
+            max=float(finite.max()),
+            mean=float(finite.mean()),
+            std=float(finite.std()),
+            l2=float(math.sqrt(float(np.dot(finite, finite)))),
+        )
+    stats["nan_count"] = nan_count
+    stats["inf_count"] = inf_count
+    return stats
+
+
+def json_elements(array: np.ndarray) -> str | None:
+    """A JSON array of the flat values for small tensors (NaN/Inf as null), else None."""
+    if array.size > JSON_COPY_MAX_NUMEL:
+        return None
+    flat = np.asarray(array).ravel()
+    if flat.dtype.kind == "f":
+        items = [float(v) if math.isfinite(v) else None for v in flat.tolist()]
+    elif flat.dtype.kind == "b":
+        items = [int(v) for v in flat.tolist()]
+    else:
+        items = flat.tolist()
+    return json.dumps(items, separators=(",", ":"))

@@ -1,0 +1,161 @@
+"""Plain domain records that cross the tracer -> storage -> dashapp boundary.
+
+Only NumPy and the standard library live here: the storage layer and the
+dashboard must work without torch. ORM rows never leave `storage`; callers get
+these dataclasses instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Roles a stored tensor can play. The dashboard's compare page picks tensors by role.
+ROLE_INPUT = "input"  # the batch fed to the model
+ROLE_TARGET = "target"  # the labels
+ROLE_PARAM = "param"  # a parameter before the optimizer step
+ROLE_PARAM_GRAD = "param_grad"  # dL/dparam as autograd left it in .grad
+ROLE_PARAM_NEXT = "param_next"  # a parameter after the optimizer step
+ROLE_UPDATE = "update"  # param_next - param
+ROLE_ACTIVATION = "activation"  # a layer's output
+ROLE_ACTIVATION_GRAD = "activation_grad"  # dL/d(layer output)
+ROLE_INPUT_GRAD = "input_grad"  # dL/d(model input)
+ROLE_INTERMEDIATE = "intermediate"  # a matrix the explainer built (X_col, mask, argmax...)
+ROLE_OPTIMIZER_STATE = "optimizer_state"  # momentum buffers, Adam moments
+ROLE_OUTPUT = "output"  # probabilities, predictions, loss
+
+ROLES = (
+    ROLE_INPUT,
+    ROLE_TARGET,
+    ROLE_PARAM,
+    ROLE_PARAM_GRAD,
+    ROLE_PARAM_NEXT,
+    ROLE_UPDATE,
+    ROLE_ACTIVATION,
+    ROLE_ACTIVATION_GRAD,
+    ROLE_INPUT_GRAD,
+    ROLE_INTERMEDIATE,
+    ROLE_OPTIMIZER_STATE,
+    ROLE_OUTPUT,
+)
+
+PHASES = ("forward", "backward", "update")
+
+RUN_RUNNING = "running"
+RUN_COMPLETED = "completed"
+RUN_FAILED = "failed"
+RUN_INTERRUPTED = "interrupted"
+
+
+@dataclass
+class TensorRecord:
+    """One named tensor of one iteration.
+
+    `array` holds what is stored. When a storage bound truncated it, `shape` is
+    still the full tensor's shape, `array` is its first `array.size` elements in
+    C order, and the summary statistics describe the full tensor.
+    """
+
+    name: str  # unique within the iteration, e.g. "conv1.weight.grad"
+    role: str  # one of ROLES
+    array: np.ndarray
+    layer: str | None = None  # the module's qualified name, None for model-level tensors
+    shape: tuple[int, ...] | None = None  # full shape; defaults to array.shape
+    summary: dict[str, float] | None = None  # filled by storage when None
+    id: int | None = None  # the database id once stored
+
+    def __post_init__(self) -> None:
+        if self.shape is None:
+            self.shape = tuple(int(d) for d in self.array.shape)
+
+    @property
+    def truncated(self) -> bool:
+        return int(np.prod(self.shape, dtype=np.int64)) != int(self.array.size)
+
+
+@dataclass
+class StepRecord:
+    """One forward, backward or update step written out in matrix form.
+
+    `formula` is the general LaTeX; `formula_values` the same with the real
+    numbers. `max_abs_diff` is the largest |ours - PyTorch's| over the tensors
+    the step produced, and `verified` says it was within tolerance. A step with
+    no PyTorch counterpart (an intermediate matrix) has `reference` None.
+    """
+
+    layer: str
+    phase: str  # one of PHASES
+    title: str
+    formula: str
+    formula_values: str
+    inputs: list[str] = field(default_factory=list)  # tensor names read
+    outputs: list[str] = field(default_factory=list)  # tensor names produced
+    reference: str | None = None  # what it was checked against, in words
+    max_abs_diff: float | None = None
+    verified: bool | None = None
+    note: str = ""  # prose shown under the step (ties, accumulation, ...)
+    position: int = 0  # order within the iteration, set by the tracer
+
+
+@dataclass
+class IterationRecord:
+    index: int  # 1-based
+    loss: float
+    tensors: list[TensorRecord]
+    steps: list[StepRecord]
+    learning_rate: float | None = None
+    accuracy: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    created_at: dt.datetime | None = None
+
+    def tensor(self, name: str) -> TensorRecord:
+        for record in self.tensors:
+            if record.name == name:
+                return record
+        raise KeyError(name)
+
+
+@dataclass
+class LayerInfo:
+    """One layer of the traced model, in call order."""
+
+    position: int
+    name: str  # qualified module name, e.g. "features.0"
+    type: str  # class name, e.g. "Conv2d"
+    input_shape: tuple[int, ...] | None
+    output_shape: tuple[int, ...] | None
+    num_params: int
+    description: str  # one line, e.g. "Conv2d(1 -> 1, kernel 2x2, stride 1)"
+    formula: str  # LaTeX defining the layer
+    explained: bool = True  # False: no matrix decomposition, raw tensors only
+
+
+@dataclass
+class RunInfo:
+    name: str
+    seed: int | None = None
+    model_name: str = ""
+    model_description: str = ""
+    optimizer: str = ""
+    optimizer_settings: dict[str, Any] = field(default_factory=dict)
+    loss_name: str = ""
+    dataset: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    torch_version: str = ""
+    cnnviz_version: str = ""
+    status: str = RUN_RUNNING
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    final_loss: float | None = None
+    num_iterations: int = 0
+    error: str | None = None
+    layers: list[LayerInfo] = field(default_factory=list)
+    id: int | None = None
+
+    @property
+    def learning_rate(self) -> float | None:
+        value = self.optimizer_settings.get("lr")
+        return float(value) if value is not None else None

@@ -1,0 +1,201 @@
+"""What an explainer receives (`LayerCall`), how it emits steps (`StepContext`),
+and the registry from module type to explainer.
+
+An explainer recomputes a layer's forward and backward in matrix form with
+NumPy (float64), from the layer's captured inputs, parameters and upstream
+gradient only, and hands each result to `StepContext.step` together with the
+tensor PyTorch produced. The context records the largest absolute difference
+and whether it is within float32 tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from storage.records import ROLE_INTERMEDIATE, StepRecord, TensorRecord
+
+# |ours - torch| <= ATOL + RTOL * max|torch| counts as verified. Ours is float64
+# from float32 inputs, PyTorch's is float32, so a few float32 ulps of the
+# largest magnitude is the honest bound.
+ATOL = 1e-5
+RTOL = 1e-5
+
+
+@dataclass
+class LayerCall:
+    """One call of one module during the traced forward pass, with what backward gave it."""
+
+    name: str  # module qualified name; "name#2" for a second call
+    module: Any  # the torch.nn.Module (explainers read its settings only)
+    inputs: list[np.ndarray]  # values at call time (copied before the module ran)
+    output: np.ndarray
+    input_names: list[str]  # stored tensor names of inputs / output
+    output_name: str
+    params: dict[str, np.ndarray] = field(default_factory=dict)  # local name -> value
+    param_names: dict[str, str] = field(default_factory=dict)  # local name -> stored name
+    grad_output: np.ndarray | None = None  # dL/d(output) from autograd
+    grad_inputs: list[np.ndarray | None] = field(default_factory=list)  # dL/d(input) from autograd
+    param_grads: dict[str, np.ndarray | None] = field(default_factory=dict)  # from autograd
+    grad_output_name: str | None = None
+    grad_input_names: list[str | None] = field(default_factory=list)
+    param_grad_names: dict[str, str] = field(default_factory=dict)
+    buffers: dict[str, np.ndarray] = field(default_factory=dict)  # module buffers before the call
+    buffers_after: dict[str, np.ndarray] = field(default_factory=dict)  # ... and after it
+    shared_params: bool = False  # params also used by another call: .grad is a sum over calls
+    training: bool = True
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.inputs[0]
+
+
+class StepContext:
+    """Collects the steps and intermediate tensors an explainer produces."""
+
+    def __init__(self, call: LayerCall, phase: str, layer: str | None = None):
+        self.call = call
+        self.phase = phase
+        self.layer = layer or call.name  # steps are grouped under this layer name
+        self.steps: list[StepRecord] = []
+        self.tensors: list[TensorRecord] = []
+        self._names: set[str] = set()
+        self.param_grads: dict[str, np.ndarray] = {}  # ours, for shared-parameter sums
+
+    def tensor(self, suffix: str, array: np.ndarray, role: str = ROLE_INTERMEDIATE) -> str:
+        """Store an intermediate matrix of this layer; returns its tensor name."""
+        name = f"{self.call.name}.{suffix}"
+        if name not in self._names:
+            self._names.add(name)
+            self.tensors.append(
+                TensorRecord(name=name, role=role, array=_as_stored(array), layer=self.layer)
+            )
+        return name
+
+    def step(
+        self,
+        title: str,
+        formula: str,
+        values: str,
+        *,
+        inputs: list[str | None],
+        outputs: list[str | None],
+        checks: list[tuple[np.ndarray, np.ndarray | None, str]] = (),
+        note: str = "",
+    ) -> StepRecord:
+        """Record a step. `checks` holds (ours, PyTorch's, what) triples.
+
+        A check whose PyTorch tensor is None (autograd did not compute it, e.g.
+        dL/dx of an input that does not require grad) is skipped and said so.
+        """
+        max_diff: float | None = None
+        verified: bool | None = None
+        references = []
+        for ours, theirs, what in checks:
+            if theirs is None:
+                references.append(f"{what}: not computed by autograd")
+                continue
+            ours64 = np.asarray(ours, dtype=np.float64)
+            theirs64 = np.asarray(theirs, dtype=np.float64)
+            if ours64.shape != theirs64.shape:
+                raise AssertionError(
+                    f"{self.call.name} {title}: shape {ours64.shape} vs PyTorch {theirs64.shape}"
+                )
+            diff = float(np.max(np.abs(ours64 - theirs64))) if ours64.size else 0.0
+            if np.isnan(diff):
+                both_nan = np.array_equal(np.isnan(ours64), np.isnan(theirs64))
+                diff = 0.0 if both_nan else float("inf")
+            scale = float(np.max(np.abs(theirs64[np.isfinite(theirs64)]), initial=0.0))
+            ok = diff <= ATOL + RTOL * scale
+            max_diff = diff if max_diff is None else max(max_diff, diff)
+            verified = ok if verified is None else (verified and ok)
+            references.append(what)
+        record = StepRecord(
+            layer=self.layer,
+            phase=self.phase,
+            title=title,
+            formula=formula,
+            formula_values=values,
+            inputs=[n for n in inputs if n],
+            outputs=[n for n in outputs if n],
+            reference="; ".join(references) if references else None,
+            max_abs_diff=max_diff,
+            verified=verified,
+            note=note,
+        )
+        self.steps.append(record)
+        return record
+
+    def param_grad(self, local: str, ours: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str]:
+        """A check triple for dL/d(param). With shared parameters .grad sums every
+        call's contribution, so a single call is checked in the final sum instead."""
+        self.param_grads[local] = ours
+        if self.call.shared_params:
+            return ours, None, f"dL/d{local} of this call (checked in the sum over calls)"
+        return ours, self.call.param_grads.get(local), f"autograd {self.call.param_names[local]}.grad"
+
+
+def _as_stored(array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array)
+    if array.dtype == np.float64:
+        return array.astype(np.float32)
+    return array
+
+
+class Explainer:
+    """Base class: one subclass per module type, registered with `@register`.
+
+    `forward` and `backward` append steps to the context. `describe` gives the
+    one-line description and the defining formula for the architecture page.
+    """
+
+    formula: ClassVar[str] = ""
+
+    def describe(self, module) -> str:
+        return repr(module)
+
+    def forward(self, call: LayerCall, ctx: StepContext) -> None:
+        raise NotImplementedError
+
+    def backward(self, call: LayerCall, ctx: StepContext) -> None:
+        raise NotImplementedError
+
+
+_REGISTRY: dict[type, Explainer] = {}
+
+
+def register(*module_types: type):
+    """Class decorator: `@register(nn.Conv2d)` makes the class explain Conv2d calls."""
+
+    def wrap(cls: type[Explainer]) -> type[Explainer]:
+        instance = cls()
+        for module_type in module_types:
+            _REGISTRY[module_type] = instance
+        return cls
+
+    return wrap
+
+
+class Unsupported(Exception):
+    """An explainer cannot write this call in matrix form (an unusual setting).
+
+    The tracer then stores the call's raw tensors and a warning naming why.
+    """
+
+
+def explainer_for(obj) -> Explainer | None:
+    """The explainer of the object's type, or of a registered base class whose
+    forward it does not override (a subclass with its own forward is unknown math)."""
+    own = type(obj)
+    for cls in own.__mro__:
+        if cls in _REGISTRY:
+            if cls is own or getattr(own, "forward", None) is getattr(cls, "forward", None):
+                return _REGISTRY[cls]
+            return None
+    return None
+
+
+def registered_types() -> list[type]:
+    return list(_REGISTRY)

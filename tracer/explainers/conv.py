@@ -1,0 +1,218 @@
+"""Conv2d as im2col: a patch matrix times the flattened kernel, and its backward.
+
+Forward:  X_col = im2col(X)            # (N, C, H, W) -> (N*OH*OW, C/G*KH*KW), one row per output position
+          Y_col = X_col W_flat^T + b   # W (OC, C/G, KH, KW) -> W_flat (OC, C/G*KH*KW)
+          Y = reshape(Y_col)           # (N*OH*OW, OC) -> (N, OC, OH, OW)
+Backward: dW_flat = dY_col^T X_col,  db = sum of dY,  dX = col2im(dY_col W_flat)
+Groups split channels into G independent convolutions, one product each.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from .. import latex
+from .base import Explainer, LayerCall, StepContext, Unsupported, register
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def im2col(x, kernel, stride, padding, dilation, pad_value=0.0):
+    """(N, C, H, W) -> (N*OH*OW, C*KH*KW) patch matrix, columns ordered (c, kh, kw)."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    oh = conv_output_size(h, kh, sh, ph, dh)
+    ow = conv_output_size(w, kw, sw, pw, dw)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
+    cols = np.empty((n, oh, ow, c, kh, kw), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            window = xp[:, :, i * dh : i * dh + sh * oh : sh, j * dw : j * dw + sw * ow : sw]
+            cols[:, :, :, :, i, j] = window[:, :, :oh, :ow].transpose(0, 2, 3, 1)
+    return cols.reshape(n * oh * ow, c * kh * kw), (oh, ow)
+
+
+def col2im(cols, x_shape, kernel, stride, padding, dilation):
+    """Adjoint of im2col: adds every patch entry back onto the input position it came
+    from, so positions covered by several patches (overlapping windows) accumulate."""
+    n, c, h, w = x_shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    oh = conv_output_size(h, kh, sh, ph, dh)
+    ow = conv_output_size(w, kw, sw, pw, dw)
+    cols = cols.reshape(n, oh, ow, c, kh, kw)
+    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            xp[:, :, i * dh : i * dh + sh * oh : sh, j * dw : j * dw + sw * ow : sw] += cols[
+                :, :, :, :, i, j
+            ].transpose(0, 3, 1, 2)
+    return xp[:, :, ph : ph + h, pw : pw + w]
+
+
+def _settings(module: nn.Conv2d):
+    if isinstance(module.padding, str) and module.padding != "valid":
+        # 'same' pads asymmetrically for even kernels; not written out yet.
+        if module.padding == "same":
+            pads = [module.dilation[i] * (module.kernel_size[i] - 1) for i in range(2)]
+            if any(p % 2 for p in pads):
+                raise Unsupported("padding='same' with an even total padding split")
+            padding = tuple(p // 2 for p in pads)
+        else:
+            raise Unsupported(f"padding={module.padding!r}")
+    elif module.padding == "valid":
+        padding = (0, 0)
+    else:
+        padding = tuple(module.padding)
+    if module.padding_mode != "zeros":
+        raise Unsupported(f"padding_mode={module.padding_mode!r}")
+    return tuple(module.kernel_size), tuple(module.stride), padding, tuple(module.dilation)
+
+
+@register(nn.Conv2d)
+class Conv2dExplainer(Explainer):
+    formula = r"Y_{n,o} = b_o + \sum_{c}\sum_{i,j} W_{o,c,i,j}\, X_{n,c,\,s h + d i,\; s w + d j}"
+
+    def describe(self, module: nn.Conv2d) -> str:
+        k, s, p, d = module.kernel_size, module.stride, module.padding, module.dilation
+        extra = f", stride {s[0]}x{s[1]}" if s != (1, 1) else ""
+        extra += f", padding {p}" if p not in ((0, 0), "valid") else ""
+        extra += f", dilation {d[0]}x{d[1]}" if d != (1, 1) else ""
+        extra += f", groups {module.groups}" if module.groups != 1 else ""
+        extra += "" if module.bias is not None else ", no bias"
+        return (
+            f"2-D convolution, {module.in_channels} -> {module.out_channels} channels, "
+            f"kernel {k[0]}x{k[1]}{extra}"
+        )
+
+    def forward(self, call: LayerCall, ctx: StepContext) -> None:
+        module: nn.Conv2d = call.module
+        kernel, stride, padding, dilation = _settings(module)
+        x = call.x.astype(np.float64)  # (N, C, H, W)
+        w = call.params["weight"].astype(np.float64)  # (OC, C/G, KH, KW)
+        b = call.params["bias"].astype(np.float64) if "bias" in call.params else None
+        n, groups, oc = x.shape[0], module.groups, w.shape[0]
+        cg, ocg = x.shape[1] // groups, oc // groups
+
+        cols, ycols = [], []
+        for g in range(groups):
+            x_col, (oh, ow) = im2col(x[:, g * cg : (g + 1) * cg], kernel, stride, padding, dilation)
+            w_flat = w[g * ocg : (g + 1) * ocg].reshape(ocg, -1)  # (OC/G, C/G*KH*KW)
+            cols.append(x_col)
+            ycols.append(x_col @ w_flat.T)  # (N*OH*OW, OC/G)
+        y_col = np.concatenate(ycols, axis=1)  # (N*OH*OW, OC)
+        if b is not None:
+            y_col = y_col + b
+        y = y_col.reshape(n, oh, ow, oc).transpose(0, 3, 1, 2)  # -> (N, OC, OH, OW)
+
+        x_col = cols[0] if groups == 1 else np.concatenate(cols, axis=1)
+        x_col_name = ctx.tensor("X_col", x_col)
+        w_flat_all = w.reshape(oc, -1)
+        w_flat_name = ctx.tensor("W_flat", w_flat_all)
+        y_col_name = ctx.tensor("Y_col", y_col)
+        x_view, x_where = latex.as_matrix(call.x)
+        pad_note = f" after zero padding by {padding}" if padding != (0, 0) else ""
+        ctx.step(
+            "Unfold input patches (im2col)",
+            r"X_{col} = \operatorname{im2col}(X)",
+            rf"X{x_where and '_{' + x_where + '}'} = {latex.bmatrix(x_view)}"
+            rf"\;\Rightarrow\; X_{{col}} = {latex.bmatrix(x_col)}",
+            inputs=[call.input_names[0]],
+            outputs=[x_col_name],
+            note=(
+                f"Each row of X_col is one {kernel[0]}x{kernel[1]} window of the input{pad_note}, "
+                f"read row by row with stride {stride}; there is one row per output position "
+                f"({n} sample(s) x {oh}x{ow} positions = {x_col.shape[0]} rows)"
+                + (f", per group of {cg} channels" if groups > 1 else "")
+                + "."
+            ),
+        )
+        bias_tex = " + b" if b is not None else ""
+        bias_val = (
+            " + " + (latex.scalar(b[0]) if oc == 1 else latex.row_vector(b)) if b is not None else ""
+        )
+        ctx.step(
+            "Convolution as one matrix product",
+            r"Y_{col} = X_{col}\, W_{flat}^{\top}" + bias_tex,
+            rf"{latex.bmatrix(x_col)} {latex.bmatrix(w_flat_all.T)}{bias_val} = {latex.bmatrix(y_col)}",
+            inputs=[x_col_name, w_flat_name, call.param_names.get("bias")],
+            outputs=[y_col_name],
+            note="W_flat holds one flattened kernel per output channel"
+            + (" (block-diagonal across groups)" if groups > 1 else "")
+            + "; the bias is added to every row.",
+        )
+        y_view, y_where = latex.as_matrix(y)
+        ctx.step(
+            "Reshape to the output feature map",
+            r"Y = \operatorname{reshape}(Y_{col},\ N \times C_{out} \times H_{out} \times W_{out})",
+            rf"Y{y_where and '_{' + y_where + '}'} = {latex.bmatrix(y_view)}",
+            inputs=[y_col_name],
+            outputs=[call.output_name],
+            checks=[(y, call.output, "PyTorch conv2d output")],
+        )
+
+    def backward(self, call: LayerCall, ctx: StepContext) -> None:
+        module: nn.Conv2d = call.module
+        kernel, stride, padding, dilation = _settings(module)
+        x = call.x.astype(np.float64)
+        w = call.params["weight"].astype(np.float64)
+        dy = call.grad_output.astype(np.float64)  # (N, OC, OH, OW)
+        n, groups, oc = x.shape[0], module.groups, w.shape[0]
+        cg, ocg = x.shape[1] // groups, oc // groups
+        dy_col = dy.transpose(0, 2, 3, 1).reshape(-1, oc)  # (N*OH*OW, OC)
+
+        dw = np.empty_like(w)
+        dx = np.empty_like(x)
+        dx_cols = []
+        for g in range(groups):
+            x_col, _ = im2col(x[:, g * cg : (g + 1) * cg], kernel, stride, padding, dilation)
+            w_flat = w[g * ocg : (g + 1) * ocg].reshape(ocg, -1)
+            dy_g = dy_col[:, g * ocg : (g + 1) * ocg]
+            dw[g * ocg : (g + 1) * ocg] = (dy_g.T @ x_col).reshape(w_flat.shape[0], *w.shape[1:])
+            dx_col = dy_g @ w_flat  # (N*OH*OW, C/G*KH*KW)
+            dx_cols.append(dx_col)
+            dx[:, g * cg : (g + 1) * cg] = col2im(
+                dx_col, (n, cg, *x.shape[2:]), kernel, stride, padding, dilation
+            )
+        x_col_name = f"{call.name}.X_col"
+        dy_col_name = ctx.tensor("dY_col", dy_col)
+        dw_view, dw_where = latex.as_matrix(dw)
+        ctx.step(
+            "Gradient of the kernel",
+            r"\frac{\partial L}{\partial W_{flat}} = \Big(\frac{\partial L}{\partial Y_{col}}\Big)^{\top} X_{col}",
+            rf"{latex.bmatrix(dy_col.T)} X_{{col}} = {latex.bmatrix(dw.reshape(oc, -1))}"
+            rf"\;\Rightarrow\; \frac{{\partial L}}{{\partial W}}{dw_where and '_{' + dw_where + '}'} = {latex.bmatrix(dw_view)}",
+            inputs=[dy_col_name, x_col_name],
+            outputs=[call.param_grad_names.get("weight")],
+            checks=[ctx.param_grad("weight", dw)],
+            note="Each kernel entry collects, over every output position, the upstream gradient "
+            "times the input value that entry multiplied in the forward pass.",
+        )
+        if "bias" in call.params:
+            db = dy.sum(axis=(0, 2, 3))
+            ctx.step(
+                "Gradient of the bias",
+                r"\frac{\partial L}{\partial b_o} = \sum_{n,i,j} \frac{\partial L}{\partial Y_{n,o,i,j}}",
+                rf"\frac{{\partial L}}{{\partial b}} = {latex.bmatrix(db)}",
+                inputs=[call.grad_output_name],
+                outputs=[call.param_grad_names.get("bias")],
+                checks=[ctx.param_grad("bias", db)],
+                note="The bias is added at every output position, so its gradient is the sum of the upstream gradient over them.",
+            )
+        dx_col = dx_cols[0] if groups == 1 else np.concatenate(dx_cols, axis=1)
+        dx_col_name = ctx.tensor("dX_col", dx_col)
+        dx_view, dx_where = latex.as_matrix(dx)
+        ctx.step(
+            "Gradient of the input (col2im)",
+            r"\frac{\partial L}{\partial X} = \operatorname{col2im}\Big(\frac{\partial L}{\partial Y_{col}}\, W_{flat}\Big)",
+            rf"\frac{{\partial L}}{{\partial X_{{col}}}} = {latex.bmatrix(dx_col)}"
+            rf"\;\Rightarrow\; \frac{{\partial L}}{{\partial X}}{dx_where and '_{' + dx_where + '}'} = {latex.bmatrix(dx_view)}",
+            inputs=[dy_col_name, f"{call.name}.W_flat"],
+            outputs=[dx_col_name, call.grad_input_names[0] if call.grad_input_names else None],
+            checks=[(dx, call.grad_inputs[0] if call.grad_inputs else None, "autograd dL/dX")],
+            note="col2im adds each row of dL/dX_col back onto the input window it came from; "
+            "input positions covered by several windows accumulate their contributions. "
+            "This equals a full convolution of dL/dY with the 180-degree rotated kernel.",
+        )

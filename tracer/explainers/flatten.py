@@ -1,0 +1,63 @@
+"""Flatten: a reshape, forward and backward, with its index mapping."""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from .. import latex
+from .base import Explainer, LayerCall, StepContext, register
+
+
+@register(nn.Flatten)
+class FlattenExplainer(Explainer):
+    formula = r"x_{k} = A_{c,i,j},\quad k = c\,HW + i\,W + j"
+
+    def describe(self, module: nn.Flatten) -> str:
+        return f"reshape dims {module.start_dim}..{module.end_dim} into one (row-major order)"
+
+    def _shapes(self, call: LayerCall):
+        module: nn.Flatten = call.module
+        shape = call.x.shape
+        start = module.start_dim % len(shape)
+        end = module.end_dim % len(shape)
+        return shape, start, end
+
+    def forward(self, call: LayerCall, ctx: StepContext) -> None:
+        shape, start, end = self._shapes(call)
+        new_shape = shape[:start] + (int(np.prod(shape[start : end + 1])),) + shape[end + 1 :]
+        out = call.x.reshape(new_shape)
+        inner = shape[start : end + 1]
+        index_rule = (
+            r"k = c\,HW + i\,W + j"
+            if len(inner) == 3
+            else (r"k = i\,W + j" if len(inner) == 2 else r"k = i")
+        )
+        a_view, where = latex.as_matrix(call.x)
+        ctx.step(
+            "Flatten",
+            rf"x_k = A_{{\ldots}},\quad {index_rule}",
+            rf"A{'_{' + where + '}' if where else ''} = {latex.bmatrix(a_view)} \;\Rightarrow\; "
+            rf"x = {latex.bmatrix(out[0] if out.ndim == 2 and out.shape[0] == 1 else out)}",
+            inputs=[call.input_names[0]],
+            outputs=[call.output_name],
+            checks=[(out, call.output, "PyTorch flatten output")],
+            note=f"Shape {tuple(shape)} becomes {tuple(new_shape)}; entries are read row by row "
+            f"(row-major), so element {tuple(0 for _ in inner)} is x_0 and the last is "
+            f"x_{int(np.prod(inner)) - 1}. No number changes.",
+        )
+
+    def backward(self, call: LayerCall, ctx: StepContext) -> None:
+        shape, _, _ = self._shapes(call)
+        dx = call.grad_output.reshape(shape)
+        dx_view, where = latex.as_matrix(dx)
+        ctx.step(
+            "Unflatten the gradient",
+            r"\frac{\partial L}{\partial A_{\ldots}} = \frac{\partial L}{\partial x_k}"
+            r"\quad\text{(the inverse reshape)}",
+            rf"\frac{{\partial L}}{{\partial A}}{'_{' + where + '}' if where else ''} = {latex.bmatrix(dx_view)}",
+            inputs=[call.grad_output_name],
+            outputs=[call.grad_input_names[0]],
+            checks=[(dx, call.grad_inputs[0], "autograd dL/dA")],
+            note="Each gradient entry goes back to the position its value came from.",
+        )

@@ -1,0 +1,116 @@
+"""LaTeX for matrices with real numbers: bmatrix, truncation with ellipses, number format.
+
+A matrix beyond a readable size is shown with its first rows/columns, an
+ellipsis, and its last row/column; the full values stay in the stored tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+MAX_ROWS = 8
+MAX_COLS = 8
+
+
+def number_format(values: np.ndarray) -> str:
+    """One format for a whole matrix so that its columns line up when read."""
+    finite = np.abs(values[np.isfinite(values)]) if values.size else values
+    if values.dtype.kind in "biu":
+        return "int"
+    if finite.size == 0:
+        return "fixed"
+    largest = float(finite.max())
+    nonzero = finite[finite > 0]
+    smallest = float(nonzero.min()) if nonzero.size else 0.0
+    if largest >= 1e4 or (largest < 1e-3 and largest > 0) or (0 < smallest < 1e-4 and largest < 1e-2):
+        return "sci"
+    return "fixed"
+
+
+def fmt(value: float, style: str = "fixed") -> str:
+    """A number as LaTeX: 4 decimals, or mantissa x 10^e for tiny or huge values."""
+    if style == "int":
+        return str(int(value))
+    value = float(value)
+    if math.isnan(value):
+        return r"\text{NaN}"
+    if math.isinf(value):
+        return r"\infty" if value > 0 else r"-\infty"
+    if style == "sci" and value != 0.0:
+        mantissa, exponent = f"{value:.3e}".split("e")
+        return rf"{mantissa}\times 10^{{{int(exponent)}}}"
+    text = f"{value:.4f}"
+    return "0.0000" if text == "-0.0000" else text
+
+
+def scalar(value: float) -> str:
+    """A single number, with the format chosen for its own magnitude."""
+    return fmt(value, number_format(np.asarray([value], dtype=np.float64)))
+
+
+def _pick(n: int, limit: int) -> list[int | None]:
+    """Indices to show out of n: all of them, or a head, None (ellipsis), and the last."""
+    if n <= limit:
+        return list(range(n))
+    return list(range(limit - 2)) + [None, n - 1]
+
+
+def bmatrix(
+    values: np.ndarray,
+    max_rows: int = MAX_ROWS,
+    max_cols: int = MAX_COLS,
+    style: str | None = None,
+) -> str:
+    """A 0-, 1- or 2-D array as a LaTeX bmatrix (1-D arrays are column vectors)."""
+    array = np.asarray(values)
+    if array.ndim == 0:
+        return fmt(array.item(), style or number_format(array.reshape(1)))
+    if array.ndim == 1:
+        array = array.reshape(-1, 1)
+    if array.ndim != 2:
+        raise ValueError(f"bmatrix takes at most 2 dimensions, got shape {array.shape}")
+    style = style or number_format(array)
+    rows = _pick(array.shape[0], max_rows)
+    cols = _pick(array.shape[1], max_cols)
+    lines = []
+    for r in rows:
+        cells = []
+        for c in cols:
+            if r is None and c is None:
+                cells.append(r"\ddots")
+            elif r is None:
+                cells.append(r"\vdots")
+            elif c is None:
+                cells.append(r"\cdots")
+            else:
+                cells.append(fmt(array[r, c], style))
+        lines.append(" & ".join(cells))
+    return r"\begin{bmatrix}" + r" \\ ".join(lines) + r"\end{bmatrix}"
+
+
+def row_vector(values: np.ndarray, max_cols: int = MAX_COLS) -> str:
+    return bmatrix(np.asarray(values).reshape(1, -1), max_cols=max_cols)
+
+
+def as_matrix(array: np.ndarray) -> tuple[np.ndarray, str]:
+    """A 2-D view of an N-D tensor for a formula, and words saying which slice it is.
+
+    (N, C, H, W) shows sample 1, channel 1 as H x W; (N, F) shows the N x F matrix.
+    """
+    array = np.asarray(array)
+    if array.ndim <= 2:
+        return array, ""
+    lead = array.shape[:-2]
+    index = (0,) * len(lead)
+    if all(d == 1 for d in lead):
+        return array[index], ""
+    names = ["sample", "channel", "slice"]
+    where = ", ".join(f"{names[min(i, 2)]} 1 of {d}" for i, d in enumerate(lead) if d > 1)
+    return array[index], f"({where})"
+
+
+def aligned(*lines: str) -> str:
+    """Display math with one equation per line, aligned on '&'."""
+    return r"\begin{aligned}" + r" \\ ".join(lines) + r"\end{aligned}"
