@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine, create_engine, event, func, inspect, select, text
+from sqlalchemy import Engine, Integer, case, create_engine, event, func, inspect, select, text
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
@@ -262,7 +262,8 @@ class IterationSummary:
     learning_rate: float | None
     created_at: dt.datetime
     num_steps: int
-    num_verified: int
+    num_checked: int  # steps compared with a PyTorch tensor
+    num_verified: int  # ... and within tolerance
     worst_diff: float | None
 
 
@@ -449,11 +450,13 @@ class RunStore:
     def iterations(self, run_id: int) -> list[IterationSummary]:
         if not self._has_schema():
             return []
-        verified = func.sum(func.coalesce(schema.Step.verified, 0))
+        verified = func.sum(case((schema.Step.verified.is_(True), 1), else_=0), type_=Integer)
+        checked = func.sum(case((schema.Step.verified.is_not(None), 1), else_=0), type_=Integer)
         stmt = (
             select(
                 schema.Iteration,
                 func.count(schema.Step.id),
+                checked,
                 verified,
                 func.max(schema.Step.max_abs_diff),
             )
@@ -471,10 +474,11 @@ class RunStore:
                     learning_rate=it.learning_rate,
                     created_at=it.created_at,
                     num_steps=int(n or 0),
+                    num_checked=int(c or 0),
                     num_verified=int(v or 0),
                     worst_diff=worst,
                 )
-                for it, n, v, worst in session.execute(stmt)
+                for it, n, c, v, worst in session.execute(stmt)
             ]
 
     def load_iteration(

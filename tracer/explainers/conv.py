@@ -10,6 +10,8 @@ Groups split channels into G independent convolutions, one product each.
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import latex
@@ -50,6 +52,12 @@ def col2im(cols, x_shape, kernel, stride, padding, dilation):
                 :, :, :, :, i, j
             ].transpose(0, 3, 1, 2)
     return xp[:, :, ph : ph + h, pw : pw + w]
+
+
+def _torch_unfold(x, kernel, stride, padding, dilation) -> np.ndarray:
+    """PyTorch's own patch matrix, to check ours: (N, C*KH*KW, L) -> (N*L, C*KH*KW)."""
+    cols = F.unfold(torch.from_numpy(x), kernel, dilation=dilation, padding=padding, stride=stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1]).numpy()
 
 
 def _settings(module: nn.Conv2d):
@@ -121,6 +129,7 @@ class Conv2dExplainer(Explainer):
             rf"\;\Rightarrow\; X_{{col}} = {latex.bmatrix(x_col)}",
             inputs=[call.input_names[0]],
             outputs=[x_col_name],
+            checks=[(x_col, _torch_unfold(call.x, kernel, stride, padding, dilation), "torch.nn.functional.unfold")],
             note=(
                 f"Each row of X_col is one {kernel[0]}x{kernel[1]} window of the input{pad_note}, "
                 f"read row by row with stride {stride}; there is one row per output position "
@@ -139,6 +148,7 @@ class Conv2dExplainer(Explainer):
             rf"{latex.bmatrix(x_col)} {latex.bmatrix(w_flat_all.T)}{bias_val} = {latex.bmatrix(y_col)}",
             inputs=[x_col_name, w_flat_name, call.param_names.get("bias")],
             outputs=[y_col_name],
+            checks=[(y_col, call.output.transpose(0, 2, 3, 1).reshape(-1, oc), "PyTorch conv2d output, as rows")],
             note="W_flat holds one flattened kernel per output channel"
             + (" (block-diagonal across groups)" if groups > 1 else "")
             + "; the bias is added to every row.",

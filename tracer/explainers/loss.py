@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import nn
 
 from storage.records import ROLE_OUTPUT
@@ -53,6 +54,7 @@ class CrossEntropyExplainer(Explainer):
             rf",\quad \hat y = {latex.bmatrix(p.argmax(axis=1)) if n > 1 else int(p[0].argmax())}",
             inputs=[call.input_names[0]],
             outputs=[probs_name, pred_name],
+            checks=[(p, torch.softmax(torch.from_numpy(call.x), dim=1).numpy(), "torch.softmax of the logits")],
             note="Each row of probabilities sums to 1; the predicted class is the largest.",
         )
         picked = p[np.arange(n), y]

@@ -1,0 +1,84 @@
+"""Real processes against one real file: SIGKILL mid-trace, and concurrent writers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+from storage import RunStore
+
+TRACE = [sys.executable, "-m", "tracer.cli", "trace"]
+
+
+def _committed_iterations(path) -> int:
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("SELECT count(*) FROM iterations").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_sigkill_keeps_committed_iterations(db_path, cli_env):
+    proc = subprocess.Popen(
+        [*TRACE, "--db", str(db_path), "--epochs", "100000", "--seed", "3"],
+        env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while _committed_iterations(db_path) < 5:
+            assert proc.poll() is None, "the trace process ended before it was killed"
+            assert time.monotonic() < deadline, "no iterations committed in time"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    with RunStore(db_path) as store:
+        assert store.integrity_check() == "ok"
+        (run,) = store.list_runs()
+        # Unfinished and recognisable as such: still 'running', never finished.
+        assert run.status == "running" and run.finished_at is None
+        summaries = store.iterations(run.id)
+        assert len(summaries) >= 5 and run.num_iterations == len(summaries)
+        assert [s.index for s in summaries] == list(range(1, len(summaries) + 1))
+        # Every committed iteration is whole: all 23 steps, each verified.
+        for summary in summaries:
+            assert (summary.num_steps, summary.num_checked, summary.num_verified) == (23, 23, 23)
+            record = store.load_iteration(run.id, summary.index)
+            assert len(record.tensors) > 40
+
+    # The file keeps working for the next trace.
+    done = subprocess.run([*TRACE, "--db", str(db_path), "--seed", "4"], env=cli_env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with RunStore(db_path) as store:
+        assert [r.status for r in store.list_runs()] == ["running", "completed"]
+
+
+def test_concurrent_writers_all_succeed(db_path, cli_env):
+    writers = 4
+    procs = [
+        subprocess.Popen(
+            [*TRACE, "--db", str(db_path), "--seed", str(seed), "--epochs", "15", "--samples", "2"],
+            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for seed in range(writers)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    for proc, (_out, err) in zip(procs, results):
+        assert proc.returncode == 0, err
+    with RunStore(db_path) as store:
+        assert store.integrity_check() == "ok"
+        runs = store.list_runs()
+        assert sorted(r.seed for r in runs) == list(range(writers))
+        for run in runs:
+            assert run.status == "completed" and run.num_iterations == 15
+            assert [s.index for s in store.iterations(run.id)] == list(range(1, 16))
+    assert os.path.getsize(db_path) > 0
