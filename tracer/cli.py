@@ -121,12 +121,17 @@ def format_table(header, rows) -> str:
     return "\n".join(lines)
 
 
+# click >= 8.2 raises this for a group called with no arguments.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: click's usage errors and store errors become one line and exit 2."""
     try:
         cli.main(args=argv, prog_name="cnnviz", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelp as exc:  # pragma: no cover - click prints help itself
-        sys.exit(exc.exit_code)
+    except _NO_ARGS_IS_HELP as exc:  # bare `cnnviz`: the help text, not an error line
+        click.echo(exc.ctx.get_help() if exc.ctx else "cnnviz --help", err=True)
+        sys.exit(2)
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "cnnviz"
         click.echo(f"{command}: error: {exc.format_message()}", err=True)

@@ -1,0 +1,140 @@
+"""The command line as users run it: real processes, real store files."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+CNNVIZ = [sys.executable, "-m", "tracer.cli"]
+
+
+def run(args, env, cwd=None, timeout=120):
+    return subprocess.run([*CNNVIZ, *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_trace_prints_run_id_and_loss_table(tmp_path, cli_env):
+    db = tmp_path / "runs.db"
+    result = run(["trace", "--db", str(db), "--seed", "0"], cli_env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:2] == ["iter", "loss"]
+    assert [line.split()[0] for line in lines[1:4]] == ["1", "2", "3"]
+    assert all("23/23" in line for line in lines[1:4])
+    assert lines[-1] == f"run 1 'seed-cnn-seed0' stored in {db}"
+
+
+def test_default_location_and_env_var(tmp_path, cli_env):
+    assert run(["trace"], cli_env, cwd=tmp_path).returncode == 0
+    assert (tmp_path / "runs.db").exists()
+    env = {**cli_env, "CNNVIZ_DB": str(tmp_path / "from_env.db")}
+    assert run(["trace", "--seed", "2"], env, cwd=tmp_path).returncode == 0
+    listing = run(["runs"], env, cwd=tmp_path)
+    assert "seed-cnn-seed2" in listing.stdout and "seed-cnn-seed0" not in listing.stdout
+
+
+def test_runs_lists_both_seeds(tmp_path, cli_env):
+    db = str(tmp_path / "runs.db")
+    for seed in ("0", "1"):
+        assert run(["trace", "--db", db, "--seed", seed], cli_env).returncode == 0
+    listing = run(["runs", "--db", db], cli_env)
+    assert listing.returncode == 0
+    header, rule, *rows = listing.stdout.splitlines()
+    assert header.split()[:4] == ["id", "name", "seed", "model"]
+    assert [r.split()[1] for r in rows] == ["seed-cnn-seed0", "seed-cnn-seed1"]
+    assert all("completed" in r for r in rows)
+
+
+def test_runs_on_an_empty_store_says_how_to_create_one(tmp_path, cli_env):
+    db = tmp_path / "empty.db"
+    db.touch()
+    result = run(["runs", "--db", str(db)], cli_env)
+    assert result.returncode == 0
+    assert "cnnviz trace" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", "-1"], "'-1' is not a positive number"),
+        (["--lr", "0"], "'0' is not a positive number"),
+        (["--lr", "nan"], "is not a positive number"),
+        (["--lr", "abc"], "'abc' is not a number"),
+        (["--epochs", "0"], "--epochs"),
+        (["--samples", "0"], "--samples"),
+        (["--batch-size", "-2"], "--batch-size"),
+        (["--seed", "x"], "--seed"),
+        (["--model", "resnet-9000"], "unknown model 'resnet-9000'"),
+        (["--no-such-option"], "No such option"),
+    ],
+)
+def test_bad_arguments_fail_in_one_line_and_leave_the_store_alone(tmp_path, cli_env, seed_store, args, message):
+    db = tmp_path / "runs.db"
+    shutil.copy(seed_store, db)
+    before = digest(db)
+    result = run(["trace", "--db", str(db), *args], cli_env)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert message in result.stderr
+    assert digest(db) == before
+
+
+@pytest.mark.parametrize("where", ["directory", "under_a_file", "not_sqlite", "corrupt", "newer"])
+def test_bad_store_locations(tmp_path, cli_env, seed_store, where):
+    messages = {}
+    if where == "directory":
+        db, message = tmp_path, "is a directory"
+    elif where == "under_a_file":
+        (tmp_path / "file").write_text("x")
+        db, message = tmp_path / "file" / "runs.db", "cannot create"
+        messages["runs"] = "no store at"
+    elif where == "not_sqlite":
+        db, message = tmp_path / "notes.txt", "is not a SQLite database"
+        db.write_text("hello\n" * 10)
+    else:
+        db = tmp_path / "runs.db"
+        shutil.copy(seed_store, db)
+        if where == "corrupt":
+            data = bytearray(db.read_bytes())
+            data[100:4096] = b"\x00" * (4096 - 100)
+            db.write_bytes(bytes(data))
+            message = "cannot open"
+        else:
+            with sqlite3.connect(db) as conn:
+                conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+                conn.commit()
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            message = "upgrade cnnviz"
+    before = digest(db) if db.is_file() else None
+    for command in (["trace"], ["runs"]):
+        result = run([*command, "--db", str(db)], cli_env)
+        assert result.returncode == 2, (command, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert messages.get(command[0], message) in result.stderr
+    if before:
+        assert digest(db) == before
+
+
+def test_progress_bar_for_long_runs(tmp_path, cli_env):
+    result = run(["trace", "--db", str(tmp_path / "r.db"), "--epochs", "12"], cli_env)
+    assert result.returncode == 0, result.stderr
+    assert "tracing" in result.stdout
+    assert "run 1 'seed-cnn-seed0'" in result.stdout
+
+
+def test_help_and_version(cli_env):
+    for args in (["--help"], ["trace", "--help"], ["runs", "--help"], ["models", "--help"]):
+        result = run(args, cli_env)
+        assert result.returncode == 0 and "Usage:" in result.stdout
+    assert run(["--version"], cli_env).stdout.startswith("cnnviz, version")
+    assert "seed-cnn" in run(["models"], cli_env).stdout
