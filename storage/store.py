@@ -330,47 +330,82 @@ class RunWriter:
             )
 
     def add_iteration(self, record: IterationRecord) -> None:
-        with Session(self.engine) as session, session.begin():
-            iteration = schema.Iteration(
-                run_id=self.run_id,
-                index=record.index,
-                loss=float(record.loss),
-                accuracy=record.accuracy,
-                learning_rate=record.learning_rate,
-                warnings=list(record.warnings),
-                created_at=record.created_at or _utcnow(),
-            )
-            by_name: dict[str, schema.Tensor] = {}
-            for tensor in record.tensors:
-                by_name[tensor.name] = _tensor_row(tensor)
-            iteration.tensors = list(by_name.values())
-            steps = []
-            for position, step in enumerate(record.steps):
-                row = schema.Step(
-                    position=position,
-                    layer=step.layer,
-                    phase=step.phase,
-                    title=step.title,
-                    formula=step.formula,
-                    formula_values=step.formula_values,
-                    reference=step.reference,
-                    max_abs_diff=step.max_abs_diff,
-                    verified=step.verified,
-                    note=step.note,
-                )
-                links = []
-                for direction, names in (("in", step.inputs), ("out", step.outputs)):
-                    for pos, name in enumerate(dict.fromkeys(names)):
-                        if name not in by_name:
-                            raise ValueError(f"step {step.title!r} names unknown tensor {name!r}")
-                        links.append(
-                            schema.StepTensor(tensor=by_name[name], direction=direction, position=pos)
+        """Write one iteration in one immediate transaction.
+
+        Core executemany inserts rather than ORM objects: the unit of work costs
+        more than SQLite itself for the hundreds of rows an iteration has.
+        """
+        names = [tensor.name for tensor in record.tensors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"iteration {record.index} has duplicate tensor names")
+        known = set(names)
+        for step in record.steps:
+            for name in (*step.inputs, *step.outputs):
+                if name not in known:
+                    raise ValueError(f"step {step.title!r} names unknown tensor {name!r}")
+        tensor_rows, data_rows = [], []
+        for tensor in record.tensors:
+            row, data = _tensor_row(tensor)
+            tensor_rows.append(row)
+            data_rows.append(data)
+        with self.engine.begin() as conn:
+            iteration_id = conn.execute(
+                schema.Iteration.__table__.insert().returning(schema.Iteration.id),
+                dict(
+                    run_id=self.run_id,
+                    index=record.index,
+                    loss=float(record.loss),
+                    accuracy=record.accuracy,
+                    learning_rate=record.learning_rate,
+                    warnings=list(record.warnings),
+                    created_at=record.created_at or _utcnow(),
+                ),
+            ).scalar_one()
+            tensor_ids: dict[str, int] = {}
+            if tensor_rows:
+                for row in tensor_rows:
+                    row["iteration_id"] = iteration_id
+                ids = conn.execute(
+                    schema.Tensor.__table__.insert().returning(
+                        schema.Tensor.id, sort_by_parameter_order=True
+                    ),
+                    tensor_rows,
+                ).scalars().all()
+                tensor_ids = dict(zip(names, ids))
+                for data, tensor_id in zip(data_rows, ids):
+                    data["tensor_id"] = tensor_id
+                conn.execute(schema.TensorData.__table__.insert(), data_rows)
+            if record.steps:
+                step_ids = conn.execute(
+                    schema.Step.__table__.insert().returning(
+                        schema.Step.id, sort_by_parameter_order=True
+                    ),
+                    [
+                        dict(
+                            iteration_id=iteration_id,
+                            position=position,
+                            layer=step.layer,
+                            phase=step.phase,
+                            title=step.title,
+                            formula=step.formula,
+                            formula_values=step.formula_values,
+                            reference=step.reference,
+                            max_abs_diff=step.max_abs_diff,
+                            verified=step.verified,
+                            note=step.note,
                         )
-                row.tensor_links = links
-                steps.append(row)
-            iteration.steps = steps
-            session.add(iteration)
-            session.execute(
+                        for position, step in enumerate(record.steps)
+                    ],
+                ).scalars().all()
+                links = [
+                    dict(step_id=step_id, tensor_id=tensor_ids[name], direction=direction, position=pos)
+                    for step, step_id in zip(record.steps, step_ids)
+                    for direction, step_names in (("in", step.inputs), ("out", step.outputs))
+                    for pos, name in enumerate(dict.fromkeys(step_names))
+                ]
+                if links:
+                    conn.execute(schema.StepTensor.__table__.insert(), links)
+            conn.execute(
                 schema.Run.__table__.update()
                 .where(schema.Run.id == self.run_id)
                 .values(
@@ -388,23 +423,22 @@ class RunWriter:
             )
 
 
-def _tensor_row(tensor: TensorRecord) -> schema.Tensor:
+def _tensor_row(tensor: TensorRecord) -> tuple[dict, dict]:
+    """Column values for `tensors` and `tensor_data` (summaries of the full tensor)."""
     array = np.asarray(tensor.array)
     data, dtype = codec.encode(array)
     summary = tensor.summary or codec.summarize(array)
-    numel = int(np.prod(tensor.shape, dtype=np.int64))
-    row = schema.Tensor(
+    row = dict(
         name=tensor.name,
         layer=tensor.layer,
         role=tensor.role,
         dtype=dtype,
         shape=[int(d) for d in tensor.shape],
-        numel=numel,
+        numel=int(np.prod(tensor.shape, dtype=np.int64)),
         stored_numel=int(array.size),
         **summary,
     )
-    row.data = schema.TensorData(data=data, elements=codec.json_elements(array))
-    return row
+    return row, dict(data=data, elements=codec.json_elements(array))
 
 
 # ---------------------------------------------------------------- reading
