@@ -328,6 +328,10 @@ class RunWriter:
                 )
                 for layer in layers
             )
+            # The run's description gains the layer list, readable without a join.
+            run = session.get(schema.Run, self.run_id)
+            header = (run.model_description or "").split("\n")[0]
+            run.model_description = "\n".join([header, *(_layer_line(layer) for layer in layers)])
 
     def add_iteration(self, record: IterationRecord) -> None:
         """Write one iteration in one immediate transaction.
@@ -421,6 +425,15 @@ class RunWriter:
                 .where(schema.Run.id == self.run_id)
                 .values(status=status, finished_at=_utcnow(), error=error)
             )
+
+
+def _layer_line(layer: LayerInfo) -> str:
+    shapes = f"{_shape(layer.input_shape)} -> {_shape(layer.output_shape)}"
+    return f"{layer.name}: {layer.type} {shapes}, {layer.num_params} params"
+
+
+def _shape(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")" if shape is not None else "?"
 
 
 def _tensor_row(tensor: TensorRecord) -> tuple[dict, dict]:

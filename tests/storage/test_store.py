@@ -96,6 +96,7 @@ def test_readers_see_runs_layers_and_steps(db_path):
         assert run.learning_rate == 0.5
         full = store.get_run(run_id)
         assert [layer.name for layer in full.layers] == ["fc"]
+        assert full.model_description.splitlines()[1] == "fc: Linear (1, 3) -> (1, 2), 8 params"
         assert full.layers[0].input_shape == (1, 3)
         (summary,) = store.iterations(run_id)
         assert (summary.index, summary.num_steps, summary.num_checked, summary.num_verified) == (1, 1, 1, 1)
