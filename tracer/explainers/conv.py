@@ -16,6 +16,7 @@ from torch import nn
 
 from .. import latex
 from .base import Explainer, LayerCall, StepContext, Unsupported, register
+from .common import named
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -54,29 +55,74 @@ def col2im(cols, x_shape, kernel, stride, padding, dilation):
     return xp[:, :, ph : ph + h, pw : pw + w]
 
 
-def _torch_unfold(x, kernel, stride, padding, dilation) -> np.ndarray:
-    """PyTorch's own patch matrix, to check ours: (N, C*KH*KW, L) -> (N*L, C*KH*KW)."""
-    cols = F.unfold(torch.from_numpy(x), kernel, dilation=dilation, padding=padding, stride=stride)
+def _torch_unfold(x, kernel, stride, pads, dilation, mode="zeros") -> np.ndarray:
+    """PyTorch's own patch matrix, to check ours: F.pad then F.unfold,
+    (N, C*KH*KW, L) -> (N*L, C*KH*KW)."""
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    t = t[None] if t.dim() == 3 else t
+    if any(pads):
+        top, bottom, left, right = pads
+        t = F.pad(t, (left, right, top, bottom), mode="constant" if mode == "zeros" else mode)
+    cols = F.unfold(t, kernel, dilation=dilation, padding=0, stride=stride)
     return cols.transpose(1, 2).reshape(-1, cols.shape[1]).numpy()
 
 
+# PyTorch's padding modes and NumPy's names for the same rule.
+_NP_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
 def _settings(module: nn.Conv2d):
-    if isinstance(module.padding, str) and module.padding != "valid":
-        # 'same' pads asymmetrically for even kernels; not written out yet.
-        if module.padding == "same":
-            pads = [module.dilation[i] * (module.kernel_size[i] - 1) for i in range(2)]
-            if any(p % 2 for p in pads):
-                raise Unsupported("padding='same' with an even total padding split")
-            padding = tuple(p // 2 for p in pads)
-        else:
-            raise Unsupported(f"padding={module.padding!r}")
-    elif module.padding == "valid":
-        padding = (0, 0)
+    """kernel, stride, (top, bottom, left, right) padding, dilation, padding mode."""
+    kernel, dilation = tuple(module.kernel_size), tuple(module.dilation)
+    if module.padding == "valid":
+        pads = (0, 0, 0, 0)
+    elif module.padding == "same":
+        # The total d*(k-1) is split with the odd one out at the bottom/right, as PyTorch does.
+        total = [dilation[i] * (kernel[i] - 1) for i in range(2)]
+        pads = (total[0] // 2, total[0] - total[0] // 2, total[1] // 2, total[1] - total[1] // 2)
+    elif isinstance(module.padding, str):
+        raise Unsupported(f"padding={module.padding!r}")
     else:
-        padding = tuple(module.padding)
-    if module.padding_mode != "zeros":
+        ph, pw = module.padding
+        pads = (ph, ph, pw, pw)
+    if module.padding_mode != "zeros" and module.padding_mode not in _NP_PAD_MODES:
         raise Unsupported(f"padding_mode={module.padding_mode!r}")
-    return tuple(module.kernel_size), tuple(module.stride), padding, tuple(module.dilation)
+    return kernel, tuple(module.stride), pads, dilation, module.padding_mode
+
+
+def pad_index(h: int, w: int, pads, mode: str) -> np.ndarray:
+    """(H+top+bottom, W+left+right) map: the flat input index each padded position
+    copies, or -1 for a zero. One map serves the forward gather and its adjoint."""
+    top, bottom, left, right = pads
+    index = np.arange(h * w).reshape(h, w)
+    width = ((top, bottom), (left, right))
+    if mode == "zeros":
+        return np.pad(index, width, constant_values=-1)
+    return np.pad(index, width, mode=_NP_PAD_MODES[mode])
+
+
+def pad_input(x: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) -> (N, C, H', W') following `pad_index`."""
+    n, c = x.shape[:2]
+    flat = x.reshape(n, c, -1)
+    return np.where(index >= 0, flat[:, :, np.maximum(index, 0)], 0.0)
+
+
+def unpad_grad(dxp: np.ndarray, x_shape, index: np.ndarray) -> np.ndarray:
+    """Adjoint of `pad_input`: the gradient of every padded copy goes back to its source."""
+    n, c, h, w = x_shape
+    dx = np.zeros((n, c, h * w), dtype=dxp.dtype)
+    valid = index >= 0
+    np.add.at(dx, (slice(None), slice(None), index[valid]), dxp[:, :, valid])
+    return dx.reshape(x_shape)
+
+
+def _batched(x: np.ndarray) -> np.ndarray:
+    if x.ndim == 3:
+        return x[None]  # an unbatched (C, H, W) input is one sample
+    if x.ndim != 4:
+        raise Unsupported(f"input of rank {x.ndim}")
+    return x
 
 
 @register(nn.Conv2d)
@@ -87,6 +133,7 @@ class Conv2dExplainer(Explainer):
         k, s, p, d = module.kernel_size, module.stride, module.padding, module.dilation
         extra = f", stride {s[0]}x{s[1]}" if s != (1, 1) else ""
         extra += f", padding {p}" if p not in ((0, 0), "valid") else ""
+        extra += f" ({module.padding_mode})" if module.padding_mode != "zeros" and p not in ((0, 0), "valid") else ""
         extra += f", dilation {d[0]}x{d[1]}" if d != (1, 1) else ""
         extra += f", groups {module.groups}" if module.groups != 1 else ""
         extra += "" if module.bias is not None else ", no bias"
@@ -95,10 +142,19 @@ class Conv2dExplainer(Explainer):
             f"kernel {k[0]}x{k[1]}{extra}"
         )
 
+    @staticmethod
+    def _padded(call: LayerCall):
+        """The input padded as the module pads it, and the map back to the input."""
+        kernel, stride, pads, dilation, mode = _settings(call.module)
+        x = _batched(call.x.astype(np.float64))  # (N, C, H, W)
+        index = pad_index(x.shape[2], x.shape[3], pads, mode)
+        xp = pad_input(x, index) if any(pads) else x  # (N, C, H+top+bottom, W+left+right)
+        return x, xp, index, (kernel, stride, (0, 0), dilation), pads, mode
+
     def forward(self, call: LayerCall, ctx: StepContext) -> None:
         module: nn.Conv2d = call.module
-        kernel, stride, padding, dilation = _settings(module)
-        x = call.x.astype(np.float64)  # (N, C, H, W)
+        x, xp, _, geometry, pads, mode = self._padded(call)
+        kernel, stride, _, dilation = geometry
         w = call.params["weight"].astype(np.float64)  # (OC, C/G, KH, KW)
         b = call.params["bias"].astype(np.float64) if "bias" in call.params else None
         n, groups, oc = x.shape[0], module.groups, w.shape[0]
@@ -106,7 +162,7 @@ class Conv2dExplainer(Explainer):
 
         cols, ycols = [], []
         for g in range(groups):
-            x_col, (oh, ow) = im2col(x[:, g * cg : (g + 1) * cg], kernel, stride, padding, dilation)
+            x_col, (oh, ow) = im2col(xp[:, g * cg : (g + 1) * cg], *geometry)
             w_flat = w[g * ocg : (g + 1) * ocg].reshape(ocg, -1)  # (OC/G, C/G*KH*KW)
             cols.append(x_col)
             ycols.append(x_col @ w_flat.T)  # (N*OH*OW, OC/G)
@@ -120,21 +176,31 @@ class Conv2dExplainer(Explainer):
         w_flat_all = w.reshape(oc, -1)
         w_flat_name = ctx.tensor("W_flat", w_flat_all)
         y_col_name = ctx.tensor("Y_col", y_col)
-        x_view, x_where = latex.as_matrix(call.x)
-        pad_note = f" after zero padding by {padding}" if padding != (0, 0) else ""
+        if any(pads):
+            top, bottom, left, right = pads
+            kind = {"zeros": "zero", "replicate": "replicate (edge copy)"}.get(mode, mode)
+            pad_note = (
+                f" after {kind} padding ({top} row(s) on top, {bottom} at the bottom, "
+                f"{left} column(s) left, {right} right)"
+            )
+            shown = named("X_{pad}", xp)
+        else:
+            pad_note = ""
+            shown = named("X", x)
         ctx.step(
             "Unfold input patches (im2col)",
             r"X_{col} = \operatorname{im2col}(X)",
-            rf"X{x_where and '_{' + x_where + '}'} = {latex.bmatrix(x_view)}"
-            rf"\;\Rightarrow\; X_{{col}} = {latex.bmatrix(x_col)}",
+            rf"{shown} \;\Rightarrow\; X_{{col}} = {latex.bmatrix(x_col)}",
             inputs=[call.input_names[0]],
             outputs=[x_col_name],
-            checks=[(x_col, _torch_unfold(call.x, kernel, stride, padding, dilation), "torch.nn.functional.unfold")],
+            checks=[(x_col, _torch_unfold(call.x, kernel, stride, pads, dilation, mode), "torch F.pad + F.unfold")],
             note=(
                 f"Each row of X_col is one {kernel[0]}x{kernel[1]} window of the input{pad_note}, "
-                f"read row by row with stride {stride}; there is one row per output position "
-                f"({n} sample(s) x {oh}x{ow} positions = {x_col.shape[0]} rows)"
-                + (f", per group of {cg} channels" if groups > 1 else "")
+                f"taken with stride {stride}"
+                + (f" and dilation {dilation} (the window skips {dilation[0] - 1} row(s) / {dilation[1] - 1} column(s) between taps)" if dilation != (1, 1) else "")
+                + f"; there is one row per output position ({n} sample(s) x {oh}x{ow} positions "
+                f"= {x_col.shape[0]} rows)"
+                + (f". With {groups} groups the columns come in {groups} blocks of {cg} channel(s) each" if groups > 1 else "")
                 + "."
             ),
         )
@@ -142,16 +208,29 @@ class Conv2dExplainer(Explainer):
         bias_val = (
             " + " + (latex.scalar(b[0]) if oc == 1 else latex.row_vector(b)) if b is not None else ""
         )
+        if groups == 1:
+            product = rf"{latex.bmatrix(x_col)} {latex.bmatrix(w_flat_all.T)}"
+            formula = r"Y_{col} = X_{col}\, W_{flat}^{\top}" + bias_tex
+        else:
+            product = rf"\Big[\, X_{{col}}^{{(g)}} (W_{{flat}}^{{(g)}})^{{\top}} \,\Big]_{{g=1..{groups}}}"
+            formula = r"Y_{col}^{(g)} = X_{col}^{(g)}\, (W_{flat}^{(g)})^{\top}" + bias_tex
         ctx.step(
             "Convolution as one matrix product",
-            r"Y_{col} = X_{col}\, W_{flat}^{\top}" + bias_tex,
-            rf"{latex.bmatrix(x_col)} {latex.bmatrix(w_flat_all.T)}{bias_val} = {latex.bmatrix(y_col)}",
+            formula,
+            rf"{product}{bias_val} = {latex.bmatrix(y_col)}",
             inputs=[x_col_name, w_flat_name, call.param_names.get("bias")],
             outputs=[y_col_name],
-            checks=[(y_col, call.output.transpose(0, 2, 3, 1).reshape(-1, oc), "PyTorch conv2d output, as rows")],
+            checks=[
+                (y_col, call.output.reshape(n, oc, oh, ow).transpose(0, 2, 3, 1).reshape(-1, oc), "PyTorch conv2d output, as rows")
+            ],
             note="W_flat holds one flattened kernel per output channel"
-            + (" (block-diagonal across groups)" if groups > 1 else "")
-            + "; the bias is added to every row.",
+            + (
+                f"; group g multiplies its own {cg} input channel(s) by its own {ocg} kernel(s), "
+                "so the product is block-diagonal across groups"
+                if groups > 1
+                else ""
+            )
+            + ("; the bias is added to every row." if b is not None else "; this layer has no bias."),
         )
         y_view, y_where = latex.as_matrix(y)
         ctx.step(
@@ -160,32 +239,31 @@ class Conv2dExplainer(Explainer):
             rf"Y{y_where and '_{' + y_where + '}'} = {latex.bmatrix(y_view)}",
             inputs=[y_col_name],
             outputs=[call.output_name],
-            checks=[(y, call.output, "PyTorch conv2d output")],
+            checks=[(y.reshape(call.output.shape), call.output, "PyTorch conv2d output")],
         )
 
     def backward(self, call: LayerCall, ctx: StepContext) -> None:
         module: nn.Conv2d = call.module
-        kernel, stride, padding, dilation = _settings(module)
-        x = call.x.astype(np.float64)
+        x, xp, index, geometry, pads, mode = self._padded(call)
         w = call.params["weight"].astype(np.float64)
-        dy = call.grad_output.astype(np.float64)  # (N, OC, OH, OW)
         n, groups, oc = x.shape[0], module.groups, w.shape[0]
         cg, ocg = x.shape[1] // groups, oc // groups
+        dy = call.grad_output.astype(np.float64)
+        dy = dy.reshape((n,) + dy.shape[-3:])  # (N, OC, OH, OW)
         dy_col = dy.transpose(0, 2, 3, 1).reshape(-1, oc)  # (N*OH*OW, OC)
 
         dw = np.empty_like(w)
-        dx = np.empty_like(x)
+        dxp = np.empty_like(xp)
         dx_cols = []
         for g in range(groups):
-            x_col, _ = im2col(x[:, g * cg : (g + 1) * cg], kernel, stride, padding, dilation)
+            x_col, _ = im2col(xp[:, g * cg : (g + 1) * cg], *geometry)
             w_flat = w[g * ocg : (g + 1) * ocg].reshape(ocg, -1)
             dy_g = dy_col[:, g * ocg : (g + 1) * ocg]
             dw[g * ocg : (g + 1) * ocg] = (dy_g.T @ x_col).reshape(w_flat.shape[0], *w.shape[1:])
             dx_col = dy_g @ w_flat  # (N*OH*OW, C/G*KH*KW)
             dx_cols.append(dx_col)
-            dx[:, g * cg : (g + 1) * cg] = col2im(
-                dx_col, (n, cg, *x.shape[2:]), kernel, stride, padding, dilation
-            )
+            dxp[:, g * cg : (g + 1) * cg] = col2im(dx_col, (n, cg, *xp.shape[2:]), *geometry)
+        dx = unpad_grad(dxp, x.shape, index) if any(pads) else dxp
         x_col_name = f"{call.name}.X_col"
         dy_col_name = ctx.tensor("dY_col", dy_col)
         dw_view, dw_where = latex.as_matrix(dw)
@@ -198,7 +276,8 @@ class Conv2dExplainer(Explainer):
             outputs=[call.param_grad_names.get("weight")],
             checks=[ctx.param_grad("weight", dw)],
             note="Each kernel entry collects, over every output position, the upstream gradient "
-            "times the input value that entry multiplied in the forward pass.",
+            "times the input value that entry multiplied in the forward pass"
+            + (" (per group: a kernel only sees its own group's columns of X_col)." if groups > 1 else "."),
         )
         if "bias" in call.params:
             db = dy.sum(axis=(0, 2, 3))
@@ -214,6 +293,14 @@ class Conv2dExplainer(Explainer):
         dx_col = dx_cols[0] if groups == 1 else np.concatenate(dx_cols, axis=1)
         dx_col_name = ctx.tensor("dX_col", dx_col)
         dx_view, dx_where = latex.as_matrix(dx)
+        unpad = ""
+        if any(pads):
+            unpad = (
+                " The entries that landed on zero padding are dropped."
+                if mode == "zeros"
+                else f" The entries that landed on {mode} padding are added back onto the input "
+                "positions that padding copied."
+            )
         ctx.step(
             "Gradient of the input (col2im)",
             r"\frac{\partial L}{\partial X} = \operatorname{col2im}\Big(\frac{\partial L}{\partial Y_{col}}\, W_{flat}\Big)",
@@ -221,8 +308,11 @@ class Conv2dExplainer(Explainer):
             rf"\;\Rightarrow\; \frac{{\partial L}}{{\partial X}}{dx_where and '_{' + dx_where + '}'} = {latex.bmatrix(dx_view)}",
             inputs=[dy_col_name, f"{call.name}.W_flat"],
             outputs=[dx_col_name, call.grad_input_names[0] if call.grad_input_names else None],
-            checks=[(dx, call.grad_inputs[0] if call.grad_inputs else None, "autograd dL/dX")],
+            checks=[
+                (dx.reshape(call.x.shape), call.grad_inputs[0] if call.grad_inputs else None, "autograd dL/dX")
+            ],
             note="col2im adds each row of dL/dX_col back onto the input window it came from; "
-            "input positions covered by several windows accumulate their contributions. "
-            "This equals a full convolution of dL/dY with the 180-degree rotated kernel.",
+            "input positions covered by several windows accumulate their contributions."
+            + unpad
+            + " This equals a full convolution of dL/dY with the 180-degree rotated kernel.",
         )

@@ -1,10 +1,18 @@
-"""MaxPool2d: windows, their maxima and argmaxes; backward routes each gradient
-to its window's argmax and accumulates where overlapping windows share one.
+"""Pooling layers.
 
-Ties: PyTorch's CPU kernel scans a window row by row and keeps the first
-strictly greater value, so the first maximum in row-major order wins; a NaN
-wins over any number. np.argmax makes the same choice (first occurrence, NaN
-first), so our routing equals autograd's.
+Max pooling (MaxPool2d, AdaptiveMaxPool2d): windows, their maxima and
+argmaxes; backward routes each gradient to its window's argmax and accumulates
+where overlapping windows share one.
+
+Ties: PyTorch's CPU kernels scan a window row by row and keep the first
+strictly greater value, so the first maximum in row-major order wins. np.argmax
+makes the same choice (first occurrence), so our routing equals autograd's.
+
+Average pooling (AvgPool2d, AdaptiveAvgPool2d) is linear and separable: a
+0/1 matrix R_h (OH x H) says which input rows each window covers, R_w
+(OW x W) which columns, and D (OH x OW) what each window sum is divided by, so
+    Y = (R_h X R_w^T) ⊘ D          and          dX = R_h^T (dY ⊘ D) R_w.
+The transpose in the backward is where overlapping windows accumulate.
 """
 
 from __future__ import annotations
@@ -16,11 +24,8 @@ from torch import nn
 
 from .. import latex
 from .base import Explainer, LayerCall, StepContext, Unsupported, register
+from .common import f64, named, pair, sub
 from .conv import im2col
-
-
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode) -> int:
@@ -31,11 +36,20 @@ def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode) -> int:
     return out
 
 
-def _settings(module: nn.MaxPool2d, x_shape):
-    kernel = _pair(module.kernel_size)
-    stride = _pair(module.stride if module.stride is not None else module.kernel_size)
-    padding = _pair(module.padding)
-    dilation = _pair(module.dilation)
+def as_batched(x: np.ndarray) -> np.ndarray:
+    """(C, H, W) unbatched input -> (1, C, H, W); (N, C, H, W) unchanged."""
+    if x.ndim == 3:
+        return x[None]
+    if x.ndim != 4:
+        raise Unsupported(f"input of rank {x.ndim} (expected (N, C, H, W) or (C, H, W))")
+    return x
+
+
+def _max_settings(module: nn.MaxPool2d, x_shape):
+    kernel = pair(module.kernel_size)
+    stride = pair(module.stride if module.stride is not None else module.kernel_size)
+    padding = pair(module.padding)
+    dilation = pair(module.dilation)
     if getattr(module, "return_indices", False):
         raise Unsupported("return_indices=True")
     out = tuple(
@@ -74,61 +88,66 @@ def windows(x, kernel, stride, padding, dilation, out_hw, pad_value):
     return vals, idx
 
 
-@register(nn.MaxPool2d)
-class MaxPool2dExplainer(Explainer):
-    formula = r"Y_{i,j} = \max_{(p,q) \in \Omega_{i,j}} X_{p,q}"
+def adaptive_bounds(size: int, out: int) -> list[tuple[int, int]]:
+    """Adaptive pooling windows along one axis: [floor(i*H/OH), ceil((i+1)*H/OH))."""
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
 
-    def describe(self, module: nn.MaxPool2d) -> str:
-        k = _pair(module.kernel_size)
-        s = _pair(module.stride if module.stride is not None else module.kernel_size)
-        overlap = " (overlapping windows)" if s[0] < k[0] or s[1] < k[1] else ""
-        return f"max pooling, window {k[0]}x{k[1]}, stride {s[0]}x{s[1]}{overlap}"
 
-    def _route(self, call: LayerCall):
-        kernel, stride, padding, dilation, out_hw = _settings(call.module, call.x.shape)
-        x = call.x.astype(np.float64)
-        vals, idx = windows(x, kernel, stride, padding, dilation, out_hw, -np.inf)
-        arg = np.argmax(vals, axis=-1)  # first maximum in row-major window order, as PyTorch
-        y = np.take_along_axis(vals, arg[..., None], axis=-1)[..., 0]
-        src = np.take_along_axis(
-            np.broadcast_to(idx, vals.shape), arg[..., None], axis=-1
-        )[..., 0]  # (N, C, OH, OW): flat input index of each window's maximum
-        return y, src, vals, out_hw
+def _adaptive_out(module, x_shape) -> tuple[int, int]:
+    size = module.output_size
+    size = (size, size) if isinstance(size, int) or size is None else tuple(size)
+    return tuple(x_shape[2 + i] if size[i] is None else int(size[i]) for i in range(2))
+
+
+class MaxPoolExplainer(Explainer):
+    """Shared steps of max pooling; subclasses say where the windows are."""
+
+    kind = "max_pool2d"
+
+    def route(self, x: np.ndarray, module):
+        """-> y (N, C, OH, OW), src (N, C, OH, OW) flat input index of each maximum,
+        and a function giving the window of output (i, j) of plane 0 as a 2-D array."""
+        raise NotImplementedError
 
     def forward(self, call: LayerCall, ctx: StepContext) -> None:
-        y, src, vals, (oh, ow) = self._route(call)
-        w_in = call.x.shape[3]
-        argmax_name = ctx.tensor("argmax", src)
+        x = as_batched(f64(call.x))
+        y, src, window_of = self.route(x, call.module)
+        oh, ow = y.shape[2:]
+        w_in = x.shape[3]
+        argmax_name = ctx.tensor("argmax", src.reshape(call.output.shape))
         positions = [(i, j) for i in range(oh) for j in range(ow)]
         lines = []
         for i, j in positions[:6]:
-            win = vals[0, 0, i, j].reshape(_pair(call.module.kernel_size))
             r, c = divmod(int(src[0, 0, i, j]), w_in)
             lines.append(
-                rf"Y_{{{i},{j}}} &= \max {latex.bmatrix(win)} = {latex.scalar(y[0, 0, i, j])}"
+                rf"Y_{{{i},{j}}} &= \max {latex.bmatrix(window_of(i, j))} = {latex.scalar(y[0, 0, i, j])}"
                 rf" \quad\text{{at }} X_{{{r},{c}}}"
             )
         if len(positions) > 6:
             lines.append(r"&\vdots")
-        where = latex.as_matrix(call.x)[1]
+        where = latex.as_matrix(x)[1]
         ctx.step(
             "Max pooling: each window, its maximum and where it is",
             r"Y_{i,j} = \max_{(p,q) \in \Omega_{i,j}} X_{p,q}, \qquad"
             r" (p^*,q^*)_{i,j} = \operatorname{argmax}_{(p,q) \in \Omega_{i,j}} X_{p,q}",
             latex.aligned(*lines)
-            + rf"\;\Rightarrow\; Y{'_{' + where + '}' if where else ''} = {latex.bmatrix(latex.as_matrix(y)[0])}",
+            + rf"\;\Rightarrow\; Y{sub(where)} = {latex.bmatrix(latex.as_matrix(y)[0])}",
             inputs=[call.input_names[0]],
             outputs=[call.output_name, argmax_name],
-            checks=[(y, call.output, "PyTorch max_pool2d output")],
-            note="Omega_ij is the window of output (i, j). If several entries tie for the maximum, "
-            "the first in row-major order is chosen, as PyTorch does; the argmax tensor stores "
-            "each window's choice as a flat index into the input plane.",
+            checks=[(y.reshape(call.output.shape), call.output, f"PyTorch {self.kind} output")],
+            note="Omega_ij is the window of output (i, j)"
+            + (", padded with -infinity so padding never wins" if getattr(call.module, "padding", 0) not in (0, (0, 0)) else "")
+            + ". If several entries tie for the maximum, the first in row-major order is chosen, "
+            "as PyTorch does; the argmax tensor stores each window's choice as a flat index into "
+            "the input plane.",
         )
 
     def backward(self, call: LayerCall, ctx: StepContext) -> None:
-        y, src, _, (oh, ow) = self._route(call)
-        dy = call.grad_output.astype(np.float64)
-        n, c, h, w = call.x.shape
+        x = as_batched(f64(call.x))
+        y, src, _ = self.route(x, call.module)
+        oh, ow = y.shape[2:]
+        dy = f64(call.grad_output).reshape(y.shape)
+        n, c, h, w = x.shape
         dx = np.zeros((n * c, h * w))
         count = np.zeros((n * c, h * w))
         flat_src = src.reshape(n * c, -1)
@@ -140,7 +159,7 @@ class MaxPool2dExplainer(Explainer):
             np.add.at(count[plane], flat_src[plane], 1.0)
         dx = dx.reshape(n, c, h, w)
         count = count.reshape(n, c, h, w)
-        count_name = ctx.tensor("route_count", count.astype(np.int32))
+        count_name = ctx.tensor("route_count", count.reshape(call.x.shape).astype(np.int32))
         # Spell out the sums for the first plane: which windows feed which input element.
         terms: dict[int, list[tuple[int, int]]] = {}
         for i in range(oh):
@@ -150,8 +169,11 @@ class MaxPool2dExplainer(Explainer):
         for flat in sorted(terms, key=lambda k: (-len(terms[k]), k))[:6]:
             r, col = divmod(flat, w)
             parts = terms[flat]
-            symbolic = " + ".join(rf"\tfrac{{\partial L}}{{\partial Y_{{{i},{j}}}}}" for i, j in parts)
-            numbers = " + ".join(latex.scalar(dy[0, 0, i, j]) for i, j in parts)
+            symbolic = " + ".join(rf"\tfrac{{\partial L}}{{\partial Y_{{{i},{j}}}}}" for i, j in parts[:4])
+            numbers = " + ".join(latex.scalar(dy[0, 0, i, j]) for i, j in parts[:4])
+            if len(parts) > 4:
+                symbolic += r" + \cdots"
+                numbers += r" + \cdots"
             line = rf"\tfrac{{\partial L}}{{\partial X_{{{r},{col}}}}} &= {symbolic} = {numbers}"
             if len(parts) > 1:
                 line += rf" = {latex.scalar(dx[0, 0, r, col])}"
@@ -163,17 +185,195 @@ class MaxPool2dExplainer(Explainer):
             r"\frac{\partial L}{\partial X_{p,q}} = \sum_{(i,j):\ (p^*,q^*)_{i,j} = (p,q)}"
             r" \frac{\partial L}{\partial Y_{i,j}}",
             latex.aligned(*lines)
-            + rf"\;\Rightarrow\; \frac{{\partial L}}{{\partial X}}{'_{' + where + '}' if where else ''} = {latex.bmatrix(dx_view)},"
+            + rf"\;\Rightarrow\; \frac{{\partial L}}{{\partial X}}{sub(where)} = {latex.bmatrix(dx_view)},"
             rf"\quad \text{{windows per element}} = {latex.bmatrix(latex.as_matrix(count)[0].astype(np.int64))}",
             inputs=[call.grad_output_name, f"{call.name}.argmax"],
             outputs=[call.grad_input_names[0], count_name],
-            checks=[(dx, call.grad_inputs[0], "autograd dL/dX")],
+            checks=[(dx.reshape(call.x.shape), call.grad_inputs[0], "autograd dL/dX")],
             note="Every window sends its gradient to the one input element that was its maximum; "
             "all other elements get 0. "
             + (
-                f"Here {accumulated} element(s) won more than one overlapping window, so their "
-                "gradients add up (the sums above)."
+                f"Here {accumulated} element(s) won more than one overlapping window (counted in "
+                "the plane shown), so their gradients add up (the sums above)."
                 if accumulated
-                else "No element won more than one window here, so nothing accumulates."
+                else "No element of the plane shown won more than one window, so nothing accumulates there."
             ),
         )
+
+
+@register(nn.MaxPool2d)
+class MaxPool2dExplainer(MaxPoolExplainer):
+    formula = r"Y_{i,j} = \max_{(p,q) \in \Omega_{i,j}} X_{p,q}"
+
+    def describe(self, module: nn.MaxPool2d) -> str:
+        k = pair(module.kernel_size)
+        s = pair(module.stride if module.stride is not None else module.kernel_size)
+        overlap = " (overlapping windows)" if s[0] < k[0] or s[1] < k[1] else ""
+        extra = f", padding {pair(module.padding)}" if pair(module.padding) != (0, 0) else ""
+        extra += f", dilation {pair(module.dilation)}" if pair(module.dilation) != (1, 1) else ""
+        extra += ", ceil mode" if module.ceil_mode else ""
+        return f"max pooling, window {k[0]}x{k[1]}, stride {s[0]}x{s[1]}{extra}{overlap}"
+
+    def route(self, x, module):
+        kernel, stride, padding, dilation, out_hw = _max_settings(module, x.shape)
+        vals, idx = windows(x, kernel, stride, padding, dilation, out_hw, -np.inf)
+        arg = np.argmax(vals, axis=-1)  # first maximum in row-major window order, as PyTorch
+        y = np.take_along_axis(vals, arg[..., None], axis=-1)[..., 0]
+        src = np.take_along_axis(np.broadcast_to(idx, vals.shape), arg[..., None], axis=-1)[..., 0]
+        return y, src, lambda i, j: vals[0, 0, i, j].reshape(kernel)
+
+
+@register(nn.AdaptiveMaxPool2d)
+class AdaptiveMaxPool2dExplainer(MaxPoolExplainer):
+    formula = r"Y_{i,j} = \max_{p \in [\lfloor iH/H' \rfloor, \lceil (i+1)H/H' \rceil),\ q \in [\ldots)} X_{p,q}"
+    kind = "adaptive_max_pool2d"
+
+    def describe(self, module) -> str:
+        return f"adaptive max pooling to {module.output_size}"
+
+    def route(self, x, module):
+        if getattr(module, "return_indices", False):
+            raise Unsupported("return_indices=True")
+        n, c, h, w = x.shape
+        oh, ow = _adaptive_out(module, x.shape)
+        rows, cols = adaptive_bounds(h, oh), adaptive_bounds(w, ow)
+        y = np.empty((n, c, oh, ow))
+        src = np.empty((n, c, oh, ow), dtype=np.int64)
+        for i, (h0, h1) in enumerate(rows):
+            for j, (w0, w1) in enumerate(cols):
+                win = x[:, :, h0:h1, w0:w1].reshape(n, c, -1)
+                arg = win.argmax(axis=-1)  # first maximum, as PyTorch
+                y[:, :, i, j] = np.take_along_axis(win, arg[..., None], axis=-1)[..., 0]
+                src[:, :, i, j] = (h0 + arg // (w1 - w0)) * w + (w0 + arg % (w1 - w0))
+        return y, src, lambda i, j: x[0, 0, rows[i][0] : rows[i][1], cols[j][0] : cols[j][1]]
+
+
+def _avg_matrices(module, x_shape):
+    """R_h (OH, H), R_w (OW, W) window-membership matrices and the divisor map D (OH, OW)."""
+    h, w = x_shape[2:]
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        oh, ow = _adaptive_out(module, x_shape)
+        axes = []
+        for size, out in ((h, oh), (w, ow)):
+            r = np.zeros((out, size))
+            for i, (a, b) in enumerate(adaptive_bounds(size, out)):
+                r[i, a:b] = 1.0
+            axes.append((r, r.sum(axis=1)))
+        (rh, nh), (rw, nw) = axes
+        return rh, rw, np.outer(nh, nw)
+    kernel = pair(module.kernel_size)
+    stride = pair(module.stride if module.stride is not None else module.kernel_size)
+    padding = pair(module.padding)
+    axes = []
+    for a, size in enumerate((h, w)):
+        k, s, p = kernel[a], stride[a], padding[a]
+        out = pool_output_size(size, k, s, p, 1, module.ceil_mode)
+        r = np.zeros((out, size))
+        with_pad = np.zeros(out)
+        for i in range(out):
+            start = i * s - p
+            end = min(start + k, size + p)  # windows past the right padding are cut (ceil_mode)
+            with_pad[i] = end - start  # the window's size counting padding, as PyTorch's pool_size
+            r[i, max(start, 0) : min(end, size)] = 1.0
+        axes.append((r, with_pad))
+    (rh, ph_), (rw, pw_) = axes
+    if module.divisor_override:
+        divisor = np.full((rh.shape[0], rw.shape[0]), float(module.divisor_override))
+    elif module.count_include_pad:
+        divisor = np.outer(ph_, pw_)
+    else:
+        divisor = np.outer(rh.sum(axis=1), rw.sum(axis=1))
+    return rh, rw, divisor
+
+
+class AvgPoolExplainer(Explainer):
+    kind = "avg_pool2d"
+
+    def divisor_words(self, module) -> str:
+        raise NotImplementedError
+
+    def forward(self, call: LayerCall, ctx: StepContext) -> None:
+        x = as_batched(f64(call.x))
+        rh, rw, divisor = _avg_matrices(call.module, x.shape)
+        sums = np.einsum("ih,nchw,jw->ncij", rh, x, rw)  # R_h X R_w^T per plane
+        y = sums / np.where(divisor == 0, 1.0, divisor)
+        rh_name = ctx.tensor("R_h", rh.astype(np.float32))
+        rw_name = ctx.tensor("R_w", rw.astype(np.float32))
+        d_name = ctx.tensor("divisor", divisor.astype(np.float32))
+        ctx.step(
+            "Average pooling as matrix products",
+            r"Y_{n,c} = \big(R_h\, X_{n,c}\, R_w^{\top}\big) \oslash D,\quad"
+            r" (R_h)_{i,p} = \mathbb{1}[p \in \text{rows of window } i],\ "
+            r"(R_w)_{j,q} = \mathbb{1}[q \in \text{cols of window } j]",
+            rf"R_h = {latex.bmatrix(rh)},\quad R_w = {latex.bmatrix(rw)},\quad D = {latex.bmatrix(divisor)}"
+            rf"\;\Rightarrow\; \Big({latex.bmatrix(rh)} {latex.bmatrix(latex.as_matrix(x)[0])} {latex.bmatrix(rw.T)}\Big)"
+            rf" \oslash D = {named('Y', y)}",
+            inputs=[call.input_names[0]],
+            outputs=[rh_name, rw_name, d_name, call.output_name],
+            checks=[(y.reshape(call.output.shape), call.output, f"PyTorch {self.kind} output")],
+            note="Every pooling window is a block of rows times a block of columns, so two 0/1 "
+            "matrices describe all of them (rows of R_h that share a 1 are overlapping windows). "
+            "R_h X R_w^T sums each window; dividing entrywise by D makes the sums averages. "
+            + self.divisor_words(call.module)
+            + " The same R_h, R_w, D serve every sample and channel.",
+        )
+
+    def backward(self, call: LayerCall, ctx: StepContext) -> None:
+        x = as_batched(f64(call.x))
+        rh, rw, divisor = _avg_matrices(call.module, x.shape)
+        dy = f64(call.grad_output).reshape(x.shape[:2] + divisor.shape)
+        scaled = dy / np.where(divisor == 0, 1.0, divisor)
+        dx = np.einsum("ih,ncij,jw->nchw", rh, scaled, rw)  # R_h^T (dY ⊘ D) R_w per plane
+        shared = int(((rh.sum(axis=0) > 1)[:, None] | (rw.sum(axis=0) > 1)[None, :]).sum())
+        ctx.step(
+            "Average pooling backward",
+            r"\frac{\partial L}{\partial X_{n,c}} = R_h^{\top} \Big(\frac{\partial L}{\partial Y_{n,c}} \oslash D\Big) R_w",
+            rf"{latex.bmatrix(rh.T)} {latex.bmatrix(latex.as_matrix(scaled)[0])} {latex.bmatrix(rw)}"
+            " = " + named(r"\frac{\partial L}{\partial X}", dx),
+            inputs=[f"{call.name}.R_h", call.grad_output_name, f"{call.name}.divisor", f"{call.name}.R_w"],
+            outputs=[call.grad_input_names[0]],
+            checks=[(dx.reshape(call.x.shape), call.grad_inputs[0], "autograd dL/dX")],
+            note="Each window hands every input it covers an equal share 1/D of its gradient. "
+            + (
+                f"{shared} input position(s) lie in more than one window here; the transposes "
+                "add their shares up."
+                if shared
+                else "No input lies in two windows here."
+            )
+            + (" Inputs in no window get 0." if (rh.sum(axis=0) == 0).any() or (rw.sum(axis=0) == 0).any() else ""),
+        )
+
+
+@register(nn.AvgPool2d)
+class AvgPool2dExplainer(AvgPoolExplainer):
+    formula = r"Y_{i,j} = \frac{1}{D_{i,j}} \sum_{(p,q) \in \Omega_{i,j}} X_{p,q}"
+
+    def describe(self, module) -> str:
+        k = pair(module.kernel_size)
+        s = pair(module.stride if module.stride is not None else module.kernel_size)
+        extra = f", padding {pair(module.padding)}" if pair(module.padding) != (0, 0) else ""
+        extra += ", ceil mode" if module.ceil_mode else ""
+        extra += ", padding not counted" if not module.count_include_pad and pair(module.padding) != (0, 0) else ""
+        extra += f", divisor {module.divisor_override}" if module.divisor_override else ""
+        return f"average pooling, window {k[0]}x{k[1]}, stride {s[0]}x{s[1]}{extra}"
+
+    def divisor_words(self, module) -> str:
+        if module.divisor_override:
+            return f"divisor_override sets every divisor to {module.divisor_override}."
+        if module.count_include_pad:
+            return ("D counts the zero padding inside a window (count_include_pad=True), "
+                    "but not the part of a ceil_mode window beyond the padding.")
+        return "D counts only the real input positions of a window (count_include_pad=False)."
+
+
+@register(nn.AdaptiveAvgPool2d)
+class AdaptiveAvgPool2dExplainer(AvgPoolExplainer):
+    formula = r"Y_{i,j} = \frac{1}{|\Omega_{i,j}|} \sum_{(p,q) \in \Omega_{i,j}} X_{p,q}"
+    kind = "adaptive_avg_pool2d"
+
+    def describe(self, module) -> str:
+        return f"adaptive average pooling to {module.output_size}"
+
+    def divisor_words(self, module) -> str:
+        return ("Window i covers rows floor(i H / OH) up to ceil((i+1) H / OH), so windows can "
+                "differ in size and overlap; D is each window's size.")
