@@ -1,0 +1,57 @@
+"""Build the Dash app: navbar, page container, download route, read-only store.
+
+`create_app(store_location)` opens the store read-only first, so a missing or
+invalid store raises `storage.StoreError` (one line) before any server starts.
+Tests and the WSGI entry point (`dashapp.wsgi`) build the app the same way.
+
+Dash Pages imports the page modules under dashapp/pages when the app is built;
+callbacks declared with `dash.callback` in those modules are claimed by the first
+app that serves a request in the process, so build one app per process.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dash
+import dash_bootstrap_components as dbc
+from dash import html
+
+from storage import RunStore
+
+from . import downloads, layouts, links
+from .data import LOCATION_KEY, STORE_KEY
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+NAV_PAGES = (
+    ("Runs", links.RUNS),
+    ("Model", links.MODEL),
+    ("Iteration", links.ITERATION),
+    ("Compare", links.COMPARE),
+)
+
+
+def create_app(store_location: str | os.PathLike) -> dash.Dash:
+    location = os.fspath(store_location)
+    store = RunStore(location, readonly=True)  # raises StoreError for a bad store
+    app = dash.Dash(
+        "dashapp",  # page modules are then imported as dashapp.pages.<name>
+        use_pages=True,
+        pages_folder=str(PACKAGE_DIR / "pages"),
+        assets_folder=str(PACKAGE_DIR / "assets"),  # bootstrap.min.css ships here: no CDN
+        external_stylesheets=[],
+        suppress_callback_exceptions=True,
+        title="cnnviz",
+        update_title=None,
+    )
+    app.server.config[LOCATION_KEY] = location
+    app.server.extensions[STORE_KEY] = store
+    app.layout = html.Div(
+        [
+            layouts.navbar(NAV_PAGES),
+            dbc.Container(dash.page_container, fluid=True, className="page-container"),
+        ]
+    )
+    downloads.register(app.server)
+    return app

@@ -1,0 +1,96 @@
+"""The pages' access to the store, and the checks on what a URL names.
+
+Each app keeps one read-only `storage.RunStore` (SQLite opened with mode=ro);
+pages and callbacks reach it through the Flask app that serves the request.
+Whatever a URL names (a run id, an iteration, a layer) is parsed strictly and
+looked up; anything unknown raises `NotFound`, which the pages turn into the
+friendly not-found page.
+"""
+
+from __future__ import annotations
+
+import re
+
+import flask
+
+from storage import IterationRecord, RunInfo, RunStore
+
+STORE_KEY = "cnnviz.store"
+LOCATION_KEY = "CNNVIZ_STORE"
+
+_INT = re.compile(r"[0-9]{1,9}")
+_SELECTION = re.compile(r"([0-9]{1,9}):([0-9]{1,9})")
+
+
+class NotFound(LookupError):
+    """The URL names something the store does not hold; the message says what."""
+
+
+def current_store() -> RunStore:
+    return flask.current_app.extensions[STORE_KEY]
+
+
+def store_location() -> str:
+    return flask.current_app.config[LOCATION_KEY]
+
+
+def _single(value, what: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, list):  # ?run=1&run=2 arrives as a list
+        raise NotFound(f"the address gives {what} more than once")
+    return str(value).strip()
+
+
+def parse_int(value, what: str, *, minimum: int = 1) -> int | None:
+    """A positive integer from the query string; None when absent or empty."""
+    text = _single(value, what)
+    if not text:
+        return None
+    if not _INT.fullmatch(text) or int(text) < minimum:
+        raise NotFound(f"{what} {text!r} is not a valid number")
+    return int(text)
+
+
+def parse_selection(value, what: str) -> tuple[int, int] | None:
+    """'1:3' (run 1, iteration 3) from the query string; None when absent or empty."""
+    text = _single(value, what)
+    if not text:
+        return None
+    match = _SELECTION.fullmatch(text)
+    if not match or int(match.group(2)) < 1:
+        raise NotFound(f"{what} {text!r} is not of the form RUN:ITERATION, e.g. 1:3")
+    return int(match.group(1)), int(match.group(2))
+
+
+def parse_int_list(value, what: str) -> list[int] | None:
+    """'1,2,3' from the query string; None when absent or empty."""
+    text = _single(value, what)
+    if not text:
+        return None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(_INT.fullmatch(p) for p in parts):
+        raise NotFound(f"{what} {text!r} is not a comma-separated list of numbers")
+    return list(dict.fromkeys(int(p) for p in parts))
+
+
+def require_run(store: RunStore, run_id: int) -> RunInfo:
+    run = store.get_run(run_id)
+    if run is None:
+        raise NotFound(f"there is no run {run_id} in this store")
+    return run
+
+
+def require_iteration(store: RunStore, run: RunInfo, index: int, *, with_data: bool = True) -> IterationRecord:
+    record = store.load_iteration(run.id, index, with_data=with_data)
+    if record is None:
+        count = run.num_iterations
+        stored = f"it has {count} iteration{'s' if count != 1 else ''}" if count else "it has no iterations yet"
+        raise NotFound(f"run {run.id} has no iteration {index}: {stored}")
+    return record
+
+
+def default_run(store: RunStore) -> RunInfo | None:
+    """The run a page shows when the URL names none: the most recent one."""
+    runs = store.list_runs()
+    return store.get_run(runs[-1].id) if runs else None

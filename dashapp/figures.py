@@ -1,0 +1,373 @@
+"""Plotly figures: pure functions from data to `go.Figure`, no store, no Dash.
+
+Heatmaps are oriented like the matrices they show: row 0 on top, column 0 on
+the left, column indices along the top edge, and (up to a readable size) the
+value of each cell printed in it with the formula's number format. Text that
+comes from a store (run names, layer names) is escaped before it reaches
+Plotly, whose labels understand a little HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .formatting import format_matrix, format_shape
+from .tensorview import MatrixView
+
+# Blue for negative, white for zero, red for positive: signs read at a glance.
+VALUE_SCALE = "RdBu_r"
+# Differences get their own scale, so a difference map is never mistaken for values.
+DIFF_SCALE = "PuOr_r"
+RUN_COLORS = (
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e",
+    "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+)
+FONT = dict(family="system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size=12)
+
+_CELL_HEIGHT = 26  # px per row when values are printed
+_CHAR_WIDTH = 7.4  # px per character of a printed value at 12 px
+_PLOT_SIZE = 320  # px of the longer side when values are not printed
+
+
+def plotly_text(text: object) -> str:
+    """Store text made safe for Plotly labels (which parse <b>, <br>, <a>...)."""
+    return html.escape(str(text), quote=False)
+
+
+def run_color(position: int) -> str:
+    return RUN_COLORS[position % len(RUN_COLORS)]
+
+
+def symmetric_range(*arrays: np.ndarray) -> tuple[float, float]:
+    """(-m, m) with m the largest finite |value| of all arrays: zero is always white,
+    and several heatmaps given the same range share one colour scale."""
+    m = 0.0
+    for array in arrays:
+        a = np.asarray(array, dtype=np.float64)
+        finite = np.abs(a[np.isfinite(a)])
+        if finite.size:
+            m = max(m, float(finite.max()))
+    if m == 0.0:
+        m = 1.0
+    return -m, m
+
+
+def heatmap(
+    view: MatrixView,
+    *,
+    zrange: tuple[float, float] | None = None,
+    colorscale: str = VALUE_SCALE,
+    colorbar: bool | None = None,
+    max_side: int = _PLOT_SIZE,
+) -> go.Figure:
+    """A heatmap of one matrix view, row 0 on top, values printed when they fit.
+
+    Built from one dict: a page can hold dozens of these, and Plotly's
+    property-by-property updates cost ten times more than one validated dict.
+    """
+    values = view.values
+    rows, cols = values.shape
+    zmin, zmax = zrange or symmetric_range(values)
+    texts = format_matrix(values, view.style, view.missing) if view.show_text else None
+    show_colorbar = (not view.show_text) if colorbar is None else colorbar
+    trace = dict(
+        type="heatmap",
+        z=values,
+        x=list(range(cols)),
+        y=list(range(rows)),
+        zmin=zmin,
+        zmax=zmax,
+        colorscale=colorscale,
+        showscale=show_colorbar,
+        xgap=1,
+        ygap=1,
+        hovertemplate="row %{y}, column %{x}: %{z:.7g}<extra></extra>",
+        colorbar=dict(thickness=10, outlinewidth=0, tickfont=dict(size=10)),
+    )
+    if texts is not None:
+        trace.update(text=texts, texttemplate="%{text}", textfont=dict(size=12))
+        widest = max((len(t) for row in texts for t in row), default=1)
+        cell_w = max(30.0, widest * _CHAR_WIDTH + 14)
+        cell_h = float(_CELL_HEIGHT)
+    else:
+        cell_w = cell_h = max(3.0, min(24.0, max_side / max(rows, cols, 1)))
+    tick_step = 1 if max(rows, cols) <= 16 else None
+    margin = dict(l=34, r=8 + (60 if show_colorbar else 0), t=26, b=6)
+    # A colour bar needs some height to be legible, even beside a 1-row matrix.
+    plot_h = max(rows * cell_h, 120.0 if show_colorbar else 0.0)
+    axis = dict(showgrid=False, zeroline=False, dtick=tick_step, tickfont=dict(size=10),
+                fixedrange=texts is not None)
+    layout = dict(
+        template="none",
+        width=int(cols * cell_w + margin["l"] + margin["r"]),
+        height=int(plot_h + margin["t"] + margin["b"]),
+        margin=margin,
+        font=FONT,
+        plot_bgcolor="#f1f3f5",  # shows through missing (not stored) cells
+        paper_bgcolor="rgba(0,0,0,0)",
+        xaxis=dict(axis, side="top", range=[-0.5, cols - 0.5]),
+        yaxis=dict(axis, autorange="reversed"),
+    )
+    return go.Figure(dict(data=[trace], layout=layout))
+
+
+def difference_heatmap(diff: MatrixView) -> go.Figure:
+    return heatmap(diff, colorscale=DIFF_SCALE, colorbar=True)
+
+
+# ---------------------------------------------------------------- comparisons
+
+
+@dataclass(frozen=True)
+class DifferenceStats:
+    max_abs: float  # max |B - A|
+    l2: float  # ||B - A||_2
+    cosine: float | None  # <A, B> / (||A|| ||B||); None when either is all zeros
+    norm_a: float
+    norm_b: float
+    count: int  # how many elements were compared
+
+
+def difference_stats(a: np.ndarray, b: np.ndarray) -> DifferenceStats:
+    """How far apart two equally shaped tensors are, over all their elements."""
+    a64 = np.asarray(a, dtype=np.float64).ravel()
+    b64 = np.asarray(b, dtype=np.float64).ravel()
+    if a64.shape != b64.shape:
+        raise ValueError(f"cannot compare {a64.size} with {b64.size} elements")
+    delta = b64 - a64
+    norm_a = float(np.linalg.norm(a64))
+    norm_b = float(np.linalg.norm(b64))
+    cosine = float(np.dot(a64, b64) / (norm_a * norm_b)) if norm_a > 0 and norm_b > 0 else None
+    return DifferenceStats(
+        max_abs=float(np.max(np.abs(delta))) if delta.size else 0.0,
+        l2=float(np.linalg.norm(delta)),
+        cosine=cosine,
+        norm_a=norm_a,
+        norm_b=norm_b,
+        count=int(delta.size),
+    )
+
+
+def difference_bars(stats: DifferenceStats, label_a: str = "A", label_b: str = "B") -> go.Figure:
+    """The sizes side by side: ||A||, ||B||, ||B - A|| and max |B - A|."""
+    names = [f"‖{label_a}‖₂", f"‖{label_b}‖₂", "‖Δ‖₂", "max |Δ|"]
+    values = [stats.norm_a, stats.norm_b, stats.l2, stats.max_abs]
+    colors = ["#6c757d", "#6c757d", "#8e44ad", "#8e44ad"]
+    fig = go.Figure(
+        go.Bar(
+            x=[plotly_text(n) for n in names], y=values, marker_color=colors,
+            text=[f"{v:.4g}" for v in values], textposition="outside", cliponaxis=False,
+            hovertemplate="%{x}: %{y:.7g}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        template="none", height=240, margin=dict(l=40, r=10, t=24, b=30), font=FONT, showlegend=False,
+        plot_bgcolor="white", paper_bgcolor="rgba(0,0,0,0)",
+    )
+    fig.update_yaxes(gridcolor="#e9ecef", rangemode="tozero")
+    return fig
+
+
+# ---------------------------------------------------------------- histories
+
+
+@dataclass
+class Series:
+    """One run's line in a chart over iterations."""
+
+    label: str  # shown as text (escaped here)
+    color: str
+    x: list[int] = field(default_factory=list)
+    y: list[float] = field(default_factory=list)
+
+
+def loss_figure(series: Sequence[Series]) -> go.Figure:
+    fig = go.Figure()
+    for s in series:
+        fig.add_trace(
+            go.Scatter(
+                x=s.x, y=s.y, mode="lines+markers", name=plotly_text(s.label),
+                line=dict(color=s.color, width=2), marker=dict(size=6),
+                hovertemplate="iteration %{x}: loss %{y:.6f}<extra>%{fullData.name}</extra>",
+            )
+        )
+    fig.update_layout(
+        template="none", height=300, margin=dict(l=50, r=10, t=36, b=40), font=FONT,
+        title=dict(text="Loss", x=0, font=dict(size=14)),
+        legend=dict(orientation="h", y=-0.25), plot_bgcolor="white",
+        paper_bgcolor="rgba(0,0,0,0)",
+    )
+    fig.update_xaxes(title_text="iteration", gridcolor="#e9ecef", dtick=_iteration_dtick(series))
+    fig.update_yaxes(gridcolor="#e9ecef")
+    return fig
+
+
+@dataclass
+class NormPanel:
+    """One small chart: one parameter tensor's L2 norm over iterations, a line per run."""
+
+    param: str  # e.g. "conv.weight" (store text, escaped when drawn)
+    quantity: str  # "‖W‖₂" or "‖∇W‖₂"
+    series: list[Series]
+
+    @property
+    def title(self) -> str:
+        return f"{self.param}  {self.quantity}"
+
+
+WEIGHT_NORM = "‖W‖₂"
+GRAD_NORM = "‖∇W‖₂"
+
+
+def norm_panels(rows: Sequence[dict], runs: Sequence[tuple[int, str, str]]) -> list[tuple[NormPanel, NormPanel]]:
+    """(weight-norm panel, gradient-norm panel) per parameter tensor, in store order.
+
+    `rows` are storage `tensor_history` rows (roles param and param_grad);
+    `runs` are (run id, label, colour) in legend order.
+    """
+    tables: dict[str, dict[str, dict[int, Series]]] = {WEIGHT_NORM: {}, GRAD_NORM: {}}
+    params: dict[str, None] = {}
+    style = {run_id: (label, color) for run_id, label, color in runs}
+    for row in rows:
+        run_id = row["run_id"]
+        if run_id not in style or row["l2"] is None:
+            continue
+        if row["role"] == "param":
+            quantity, param = WEIGHT_NORM, row["name"]
+        elif row["role"] == "param_grad":
+            quantity, param = GRAD_NORM, row["name"].removesuffix(".grad")
+        else:
+            continue
+        params[param] = None
+        label, color = style[run_id]
+        series = tables[quantity].setdefault(param, {}).setdefault(run_id, Series(label, color))
+        series.x.append(int(row["index"]))
+        series.y.append(float(row["l2"]))
+
+    def panel(quantity: str, param: str) -> NormPanel:
+        by_run = tables[quantity].get(param, {})
+        return NormPanel(param, quantity, [by_run[r] for r, _, _ in runs if r in by_run])
+
+    return [(panel(WEIGHT_NORM, p), panel(GRAD_NORM, p)) for p in params]
+
+
+def norms_figure(pairs: Sequence[tuple[NormPanel, NormPanel]]) -> go.Figure:
+    """Weight norms (left) and gradient norms (right) over iterations, one row per
+    parameter tensor, every run overlaid in its own colour."""
+    rows = max(len(pairs), 1)
+    titles = [plotly_text(panel.title) for pair in pairs for panel in pair]
+    fig = make_subplots(
+        rows=rows, cols=2, subplot_titles=titles or ["", ""], horizontal_spacing=0.1,
+        vertical_spacing=min(0.12, 0.5 / rows),
+    )
+    seen: set[str] = set()
+    for r, pair in enumerate(pairs, start=1):
+        for c, panel in enumerate(pair, start=1):
+            for s in panel.series:
+                fig.add_trace(
+                    go.Scatter(
+                        x=s.x, y=s.y, mode="lines+markers", name=plotly_text(s.label),
+                        legendgroup=s.label, showlegend=s.label not in seen,
+                        line=dict(color=s.color, width=2), marker=dict(size=5),
+                        hovertemplate="iteration %{x}: %{y:.6g}<extra>%{fullData.name}</extra>",
+                    ),
+                    row=r, col=c,
+                )
+                seen.add(s.label)
+    largest = max((max(s.x, default=0) for pair in pairs for p in pair for s in p.series), default=0)
+    fig.update_layout(
+        template="none", height=max(260, 210 * rows + 60), margin=dict(l=50, r=10, t=40, b=40), font=FONT,
+        legend=dict(orientation="h", y=-0.06, yanchor="top"), plot_bgcolor="white",
+        paper_bgcolor="rgba(0,0,0,0)",
+    )
+    fig.update_xaxes(gridcolor="#e9ecef", dtick=1 if largest <= 20 else None)
+    fig.update_yaxes(gridcolor="#e9ecef")
+    for annotation in fig.layout.annotations:
+        annotation.font = dict(size=12)
+    return fig
+
+
+def _iteration_dtick(series: Sequence[Series]) -> int | None:
+    largest = max((max(s.x, default=0) for s in series), default=0)
+    return 1 if largest <= 20 else None
+
+
+# ---------------------------------------------------------------- architecture
+
+
+@dataclass(frozen=True)
+class DiagramBox:
+    name: str  # layer name (store text, escaped when drawn)
+    kind: str  # layer type, e.g. "Conv2d"
+    shape: tuple[int, ...] | None  # output shape
+    params: int = 0
+
+
+_KIND_COLORS = {
+    "input": "#e9ecef",
+    "Conv2d": "#cfe2ff",
+    "Linear": "#d1e7dd",
+    "ReLU": "#fff3cd",
+    "MaxPool2d": "#f8d7da",
+    "Flatten": "#e2e3e5",
+}
+
+
+def architecture_diagram(boxes: Sequence[DiagramBox]) -> go.Figure:
+    """The layer sequence left to right: a box per layer (name, type, output shape,
+    parameters) and an arrow from each layer to the next."""
+    fig = go.Figure()
+    box_w, gap = 1.0, 0.45
+    for i, box in enumerate(boxes):
+        x0 = i * (box_w + gap)
+        color = _KIND_COLORS.get(box.kind or "input", "#ede7f6" if box.kind.endswith("Loss") else "#f1f3f5")
+        fig.add_shape(
+            type="rect", x0=x0, x1=x0 + box_w, y0=0, y1=1, line=dict(color="#495057", width=1),
+            fillcolor=color, layer="below",
+        )
+        lines = [f"<b>{plotly_text(box.name)}</b>"] + ([plotly_text(box.kind)] if box.kind else [])
+        if box.shape is not None:
+            lines.append(format_shape(box.shape))
+        if box.params:
+            lines.append(f"{box.params} params")
+        fig.add_annotation(
+            x=x0 + box_w / 2, y=0.5, text="<br>".join(lines), showarrow=False,
+            font=dict(size=11), align="center",
+        )
+        if i:
+            fig.add_annotation(
+                x=x0, y=0.5, ax=x0 - gap, ay=0.5, xref="x", yref="y", axref="x", ayref="y",
+                text="", showarrow=True, arrowhead=2, arrowsize=1.2, arrowwidth=1.5,
+                arrowcolor="#495057",
+            )
+    n = max(len(boxes), 1)
+    span = n * box_w + (n - 1) * gap
+    fig.update_layout(
+        template="none", width=int(max(360, 170 * n)), height=150, margin=dict(l=6, r=6, t=6, b=6),
+        font=FONT, plot_bgcolor="rgba(0,0,0,0)", paper_bgcolor="rgba(0,0,0,0)",
+        showlegend=False,
+    )
+    fig.update_xaxes(visible=False, range=[-0.05, span + 0.05], fixedrange=True)
+    fig.update_yaxes(visible=False, range=[-0.05, 1.05], fixedrange=True)
+    return fig
+
+
+def empty_figure(message: str, height: int = 200) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=plotly_text(message), showarrow=False, font=dict(size=13, color="#6c757d"))
+    fig.update_layout(template="none", height=height, margin=dict(l=0, r=0, t=0, b=0), plot_bgcolor="white",
+                      paper_bgcolor="rgba(0,0,0,0)")
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None

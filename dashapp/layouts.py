@@ -1,0 +1,364 @@
+"""Layout builders shared by the pages: pure functions from records to components.
+
+Store text (run names, layer names, tensor names, notes) only ever goes into
+html/dbc components as plain strings, which React renders as text. Formulas
+come from the tracer and go into `dcc.Markdown(..., mathjax=True)` through
+`math_markdown`, which keeps them inside one display-math block.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+import dash_bootstrap_components as dbc
+from dash import dcc, html
+
+from storage import LayerInfo, RunInfo, StepRecord, TensorRecord
+
+from . import figures, links
+from .formatting import format_diff, format_scalar, format_shape
+from .tensorview import MatrixView, matrix_view
+
+ROLE_LABELS = {
+    "input": "input batch",
+    "target": "labels",
+    "param": "weight",
+    "param_grad": "gradient",
+    "param_next": "weight after the update",
+    "update": "update",
+    "activation": "activation",
+    "activation_grad": "gradient of an activation",
+    "input_grad": "gradient of the input",
+    "intermediate": "intermediate",
+    "optimizer_state": "optimizer state",
+    "output": "output",
+}
+PHASE_LABELS = {"forward": "Forward", "loss": "Loss", "backward": "Backward", "update": "Update"}
+STATUS_COLORS = {"running": "info", "completed": "success", "failed": "danger", "interrupted": "warning"}
+
+GRAPH_CONFIG = {"displayModeBar": False, "responsive": False}
+
+# MathJax macros that make links, attach classes or styles, or load extensions: a
+# tracer never writes them, and a store handed around must not smuggle them in.
+_UNSAFE_TEX = re.compile(r"\\(href|url|class|cssId|style|data|htmlData|require|unicode)(?![A-Za-z])")
+
+
+# ---------------------------------------------------------------- text and math
+
+
+def math_markdown(latex: str) -> str:
+    """A formula as one Markdown display-math block.
+
+    A bare `$` cannot occur in a LaTeX formula (it would leave math mode), so
+    escaping every `$` and joining the lines leaves no way to close the block
+    early and put Markdown after it; unsafe macros are shown, not run.
+    """
+    body = " ".join(str(latex).replace("$", r"\$").splitlines())
+    body = _UNSAFE_TEX.sub(lambda m: r"\backslash\text{" + m.group(1) + "}", body)
+    return f"$$\n{body}\n$$"
+
+
+def formula(latex: str, class_name: str = "") -> dcc.Markdown:
+    return dcc.Markdown(math_markdown(latex), mathjax=True, className=f"formula {class_name}".strip())
+
+
+def status_badge(status: str) -> dbc.Badge:
+    return dbc.Badge(status, color=STATUS_COLORS.get(status, "secondary"), className="status-badge")
+
+
+def verified_badge(step: StepRecord) -> html.Span:
+    """"✓ matches autograd, max |Δ| = 3.6e-08", its failing twin, or a neutral note."""
+    if step.verified is None:
+        return html.Span("no PyTorch counterpart (intermediate)", className="verify verify-none")
+    if step.verified:
+        text = f"✓ matches autograd, max |Δ| = {format_diff(step.max_abs_diff)}"
+        return html.Span(text, className="verify verify-ok")
+    text = f"✗ differs from autograd, max |Δ| = {format_diff(step.max_abs_diff)}"
+    return html.Span(text, className="verify verify-bad")
+
+
+# ---------------------------------------------------------------- page frame
+
+
+def navbar(pages: Sequence[tuple[str, str]]) -> dbc.Navbar:
+    items = [
+        dbc.NavItem(dbc.NavLink(label, href=href, active="exact", id=f"nav-{label.lower()}"))
+        for label, href in pages
+    ]
+    return dbc.Navbar(
+        dbc.Container(
+            [
+                dbc.NavbarBrand(
+                    [html.Span("cnnviz", className="brand-name"),
+                     html.Span(" backprop with real numbers", className="brand-tag d-none d-md-inline")],
+                    href="/",
+                ),
+                dbc.Nav(items, navbar=True, className="ms-auto"),
+            ],
+            fluid=True,
+        ),
+        color="dark",
+        dark=True,
+        className="mb-3 app-navbar",
+    )
+
+
+def page_header(title: str, *, subtitle=None, actions=None, crumbs: Sequence[tuple[str, str | None]] = ()) -> html.Div:
+    """Title row of a page; `crumbs` are (label, href) with href None for the current page."""
+    trail = []
+    for label, href in crumbs:
+        trail.append(
+            html.Li(dcc.Link(label, href=href) if href else label,
+                    className="breadcrumb-item" + ("" if href else " active"))
+        )
+    return html.Div(
+        [
+            html.Nav(html.Ol(trail, className="breadcrumb mb-1"), **{"aria-label": "breadcrumb"}) if trail else None,
+            html.Div(
+                [
+                    html.Div([html.H1(title, className="page-title"),
+                              html.Div(subtitle, className="page-subtitle") if subtitle else None]),
+                    html.Div(actions, className="page-actions") if actions else None,
+                ],
+                className="d-flex flex-wrap justify-content-between align-items-end gap-2",
+            ),
+        ],
+        className="page-header mb-3",
+    )
+
+
+def not_found(message: str, *, back_href: str = links.RUNS, back_label: str = "Back to the runs") -> html.Div:
+    """The friendly page for an unknown address: what was not found and a way back."""
+    return html.Div(
+        dbc.Card(
+            dbc.CardBody(
+                [
+                    html.H1("Not found", className="h3"),
+                    html.P(_sentence(message), className="lead not-found-message"),
+                    html.P("The link may be out of date, or the run may be in another store."),
+                    dcc.Link(back_label, href=back_href, className="btn btn-primary"),
+                ]
+            ),
+            className="not-found shadow-sm",
+        ),
+        className="not-found-page",
+    )
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return text
+    return text[0].upper() + text[1:] + ("" if text.endswith((".", "!", "?")) else ".")
+
+
+def error_card(message: str) -> dbc.Alert:
+    return dbc.Alert([html.H2("Cannot show this page", className="h5"), html.P(message, className="mb-0")],
+                     color="danger", className="mt-3")
+
+
+def empty_store(location: str) -> dbc.Card:
+    """What to do when the store holds no runs yet."""
+    commands = [
+        ("Trace the built-in CNN (seed 0) into this store:", f"cnnviz trace --db {location} --seed 0"),
+        ("Or trace the three demo runs and open the dashboard:", f"cnnviz demo --db {location}"),
+        ("Or trace your own training loop from Python:",
+         f'from tracer import trace\nwith trace(model, optimizer, criterion, db="{location}") as t:\n'
+         "    for x, y in batches:\n        with t.iteration():\n            ...  # zero_grad, forward, loss, backward, step"),
+    ]
+    return dbc.Card(
+        dbc.CardBody(
+            [
+                html.H2("No runs yet", className="h4"),
+                html.P(["The store ", html.Code(location), " holds no traced runs."]),
+                *[html.Div([html.P(text, className="mb-1"), html.Pre(html.Code(cmd), className="command")])
+                  for text, cmd in commands],
+                html.P("This page refreshes when you reload it.", className="text-muted small mb-0"),
+            ]
+        ),
+        className="empty-state shadow-sm",
+    )
+
+
+# ---------------------------------------------------------------- tensors
+
+
+def slice_selectors(view: MatrixView, id_for) -> html.Div | None:
+    """Number inputs for the leading indices of an N-D tensor (1-based, as captions read).
+
+    `id_for(axis)` gives each input's component id."""
+    if not any(d.size > 1 for d in view.lead):
+        return None
+    controls = []
+    for dim, index in zip(view.lead, view.lead_index, strict=True):
+        if dim.size <= 1:
+            continue
+        controls.append(
+            html.Label(
+                [
+                    html.Span(dim.label, className="me-1"),
+                    dcc.Input(id=id_for(dim.axis), type="number", min=1, max=dim.size, step=1,
+                              value=index + 1, debounce=True, className="slice-input"),
+                    html.Span(f"of {dim.size}", className="ms-1 text-muted"),
+                ],
+                className="slice-control",
+            )
+        )
+    return html.Div(controls, className="slice-controls")
+
+
+def tensor_figure_block(view: MatrixView, graph_id, caption_id, **heatmap_options) -> html.Div:
+    return html.Div(
+        [
+            dcc.Graph(id=graph_id, figure=figures.heatmap(view, **heatmap_options), config=GRAPH_CONFIG,
+                      className="heatmap"),
+            html.Div(view.caption, id=caption_id, className="tensor-caption"),
+        ],
+        className="tensor-figure",
+    )
+
+
+def tensor_panel(record: TensorRecord, *, run_id: int, index: int, panel: str) -> html.Div:
+    """One tensor: name, shape, role, heatmap (or the number, for a scalar), downloads.
+
+    `panel` makes the component ids unique on the page; N-D tensors get selectors
+    whose callback (in the iteration page) redraws the heatmap."""
+    view = matrix_view(record.array, record.shape, role=record.role)
+    header = html.Div(
+        [
+            html.Code(record.name, className="tensor-name"),
+            html.Span(format_shape(record.shape), className="tensor-shape"),
+            html.Span(ROLE_LABELS.get(record.role, record.role), className="tensor-role"),
+        ],
+        className="tensor-header",
+    )
+    downloads = html.Div(
+        [html.A(f".{fmt}", href=links.download(run_id, index, record.name, fmt), download="",
+                className="download-link", title=f"download all values as .{fmt}")
+         for fmt in links.DOWNLOAD_FORMATS],
+        className="tensor-downloads",
+    )
+    if len(record.shape) == 0 and record.array.size == 1:
+        body = html.Div(format_scalar(record.array.reshape(-1)[0].item()), className="tensor-scalar")
+    else:
+        body = html.Div(
+            [
+                slice_selectors(view, lambda axis: {"type": "tensor-slice", "panel": panel, "axis": axis}),
+                tensor_figure_block(view, {"type": "tensor-graph", "panel": panel},
+                                    {"type": "tensor-caption", "panel": panel}),
+                dcc.Store(id={"type": "tensor-ref", "panel": panel},
+                          data={"run": run_id, "it": index, "name": record.name}),
+            ]
+        )
+    return html.Div([header, body, downloads], className="tensor-panel", **{"data-tensor": record.name})
+
+
+def tensor_flow(inputs: Sequence[html.Div], outputs: Sequence[html.Div]) -> html.Div:
+    """What a step reads, then (after an arrow) what it writes; wraps on narrow screens."""
+    parts = []
+    if inputs:
+        parts.append(html.Div([html.Div("reads", className="flow-label"), html.Div(inputs, className="flow-items")],
+                              className="flow-group flow-in"))
+    if outputs:
+        parts.append(html.Div([html.Div("→ writes" if inputs else "writes", className="flow-label"),
+                               html.Div(outputs, className="flow-items")],
+                              className="flow-group flow-out"))
+    return html.Div(parts, className="tensor-flow")
+
+
+# ---------------------------------------------------------------- steps
+
+
+def step_card(
+    number: int,
+    step: StepRecord,
+    tensors: dict[str, TensorRecord],
+    *,
+    run_id: int,
+    index: int,
+    layer: LayerInfo | None = None,
+) -> html.Section:
+    """One step: title, layer, general formula, formula with numbers, heatmaps, check, note."""
+
+    def panels(names: Iterable[str], side: str) -> list[html.Div]:
+        return [
+            tensor_panel(tensors[name], run_id=run_id, index=index, panel=f"{number}-{side}-{k}")
+            for k, name in enumerate(names)
+            if name in tensors
+        ]
+
+    layer_text = step.layer if layer is None else f"{step.layer} · {layer.type}"
+    header = html.Div(
+        [
+            html.Div(
+                [
+                    html.Span(str(number), className="step-number"),
+                    html.H4(step.title, className="step-title"),
+                    html.Span(layer_text, className="step-layer"),
+                ],
+                className="step-heading",
+            ),
+            verified_badge(step),
+        ],
+        className="step-header",
+    )
+    body = [
+        html.Div([html.Div("General formula", className="formula-label"), formula(step.formula)],
+                 className="formula-row"),
+        html.Div([html.Div("With this iteration's numbers", className="formula-label"),
+                  formula(step.formula_values, "formula-values")],
+                 className="formula-row"),
+        tensor_flow(panels(step.inputs, "in"), panels(step.outputs, "out")),
+    ]
+    if step.note:
+        body.append(html.P(step.note, className="step-note"))
+    if step.reference:
+        body.append(html.P(["Checked against: ", step.reference], className="step-reference"))
+    return html.Section(
+        [header, html.Div(body, className="step-body")],
+        id=f"step-{number}",
+        className=f"step-card phase-{step.phase}",
+        **{"data-verified": _verified_attr(step)},
+    )
+
+
+def _verified_attr(step: StepRecord) -> str:
+    return "none" if step.verified is None else ("yes" if step.verified else "no")
+
+
+def iteration_stepper(run_id: int, current: int, count: int, *, window: int = 4) -> html.Nav:
+    """Links to iterations 1..count around `current`, with previous and next."""
+    if count <= 0:
+        return html.Nav(html.Span("no iterations stored yet", className="text-muted"), className="iteration-stepper")
+    shown = sorted({1, count, *range(max(1, current - window), min(count, current + window) + 1)})
+    items = [_page_item("‹ previous", links.iteration(run_id, current - 1) if current > 1 else None)]
+    last = 0
+    for i in shown:
+        if i - last > 1:
+            items.append(html.Li(html.Span("…", className="page-link"), className="page-item disabled"))
+        items.append(_page_item(str(i), links.iteration(run_id, i), active=i == current))
+        last = i
+    items.append(_page_item("next ›", links.iteration(run_id, current + 1) if current < count else None))
+    return html.Nav(html.Ul(items, className="pagination pagination-sm mb-0"),
+                    className="iteration-stepper", **{"aria-label": "iterations"})
+
+
+def _page_item(label: str, href: str | None, *, active: bool = False) -> html.Li:
+    if href is None:
+        return html.Li(html.Span(label, className="page-link"), className="page-item disabled")
+    return html.Li(dcc.Link(label, href=href, className="page-link"),
+                   className="page-item" + (" active" if active else ""))
+
+
+def metric(label: str, value, *, hint: str | None = None, class_name: str = "") -> html.Div:
+    return html.Div(
+        [html.Div(label, className="metric-label"), html.Div(value, className="metric-value"),
+         html.Div(hint, className="metric-hint") if hint else None],
+        className=f"metric {class_name}".strip(),
+    )
+
+
+def run_label(run: RunInfo) -> str:
+    seed = "" if run.seed is None else f", seed {run.seed}"
+    return f"#{run.id} {run.name}{seed}"

@@ -1,0 +1,69 @@
+"""URLs of the dashboard's pages and downloads, built in one place.
+
+Every choice a page offers lives in its query string, so any view can be
+bookmarked, shared and reached with the browser's back and forward buttons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from urllib.parse import quote, urlencode
+
+RUNS = "/"
+MODEL = "/model"
+ITERATION = "/iteration"
+COMPARE = "/compare"
+DOWNLOAD = "/download"
+DOWNLOAD_FORMATS = ("npy", "csv")
+
+
+def _with_query(path: str, params: dict) -> str:
+    query = urlencode({k: v for k, v in params.items() if v is not None and v != ""})
+    return f"{path}?{query}" if query else path
+
+
+def runs(sort: str | None = None, order: str | None = None) -> str:
+    return _with_query(RUNS, {"sort": sort, "order": order})
+
+
+def model(run_id: int) -> str:
+    return _with_query(MODEL, {"run": run_id})
+
+
+def iteration(run_id: int, index: int, anchor: str | None = None) -> str:
+    url = _with_query(ITERATION, {"run": run_id, "it": index})
+    return f"{url}#{anchor}" if anchor else url
+
+
+def selection(run_id: int, index: int) -> str:
+    """A compare-page side: run 1, iteration 3 -> '1:3'."""
+    return f"{run_id}:{index}"
+
+
+def compare(
+    a: tuple[int, int] | None = None,
+    b: tuple[int, int] | None = None,
+    *,
+    layer: str | None = None,
+    role: str | None = None,
+    tensor: str | None = None,
+    runs: Iterable[int] | None = None,
+    index: Iterable[int] | None = None,
+) -> str:
+    params = {
+        "a": selection(*a) if a else None,
+        "b": selection(*b) if b else None,
+        "layer": layer,
+        "role": role,
+        "tensor": tensor,
+        "runs": ",".join(str(r) for r in runs) if runs else None,
+        "slice": ",".join(str(i) for i in index) if index else None,
+    }
+    return _with_query(COMPARE, params)
+
+
+def download(run_id: int, index: int, tensor: str, fmt: str) -> str:
+    """/download/<run>/<iteration>/<tensor>.<npy|csv>; the name is percent-encoded."""
+    if fmt not in DOWNLOAD_FORMATS:
+        raise ValueError(f"unknown download format {fmt!r}")
+    return f"{DOWNLOAD}/{int(run_id)}/{int(index)}/{quote(tensor, safe='')}.{fmt}"

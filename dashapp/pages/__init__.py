@@ -1,0 +1,1 @@
+"""One module per page; Dash Pages imports them when `create_app` builds the app."""

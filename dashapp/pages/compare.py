@@ -1,0 +1,341 @@
+"""Compare (?a=RUN:IT&b=RUN:IT&layer=conv&role=param_grad&tensor=...&runs=1,2,3):
+one tensor of one layer in two (run, iteration) selections side by side, on one
+colour scale, with their difference; below, loss and per-layer weight and
+gradient norms over iterations with the runs overlaid (seed sensitivity).
+
+Every control writes the URL; the page is rebuilt from it, so a comparison
+is a link and the browser's back button undoes a choice.
+"""
+
+from __future__ import annotations
+
+import dash
+import dash_bootstrap_components as dbc
+from dash import ALL, Input, Output, State, ctx, dcc, html
+
+from dashapp import figures, layouts, links
+from dashapp.data import (
+    NotFound,
+    current_store,
+    parse_int_list,
+    parse_selection,
+    require_iteration,
+    require_run,
+    store_location,
+)
+from dashapp.formatting import format_shape
+from dashapp.guard import page_layout
+from dashapp.tensorview import difference_view, matrix_view
+from storage import IterationRecord, RunInfo, RunStore, TensorRecord
+
+dash.register_page(__name__, path=links.COMPARE, name="Compare", title="Compare · cnnviz", order=3)
+
+# The roles a comparison offers, in the order the control lists them.
+ROLE_ORDER = (
+    "param", "param_grad", "activation", "activation_grad", "update",
+    "param_next", "intermediate", "optimizer_state", "output",
+)
+MAX_DEFAULT_RUNS = 10
+
+
+def comparable(record: IterationRecord) -> dict[str, dict[str, list[str]]]:
+    """layer -> role -> tensor names, for the tensors that belong to a layer."""
+    table: dict[str, dict[str, list[str]]] = {}
+    for t in record.tensors:
+        if t.layer is None or t.role not in ROLE_ORDER:
+            continue
+        table.setdefault(t.layer, {}).setdefault(t.role, []).append(t.name)
+    return table
+
+
+def choose(record: IterationRecord, run: RunInfo, layer: str | None, role: str | None,
+           tensor: str | None) -> tuple[str, str, str, list[str]]:
+    """(layer, role, tensor name, notes): the URL's choice, or a sensible default.
+
+    An unknown layer is NotFound; a role or tensor the layer does not have falls
+    back to one it has, with a note saying so."""
+    table = comparable(record)
+    order = [layer.name for layer in run.layers if layer.name in table] + [n for n in table if n not in {x.name for x in run.layers}]
+    if not order:
+        raise NotFound(f"run {run.id} iteration {record.index} has no layer tensors to compare")
+    notes = []
+    if layer is None:
+        layer = next((n for n in order if "param" in table[n]), order[0])
+    elif layer not in table:
+        raise NotFound(f"run {run.id} has no layer {layer!r}")
+    roles = [r for r in ROLE_ORDER if r in table[layer]]
+    if role not in roles:
+        if role is not None:
+            notes.append(f"layer {layer} has no {layouts.ROLE_LABELS.get(role, role)}; showing its "
+                         f"{layouts.ROLE_LABELS[roles[0]]} instead")
+        role = roles[0]
+    names = table[layer][role]
+    if tensor not in names:
+        if tensor is not None:
+            notes.append(f"{tensor} is not a {layouts.ROLE_LABELS[role]} of layer {layer}; showing {names[0]}")
+        tensor = names[0]
+    return layer, role, tensor, notes
+
+
+def default_selections(store: RunStore, runs: list[RunInfo], picked: list[int] | None):
+    """A: the first picked run (or the first run), last iteration; B: the next one."""
+    by_id = {r.id: r for r in runs}
+    order = [i for i in (picked or []) if i in by_id] or [r.id for r in runs]
+    first = by_id[order[0]]
+    second = by_id[order[1]] if len(order) > 1 else first
+    a = (first.id, max(first.num_iterations, 1))
+    if second.id == first.id:
+        b = (first.id, 1 if first.num_iterations > 1 else a[1])
+    else:
+        b = (second.id, max(second.num_iterations, 1))
+    return a, b
+
+
+def stats_block(ta: TensorRecord, tb: TensorRecord) -> html.Div:
+    if tuple(ta.shape) != tuple(tb.shape):
+        return dbc.Alert(f"The shapes differ ({format_shape(ta.shape)} and {format_shape(tb.shape)}): "
+                         "there is no element-wise difference.", color="warning")
+    a, b = ta.array.reshape(-1), tb.array.reshape(-1)
+    note = None
+    if a.size != b.size or ta.truncated or tb.truncated:
+        n = min(a.size, b.size)
+        a, b = a[:n], b[:n]
+        note = f"over the {n} stored values (a store size bound kept only the first ones)"
+    stats = figures.difference_stats(a, b)
+    cosine = "undefined (a zero tensor)" if stats.cosine is None else f"{stats.cosine:.6f}"
+    return html.Div(
+        [
+            html.Div(
+                [
+                    layouts.metric("max |Δ|", f"{stats.max_abs:.4g}", hint="largest element-wise difference"),
+                    layouts.metric("‖Δ‖₂", f"{stats.l2:.4g}", hint="L2 norm of B − A"),
+                    layouts.metric("cosine similarity", cosine, hint="1 = same direction"),
+                    layouts.metric("‖A‖₂ · ‖B‖₂", f"{stats.norm_a:.4g} · {stats.norm_b:.4g}",
+                                   hint=f"over {stats.count} values"),
+                ],
+                className="metrics", id="compare-stats",
+            ),
+            html.P(note, className="small text-muted") if note else None,
+            dcc.Graph(id="compare-bars", figure=figures.difference_bars(stats), config=layouts.GRAPH_CONFIG,
+                      className="compare-bars"),
+        ]
+    )
+
+
+def side_card(label: str, run: RunInfo, index: int, tensor: TensorRecord | None, view, zrange,
+              missing_message: str | None, side: str) -> dbc.Card:
+    title = html.Div([html.Span(label, className="side-label"),
+                      dcc.Link(run.name, href=links.iteration(run.id, index), className="run-name"),
+                      html.Span(f" · iteration {index}", className="text-muted")])
+    if tensor is None:
+        body = dbc.Alert(missing_message, color="warning", className="mb-0")
+    else:
+        body = html.Div(
+            [
+                html.Div([html.Code(tensor.name), html.Span(format_shape(tensor.shape), className="tensor-shape")],
+                         className="tensor-header"),
+                dcc.Graph(id=f"compare-{side}-graph", figure=figures.heatmap(view, zrange=zrange, colorbar=True),
+                          config=layouts.GRAPH_CONFIG, className="heatmap"),
+                html.Div(view.caption, className="tensor-caption"),
+                html.Div([html.A(f".{fmt}", href=links.download(run.id, index, tensor.name, fmt), download="",
+                                 className="download-link") for fmt in links.DOWNLOAD_FORMATS],
+                         className="tensor-downloads"),
+            ]
+        )
+    return dbc.Card([dbc.CardHeader(title), dbc.CardBody(body)], className=f"compare-side compare-{side} shadow-sm")
+
+
+def history_section(store: RunStore, runs: list[RunInfo], chosen: list[int]) -> html.Div:
+    by_id = {r.id: r for r in runs}
+    legend = [(rid, layouts.run_label(by_id[rid]), figures.run_color(i)) for i, rid in enumerate(chosen)]
+    loss_series = []
+    for rid, label, color in legend:
+        its = store.iterations(rid)
+        loss_series.append(figures.Series(label, color, [i.index for i in its], [i.loss for i in its]))
+    rows = store.tensor_history(chosen, roles=["param", "param_grad"])
+    pairs = figures.norm_panels(rows, legend)
+    picker = dcc.Dropdown(
+        id="compare-runs",
+        options=[{"label": layouts.run_label(r), "value": r.id} for r in runs],
+        value=chosen,
+        multi=True,
+        className="runs-picker",
+    )
+    return html.Section(
+        [
+            html.H2("Across iterations", className="section-title"),
+            html.P("Loss, and the L2 norm of every weight and its gradient, iteration by iteration: runs that "
+                   "differ only in their seed drift apart here.", className="section-lead"),
+            html.Div([html.Span("Runs", className="control-label"), picker], className="control mb-2"),
+            dcc.Graph(id="compare-loss", figure=figures.loss_figure(loss_series), config=layouts.GRAPH_CONFIG),
+            dcc.Graph(id="compare-norms", figure=figures.norms_figure(pairs), config=layouts.GRAPH_CONFIG),
+        ],
+        className="phase-section history-section",
+    )
+
+
+def controls(runs, store, a, b, layer, role, tensor, table, slice_lead) -> dbc.Card:
+    def iteration_options(run_id):
+        return [{"label": f"iteration {i.index}", "value": i.index} for i in store.iterations(run_id)]
+
+    run_options = [{"label": layouts.run_label(r), "value": r.id} for r in runs]
+
+    def side(label, key, sel):
+        return dbc.Col(
+            [
+                html.Div(label, className="side-label mb-1"),
+                dcc.Dropdown(id=f"compare-{key}-run", options=run_options, value=sel[0], clearable=False),
+                dcc.Dropdown(id=f"compare-{key}-it", options=iteration_options(sel[0]), value=sel[1],
+                             clearable=False, className="mt-1"),
+            ],
+            md=4,
+        )
+
+    roles = [r for r in ROLE_ORDER if r in table[layer]]
+    what = dbc.Col(
+        [
+            html.Div("Tensor on both sides", className="side-label mb-1"),
+            dcc.Dropdown(id="compare-layer", options=[{"label": n, "value": n} for n in table],
+                         value=layer, clearable=False),
+            dbc.RadioItems(id="compare-role", options=[{"label": layouts.ROLE_LABELS[r], "value": r} for r in roles],
+                           value=role, inline=True, className="mt-1 role-radio"),
+            dcc.Dropdown(id="compare-tensor", options=[{"label": n, "value": n} for n in table[layer][role]],
+                         value=tensor, clearable=False, className="mt-1"),
+            layouts.slice_selectors(slice_lead, lambda axis: {"type": "compare-slice", "axis": axis})
+            if slice_lead is not None else None,
+        ],
+        md=4,
+    )
+    return dbc.Card(dbc.CardBody(dbc.Row([side("A", "a", a), side("B", "b", b), what], className="g-3")),
+                    className="mb-3 shadow-sm compare-controls")
+
+
+@page_layout
+def layout(a=None, b=None, layer=None, role=None, tensor=None, runs=None, slice=None, **_query):
+    store = current_store()
+    all_runs = store.list_runs()
+    if not all_runs:
+        return html.Div([layouts.page_header("Compare"), layouts.empty_store(store_location())])
+    for name, value in (("layer", layer), ("role", role), ("tensor", tensor)):
+        if isinstance(value, list):
+            raise NotFound(f"the address gives {name} more than once")
+    picked = parse_int_list(runs, "runs")
+    sel_a, sel_b = parse_selection(a, "side A"), parse_selection(b, "side B")
+    default_a, default_b = default_selections(store, all_runs, picked)
+    sel_a, sel_b = sel_a or default_a, sel_b or default_b
+    run_a, run_b = require_run(store, sel_a[0]), require_run(store, sel_b[0])
+    rec_a = require_iteration(store, run_a, sel_a[1])
+    rec_b = require_iteration(store, run_b, sel_b[1])
+    layer, role, name, notes = choose(rec_a, run_a, layer or None, role or None, tensor or None)
+    ta = rec_a.tensor(name)
+    try:
+        tb = rec_b.tensor(name)
+    except KeyError:
+        tb = None
+    lead_index = [i - 1 for i in (parse_int_list(slice, "slice") or [])]
+    view_a = matrix_view(ta.array, ta.shape, role=role, lead_index=lead_index)
+    same_shape = tb is not None and tuple(tb.shape) == tuple(ta.shape)
+    view_b = matrix_view(tb.array, tb.shape, role=role, lead_index=lead_index) if tb is not None else None
+    zrange = figures.symmetric_range(view_a.values, *([view_b.values] if same_shape else []))
+    missing = f"run {run_b.id} iteration {sel_b[1]} has no tensor {name}" if tb is None else None
+
+    if picked:
+        chosen = [i for i in picked if i in {r.id for r in all_runs}]
+    else:
+        same_model = [r.id for r in all_runs if r.model_name == run_a.model_name]
+        chosen = same_model[:MAX_DEFAULT_RUNS]
+    for rid in (run_b.id, run_a.id):
+        if rid not in chosen:
+            chosen.insert(0, rid)
+
+    label = layouts.ROLE_LABELS.get(role, role)
+    heatmaps = [
+        dbc.Col(side_card("A", run_a, sel_a[1], ta, view_a, zrange, None, "a"), lg=4),
+        dbc.Col(side_card("B", run_b, sel_b[1], tb, view_b,
+                          zrange if same_shape else None, missing, "b"), lg=4),
+    ]
+    if same_shape:
+        diff = difference_view(view_a, view_b)
+        heatmaps.append(
+            dbc.Col(
+                dbc.Card(
+                    [
+                        dbc.CardHeader(html.Div([html.Span("Δ = B − A", className="side-label"),
+                                                 html.Span(" own colour scale", className="text-muted small")])),
+                        dbc.CardBody([
+                            dcc.Graph(id="compare-diff-graph", figure=figures.difference_heatmap(diff),
+                                      config=layouts.GRAPH_CONFIG, className="heatmap"),
+                            html.Div(diff.caption, className="tensor-caption"),
+                        ]),
+                    ],
+                    className="compare-side compare-diff shadow-sm",
+                ),
+                lg=4,
+            )
+        )
+    page = [
+        layouts.page_header(
+            "Compare",
+            subtitle=[html.Code(name), f" ({label}, {format_shape(ta.shape)}): A = run {run_a.id} iteration {sel_a[1]}, "
+                      f"B = run {run_b.id} iteration {sel_b[1]}"],
+            crumbs=[("Runs", links.RUNS), ("Compare", None)],
+        ),
+        controls(all_runs, store, sel_a, sel_b, layer, role, name, comparable(rec_a),
+                 view_a if view_a.lead else None),
+        *[dbc.Alert(n, color="info", className="py-2") for n in notes],
+        html.P("A and B share one colour scale (blue negative, white zero, red positive); the difference "
+               "has its own.", className="text-muted small"),
+        dbc.Row(heatmaps, className="g-3 mb-3"),
+        stats_block(ta, tb) if tb is not None else None,
+        history_section(store, all_runs, chosen),
+        dcc.Location(id="compare-url", refresh="callback-nav"),
+        dcc.Store(id="compare-ref", data={
+            "a": list(sel_a), "b": list(sel_b), "layer": layer, "role": role, "tensor": name,
+            "runs": chosen if picked else None, "slice": [i + 1 for i in view_a.lead_index],
+        }),
+    ]
+    return html.Div(page, className="compare-page")
+
+
+@dash.callback(
+    Output("compare-url", "search"),
+    Input("compare-a-run", "value"),
+    Input("compare-a-it", "value"),
+    Input("compare-b-run", "value"),
+    Input("compare-b-it", "value"),
+    Input("compare-layer", "value"),
+    Input("compare-role", "value"),
+    Input("compare-tensor", "value"),
+    Input("compare-runs", "value"),
+    Input({"type": "compare-slice", "axis": ALL}, "value"),
+    State("compare-ref", "data"),
+    prevent_initial_call=True,
+)
+def navigate(a_run, a_it, b_run, b_it, layer, role, tensor, runs, slices, ref):
+    """Every control rewrites the query string; the page is rebuilt from it."""
+    trigger = ctx.triggered_id
+    store = current_store()
+
+    def last_iteration(run_id):
+        its = store.iterations(run_id)
+        return its[-1].index if its else 1
+
+    if trigger == "compare-a-run":
+        a_it = last_iteration(a_run)
+    if trigger == "compare-b-run":
+        b_it = last_iteration(b_run)
+    slice_index = [v for v in slices if v is not None] or None
+    if trigger in ("compare-layer", "compare-role"):
+        tensor, slice_index = None, None
+    if trigger == "compare-layer":
+        role = ref["role"]  # kept when the new layer has it, else the page picks one
+    if trigger == "compare-tensor":
+        slice_index = None
+    url = links.compare(
+        (a_run, a_it), (b_run, b_it), layer=layer, role=role, tensor=tensor,
+        runs=runs if (trigger == "compare-runs" or ref.get("runs")) else None,
+        index=[int(v) for v in slice_index] if slice_index else None,
+    )
+    search = url.partition("?")[2]
+    return f"?{search}" if search else ""
+

@@ -1,0 +1,282 @@
+"""Iteration view (?run=ID&it=N): one training iteration from input to weight update.
+
+Input (batch, labels, weights, learning rate) -> forward pass layer by layer ->
+loss -> backward pass from dL/dz back to the first layer -> weight update.
+Every step is a card with its general formula, the formula with this
+iteration's numbers, heatmaps of what it reads and writes, and whether our
+NumPy result matched PyTorch's autograd. A side menu jumps between the steps.
+"""
+
+from __future__ import annotations
+
+import dash
+import dash_bootstrap_components as dbc
+from dash import ALL, MATCH, Input, Output, State, ctx, dcc, html
+
+from dashapp import figures, layouts, links
+from dashapp.data import (
+    NotFound,
+    current_store,
+    default_run,
+    parse_int,
+    require_iteration,
+    require_run,
+    store_location,
+)
+from dashapp.formatting import format_diff, format_scalar
+from dashapp.guard import page_layout
+from dashapp.steps import Section, sections
+from dashapp.tensorview import matrix_view
+from storage import RUN_RUNNING, IterationRecord, LayerInfo, RunInfo, StepRecord
+
+dash.register_page(__name__, path=links.ITERATION, name="Iteration", title="Iteration · cnnviz", order=2)
+
+POLL_MS = 2000
+
+SECTION_TEXT = {
+    "forward": "Each layer turns its input into its output; the matrices are this iteration's real values.",
+    "loss": "The model's output (the logits) becomes probabilities, and the loss measures how far they are "
+            "from the labels.",
+    "backward": "The chain rule, from the gradient of the loss with respect to the logits back to the first "
+                "layer's weights: each layer turns the gradient of its output into the gradients of its "
+                "weights and of its input.",
+    "update": "The optimizer moves every weight against its gradient.",
+}
+
+
+def side_menu(parts: list[Section]) -> html.Nav:
+    """Anchor links: Input -> Forward (per layer) -> Loss -> Backward (per layer) -> Update."""
+    items = [html.Li(html.A("Input, labels, weights", href="#section-input"), className="toc-section")]
+    for section in parts:
+        entries = []
+        for layer, steps in section.groups:
+            entries.append(html.Li(html.Span(layer, className="toc-layer")))
+            entries += [
+                html.Li(html.A([html.Span(str(n), className="toc-num"), step.title], href=f"#step-{n}",
+                               className=f"toc-step verified-{_mark(step)}"))
+                for n, step in steps
+            ]
+        items.append(html.Li([html.A(section.title, href=f"#section-{section.key}"), html.Ul(entries)],
+                             className=f"toc-section toc-{section.key}"))
+    return html.Nav([html.Div("On this page", className="toc-title"), html.Ul(items)], className="toc")
+
+
+def _mark(step: StepRecord) -> str:
+    return "none" if step.verified is None else ("yes" if step.verified else "no")
+
+
+def input_section(record: IterationRecord, run: RunInfo) -> html.Section:
+    """What goes in: the batch, its labels, the weights before this step, the learning rate."""
+    tensors = {t.name: t for t in record.tensors}
+
+    def panels(names, key):
+        return [layouts.tensor_panel(tensors[n], run_id=run.id, index=record.index, panel=f"{key}-{i}")
+                for i, n in enumerate(names)]
+
+    inputs = [t.name for t in record.tensors if t.role == "input"]
+    labels = [t.name for t in record.tensors if t.role == "target"]
+    weights = [t.name for t in record.tensors if t.role == "param"]
+    label_text = None
+    for name in labels:
+        values = tensors[name].array.reshape(-1)
+        if 0 < values.size <= 16:
+            label_text = "Labels of the batch: " + ", ".join(str(v) for v in values.tolist())
+    lr = record.learning_rate if record.learning_rate is not None else run.learning_rate
+    return html.Section(
+        [
+            html.H2("Input", className="section-title"),
+            html.P("The batch this iteration trains on, its labels, and the weights before the update.",
+                   className="section-lead"),
+            html.Div(
+                [
+                    html.Div([html.H3("Input data", className="h6"), html.Div(panels(inputs, "input"), className="flow-items")]),
+                    html.Div([html.H3("Labels", className="h6"), html.Div(panels(labels, "labels"), className="flow-items"),
+                              html.P(label_text, className="small text-muted") if label_text else None]),
+                ],
+                className="input-row",
+            ),
+            html.H3("Weights before this iteration", className="h6 mt-3"),
+            html.Div(panels(weights, "weights"), className="flow-items"),
+            html.P(["Learning rate η = ", html.Strong(format_scalar(lr) if lr is not None else "not recorded"),
+                    f" ({run.optimizer})" if run.optimizer else ""], className="mt-2 mb-0"),
+        ],
+        id="section-input",
+        className="phase-section section-input",
+    )
+
+
+def step_sections(parts: list[Section], record: IterationRecord, run: RunInfo,
+                  layers: dict[str, LayerInfo]) -> list[html.Section]:
+    tensors = {t.name: t for t in record.tensors}
+    out = []
+    for section in parts:
+        children = [html.H2(section.title, className="section-title"),
+                    html.P(SECTION_TEXT.get(section.key, ""), className="section-lead")]
+        for layer, steps in section.groups:
+            info = layers.get(layer)
+            children.append(
+                html.Div(
+                    [
+                        html.Code(layer, className="group-layer"),
+                        html.Span(f" {info.type}: {info.description}" if info else "", className="group-desc"),
+                    ],
+                    className="layer-group-header",
+                )
+            )
+            children += [
+                layouts.step_card(n, step, tensors, run_id=run.id, index=record.index, layer=info)
+                for n, step in steps
+            ]
+        out.append(html.Section(children, id=f"section-{section.key}",
+                                className=f"phase-section section-{section.key}"))
+    return out
+
+
+def summary(record: IterationRecord, run: RunInfo) -> html.Div:
+    checked = [s for s in record.steps if s.verified is not None]
+    ok = sum(1 for s in checked if s.verified)
+    worst = max((s.max_abs_diff for s in checked if s.max_abs_diff is not None), default=None)
+    all_ok = ok == len(checked)
+    accuracy = "" if record.accuracy is None else f"{record.accuracy:.2f}"
+    return html.Div(
+        [
+            layouts.metric("Loss", format_scalar(record.loss)),
+            layouts.metric("Accuracy", accuracy or "—"),
+            layouts.metric("Learning rate", format_scalar(record.learning_rate) if record.learning_rate is not None else "—"),
+            layouts.metric("Checked against autograd", f"{ok} of {len(checked)} steps match",
+                           hint=f"largest |ours − PyTorch| = {format_diff(worst)}",
+                           class_name="metric-ok" if all_ok else "metric-bad"),
+        ],
+        className="metrics",
+    )
+
+
+def run_picker(current: RunInfo, runs: list[RunInfo]) -> dcc.Dropdown:
+    return dcc.Dropdown(
+        id="iteration-run",
+        options=[{"label": layouts.run_label(r), "value": r.id} for r in runs],
+        value=current.id,
+        clearable=False,
+        className="run-picker",
+    )
+
+
+def header(run: RunInfo, runs: list[RunInfo], index: int | None, count: int) -> html.Div:
+    title = f"Iteration {index} of {count}" if index else "Iteration"
+    return html.Div(
+        [
+            layouts.page_header(
+                title,
+                subtitle=[html.Span(run.name, className="run-name"), " · ", run.model_name,
+                          " · ", html.Span(layouts.status_badge(run.status), id="iteration-status")],
+                crumbs=[("Runs", links.RUNS), (run.name, links.model(run.id)), (f"Iteration {index or ''}", None)],
+                actions=[dcc.Link("Model", href=links.model(run.id), className="btn btn-outline-secondary btn-sm"),
+                         dcc.Link("Compare", href=links.compare((run.id, index or 1), (run.id, max(count, 1))),
+                                  className="btn btn-outline-secondary btn-sm")],
+            ),
+            html.Div(
+                [
+                    html.Div([html.Span("Run", className="control-label"), run_picker(run, runs)], className="control"),
+                    html.Div([html.Span("Iteration", className="control-label"),
+                              html.Div(layouts.iteration_stepper(run.id, index or 0, count), id="iteration-stepper")],
+                             className="control"),
+                ],
+                className="iteration-controls",
+            ),
+        ]
+    )
+
+
+@page_layout
+def layout(run=None, it=None, **_query):
+    store = current_store()
+    run_id = parse_int(run, "run")
+    index = parse_int(it, "iteration")
+    info = require_run(store, run_id) if run_id is not None else default_run(store)
+    if info is None:
+        return html.Div([layouts.page_header("Iteration"), layouts.empty_store(store_location())])
+    runs = store.list_runs()
+    count = len(store.iterations(info.id))
+    polling = [
+        dcc.Store(id="iteration-ref", data={"run": info.id, "it": index, "count": count}),
+        dcc.Location(id="iteration-url", refresh="callback-nav"),
+        dcc.Interval(id="iteration-poll", interval=POLL_MS, disabled=info.status != RUN_RUNNING),
+    ]
+    if count == 0:
+        if index is not None:
+            raise NotFound(f"run {info.id} has no iteration {index}: it has no iterations yet")
+        note = "This run is still being traced; its iterations appear here as they are committed." \
+            if info.status == RUN_RUNNING else "This run has no stored iterations."
+        return html.Div([header(info, runs, None, 0), dbc.Alert(note, color="info"), *polling])
+    index = index or 1
+    record = require_iteration(store, info, index)
+    polling[0].data["it"] = index
+    layers = {layer.name: layer for layer in info.layers}
+    parts = sections(record.steps, layers)
+    warnings = [dbc.Alert([html.Strong("Tracer warning: "), w], color="warning", className="py-2")
+                for w in record.warnings]
+    return html.Div(
+        [
+            header(info, runs, index, count),
+            summary(record, info),
+            *warnings,
+            dbc.Row(
+                [
+                    dbc.Col(side_menu(parts), lg=3, xl=2, className="d-none d-lg-block toc-col"),
+                    dbc.Col([input_section(record, info), *step_sections(parts, record, info, layers)],
+                            lg=9, xl=10, className="steps-col"),
+                ],
+            ),
+            *polling,
+        ],
+        className="iteration-page",
+    )
+
+
+@dash.callback(
+    Output("iteration-url", "search"),
+    Input("iteration-run", "value"),
+    State("iteration-ref", "data"),
+    prevent_initial_call=True,
+)
+def choose_run(run_id, ref):
+    if run_id is None or run_id == ref["run"]:
+        return dash.no_update
+    return f"?run={int(run_id)}&it=1"
+
+
+@dash.callback(
+    Output("iteration-stepper", "children"),
+    Output("iteration-status", "children"),
+    Output("iteration-poll", "disabled"),
+    Input("iteration-poll", "n_intervals"),
+    State("iteration-ref", "data"),
+    prevent_initial_call=True,
+)
+def poll(_n, ref):
+    """While a run is traced: new iterations appear in the stepper; stop when it ends."""
+    store = current_store()
+    run = store.get_run(ref["run"])
+    if run is None:
+        return dash.no_update, dash.no_update, True
+    count = len(store.iterations(run.id))
+    stepper = layouts.iteration_stepper(run.id, ref["it"] or 0, count)
+    return stepper, layouts.status_badge(run.status), run.status != RUN_RUNNING
+
+
+@dash.callback(
+    Output({"type": "tensor-graph", "panel": MATCH}, "figure"),
+    Output({"type": "tensor-caption", "panel": MATCH}, "children"),
+    Input({"type": "tensor-slice", "panel": MATCH, "axis": ALL}, "value"),
+    State({"type": "tensor-ref", "panel": MATCH}, "data"),
+    prevent_initial_call=True,
+)
+def reslice(values, ref):
+    """Another sample or channel of an N-D tensor: redraw its heatmap."""
+    record = current_store().load_tensor(ref["run"], ref["it"], ref["name"])
+    if record is None:
+        return dash.no_update, "this tensor is no longer in the store"
+    chosen = {item["id"]["axis"]: item.get("value") for item in ctx.inputs_list[0]}
+    index = [(chosen.get(axis) or 1) - 1 for axis in range(max(len(record.shape) - 2, 0))]
+    view = matrix_view(record.array, record.shape, role=record.role, lead_index=index)
+    return figures.heatmap(view), view.caption
