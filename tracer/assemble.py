@@ -49,8 +49,19 @@ def _grad_name(name: str) -> str:
     return f"{name}.grad"
 
 
-def _layer_call(call: CapturedCall, cap: CapturedIteration) -> LayerCall:
+def _layer_call(call: CapturedCall, cap: CapturedIteration, shared: dict[str, set[str]]) -> LayerCall:
+    """What the explainer sees. An input that several calls use (`shared`: name ->
+    calls using it) gets autograd's total gradient as reference, which is not this
+    call's part: `_CallContext` sets such checks aside for the sum over the uses."""
     grad_inputs = [cap.grads.get(n) for n in call.input_names]
+    grad_input_names = []
+    for n, g in zip(call.input_names, grad_inputs, strict=True):
+        if g is None:
+            grad_input_names.append(None)
+        elif n in shared:
+            grad_input_names.append(_part_name(n, call.name))
+        else:
+            grad_input_names.append(_grad_name(n))
     return LayerCall(
         name=call.name,
         module=call.module,
@@ -58,15 +69,13 @@ def _layer_call(call: CapturedCall, cap: CapturedIteration) -> LayerCall:
         output=call.output,
         input_names=call.input_names,
         output_name=call.output_name,
-        params={local: cap.params[q] for local, q in call.param_names.items()},
+        params={local: cap.params[q] for local, q in call.param_names.items() if q in cap.params},
         param_names=dict(call.param_names),
         grad_output=cap.grads.get(call.output_name) if call.output_name else None,
         grad_inputs=grad_inputs,
         param_grads={local: cap.param_grads.get(q) for local, q in call.param_names.items()},
         grad_output_name=_grad_name(call.output_name) if call.output_name else None,
-        grad_input_names=[
-            _grad_name(n) if g is not None else None for n, g in zip(call.input_names, grad_inputs, strict=False)
-        ],
+        grad_input_names=grad_input_names,
         param_grad_names={
             local: _grad_name(q) for local, q in call.param_names.items() if q in cap.param_grads
         },
@@ -77,27 +86,76 @@ def _layer_call(call: CapturedCall, cap: CapturedIteration) -> LayerCall:
     )
 
 
+def _part_name(name: str, call_name: str) -> str:
+    """The part of dL/d(name) that flows back through one of the calls using it."""
+    return f"{name}.grad@{call_name}"
+
+
+class _CallContext(StepContext):
+    """A StepContext that sets aside the checks of inputs used by several calls.
+
+    Autograd's gradient of such an input is the sum over every call that used it,
+    so one call's part cannot be compared with it. The explainer's result for that
+    input is kept in `input_parts` (by input name) and checked in the sum instead
+    (`_fan_out_sum`); the explainer passes autograd's array itself as reference,
+    which is how the check is recognised.
+    """
+
+    def __init__(self, call: LayerCall, phase: str, shared: dict[str, set[str]]):
+        super().__init__(call, phase)
+        self.shared_refs = {
+            id(g): (n, len(shared[n]))
+            for n, g in zip(call.input_names, call.grad_inputs, strict=True)
+            if g is not None and n in shared
+        }
+        self.input_parts: dict[str, np.ndarray] = {}
+
+    def step(self, title, formula, values, *, inputs, outputs, checks=(), note=""):
+        kept, deferred = [], {}
+        for ours, theirs, what in checks:
+            hit = self.shared_refs.get(id(theirs)) if theirs is not None else None
+            if hit is None:
+                kept.append((ours, theirs, what))
+                continue
+            name, uses = hit
+            self.input_parts[name] = np.asarray(ours)
+            kept.append((ours, None, what))
+            deferred[f"{what}: not computed by autograd"] = (
+                f"{what}: this call's part, checked in the sum over the {uses} uses of {name}"
+            )
+        record = super().step(title, formula, values, inputs=inputs, outputs=outputs, checks=kept, note=note)
+        if deferred and record.reference:
+            for old, new in deferred.items():
+                record.reference = record.reference.replace(old, new)
+        return record
+
+
 def _raw_step(call: CapturedCall, phase: str, why: str, cap: CapturedIteration) -> StepRecord:
-    """A layer with no matrix form: its tensors are stored and shown as they are."""
-    kind = type(call.module).__name__
+    """A call with no matrix form: its tensors are stored and shown as they are."""
+    kind = call.kind
+    symbol = kind.rsplit(".", 1)[-1].strip("_").replace("_", r"\_") or "f"
+    params = list(call.param_names.values())
+    outputs = call.output_names or ([call.output_name] if call.output_name else [])
     if phase == "forward":
-        inputs, outputs = call.input_names, [call.output_name]
-        formula = rf"Y = \operatorname{{{kind}}}(X)"
+        inputs = call.input_names + params
+        formula = rf"Y = \operatorname{{{symbol}}}(X)"
         title = f"{kind} (no matrix form; tensors as captured)"
     else:
-        inputs = [_grad_name(call.output_name)] if call.output_name else []
+        inputs = [_grad_name(n) for n in outputs if n in cap.grads]
         outputs = [_grad_name(n) for n in call.input_names if n in cap.grads]
-        formula = rf"\frac{{\partial L}}{{\partial X}} = J_{{\operatorname{{{kind}}}}}^{{\top}} \frac{{\partial L}}{{\partial Y}}"
+        outputs += [_grad_name(q) for q in params if q in cap.param_grads]
+        formula = rf"\frac{{\partial L}}{{\partial X}} = J_{{\operatorname{{{symbol}}}}}^{{\top}} \frac{{\partial L}}{{\partial Y}}"
         title = f"{kind} backward (no matrix form; autograd's gradient as captured)"
+    what = f"the functional call {call.op}" if call.op else kind
     return StepRecord(
         layer=call.name,
         phase=phase,
         title=title,
         formula=formula,
         formula_values=r"\text{see the stored tensors}",
-        inputs=[n for n in inputs if n],
-        outputs=[n for n in outputs if n],
-        note=f"cnnviz has no matrix decomposition for {kind}: {why}",
+        inputs=list(dict.fromkeys(n for n in inputs if n)),
+        outputs=list(dict.fromkeys(n for n in outputs if n)),
+        note=f"cnnviz has no matrix decomposition for {what}: {why}",
     )
 
 
@@ -109,10 +167,17 @@ def build_iteration(
     bounds: Bounds | None = None,
     strict: bool = False,
     loss_value: float | None = None,
+    explain: bool = True,
 ) -> IterationRecord:
+    """The stored record of one captured iteration.
+
+    `strict` turns an explainer's failure into a TraceError (tests); otherwise the
+    call is stored as raw tensors with a warning. `explain=False` stores every call
+    as raw tensors (the fallback when building a record failed).
+    """
     bounds = bounds or Bounds()
     tensors: dict[str, TensorRecord] = {}
-    warnings: list[str] = []
+    warnings: list[str] = [f"capture: {p}" for p in cap.problems]
 
     def add(name: str, array: np.ndarray, role: str, layer: str | None) -> None:
         if name not in tensors:
@@ -123,7 +188,7 @@ def build_iteration(
     for name, grad in cap.grads.items():
         if cap.loss_name and name == f"{cap.loss_name}.value":
             continue  # dL/dL = 1
-        role = ROLE_INPUT_GRAD if name == "input" else ROLE_ACTIVATION_GRAD
+        role = ROLE_INPUT_GRAD if cap.values.get(name) and cap.values[name].role == "input" else ROLE_ACTIVATION_GRAD
         add(_grad_name(name), grad, role, cap.values[name].layer if name in cap.values else None)
     for name, value in cap.params.items():
         layer = cap.param_layers.get(name)
@@ -132,22 +197,32 @@ def build_iteration(
             add(_grad_name(name), cap.param_grads[name], ROLE_PARAM_GRAD, layer)
         if name in cap.params_after:
             add(f"{name}.next", cap.params_after[name], ROLE_PARAM_NEXT, layer)
-            add(f"{name}.update", cap.params_after[name] - value, ROLE_UPDATE, layer)
+            if cap.params_after[name].shape == value.shape and value.dtype.kind == "f":
+                add(f"{name}.update", cap.params_after[name] - value, ROLE_UPDATE, layer)
         for key, state in cap.state_after.get(name, {}).items():
             if state.ndim > 0:
                 add(f"{name}.state.{key}", state, ROLE_OPTIMIZER_STATE, layer)
 
     steps: list[StepRecord] = []
+    shared = _shared_inputs(cap)
 
-    def run(call: CapturedCall, phase: str, layer_call: LayerCall, ctx_steps: list) -> None:
-        explainer = explainer_for(call.module)
+    def warn(message: str) -> None:
+        if message not in warnings:
+            warnings.append(message)
+
+    def run(call: CapturedCall, phase: str, layer_call: LayerCall, explained: list) -> None:
+        explainer = explainer_for(call.module) if call.module is not None else None
         why = None
-        if call.error:
+        if not explain:
+            why = "not explained (building the matrix form of this iteration failed)"
+        elif call.error:
             why = call.error
         elif explainer is None:
-            why = "no explainer is registered for this type"
+            why = "no explainer is registered for " + (
+                "this operation" if call.module is None else f"{call.kind}"
+            )
         if why is None:
-            ctx = StepContext(layer_call, phase)
+            ctx = _CallContext(layer_call, phase, shared)
             try:
                 getattr(explainer, phase)(layer_call, ctx)
             except Unsupported as exc:
@@ -155,40 +230,59 @@ def build_iteration(
             except Exception as exc:
                 if strict:
                     raise TraceError(
-                        f"failed while explaining {phase} of layer {call.name} "
-                        f"({type(call.module).__name__}): {exc}"
+                        f"failed while explaining {phase} of layer {call.name} ({call.kind}): {exc}"
                     ) from exc
                 why = f"explainer failed: {type(exc).__name__}: {exc}"
             else:
                 for record in ctx.tensors:
                     add(record.name, record.array, record.role, record.layer)
-                ctx_steps.append((call, ctx))
+                for name, part in ctx.input_parts.items():
+                    add(_part_name(name, call.name), part.astype(np.float32), ROLE_ACTIVATION_GRAD, call.name)
+                explained.append((call, ctx))
                 for step in ctx.steps:
                     if step.verified is False:
-                        warnings.append(
-                            f"{call.name}: '{step.title}' differs from PyTorch by {step.max_abs_diff:.3g}"
-                        )
+                        warn(f"{call.name}: '{step.title}' differs from PyTorch by {step.max_abs_diff:.3g}")
                 steps.extend(ctx.steps)
                 return
-        message = f"{call.name} ({type(call.module).__name__}): {why}; traced as raw tensors"
-        if phase == "forward" or not any(message in w for w in warnings):
-            if message not in warnings:
-                warnings.append(message)
-                log.warning("cnnviz: %s", message)
+        what = f"{call.kind}, called as {call.op}" if call.op and call.op != call.kind else call.kind
+        warn(f"{call.name} ({what}): {why}; traced as raw tensors")
         steps.append(_raw_step(call, phase, why, cap))
 
-    layer_calls = [(call, _layer_call(call, cap)) for call in cap.calls if call.output is not None or call.error]
-    done: list = []
+    calls = [call for call in cap.calls if call.output is not None or call.error]
+    layer_calls = [(call, _layer_call(call, cap, shared)) for call in calls]
     for call, layer_call in layer_calls:
-        run(call, "forward", layer_call, done)
-    explained_backward: list = []
+        run(call, "forward", layer_call, [])
+    # Backward in reverse call order. A tensor or parameter that several calls used
+    # gets its sum step as soon as the last of them (the first in forward order)
+    # is done, before anything reads its total gradient.
+    input_parts: dict[str, list[tuple[str, np.ndarray]]] = {}
+    param_parts: dict[str, list[tuple[str, np.ndarray]]] = {}
+    param_users = _param_users(cap)
+    done: set[str] = set()
     for call, layer_call in reversed(layer_calls):
-        if layer_call.grad_output is None:
-            continue  # no gradient reached this call (no_grad, or not part of the loss)
-        run(call, "backward", layer_call, explained_backward)
+        explained: list = []
+        if any(n in cap.grads for n in call.output_names or [call.output_name]):
+            run(call, "backward", layer_call, explained)
+        # else: no gradient reached this call (no_grad, or not part of the loss)
+        for _, ctx in explained:
+            for name, part in ctx.input_parts.items():
+                input_parts.setdefault(name, []).append((call.name, part))
+            if layer_call.shared_params:
+                for local, part in ctx.param_grads.items():
+                    qualified = call.param_names[local]
+                    add(_part_name(qualified, call.name), np.asarray(part, dtype=np.float32),
+                        ROLE_PARAM_GRAD, cap.param_layers.get(qualified))
+                    param_parts.setdefault(qualified, []).append((call.name, part))
+        done.add(call.name)
+        for name in dict.fromkeys(call.input_names):
+            if name in shared and shared[name] <= done:
+                steps.extend(_fan_out_sum(cap, name, shared[name], input_parts.get(name, [])))
+        for qualified in dict.fromkeys(call.param_names.values()):
+            users = param_users.get(qualified, set())
+            if len(users) > 1 and users <= done:
+                steps.extend(_param_sum(cap, qualified, users, param_parts.get(qualified, [])))
 
-    steps.extend(_shared_param_sums(cap, explained_backward))
-    steps.extend(_update_steps(cap, optimizer, tensors, warnings, strict))
+    steps.extend(_update_steps(cap, optimizer, tensors, warn, strict))
 
     loss = loss_value
     if loss is None and cap.loss_name and f"{cap.loss_name}.value" in cap.values:
@@ -196,7 +290,8 @@ def build_iteration(
     accuracy = _accuracy(cap)
     lr = None
     if cap.param_groups:
-        lr = float(next(iter(cap.param_groups.values())).get("lr", np.nan))
+        lr = next(iter(cap.param_groups.values())).get("lr")
+        lr = float(lr) if isinstance(lr, (int, float)) else None
 
     stored = _apply_bounds(tensors, bounds)
     names = {t.name for t in stored}
@@ -215,43 +310,85 @@ def build_iteration(
     )
 
 
-def _shared_param_sums(cap: CapturedIteration, explained: list) -> list[StepRecord]:
-    """A parameter used by several calls gets .grad = the sum of every call's part."""
+def _shared_inputs(cap: CapturedIteration) -> dict[str, set[str]]:
+    """Tensors with a gradient that two or more calls read: name -> the calls.
+
+    A call that returned its input itself (an identity) does not count as a use:
+    the tensor flows through it unchanged.
+    """
+    users: dict[str, set[str]] = {}
+    for call in cap.calls:
+        for name in call.input_names:
+            if name in call.output_names:
+                continue
+            users.setdefault(name, set()).add(call.name)
+    return {name: who for name, who in users.items() if len(who) > 1 and name in cap.grads}
+
+
+def _param_users(cap: CapturedIteration) -> dict[str, set[str]]:
+    users: dict[str, set[str]] = {}
+    for call in cap.calls:
+        for qualified in call.param_names.values():
+            users.setdefault(qualified, set()).add(call.name)
+    return users
+
+
+def _sum_step(name, layer, contributions, reference, title, formula, note) -> list[StepRecord]:
     from . import latex
 
-    parts: dict[str, list[tuple[str, np.ndarray]]] = {}
-    for call, ctx in explained:
-        for local, grad in ctx.param_grads.items():
-            if ctx.call.shared_params:
-                parts.setdefault(call.param_names[local], []).append((call.name, grad))
-    steps = []
-    for qualified, contributions in parts.items():
-        if len(contributions) != cap.param_calls[qualified]:
-            continue  # some call had no explained backward; autograd's sum stands alone
-        total = sum(g for _, g in contributions)
-        reference = cap.param_grads.get(qualified)
-        ctx = StepContext(
-            LayerCall(name=qualified, module=None, inputs=[], output=np.empty(0), input_names=[], output_name=""),
-            "backward",
-            layer=cap.param_layers.get(qualified),
-        )
-        ctx.step(
-            f"Sum the gradient of {qualified} over its {len(contributions)} calls",
-            r"\frac{\partial L}{\partial W} = \sum_{\text{calls } c} \frac{\partial L}{\partial W}\Big|_{c}",
-            " + ".join(latex.bmatrix(latex.as_matrix(g)[0]) for _, g in contributions)
-            + rf" = {latex.bmatrix(latex.as_matrix(total)[0])}",
-            inputs=[],
-            outputs=[_grad_name(qualified)],
-            checks=[(total, reference, f"autograd {qualified}.grad")],
-            note="The module ran more than once in this forward pass ("
-            + ", ".join(n for n, _ in contributions)
-            + "); autograd adds the gradient of every use into one .grad.",
-        )
-        steps.extend(ctx.steps)
-    return steps
+    total = sum(np.asarray(g, dtype=np.float64) for _, g in contributions)
+    ctx = StepContext(
+        LayerCall(name=name, module=None, inputs=[], output=np.empty(0), input_names=[], output_name=""),
+        "backward",
+        layer=layer or name,
+    )
+    ctx.step(
+        title,
+        formula,
+        " + ".join(latex.bmatrix(latex.as_matrix(g)[0]) for _, g in contributions)
+        + rf" = {latex.bmatrix(latex.as_matrix(total)[0])}",
+        inputs=[_part_name(name, who) for who, _ in contributions],
+        outputs=[_grad_name(name)],
+        checks=[(total, reference, f"autograd dL/d({name})")],
+        note=note,
+    )
+    return ctx.steps
 
 
-def _update_steps(cap, optimizer, tensors, warnings, strict) -> list[StepRecord]:
+def _fan_out_sum(cap, name: str, users: set[str], contributions) -> list[StepRecord]:
+    """A tensor read by several calls: dL/dX is the sum of every call's part."""
+    if {who for who, _ in contributions} != users:
+        return []  # a user had no explained backward: autograd's total stands alone
+    return _sum_step(
+        name,
+        cap.values[name].layer if name in cap.values else None,
+        contributions,
+        cap.grads.get(name),
+        f"Sum the gradient of {name} over its {len(contributions)} uses",
+        r"\frac{\partial L}{\partial X} = \sum_{\text{uses } u} \frac{\partial L}{\partial X}\Big|_{u}",
+        f"{name} is read by " + ", ".join(who for who, _ in contributions)
+        + "; autograd adds the gradient coming back through each of them.",
+    )
+
+
+def _param_sum(cap, qualified: str, users: set[str], contributions) -> list[StepRecord]:
+    """A parameter used by several calls gets .grad = the sum of every call's part."""
+    if {who for who, _ in contributions} != users:
+        return []  # some call had no explained backward; autograd's sum stands alone
+    return _sum_step(
+        qualified,
+        cap.param_layers.get(qualified),
+        contributions,
+        cap.param_grads.get(qualified),
+        f"Sum the gradient of {qualified} over its {len(contributions)} calls",
+        r"\frac{\partial L}{\partial W} = \sum_{\text{calls } c} \frac{\partial L}{\partial W}\Big|_{c}",
+        "The parameter was used more than once in this forward pass ("
+        + ", ".join(who for who, _ in contributions)
+        + "); autograd adds the gradient of every use into one .grad.",
+    )
+
+
+def _update_steps(cap, optimizer, tensors, warn, strict) -> list[StepRecord]:
     if optimizer is None or not cap.stepped:
         return []
     explainer = explainer_for(optimizer)
@@ -275,7 +412,12 @@ def _update_steps(cap, optimizer, tensors, warnings, strict) -> list[StepRecord]
             value_after_name=f"{name}.next",
         )
         why = None
-        if explainer is None or not hasattr(explainer, "update"):
+        if cap.steps_taken > 1:
+            why = (
+                f"optimizer.step() ran {cap.steps_taken} times in this iteration; "
+                "the stored update spans all of them"
+            )
+        elif explainer is None or not hasattr(explainer, "update"):
             why = f"no explainer is registered for {type(optimizer).__name__}"
         else:
             ctx = StepContext(
@@ -297,9 +439,7 @@ def _update_steps(cap, optimizer, tensors, warnings, strict) -> list[StepRecord]
                         tensors[record.name] = record
                 steps.extend(ctx.steps)
                 continue
-        message = f"{name} ({type(optimizer).__name__}): {why}; update stored as raw tensors"
-        if message not in warnings:
-            warnings.append(message)
+        warn(f"{name} ({type(optimizer).__name__}): {why}; update stored as raw tensors")
         steps.append(
             StepRecord(
                 layer=layer or name,
@@ -308,7 +448,8 @@ def _update_steps(cap, optimizer, tensors, warnings, strict) -> list[StepRecord]
                 formula=r"W' = \operatorname{step}(W, \nabla_W L, \text{state})",
                 formula_values=r"\text{see the stored tensors}",
                 inputs=[name, _grad_name(name)],
-                outputs=[f"{name}.next", f"{name}.update"],
+                outputs=[f"{name}.next", f"{name}.update"]
+                + [f"{name}.state.{k}" for k in cap.state_after.get(name, {})],
                 note=why,
             )
         )
@@ -343,19 +484,25 @@ def layer_infos(cap: CapturedIteration) -> list[LayerInfo]:
     """The model's layers in call order, for the architecture page."""
     infos = []
     for position, call in enumerate(cap.calls):
-        explainer = explainer_for(call.module)
+        explainer = explainer_for(call.module) if call.module is not None else None
         try:
             description = explainer.describe(call.module) if explainer else repr(call.module)
         except Exception:
             description = repr(call.module)
+        if call.op:
+            description = (
+                f"{description} (functional call {call.op})"
+                if call.module is not None
+                else f"functional call {call.op}"
+            )
         infos.append(
             LayerInfo(
                 position=position,
                 name=call.name,
-                type=type(call.module).__name__,
-                input_shape=tuple(call.inputs[0].shape) if call.inputs else None,
+                type=call.kind,
+                input_shape=tuple(call.inputs[0].shape) if call.inputs and call.inputs[0] is not None else None,
                 output_shape=tuple(call.output.shape) if call.output is not None else None,
-                num_params=int(sum(cap.params[q].size for q in call.param_names.values())),
+                num_params=int(sum(cap.params[q].size for q in call.param_names.values() if q in cap.params)),
                 description=description.splitlines()[0] if description else "",
                 formula=explainer.formula if explainer else "",
                 explained=explainer is not None and call.error is None,

@@ -43,36 +43,77 @@ def cli() -> None:
     """cnnviz: backpropagation with real numbers, verified against PyTorch autograd."""
 
 
+class MaxElements(click.ParamType):
+    """A positive integer, or "all" for no bound."""
+
+    name = "N|all"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "all":
+            return None
+        try:
+            number = int(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is neither a positive integer nor 'all'", param, ctx)
+        if number < 1:
+            self.fail(f"{value!r} is neither a positive integer nor 'all'", param, ctx)
+        return number
+
+
 @cli.command()
 @click.option("--model", "model_name", default="seed-cnn", show_default=True,
-              help="Built-in model to train (see `cnnviz models`).")
+              help="Built-in model to train: seed-cnn, lenet5 or small-cnn (see `cnnviz models`).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the initial weights and the synthetic data.")
-@click.option("--lr", type=PositiveFloat(), default=0.1, show_default=True, help="SGD learning rate.")
-@click.option("--epochs", type=POSITIVE_INT, default=3, show_default=True,
-              help="Passes over the data (with the default full batch, one iteration each).")
-@click.option("--samples", type=POSITIVE_INT, default=1, show_default=True,
-              help="Synthetic training samples.")
+@click.option("--optimizer", type=click.Choice(["sgd", "momentum", "adam", "adamw"]), default="sgd",
+              show_default=True, help="momentum is SGD with momentum 0.9 unless --momentum says otherwise.")
+@click.option("--lr", type=PositiveFloat(), default=None,
+              help="Learning rate [default: the model's (seed-cnn 0.1, lenet5 0.05, small-cnn 0.05); 0.001 for adam/adamw].")
+@click.option("--momentum", type=float, default=None, help="SGD momentum in [0, 1) (sgd and momentum only).")
+@click.option("--weight-decay", type=float, default=None,
+              help="Weight decay >= 0 [default: 0; 0.01 for adamw].")
+@click.option("--epochs", type=POSITIVE_INT, default=None,
+              help="Passes over the data [default: the model's; see `cnnviz models`].")
+@click.option("--iterations", type=POSITIVE_INT, default=None,
+              help="Stop after this many iterations [default: epochs x batches].")
+@click.option("--samples", type=POSITIVE_INT, default=None,
+              help="Synthetic training samples [default: the model's].")
 @click.option("--batch-size", type=POSITIVE_INT, default=None,
-              help="Samples per iteration [default: all samples, one batch].")
+              help="Samples per iteration [default: the model's; seed-cnn: all samples].")
+@click.option("--every", type=POSITIVE_INT, default=1, show_default=True,
+              help="Store every k-th iteration (1, 1+k, 1+2k, ...).")
+@click.option("--max-elements", type=MaxElements(), default=None,
+              help="Elements stored per tensor, or 'all'; summary statistics always cover the full "
+              "tensor [default: the model's: lenet5 and small-cnn 1024, seed-cnn all].")
+@click.option("--layers", default=None, metavar="NAME,NAME",
+              help="Store the tensors of these layers only (model-level tensors are always stored).")
 @click.option("--name", default=None, help="Run name [default: MODEL-seedSEED].")
 @db_option
-def trace(model_name, seed, lr, epochs, samples, batch_size, name, db) -> None:
-    """Train a built-in model and store every step of every iteration."""
-    from .train import run_builtin
+@click.pass_context
+def trace(ctx, model_name, seed, optimizer, lr, momentum, weight_decay, epochs, iterations, samples,
+          batch_size, every, max_elements, layers, name, db) -> None:
+    """Train a built-in model and store every step of every (k-th) iteration."""
+    import warnings
 
-    db = db or default_db()
-    run = run_builtin(
-        model_name=model_name,
-        seed=seed,
-        lr=lr,
-        epochs=epochs,
-        samples=samples,
-        batch_size=batch_size,
-        name=name,
-        db=db,
-        progress=True,
+    from .session import TraceWarning
+    from .train import DEFAULT, resolve, run_builtin
+
+    # Every value is checked before the store is opened: a bad one costs nothing stored.
+    source = ctx.get_parameter_source("max_elements")
+    options = dict(
+        lr=lr, epochs=epochs, iterations=iterations, samples=samples, batch_size=batch_size,
+        optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, every=every,
+        max_elements=DEFAULT if source is click.core.ParameterSource.DEFAULT else max_elements,
+        layers=layers,
     )
+    resolve(model_name=model_name, seed=seed, **options)
+    db = db or default_db()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TraceWarning)
+        warnings.showwarning = lambda message, *args, **kwargs: click.echo(f"warning: {message}", err=True)
+        run = run_builtin(model_name=model_name, seed=seed, name=name, db=db, progress=True, **options)
     click.echo(f"run {run.run_id} '{run.info.name}' stored in {db}")
 
 
@@ -110,7 +151,106 @@ def models() -> None:
     """List the built-in models."""
     from .models import BUILTIN_MODELS
 
-    click.echo(format_table(("name", "layers"), [(m.name, m.description) for m in BUILTIN_MODELS.values()]))
+    rows = [
+        (
+            m.name,
+            f"lr {m.lr:g}, {m.samples} samples, batch {m.batch_size or m.samples}, {m.epochs} epochs, "
+            f"max-elements {m.max_elements or 'all'}",
+            m.description,
+        )
+        for m in BUILTIN_MODELS.values()
+    ]
+    click.echo(format_table(("name", "defaults", "layers"), rows))
+
+
+# ---------------------------------------------------------------- dashboard
+
+DEMO_SEEDS = (0, 1, 2)
+host_option = click.option(
+    "--host", default="127.0.0.1", show_default=True,
+    help="Interface to listen on. 127.0.0.1 is this machine only; 0.0.0.0 opens it to your network.",
+)
+port_option = click.option("--port", type=click.IntRange(1, 65535), default=8050, show_default=True,
+                           help="TCP port of the dashboard.")
+
+
+@cli.command()
+@db_option
+@host_option
+@port_option
+@click.option("--debug", is_flag=True,
+              help="Dash debug mode (dev tools, Werkzeug debugger). Never on a network you do not trust.")
+def serve(db, host, port, debug) -> None:
+    """Serve the dashboard for a store (opened read-only)."""
+    _serve(db or default_db(), host, port, debug)
+
+
+@cli.command()
+@db_option
+@host_option
+@port_option
+@click.option("--no-serve", is_flag=True, help="Only trace the demo runs (if the store has none), then exit.")
+def demo(db, host, port, no_serve) -> None:
+    """Trace the seed CNN with seeds 0, 1 and 2 if the store has no runs yet, then serve it."""
+    db = db or default_db()
+    if not no_serve:
+        _require_free_port(host, port)  # before tracing, not after
+    if _holds_runs(db):
+        click.echo(f"{db} already holds runs: not tracing the demo again")
+    else:
+        from .train import run_builtin
+
+        for seed in DEMO_SEEDS:
+            run = run_builtin(seed=seed, db=db)
+            click.echo(
+                f"traced run {run.run_id} '{run.info.name}': {run.stored} iterations, "
+                f"loss {run.losses[0]:.4f} -> {run.losses[-1]:.4f}"
+            )
+    if not no_serve:
+        _serve(db, host, port, debug=False)
+
+
+def _holds_runs(db: str) -> bool:
+    """Whether the store has runs; a missing or empty file has none, a bad one raises StoreError."""
+    if "://" not in db:
+        from pathlib import Path
+
+        path = Path(db).expanduser()
+        if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+            return False
+    with RunStore(db, readonly=True) as store:
+        return bool(store.list_runs())
+
+
+def _require_free_port(host: str, port: int) -> None:
+    """A one-line usage error (exit 2) instead of a server traceback when the port is taken."""
+    import socket
+
+    ctx = click.get_current_context()
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise click.BadParameter(f"cannot listen on {host!r}: {reason}", ctx=ctx, param_hint="'--host'") from exc
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise click.BadParameter(f"cannot listen on {host}:{port}: {reason}", ctx=ctx, param_hint="'--port'") from exc
+
+
+def _serve(db: str, host: str, port: int, debug: bool) -> None:
+    from dashapp.app import create_app  # Dash loads only for the commands that serve
+
+    _require_free_port(host, port)
+    app = create_app(db)  # a missing or invalid store: StoreError, one line, exit 2
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    click.echo(f"cnnviz dashboard for {db}: http://{shown}:{port}/  (Ctrl+C to stop)")
+    # No reloader: it would run this command again in a child process.
+    app.run(host=host, port=port, debug=debug, use_reloader=False)
 
 
 def format_table(header, rows) -> str:

@@ -1,4 +1,10 @@
-"""Built-in models and their deterministic synthetic data (nothing is downloaded)."""
+"""Built-in models and their deterministic synthetic data (nothing is downloaded).
+
+Each `BuiltinModel` pairs a model with a data generator and the defaults that
+`cnnviz trace --model NAME` uses: learning rate, data size, batch size, and how
+many elements of each tensor are stored (summary columns always describe the
+full tensor).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,63 @@ class SeedCNN(nn.Module):
         return self.fc(self.flatten(self.pool(self.relu(self.conv(x)))))
 
 
+class LeNet5(nn.Module):
+    """LeNet-5 (LeCun et al., 1998): conv 6@5x5 -> pool -> conv 16@5x5 -> pool -> fc 120
+    -> fc 84 -> fc 10 on 1x32x32 images.
+
+    As in most modern re-implementations, ReLU and 2x2 max pooling stand in for the
+    paper's scaled tanh and trainable average subsampling, and C3 connects to all six
+    S2 maps (the paper used a fixed sparse connection table).
+    """
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, kernel_size=5)  # (N, 1, 32, 32) -> (N, 6, 28, 28)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)  # -> (N, 6, 14, 14)
+        self.conv2 = nn.Conv2d(6, 16, kernel_size=5)  # -> (N, 16, 10, 10)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)  # -> (N, 16, 5, 5)
+        self.flatten = nn.Flatten()  # -> (N, 400)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)  # -> (N, 120)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(120, 84)  # -> (N, 84)
+        self.relu4 = nn.ReLU()
+        self.fc3 = nn.Linear(84, classes)  # -> (N, 10) logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        x = self.relu3(self.fc1(self.flatten(x)))
+        return self.fc3(self.relu4(self.fc2(x)))
+
+
+class SmallCNN(nn.Module):
+    """A small multi-channel CNN with batch normalization and dropout on 3x16x16 images."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, kernel_size=3, padding=1)  # (N, 3, 16, 16) -> (N, 8, 16, 16)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)  # -> (N, 8, 8, 8)
+        self.conv2 = nn.Conv2d(8, 16, kernel_size=3, padding=1)  # -> (N, 16, 8, 8)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)  # -> (N, 16, 4, 4)
+        self.flatten = nn.Flatten()  # -> (N, 256)
+        self.dropout = nn.Dropout(0.25)
+        self.fc = nn.Linear(16 * 4 * 4, classes)  # -> (N, 4) logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.relu1(self.bn1(self.conv1(x))))
+        x = self.pool2(self.relu2(self.bn2(self.conv2(x))))
+        return self.fc(self.dropout(self.flatten(x)))
+
+
+# ---------------------------------------------------------------- synthetic data
+
+
 def bars_4x4(samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """4x4 images with a bright vertical (class 0) or horizontal (class 1) bar plus noise.
 
@@ -44,13 +107,104 @@ def bars_4x4(samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+# Seven-segment digits: which of the segments a..g each digit lights.
+#    aaa
+#   f   b
+#    ggg
+#   e   c
+#    ddd
+SEGMENTS = {
+    0: "abcdef", 1: "bc", 2: "abdeg", 3: "abcdg", 4: "bcfg",
+    5: "acdfg", 6: "acdefg", 7: "abc", 8: "abcdefg", 9: "abcdfg",
+}
+
+
+def _randint(gen: torch.Generator, low: int, high: int) -> int:
+    """An integer in [low, high], inclusive."""
+    return int(torch.randint(low, high + 1, (1,), generator=gen))
+
+
+def digit_glyphs(samples: int, seed: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(samples, 1, size, size) seven-segment digits 0-9 and their labels.
+
+    Each glyph gets its own box (width 10-16, height 18-26 pixels), position jitter of
+    up to 3 pixels, stroke thickness 2-4, stroke brightness 0.6-1.0, and Gaussian
+    pixel noise 0.15; then the whole set is standardized to mean 0 and standard
+    deviation 1 (as MNIST usually is), which SGD needs to leave the initial plateau
+    quickly. Labels cycle 0..9 in a seeded random order, so every batch of ten or
+    more holds every digit about equally often.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = 0.15 * torch.randn(samples, 1, size, size, generator=gen)
+    order = torch.randperm(samples, generator=gen)
+    y = (order % 10).to(torch.long)
+    for n in range(samples):
+        w, h, t = _randint(gen, 10, 16), _randint(gen, 18, 26), _randint(gen, 2, 4)
+        top = (size - h) // 2 + _randint(gen, -3, 3)
+        left = (size - w) // 2 + _randint(gen, -3, 3)
+        ink = 0.6 + 0.4 * float(torch.rand(1, generator=gen))
+        mid = top + h // 2
+        boxes = {  # segment -> (row0, row1, col0, col1), half-open
+            "a": (top, top + t, left, left + w),
+            "b": (top, mid + 1, left + w - t, left + w),
+            "c": (mid, top + h, left + w - t, left + w),
+            "d": (top + h - t, top + h, left, left + w),
+            "e": (mid, top + h, left, left + t),
+            "f": (top, mid + 1, left, left + t),
+            "g": (mid - t // 2, mid - t // 2 + t, left, left + w),
+        }
+        for segment in SEGMENTS[int(y[n])]:
+            r0, r1, c0, c1 = boxes[segment]
+            x[n, 0, max(r0, 0) : max(r1, 0), max(c0, 0) : max(c1, 0)] += ink
+    return (x - x.mean()) / x.std(), y
+
+
+def bar_blob_patterns(samples: int, seed: int, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """(samples, 3, size, size) colour images of four pattern classes and their labels.
+
+    0: a horizontal bar, 1: a vertical bar, 2: a round blob, 3: a diagonal line; at a
+    random position, thickness 2-3, in a random colour (each channel 0.3-1.0), with
+    Gaussian noise 0.15 on every channel. The class is the shape, never the colour.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = 0.15 * torch.randn(samples, 3, size, size, generator=gen)
+    y = (torch.randperm(samples, generator=gen) % 4).to(torch.long)
+    rows = torch.arange(size).view(-1, 1).float()
+    cols = torch.arange(size).view(1, -1).float()
+    for n in range(samples):
+        colour = 0.3 + 0.7 * torch.rand(3, 1, 1, generator=gen)
+        t = _randint(gen, 2, 3)
+        r, c = _randint(gen, 2, size - 5), _randint(gen, 2, size - 5)
+        label = int(y[n])
+        if label == 0:
+            mask = (rows >= r) & (rows < r + t) & (cols >= 0)
+        elif label == 1:
+            mask = (cols >= c) & (cols < c + t) & (rows >= 0)
+        elif label == 2:
+            radius = 2.0 + float(torch.rand(1, generator=gen))
+            mask = (rows - r - 1) ** 2 + (cols - c - 1) ** 2 <= radius**2
+        else:
+            offset = _randint(gen, -4, 4)
+            mask = (rows - cols - offset).abs() < t / 2 + 0.5
+        x[n] += colour * mask.float()
+    return x, y
+
+
+# ---------------------------------------------------------------- registry
+
+
 @dataclass
 class BuiltinModel:
     name: str
-    description: str
+    description: str  # one line: the layers
     build: Callable[[], nn.Module]
-    data: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
+    data: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]  # (samples, seed) -> (x, y)
     dataset: str
+    lr: float = 0.1  # SGD learning rate (Adam and AdamW default to 1e-3)
+    epochs: int = 3  # passes over the data
+    samples: int = 1  # synthetic training samples
+    batch_size: int | None = None  # None: all samples in one batch
+    max_elements: int | None = None  # elements stored per tensor; None: every element
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -61,5 +215,36 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         data=bars_4x4,
         dataset="bars-4x4: 1x4x4 images with a vertical (class 0) or horizontal (class 1) bar, "
         "Gaussian noise 0.1",
+    ),
+    "lenet5": BuiltinModel(
+        name="lenet5",
+        description="LeNet-5 on 1x32x32, 10 classes: Conv2d(1,6,k=5) -> ReLU -> MaxPool2d(2) -> "
+        "Conv2d(6,16,k=5) -> ReLU -> MaxPool2d(2) -> Flatten -> Linear(400,120) -> ReLU -> "
+        "Linear(120,84) -> ReLU -> Linear(84,10) (ReLU and max pooling in place of the paper's "
+        "tanh and average subsampling)",
+        build=LeNet5,
+        data=digit_glyphs,
+        dataset="digit-glyphs: 1x32x32 seven-segment digits 0-9 with random box size, position "
+        "jitter, stroke thickness and brightness, Gaussian noise 0.15",
+        lr=0.05,
+        epochs=10,
+        samples=640,
+        batch_size=64,
+        max_elements=1024,
+    ),
+    "small-cnn": BuiltinModel(
+        name="small-cnn",
+        description="3x16x16, 4 classes: Conv2d(3,8,k=3,p=1) -> BatchNorm2d -> ReLU -> MaxPool2d(2) -> "
+        "Conv2d(8,16,k=3,p=1) -> BatchNorm2d -> ReLU -> MaxPool2d(2) -> Flatten -> Dropout(0.25) -> "
+        "Linear(256,4)",
+        build=SmallCNN,
+        data=bar_blob_patterns,
+        dataset="bars-blobs: 3x16x16 colour images of a horizontal bar, vertical bar, blob or "
+        "diagonal line at random positions and colours, Gaussian noise 0.15",
+        lr=0.05,
+        epochs=3,
+        samples=256,
+        batch_size=32,
+        max_elements=1024,
     ),
 }

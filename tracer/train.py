@@ -1,76 +1,262 @@
-"""The built-in training loop behind `cnnviz trace`, written against the public API."""
+"""The built-in training loop behind `cnnviz trace`, written against the public API.
+
+`resolve` turns what the user asked for into a complete `TrainConfig`, filling
+in the model's defaults and rejecting bad values with one-line errors before
+anything is written. `train` is the loop itself; `run_builtin` runs it inside a
+`Trace`, `train_untraced` without one (same seed, same numbers: the tests
+compare the two bit for bit).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import click
 import torch
 from torch import nn
 
-from .models import BUILTIN_MODELS
+from .models import BUILTIN_MODELS, BuiltinModel
 from .session import Trace
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+ADAM_LR = 1e-3  # the default learning rate of Adam and AdamW (the models' lr is tuned for SGD)
+DEFAULT_MOMENTUM = 0.9  # of --optimizer momentum
+ADAMW_WEIGHT_DECAY = 0.01  # PyTorch's default for AdamW
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT = _Default()  # "the model's default", where None already means something (no bound)
+
+
+@dataclass
+class TrainConfig:
+    """A complete, validated training configuration (see `resolve`)."""
+
+    model: str  # a key of BUILTIN_MODELS
+    seed: int  # seeds the initial weights and the synthetic data
+    lr: float  # learning rate
+    epochs: int  # passes over the data
+    iterations: int  # iterations run: epochs x batches, or fewer when asked
+    samples: int  # synthetic training samples
+    batch_size: int  # samples per iteration (the last batch of an epoch may be smaller)
+    optimizer: str  # one of OPTIMIZERS
+    momentum: float  # SGD momentum (0 for plain SGD; unused by Adam/AdamW)
+    weight_decay: float  # L2 penalty (SGD, Adam) or decoupled decay (AdamW)
+    every: int  # store every k-th iteration (1: all)
+    max_elements: int | None  # elements stored per tensor; None: all of them
+    layers: list[str] | None  # store tensors of these layers only; None: all
+
+
+def _fail(message: str, option: str) -> click.BadParameter:
+    return click.BadParameter(message, param_hint=f"'--{option}'")
+
+
+def _positive_int(value, option: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(f"{value!r} is not a positive integer", option)
+    return value
+
+
+def resolve(
+    *,
+    model_name: str = "seed-cnn",
+    seed: int = 0,
+    lr: float | None = None,
+    epochs: int | None = None,
+    iterations: int | None = None,
+    samples: int | None = None,
+    batch_size: int | None = None,
+    optimizer: str = "sgd",
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+    every: int = 1,
+    max_elements=DEFAULT,
+    layers: list[str] | str | None = None,
+) -> TrainConfig:
+    """Fill in the model's defaults and check every value (click.BadParameter: one line)."""
+    if model_name not in BUILTIN_MODELS:
+        raise _fail(f"unknown model {model_name!r}; choose from {', '.join(BUILTIN_MODELS)}", "model")
+    spec = BUILTIN_MODELS[model_name]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise _fail(f"{seed!r} is not an integer", "seed")
+    if optimizer not in OPTIMIZERS:
+        raise _fail(f"unknown optimizer {optimizer!r}; choose from {', '.join(OPTIMIZERS)}", "optimizer")
+    if lr is None:
+        lr = ADAM_LR if optimizer in ("adam", "adamw") else spec.lr
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise _fail(f"{lr!r} is not a positive number", "lr")
+    if momentum is not None:
+        if optimizer in ("adam", "adamw"):
+            raise _fail(f"momentum applies to sgd and momentum, not {optimizer}", "momentum")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+            raise _fail(f"{momentum!r} is not in [0, 1)", "momentum")
+    if optimizer == "momentum":
+        momentum = DEFAULT_MOMENTUM if momentum is None else momentum
+        if momentum == 0:
+            raise _fail("--optimizer momentum needs a momentum above 0 (or use --optimizer sgd)", "momentum")
+    momentum = float(momentum or 0.0) if optimizer in ("sgd", "momentum") else 0.0
+    if weight_decay is None:
+        weight_decay = ADAMW_WEIGHT_DECAY if optimizer == "adamw" else 0.0
+    if (
+        isinstance(weight_decay, bool)
+        or not isinstance(weight_decay, (int, float))
+        or not math.isfinite(weight_decay)
+        or weight_decay < 0
+    ):
+        raise _fail(f"{weight_decay!r} is not a number >= 0", "weight-decay")
+    samples = _positive_int(spec.samples if samples is None else samples, "samples")
+    batch_size = min(_positive_int(batch_size or spec.batch_size or samples, "batch-size"), samples)
+    epochs = _positive_int(spec.epochs if epochs is None else epochs, "epochs")
+    batches = math.ceil(samples / batch_size)
+    if iterations is None:
+        iterations = epochs * batches
+    else:
+        iterations = _positive_int(iterations, "iterations")
+        epochs = math.ceil(iterations / batches)
+    every = _positive_int(every, "every")
+    if max_elements is DEFAULT:
+        max_elements = spec.max_elements
+    if max_elements is not None:
+        max_elements = _positive_int(max_elements, "max-elements")
+    if isinstance(layers, str):
+        layers = [name.strip() for name in layers.split(",") if name.strip()]
+        if not layers:
+            raise _fail("give one or more layer names, separated by commas", "layers")
+    if layers is not None:
+        known = layer_names(spec)
+        unknown = [name for name in layers if name not in known]
+        if unknown:
+            raise _fail(
+                f"unknown layer {unknown[0]!r} for {model_name}; choose from {', '.join(known)}", "layers"
+            )
+        layers = list(dict.fromkeys(layers))
+    return TrainConfig(
+        model=model_name, seed=seed, lr=float(lr), epochs=epochs, iterations=iterations,
+        samples=samples, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
+        weight_decay=float(weight_decay), every=every, max_elements=max_elements, layers=layers,
+    )
+
+
+def layer_names(spec: BuiltinModel) -> list[str]:
+    """The layer names a built-in model's tensors are stored under: its leaf modules, then the loss."""
+    with torch.device("meta"):  # no memory, no random numbers drawn
+        model = spec.build()
+    return [name for name, m in model.named_modules() if name and next(m.children(), None) is None] + ["loss"]
+
+
+def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    if config.optimizer in ("sgd", "momentum"):
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def prepare(config: TrainConfig):
+    """(model, optimizer, criterion, x, y) for a configuration, seeded."""
+    spec = BUILTIN_MODELS[config.model]
+    torch.manual_seed(config.seed)  # the initial weights (and dropout masks after them)
+    model = spec.build()
+    optimizer = make_optimizer(config, model.parameters())
+    x, y = spec.data(config.samples, config.seed)
+    return model, optimizer, nn.CrossEntropyLoss(), x, y
+
+
+def train(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    run: Trace | None = None,
+    after_iteration: Callable[[], None] | None = None,
+) -> list[float]:
+    """The loop: mini-batches in a fixed order, `config.iterations` of them. Returns the losses."""
+    losses = []
+    index = 0
+    while index < config.iterations:
+        for start in range(0, config.samples, config.batch_size):
+            if index == config.iterations:
+                break
+            xb, yb = x[start : start + config.batch_size], y[start : start + config.batch_size]
+            with run.iteration() if run is not None else _null():
+                optimizer.zero_grad()
+                loss = criterion(model(xb), yb)
+                loss.backward()
+                optimizer.step()
+            losses.append(loss.item())
+            index += 1
+            if after_iteration is not None:
+                after_iteration()
+    return losses
+
+
+def train_untraced(config: TrainConfig) -> list[float]:
+    """The same run without tracing (the baseline that tracing must not change)."""
+    model, optimizer, criterion, x, y = prepare(config)
+    return train(model, optimizer, criterion, x, y, config)
 
 
 def run_builtin(
     *,
     model_name: str = "seed-cnn",
     seed: int = 0,
-    lr: float = 0.1,
-    epochs: int = 3,
-    samples: int = 1,
-    batch_size: int | None = None,
     name: str | None = None,
     db=None,
     progress: bool = False,
     strict: bool = False,
+    **options,
 ) -> Trace:
-    """Train a built-in model with SGD and trace every iteration; returns the finished Trace."""
-    if model_name not in BUILTIN_MODELS:
-        raise click.BadParameter(
-            f"unknown model {model_name!r}; choose from {', '.join(BUILTIN_MODELS)}",
-            param_hint="'--model'",
-        )
-    spec = BUILTIN_MODELS[model_name]
-    batch_size = min(batch_size or samples, samples)
-    torch.manual_seed(seed)  # the initial weights
-    model = spec.build()
-    x, y = spec.data(samples, seed)
-    criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    batches = math.ceil(samples / batch_size)
-    total = epochs * batches
-    config = dict(model=model_name, seed=seed, lr=lr, epochs=epochs, samples=samples, batch_size=batch_size)
+    """Train a built-in model and trace it; returns the finished Trace.
+
+    `options` are those of `resolve` (lr, epochs, iterations, samples, batch_size,
+    optimizer, momentum, weight_decay, every, max_elements, layers); each defaults
+    to the model's own.
+    """
+    config = resolve(model_name=model_name, seed=seed, **options)
+    spec = BUILTIN_MODELS[config.model]
+    model, optimizer, criterion, x, y = prepare(config)
     run = Trace(
         model,
         optimizer,
         criterion,
         db=db,
-        name=name or f"{model_name}-seed{seed}",
-        seed=seed,
-        model_name=model_name,
-        dataset=f"{spec.dataset}; {samples} sample(s), batch size {batch_size}",
-        config=config,
+        name=name or f"{config.model}-seed{config.seed}",
+        seed=config.seed,
+        model_name=config.model,
+        dataset=f"{spec.dataset}; {config.samples} sample(s), batch size {config.batch_size}",
+        config=asdict(config),
+        every=config.every,
+        max_elements=config.max_elements,
+        layers=config.layers,
         strict=strict,
     )
-    show_bar = progress and total > 10
+    show_bar = progress and config.iterations > 10
+    printed = [0]
+
+    def report() -> None:
+        if progress and not show_bar and run.stored > printed[0]:
+            printed[0] = run.stored
+            _print_row(run)
+
     with run:
-        with click.progressbar(length=total, label="tracing", file=None) if show_bar else _null() as bar:
-            for _epoch in range(epochs):
-                for start in range(0, samples, batch_size):
-                    xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-                    with run.iteration():
-                        optimizer.zero_grad()
-                        loss = criterion(model(xb), yb)
-                        loss.backward()
-                        optimizer.step()
-                    if progress and not show_bar:
-                        _print_row(run)
-                    if bar is not None:
-                        bar.update(1)
         if show_bar:
-            for _ in range(1):
-                click.echo(f"iterations: {run.stored}, first loss {run.losses[0]:.6f}, last loss {run.losses[-1]:.6f}")
+            with click.progressbar(length=config.iterations, label="tracing") as bar:
+                train(model, optimizer, criterion, x, y, config, run, lambda: bar.update(1))
+        else:
+            train(model, optimizer, criterion, x, y, config, run, report)
+        if show_bar and run.losses:
+            click.echo(
+                f"iterations: {run.index} run, {run.stored} stored; "
+                f"first loss {run.losses[0]:.6f}, last stored loss {run.losses[-1]:.6f}"
+            )
     return run
 
 
@@ -91,5 +277,3 @@ def _print_row(run: Trace) -> None:
         click.echo(f"{'iter':>4}  {'loss':>10}  {'acc':>5}  {'verified steps':>14}  {'max |ours - torch|':>18}")
     acc = "" if record.accuracy is None else f"{record.accuracy:.2f}"
     click.echo(f"{record.index:>4}  {record.loss:>10.6f}  {acc:>5}  {f'{ok}/{len(checked)}':>14}  {worst:>18.2e}")
-    for warning in record.warnings:
-        click.echo(f"      warning: {warning}", err=True)
