@@ -5,7 +5,19 @@ type, write a module with an `@register(nn.YourLayer)` Explainer subclass and
 import it here.
 """
 
-from . import activation, conv, flatten, linear, loss, optim, pool  # noqa: F401  (registers)
+from . import (  # noqa: F401  (importing registers the explainers)
+    activation,
+    batchnorm,
+    conv,
+    dropout,
+    elementwise,  # Add: x + y in a forward
+    flatten,
+    linear,
+    loss,
+    optim,
+    pool,
+    softmax,
+)
 from .base import (
     ATOL,
     RTOL,

@@ -28,23 +28,26 @@ class FlattenExplainer(Explainer):
         new_shape = shape[:start] + (int(np.prod(shape[start : end + 1])),) + shape[end + 1 :]
         out = call.x.reshape(new_shape)
         inner = shape[start : end + 1]
-        index_rule = (
-            r"k = c\,HW + i\,W + j"
-            if len(inner) == 3
-            else (r"k = i\,W + j" if len(inner) == 2 else r"k = i")
-        )
+        index_rule = {
+            1: r"k = i",
+            2: r"k = i\,W + j",
+            3: r"k = c\,HW + i\,W + j",
+        }.get(len(inner), r"k = \textstyle\sum_d i_d \prod_{e > d} n_e")
         a_view, where = latex.as_matrix(call.x)
+        out_view, out_where = latex.as_matrix(out)
+        if out.ndim == 2 and out.shape[0] == 1:
+            out_view = out[0]  # one sample: the textbook column vector
         ctx.step(
             "Flatten",
             rf"x_k = A_{{\ldots}},\quad {index_rule}",
             rf"A{'_{' + where + '}' if where else ''} = {latex.bmatrix(a_view)} \;\Rightarrow\; "
-            rf"x = {latex.bmatrix(out[0] if out.ndim == 2 and out.shape[0] == 1 else out)}",
+            rf"x{'_{' + out_where + '}' if out_where else ''} = {latex.bmatrix(out_view)}",
             inputs=[call.input_names[0]],
             outputs=[call.output_name],
             checks=[(out, call.output, "PyTorch flatten output")],
-            note=f"Shape {tuple(shape)} becomes {tuple(new_shape)}; entries are read row by row "
-            f"(row-major), so element {tuple(0 for _ in inner)} is x_0 and the last is "
-            f"x_{int(np.prod(inner)) - 1}. No number changes.",
+            note=f"Shape {tuple(shape)} becomes {tuple(new_shape)}: dims {start}..{end} merge into one, "
+            f"read row by row (row-major), so element {tuple(0 for _ in inner)} of the merged dims is "
+            f"x_0 and the last is x_{int(np.prod(inner)) - 1}. No number changes.",
         )
 
     def backward(self, call: LayerCall, ctx: StepContext) -> None:

@@ -101,7 +101,11 @@ class Classification:
         )
 
     def scale(self) -> float:
-        return 1.0 / self.denominator if self.reduction == "mean" else 1.0
+        """1/D for a mean (NaN when every row is ignored, as in PyTorch), 1 for a sum."""
+        if self.reduction != "mean":
+            return 1.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.float64(1.0) / np.float64(self.denominator)) if self.denominator else float("nan")
 
     def reduce(self, per_row: np.ndarray):
         """Per-row losses (R,) -> the module's output."""
@@ -131,6 +135,8 @@ class Classification:
             )
         if self.labels is not None and not self.valid.all():
             parts.append(f"{int((~self.valid).sum())} row(s) with target = ignore_index contribute nothing")
+            if not self.valid.any() and self.reduction == "mean":
+                parts.append("every row is ignored, so the mean is 0/0 = NaN (as in PyTorch) and no gradient flows")
         if self.probability_targets:
             parts.append("targets are class probabilities")
         if self.reduction == "mean":
@@ -214,7 +220,7 @@ class CrossEntropyExplainer(Explainer):
                 )
             else:
                 formula += r",\quad A_{n,k} = w_k\Big((1-\varepsilon)\, t_{n,k} + \frac{\varepsilon}{C}\Big)"
-            shown = latex.bmatrix(loss) if np.ndim(loss) else latex.scalar(float(loss))
+            shown = mat(loss) if np.ndim(loss) else latex.scalar(float(loss))
             values = (
                 rf"A = {_rows_tex(cls.coef)},\quad \log p = {_rows_tex(logp)}"
                 + (rf",\quad D = {latex.scalar(cls.denominator)}" if mean else "")
@@ -244,6 +250,7 @@ class CrossEntropyExplainer(Explainer):
         g = cls.upstream(call.grad_output)
         with np.errstate(invalid="ignore", divide="ignore"):
             dz_rows = (p * cls.coef.sum(axis=1, keepdims=True) - cls.coef) * cls.scale() * g
+        dz_rows[~cls.valid] = 0.0  # ignored rows get no gradient, even when the mean is 0/0
         dz = cls.back_to_input(dz_rows)
         mean = cls.reduction == "mean"
         upstream = float(g.reshape(-1)[0]) if cls.reduction != "none" else None
@@ -315,7 +322,7 @@ class NLLLossExplainer(Explainer):
         pred_name = ctx.tensor("predicted", predicted.astype(np.int64), role=ROLE_OUTPUT)
         picked = np.where(cls.valid, x[np.arange(len(x)), np.where(cls.valid, cls.labels, 0)], 0.0)
         mean = cls.reduction == "mean"
-        shown = latex.bmatrix(loss) if np.ndim(loss) else latex.scalar(float(loss))
+        shown = mat(loss) if np.ndim(loss) else latex.scalar(float(loss))
         ctx.step(
             "Negative log-likelihood",
             (r"L = -\frac{1}{D} \sum_n w_{y_n} x_{n, y_n}" if mean else r"L = -\sum_n w_{y_n} x_{n,y_n}")
@@ -335,6 +342,7 @@ class NLLLossExplainer(Explainer):
         g = cls.upstream(call.grad_output)
         with np.errstate(invalid="ignore", divide="ignore"):
             dx_rows = -cls.coef * cls.scale() * g
+        dx_rows[~cls.valid] = 0.0  # ignored rows get no gradient, even when the mean is 0/0
         dx = cls.back_to_input(dx_rows)
         ctx.step(
             "Gradient of the loss with respect to the log-probabilities",
