@@ -31,6 +31,10 @@ def register(server: flask.Flask) -> None:
         view_func=download,
         methods=["GET"],
     )
+    # Anything else under /download is a 404 too, not the app's page shell.
+    server.add_url_rule(f"{DOWNLOAD}/<path:_rest>", endpoint="cnnviz_download_unknown",
+                        view_func=lambda _rest: flask.abort(404))
+    server.add_url_rule(DOWNLOAD, endpoint="cnnviz_download_root", view_func=lambda: flask.abort(404))
 
 
 def download(run_id: int, index: int, filename: str) -> flask.Response:
@@ -56,7 +60,7 @@ def npy_bytes(record: TensorRecord) -> bytes:
     """The stored values as .npy: the full tensor, or (under a store size bound) the
     flat first elements that were kept."""
     buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(record.array), allow_pickle=False)
+    np.save(buffer, np.asarray(record.array), allow_pickle=False)  # (ascontiguousarray would make 0-d 1-d)
     return buffer.getvalue()
 
 

@@ -340,6 +340,8 @@ def iteration_stepper(run_id: int, current: int, count: int, *, window: int = 4)
         items.append(_page_item(str(i), links.iteration(run_id, i), active=i == current))
         last = i
     items.append(_page_item("next ›", links.iteration(run_id, current + 1) if current < count else None))
+    if current < 1:  # no iteration on screen yet: just the links
+        items = items[1:-1]
     return html.Nav(html.Ul(items, className="pagination pagination-sm mb-0"),
                     className="iteration-stepper", **{"aria-label": "iterations"})
 

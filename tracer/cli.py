@@ -249,8 +249,9 @@ def _serve(db: str, host: str, port: int, debug: bool) -> None:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     shown = f"[{shown}]" if ":" in shown else shown
     click.echo(f"cnnviz dashboard for {db}: http://{shown}:{port}/  (Ctrl+C to stop)")
-    # No reloader: it would run this command again in a child process.
-    app.run(host=host, port=port, debug=debug, use_reloader=False)
+    # No reloader: it would run this command again in a child process. No version
+    # check: debug mode would otherwise ask a plotly.com server from the browser.
+    app.run(host=host, port=port, debug=debug, use_reloader=False, dev_tools_disable_version_check=True)
 
 
 def format_table(header, rows) -> str:

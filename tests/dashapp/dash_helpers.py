@@ -1,0 +1,243 @@
+"""Helpers shared by the dashboard tests (the fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from storage import RUN_COMPLETED, RunInfo, RunStore, RunWriter, open_engine
+
+REPO = Path(__file__).resolve().parents[2]
+IN_CI = os.environ.get("CI") == "true"
+CHROMIUM = os.environ.get("CNNVIZ_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+INJECTION = "<img src=x onerror=alert(1)>"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip without `condition`, or fail under CI where everything must run."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"{reason} (required under CI=true)")
+        pytest.skip(reason)
+
+
+def copy_store(source: Path, target: Path) -> Path:
+    """A consistent copy of a store, WAL included (SQLite's backup API)."""
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+    return target
+
+
+def clone_run(location: Path, source_run: int, *, name: str, seed: int | None, iterations: int | None = None,
+              finish: bool = True) -> tuple[int, RunWriter]:
+    """Write a new run whose iterations are copies of `source_run`'s (no torch needed)."""
+    with RunStore(location, readonly=True) as reader:
+        info = reader.get_run(source_run)
+        records = [reader.load_iteration(source_run, i.index) for i in reader.iterations(source_run)]
+    engine = open_engine(location)
+    new = RunInfo(
+        name=name, seed=seed, model_name=info.model_name, model_description=info.model_description,
+        optimizer=info.optimizer, optimizer_settings=info.optimizer_settings, loss_name=info.loss_name,
+        dataset=info.dataset, config=info.config, torch_version=info.torch_version,
+        cnnviz_version=info.cnnviz_version,
+    )
+    writer = RunWriter.begin(engine, new)
+    writer.set_layers(info.layers)
+    for record in records[: iterations if iterations is not None else len(records)]:
+        writer.add_iteration(record)
+    if finish:
+        writer.finish(RUN_COMPLETED)
+        engine.dispose()
+    return writer.run_id, writer
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("CNNVIZ_DB", None)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            output = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"server exited with {proc.returncode}:\n{output}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.2)
+    raise AssertionError(f"server at {url} did not answer within {timeout:.0f} s")
+
+
+class Served:
+    """A running server: its base URL, and (once stopped) everything it printed."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.output = ""
+
+
+@contextmanager
+def serving(argv: list[str], port: int, *, env: dict[str, str] | None = None) -> Iterator[Served]:
+    """Run a server command in a subprocess until / answers 200; stop it afterwards."""
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env or subprocess_env(), cwd=REPO,
+    )
+    served = Served(f"http://127.0.0.1:{port}")
+    try:
+        wait_http(served.url + "/", proc)
+        yield served
+    finally:
+        proc.terminate()
+        try:
+            served.output, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            served.output, _ = proc.communicate(timeout=10)
+
+
+@contextmanager
+def cnnviz_serve(store: Path) -> Iterator[str]:
+    """`cnnviz serve --db STORE --port P` in a real subprocess."""
+    port = free_port()
+    argv = [sys.executable, "-m", "tracer.cli", "serve", "--db", str(store), "--port", str(port)]
+    with serving(argv, port) as served:
+        yield served.url
+
+
+class Problems(list):
+    """Console errors, failed requests, uncaught exceptions and dialogs of one page."""
+
+
+def wait_ready(tab, timeout: float = 30_000) -> None:
+    """Until Dash has rendered the page, no callback is pending and MathJax has typeset
+    every formula."""
+    tab.wait_for_load_state("networkidle", timeout=timeout)
+    tab.wait_for_function(
+        """() => {
+            const content = document.getElementById('_pages_content');
+            if (!content || content.children.length === 0) return false;
+            if (document.querySelector('[data-dash-is-loading="true"]')) return false;
+            const formulas = document.querySelectorAll('.formula');
+            for (const f of formulas) { if (!f.querySelector('mjx-container')) return false; }
+            return true;
+        }""",
+        timeout=timeout,
+    )
+
+
+def open_page(tab, url: str) -> None:
+    tab.goto(url)
+    wait_ready(tab)
+
+
+def graph_data(tab, selector: str) -> list[dict]:
+    """The traces Plotly drew in the graph matched by `selector` (z as nested lists)."""
+    return tab.eval_on_selector(
+        selector,
+        """(el) => {
+            const gd = el.classList.contains('js-plotly-plot') ? el : el.querySelector('.js-plotly-plot');
+            const toList = (v) => (v && typeof v === 'object' && typeof v.length === 'number')
+                ? Array.from(v, toList) : v;
+            return gd.data.map((t) => ({
+                z: toList(t.z), text: toList(t.text), zmin: t.zmin, zmax: t.zmax, name: t.name,
+                reversed: gd._fullLayout.yaxis.autorange === 'reversed',
+                yrange: gd._fullLayout.yaxis.range,
+            }));
+        }""",
+    )
+
+
+# ---------------------------------------------------------------- layout trees
+
+
+def walk(node):
+    """Every component and every string of a Dash layout tree, depth first."""
+    yield node
+    if isinstance(node, (str, int, float)) or node is None:
+        return
+    children = getattr(node, "children", None)
+    if children is None:
+        return
+    for child in children if isinstance(children, (list, tuple)) else [children]:
+        if child is not None:
+            yield from walk(child)
+
+
+def components(layout, kind=None, class_name: str | None = None) -> list:
+    """Components of a type and/or with a CSS class, in document order."""
+    found = []
+    for node in walk(layout):
+        if isinstance(node, (str, int, float)):
+            continue
+        if kind is not None and not isinstance(node, kind):
+            continue
+        if class_name is not None and class_name not in (getattr(node, "className", None) or "").split():
+            continue
+        found.append(node)
+    return found
+
+
+def text_of(layout) -> str:
+    """The layout's text as a browser would show it (Markdown sources included)."""
+    return " ".join(str(n) for n in walk(layout) if isinstance(n, (str, int, float)))
+
+
+@contextmanager
+def using_store(app, location):
+    """Point an in-process app at another store for the duration of a test."""
+    from dashapp.data import LOCATION_KEY, STORE_KEY
+
+    saved = app.server.extensions[STORE_KEY], app.server.config[LOCATION_KEY]
+    store = RunStore(location, readonly=True)
+    app.server.extensions[STORE_KEY], app.server.config[LOCATION_KEY] = store, str(location)
+    try:
+        yield store
+    finally:
+        app.server.extensions[STORE_KEY], app.server.config[LOCATION_KEY] = saved
+        store.close()
+
+
+def run_callback(function, *args, triggered: str | None = None, inputs_list=None):
+    """Call a Dash callback function directly, with the callback context Dash would give it."""
+    from contextvars import copy_context
+
+    from dash._callback_context import context_value
+    from dash._utils import AttributeDict
+
+    def call():
+        context_value.set(AttributeDict(
+            triggered_inputs=[{"prop_id": triggered, "value": None}] if triggered else [],
+            inputs_list=inputs_list or [],
+        ))
+        return function(*args)
+
+    return copy_context().run(call)

@@ -1,0 +1,95 @@
+"""GET /download/<run>/<iteration>/<tensor>.npy|.csv through the app's Flask server."""
+
+from __future__ import annotations
+
+import io
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+from dash_helpers import using_store
+
+from dashapp import links
+from storage import RunInfo, RunStore, RunWriter, TensorRecord, open_engine
+from storage.records import IterationRecord
+
+
+@pytest.fixture(scope="module")
+def client(dash_app):
+    return dash_app.server.test_client()
+
+
+@pytest.fixture(scope="module")
+def store(dash_store):
+    with RunStore(dash_store) as reader:
+        yield reader
+
+
+def load_csv(text: str) -> np.ndarray:
+    return np.loadtxt(io.StringIO(text), delimiter=",", comments="#", ndmin=2)
+
+
+def test_every_tensor_of_an_iteration_downloads_exactly(client, store):
+    record = store.load_iteration(2, 2)
+    assert len(record.tensors) > 20
+    for tensor in record.tensors:
+        response = client.get(links.download(2, 2, tensor.name, "npy"))
+        assert response.status_code == 200, tensor.name
+        assert response.headers["Content-Disposition"] == f'attachment; filename="run2-it2-{tensor.name}.npy"'
+        array = np.load(io.BytesIO(response.data), allow_pickle=False)
+        assert array.dtype == tensor.array.dtype and array.shape == tensor.array.shape
+        np.testing.assert_array_equal(array, tensor.array)
+
+
+def test_csv_holds_the_values_as_a_matrix(client, store):
+    weight = store.load_tensor(1, 3, "fc.weight").array  # (2, 4)
+    response = client.get(links.download(1, 3, "fc.weight", "csv"))
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    text = response.get_data(as_text=True)
+    assert "# role param, shape (2, 4), dtype float32" in text
+    np.testing.assert_array_equal(load_csv(text).astype(np.float32), weight)  # %.9g reads back exactly
+    kernel = store.load_tensor(1, 3, "conv.weight").array  # (1, 1, 2, 2): rows over the leading axes
+    csv = load_csv(client.get(links.download(1, 3, "conv.weight", "csv")).get_data(as_text=True))
+    np.testing.assert_array_equal(csv.astype(np.float32), kernel.reshape(-1, 2))
+    bias = store.load_tensor(1, 3, "fc.bias").array  # 1-D: a column, as the formulas print it
+    csv = load_csv(client.get(links.download(1, 3, "fc.bias", "csv")).get_data(as_text=True))
+    np.testing.assert_array_equal(csv.astype(np.float32), bias.reshape(-1, 1))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/download/999/1/conv.weight.npy",  # unknown run
+        "/download/1/99/conv.weight.npy",  # unknown iteration
+        "/download/1/1/nope.npy",  # unknown tensor
+        "/download/1/1/conv.weight.pkl",  # unknown format
+        "/download/1/1/conv.weight",  # no format
+        "/download/1/1/conv%20weight.csv",  # not a tensor name
+        "/download/1/1/..%2F..%2Fetc%2Fpasswd.csv",
+        "/download/-1/1/conv.weight.npy",
+        "/download/x/1/conv.weight.npy",
+        "/download/1/1/" + "a" * 400 + ".npy",
+    ],
+)
+def test_unknown_path_parts_are_404(client, path):
+    assert client.get(path).status_code == 404
+
+
+def test_a_bounded_tensor_downloads_what_was_stored(client, dash_app, tmp_path):
+    path = tmp_path / "bounded.db"
+    engine = open_engine(path)
+    writer = RunWriter.begin(engine, RunInfo(name="bounded"))
+    kept = np.arange(10, dtype=np.float32)
+    tensor = TensorRecord("x#2.out", "activation", kept, layer="x#2", shape=(2, 3, 4))
+    writer.add_iteration(IterationRecord(1, 0.1, [tensor], []))
+    writer.finish()
+    engine.dispose()
+    with using_store(dash_app, path):
+        url = f"/download/1/1/{quote('x#2.out', safe='')}.npy"
+        assert url == links.download(1, 1, "x#2.out", "npy")
+        response = client.get(url)
+        assert response.status_code == 200 and response.headers["X-Cnnviz-Shape"] == "2,3,4"
+        np.testing.assert_array_equal(np.load(io.BytesIO(response.data), allow_pickle=False), kept)
+        text = client.get(links.download(1, 1, "x#2.out", "csv")).get_data(as_text=True)
+        assert "only the first 10 of 24 values were stored" in text
+        np.testing.assert_array_equal(load_csv(text).ravel(), kept)

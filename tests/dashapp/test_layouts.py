@@ -1,0 +1,119 @@
+"""Layout builders are pure functions from records to components; store text stays text."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dash import dcc, html
+from dash_helpers import INJECTION, components, text_of
+
+from dashapp import layouts, links
+from storage import StepRecord, TensorRecord
+
+
+def make_step(**changes) -> StepRecord:
+    fields = dict(
+        layer="fc", phase="forward", title="Linear layer", formula=r"z = W x + b",
+        formula_values=r"\begin{bmatrix}1.0000\end{bmatrix}", inputs=["fc.weight"], outputs=["fc.out"],
+        reference="PyTorch linear output", max_abs_diff=3.62e-8, verified=True, note="Row k of W.",
+    )
+    fields.update(changes)
+    return StepRecord(**fields)
+
+
+TENSORS = {
+    "fc.weight": TensorRecord("fc.weight", "param", np.array([[0.5, -1.0]], dtype=np.float32), layer="fc"),
+    "fc.out": TensorRecord("fc.out", "activation", np.array([[2.0]], dtype=np.float32), layer="fc"),
+}
+
+
+def test_math_markdown_keeps_a_formula_in_one_display_block():
+    assert layouts.math_markdown(r"z = W x") == "$$\nz = W x\n$$"
+    # no way to close the block early and put Markdown or HTML after it
+    sneaky = "x $$\n\n<img src=x onerror=alert(1)> [link](javascript:alert(1))\n$$ y"
+    body = layouts.math_markdown(sneaky).split("\n")
+    assert len(body) == 3 and body[0] == body[2] == "$$"
+    assert "$$" not in body[1].replace(r"\$", "")
+    # MathJax macros that make links or load code are shown, not run
+    assert r"\href" not in layouts.math_markdown(r"\href{javascript:alert(1)}{x} + \require{html}")
+
+
+@pytest.mark.parametrize(
+    ("verified", "diff", "text", "mark"),
+    [
+        (True, 3.62e-8, "✓ matches autograd, max |Δ| = 3.6e-08", "yes"),
+        (False, 0.25, "✗ differs from autograd, max |Δ| = 2.5e-01", "no"),
+        (None, None, "no PyTorch counterpart (intermediate)", "none"),
+    ],
+)
+def test_verified_badge(verified, diff, text, mark):
+    step = make_step(verified=verified, max_abs_diff=diff)
+    assert layouts.verified_badge(step).children == text
+    card = layouts.step_card(5, step, TENSORS, run_id=1, index=2)
+    assert card.id == "step-5"
+    assert getattr(card, "data-verified") == mark
+
+
+def test_step_card_shows_title_both_formulas_tensors_check_and_note():
+    card = layouts.step_card(7, make_step(), TENSORS, run_id=1, index=2)
+    markdown = components(card, dcc.Markdown)
+    assert [m.children for m in markdown] == ["$$\nz = W x + b\n$$", "$$\n\\begin{bmatrix}1.0000\\end{bmatrix}\n$$"]
+    assert all(m.mathjax for m in markdown)
+    text = text_of(card)
+    for expected in ("Linear layer", "General formula", "Row k of W.", "PyTorch linear output", "→ writes"):
+        assert expected in text
+    panels = components(card, html.Div, "tensor-panel")
+    assert [getattr(p, "data-tensor") for p in panels] == ["fc.weight", "fc.out"]
+    graphs = components(card, dcc.Graph)
+    np.testing.assert_array_equal(np.asarray(graphs[0].figure.data[0].z), [[0.5, -1.0]])
+    links_ = [a.href for a in components(card, html.A)]
+    assert links.download(1, 2, "fc.weight", "npy") in links_ and links.download(1, 2, "fc.out", "csv") in links_
+
+
+def test_store_text_never_reaches_markdown():
+    evil = TensorRecord(INJECTION, "activation", np.ones((1, 1), dtype=np.float32), layer=INJECTION)
+    step = make_step(layer=INJECTION, title=INJECTION, note=INJECTION, reference=INJECTION,
+                     inputs=[INJECTION], outputs=[])
+    card = layouts.step_card(1, step, {INJECTION: evil}, run_id=1, index=1)
+    for markdown in components(card, dcc.Markdown):
+        assert INJECTION not in markdown.children
+    assert text_of(card).count(INJECTION) >= 4  # shown, as text, in title, layer, name, note
+    page = layouts.not_found(f"there is no run {INJECTION}")
+    assert not components(page, dcc.Markdown)
+
+
+def test_scalar_tensors_show_their_number():
+    loss = TensorRecord("loss.value", "output", np.array(0.7576, dtype=np.float32), layer="loss")
+    panel = layouts.tensor_panel(loss, run_id=1, index=1, panel="p")
+    assert not components(panel, dcc.Graph)
+    assert components(panel, html.Div, "tensor-scalar")[0].children == "0.7576"
+
+
+def test_nd_tensors_get_one_selector_per_leading_axis_longer_than_one():
+    act = TensorRecord("conv.out", "activation", np.zeros((4, 1, 3, 3), dtype=np.float32), layer="conv")
+    panel = layouts.tensor_panel(act, run_id=1, index=1, panel="p")
+    inputs = components(panel, dcc.Input)
+    assert [(i.id["axis"], i.min, i.max, i.value) for i in inputs] == [(0, 1, 4, 1)]
+
+
+def test_iteration_stepper_links_every_nearby_iteration():
+    nav = layouts.iteration_stepper(run_id=3, current=1, count=3)
+    hrefs = [link.href for link in components(nav, dcc.Link)]
+    assert hrefs == [links.iteration(3, i) for i in (1, 2, 3)] + [links.iteration(3, 2)]
+    assert "‹ previous" in text_of(nav)  # shown, but not a link on the first iteration
+    active = [li for li in components(nav, html.Li) if "active" in (li.className or "")]
+    assert text_of(active[0]) == "1"
+    long = layouts.iteration_stepper(run_id=1, current=50, count=100, window=2)
+    assert text_of(long).split() == ["‹", "previous", "1", "…", "48", "49", "50", "51", "52", "…", "100", "next", "›"]
+    assert "no iterations" in text_of(layouts.iteration_stepper(1, 0, 0))
+
+
+def test_not_found_says_what_and_links_back():
+    page = layouts.not_found("there is no run 9 in this store")
+    assert "There is no run 9 in this store." in text_of(page)
+    assert components(page, dcc.Link)[0].href == links.RUNS
+
+
+def test_empty_store_says_how_to_create_a_run():
+    text = text_of(layouts.empty_store("/data/runs.db"))
+    assert "cnnviz trace --db /data/runs.db" in text and "cnnviz demo --db /data/runs.db" in text

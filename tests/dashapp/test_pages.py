@@ -1,0 +1,290 @@
+"""Page layouts and callbacks, called in-process on a store traced by the real tracer."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from dash import dcc, html
+from dash_helpers import (
+    INJECTION,
+    clone_run,
+    components,
+    copy_store,
+    run_callback,
+    text_of,
+    using_store,
+)
+
+from dashapp import links
+from dashapp.tensorview import matrix_view
+from storage import RunStore
+
+
+@pytest.fixture(scope="module")
+def pages(dash_app):
+    """The page modules Dash Pages imported for `dash_app`."""
+
+    class Pages:
+        runs = sys.modules["dashapp.pages.runs"]
+        model = sys.modules["dashapp.pages.model"]
+        iteration = sys.modules["dashapp.pages.iteration"]
+        compare = sys.modules["dashapp.pages.compare"]
+        not_found = sys.modules["dashapp.pages.not_found_404"]
+
+    return Pages
+
+
+@pytest.fixture
+def request_ctx(dash_app):
+    with dash_app.server.test_request_context():
+        yield
+
+
+@pytest.fixture(scope="module")
+def store(dash_store):
+    with RunStore(dash_store) as reader:
+        yield reader
+
+
+def assert_not_found(layout, *words):
+    text = text_of(layout)
+    assert "Not found" in text, text
+    for word in words:
+        assert word.lower() in text.lower(), text
+    assert components(layout, dcc.Link)[0].href == links.RUNS
+
+
+# ---------------------------------------------------------------- runs
+
+
+def test_runs_lists_every_run_with_its_facts(pages, store, request_ctx):
+    layout = pages.runs.layout()
+    rows = components(layout, html.Tr)[1:]
+    runs = store.list_runs()
+    assert [getattr(r, "data-run") for r in rows] == [str(r.id) for r in runs]
+    text = text_of(layout)
+    for run in runs:
+        assert run.name in text and f"{run.final_loss:.4f}" in text
+    assert INJECTION in text  # the name, as text
+    assert components(layout, dcc.Interval)[0].disabled  # nothing is running
+
+
+@pytest.mark.parametrize(("sort", "order"), [("loss", "desc"), ("loss", "asc"), ("name", "asc"), ("seed", "desc")])
+def test_runs_sort_by_any_column(pages, store, request_ctx, sort, order):
+    key = {"loss": lambda r: r.final_loss, "name": lambda r: r.name.lower(), "seed": lambda r: r.seed}[sort]
+    expected = [str(r.id) for r in sorted(store.list_runs(), key=key, reverse=order == "desc")]
+    rows = components(pages.runs.layout(sort=sort, order=order), html.Tr)[1:]
+    assert [getattr(r, "data-run") for r in rows] == expected
+
+
+def test_runs_ignores_an_unknown_sort(pages, request_ctx):
+    rows = components(pages.runs.layout(sort="<b>", order="sideways"), html.Tr)[1:]
+    assert [getattr(r, "data-run") for r in rows] == ["1", "2", "3"]
+
+
+def test_runs_empty_store_says_how_to_create_one(pages, dash_app, tmp_path, request_ctx):
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    with using_store(dash_app, empty):
+        for layout in (pages.runs.layout(), pages.iteration.layout(), pages.model.layout(),
+                       pages.compare.layout()):
+            assert f"cnnviz trace --db {empty}" in text_of(layout)
+
+
+def test_picking_two_runs_links_to_their_comparison(pages, request_ctx):
+    ids = [{"type": "runs-pick", "run": i} for i in (1, 2, 3)]
+    href, css, hint = pages.runs.pick_runs([True, False, True], ids)
+    assert href == links.compare((1, 3), (3, 3), runs=[1, 3]) and "disabled" not in css
+    assert "2 runs selected" in hint
+    href, css, _ = pages.runs.pick_runs([True, False, False], ids)
+    assert "disabled" in css
+
+
+# ---------------------------------------------------------------- iteration
+
+
+def test_iteration_shows_every_step_in_order_with_its_check(pages, store, request_ctx):
+    layout = pages.iteration.layout(run="1", it="2")
+    record = store.load_iteration(1, 2)
+    cards = components(layout, html.Section, "step-card")
+    assert [c.id for c in cards] == [f"step-{n}" for n in range(1, len(record.steps) + 1)]
+    for card, step in zip(cards, record.steps, strict=True):
+        assert step.title in text_of(card)
+        mark = "none" if step.verified is None else ("yes" if step.verified else "no")
+        assert getattr(card, "data-verified") == mark
+    sections = [s.id for s in components(layout, html.Section) if (s.id or "").startswith("section-")]
+    assert sections == ["section-input", "section-forward", "section-loss", "section-backward", "section-update"]
+    toc = [a.href for a in components(layout, html.A) if (a.href or "").startswith("#step-")]
+    assert toc == [f"#step-{n}" for n in range(1, len(record.steps) + 1)]
+    assert "Iteration 2 of 3" in text_of(layout)
+
+
+def test_iteration_heatmaps_hold_the_stored_values(pages, store, request_ctx):
+    layout = pages.iteration.layout(run="2", it="3")
+    record = store.load_iteration(2, 3)
+    panels = components(layout, html.Div, "tensor-panel")
+    assert panels
+    for panel in panels:
+        tensor = record.tensor(getattr(panel, "data-tensor"))
+        graphs = components(panel, dcc.Graph)
+        if not graphs:
+            continue
+        expected = matrix_view(tensor.array, tensor.shape, role=tensor.role).values
+        np.testing.assert_array_equal(np.asarray(graphs[0].figure.data[0].z, dtype=np.float64), expected)
+
+
+def test_iteration_defaults_to_the_latest_run(pages, request_ctx):
+    assert "Iteration 1 of 3" in text_of(pages.iteration.layout())
+    assert INJECTION in text_of(pages.iteration.layout())  # run 3's name, as text
+
+
+@pytest.mark.parametrize(
+    ("query", "words"),
+    [
+        (dict(run="999"), ["no run 999"]),
+        (dict(run="abc"), ["'abc' is not a valid number"]),
+        (dict(run="1", it="0"), ["'0' is not a valid number"]),
+        (dict(run="1", it="99"), ["run 1 has no iteration 99", "3 iterations"]),
+        (dict(run=["1", "2"]), ["more than once"]),
+    ],
+)
+def test_iteration_unknown_things_are_not_found(pages, request_ctx, query, words):
+    assert_not_found(pages.iteration.layout(**query), *words)
+
+
+def test_iteration_ignores_unknown_query_parameters(pages, request_ctx):
+    assert "Iteration 1 of 3" in text_of(pages.iteration.layout(run="1", it="1", utm_source="x"))
+
+
+def test_iteration_of_a_run_still_being_traced(pages, dash_app, dash_store, tmp_path, request_ctx):
+    live = copy_store(dash_store, tmp_path / "live.db")
+    run_id, writer = clone_run(live, 1, name="live", seed=5, iterations=0, finish=False)
+    try:
+        with using_store(dash_app, live):
+            layout = pages.iteration.layout(run=str(run_id))
+            assert "still being traced" in text_of(layout)
+            assert components(layout, dcc.Interval)[0].disabled is False
+            with RunStore(dash_store) as source:
+                writer.add_iteration(source.load_iteration(1, 1))
+            stepper, status, stop = pages.iteration.poll(1, {"run": run_id, "it": None})
+            assert [link.children for link in components(stepper, dcc.Link)] == ["1"]
+            assert status.children == "running" and stop is False
+            writer.finish()
+            _, status, stop = pages.iteration.poll(2, {"run": run_id, "it": 1})
+            assert status.children == "completed" and stop is True
+    finally:
+        writer.engine.dispose()
+
+
+def test_choosing_another_run_goes_to_its_first_iteration(pages):
+    assert pages.iteration.choose_run(2, {"run": 1, "it": 3}) == "?run=2&it=1"
+    assert pages.iteration.choose_run(1, {"run": 1, "it": 3}) is not None  # dash.no_update
+
+
+def test_reslicing_redraws_the_chosen_plane(pages, dash_app, tmp_path, request_ctx):
+    from storage import RunInfo, RunWriter, TensorRecord, open_engine
+    from storage.records import IterationRecord
+
+    path = tmp_path / "nd.db"
+    engine = open_engine(path)
+    writer = RunWriter.begin(engine, RunInfo(name="nd"))
+    values = np.arange(4 * 3 * 2 * 2, dtype=np.float32).reshape(4, 3, 2, 2)
+    writer.add_iteration(IterationRecord(1, 0.5, [TensorRecord("x.out", "activation", values, layer="x")], []))
+    writer.finish()
+    engine.dispose()
+    inputs = [{"id": {"type": "tensor-slice", "panel": "p", "axis": 0}, "property": "value", "value": 3},
+              {"id": {"type": "tensor-slice", "panel": "p", "axis": 1}, "property": "value", "value": 2}]
+    with using_store(dash_app, path):
+        figure, caption = run_callback(pages.iteration.reslice, [3, 2], {"run": 1, "it": 1, "name": "x.out"},
+                                       inputs_list=[inputs])
+    np.testing.assert_array_equal(np.asarray(figure.data[0].z), values[2, 1])
+    assert caption == "sample 3 of 4; channel 2 of 3"
+
+
+# ---------------------------------------------------------------- model
+
+
+def test_model_lists_layers_with_shapes_formulas_and_a_diagram(pages, store, request_ctx):
+    layout = pages.model.layout(run="2")
+    run = store.get_run(2)
+    rows = components(layout, html.Tr)[1:]
+    assert [getattr(r, "data-layer") for r in rows] == [layer.name for layer in run.layers]
+    formulas = [m.children for m in components(layout, dcc.Markdown)]
+    assert formulas == [f"$$\n{layer.formula}\n$$" for layer in run.layers if layer.formula]
+    diagram = components(layout, dcc.Graph)[0].figure
+    assert len(diagram.layout.shapes) == len(run.layers) + 1  # + the input
+    assert f"{sum(layer.num_params for layer in run.layers)} parameters" in text_of(layout)
+    assert_not_found(pages.model.layout(run="42"), "no run 42")
+
+
+# ---------------------------------------------------------------- compare
+
+
+def test_compare_defaults_put_two_runs_side_by_side(pages, store, request_ctx):
+    layout = pages.compare.layout()
+    graphs = {g.id: g.figure for g in components(layout, dcc.Graph)}
+    a = store.load_tensor(1, 3, "conv.weight").array
+    b = store.load_tensor(2, 3, "conv.weight").array
+    za = np.asarray(graphs["compare-a-graph"].data[0].z)
+    zb = np.asarray(graphs["compare-b-graph"].data[0].z)
+    np.testing.assert_array_equal(za, a[0, 0])
+    np.testing.assert_array_equal(zb, b[0, 0])
+    np.testing.assert_allclose(np.asarray(graphs["compare-diff-graph"].data[0].z), b[0, 0].astype(np.float64) - a[0, 0])
+    # one colour scale for both sides
+    assert graphs["compare-a-graph"].data[0].zmax == graphs["compare-b-graph"].data[0].zmax
+    assert graphs["compare-a-graph"].data[0].zmax == pytest.approx(max(np.abs(a).max(), np.abs(b).max()))
+    delta = b.astype(np.float64) - a
+    text = text_of(layout)
+    assert f"{np.abs(delta).max():.4g}" in text and f"{np.linalg.norm(delta):.4g}" in text
+    cosine = float(np.dot(a.ravel(), b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b)))
+    assert f"{cosine:.6f}" in text
+    # the histories overlay every run of the same model
+    assert len(graphs["compare-loss"].data) == 3
+
+
+def test_compare_any_role_and_iteration(pages, store, request_ctx):
+    layout = pages.compare.layout(a="1:1", b="1:3", layer="fc", role="param_grad")
+    graphs = {g.id: g.figure for g in components(layout, dcc.Graph)}
+    np.testing.assert_array_equal(np.asarray(graphs["compare-a-graph"].data[0].z),
+                                  store.load_tensor(1, 1, "fc.weight.grad").array)
+    np.testing.assert_array_equal(np.asarray(graphs["compare-b-graph"].data[0].z),
+                                  store.load_tensor(1, 3, "fc.weight.grad").array)
+
+
+def test_compare_falls_back_to_a_role_the_layer_has(pages, request_ctx):
+    text = text_of(pages.compare.layout(a="1:1", b="2:1", layer="relu", role="param"))
+    assert "layer relu has no weight" in text and "relu.out" in text
+
+
+@pytest.mark.parametrize(
+    ("query", "words"),
+    [
+        (dict(a="1:1", b="2:1", layer="nope"), ["no layer 'nope'"]),
+        (dict(a="1-1"), ["RUN:ITERATION"]),
+        (dict(a="1:99"), ["run 1 has no iteration 99"]),
+        (dict(b="77:1"), ["no run 77"]),
+        (dict(runs="1,x"), ["comma-separated"]),
+    ],
+)
+def test_compare_unknown_things_are_not_found(pages, request_ctx, query, words):
+    assert_not_found(pages.compare.layout(**query), *words)
+
+
+def test_compare_controls_write_the_url(pages, request_ctx):
+    ref = {"a": [1, 3], "b": [2, 3], "layer": "conv", "role": "param", "tensor": "conv.weight",
+           "runs": None, "slice": []}
+    args = [1, 3, 2, 3, "conv", "param", "conv.weight", [2, 1, 3], []]
+    search = run_callback(pages.compare.navigate, *[*args[:2], 3, 2, *args[4:]], ref,
+                          triggered="compare-b-run.value")
+    assert search == "?a=1%3A3&b=3%3A3&layer=conv&role=param&tensor=conv.weight"
+    search = run_callback(pages.compare.navigate, *[*args[:4], "fc", *args[5:]], ref,
+                          triggered="compare-layer.value")
+    assert search == "?a=1%3A3&b=2%3A3&layer=fc&role=param"  # the tensor is the new layer's
+    search = run_callback(pages.compare.navigate, *args[:7], [1, 2], [], ref, triggered="compare-runs.value")
+    assert search.endswith("&runs=1%2C2")
+
+
+def test_not_found_page(pages, request_ctx):
+    assert_not_found(pages.not_found.layout(), "no page at this address")
