@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,17 @@ from tracer.explainers import explainer_for, registered_types
 from tracer.session import Trace
 
 TOL = 1e-5  # |ours - PyTorch| <= TOL * max(1, scale)
+
+
+@contextmanager
+def one_thread():
+    """Tiny tensors: PyTorch's thread pool only adds wake-up latency on shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def trace_run(
@@ -46,7 +59,7 @@ def trace_run(
     `reduce` turns a non-scalar loss (reduction='none') into the scalar that
     backward starts from; the criterion's own output is what the tracer sees.
     """
-    with Trace(model, optimizer, criterion, db=db, strict=True) as trace:
+    with one_thread(), Trace(model, optimizer, criterion, db=db, strict=True) as trace:
         for x, y in batches:
             with trace.iteration():
                 model.zero_grad()  # .grad must hold this iteration's gradient only
@@ -88,6 +101,8 @@ def assert_verified(
         assert record.warnings == [], record.warnings
         for step in record.steps:
             assert step.formula and step.formula_values, step.title
+            for tex in (step.formula, step.formula_values):
+                assert latex_balanced(tex), (step.title, tex)
             if step.verified is None:
                 continue
             assert step.verified is True, (record.index, step.layer, step.title, step.reference, step.max_abs_diff)
@@ -103,6 +118,24 @@ def assert_verified(
         with open(report, "a") as fh:
             fh.write(json.dumps(worst) + "\n")
     return worst
+
+
+def latex_balanced(tex: str) -> bool:
+    """Braces pair up (ignoring \\{ \\}) and every \\begin{env} has its \\end{env}."""
+    depth = 0
+    unescaped = tex.replace(r"\{", "").replace(r"\}", "")
+    for ch in unescaped:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            return False
+    envs = re.findall(r"\\(begin|end)\{(\w+)\}", tex)
+    stack = []
+    for kind, env in envs:
+        if kind == "begin":
+            stack.append(env)
+        elif not stack or stack.pop() != env:
+            return False
+    return depth == 0 and not stack
 
 
 def steps_of(record: IterationRecord, layer: str, phase: str | None = None) -> list[StepRecord]:
@@ -192,3 +225,10 @@ def test_an_unsupported_setting_is_stored_raw_with_a_warning(tmp_path):
     assert all("no matrix form" in s.title and s.verified is None for s in raw)
     # The layers before it are still explained and verified.
     assert all(s.verified for s in steps_of(record, "0"))
+
+
+def test_the_latex_balance_check_catches_broken_formulas():
+    assert latex_balanced(r"\frac{a}{b} + \begin{bmatrix}1 & 2\end{bmatrix} \{x\}")
+    assert not latex_balanced(r"\frac{a}{b")
+    assert not latex_balanced(r"x_{1}}")
+    assert not latex_balanced(r"\begin{bmatrix}1\end{aligned}")

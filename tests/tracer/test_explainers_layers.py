@@ -16,7 +16,7 @@ from test_explainers_harness import assert_verified, layer_types, stored, titles
 from torch import nn
 
 EXAMPLES = settings(
-    max_examples=25,
+    max_examples=20,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

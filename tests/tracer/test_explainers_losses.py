@@ -13,7 +13,7 @@ from test_explainers_harness import assert_verified, layer_types, stored, titles
 from torch import nn
 
 EXAMPLES = settings(
-    max_examples=30,
+    max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
