@@ -478,7 +478,8 @@ class Capture:
                 role = "activation"
             if id(tensor) in self.param_names:
                 continue  # a parameter passed as an argument is recorded as a parameter below
-            call.input_names.append(self._name(tensor, default, role, name))
+            layer = None if role == "target" else name  # the labels are data, like the input
+            call.input_names.append(self._name(tensor, default, role, layer))
             call.inputs.append(self._array(call.input_names[-1]))
         if any(a is None for a in call.inputs):
             call.error = "an input could not be copied"
