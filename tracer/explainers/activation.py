@@ -54,7 +54,7 @@ class ReLUExplainer(Explainer):
             "ReLU",
             r"A = \max(0, Z), \qquad M = \mathbb{1}[Z > 0]",
             rf"Z{sub(where)} = {latex.bmatrix(z_view)} \;\Rightarrow\; "
-            rf"A = {mat(a)}, \quad M = {mat(mask)}",
+            rf"A = {mat(a)}, \quad M = {mat(mask.astype(np.int64))}",
             inputs=[call.input_names[0]],
             outputs=[call.output_name, mask_name],
             checks=[(a, call.output, "PyTorch relu output")],
@@ -71,7 +71,7 @@ class ReLUExplainer(Explainer):
         ctx.step(
             "ReLU backward",
             r"\frac{\partial L}{\partial Z} = \frac{\partial L}{\partial A} \odot \mathbb{1}[Z > 0]",
-            rf"{mat(da)} \odot {mat(mask)} = {mat(dz)}",
+            rf"{mat(da)} \odot {mat(mask.astype(np.int64))} = {mat(dz)}",
             inputs=[call.grad_output_name, f"{call.name}.mask"],
             outputs=[call.grad_input_names[0]],
             checks=[(dz, call.grad_inputs[0], "autograd dL/dZ")],

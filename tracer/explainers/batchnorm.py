@@ -150,11 +150,11 @@ class BatchNormExplainer(Explainer):
         if module.momentum is None:
             factor = 1.0 / after_n
             f_tex = rf"f = \tfrac{{1}}{{t}} = \tfrac{{1}}{{{after_n}}}"
-            f_words = f"momentum=None: a cumulative average, f = 1/t with t = {after_n} batches seen"
+            f_words = f"With momentum=None this is a cumulative average: f = 1/t with t = {after_n} batches seen"
         else:
             factor = float(module.momentum)
             f_tex = rf"f = {latex.scalar(factor)}"
-            f_words = f"momentum f = {factor:g}"
+            f_words = f"The momentum is f = {factor:g}"
         if m < 2:
             raise Unsupported("a channel with a single value has no unbiased variance")
         unbiased = var * m / (m - 1)

@@ -13,8 +13,8 @@ def f64(array) -> np.ndarray:
 
 
 def sub(where: str) -> str:
-    """A LaTeX subscript naming the shown slice, e.g. _{(sample 1 of 4)}; empty for 2-D tensors."""
-    return f"_{{{where}}}" if where else ""
+    """A LaTeX subscript naming the shown slice, e.g. _{\\text{(sample 1 of 4)}}; empty for 2-D tensors."""
+    return rf"_{{\text{{{where}}}}}" if where else ""
 
 
 def mat(array) -> str:
@@ -25,7 +25,8 @@ def mat(array) -> str:
 def named(symbol: str, array) -> str:
     """`symbol_{slice} = [matrix]` for a tensor of any rank."""
     view, where = latex.as_matrix(array)
-    return rf"{symbol}{sub(where)} = {latex.bmatrix(view)}"
+    base = f"{{{symbol}}}" if where else symbol  # braces: X_{pad} then takes a second subscript
+    return rf"{base}{sub(where)} = {latex.bmatrix(view)}"
 
 
 def pair(value) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from torch import nn
 
 from .. import latex
 from .base import Explainer, LayerCall, StepContext, Unsupported, register
-from .common import named
+from .common import named, sub
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -236,7 +236,7 @@ class Conv2dExplainer(Explainer):
         ctx.step(
             "Reshape to the output feature map",
             r"Y = \operatorname{reshape}(Y_{col},\ N \times C_{out} \times H_{out} \times W_{out})",
-            rf"Y{y_where and '_{' + y_where + '}'} = {latex.bmatrix(y_view)}",
+            rf"Y{sub(y_where)} = {latex.bmatrix(y_view)}",
             inputs=[y_col_name],
             outputs=[call.output_name],
             checks=[(y.reshape(call.output.shape), call.output, "PyTorch conv2d output")],
@@ -271,7 +271,7 @@ class Conv2dExplainer(Explainer):
             "Gradient of the kernel",
             r"\frac{\partial L}{\partial W_{flat}} = \Big(\frac{\partial L}{\partial Y_{col}}\Big)^{\top} X_{col}",
             rf"{latex.bmatrix(dy_col.T)} X_{{col}} = {latex.bmatrix(dw.reshape(oc, -1))}"
-            rf"\;\Rightarrow\; \frac{{\partial L}}{{\partial W}}{dw_where and '_{' + dw_where + '}'} = {latex.bmatrix(dw_view)}",
+            rf"\;\Rightarrow\; \frac{{\partial L}}{{\partial W}}{sub(dw_where)} = {latex.bmatrix(dw_view)}",
             inputs=[dy_col_name, x_col_name],
             outputs=[call.param_grad_names.get("weight")],
             checks=[ctx.param_grad("weight", dw)],
@@ -305,7 +305,7 @@ class Conv2dExplainer(Explainer):
             "Gradient of the input (col2im)",
             r"\frac{\partial L}{\partial X} = \operatorname{col2im}\Big(\frac{\partial L}{\partial Y_{col}}\, W_{flat}\Big)",
             rf"\frac{{\partial L}}{{\partial X_{{col}}}} = {latex.bmatrix(dx_col)}"
-            rf"\;\Rightarrow\; \frac{{\partial L}}{{\partial X}}{dx_where and '_{' + dx_where + '}'} = {latex.bmatrix(dx_view)}",
+            rf"\;\Rightarrow\; \frac{{\partial L}}{{\partial X}}{sub(dx_where)} = {latex.bmatrix(dx_view)}",
             inputs=[dy_col_name, f"{call.name}.W_flat"],
             outputs=[dx_col_name, call.grad_input_names[0] if call.grad_input_names else None],
             checks=[

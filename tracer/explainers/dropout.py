@@ -96,7 +96,7 @@ class DropoutExplainer(Explainer):
             "Dropout (training): mask and scaling",
             r"Y = \frac{1}{1-p}\, X \odot M" if p < 1 else r"Y = 0 \quad (p = 1)",
             rf"p = {latex.scalar(p)},\ \tfrac{{1}}{{1-p}} = {scale_tex},\quad {named('X', x)},\ "
-            rf"M = {mat(full)} \;\Rightarrow\; Y = {mat(y)}",
+            rf"M = {mat(full.astype(np.int64))} \;\Rightarrow\; Y = {mat(y)}",
             inputs=[call.input_names[0]],
             outputs=[mask_name, call.output_name],
             checks=[(y, call.output, "PyTorch dropout output")],
@@ -155,7 +155,7 @@ class DropoutExplainer(Explainer):
         ctx.step(
             "Dropout backward: the same mask and scale",
             r"\frac{\partial L}{\partial X} = \frac{1}{1-p}\, \frac{\partial L}{\partial Y} \odot M",
-            rf"\tfrac{{1}}{{1-p}} = {latex.scalar(scale)},\quad {mat(dy)} \odot {mat(full)} = {mat(dx)}",
+            rf"\tfrac{{1}}{{1-p}} = {latex.scalar(scale)},\quad {mat(dy)} \odot {mat(full.astype(np.int64))} = {mat(dx)}",
             inputs=[call.grad_output_name, f"{call.name}.mask"],
             outputs=[call.grad_input_names[0]],
             checks=[check],

@@ -7,6 +7,7 @@ from torch import nn
 
 from .. import latex
 from .base import Explainer, LayerCall, StepContext, register
+from .common import sub
 
 
 @register(nn.Flatten)
@@ -40,8 +41,8 @@ class FlattenExplainer(Explainer):
         ctx.step(
             "Flatten",
             rf"x_k = A_{{\ldots}},\quad {index_rule}",
-            rf"A{'_{' + where + '}' if where else ''} = {latex.bmatrix(a_view)} \;\Rightarrow\; "
-            rf"x{'_{' + out_where + '}' if out_where else ''} = {latex.bmatrix(out_view)}",
+            rf"A{sub(where)} = {latex.bmatrix(a_view)} \;\Rightarrow\; "
+            rf"x{sub(out_where)} = {latex.bmatrix(out_view)}",
             inputs=[call.input_names[0]],
             outputs=[call.output_name],
             checks=[(out, call.output, "PyTorch flatten output")],
@@ -58,7 +59,7 @@ class FlattenExplainer(Explainer):
             "Unflatten the gradient",
             r"\frac{\partial L}{\partial A_{\ldots}} = \frac{\partial L}{\partial x_k}"
             r"\quad\text{(the inverse reshape)}",
-            rf"\frac{{\partial L}}{{\partial A}}{'_{' + where + '}' if where else ''} = {latex.bmatrix(dx_view)}",
+            rf"\frac{{\partial L}}{{\partial A}}{sub(where)} = {latex.bmatrix(dx_view)}",
             inputs=[call.grad_output_name],
             outputs=[call.grad_input_names[0]],
             checks=[(dx, call.grad_inputs[0], "autograd dL/dA")],

@@ -297,16 +297,18 @@ class AvgPoolExplainer(Explainer):
         rh, rw, divisor = _avg_matrices(call.module, x.shape)
         sums = np.einsum("ih,nchw,jw->ncij", rh, x, rw)  # R_h X R_w^T per plane
         y = sums / np.where(divisor == 0, 1.0, divisor)
-        rh_name = ctx.tensor("R_h", rh.astype(np.float32))
-        rw_name = ctx.tensor("R_w", rw.astype(np.float32))
-        d_name = ctx.tensor("divisor", divisor.astype(np.float32))
+        # All three hold whole numbers (memberships, window sizes, divisor_override).
+        rh_i, rw_i, d_i = rh.astype(np.int32), rw.astype(np.int32), divisor.astype(np.int32)
+        rh_name = ctx.tensor("R_h", rh_i)
+        rw_name = ctx.tensor("R_w", rw_i)
+        d_name = ctx.tensor("divisor", d_i)
         ctx.step(
             "Average pooling as matrix products",
             r"Y_{n,c} = \big(R_h\, X_{n,c}\, R_w^{\top}\big) \oslash D,\quad"
             r" (R_h)_{i,p} = \mathbb{1}[p \in \text{rows of window } i],\ "
             r"(R_w)_{j,q} = \mathbb{1}[q \in \text{cols of window } j]",
-            rf"R_h = {latex.bmatrix(rh)},\quad R_w = {latex.bmatrix(rw)},\quad D = {latex.bmatrix(divisor)}"
-            rf"\;\Rightarrow\; \Big({latex.bmatrix(rh)} {latex.bmatrix(latex.as_matrix(x)[0])} {latex.bmatrix(rw.T)}\Big)"
+            rf"R_h = {latex.bmatrix(rh_i)},\quad R_w = {latex.bmatrix(rw_i)},\quad D = {latex.bmatrix(d_i)}"
+            rf"\;\Rightarrow\; \Big({latex.bmatrix(rh_i)} {latex.bmatrix(latex.as_matrix(x)[0])} {latex.bmatrix(rw_i.T)}\Big)"
             rf" \oslash D = {named('Y', y)}",
             inputs=[call.input_names[0]],
             outputs=[rh_name, rw_name, d_name, call.output_name],
@@ -328,7 +330,7 @@ class AvgPoolExplainer(Explainer):
         ctx.step(
             "Average pooling backward",
             r"\frac{\partial L}{\partial X_{n,c}} = R_h^{\top} \Big(\frac{\partial L}{\partial Y_{n,c}} \oslash D\Big) R_w",
-            rf"{latex.bmatrix(rh.T)} {latex.bmatrix(latex.as_matrix(scaled)[0])} {latex.bmatrix(rw)}"
+            rf"{latex.bmatrix(rh.T.astype(np.int32))} {latex.bmatrix(latex.as_matrix(scaled)[0])} {latex.bmatrix(rw.astype(np.int32))}"
             " = " + named(r"\frac{\partial L}{\partial X}", dx),
             inputs=[f"{call.name}.R_h", call.grad_output_name, f"{call.name}.divisor", f"{call.name}.R_w"],
             outputs=[call.grad_input_names[0]],
