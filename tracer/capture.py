@@ -368,7 +368,7 @@ class Capture:
     # ------------------------------------------------------------ hooks
 
     def _root_pre_hook(self, module, args, kwargs):
-        if not self.active:
+        if not self.active or _in_backward():
             return None
         self._root_depth += 1
         if self._root_depth > 1:
@@ -416,7 +416,7 @@ class Capture:
         return tuple(args), kwargs, changed
 
     def _root_post_hook(self, module, args, output):
-        if self._root_depth == 0:
+        if self._root_depth == 0 or _in_backward():
             return None
         self._root_depth -= 1
         if self._root_depth == 0:
@@ -427,25 +427,27 @@ class Capture:
         """A container: functional calls in its forward are named after it."""
 
         def pre_hook(mod, args):
-            if self.active:
+            if self.active and not _in_backward():
                 self._scopes.append(name)
 
         def post_hook(mod, args, output):
-            if self.active and self._scopes and self._scopes[-1] == name:
+            if self.active and not _in_backward() and self._scopes and self._scopes[-1] == name:
                 self._scopes.pop()
 
         self._handles.append(module.register_forward_pre_hook(pre_hook))
         self._handles.append(module.register_forward_hook(post_hook, always_call=True))
 
     def _hook_module(self, module: nn.Module, name: str) -> None:
+        # Calls made while autograd runs backward are recomputations (activation
+        # checkpointing), not the model's forward: the forward already recorded them.
         def pre_hook(mod, args, kwargs):
-            if self.active:
+            if self.active and not _in_backward():
                 self._leaf_depth += 1
                 with self._ours(f"before {name}"):
                     self._before(mod, name, args, kwargs)
 
         def post_hook(mod, args, kwargs, output):
-            if self.active:
+            if self.active and not _in_backward():
                 self._leaf_depth = max(0, self._leaf_depth - 1)
                 with self._ours(f"after {name}"):
                     self._after(mod, output)
@@ -656,6 +658,12 @@ class Capture:
                     if array is not None:
                         self._params_after[name] = array
                     self._state_after[name] = _state(optimizer, p)
+
+
+def _in_backward() -> bool:
+    """Whether autograd's engine is running a backward pass in this thread."""
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return current is not None and current() != -1
 
 
 def _state(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> dict[str, np.ndarray]:

@@ -142,6 +142,7 @@ class Trace:
         self.timings = {"capture": 0.0, "explain": 0.0, "write": 0.0}
         self.run_id: int | None = None
         self._in_iteration = False
+        self._pending_loss: float | None = None
         self._entered = False
         self._capture = Capture(model, optimizer, criterion)
         self._writer: RunWriter | None = None
@@ -163,6 +164,13 @@ class Trace:
         self._modes = [(m, m.training) for m in self.model.modules()]
         if isinstance(self.criterion, nn.Module):
             self._modes += [(m, m.training) for m in self.criterion.modules()]
+        if _tf32_on_cuda(self.model):
+            self._warn(
+                "the model is on CUDA with TF32 allowed (torch.backends.cudnn.allow_tf32 or "
+                "torch.backends.cuda.matmul.allow_tf32): PyTorch's convolutions and matrix products "
+                "then round to 10-bit mantissas and differ from float32 arithmetic by about 1e-3, so "
+                "steps will show as not matching; set both to False to check them exactly"
+            )
         try:
             self._capture.attach()
         except BaseException as exc:
@@ -207,6 +215,7 @@ class Trace:
                 self._in_iteration = False
             return
         self._in_iteration = True
+        self._pending_loss = None
         started = time.perf_counter()
         self._capture.start()
         try:
@@ -219,7 +228,7 @@ class Trace:
         captured = self._capture.finish()
         self.timings["capture"] += time.perf_counter() - started
         started = time.perf_counter()
-        record = self._build(captured, loss)
+        record = self._build(captured, self._pending_loss if self._pending_loss is not None else loss)
         if not self._layers_written:
             self._writer.set_layers(layer_infos(captured))
             self._layers_written = True
@@ -232,6 +241,13 @@ class Trace:
         self.records = [record]
         for message in record.warnings:
             self._warn(message)
+
+    def set_loss(self, loss) -> None:
+        """Record this iteration's loss (a number or a scalar tensor) when it is not the
+        output of the criterion given to `Trace` (e.g. `F.cross_entropy` in the loop)."""
+        if not self._in_iteration:
+            raise RuntimeError("set_loss() belongs inside a `with trace.iteration():` block")
+        self._pending_loss = float(loss.detach().reshape(-1)[0]) if torch.is_tensor(loss) else float(loss)
 
     def _build(self, captured, loss) -> IterationRecord:
         options = dict(optimizer=self.optimizer, bounds=self.bounds, strict=self.strict, loss_value=loss)
@@ -254,6 +270,11 @@ class Trace:
             return
         self.warned.append(key)
         warnings.warn(f"cnnviz: {message}", TraceWarning, stacklevel=4)
+
+
+def _tf32_on_cuda(model: nn.Module) -> bool:
+    on_cuda = any(p.is_cuda for p in model.parameters())
+    return on_cuda and (torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
 
 
 def trace(model, optimizer=None, criterion=None, **options) -> Trace:

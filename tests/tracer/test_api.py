@@ -5,11 +5,13 @@ tracing never changes a number, and every kind of model is traced without a cras
 from __future__ import annotations
 
 import sqlite3
+import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from storage import RunStore
@@ -291,7 +293,41 @@ class InPlaceEverywhere(nn.Module):
         return self.fc2(h)
 
 
+class Checkpointed(nn.Module):
+    """Activation checkpointing re-runs a block's forward during backward."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6))
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(torch.utils.checkpoint.checkpoint(self.block, x, use_reentrant=False))
+
+
+class DictLeaf(nn.Module):
+    """A leaf module returning a dict, computed by a matrix product with its parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 3))
+
+    def forward(self, x):
+        return {"logits": x @ self.w, "norm": x.norm(dim=1)}
+
+
+class UsesDictLeaf(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = DictLeaf()
+
+    def forward(self, x):
+        return self.head(x)["logits"]
+
+
 ODD_MODELS = {
+    "checkpointed": (Checkpointed, lambda m, x: m(x), lambda g: torch.randn(5, 4, generator=g)),
+    "dict-leaf": (UsesDictLeaf, lambda m, x: m(x), lambda g: torch.randn(5, 4, generator=g)),
     "recurrent": (Recurrent, lambda m, x: m(x)["logits"], lambda g: torch.randint(0, 12, (5, 7), generator=g)),
     "keyword-only": (KeywordOnly, lambda m, x: m(features=x), lambda g: torch.randn(5, 4, generator=g)),
     "in-place": (InPlaceEverywhere, lambda m, x: m(x), lambda g: torch.randn(5, 4, generator=g)),
@@ -329,13 +365,23 @@ def _odd_run(kind, db_path=None, iterations=3, optimizer_cls=torch.optim.SGD):
 @pytest.mark.parametrize("kind", sorted(ODD_MODELS))
 def test_odd_models_trace_without_changing_a_bit(db_path, kind):
     plain, plain_model, _ = _odd_run(kind)
-    with pytest.warns(TraceWarning):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         traced, traced_model, run = _odd_run(kind, db_path)
+    messages = [str(w.message) for w in caught if w.category is TraceWarning]
+    if kind == "checkpointed":  # every layer explained; the re-run in backward is not a call
+        assert messages == []
+    else:
+        assert messages
     assert traced == plain  # bitwise: floats compared with ==
     for a, b in zip(plain_model.parameters(), traced_model.parameters(), strict=True):
         assert torch.equal(a, b)
     records = _records(db_path, run.run_id)
     assert len(records) == 3
+    if kind == "checkpointed":
+        with RunStore(db_path) as store:
+            names = [layer.name for layer in store.get_run(run.run_id).layers]
+        assert names == ["block.0", "block.1", "block.2", "head", "loss"]
     for record in records:
         assert all(s.verified is not False for s in record.steps), [
             (s.layer, s.title) for s in record.steps if s.verified is False
@@ -428,6 +474,30 @@ def test_every_strict_layer_kind_is_verified_through_the_api(db_path):
         assert {s.phase for s in record.steps} == {"forward", "backward", "update"}
 
 
+def test_a_functional_loss_is_recorded_with_set_loss(db_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(6, 3), torch.tensor([0, 1, 1, 0, 1, 0])
+    losses = []
+    with trace(model, optimizer, db=db_path, strict=True) as run:  # no criterion module
+        for _ in range(2):
+            with run.iteration():
+                optimizer.zero_grad()
+                loss = F.cross_entropy(model(x), y)  # outside the model: not a traced call
+                loss.backward()
+                optimizer.step()
+                run.set_loss(loss)
+            losses.append(loss.item())
+    with RunStore(db_path) as store:
+        assert [s.loss for s in store.iterations(run.run_id)] == losses
+    record = _records(db_path, run.run_id)[0]
+    assert {"2.out", "2.out.grad", "0.weight.next"} <= {t.name for t in record.tensors}
+    assert all(s.verified is not False for s in record.steps)
+    with pytest.raises(RuntimeError, match="inside"):
+        run.set_loss(1.0)
+
+
 def test_misuse_is_a_clear_error(db_path):
     model = nn.Linear(2, 2)
     with pytest.raises(ValueError, match="every must be a positive integer"):
@@ -454,10 +524,14 @@ def test_misuse_is_a_clear_error(db_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_model_on_the_gpu_is_traced_into_cpu_arrays(db_path):
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    # TF32 rounds products to 10-bit mantissas: PyTorch's numbers would then differ
-    # from float32 arithmetic by ~1e-3, which verification reports as a difference.
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
+        # TF32 rounds products to 10-bit mantissas: PyTorch's numbers then differ from
+        # float32 arithmetic by ~1e-3, which verification would report; the trace says so.
+        torch.backends.cudnn.allow_tf32 = True
+        with pytest.warns(TraceWarning, match="TF32"):
+            with Trace(nn.Linear(2, 2).cuda(), db=db_path.with_name("tf32.db")):
+                pass
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         torch.manual_seed(0)
         model = Residual().cuda()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
