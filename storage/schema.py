@@ -107,7 +107,7 @@ class Iteration(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     index: Mapped[int]  # 1-based
-    loss: Mapped[float]
+    loss: Mapped[float | None]  # NULL when the loss was NaN (SQLite stores no NaN)
     accuracy: Mapped[float | None]
     learning_rate: Mapped[float | None]
     warnings: Mapped[list] = mapped_column(JSON, default=list)

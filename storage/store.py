@@ -10,6 +10,7 @@ read-only.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -358,7 +359,7 @@ class RunWriter:
                 dict(
                     run_id=self.run_id,
                     index=record.index,
-                    loss=float(record.loss),
+                    loss=_real(record.loss),
                     accuracy=record.accuracy,
                     learning_rate=record.learning_rate,
                     warnings=list(record.warnings),
@@ -414,7 +415,7 @@ class RunWriter:
                 .where(schema.Run.id == self.run_id)
                 .values(
                     num_iterations=schema.Run.num_iterations + 1,
-                    final_loss=float(record.loss),
+                    final_loss=_real(record.loss),
                 )
             )
 
@@ -425,6 +426,16 @@ class RunWriter:
                 .where(schema.Run.id == self.run_id)
                 .values(status=status, finished_at=_utcnow(), error=error)
             )
+
+
+def _real(value) -> float | None:
+    """SQLite has no NaN (it would store NULL anyway): say NULL explicitly."""
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _nan_if_none(value) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def _layer_line(layer: LayerInfo) -> str:
@@ -516,7 +527,7 @@ class RunStore:
             return [
                 IterationSummary(
                     index=it.index,
-                    loss=it.loss,
+                    loss=_nan_if_none(it.loss),
                     accuracy=it.accuracy,
                     learning_rate=it.learning_rate,
                     created_at=it.created_at,
@@ -553,7 +564,7 @@ class RunStore:
                 return None
             return IterationRecord(
                 index=row.index,
-                loss=row.loss,
+                loss=_nan_if_none(row.loss),
                 accuracy=row.accuracy,
                 learning_rate=row.learning_rate,
                 warnings=list(row.warnings or []),

@@ -214,3 +214,17 @@ def test_sqlalchemy_url_is_accepted(tmp_path):
     run_id = _write_run(url)
     with RunStore(url) as store:
         assert store.get_run(run_id).name == "r"
+
+
+def test_a_diverged_iteration_is_stored_with_a_null_loss(db_path):
+    engine = open_engine(db_path)
+    writer = RunWriter.begin(engine, RunInfo(name="diverged"))
+    writer.add_iteration(IterationRecord(index=1, loss=float("nan"), tensors=[], steps=[]))
+    writer.finish()
+    engine.dispose()
+    with RunStore(db_path) as store:
+        (summary,) = store.iterations(writer.run_id)
+        assert np.isnan(summary.loss) and np.isnan(store.load_iteration(writer.run_id, 1).loss)
+        assert store.get_run(writer.run_id).final_loss is None
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT loss FROM iterations").fetchone() == (None,)
