@@ -5,7 +5,7 @@ Prints per-iteration medians, the ratios traced/untraced and traced/floor measur
 in the same run, the split of the traced time (the training step with our hooks and
 copies, explain + verify, SQLite write) and the bytes stored per iteration, for full
 capture (every element of every tensor) and for the lenet5 defaults of
-`cnnviz trace` (at most 1024 elements per tensor).
+`cnnviz trace` (at most 5000 elements per tensor).
 
     .venv/bin/python bench/bench_lenet.py [--iterations 10] [--threads 1]
 

@@ -40,7 +40,7 @@ optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 criterion = nn.CrossEntropyLoss()
 db = sys.argv[1] if len(sys.argv) > 1 else "runs.db"
 
-with trace(model, optimizer, criterion, db=db, name="tiny-resnet", max_elements=4096) as t:
+with trace(model, optimizer, criterion, db=db, name="tiny-resnet", max_elements=5000) as t:
     for step in range(5):
         with t.iteration():  # your loop, unchanged, inside this block
             optimizer.zero_grad()

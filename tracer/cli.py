@@ -86,7 +86,7 @@ class MaxElements(click.ParamType):
               help="Store every k-th iteration (1, 1+k, 1+2k, ...).")
 @click.option("--max-elements", type=MaxElements(), default=None,
               help="Elements stored per tensor, or 'all'; summary statistics always cover the full "
-              "tensor [default: the model's: lenet5 and small-cnn 1024, seed-cnn all].")
+              "tensor [default: the model's: lenet5 and small-cnn 5000, seed-cnn all].")
 @click.option("--layers", default=None, metavar="NAME,NAME",
               help="Store the tensors of these layers only (model-level tensors are always stored).")
 @click.option("--name", default=None, help="Run name [default: MODEL-seedSEED].")

@@ -204,7 +204,9 @@ class BuiltinModel:
     epochs: int = 3  # passes over the data
     samples: int = 1  # synthetic training samples
     batch_size: int | None = None  # None: all samples in one batch
-    max_elements: int | None = None  # elements stored per tensor; None: every element
+    # Elements stored per tensor; None: every element. 5000 keeps the first sample of
+    # every LeNet-5 and small-cnn activation and gradient whole (conv1.out: 6x28x28 = 4704).
+    max_elements: int | None = None
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -230,7 +232,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         epochs=10,
         samples=640,
         batch_size=64,
-        max_elements=1024,
+        max_elements=5000,
     ),
     "small-cnn": BuiltinModel(
         name="small-cnn",
@@ -245,6 +247,6 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         epochs=3,
         samples=256,
         batch_size=32,
-        max_elements=1024,
+        max_elements=5000,
     ),
 }

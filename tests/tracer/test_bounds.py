@@ -119,3 +119,15 @@ def test_cli_bounds_options(tmp_path, capsys):
     with RunStore(db) as store:
         config = store.get_run(1).config
     assert (config["every"], config["max_elements"], config["layers"]) == (2, None, ["fc3"])
+
+
+@pytest.mark.parametrize("name", ["lenet5", "small-cnn"])
+def test_the_default_bound_keeps_the_first_sample_whole(db_path, name):
+    run = run_builtin(model_name=name, samples=8, batch_size=8, iterations=1, db=db_path, strict=True)
+    _, (record,) = _records(db_path, run.run_id)
+    per_sample = [t for t in record.tensors
+                  if t.role in ("input", "input_grad", "activation", "activation_grad") and len(t.shape) > 1]
+    assert len(per_sample) > 10
+    assert any(t.truncated for t in per_sample)
+    for tensor in per_sample:
+        assert tensor.array.size >= math.prod(tensor.shape[1:]), tensor.name

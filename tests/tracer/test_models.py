@@ -123,7 +123,7 @@ def test_models_lists_every_builtin_with_its_defaults(capsys):
     out = capsys.readouterr().out
     for name in BUILTIN_MODELS:
         assert f"\n{name} " in out
-    assert "lr 0.05, 640 samples, batch 64, 10 epochs, max-elements 1024" in out
+    assert "lr 0.05, 640 samples, batch 64, 10 epochs, max-elements 5000" in out
 
 
 BAD = [
