@@ -59,8 +59,10 @@ def math_markdown(latex: str) -> str:
     return f"$$\n{body}\n$$"
 
 
-def formula(latex: str, class_name: str = "") -> dcc.Markdown:
-    return dcc.Markdown(math_markdown(latex), mathjax=True, className=f"formula {class_name}".strip())
+def formula(latex: str, class_name: str = "") -> html.Div:
+    """A typeset formula. The wrapper is there from the first render (dcc.Markdown
+    itself appears only once its script has loaded), so one can wait for MathJax."""
+    return html.Div(dcc.Markdown(math_markdown(latex), mathjax=True), className=f"formula {class_name}".strip())
 
 
 def status_badge(status: str) -> dbc.Badge:

@@ -234,15 +234,16 @@ def layout(run=None, it=None, **_query):
 
 
 @dash.callback(
-    Output("iteration-url", "search"),
+    Output("iteration-url", "href"),
     Input("iteration-run", "value"),
     State("iteration-ref", "data"),
     prevent_initial_call=True,
 )
 def choose_run(run_id, ref):
+    """Another run: its first iteration, from the top (the old #step anchor is dropped)."""
     if run_id is None or run_id == ref["run"]:
         return dash.no_update
-    return f"?run={int(run_id)}&it=1"
+    return links.iteration(int(run_id), 1)
 
 
 @dash.callback(

@@ -137,10 +137,13 @@ class Problems(list):
     """Console errors, failed requests, uncaught exceptions and dialogs of one page."""
 
 
-def wait_ready(tab, timeout: float = 30_000) -> None:
-    """Until Dash has rendered the page, no callback is pending and MathJax has typeset
-    every formula."""
+def wait_ready(tab, selector: str | None = None, timeout: float = 30_000) -> None:
+    """Until Dash has rendered the page (and `selector`, an element of the expected
+    page, is there: after an in-app navigation the old page stays until the new one
+    arrives), no callback is pending and MathJax has typeset every formula."""
     tab.wait_for_load_state("networkidle", timeout=timeout)
+    if selector is not None:
+        tab.wait_for_selector(selector, timeout=timeout)
     tab.wait_for_function(
         """() => {
             const content = document.getElementById('_pages_content');
@@ -154,23 +157,25 @@ def wait_ready(tab, timeout: float = 30_000) -> None:
     )
 
 
-def open_page(tab, url: str) -> None:
+def open_page(tab, url: str, selector: str | None = None) -> None:
     tab.goto(url)
-    wait_ready(tab)
+    wait_ready(tab, selector)
 
 
 def graph_data(tab, selector: str) -> list[dict]:
-    """The traces Plotly drew in the graph matched by `selector` (z as nested lists)."""
-    return tab.eval_on_selector(
-        selector,
+    """What Plotly drew in the graph matched by `selector`: per trace the decoded z
+    (nested lists), the printed cell labels in drawing order, the colour range, the
+    trace name, and whether row 0 is at the top."""
+    return tab.locator(selector).first.evaluate(
         """(el) => {
             const gd = el.classList.contains('js-plotly-plot') ? el : el.querySelector('.js-plotly-plot');
             const toList = (v) => (v && typeof v === 'object' && typeof v.length === 'number')
                 ? Array.from(v, toList) : v;
-            return gd.data.map((t) => ({
-                z: toList(t.z), text: toList(t.text), zmin: t.zmin, zmax: t.zmax, name: t.name,
-                reversed: gd._fullLayout.yaxis.autorange === 'reversed',
-                yrange: gd._fullLayout.yaxis.range,
+            const labels = Array.from(gd.querySelectorAll('.heatmap-label'), (t) => t.textContent);
+            const range = gd._fullLayout.yaxis ? gd._fullLayout.yaxis.range : null;
+            return gd._fullData.map((t) => ({
+                z: toList(t.z), zmin: t.zmin, zmax: t.zmax, name: t.name, labels: labels,
+                row0_on_top: range ? range[0] > range[1] : null,
             }));
         }""",
     )

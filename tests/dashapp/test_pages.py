@@ -102,6 +102,14 @@ def test_picking_two_runs_links_to_their_comparison(pages, request_ctx):
     assert "disabled" in css
 
 
+def test_runs_refresh_keeps_the_ticks_and_stops_when_nothing_runs(pages, request_ctx):
+    ids = [{"type": "runs-pick", "run": i} for i in (1, 2, 3)]
+    table, stop = pages.runs.refresh(5, {"sort": "loss", "order": "desc"}, [False, True, False], ids)
+    boxes = {c.id["run"]: c.value for c in components(table) if getattr(c, "id", None) and isinstance(c.id, dict)}
+    assert boxes == {1: False, 2: True, 3: False}
+    assert stop is True
+
+
 # ---------------------------------------------------------------- iteration
 
 
@@ -179,7 +187,7 @@ def test_iteration_of_a_run_still_being_traced(pages, dash_app, dash_store, tmp_
 
 
 def test_choosing_another_run_goes_to_its_first_iteration(pages):
-    assert pages.iteration.choose_run(2, {"run": 1, "it": 3}) == "?run=2&it=1"
+    assert pages.iteration.choose_run(2, {"run": 1, "it": 3}) == "/iteration?run=2&it=1"
     assert pages.iteration.choose_run(1, {"run": 1, "it": 3}) is not None  # dash.no_update
 
 

@@ -1,0 +1,251 @@
+"""Every page in headless Chromium, against `cnnviz serve` on a store traced by the real tracer.
+
+Checks what a user sees: no console errors or failed requests, formulas typeset
+by MathJax (no raw `$$`), heatmaps holding the stored numbers, both sides and
+the difference on the compare page, working links and back/forward, the
+not-found page, and a run named like an HTML injection shown as plain text.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pytest
+from dash_helpers import INJECTION, cnnviz_serve, graph_data, open_page, wait_ready
+
+from dashapp.formatting import format_diff, format_matrix
+from dashapp.tensorview import matrix_view
+from storage import RunStore
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def base(dash_store):
+    with cnnviz_serve(dash_store) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def store(dash_store):
+    with RunStore(dash_store) as reader:
+        yield reader
+
+
+def body_text(tab) -> str:
+    return tab.inner_text("body")
+
+
+def assert_clean(tab) -> None:
+    assert list(tab.problems) == []
+    assert tab.locator('img[src="x"]').count() == 0  # nothing from the store became markup
+
+
+def assert_typeset(tab, at_least: int) -> None:
+    assert tab.locator(".formula mjx-container").count() >= at_least
+    assert "$$" not in body_text(tab)
+
+
+def expected_view(tensor, lead_index=()):
+    return matrix_view(tensor.array, tensor.shape, role=tensor.role, lead_index=lead_index)
+
+
+def assert_heatmap_shows(drawn: dict, view) -> None:
+    z = np.array([[np.nan if v is None else v for v in row] for row in drawn["z"]], dtype=np.float64)
+    np.testing.assert_array_equal(z, view.values)
+    assert drawn["row0_on_top"] is True
+    if view.show_text:
+        expected = [t for row in format_matrix(view.values, view.style, view.missing) for t in row if t]
+        assert drawn["labels"] == expected
+    else:
+        assert drawn["labels"] == []
+
+
+# ---------------------------------------------------------------- runs
+
+
+def test_runs_page_lists_every_run_with_the_injection_as_text(page, base, store):
+    open_page(page, base + "/")
+    runs = store.list_runs()
+    rows = page.locator("table.runs-table tbody tr")
+    assert rows.count() == len(runs) == 3
+    assert page.get_by_text(INJECTION, exact=True).first.is_visible()
+    for run in runs:
+        assert f"{run.final_loss:.4f}" in rows.nth(run.id - 1).inner_text()
+    assert_clean(page)
+
+
+def test_runs_sort_then_pick_two_to_compare(page, base, store):
+    open_page(page, base + "/")
+    page.get_by_role("link", name="Final loss").click()
+    page.wait_for_url(re.compile(r"sort=loss&order=asc"))
+    wait_ready(page, "th.sorted")
+    by_loss = sorted(store.list_runs(), key=lambda r: r.final_loss)
+    order = page.locator("table.runs-table tbody tr").evaluate_all("rows => rows.map(r => r.dataset.run)")
+    assert order == [str(r.id) for r in by_loss]
+
+    compare = page.locator("#runs-compare")
+    assert "disabled" in compare.get_attribute("class")
+    page.locator('tr[data-run="1"] input[type=checkbox]').check()
+    page.locator('tr[data-run="2"] input[type=checkbox]').check()
+    page.wait_for_function("!document.getElementById('runs-compare').classList.contains('disabled')")
+    compare.click()
+    first, second = [r.id for r in by_loss if r.id in (1, 2)]  # ticked runs, in table order
+    page.wait_for_url(re.compile(rf"/compare\?a={first}%3A3&b={second}%3A3&runs={first}%2C{second}$"))
+    wait_ready(page, "#compare-diff-graph .js-plotly-plot")
+    for graph in ("#compare-a-graph", "#compare-b-graph", "#compare-diff-graph"):
+        assert page.locator(graph).is_visible()
+    assert_clean(page)
+
+
+# ---------------------------------------------------------------- model
+
+
+def test_model_page_typesets_every_layer_formula(page, base, store):
+    open_page(page, base + "/model?run=1")
+    run = store.get_run(1)
+    assert page.locator("table.layers-table tbody tr").count() == len(run.layers)
+    assert_typeset(page, sum(1 for layer in run.layers if layer.formula))
+    diagram = page.locator("#model-diagram").inner_text()
+    for layer in run.layers:
+        assert layer.name in diagram
+    assert_clean(page)
+
+
+# ---------------------------------------------------------------- iteration
+
+
+def test_iteration_page_shows_every_step_typeset_and_checked(page, base, store):
+    open_page(page, base + "/iteration?run=2&it=2")
+    record = store.load_iteration(2, 2)
+    cards = page.locator("section.step-card")
+    assert cards.count() == len(record.steps)
+    assert_typeset(page, 2 * len(record.steps))
+    for number, step in enumerate(record.steps, start=1):
+        card = page.locator(f"#step-{number}")
+        assert step.title in card.locator(".step-title").inner_text()
+        badge = card.locator(".verify").inner_text()
+        if step.verified:
+            assert badge == f"✓ matches autograd, max |Δ| = {format_diff(step.max_abs_diff)}"
+        elif step.verified is None:
+            assert badge == "no PyTorch counterpart (intermediate)"
+    titles = page.locator(".section-title").all_inner_texts()
+    assert titles == ["Input", "Forward pass", "Loss", "Backward pass", "Weight update"]
+    assert_clean(page)
+
+
+def test_iteration_heatmaps_show_the_stored_numbers(page, base, store):
+    open_page(page, base + "/iteration?run=1&it=3")
+    record = store.load_iteration(1, 3)
+    panels = page.locator(".tensor-panel:has(.js-plotly-plot)")
+    assert panels.count() > 30
+    for i in range(panels.count()):
+        panel = panels.nth(i)
+        tensor = record.tensor(panel.get_attribute("data-tensor"))
+        (drawn,) = graph_data(panel, ".js-plotly-plot")
+        assert_heatmap_shows(drawn, expected_view(tensor))
+    assert_clean(page)
+
+
+def test_iteration_stepper_anchors_and_back_forward(page, base):
+    open_page(page, base + "/iteration?run=2&it=1")
+    assert page.locator("h1").inner_text() == "Iteration 1 of 3"
+    page.locator(".iteration-stepper").get_by_role("link", name="2", exact=True).click()
+    page.wait_for_url(re.compile(r"it=2$"))
+    wait_ready(page, "h1:text-is('Iteration 2 of 3')")
+    page.go_back()
+    wait_ready(page, "h1:text-is('Iteration 1 of 3')")
+    assert page.url.endswith("it=1")
+    page.go_forward()
+    wait_ready(page, "h1:text-is('Iteration 2 of 3')")
+    assert page.url.endswith("it=2")
+
+    # the side menu jumps within the page without rebuilding it
+    page.evaluate("document.getElementById('step-1').dataset.marker = 'kept'")
+    page.locator(".toc a[href='#step-15']").click()
+    page.wait_for_url(re.compile(r"#step-15$"))
+    # Bootstrap scrolls smoothly: wait until the card has arrived at the top
+    page.wait_for_function("Math.abs(document.getElementById('step-15').getBoundingClientRect().top) < 100")
+    assert page.evaluate("document.getElementById('step-1').dataset.marker") == "kept"
+
+    # another run from the picker
+    page.locator("#iteration-run").click()
+    page.get_by_role("option", name="#1 seed-cnn-seed0, seed 0").click()
+    page.wait_for_url(re.compile(r"\?run=1&it=1$"))
+    wait_ready(page, ".page-subtitle:has-text('seed-cnn-seed0')")
+    assert_clean(page)
+
+
+def test_downloads_from_the_page_are_the_stored_tensors(page, base, store):
+    open_page(page, base + "/iteration?run=1&it=1")
+    link = page.locator('.tensor-panel[data-tensor="conv.weight"] a.download-link', has_text=".npy").first
+    response = page.request.get(base + link.get_attribute("href"))
+    assert response.status == 200
+    array = np.load(io.BytesIO(response.body()), allow_pickle=False)
+    np.testing.assert_array_equal(array, store.load_tensor(1, 1, "conv.weight").array)
+    assert page.request.get(base + "/download/1/1/nope.npy").status == 404
+    assert_clean(page)
+
+
+# ---------------------------------------------------------------- compare
+
+
+def test_compare_shows_both_sides_on_one_scale_and_their_difference(page, base, store):
+    open_page(page, base + "/compare?a=1:3&b=2:3&layer=fc&role=param")
+    a = store.load_tensor(1, 3, "fc.weight").array
+    b = store.load_tensor(2, 3, "fc.weight").array
+    (side_a,) = graph_data(page, "#compare-a-graph")
+    (side_b,) = graph_data(page, "#compare-b-graph")
+    (diff,) = graph_data(page, "#compare-diff-graph")
+    assert_heatmap_shows(side_a, matrix_view(a))
+    assert_heatmap_shows(side_b, matrix_view(b))
+    np.testing.assert_array_equal(np.array(diff["z"]), b.astype(np.float64) - a)
+    assert side_a["zmin"] == side_b["zmin"] and side_a["zmax"] == side_b["zmax"]
+    assert side_a["zmax"] == pytest.approx(float(max(np.abs(a).max(), np.abs(b).max())))
+    stats = page.locator("#compare-stats").inner_text()
+    assert f"{np.abs(b.astype(np.float64) - a).max():.4g}" in stats
+    # the histories overlay all three runs, the injection name as legend text
+    assert len(graph_data(page, "#compare-loss")) == 3
+    assert INJECTION in page.locator("#compare-loss").inner_text()
+    assert_clean(page)
+
+
+def test_compare_choices_live_in_the_url(page, base, store):
+    open_page(page, base + "/compare?a=1:3&b=2:3&layer=fc&role=param")
+    page.locator("#compare-role").get_by_text("gradient", exact=True).click()
+    page.wait_for_url(re.compile(r"role=param_grad"))
+    wait_ready(page, "#compare-tensor:has-text('fc.weight.grad')")
+    (side_b,) = graph_data(page, "#compare-b-graph")
+    assert_heatmap_shows(side_b, matrix_view(store.load_tensor(2, 3, "fc.weight.grad").array))
+    page.go_back()
+    wait_ready(page, "#compare-tensor:not(:has-text('fc.weight.grad'))")
+    assert "role=param&" in page.url or page.url.endswith("role=param")
+    (side_b,) = graph_data(page, "#compare-b-graph")
+    assert_heatmap_shows(side_b, matrix_view(store.load_tensor(2, 3, "fc.weight").array))
+    assert_clean(page)
+
+
+# ---------------------------------------------------------------- not found
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/no/such/page", "There is no page at this address."),
+        ("/iteration?run=999", "There is no run 999 in this store."),
+        ("/iteration?run=1&it=42", "Run 1 has no iteration 42"),
+        ("/model?run=%3Cscript%3E", "run '<script>' is not a valid number"),
+        ("/compare?a=1:1&b=2:1&layer=nope", "Run 1 has no layer 'nope'."),
+    ],
+)
+def test_unknown_addresses_get_the_not_found_page(page, base, path, message):
+    open_page(page, base + path)
+    assert page.locator("h1").inner_text() == "Not found"
+    assert message.lower() in page.locator(".not-found-message").inner_text().lower()
+    page.get_by_role("link", name="Back to the runs").click()
+    page.wait_for_url(base + "/")
+    wait_ready(page, "table.runs-table")
+    assert page.locator("table.runs-table").is_visible()
+    assert_clean(page)
