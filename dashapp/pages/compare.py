@@ -103,22 +103,23 @@ def stats_block(ta: TensorRecord, tb: TensorRecord) -> html.Div:
         note = f"over the {n} stored values (a store size bound kept only the first ones)"
     stats = figures.difference_stats(a, b)
     cosine = "undefined (a zero tensor)" if stats.cosine is None else f"{stats.cosine:.6f}"
-    return html.Div(
+    metrics = html.Div(
         [
-            html.Div(
-                [
-                    layouts.metric("max |Δ|", f"{stats.max_abs:.4g}", hint="largest element-wise difference"),
-                    layouts.metric("‖Δ‖₂", f"{stats.l2:.4g}", hint="L2 norm of B − A"),
-                    layouts.metric("cosine similarity", cosine, hint="1 = same direction"),
-                    layouts.metric("‖A‖₂ · ‖B‖₂", f"{stats.norm_a:.4g} · {stats.norm_b:.4g}",
-                                   hint=f"over {stats.count} values"),
-                ],
-                className="metrics", id="compare-stats",
-            ),
-            html.P(note, className="small text-muted") if note else None,
-            dcc.Graph(id="compare-bars", figure=figures.difference_bars(stats), config=layouts.GRAPH_CONFIG,
-                      className="compare-bars"),
-        ]
+            layouts.metric("max |Δ|", f"{stats.max_abs:.4g}", hint="largest element-wise difference"),
+            layouts.metric("‖Δ‖₂", f"{stats.l2:.4g}", hint="L2 norm of B − A"),
+            layouts.metric("cosine similarity", cosine, hint="1 = same direction, −1 = opposite"),
+            layouts.metric("‖A‖₂ · ‖B‖₂", f"{stats.norm_a:.4g} · {stats.norm_b:.4g}",
+                           hint=f"over {stats.count} values"),
+        ],
+        className="metrics", id="compare-stats",
+    )
+    bars = dcc.Graph(id="compare-bars", figure=figures.difference_bars(stats), config=layouts.GRAPH_CONFIG,
+                     className="compare-bars")
+    return dbc.Row(
+        [dbc.Col([html.H2("How far apart", className="h6"), metrics,
+                  html.P(note, className="small text-muted") if note else None], lg=6),
+         dbc.Col(bars, lg=6)],
+        className="mb-3 align-items-center",
     )
 
 

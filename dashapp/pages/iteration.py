@@ -61,6 +61,21 @@ def side_menu(parts: list[Section]) -> html.Nav:
     return html.Nav([html.Div("On this page", className="toc-title"), html.Ul(items)], className="toc")
 
 
+def journey(parts: list[Section]) -> html.Nav:
+    """The iteration at a glance, one link per stage: Input -> Forward -> Loss -> Backward -> Update."""
+    stages = [("Input", "section-input", "input")]
+    for section in parts:
+        count = sum(len(steps) for _, steps in section.groups)
+        stages.append((f"{section.title} · {count} step{'s' if count != 1 else ''}", f"section-{section.key}",
+                       section.key))
+    items = []
+    for i, (label, anchor, key) in enumerate(stages):
+        if i:
+            items.append(html.Span("→", className="journey-arrow", **{"aria-hidden": "true"}))
+        items.append(html.A(label, href=f"#{anchor}", className=f"journey-stage journey-{key}"))
+    return html.Nav(items, className="journey", **{"aria-label": "stages of this iteration"})
+
+
 def _mark(step: StepRecord) -> str:
     return "none" if step.verified is None else ("yes" if step.verified else "no")
 
@@ -219,6 +234,7 @@ def layout(run=None, it=None, **_query):
         [
             header(info, runs, index, count),
             summary(record, info),
+            journey(parts),
             *warnings,
             dbc.Row(
                 [
