@@ -249,3 +249,18 @@ def test_unknown_addresses_get_the_not_found_page(page, base, path, message):
     wait_ready(page, "table.runs-table")
     assert page.locator("table.runs-table").is_visible()
     assert_clean(page)
+
+
+@pytest.mark.parametrize(
+    ("path", "ready"),
+    [
+        ("/iteration?run=3&it=1", ".step-card"),
+        ("/model?run=3", "#model-diagram .js-plotly-plot"),
+        ("/compare?a=3:1&b=1:1", "#compare-norms .js-plotly-plot"),
+    ],
+)
+def test_a_run_named_like_html_is_shown_as_text_everywhere(page, base, path, ready):
+    open_page(page, base + path, ready)
+    assert page.get_by_text(INJECTION, exact=False).first.is_visible()
+    assert INJECTION in body_text(page)
+    assert_clean(page)  # no <img src=x>, no alert dialog
