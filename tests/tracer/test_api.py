@@ -498,6 +498,23 @@ def test_a_functional_loss_is_recorded_with_set_loss(db_path):
         run.set_loss(1.0)
 
 
+def test_an_unknown_loss_is_stored_as_unknown_not_fatal(db_path):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with trace(model, optimizer, db=db_path) as run:
+        with run.iteration():
+            optimizer.zero_grad()
+            F.cross_entropy(model(torch.randn(4, 3)), torch.tensor([0, 1, 0, 1])).backward()
+            optimizer.step()
+    with RunStore(db_path) as store:
+        assert store.get_run(run.run_id).status == "completed"
+        (summary,) = store.iterations(run.run_id)
+    assert np.isnan(summary.loss)
+    record = _records(db_path, run.run_id)[0]
+    assert {"weight.grad", "weight.next", "linear.out.grad"} <= {t.name for t in record.tensors}
+
+
 def test_misuse_is_a_clear_error(db_path):
     model = nn.Linear(2, 2)
     with pytest.raises(ValueError, match="every must be a positive integer"):
