@@ -189,7 +189,7 @@ class Conv2dExplainer(Explainer):
             shown = named("X", x)
         ctx.step(
             "Unfold input patches (im2col)",
-            r"X_{col} = \operatorname{im2col}(X)",
+            r"X_{col} = \mathrm{im2col}(X)",
             rf"{shown} \;\Rightarrow\; X_{{col}} = {latex.bmatrix(x_col)}",
             inputs=[call.input_names[0]],
             outputs=[x_col_name],
@@ -303,7 +303,7 @@ class Conv2dExplainer(Explainer):
             )
         ctx.step(
             "Gradient of the input (col2im)",
-            r"\frac{\partial L}{\partial X} = \operatorname{col2im}\Big(\frac{\partial L}{\partial Y_{col}}\, W_{flat}\Big)",
+            r"\frac{\partial L}{\partial X} = \mathrm{col2im}\Big(\frac{\partial L}{\partial Y_{col}}\, W_{flat}\Big)",
             rf"\frac{{\partial L}}{{\partial X_{{col}}}} = {latex.bmatrix(dx_col)}"
             rf"\;\Rightarrow\; \frac{{\partial L}}{{\partial X}}{sub(dx_where)} = {latex.bmatrix(dx_view)}",
             inputs=[dy_col_name, f"{call.name}.W_flat"],
