@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 
-MAX_ROWS = 8
-MAX_COLS = 8
+MAX_ROWS = 12
+MAX_COLS = 10
 
 
 def number_format(values: np.ndarray) -> str:
