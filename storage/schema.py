@@ -157,7 +157,7 @@ class TensorData(Base):
     """Raw little-endian bytes in C order, never pickled.
 
     `elements` is a JSON array copy of the flattened values for small tensors
-    (up to storage.store.JSON_COPY_MAX_NUMEL), so the sqlite3 shell can read them
+    stored whole (up to storage.codec.JSON_COPY_MAX_NUMEL elements), so the sqlite3 shell can read them
     element by element through json_each (see the tensor_elements view).
     """
 

@@ -462,7 +462,10 @@ def _tensor_row(tensor: TensorRecord) -> tuple[dict, dict]:
         stored_numel=int(array.size),
         **summary,
     )
-    return row, dict(data=data, elements=codec.json_elements(array))
+    # The JSON copy is for reading small tensors whole from the sqlite3 shell; a
+    # truncated tensor's prefix would only triple its bytes.
+    elements = codec.json_elements(array) if row["stored_numel"] == row["numel"] else None
+    return row, dict(data=data, elements=elements)
 
 
 # ---------------------------------------------------------------- reading

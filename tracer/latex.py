@@ -71,9 +71,11 @@ def bmatrix(
         array = array.reshape(-1, 1)
     if array.ndim != 2:
         raise ValueError(f"bmatrix takes at most 2 dimensions, got shape {array.shape}")
-    style = style or number_format(array)
     rows = _pick(array.shape[0], max_rows)
     cols = _pick(array.shape[1], max_cols)
+    if style is None:  # chosen from the cells shown: a large tensor is not scanned whole
+        shown = array[np.ix_([r for r in rows if r is not None], [c for c in cols if c is not None])]
+        style = number_format(shown)
     lines = []
     for r in rows:
         cells = []

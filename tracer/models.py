@@ -91,6 +91,12 @@ class SmallCNN(nn.Module):
 def bars_4x4(samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """4x4 images with a bright vertical (class 0) or horizontal (class 1) bar plus noise.
 
+    Each image is standardised to zero mean and standard deviation 2: with raw 0/1
+    pixels the 2x2 kernel sees only non-negative inputs, and for many seeds
+    (0 and 1 among them) the initial kernel and bias then leave every ReLU off, so
+    no gradient reaches the convolution. With both signs the default seeds learn,
+    and seed 1 shows a ReLU that dies during training.
+
     Deterministic in `seed`; class labels alternate so every batch has both when N > 1.
     """
     gen = torch.Generator().manual_seed(seed)
@@ -104,7 +110,9 @@ def bars_4x4(samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         else:
             x[n, 0, line, :] += 1.0
         y[n] = label
-    return x, y
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.std(dim=(1, 2, 3), keepdim=True)
+    return 2.0 * (x - mean) / std, y
 
 
 # Seven-segment digits: which of the segments a..g each digit lights.
@@ -216,7 +224,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         build=SeedCNN,
         data=bars_4x4,
         dataset="bars-4x4: 1x4x4 images with a vertical (class 0) or horizontal (class 1) bar, "
-        "Gaussian noise 0.1",
+        "Gaussian noise 0.1, each image standardised to mean 0 and standard deviation 2",
     ),
     "lenet5": BuiltinModel(
         name="lenet5",

@@ -228,3 +228,18 @@ def test_a_diverged_iteration_is_stored_with_a_null_loss(db_path):
         assert store.get_run(writer.run_id).final_loss is None
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("SELECT loss FROM iterations").fetchone() == (None,)
+
+
+def test_truncated_tensors_keep_full_shape_and_summary_but_no_json_copy(db_path):
+    full = np.arange(100, dtype=np.float32).reshape(10, 10)
+    record = TensorRecord("t", "activation", full.reshape(-1)[:20].copy(), shape=(10, 10),
+                          summary=codec.summarize(full))
+    run_id = _write_run(db_path, tensors=[record], steps=[])
+    with RunStore(db_path) as store:
+        stored = store.load_tensor(run_id, 1, "t")
+    assert stored.shape == (10, 10) and stored.truncated
+    np.testing.assert_array_equal(stored.array, full.reshape(-1)[:20])
+    assert stored.summary["max"] == 99.0 and stored.summary["mean"] == pytest.approx(49.5)
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT numel, stored_numel FROM tensors").fetchone() == (100, 20)
+        assert conn.execute("SELECT elements FROM tensor_data").fetchone() == (None,)
