@@ -126,10 +126,15 @@ def test_bad_store_locations(tmp_path, cli_env, seed_store, where):
 
 
 def test_progress_bar_for_long_runs(tmp_path, cli_env):
-    result = run(["trace", "--db", str(tmp_path / "r.db"), "--epochs", "12"], cli_env)
+    result = run(["trace", "--db", str(tmp_path / "r.db"), "--epochs", "14"], cli_env)
     assert result.returncode == 0, result.stderr
-    assert "tracing" in result.stdout
-    assert "run 1 'seed-cnn-seed0'" in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("tracing")
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["iter", "loss"])
+    # After the bar, the loss table: the first five, an ellipsis, the last five.
+    table = [line.split()[0] for line in lines[header + 1 : header + 12]]
+    assert table == ["1", "2", "3", "4", "5", "...", "10", "11", "12", "13", "14"]
+    assert lines[-1].startswith("run 1 'seed-cnn-seed0'")
 
 
 def test_help_and_version(cli_env):

@@ -9,6 +9,7 @@ compare the two bit for bit).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -187,7 +188,7 @@ def train(
             if index == config.iterations:
                 break
             xb, yb = x[start : start + config.batch_size], y[start : start + config.batch_size]
-            with run.iteration() if run is not None else _null():
+            with run.iteration() if run is not None else contextlib.nullcontext():
                 optimizer.zero_grad()
                 loss = criterion(model(xb), yb)
                 loss.backward()
@@ -255,41 +256,39 @@ def run_builtin(
         strict=strict,
     )
     show_bar = progress and config.iterations > 10
-    printed = [0]
+    rows: list[str] = []
 
-    def report() -> None:
-        if progress and not show_bar and run.stored > printed[0]:
-            printed[0] = run.stored
-            _print_row(run)
+    def record_row() -> None:
+        if run.stored > len(rows):
+            rows.append(_row(run.records[-1]))
+            if progress and not show_bar:
+                if len(rows) == 1:
+                    click.echo(HEADER)
+                click.echo(rows[-1])
 
     with one_torch_thread(), run:
         if show_bar:
             with click.progressbar(length=config.iterations, label="tracing") as bar:
-                train(model, optimizer, criterion, x, y, config, run, lambda: bar.update(1))
+
+                def tick() -> None:
+                    record_row()
+                    bar.update(1)
+
+                train(model, optimizer, criterion, x, y, config, run, tick)
+            click.echo(HEADER)
+            for line in rows if len(rows) <= 12 else [*rows[:5], f"{'...':>4}", *rows[-5:]]:
+                click.echo(line)
         else:
-            train(model, optimizer, criterion, x, y, config, run, report)
-        if show_bar and run.losses:
-            click.echo(
-                f"iterations: {run.index} run, {run.stored} stored; "
-                f"first loss {run.losses[0]:.6f}, last stored loss {run.losses[-1]:.6f}"
-            )
+            train(model, optimizer, criterion, x, y, config, run, record_row)
     return run
 
 
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+HEADER = f"{'iter':>4}  {'loss':>10}  {'acc':>5}  {'verified steps':>14}  {'max |ours - torch|':>18}"
 
 
-def _print_row(run: Trace) -> None:
-    record = run.records[-1]
+def _row(record) -> str:
     checked = [s for s in record.steps if s.verified is not None]
     ok = sum(1 for s in checked if s.verified)
     worst = max((s.max_abs_diff for s in checked), default=0.0)
-    if run.stored == 1:
-        click.echo(f"{'iter':>4}  {'loss':>10}  {'acc':>5}  {'verified steps':>14}  {'max |ours - torch|':>18}")
     acc = "" if record.accuracy is None else f"{record.accuracy:.2f}"
-    click.echo(f"{record.index:>4}  {record.loss:>10.6f}  {acc:>5}  {f'{ok}/{len(checked)}':>14}  {worst:>18.2e}")
+    return f"{record.index:>4}  {record.loss:>10.6f}  {acc:>5}  {f'{ok}/{len(checked)}':>14}  {worst:>18.2e}"
