@@ -39,3 +39,8 @@ def test_readme_queries_run(seed_store, query):
 
 def test_readme_has_queries():
     assert len(SQL) >= 3
+
+
+def test_readme_example_is_the_tested_example_file():
+    example = (REPO / "examples" / "trace_my_model.py").read_text()
+    assert f"```python\n{example}```" in README
