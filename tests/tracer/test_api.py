@@ -19,15 +19,6 @@ from tracer import Trace, trace
 from tracer.session import TraceWarning
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two test workers share two cores: one torch thread each keeps them fast."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _hook_state(model: nn.Module, optimizer) -> list:
     state = []
     for name, m in model.named_modules():

@@ -9,20 +9,11 @@ import sqlite3
 
 import numpy as np
 import pytest
-import torch
 
 from storage import RunStore
 from tracer.train import run_builtin
 
 LENET = dict(model_name="lenet5", samples=8, batch_size=4, seed=2)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _records(path, run_id):

@@ -16,14 +16,6 @@ from tracer.explainers.elementwise import Add, unbroadcast
 from tracer.session import Trace, TraceWarning
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_a_hook_registered_before_an_in_place_op_gets_the_gradient_of_the_old_value():
     """PyTorch's rule that "<layer>.out.grad" relies on (see tracer/capture.py)."""
     w = torch.tensor([1.5, -0.5, -2.0, 0.5], requires_grad=True)

@@ -18,7 +18,6 @@ import json
 import os
 import re
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +31,6 @@ from tracer.explainers import explainer_for, registered_types
 from tracer.session import Trace
 
 TOL = 1e-5  # |ours - PyTorch| <= TOL * max(1, scale)
-
-
-@contextmanager
-def one_thread():
-    """Tiny tensors: PyTorch's thread pool only adds wake-up latency on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def trace_run(
@@ -59,7 +47,7 @@ def trace_run(
     `reduce` turns a non-scalar loss (reduction='none') into the scalar that
     backward starts from; the criterion's own output is what the tracer sees.
     """
-    with one_thread(), Trace(model, optimizer, criterion, db=db, strict=True) as trace:
+    with Trace(model, optimizer, criterion, db=db, strict=True) as trace:
         for x, y in batches:
             with trace.iteration():
                 model.zero_grad()  # .grad must hold this iteration's gradient only

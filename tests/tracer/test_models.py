@@ -17,14 +17,6 @@ from tracer.train import resolve, run_builtin, train_untraced
 PYTHON = sys.executable
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_lenet5_has_the_papers_shapes():
     model = LeNet5()
     shapes = {}

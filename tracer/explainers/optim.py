@@ -59,19 +59,7 @@ class SGDExplainer(Explainer):
         eta = latex.scalar(lr)
         inputs = [call.value_name, call.grad_name]
         grad = _maximize(call, ctx, grad, inputs)
-        direction = grad
-        if wd:
-            direction = grad + wd * w
-            name = ctx.tensor("decayed_grad", direction)
-            ctx.step(
-                f"Weight decay on {sym}",
-                r"g = \nabla_W L + \lambda W",
-                rf"{latex.bmatrix(latex.as_matrix(grad)[0])} + {latex.scalar(wd)}\,{latex.bmatrix(latex.as_matrix(w)[0])}"
-                rf" = {latex.bmatrix(latex.as_matrix(direction)[0])}",
-                inputs=inputs,
-                outputs=[name],
-            )
-            inputs = [call.value_name, name]
+        direction = _weight_decay(call, ctx, grad, w, wd, inputs)
         if mu:
             prev = call.state_before.get("momentum_buffer")
             if prev is None:
@@ -134,6 +122,25 @@ def _maximize(call: UpdateCall, ctx: StepContext, grad: np.ndarray, inputs: list
     )
     inputs[:] = [call.value_name, name]
     return -grad
+
+
+def _weight_decay(
+    call: UpdateCall, ctx: StepContext, grad: np.ndarray, w: np.ndarray, wd: float, inputs: list
+) -> np.ndarray:
+    """L2 weight decay folded into the gradient, g = grad + lambda W (inputs updated in place)."""
+    if not wd:
+        return grad
+    decayed = grad + wd * w
+    name = ctx.tensor("decayed_grad", decayed)
+    ctx.step(
+        f"Weight decay on {call.name}",
+        r"g = \nabla_W L + \lambda W",
+        rf"{_mat(grad)} + {latex.scalar(wd)}\,{_mat(w)} = {_mat(decayed)}",
+        inputs=list(inputs),
+        outputs=[name],
+    )
+    inputs[:] = [call.value_name, name]
+    return decayed
 
 
 def _state(call: UpdateCall, key: str, like: np.ndarray, initial: float = 0.0) -> np.ndarray:
@@ -305,17 +312,7 @@ class RMSpropExplainer(Explainer):
         inputs = [call.value_name, call.grad_name]
         grad = _maximize(call, ctx, grad, inputs)
         t = _step_count(call)
-        if wd:
-            grad = grad + wd * w
-            name_g = ctx.tensor("decayed_grad", grad)
-            ctx.step(
-                f"Weight decay on {sym}",
-                r"g = \nabla_W L + \lambda W",
-                rf"g = {_mat(grad)}",
-                inputs=inputs,
-                outputs=[name_g],
-            )
-            inputs = [call.value_name, name_g]
+        grad = _weight_decay(call, ctx, grad, w, wd, inputs)
         s0 = _state(call, "square_avg", w)
         s = alpha * s0 + (1 - alpha) * grad**2
         s_name = ctx.tensor("square_avg", s, role=ROLE_OPTIMIZER_STATE)
@@ -398,17 +395,7 @@ class AdagradExplainer(Explainer):
         inputs = [call.value_name, call.grad_name]
         grad = _maximize(call, ctx, grad, inputs)
         t = _step_count(call)
-        if wd:
-            grad = grad + wd * w
-            name_g = ctx.tensor("decayed_grad", grad)
-            ctx.step(
-                f"Weight decay on {sym}",
-                r"g = \nabla_W L + \lambda W",
-                rf"g = {_mat(grad)}",
-                inputs=inputs,
-                outputs=[name_g],
-            )
-            inputs = [call.value_name, name_g]
+        grad = _weight_decay(call, ctx, grad, w, wd, inputs)
         s0 = _state(call, "sum", w, float(g.get("initial_accumulator_value", 0.0)))
         s = s0 + grad**2
         s_name = ctx.tensor("sum", s, role=ROLE_OPTIMIZER_STATE)
