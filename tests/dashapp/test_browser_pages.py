@@ -264,3 +264,26 @@ def test_a_run_named_like_html_is_shown_as_text_everywhere(page, base, path, rea
     assert page.get_by_text(INJECTION, exact=False).first.is_visible()
     assert INJECTION in body_text(page)
     assert_clean(page)  # no <img src=x>, no alert dialog
+
+
+def test_formulas_are_typeset_a_few_at_a_time_without_blocking(page, base, store):
+    """MathJax.typeset from dcc.Markdown is queued (assets/formula_queue.js): the call
+    returns at once, the formula is typeset in a later task, and every formula of the
+    page still ends up typeset."""
+    open_page(page, base + "/iteration?run=1&it=1")
+    record = store.load_iteration(1, 1)
+    assert_typeset(page, 2 * len(record.steps))
+    typeset_in_the_call = page.evaluate(
+        """() => {
+            const el = document.createElement('div');
+            el.id = 'queued-formula';
+            el.textContent = '\\\\[x_{n}^{2}\\\\]';
+            document.getElementById('step-1').appendChild(el);
+            window.MathJax.typeset([el]);
+            return el.querySelector('mjx-container') !== null;
+        }"""
+    )
+    assert typeset_in_the_call is False
+    page.wait_for_selector("#queued-formula mjx-container", timeout=10_000)
+    assert page.locator("#queued-formula mjx-merror").count() == 0
+    assert_clean(page)
