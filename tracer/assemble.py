@@ -13,6 +13,7 @@ from storage import codec
 from storage.records import (
     ROLE_ACTIVATION_GRAD,
     ROLE_INPUT_GRAD,
+    ROLE_INTERMEDIATE,
     ROLE_OPTIMIZER_STATE,
     ROLE_PARAM,
     ROLE_PARAM_GRAD,
@@ -73,7 +74,7 @@ def _layer_call(call: CapturedCall, cap: CapturedIteration, shared: dict[str, se
         param_names=dict(call.param_names),
         grad_output=cap.grads.get(call.output_name) if call.output_name else None,
         grad_inputs=grad_inputs,
-        param_grads={local: cap.param_grads.get(q) for local, q in call.param_names.items()},
+        param_grads={local: _grad_of_iteration(cap, q) for local, q in call.param_names.items()},
         grad_output_name=_grad_name(call.output_name) if call.output_name else None,
         grad_input_names=grad_input_names,
         param_grad_names={
@@ -195,6 +196,13 @@ def build_iteration(
         add(name, value, ROLE_PARAM, layer)
         if name in cap.param_grads:
             add(_grad_name(name), cap.param_grads[name], ROLE_PARAM_GRAD, layer)
+        if name in cap.grads_at_start:
+            add(f"{name}.grad_before", cap.grads_at_start[name], ROLE_INTERMEDIATE, layer)
+            warnings.append(
+                f"{name}: .grad already held gradients when the iteration began (no zero_grad, "
+                "or gradient accumulation); the backward checks compare this iteration's "
+                f"contribution, {name}.grad minus {name}.grad_before"
+            )
         if name in cap.params_after:
             add(f"{name}.next", cap.params_after[name], ROLE_PARAM_NEXT, layer)
             if cap.params_after[name].shape == value.shape and value.dtype.kind == "f":
@@ -371,6 +379,15 @@ def _fan_out_sum(cap, name: str, users: set[str], contributions) -> list[StepRec
     )
 
 
+def _grad_of_iteration(cap: CapturedIteration, qualified: str) -> np.ndarray | None:
+    """What this iteration's backward added to .grad: PyTorch's reference for our dL/dW."""
+    grad = cap.param_grads.get(qualified)
+    before = cap.grads_at_start.get(qualified)
+    if grad is None or before is None or before.shape != grad.shape:
+        return grad
+    return grad - before
+
+
 def _param_sum(cap, qualified: str, users: set[str], contributions) -> list[StepRecord]:
     """A parameter used by several calls gets .grad = the sum of every call's part."""
     if {who for who, _ in contributions} != users:
@@ -379,7 +396,7 @@ def _param_sum(cap, qualified: str, users: set[str], contributions) -> list[Step
         qualified,
         cap.param_layers.get(qualified),
         contributions,
-        cap.param_grads.get(qualified),
+        _grad_of_iteration(cap, qualified),
         f"Sum the gradient of {qualified} over its {len(contributions)} calls",
         r"\frac{\partial L}{\partial W} = \sum_{\text{calls } c} \frac{\partial L}{\partial W}\Big|_{c}",
         "The parameter was used more than once in this forward pass ("

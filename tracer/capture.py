@@ -108,6 +108,9 @@ class CapturedIteration:
     loss_name: str | None
     stepped: bool
     steps_taken: int = 0  # optimizer.step() calls seen in the iteration
+    # .grad that was already there when the iteration began (no zero_grad, or
+    # gradient accumulation): this iteration's backward added to it.
+    grads_at_start: dict[str, np.ndarray] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # what the hooks could not capture
 
 
@@ -211,6 +214,12 @@ class Capture:
 
     def start(self) -> None:
         self._reset()
+        self._grads_at_start = {}
+        for name, p in self.model.named_parameters():
+            if p.grad is not None and bool(torch.count_nonzero(p.grad)):
+                array = to_numpy(p.grad)
+                if array is not None:
+                    self._grads_at_start[name] = array
         self.active = True
 
     def finish(self) -> CapturedIteration:
@@ -231,6 +240,7 @@ class Capture:
             grads=self._grads,
             params=self._params,
             param_grads=self._param_grads,
+            grads_at_start=self._grads_at_start,
             params_after=self._params_after,
             state_before=self._state_before,
             state_after=self._state_after,

@@ -573,3 +573,26 @@ def test_the_store_is_plain_sqlite(db_path):
     ).fetchall()
     conn.close()
     assert dict(rows)["add"] == 3  # forward + backward to X and to Y
+
+
+def test_gradient_accumulation_checks_this_iterations_contribution(tmp_path):
+    """Without zero_grad, .grad sums two backward passes; the checks compare our
+    dL/dW with what this iteration added, and say so."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2))
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
+    criterion(model(x), y).backward()  # leaves a gradient behind, outside the trace
+    with Trace(model, optimizer, criterion, db=tmp_path / "r.db", strict=True) as run:
+        with run.iteration():
+            criterion(model(x), y).backward()
+            optimizer.step()
+    with RunStore(tmp_path / "r.db") as store:
+        record = store.load_iteration(run.run_id, 1)
+    checked = [s for s in record.steps if s.verified is not None]
+    assert checked and all(s.verified for s in checked)
+    before = record.tensor("0.weight.grad_before").array
+    total = record.tensor("0.weight.grad").array
+    np.testing.assert_allclose(total, 2 * before, rtol=1e-6)  # the same batch twice
+    assert any("grad_before" in w for w in record.warnings)
