@@ -91,6 +91,20 @@ def default_selections(store: RunStore, runs: list[RunInfo], picked: list[int] |
     return a, b
 
 
+def zero_note(role: str, a_is_zero: bool, b_is_zero: bool) -> str | None:
+    """Why a side can be all zeros (a gradient that vanished), or None if neither is."""
+    sides = [side for side, zero in (("A", a_is_zero), ("B", b_is_zero)) if zero]
+    if not sides:
+        return None
+    text = f"{' and '.join(sides)} {'is' if len(sides) == 1 else 'are'} all zeros, so the cosine similarity is undefined."
+    if role in ("param_grad", "activation_grad", "input_grad"):
+        text += (" A gradient that is exactly zero means nothing flowed back to this tensor in that iteration:"
+                 " for example, a ReLU that outputs 0 for the whole batch passes no gradient to the layers before"
+                 " it, and gives the layers after it an all-zero input, so their weight gradients are zero too."
+                 " Weights with a zero gradient stop changing (see the norms below).")
+    return text
+
+
 def stats_block(ta: TensorRecord, tb: TensorRecord) -> html.Div:
     if tuple(ta.shape) != tuple(tb.shape):
         return dbc.Alert(f"The shapes differ ({format_shape(ta.shape)} and {format_shape(tb.shape)}): "
@@ -103,6 +117,7 @@ def stats_block(ta: TensorRecord, tb: TensorRecord) -> html.Div:
         note = f"over the {n} stored values (a store size bound kept only the first ones)"
     stats = figures.difference_stats(a, b)
     cosine = "undefined (a zero tensor)" if stats.cosine is None else f"{stats.cosine:.6f}"
+    zero = zero_note(ta.role, stats.norm_a == 0, stats.norm_b == 0)
     metrics = html.Div(
         [
             layouts.metric("max |Δ|", f"{stats.max_abs:.4g}", hint="largest element-wise difference"),
@@ -117,7 +132,9 @@ def stats_block(ta: TensorRecord, tb: TensorRecord) -> html.Div:
                      className="compare-bars")
     return dbc.Row(
         [dbc.Col([html.H2("How far apart", className="h6"), metrics,
-                  html.P(note, className="small text-muted") if note else None], lg=6),
+                  html.P(note, className="small text-muted") if note else None,
+                  dbc.Alert(zero, color="info", className="py-2 small", id="compare-zero") if zero else None],
+                 lg=6),
          dbc.Col(bars, lg=6)],
         className="mb-3 align-items-center",
     )

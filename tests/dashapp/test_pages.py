@@ -296,3 +296,20 @@ def test_compare_controls_write_the_url(pages, request_ctx):
 
 def test_not_found_page(pages, request_ctx):
     assert_not_found(pages.not_found.layout(), "no page at this address")
+
+
+def test_compare_explains_a_gradient_that_vanished(pages, store, request_ctx):
+    """A side that is all zeros (seed 1's conv gradient after its ReLU died) gets a note
+    saying why the cosine is undefined and what a zero gradient means."""
+    import dataclasses
+
+    grad = store.load_tensor(1, 2, "conv.weight.grad")
+    vanished = dataclasses.replace(grad, array=np.zeros_like(grad.array))
+    text = text_of(pages.compare.stats_block(grad, vanished))
+    assert "B is all zeros, so the cosine similarity is undefined." in text
+    assert "nothing flowed back to this tensor" in text
+    weights = store.load_tensor(1, 2, "conv.weight")
+    zero_weights = dataclasses.replace(weights, array=np.zeros_like(weights.array))
+    text = text_of(pages.compare.stats_block(zero_weights, zero_weights))
+    assert "A and B are all zeros" in text and "flowed back" not in text
+    assert "all zeros" not in text_of(pages.compare.stats_block(grad, grad))
