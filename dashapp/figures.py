@@ -199,9 +199,10 @@ def loss_figure(series: Sequence[Series]) -> go.Figure:
             )
         )
     fig.update_layout(
-        template="none", height=300, margin=dict(l=50, r=10, t=36, b=40), font=FONT,
+        template="none", height=320, margin=dict(l=50, r=10, t=36, b=84), font=FONT,
         title=dict(text="Loss", x=0, font=dict(size=14)),
-        legend=dict(orientation="h", y=-0.25), plot_bgcolor="white",
+        # below the axis title "iteration", not on top of it
+        legend=dict(orientation="h", yanchor="top", y=-0.3), plot_bgcolor="white",
         paper_bgcolor="rgba(0,0,0,0)",
     )
     fig.update_xaxes(title_text="iteration", gridcolor="#e9ecef", dtick=_iteration_dtick(series))

@@ -110,3 +110,14 @@ def test_architecture_diagram_has_a_box_per_layer_and_an_arrow_between():
     labels = [a.text for a in fig.layout.annotations if not a.showarrow]
     assert labels[1] == "<b>conv</b><br>Conv2d<br>1×1×3×3<br>5 params"
     assert labels[2].endswith("scalar")
+
+
+def test_loss_legend_sits_below_the_axis_title():
+    """The legend hangs from below the x-axis title ("iteration") and fits in the bottom margin."""
+    fig = figures.loss_figure([figures.Series("run", "#000", [1, 2, 3], [0.5, 0.4, 0.3])])
+    layout = fig.layout
+    plot_height = layout.height - layout.margin.t - layout.margin.b
+    legend_top = -layout.legend.y * plot_height  # pixels below the plot area
+    assert layout.legend.yanchor == "top"
+    assert legend_top >= 50  # tick labels and the axis title take about 45 px
+    assert layout.margin.b >= legend_top + 20  # one legend row fits inside the figure
