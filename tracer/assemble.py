@@ -199,9 +199,9 @@ def build_iteration(
         if name in cap.grads_at_start:
             add(f"{name}.grad_before", cap.grads_at_start[name], ROLE_INTERMEDIATE, layer)
             warnings.append(
-                f"{name}: .grad already held gradients when the iteration began (no zero_grad, "
-                "or gradient accumulation); the backward checks compare this iteration's "
-                f"contribution, {name}.grad minus {name}.grad_before"
+                f"{name}: .grad held more than this iteration's backward added (no zero_grad, "
+                f"or gradient accumulation); {name}.grad_before is the rest, and the backward "
+                "checks compare this iteration's contribution"
             )
         if name in cap.params_after:
             add(f"{name}.next", cap.params_after[name], ROLE_PARAM_NEXT, layer)
@@ -381,11 +381,9 @@ def _fan_out_sum(cap, name: str, users: set[str], contributions) -> list[StepRec
 
 def _grad_of_iteration(cap: CapturedIteration, qualified: str) -> np.ndarray | None:
     """What this iteration's backward added to .grad: PyTorch's reference for our dL/dW."""
-    grad = cap.param_grads.get(qualified)
-    before = cap.grads_at_start.get(qualified)
-    if grad is None or before is None or before.shape != grad.shape:
-        return grad
-    return grad - before
+    if qualified in cap.grads_at_start:
+        return cap.grad_increments[qualified]
+    return cap.param_grads.get(qualified)
 
 
 def _param_sum(cap, qualified: str, users: set[str], contributions) -> list[StepRecord]:

@@ -108,8 +108,11 @@ class CapturedIteration:
     loss_name: str | None
     stepped: bool
     steps_taken: int = 0  # optimizer.step() calls seen in the iteration
-    # .grad that was already there when the iteration began (no zero_grad, or
-    # gradient accumulation): this iteration's backward added to it.
+    # What this iteration's backward passes added to each .grad (a hook on the
+    # parameter sees the gradient before it is accumulated), and, where .grad
+    # held more than that at the step (no zero_grad, gradient accumulation),
+    # the part that was there before.
+    grad_increments: dict[str, np.ndarray] = field(default_factory=dict)
     grads_at_start: dict[str, np.ndarray] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # what the hooks could not capture
 
@@ -195,6 +198,9 @@ class Capture:
             self._handles.append(
                 self.model.register_forward_hook(self._root_post_hook, always_call=True)
             )
+            for name, p in self.model.named_parameters():
+                if p.requires_grad:
+                    self._handles.append(p.register_hook(self._increment_hook(name)))
             if self.optimizer is not None:
                 self._handles.append(self.optimizer.register_step_pre_hook(self._step_pre_hook))
                 self._handles.append(self.optimizer.register_step_post_hook(self._step_post_hook))
@@ -212,14 +218,28 @@ class Capture:
         self.active = False
         self._reset()
 
+    def _increment_hook(self, name: str) -> Callable[[torch.Tensor], None]:
+        def hook(grad: torch.Tensor) -> None:
+            if not self.active:
+                return
+            array = to_numpy(grad)
+            if array is None:
+                return
+            previous = self._grad_increments.get(name)
+            self._grad_increments[name] = array if previous is None else previous + array
+
+        return hook
+
+    def _grads_before(self) -> dict[str, np.ndarray]:
+        before = {}
+        for name, increment in self._grad_increments.items():
+            total = self._param_grads.get(name)
+            if total is not None and total.shape == increment.shape and not np.array_equal(total, increment):
+                before[name] = total - increment
+        return before
+
     def start(self) -> None:
         self._reset()
-        self._grads_at_start = {}
-        for name, p in self.model.named_parameters():
-            if p.grad is not None and bool(torch.count_nonzero(p.grad)):
-                array = to_numpy(p.grad)
-                if array is not None:
-                    self._grads_at_start[name] = array
         self.active = True
 
     def finish(self) -> CapturedIteration:
@@ -240,7 +260,8 @@ class Capture:
             grads=self._grads,
             params=self._params,
             param_grads=self._param_grads,
-            grads_at_start=self._grads_at_start,
+            grad_increments=self._grad_increments,
+            grads_at_start=self._grads_before(),
             params_after=self._params_after,
             state_before=self._state_before,
             state_after=self._state_after,
@@ -270,6 +291,7 @@ class Capture:
         self._params: dict[str, np.ndarray] = {}
         self._param_calls: Counter = Counter()
         self._param_grads: dict[str, np.ndarray] = {}
+        self._grad_increments: dict[str, np.ndarray] = {}
         self._params_after: dict[str, np.ndarray] = {}
         self._state_before: dict[str, dict[str, np.ndarray]] = {}
         self._state_after: dict[str, dict[str, np.ndarray]] = {}
