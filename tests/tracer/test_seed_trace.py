@@ -143,3 +143,19 @@ def test_data_is_deterministic_and_labelled():
 def test_training_lowers_the_loss(tmp_path):
     run = run_builtin(seed=0, epochs=3, db=tmp_path / "r.db", strict=True)
     assert run.losses[0] > run.losses[1] > run.losses[2]
+
+
+def test_formulas_read_like_the_stored_tensors(tmp_path):
+    run = run_builtin(seed=0, db=tmp_path / "r.db", strict=True)  # seed 0: negative conv bias
+    (record,) = _all_steps(tmp_path / "r.db", run.run_id)[:1]
+    steps = {s.title: s for s in record.steps}
+    assert record.tensor("relu.mask").array.dtype.kind == "i"  # 0/1 as in the formula
+    assert record.tensor("conv.bias").array[0] < 0
+    assert "+ -" not in steps["Convolution as one matrix product"].formula_values
+    assert " - " in steps["Convolution as one matrix product"].formula_values
+    assert steps["Cross-entropy loss"].formula_values.startswith(r"y = ")
+    assert r"L = -\log p_{" in steps["Cross-entropy loss"].formula_values
+    assert "A_{c,i,j}" in steps["Flatten"].formula
+    # One sample: z and p are 1-row matrices, like loss.probs and fc.out.
+    softmax = steps["Softmax: logits to probabilities"].formula_values
+    assert softmax.count(r"\\") == 0  # a single row: no row separators

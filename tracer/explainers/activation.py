@@ -46,7 +46,7 @@ class ReLUExplainer(Explainer):
 
     def forward(self, call: LayerCall, ctx: StepContext) -> None:
         z = f64(call.x)
-        mask = (z > 0).astype(np.float32)
+        mask = (z > 0).astype(np.int8)  # 0/1, stored as integers like the formula shows them
         a = np.maximum(z, 0.0)
         mask_name = ctx.tensor("mask", mask)
         z_view, where = latex.as_matrix(z)

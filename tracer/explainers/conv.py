@@ -205,9 +205,12 @@ class Conv2dExplainer(Explainer):
             ),
         )
         bias_tex = " + b" if b is not None else ""
-        bias_val = (
-            " + " + (latex.scalar(b[0]) if oc == 1 else latex.row_vector(b)) if b is not None else ""
-        )
+        if b is None:
+            bias_val = ""
+        elif oc == 1:  # a scalar bias: "- 0.19", not "+ -0.19"
+            bias_val = (" - " if b[0] < 0 else " + ") + latex.scalar(abs(b[0]))
+        else:
+            bias_val = " + " + latex.row_vector(b)
         if groups == 1:
             product = rf"{latex.bmatrix(x_col)} {latex.bmatrix(w_flat_all.T)}"
             formula = r"Y_{col} = X_{col}\, W_{flat}^{\top}" + bias_tex

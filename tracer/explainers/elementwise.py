@@ -141,7 +141,7 @@ class AddExplainer(Explainer):
             formula = rf"\frac{{\partial L}}{{\partial {symbol}}} = {scale}{d}"
             note = "The derivative of a sum with respect to each term is 1: the gradient passes through unchanged."
         ctx.step(
-            f"Sum backward to {symbol}",
+            f"Sum backward to {symbol} ({call.input_names[position]})",
             formula,
             rf"\frac{{\partial L}}{{\partial {symbol}}}{_where(grad)} = {_view(grad)}",
             inputs=[call.grad_output_name],

@@ -10,6 +10,11 @@ from .base import Explainer, LayerCall, StepContext, register
 from .common import sub
 
 
+def _indices(merged_dims: int) -> str:
+    """The subscript of A that the index rule k = ... reads."""
+    return {1: "i", 2: "i,j", 3: "c,i,j"}.get(merged_dims, r"i_1,\ldots,i_D")
+
+
 @register(nn.Flatten)
 class FlattenExplainer(Explainer):
     formula = r"x_{k} = A_{c,i,j},\quad k = c\,HW + i\,W + j"
@@ -36,11 +41,9 @@ class FlattenExplainer(Explainer):
         }.get(len(inner), r"k = \textstyle\sum_d i_d \prod_{e > d} n_e")
         a_view, where = latex.as_matrix(call.x)
         out_view, out_where = latex.as_matrix(out)
-        if out.ndim == 2 and out.shape[0] == 1:
-            out_view = out[0]  # one sample: the textbook column vector
         ctx.step(
             "Flatten",
-            rf"x_k = A_{{\ldots}},\quad {index_rule}",
+            rf"x_k = A_{{{_indices(len(inner))}}},\quad {index_rule}",
             rf"A{sub(where)} = {latex.bmatrix(a_view)} \;\Rightarrow\; "
             rf"x{sub(out_where)} = {latex.bmatrix(out_view)}",
             inputs=[call.input_names[0]],
@@ -52,12 +55,13 @@ class FlattenExplainer(Explainer):
         )
 
     def backward(self, call: LayerCall, ctx: StepContext) -> None:
-        shape, _, _ = self._shapes(call)
+        shape, start, end = self._shapes(call)
+        indices = _indices(end - start + 1)
         dx = call.grad_output.reshape(shape)
         dx_view, where = latex.as_matrix(dx)
         ctx.step(
             "Unflatten the gradient",
-            r"\frac{\partial L}{\partial A_{\ldots}} = \frac{\partial L}{\partial x_k}"
+            rf"\frac{{\partial L}}{{\partial A_{{{indices}}}}} = \frac{{\partial L}}{{\partial x_k}}"
             r"\quad\text{(the inverse reshape)}",
             rf"\frac{{\partial L}}{{\partial A}}{sub(where)} = {latex.bmatrix(dx_view)}",
             inputs=[call.grad_output_name],

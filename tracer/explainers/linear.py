@@ -52,7 +52,12 @@ class LinearExplainer(Explainer):
             outputs=[call.output_name],
             checks=[(z.reshape(call.output.shape), call.output, "PyTorch linear output")],
             note="Row k of W holds the weights of output unit k."
-            + (" Each row of X is one sample; b is added to every row." if x.shape[0] > 1 else ""),
+            + (
+                " Each row of X is one sample; b is added to every row."
+                if x.shape[0] > 1
+                else " As in textbooks, x and z are written as columns here; the stored tensors "
+                "(and their heatmaps) hold them as 1-row matrices, one row per sample."
+            ),
         )
 
     def backward(self, call: LayerCall, ctx: StepContext) -> None:

@@ -150,7 +150,8 @@ class Classification:
 
 
 def _rows_tex(array: np.ndarray) -> str:
-    return latex.bmatrix(array if array.shape[0] > 1 else array[0])
+    """One row per sample, as the (N, C) tensors are stored and drawn."""
+    return latex.bmatrix(array)
 
 
 @register(nn.CrossEntropyLoss)
@@ -197,10 +198,11 @@ class CrossEntropyExplainer(Explainer):
             terms = " ".join(f"- \\log {latex.scalar(v)}" for v in picked[:6]) + (r" - \cdots" if n > 6 else "")
             scale = (rf"\frac{{1}}{{{n}}}" if n > 1 else "") if mean else ""
             formula = r"L = -\frac{1}{N} \sum_{n=1}^{N} \log p_{n, y_n}" if mean else r"L = -\sum_{n} \log p_{n,y_n}"
-            values = (
-                rf"y = {latex.bmatrix(y) if n > 1 else int(y[0])},\quad L = {scale}\big({terms}\big)"
-                rf" = {latex.scalar(float(loss))}"
-            )
+            if n == 1:  # one sample: no sum, no 1/N
+                values = rf"y = {int(y[0])},\quad L = -\log p_{{{int(y[0])}}} = -\log {latex.scalar(picked[0])}"
+            else:
+                values = rf"y = {latex.bmatrix(y)},\quad L = {scale}\big({terms}\big)"
+            values += rf" = {latex.scalar(float(loss))}"
             note = "Only the probability of the true class enters the loss." + (
                 f" The mean over the batch divides by N = {n}." if mean and n > 1 else ""
             )
