@@ -68,7 +68,7 @@ def describe_optimizer(optimizer) -> tuple[str, dict[str, Any]]:
 def describe_model(model: nn.Module) -> str:
     params = sum(p.numel() for p in model.parameters())
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    return f"{type(model).__name__}: {len(leaves)} layers, {params} parameters"
+    return f"{type(model).__name__}: {len(leaves)} modules, {params} parameters"
 
 
 class Trace:
