@@ -8,11 +8,13 @@ come from the tracer and go into `dcc.Markdown(..., mathjax=True)` through
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 
 import dash_bootstrap_components as dbc
 from dash import dcc, html
+from plotly.utils import PlotlyJSONEncoder
 
 from storage import LayerInfo, RunInfo, StepRecord, TensorRecord
 
@@ -221,6 +223,33 @@ def tensor_figure_block(view: MatrixView, graph_id, caption_id, **heatmap_option
     )
 
 
+def figure_json(figure) -> str:
+    """A figure as the JSON that Plotly.js reads (NaN, for a value not stored, as null)."""
+    return json.dumps(figure.to_plotly_json(), cls=PlotlyJSONEncoder)
+
+
+def lazy_tensor_figure_block(view: MatrixView, panel: str) -> html.Div:
+    """A heatmap drawn only when it comes near the viewport.
+
+    A LeNet-5 iteration page holds about 160 heatmaps; as dcc.Graph components
+    Plotly drew them all in one task that blocked the browser for seconds. Here
+    the figure waits as JSON in the `data-figure` attribute of an empty slot the
+    figure's size; assets/heatmap_queue.js draws it with Plotly when the slot
+    nears the viewport, a few at a time, and redraws it when the attribute
+    changes (a reslice in pages/iteration.py writes a new figure into it).
+    """
+    figure = figures.heatmap(view)
+    size = {"width": f"{figure.layout.width}px", "height": f"{figure.layout.height}px"}
+    return html.Div(
+        [
+            html.Div(id={"type": "tensor-graph", "panel": panel}, className="heatmap heatmap-slot", style=size,
+                     **{"data-figure": figure_json(figure), "data-config": json.dumps(GRAPH_CONFIG)}),
+            html.Div(view.caption, id={"type": "tensor-caption", "panel": panel}, className="tensor-caption"),
+        ],
+        className="tensor-figure",
+    )
+
+
 def tensor_panel(record: TensorRecord, *, run_id: int, index: int, panel: str) -> html.Div:
     """One tensor: name, shape, role, heatmap (or the number, for a scalar), downloads.
 
@@ -247,8 +276,7 @@ def tensor_panel(record: TensorRecord, *, run_id: int, index: int, panel: str) -
         body = html.Div(
             [
                 slice_selectors(view, lambda axis: {"type": "tensor-slice", "panel": panel, "axis": axis}),
-                tensor_figure_block(view, {"type": "tensor-graph", "panel": panel},
-                                    {"type": "tensor-caption", "panel": panel}),
+                lazy_tensor_figure_block(view, panel),
                 dcc.Store(id={"type": "tensor-ref", "panel": panel},
                           data={"run": run_id, "it": index, "name": record.name}),
             ]

@@ -282,18 +282,18 @@ def poll(_n, ref):
 
 
 @dash.callback(
-    Output({"type": "tensor-graph", "panel": MATCH}, "figure"),
+    Output({"type": "tensor-graph", "panel": MATCH}, "data-figure"),
     Output({"type": "tensor-caption", "panel": MATCH}, "children"),
     Input({"type": "tensor-slice", "panel": MATCH, "axis": ALL}, "value"),
     State({"type": "tensor-ref", "panel": MATCH}, "data"),
     prevent_initial_call=True,
 )
 def reslice(values, ref):
-    """Another sample or channel of an N-D tensor: redraw its heatmap."""
+    """Another sample or channel of an N-D tensor: its new figure (heatmap_queue.js redraws it)."""
     record = current_store().load_tensor(ref["run"], ref["it"], ref["name"])
     if record is None:
         return dash.no_update, "this tensor is no longer in the store"
     chosen = {item["id"]["axis"]: item.get("value") for item in ctx.inputs_list[0]}
     index = [(chosen.get(axis) or 1) - 1 for axis in range(max(len(record.shape) - 2, 0))]
     view = matrix_view(record.array, record.shape, role=record.role, lead_index=index)
-    return figures.heatmap(view), view.caption
+    return layouts.figure_json(figures.heatmap(view)), view.caption

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import socket
 import sqlite3
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from storage import RUN_COMPLETED, RunInfo, RunStore, RunWriter, open_engine
@@ -163,10 +166,27 @@ def open_page(tab, url: str, selector: str | None = None) -> None:
 
 
 def graph_data(tab, selector: str) -> list[dict]:
-    """What Plotly drew in the graph matched by `selector`: per trace the decoded z
-    (nested lists), the printed cell labels in drawing order, the colour range, the
-    trace name, and whether row 0 is at the top."""
-    return tab.locator(selector).first.evaluate(
+    """What Plotly drew in the graph matched by `selector` (inside `tab`, a page or a
+    locator): per trace the decoded z (nested lists), the printed cell labels in
+    drawing order, the colour range, the trace name, and whether row 0 is at the top.
+
+    Heatmaps on the iteration page are drawn once they come near the viewport
+    (assets/heatmap_queue.js): a locator is scrolled to first, and a lazy slot is
+    read only once it shows the figure its `data-figure` attribute holds now."""
+    if hasattr(tab, "scroll_into_view_if_needed"):
+        tab.first.scroll_into_view_if_needed()
+    graph = tab.locator(selector).first
+    graph.wait_for(state="attached")
+    page = getattr(tab, "page", tab)
+    page.wait_for_function(
+        """(el) => {
+            const gd = el.classList.contains('js-plotly-plot') ? el : el.querySelector('.js-plotly-plot');
+            if (!gd || !gd._fullData) return false;
+            return !gd.hasAttribute('data-figure') || gd._cnnvizShown === gd.getAttribute('data-figure');
+        }""",
+        arg=graph.element_handle(),
+    )
+    return graph.evaluate(
         """(el) => {
             const gd = el.classList.contains('js-plotly-plot') ? el : el.querySelector('.js-plotly-plot');
             const toList = (v) => (v && typeof v === 'object' && typeof v.length === 'number')
@@ -182,6 +202,19 @@ def graph_data(tab, selector: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------- layout trees
+
+
+def drawn_z(slot) -> np.ndarray:
+    """The z of the heatmap a lazy slot (a component with `data-figure`, or that JSON
+    itself) will draw, a value not stored as NaN."""
+    source = slot if isinstance(slot, str) else getattr(slot, "data-figure")
+    (trace,) = json.loads(source)["data"]
+    z = trace["z"]
+    if isinstance(z, dict):  # Plotly's typed-array form: {"dtype", "bdata" (base64), "shape"}
+        shape = [int(d) for d in str(z.get("shape", "-1")).split(",")]
+        return np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape(shape).astype(np.float64)
+    return np.array([[np.nan if v is None else v for v in row] for row in z], dtype=np.float64)
+
 
 
 def walk(node):

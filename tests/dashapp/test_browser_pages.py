@@ -139,7 +139,7 @@ def test_iteration_page_shows_every_step_typeset_and_checked(page, base, store):
 def test_iteration_heatmaps_show_the_stored_numbers(page, base, store):
     open_page(page, base + "/iteration?run=1&it=3")
     record = store.load_iteration(1, 3)
-    panels = page.locator(".tensor-panel:has(.js-plotly-plot)")
+    panels = page.locator(".tensor-panel:has(.heatmap)")
     assert panels.count() > 30
     for i in range(panels.count()):
         panel = panels.nth(i)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from dash import dcc, html
-from dash_helpers import INJECTION, components, text_of
+from dash_helpers import INJECTION, components, drawn_z, text_of
 
 from dashapp import layouts, links
 from storage import StepRecord, TensorRecord
@@ -64,8 +64,8 @@ def test_step_card_shows_title_both_formulas_tensors_check_and_note():
         assert expected in text
     panels = components(card, html.Div, "tensor-panel")
     assert [getattr(p, "data-tensor") for p in panels] == ["fc.weight", "fc.out"]
-    graphs = components(card, dcc.Graph)
-    np.testing.assert_array_equal(np.asarray(graphs[0].figure.data[0].z), [[0.5, -1.0]])
+    slots = components(card, html.Div, "heatmap-slot")
+    np.testing.assert_array_equal(drawn_z(slots[0]), [[0.5, -1.0]])
     links_ = [a.href for a in components(card, html.A)]
     assert links.download(1, 2, "fc.weight", "npy") in links_ and links.download(1, 2, "fc.out", "csv") in links_
 
@@ -85,7 +85,7 @@ def test_store_text_never_reaches_markdown():
 def test_scalar_tensors_show_their_number():
     loss = TensorRecord("loss.value", "output", np.array(0.7576, dtype=np.float32), layer="loss")
     panel = layouts.tensor_panel(loss, run_id=1, index=1, panel="p")
-    assert not components(panel, dcc.Graph)
+    assert not components(panel, dcc.Graph) and not components(panel, html.Div, "heatmap-slot")
     assert components(panel, html.Div, "tensor-scalar")[0].children == "0.7576"
 
 

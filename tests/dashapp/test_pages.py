@@ -12,6 +12,7 @@ from dash_helpers import (
     clone_run,
     components,
     copy_store,
+    drawn_z,
     run_callback,
     text_of,
     using_store,
@@ -136,11 +137,11 @@ def test_iteration_heatmaps_hold_the_stored_values(pages, store, request_ctx):
     assert panels
     for panel in panels:
         tensor = record.tensor(getattr(panel, "data-tensor"))
-        graphs = components(panel, dcc.Graph)
-        if not graphs:
+        slots = components(panel, html.Div, "heatmap-slot")
+        if not slots:
             continue
         expected = matrix_view(tensor.array, tensor.shape, role=tensor.role).values
-        np.testing.assert_array_equal(np.asarray(graphs[0].figure.data[0].z, dtype=np.float64), expected)
+        np.testing.assert_array_equal(drawn_z(slots[0]), expected)
 
 
 def test_iteration_defaults_to_the_latest_run(pages, request_ctx):
@@ -205,9 +206,9 @@ def test_reslicing_redraws_the_chosen_plane(pages, dash_app, tmp_path, request_c
     inputs = [{"id": {"type": "tensor-slice", "panel": "p", "axis": 0}, "property": "value", "value": 3},
               {"id": {"type": "tensor-slice", "panel": "p", "axis": 1}, "property": "value", "value": 2}]
     with using_store(dash_app, path):
-        figure, caption = run_callback(pages.iteration.reslice, [3, 2], {"run": 1, "it": 1, "name": "x.out"},
+        figure_json, caption = run_callback(pages.iteration.reslice, [3, 2], {"run": 1, "it": 1, "name": "x.out"},
                                        inputs_list=[inputs])
-    np.testing.assert_array_equal(np.asarray(figure.data[0].z), values[2, 1])
+    np.testing.assert_array_equal(drawn_z(figure_json), values[2, 1])
     assert caption == "sample 3 of 4; channel 2 of 3"
 
 

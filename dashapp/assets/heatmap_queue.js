@@ -1,0 +1,124 @@
+/* Draw heatmaps when they come near the viewport, one at a time.
+ *
+ * A LeNet-5 iteration page holds about 160 heatmaps; as dcc.Graph components
+ * Plotly drew them all in one task that blocked the browser for about four
+ * seconds. Each heatmap is now an empty `.heatmap-slot` the figure's size with
+ * the figure as JSON in its `data-figure` attribute
+ * (layouts.lazy_tensor_figure_block). An IntersectionObserver notices slots
+ * near the viewport, and they are drawn with Plotly one per task, so the
+ * browser paints and reacts in between. When `data-figure` changes (another
+ * sample or channel chosen, or React reusing the slot on the next page), a
+ * drawn slot is drawn again with the new figure.
+ */
+(function () {
+  "use strict";
+  var NEAR = "600px"; // slots this close to the viewport are drawn
+  var GAP_MS = 10; // pause between two drawings
+
+  var observed = new WeakSet();
+  var queue = [];
+  var timer = null;
+  var scanning = false;
+  var plotly = null; // a promise of window.Plotly
+
+  // The same plotly.js that dcc.Graph uses, loaded the way dcc.Graph loads it.
+  function loadPlotly() {
+    if (!plotly) {
+      plotly = window.Plotly ? Promise.resolve(window.Plotly) : new Promise(function (resolve, reject) {
+        var script = document.createElement("script");
+        script.src = window._dashPlotlyJSURL;
+        script.async = true;
+        script.onload = function () { resolve(window.Plotly); };
+        script.onerror = function (error) { plotly = null; reject(error); };
+        document.head.appendChild(script);
+      });
+    }
+    return plotly;
+  }
+
+  function stale(slot) {
+    return slot.getAttribute("data-figure") !== slot._cnnvizDrawn;
+  }
+
+  function draw(Plotly, slot) {
+    var source = slot.getAttribute("data-figure");
+    var figure = JSON.parse(source);
+    var config = JSON.parse(slot.getAttribute("data-config") || "{}");
+    var layout = figure.layout || {};
+    if (layout.width && layout.height) {
+      slot.style.width = layout.width + "px";
+      slot.style.height = layout.height + "px";
+    }
+    slot._cnnvizDrawn = source;
+    return Promise.resolve(Plotly.react(slot, figure.data || [], layout, config)).then(function () {
+      slot._cnnvizShown = source; // what the slot shows now (tests wait for it)
+    });
+  }
+
+  function pump() {
+    if (timer !== null || !queue.length) {
+      return;
+    }
+    timer = setTimeout(function () {
+      loadPlotly().then(function (Plotly) {
+        var slot = queue.shift();
+        if (slot && slot.isConnected && stale(slot)) {
+          return draw(Plotly, slot);
+        }
+      }).catch(function (error) {
+        console.error("cnnviz could not draw a heatmap", error);
+      }).then(function () {
+        timer = null;
+        pump();
+      });
+    }, GAP_MS);
+  }
+
+  function enqueue(slot) {
+    if (queue.indexOf(slot) < 0) {
+      queue.push(slot);
+    }
+  }
+
+  var observer = "IntersectionObserver" in window
+    ? new IntersectionObserver(function (entries) {
+        entries.forEach(function (entry) {
+          if (entry.isIntersecting) {
+            observer.unobserve(entry.target);
+            observed.delete(entry.target);
+            enqueue(entry.target);
+          }
+        });
+        pump();
+      }, { rootMargin: NEAR + " 0px" })
+    : null;
+
+  // Slots come and go as Dash renders pages: watch every slot whose figure is not
+  // drawn; one already drawn once (so it has been near the viewport) is redrawn.
+  function scan() {
+    scanning = false;
+    var slots = document.querySelectorAll(".heatmap-slot[data-figure]");
+    for (var i = 0; i < slots.length; i++) {
+      var slot = slots[i];
+      if (!stale(slot) || observed.has(slot) || queue.indexOf(slot) >= 0) {
+        continue;
+      }
+      if (slot._cnnvizDrawn !== undefined || !observer) {
+        enqueue(slot);
+      } else {
+        observed.add(slot);
+        observer.observe(slot);
+      }
+    }
+    pump();
+  }
+
+  new MutationObserver(function () {
+    if (!scanning) {
+      scanning = true;
+      setTimeout(scan, 30);
+    }
+  }).observe(document.documentElement, {
+    childList: true, subtree: true, attributes: true, attributeFilter: ["data-figure"],
+  });
+})();
