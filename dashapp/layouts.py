@@ -212,17 +212,6 @@ def slice_selectors(view: MatrixView, id_for) -> html.Div | None:
     return html.Div(controls, className="slice-controls")
 
 
-def tensor_figure_block(view: MatrixView, graph_id, caption_id, **heatmap_options) -> html.Div:
-    return html.Div(
-        [
-            dcc.Graph(id=graph_id, figure=figures.heatmap(view, **heatmap_options), config=GRAPH_CONFIG,
-                      className="heatmap"),
-            html.Div(view.caption, id=caption_id, className="tensor-caption"),
-        ],
-        className="tensor-figure",
-    )
-
-
 def figure_json(figure) -> str:
     """A figure as the JSON that Plotly.js reads (NaN, for a value not stored, as null)."""
     return json.dumps(figure.to_plotly_json(), cls=PlotlyJSONEncoder)
