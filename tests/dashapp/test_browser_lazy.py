@@ -1,12 +1,12 @@
-"""A LeNet-5 iteration page (about 160 heatmaps) keeps the browser responsive.
+"""A LeNet-5 iteration page (about 160 heatmaps) draws its heatmaps lazily.
 
 Drawn all at once, its heatmaps blocked the main thread for seconds in one task;
-they are drawn as they come near the viewport, one per task
-(assets/heatmap_queue.js). The test loads the page, jumps to its middle and
-its end, waits until the heatmaps in view are drawn, and checks the longest main-thread task against
-a generous bound (CI has two slow cores): the eager drawing exceeded it
-several times over, while what is left (evaluating plotly.min.js, React
-mounting the page) stays well under it.
+they are now drawn as they come near the viewport, one per task
+(assets/heatmap_queue.js). These tests check that behaviour: what is near the
+viewport is drawn, what is far from it is not (yet), and a heatmap scrolled to
+shows the stored numbers. How long the browser is blocked is measured by
+bench/bench_iteration_page.py, not here: wall-clock bounds in a test fail on a
+busy machine.
 """
 
 from __future__ import annotations
@@ -20,16 +20,8 @@ from storage import RunStore
 
 pytestmark = pytest.mark.browser
 
-LONG_TASK_BOUND_MS = 1500
-
-RECORD_LONG_TASKS = """
-window.cnnvizLongTasks = [];
-new PerformanceObserver((list) => {
-    for (const entry of list.getEntries()) {
-        window.cnnvizLongTasks.push({start: Math.round(entry.startTime), ms: Math.round(entry.duration)});
-    }
-}).observe({type: 'longtask', buffered: true});
-"""
+DRAWN = """() => Array.from(document.querySelectorAll('.tensor-panel .heatmap'))
+    .filter((h) => h.querySelector('.main-svg')).length"""
 
 IN_VIEW_DRAWN = """() => {
     const inView = Array.from(document.querySelectorAll('.tensor-panel .heatmap')).filter((h) => {
@@ -64,19 +56,18 @@ def open_lenet_page(tab, base: str) -> None:
     tab.wait_for_load_state("networkidle", timeout=30_000)
 
 
-def test_a_lenet_page_never_blocks_the_browser_for_long(page, base):
-    page.add_init_script(RECORD_LONG_TASKS)
+def test_heatmaps_are_drawn_as_they_come_near_the_viewport(page, base):
     open_lenet_page(page, base)
-    heatmaps = page.locator(".tensor-panel .heatmap")
-    assert heatmaps.count() > 100
+    total = page.locator(".tensor-panel .heatmap").count()
+    assert total > 100
     page.wait_for_function(IN_VIEW_DRAWN, timeout=60_000)
+    drawn_at_top = page.evaluate(DRAWN)
+    assert 0 < drawn_at_top < total // 4  # the rest waits until it comes near the viewport
     for fraction in (0.5, 1.0):  # jump down the page; what comes into view is drawn there
         page.evaluate("(f) => window.scrollTo(0, f * (document.documentElement.scrollHeight - innerHeight))",
                       fraction)
         page.wait_for_function(IN_VIEW_DRAWN, timeout=60_000)
-    long_tasks = page.evaluate("window.cnnvizLongTasks")
-    longest = max((task["ms"] for task in long_tasks), default=0)
-    assert longest < LONG_TASK_BOUND_MS, f"main thread blocked for {longest} ms: {long_tasks}"
+    assert page.evaluate(DRAWN) > drawn_at_top
     assert list(page.problems) == []
 
 
