@@ -38,8 +38,13 @@ sys.path.insert(0, str(REPO))
 
 CHROMIUM = os.environ.get("CNNVIZ_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 RECORD_LONG_TASKS = """
@@ -112,17 +117,26 @@ def measure(browser, url: str) -> dict:
     page.wait_for_load_state("networkidle", timeout=60_000)
     page.wait_for_function(IN_VIEW_DRAWN, timeout=60_000)
     for fraction in (0.5, 1.0):
-        page.evaluate("(f) => window.scrollTo(0, f * (document.documentElement.scrollHeight - innerHeight))",
-                      fraction)
+        page.evaluate(
+            "(f) => window.scrollTo(0, f * (document.documentElement.scrollHeight - innerHeight))",
+            fraction,
+        )
         page.wait_for_function(IN_VIEW_DRAWN, timeout=60_000)
     lazy = page.evaluate("window.cnnvizLongTasks")
     drawn = page.evaluate("""() => Array.from(document.querySelectorAll('.tensor-panel .heatmap'))
         .filter((h) => h.querySelector('.main-svg')).length""")
     marker = page.evaluate(DRAW_ALL_AT_ONCE)
     page.wait_for_timeout(1000)  # the long-task entry arrives after the task ends
-    eager = [t for t in page.evaluate("window.cnnvizLongTasks") if t["start"] >= marker["scheduled"]]
+    eager = [
+        t for t in page.evaluate("window.cnnvizLongTasks") if t["start"] >= marker["scheduled"]
+    ]
     context.close()
-    return {"lazy": blocking(lazy), "eager": blocking(eager), "heatmaps": marker["count"], "drawn": drawn}
+    return {
+        "lazy": blocking(lazy),
+        "eager": blocking(eager),
+        "heatmaps": marker["count"],
+        "drawn": drawn,
+    }
 
 
 def main() -> None:
@@ -132,9 +146,13 @@ def main() -> None:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        raise SystemExit("bench_iteration_page: needs playwright (pip install -e .[test])") from None
+        raise SystemExit(
+            "bench_iteration_page: needs playwright (pip install -e .[test])"
+        ) from None
     if not Path(CHROMIUM).exists():
-        raise SystemExit(f"bench_iteration_page: no Chromium at {CHROMIUM} (apt-get install chromium)")
+        raise SystemExit(
+            f"bench_iteration_page: no Chromium at {CHROMIUM} (apt-get install chromium)"
+        )
 
     from tracer.train import run_builtin
 
@@ -144,33 +162,47 @@ def main() -> None:
         port = free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "tracer.cli", "serve", "--db", str(db), "--port", str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=REPO,
         )
         try:
             wait_http(f"http://127.0.0.1:{port}/", proc)
             with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-                results = [measure(browser, f"http://127.0.0.1:{port}/iteration?run=1&it=1")
-                           for _ in range(args.repeats)]
+                browser = playwright.chromium.launch(
+                    executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
+                )
+                results = [
+                    measure(browser, f"http://127.0.0.1:{port}/iteration?run=1&it=1")
+                    for _ in range(args.repeats)
+                ]
                 browser.close()
         finally:
             proc.terminate()
             proc.wait(timeout=10)
 
-    print(f"LeNet-5 iteration page, {results[0]['heatmaps']} heatmaps, headless Chromium, "
-          f"{args.repeats} page loads")
+    print(
+        f"LeNet-5 iteration page, {results[0]['heatmaps']} heatmaps, headless Chromium, "
+        f"{args.repeats} page loads"
+    )
     for i, r in enumerate(results, 1):
-        print(f"  load {i}: whole visit ({r['drawn']} heatmaps drawn lazily): "
-              f"longest task {r['lazy'][0]:5.0f} ms, blocking {r['lazy'][1]:5.0f} ms | "
-              f"all heatmaps at once: longest {r['eager'][0]:5.0f} ms, blocking {r['eager'][1]:5.0f} ms")
+        print(
+            f"  load {i}: whole visit ({r['drawn']} heatmaps drawn lazily): "
+            f"longest task {r['lazy'][0]:5.0f} ms, blocking {r['lazy'][1]:5.0f} ms | "
+            f"all heatmaps at once: longest {r['eager'][0]:5.0f} ms, blocking {r['eager'][1]:5.0f} ms"
+        )
     lazy_longest = statistics.median(r["lazy"][0] for r in results)
     eager_longest = statistics.median(r["eager"][0] for r in results)
     lazy_blocking = statistics.median(r["lazy"][1] for r in results)
     eager_blocking = statistics.median(r["eager"][1] for r in results)
-    print(f"  medians: longest task    whole visit {lazy_longest:5.0f} ms, all heatmaps at once "
-          f"{eager_longest:5.0f} ms, ratio {lazy_longest / eager_longest:.2f}")
-    print(f"           total blocking  whole visit {lazy_blocking:5.0f} ms, all heatmaps at once "
-          f"{eager_blocking:5.0f} ms, ratio {lazy_blocking / eager_blocking:.2f}")
+    print(
+        f"  medians: longest task    whole visit {lazy_longest:5.0f} ms, all heatmaps at once "
+        f"{eager_longest:5.0f} ms, ratio {lazy_longest / eager_longest:.2f}"
+    )
+    print(
+        f"           total blocking  whole visit {lazy_blocking:5.0f} ms, all heatmaps at once "
+        f"{eager_blocking:5.0f} ms, ratio {lazy_blocking / eager_blocking:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -97,7 +97,9 @@ def np_save_floor(record, folder: Path, n: int) -> tuple[list[float], int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=10, help="traced iterations timed (default 10)")
+    parser.add_argument(
+        "--iterations", type=int, default=10, help="traced iterations timed (default 10)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -110,28 +112,44 @@ def main() -> None:
         full_times, full_run, full_size = traced(n, tmp / "full.db", None)
         bound_times, bound_run, bound_size = traced(n, tmp / "bounded.db", default_bound)
         floor_times, floor_bytes = np_save_floor(full_run.records[-1], tmp, n)
-    full, bounded, floor_write = median_ms(full_times), median_ms(bound_times), median_ms(floor_times)
+    full, bounded, floor_write = (
+        median_ms(full_times),
+        median_ms(bound_times),
+        median_ms(floor_times),
+    )
     floor = plain + floor_write  # the step itself, then its tensors written raw
 
-    print(f"LeNet-5, batch {BATCH}, torch threads {args.threads}, {n} traced iterations "
-          f"(medians per iteration)")
+    print(
+        f"LeNet-5, batch {BATCH}, torch threads {args.threads}, {n} traced iterations "
+        f"(medians per iteration)"
+    )
     print(f"  untraced training step              {plain:9.2f} ms")
-    print(f"  floor: step + np.save + fsync       {floor:9.2f} ms   ({floor_write:.2f} ms writing "
-          f"{floor_bytes / 1e6:.2f} MB, {len(full_run.records[-1].tensors)} tensors)")
-    print(f"  traced, full capture                {full:9.2f} ms   "
-          f"{full / plain:6.1f}x untraced, {full / floor:5.1f}x the floor")
-    print(f"  traced, max_elements={default_bound:<5} (default) {bounded:9.2f} ms   "
-          f"{bounded / plain:6.1f}x untraced")
+    print(
+        f"  floor: step + np.save + fsync       {floor:9.2f} ms   ({floor_write:.2f} ms writing "
+        f"{floor_bytes / 1e6:.2f} MB, {len(full_run.records[-1].tensors)} tensors)"
+    )
+    print(
+        f"  traced, full capture                {full:9.2f} ms   "
+        f"{full / plain:6.1f}x untraced, {full / floor:5.1f}x the floor"
+    )
+    print(
+        f"  traced, max_elements={default_bound:<5} (default) {bounded:9.2f} ms   "
+        f"{bounded / plain:6.1f}x untraced"
+    )
     for label, run in (("full capture", full_run), ("default bound", bound_run)):
         count = run.stored
         capture = 1000 * run.timings["capture"] / count
         explain = 1000 * run.timings["explain"] / count
         write = 1000 * run.timings["write"] / count
-        print(f"  split, {label:13}: step + hooks/copies {capture:8.2f} ms (hooks/copies ~{capture - plain:.2f}), "
-              f"explain + verify {explain:8.2f} ms, write {write:8.2f} ms")
+        print(
+            f"  split, {label:13}: step + hooks/copies {capture:8.2f} ms (hooks/copies ~{capture - plain:.2f}), "
+            f"explain + verify {explain:8.2f} ms, write {write:8.2f} ms"
+        )
     iterations = n + 1  # the traced runs store one warm-up iteration too
-    print(f"  bytes per iteration: full capture {full_size / iterations / 1e6:.2f} MB, "
-          f"default bound {bound_size / iterations / 1e6:.2f} MB, np.save floor {floor_bytes / 1e6:.2f} MB")
+    print(
+        f"  bytes per iteration: full capture {full_size / iterations / 1e6:.2f} MB, "
+        f"default bound {bound_size / iterations / 1e6:.2f} MB, np.save floor {floor_bytes / 1e6:.2f} MB"
+    )
 
 
 if __name__ == "__main__":

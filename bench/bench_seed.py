@@ -111,13 +111,23 @@ def main() -> None:
     base = median_ms(untraced)
     print(f"seed CNN, {n} iterations each, 1 thread (medians per iteration)")
     print(f"  untraced                      {base:8.3f} ms   1.0x")
-    print(f"  traced, end to end (Trace)    {median_ms(traced):8.3f} ms  {median_ms(traced) / base:5.1f}x")
-    print(f"    hooks + tensor copies       {median_ms(hooks):8.3f} ms  {median_ms(hooks) / base:5.1f}x")
-    print(f"    explain + verify (NumPy)    {median_ms(explain):8.3f} ms  {median_ms(explain) / base:5.1f}x")
-    print(f"    SQLite write (1 txn)        {median_ms(write):8.3f} ms  {median_ms(write) / base:5.1f}x")
-    print(f"  stored per iteration: {tensors / n:.0f} tensors, {steps / n:.0f} steps, "
-          f"{tensor_bytes / n:,.0f} B raw tensor bytes, {json_bytes / n:,.0f} B JSON copies, "
-          f"{file_bytes / n:,.0f} B of file (everything, with formulas and indexes)")
+    print(
+        f"  traced, end to end (Trace)    {median_ms(traced):8.3f} ms  {median_ms(traced) / base:5.1f}x"
+    )
+    print(
+        f"    hooks + tensor copies       {median_ms(hooks):8.3f} ms  {median_ms(hooks) / base:5.1f}x"
+    )
+    print(
+        f"    explain + verify (NumPy)    {median_ms(explain):8.3f} ms  {median_ms(explain) / base:5.1f}x"
+    )
+    print(
+        f"    SQLite write (1 txn)        {median_ms(write):8.3f} ms  {median_ms(write) / base:5.1f}x"
+    )
+    print(
+        f"  stored per iteration: {tensors / n:.0f} tensors, {steps / n:.0f} steps, "
+        f"{tensor_bytes / n:,.0f} B raw tensor bytes, {json_bytes / n:,.0f} B JSON copies, "
+        f"{file_bytes / n:,.0f} B of file (everything, with formulas and indexes)"
+    )
 
 
 if __name__ == "__main__":

@@ -81,11 +81,17 @@ def require_run(store: RunStore, run_id: int) -> RunInfo:
     return run
 
 
-def require_iteration(store: RunStore, run: RunInfo, index: int, *, with_data: bool = True) -> IterationRecord:
+def require_iteration(
+    store: RunStore, run: RunInfo, index: int, *, with_data: bool = True
+) -> IterationRecord:
     record = store.load_iteration(run.id, index, with_data=with_data)
     if record is None:
         count = run.num_iterations
-        stored = f"it has {count} iteration{'s' if count != 1 else ''}" if count else "it has no iterations yet"
+        stored = (
+            f"it has {count} iteration{'s' if count != 1 else ''}"
+            if count
+            else "it has no iterations yet"
+        )
         raise NotFound(f"run {run.id} has no iteration {index}: {stored}")
     return record
 

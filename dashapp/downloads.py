@@ -32,9 +32,14 @@ def register(server: flask.Flask) -> None:
         methods=["GET"],
     )
     # Anything else under /download is a 404 too, not the app's page shell.
-    server.add_url_rule(f"{DOWNLOAD}/<path:_rest>", endpoint="cnnviz_download_unknown",
-                        view_func=lambda _rest: flask.abort(404))
-    server.add_url_rule(DOWNLOAD, endpoint="cnnviz_download_root", view_func=lambda: flask.abort(404))
+    server.add_url_rule(
+        f"{DOWNLOAD}/<path:_rest>",
+        endpoint="cnnviz_download_unknown",
+        view_func=lambda _rest: flask.abort(404),
+    )
+    server.add_url_rule(
+        DOWNLOAD, endpoint="cnnviz_download_root", view_func=lambda: flask.abort(404)
+    )
 
 
 def download(run_id: int, index: int, filename: str) -> flask.Response:
@@ -60,7 +65,9 @@ def npy_bytes(record: TensorRecord) -> bytes:
     """The stored values as .npy: the full tensor, or (under a store size bound) the
     flat first elements that were kept."""
     buffer = io.BytesIO()
-    np.save(buffer, np.asarray(record.array), allow_pickle=False)  # (ascontiguousarray would make 0-d 1-d)
+    np.save(
+        buffer, np.asarray(record.array), allow_pickle=False
+    )  # (ascontiguousarray would make 0-d 1-d)
     return buffer.getvalue()
 
 
@@ -81,7 +88,9 @@ def csv_text(record: TensorRecord, *, run_id: int, index: int) -> str:
         f"role {record.role}, shape ({', '.join(str(d) for d in shape)}), dtype {array.dtype.name}",
     ]
     if record.truncated:
-        header.append(f"only the first {array.size} of {int(np.prod(shape))} values were stored; one per line, C order")
+        header.append(
+            f"only the first {array.size} of {int(np.prod(shape))} values were stored; one per line, C order"
+        )
         matrix = array.reshape(-1, 1)
     elif len(shape) == 0:
         matrix = array.reshape(1, 1)
@@ -91,8 +100,17 @@ def csv_text(record: TensorRecord, *, run_id: int, index: int) -> str:
     elif len(shape) == 2:
         matrix = array
     else:
-        header.append(f"rows: indices over the first {len(shape) - 1} axes in C order; columns: the last axis")
+        header.append(
+            f"rows: indices over the first {len(shape) - 1} axes in C order; columns: the last axis"
+        )
         matrix = array.reshape(-1, shape[-1])
     buffer = io.StringIO()
-    np.savetxt(buffer, matrix, fmt=_value_format(array), delimiter=",", header="\n".join(header), comments="# ")
+    np.savetxt(
+        buffer,
+        matrix,
+        fmt=_value_format(array),
+        delimiter=",",
+        header="\n".join(header),
+        comments="# ",
+    )
     return buffer.getvalue()

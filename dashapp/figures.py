@@ -26,8 +26,16 @@ VALUE_SCALE = "RdBu_r"
 # Differences get their own scale, so a difference map is never mistaken for values.
 DIFF_SCALE = "PuOr_r"
 RUN_COLORS = (
-    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e",
-    "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#9467bd",
+    "#ff7f0e",
+    "#17becf",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
 )
 FONT = dict(family="system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size=12)
 
@@ -102,8 +110,13 @@ def heatmap(
     margin = dict(l=34, r=8 + (60 if show_colorbar else 0), t=26, b=6)
     # A colour bar needs some height to be legible, even beside a 1-row matrix.
     plot_h = max(rows * cell_h, 120.0 if show_colorbar else 0.0)
-    axis = dict(showgrid=False, zeroline=False, dtick=tick_step, tickfont=dict(size=10),
-                fixedrange=texts is not None)
+    axis = dict(
+        showgrid=False,
+        zeroline=False,
+        dtick=tick_step,
+        tickfont=dict(size=10),
+        fixedrange=texts is not None,
+    )
     layout = dict(
         template="none",
         width=int(cols * cell_w + margin["l"] + margin["r"]),
@@ -162,14 +175,23 @@ def difference_bars(stats: DifferenceStats, label_a: str = "A", label_b: str = "
     colors = ["#6c757d", "#6c757d", "#8e44ad", "#8e44ad"]
     fig = go.Figure(
         go.Bar(
-            x=[plotly_text(n) for n in names], y=values, marker_color=colors,
-            text=[f"{v:.4g}" for v in values], textposition="outside", cliponaxis=False,
+            x=[plotly_text(n) for n in names],
+            y=values,
+            marker_color=colors,
+            text=[f"{v:.4g}" for v in values],
+            textposition="outside",
+            cliponaxis=False,
             hovertemplate="%{x}: %{y:.7g}<extra></extra>",
         )
     )
     fig.update_layout(
-        template="none", height=240, margin=dict(l=40, r=10, t=24, b=30), font=FONT, showlegend=False,
-        plot_bgcolor="white", paper_bgcolor="rgba(0,0,0,0)",
+        template="none",
+        height=240,
+        margin=dict(l=40, r=10, t=24, b=30),
+        font=FONT,
+        showlegend=False,
+        plot_bgcolor="white",
+        paper_bgcolor="rgba(0,0,0,0)",
     )
     fig.update_yaxes(gridcolor="#e9ecef", rangemode="tozero")
     return fig
@@ -193,16 +215,24 @@ def loss_figure(series: Sequence[Series]) -> go.Figure:
     for s in series:
         fig.add_trace(
             go.Scatter(
-                x=s.x, y=s.y, mode="lines+markers", name=plotly_text(s.label),
-                line=dict(color=s.color, width=2), marker=dict(size=6),
+                x=s.x,
+                y=s.y,
+                mode="lines+markers",
+                name=plotly_text(s.label),
+                line=dict(color=s.color, width=2),
+                marker=dict(size=6),
                 hovertemplate="iteration %{x}: loss %{y:.6f}<extra>%{fullData.name}</extra>",
             )
         )
     fig.update_layout(
-        template="none", height=320, margin=dict(l=50, r=10, t=36, b=84), font=FONT,
+        template="none",
+        height=320,
+        margin=dict(l=50, r=10, t=36, b=84),
+        font=FONT,
         title=dict(text="Loss", x=0, font=dict(size=14)),
         # below the axis title "iteration", not on top of it
-        legend=dict(orientation="h", yanchor="top", y=-0.3), plot_bgcolor="white",
+        legend=dict(orientation="h", yanchor="top", y=-0.3),
+        plot_bgcolor="white",
         paper_bgcolor="rgba(0,0,0,0)",
     )
     fig.update_xaxes(title_text="iteration", gridcolor="#e9ecef", dtick=_iteration_dtick(series))
@@ -227,7 +257,9 @@ WEIGHT_NORM = "‖W‖₂"
 GRAD_NORM = "‖∇W‖₂"
 
 
-def norm_panels(rows: Sequence[dict], runs: Sequence[tuple[int, str, str]]) -> list[tuple[NormPanel, NormPanel]]:
+def norm_panels(
+    rows: Sequence[dict], runs: Sequence[tuple[int, str, str]]
+) -> list[tuple[NormPanel, NormPanel]]:
     """(weight-norm panel, gradient-norm panel) per parameter tensor, in store order.
 
     `rows` are storage `tensor_history` rows (roles param and param_grad);
@@ -265,7 +297,10 @@ def norms_figure(pairs: Sequence[tuple[NormPanel, NormPanel]]) -> go.Figure:
     rows = max(len(pairs), 1)
     titles = [plotly_text(panel.title) for pair in pairs for panel in pair]
     fig = make_subplots(
-        rows=rows, cols=2, subplot_titles=titles or ["", ""], horizontal_spacing=0.1,
+        rows=rows,
+        cols=2,
+        subplot_titles=titles or ["", ""],
+        horizontal_spacing=0.1,
         vertical_spacing=min(0.12, 0.5 / rows),
     )
     seen: set[str] = set()
@@ -274,18 +309,30 @@ def norms_figure(pairs: Sequence[tuple[NormPanel, NormPanel]]) -> go.Figure:
             for s in panel.series:
                 fig.add_trace(
                     go.Scatter(
-                        x=s.x, y=s.y, mode="lines+markers", name=plotly_text(s.label),
-                        legendgroup=s.label, showlegend=s.label not in seen,
-                        line=dict(color=s.color, width=2), marker=dict(size=5),
+                        x=s.x,
+                        y=s.y,
+                        mode="lines+markers",
+                        name=plotly_text(s.label),
+                        legendgroup=s.label,
+                        showlegend=s.label not in seen,
+                        line=dict(color=s.color, width=2),
+                        marker=dict(size=5),
                         hovertemplate="iteration %{x}: %{y:.6g}<extra>%{fullData.name}</extra>",
                     ),
-                    row=r, col=c,
+                    row=r,
+                    col=c,
                 )
                 seen.add(s.label)
-    largest = max((max(s.x, default=0) for pair in pairs for p in pair for s in p.series), default=0)
+    largest = max(
+        (max(s.x, default=0) for pair in pairs for p in pair for s in p.series), default=0
+    )
     fig.update_layout(
-        template="none", height=max(260, 210 * rows + 60), margin=dict(l=50, r=10, t=40, b=40), font=FONT,
-        legend=dict(orientation="h", y=-0.06, yanchor="top"), plot_bgcolor="white",
+        template="none",
+        height=max(260, 210 * rows + 60),
+        margin=dict(l=50, r=10, t=40, b=40),
+        font=FONT,
+        legend=dict(orientation="h", y=-0.06, yanchor="top"),
+        plot_bgcolor="white",
         paper_bgcolor="rgba(0,0,0,0)",
     )
     fig.update_xaxes(gridcolor="#e9ecef", dtick=1 if largest <= 20 else None)
@@ -328,10 +375,18 @@ def architecture_diagram(boxes: Sequence[DiagramBox]) -> go.Figure:
     box_w, gap = 1.0, 0.45
     for i, box in enumerate(boxes):
         x0 = i * (box_w + gap)
-        color = _KIND_COLORS.get(box.kind or "input", "#ede7f6" if box.kind.endswith("Loss") else "#f1f3f5")
+        color = _KIND_COLORS.get(
+            box.kind or "input", "#ede7f6" if box.kind.endswith("Loss") else "#f1f3f5"
+        )
         fig.add_shape(
-            type="rect", x0=x0, x1=x0 + box_w, y0=0, y1=1, line=dict(color="#495057", width=1),
-            fillcolor=color, layer="below",
+            type="rect",
+            x0=x0,
+            x1=x0 + box_w,
+            y0=0,
+            y1=1,
+            line=dict(color="#495057", width=1),
+            fillcolor=color,
+            layer="below",
         )
         lines = [f"<b>{plotly_text(box.name)}</b>"] + ([plotly_text(box.kind)] if box.kind else [])
         if box.shape is not None:
@@ -339,20 +394,40 @@ def architecture_diagram(boxes: Sequence[DiagramBox]) -> go.Figure:
         if box.params:
             lines.append(f"{box.params} params")
         fig.add_annotation(
-            x=x0 + box_w / 2, y=0.5, text="<br>".join(lines), showarrow=False,
-            font=dict(size=11), align="center",
+            x=x0 + box_w / 2,
+            y=0.5,
+            text="<br>".join(lines),
+            showarrow=False,
+            font=dict(size=11),
+            align="center",
         )
         if i:
             fig.add_annotation(
-                x=x0, y=0.5, ax=x0 - gap, ay=0.5, xref="x", yref="y", axref="x", ayref="y",
-                text="", showarrow=True, arrowhead=2, arrowsize=1.2, arrowwidth=1.5,
+                x=x0,
+                y=0.5,
+                ax=x0 - gap,
+                ay=0.5,
+                xref="x",
+                yref="y",
+                axref="x",
+                ayref="y",
+                text="",
+                showarrow=True,
+                arrowhead=2,
+                arrowsize=1.2,
+                arrowwidth=1.5,
                 arrowcolor="#495057",
             )
     n = max(len(boxes), 1)
     span = n * box_w + (n - 1) * gap
     fig.update_layout(
-        template="none", width=int(max(360, 170 * n)), height=150, margin=dict(l=6, r=6, t=6, b=6),
-        font=FONT, plot_bgcolor="rgba(0,0,0,0)", paper_bgcolor="rgba(0,0,0,0)",
+        template="none",
+        width=int(max(360, 170 * n)),
+        height=150,
+        margin=dict(l=6, r=6, t=6, b=6),
+        font=FONT,
+        plot_bgcolor="rgba(0,0,0,0)",
+        paper_bgcolor="rgba(0,0,0,0)",
         showlegend=False,
     )
     fig.update_xaxes(visible=False, range=[-0.05, span + 0.05], fixedrange=True)
@@ -362,9 +437,16 @@ def architecture_diagram(boxes: Sequence[DiagramBox]) -> go.Figure:
 
 def empty_figure(message: str, height: int = 200) -> go.Figure:
     fig = go.Figure()
-    fig.add_annotation(text=plotly_text(message), showarrow=False, font=dict(size=13, color="#6c757d"))
-    fig.update_layout(template="none", height=height, margin=dict(l=0, r=0, t=0, b=0), plot_bgcolor="white",
-                      paper_bgcolor="rgba(0,0,0,0)")
+    fig.add_annotation(
+        text=plotly_text(message), showarrow=False, font=dict(size=13, color="#6c757d")
+    )
+    fig.update_layout(
+        template="none",
+        height=height,
+        margin=dict(l=0, r=0, t=0, b=0),
+        plot_bgcolor="white",
+        paper_bgcolor="rgba(0,0,0,0)",
+    )
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     return fig

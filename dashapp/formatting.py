@@ -30,11 +30,7 @@ def number_style(values: np.ndarray) -> str:
     largest = float(finite.max())
     nonzero = finite[finite > 0]
     smallest = float(nonzero.min()) if nonzero.size else 0.0
-    if (
-        largest >= 1e4
-        or (0 < largest < 1e-3)
-        or (0 < smallest < 1e-4 and largest < 1e-2)
-    ):
+    if largest >= 1e4 or (0 < largest < 1e-3) or (0 < smallest < 1e-4 and largest < 1e-2):
         return SCI
     return FIXED
 

@@ -37,13 +37,20 @@ ROLE_LABELS = {
     "output": "output",
 }
 PHASE_LABELS = {"forward": "Forward", "loss": "Loss", "backward": "Backward", "update": "Update"}
-STATUS_COLORS = {"running": "info", "completed": "success", "failed": "danger", "interrupted": "warning"}
+STATUS_COLORS = {
+    "running": "info",
+    "completed": "success",
+    "failed": "danger",
+    "interrupted": "warning",
+}
 
 GRAPH_CONFIG = {"displayModeBar": False, "responsive": False}
 
 # MathJax macros that make links, attach classes or styles, or load extensions: a
 # tracer never writes them, and a store handed around must not smuggle them in.
-_UNSAFE_TEX = re.compile(r"\\(href|url|class|cssId|style|data|htmlData|require|unicode)(?![A-Za-z])")
+_UNSAFE_TEX = re.compile(
+    r"\\(href|url|class|cssId|style|data|htmlData|require|unicode)(?![A-Za-z])"
+)
 
 
 # ---------------------------------------------------------------- text and math
@@ -64,7 +71,9 @@ def math_markdown(latex: str) -> str:
 def formula(latex: str, class_name: str = "") -> html.Div:
     """A typeset formula. The wrapper is there from the first render (dcc.Markdown
     itself appears only once its script has loaded), so one can wait for MathJax."""
-    return html.Div(dcc.Markdown(math_markdown(latex), mathjax=True), className=f"formula {class_name}".strip())
+    return html.Div(
+        dcc.Markdown(math_markdown(latex), mathjax=True), className=f"formula {class_name}".strip()
+    )
 
 
 def status_badge(status: str) -> dbc.Badge:
@@ -72,7 +81,7 @@ def status_badge(status: str) -> dbc.Badge:
 
 
 def verified_badge(step: StepRecord) -> html.Span:
-    """"✓ matches autograd, max |Δ| = 3.6e-08", its failing twin, or a neutral note."""
+    """ "✓ matches autograd, max |Δ| = 3.6e-08", its failing twin, or a neutral note."""
     if step.verified is None:
         return html.Span("no PyTorch counterpart (intermediate)", className="verify verify-none")
     if step.verified:
@@ -94,8 +103,12 @@ def navbar(pages: Sequence[tuple[str, str]]) -> dbc.Navbar:
         dbc.Container(
             [
                 dbc.NavbarBrand(
-                    [html.Span("cnnviz", className="brand-name"),
-                     html.Span(" backprop with real numbers", className="brand-tag d-none d-md-inline")],
+                    [
+                        html.Span("cnnviz", className="brand-name"),
+                        html.Span(
+                            " backprop with real numbers", className="brand-tag d-none d-md-inline"
+                        ),
+                    ],
                     href="/",
                 ),
                 dbc.Nav(items, navbar=True, className="ms-auto"),
@@ -108,21 +121,31 @@ def navbar(pages: Sequence[tuple[str, str]]) -> dbc.Navbar:
     )
 
 
-def page_header(title: str, *, subtitle=None, actions=None, crumbs: Sequence[tuple[str, str | None]] = ()) -> html.Div:
+def page_header(
+    title: str, *, subtitle=None, actions=None, crumbs: Sequence[tuple[str, str | None]] = ()
+) -> html.Div:
     """Title row of a page; `crumbs` are (label, href) with href None for the current page."""
     trail = []
     for label, href in crumbs:
         trail.append(
-            html.Li(dcc.Link(label, href=href) if href else label,
-                    className="breadcrumb-item" + ("" if href else " active"))
+            html.Li(
+                dcc.Link(label, href=href) if href else label,
+                className="breadcrumb-item" + ("" if href else " active"),
+            )
         )
     return html.Div(
         [
-            html.Nav(html.Ol(trail, className="breadcrumb mb-1"), **{"aria-label": "breadcrumb"}) if trail else None,
+            html.Nav(html.Ol(trail, className="breadcrumb mb-1"), **{"aria-label": "breadcrumb"})
+            if trail
+            else None,
             html.Div(
                 [
-                    html.Div([html.H1(title, className="page-title"),
-                              html.Div(subtitle, className="page-subtitle") if subtitle else None]),
+                    html.Div(
+                        [
+                            html.H1(title, className="page-title"),
+                            html.Div(subtitle, className="page-subtitle") if subtitle else None,
+                        ]
+                    ),
                     html.Div(actions, className="page-actions") if actions else None,
                 ],
                 className="d-flex flex-wrap justify-content-between align-items-end gap-2",
@@ -132,7 +155,9 @@ def page_header(title: str, *, subtitle=None, actions=None, crumbs: Sequence[tup
     )
 
 
-def not_found(message: str, *, back_href: str = links.RUNS, back_label: str = "Back to the runs") -> html.Div:
+def not_found(
+    message: str, *, back_href: str = links.RUNS, back_label: str = "Back to the runs"
+) -> html.Div:
     """The friendly page for an unknown address: what was not found and a way back."""
     return html.Div(
         dbc.Card(
@@ -158,27 +183,44 @@ def _sentence(text: str) -> str:
 
 
 def error_card(message: str) -> dbc.Alert:
-    return dbc.Alert([html.H2("Cannot show this page", className="h5"), html.P(message, className="mb-0")],
-                     color="danger", className="mt-3")
+    return dbc.Alert(
+        [html.H2("Cannot show this page", className="h5"), html.P(message, className="mb-0")],
+        color="danger",
+        className="mt-3",
+    )
 
 
 def empty_store(location: str) -> dbc.Card:
     """What to do when the store holds no runs yet."""
     commands = [
-        ("Trace the built-in CNN (seed 0) into this store:", f"cnnviz trace --db {location} --seed 0"),
+        (
+            "Trace the built-in CNN (seed 0) into this store:",
+            f"cnnviz trace --db {location} --seed 0",
+        ),
         ("Or trace the three demo runs and open the dashboard:", f"cnnviz demo --db {location}"),
-        ("Or trace your own training loop from Python:",
-         f'from tracer import trace\nwith trace(model, optimizer, criterion, db="{location}") as t:\n'
-         "    for x, y in batches:\n        with t.iteration():\n            ...  # zero_grad, forward, loss, backward, step"),
+        (
+            "Or trace your own training loop from Python:",
+            f'from tracer import trace\nwith trace(model, optimizer, criterion, db="{location}") as t:\n'
+            "    for x, y in batches:\n        with t.iteration():\n            ...  # zero_grad, forward, loss, backward, step",
+        ),
     ]
     return dbc.Card(
         dbc.CardBody(
             [
                 html.H2("No runs yet", className="h4"),
                 html.P(["The store ", html.Code(location), " holds no traced runs."]),
-                *[html.Div([html.P(text, className="mb-1"), html.Pre(html.Code(cmd), className="command")])
-                  for text, cmd in commands],
-                html.P("This page refreshes when you reload it.", className="text-muted small mb-0"),
+                *[
+                    html.Div(
+                        [
+                            html.P(text, className="mb-1"),
+                            html.Pre(html.Code(cmd), className="command"),
+                        ]
+                    )
+                    for text, cmd in commands
+                ],
+                html.P(
+                    "This page refreshes when you reload it.", className="text-muted small mb-0"
+                ),
             ]
         ),
         className="empty-state shadow-sm",
@@ -202,8 +244,16 @@ def slice_selectors(view: MatrixView, id_for) -> html.Div | None:
             html.Label(
                 [
                     html.Span(dim.label, className="me-1"),
-                    dcc.Input(id=id_for(dim.axis), type="number", min=1, max=dim.size, step=1,
-                              value=index + 1, debounce=True, className="slice-input"),
+                    dcc.Input(
+                        id=id_for(dim.axis),
+                        type="number",
+                        min=1,
+                        max=dim.size,
+                        step=1,
+                        value=index + 1,
+                        debounce=True,
+                        className="slice-input",
+                    ),
                     html.Span(f"of {dim.size}", className="ms-1 text-muted"),
                 ],
                 className="slice-control",
@@ -231,9 +281,17 @@ def lazy_tensor_figure_block(view: MatrixView, panel: str) -> html.Div:
     size = {"width": f"{figure.layout.width}px", "height": f"{figure.layout.height}px"}
     return html.Div(
         [
-            html.Div(id={"type": "tensor-graph", "panel": panel}, className="heatmap heatmap-slot", style=size,
-                     **{"data-figure": figure_json(figure), "data-config": json.dumps(GRAPH_CONFIG)}),
-            html.Div(view.caption, id={"type": "tensor-caption", "panel": panel}, className="tensor-caption"),
+            html.Div(
+                id={"type": "tensor-graph", "panel": panel},
+                className="heatmap heatmap-slot",
+                style=size,
+                **{"data-figure": figure_json(figure), "data-config": json.dumps(GRAPH_CONFIG)},
+            ),
+            html.Div(
+                view.caption,
+                id={"type": "tensor-caption", "panel": panel},
+                className="tensor-caption",
+            ),
         ],
         className="tensor-figure",
     )
@@ -254,35 +312,63 @@ def tensor_panel(record: TensorRecord, *, run_id: int, index: int, panel: str) -
         className="tensor-header",
     )
     downloads = html.Div(
-        [html.A(f".{fmt}", href=links.download(run_id, index, record.name, fmt), download="",
-                className="download-link", title=f"download all values as .{fmt}")
-         for fmt in links.DOWNLOAD_FORMATS],
+        [
+            html.A(
+                f".{fmt}",
+                href=links.download(run_id, index, record.name, fmt),
+                download="",
+                className="download-link",
+                title=f"download all values as .{fmt}",
+            )
+            for fmt in links.DOWNLOAD_FORMATS
+        ],
         className="tensor-downloads",
     )
     if len(record.shape) == 0 and record.array.size == 1:
-        body = html.Div(format_scalar(record.array.reshape(-1)[0].item()), className="tensor-scalar")
+        body = html.Div(
+            format_scalar(record.array.reshape(-1)[0].item()), className="tensor-scalar"
+        )
     else:
         body = html.Div(
             [
-                slice_selectors(view, lambda axis: {"type": "tensor-slice", "panel": panel, "axis": axis}),
+                slice_selectors(
+                    view, lambda axis: {"type": "tensor-slice", "panel": panel, "axis": axis}
+                ),
                 lazy_tensor_figure_block(view, panel),
-                dcc.Store(id={"type": "tensor-ref", "panel": panel},
-                          data={"run": run_id, "it": index, "name": record.name}),
+                dcc.Store(
+                    id={"type": "tensor-ref", "panel": panel},
+                    data={"run": run_id, "it": index, "name": record.name},
+                ),
             ]
         )
-    return html.Div([header, body, downloads], className="tensor-panel", **{"data-tensor": record.name})
+    return html.Div(
+        [header, body, downloads], className="tensor-panel", **{"data-tensor": record.name}
+    )
 
 
 def tensor_flow(inputs: Sequence[html.Div], outputs: Sequence[html.Div]) -> html.Div:
     """What a step reads, then (after an arrow) what it writes; wraps on narrow screens."""
     parts = []
     if inputs:
-        parts.append(html.Div([html.Div("reads", className="flow-label"), html.Div(inputs, className="flow-items")],
-                              className="flow-group flow-in"))
+        parts.append(
+            html.Div(
+                [
+                    html.Div("reads", className="flow-label"),
+                    html.Div(inputs, className="flow-items"),
+                ],
+                className="flow-group flow-in",
+            )
+        )
     if outputs:
-        parts.append(html.Div([html.Div("→ writes" if inputs else "writes", className="flow-label"),
-                               html.Div(outputs, className="flow-items")],
-                              className="flow-group flow-out"))
+        parts.append(
+            html.Div(
+                [
+                    html.Div("→ writes" if inputs else "writes", className="flow-label"),
+                    html.Div(outputs, className="flow-items"),
+                ],
+                className="flow-group flow-out",
+            )
+        )
     return html.Div(parts, className="tensor-flow")
 
 
@@ -323,11 +409,17 @@ def step_card(
         className="step-header",
     )
     body = [
-        html.Div([html.Div("General formula", className="formula-label"), formula(step.formula)],
-                 className="formula-row"),
-        html.Div([html.Div("With this iteration's numbers", className="formula-label"),
-                  formula(step.formula_values, "formula-values")],
-                 className="formula-row"),
+        html.Div(
+            [html.Div("General formula", className="formula-label"), formula(step.formula)],
+            className="formula-row",
+        ),
+        html.Div(
+            [
+                html.Div("With this iteration's numbers", className="formula-label"),
+                formula(step.formula_values, "formula-values"),
+            ],
+            className="formula-row",
+        ),
         tensor_flow(panels(step.inputs, "in"), panels(step.outputs, "out")),
     ]
     if step.note:
@@ -349,33 +441,50 @@ def _verified_attr(step: StepRecord) -> str:
 def iteration_stepper(run_id: int, current: int, count: int, *, window: int = 4) -> html.Nav:
     """Links to iterations 1..count around `current`, with previous and next."""
     if count <= 0:
-        return html.Nav(html.Span("no iterations stored yet", className="text-muted"), className="iteration-stepper")
+        return html.Nav(
+            html.Span("no iterations stored yet", className="text-muted"),
+            className="iteration-stepper",
+        )
     shown = sorted({1, count, *range(max(1, current - window), min(count, current + window) + 1)})
-    items = [_page_item("‹ previous", links.iteration(run_id, current - 1) if current > 1 else None)]
+    items = [
+        _page_item("‹ previous", links.iteration(run_id, current - 1) if current > 1 else None)
+    ]
     last = 0
     for i in shown:
         if i - last > 1:
-            items.append(html.Li(html.Span("…", className="page-link"), className="page-item disabled"))
+            items.append(
+                html.Li(html.Span("…", className="page-link"), className="page-item disabled")
+            )
         items.append(_page_item(str(i), links.iteration(run_id, i), active=i == current))
         last = i
-    items.append(_page_item("next ›", links.iteration(run_id, current + 1) if current < count else None))
+    items.append(
+        _page_item("next ›", links.iteration(run_id, current + 1) if current < count else None)
+    )
     if current < 1:  # no iteration on screen yet: just the links
         items = items[1:-1]
-    return html.Nav(html.Ul(items, className="pagination pagination-sm mb-0"),
-                    className="iteration-stepper", **{"aria-label": "iterations"})
+    return html.Nav(
+        html.Ul(items, className="pagination pagination-sm mb-0"),
+        className="iteration-stepper",
+        **{"aria-label": "iterations"},
+    )
 
 
 def _page_item(label: str, href: str | None, *, active: bool = False) -> html.Li:
     if href is None:
         return html.Li(html.Span(label, className="page-link"), className="page-item disabled")
-    return html.Li(dcc.Link(label, href=href, className="page-link"),
-                   className="page-item" + (" active" if active else ""))
+    return html.Li(
+        dcc.Link(label, href=href, className="page-link"),
+        className="page-item" + (" active" if active else ""),
+    )
 
 
 def metric(label: str, value, *, hint: str | None = None, class_name: str = "") -> html.Div:
     return html.Div(
-        [html.Div(label, className="metric-label"), html.Div(value, className="metric-value"),
-         html.Div(hint, className="metric-hint") if hint else None],
+        [
+            html.Div(label, className="metric-label"),
+            html.Div(value, className="metric-value"),
+            html.Div(hint, className="metric-hint") if hint else None,
+        ],
         className=f"metric {class_name}".strip(),
     )
 

@@ -24,7 +24,9 @@ SECTION_TITLES = {
 class Section:
     key: str  # "forward", "loss", "backward", "update"
     title: str
-    groups: list[tuple[str, list[tuple[int, StepRecord]]]] = field(default_factory=list)  # (layer, numbered steps)
+    groups: list[tuple[str, list[tuple[int, StepRecord]]]] = field(
+        default_factory=list
+    )  # (layer, numbered steps)
 
 
 def is_loss_layer(name: str, layers: dict[str, LayerInfo]) -> bool:

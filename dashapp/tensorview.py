@@ -127,7 +127,9 @@ def matrix_view(
     kept = stored[flat[~missing]]
     style = number_style(kept if kept.size else stored[:0])
 
-    parts = [f"{d.label} {i + 1} of {d.size}" for d, i in zip(lead, index, strict=True) if d.size > 1]
+    parts = [
+        f"{d.label} {i + 1} of {d.size}" for d, i in zip(lead, index, strict=True) if d.size > 1
+    ]
     if shown_rows < rows:
         parts.append(f"rows 1–{shown_rows} of {rows}")
     if shown_cols < cols:

@@ -55,7 +55,9 @@ def summarize(array: np.ndarray) -> dict[str, float | int | None]:
     inf_count = int(np.isinf(values).sum())
     finite = values[np.isfinite(values)] if nan_count or inf_count else values
     if finite.size == 0:
-        stats: dict[str, float | int | None] = dict(min=None, max=None, mean=None, std=None, l2=None)
+        stats: dict[str, float | int | None] = dict(
+            min=None, max=None, mean=None, std=None, l2=None
+        )
     else:
         stats = dict(
             min=float(finite.min()),

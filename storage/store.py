@@ -90,9 +90,7 @@ def _make_engine(location: str, *, readonly: bool) -> Engine:
         path = Path(location).expanduser()
         _check_sqlite_path(path, create=not readonly)
         resolved = path.resolve()
-        url = (
-            f"sqlite:///file:{resolved}?mode=ro&uri=true" if readonly else f"sqlite:///{resolved}"
-        )
+        url = f"sqlite:///file:{resolved}?mode=ro&uri=true" if readonly else f"sqlite:///{resolved}"
         is_sqlite = True
     engine = create_engine(url)
     if is_sqlite:
@@ -370,40 +368,53 @@ class RunWriter:
             if tensor_rows:
                 for row in tensor_rows:
                     row["iteration_id"] = iteration_id
-                ids = conn.execute(
-                    schema.Tensor.__table__.insert().returning(
-                        schema.Tensor.id, sort_by_parameter_order=True
-                    ),
-                    tensor_rows,
-                ).scalars().all()
+                ids = (
+                    conn.execute(
+                        schema.Tensor.__table__.insert().returning(
+                            schema.Tensor.id, sort_by_parameter_order=True
+                        ),
+                        tensor_rows,
+                    )
+                    .scalars()
+                    .all()
+                )
                 tensor_ids = dict(zip(names, ids))
                 for data, tensor_id in zip(data_rows, ids):
                     data["tensor_id"] = tensor_id
                 conn.execute(schema.TensorData.__table__.insert(), data_rows)
             if record.steps:
-                step_ids = conn.execute(
-                    schema.Step.__table__.insert().returning(
-                        schema.Step.id, sort_by_parameter_order=True
-                    ),
-                    [
-                        dict(
-                            iteration_id=iteration_id,
-                            position=position,
-                            layer=step.layer,
-                            phase=step.phase,
-                            title=step.title,
-                            formula=step.formula,
-                            formula_values=step.formula_values,
-                            reference=step.reference,
-                            max_abs_diff=step.max_abs_diff,
-                            verified=step.verified,
-                            note=step.note,
-                        )
-                        for position, step in enumerate(record.steps)
-                    ],
-                ).scalars().all()
+                step_ids = (
+                    conn.execute(
+                        schema.Step.__table__.insert().returning(
+                            schema.Step.id, sort_by_parameter_order=True
+                        ),
+                        [
+                            dict(
+                                iteration_id=iteration_id,
+                                position=position,
+                                layer=step.layer,
+                                phase=step.phase,
+                                title=step.title,
+                                formula=step.formula,
+                                formula_values=step.formula_values,
+                                reference=step.reference,
+                                max_abs_diff=step.max_abs_diff,
+                                verified=step.verified,
+                                note=step.note,
+                            )
+                            for position, step in enumerate(record.steps)
+                        ],
+                    )
+                    .scalars()
+                    .all()
+                )
                 links = [
-                    dict(step_id=step_id, tensor_id=tensor_ids[name], direction=direction, position=pos)
+                    dict(
+                        step_id=step_id,
+                        tensor_id=tensor_ids[name],
+                        direction=direction,
+                        position=pos,
+                    )
                     for step, step_id in zip(record.steps, step_ids)
                     for direction, step_names in (("in", step.inputs), ("out", step.outputs))
                     for pos, name in enumerate(dict.fromkeys(step_names))

@@ -14,8 +14,15 @@ CNNVIZ = [sys.executable, "-m", "tracer.cli"]
 
 
 def run(args, env, cwd=None, timeout=120):
-    return subprocess.run([*CNNVIZ, *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [*CNNVIZ, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def digest(path):
@@ -77,7 +84,9 @@ def test_runs_on_an_empty_store_says_how_to_create_one(tmp_path, cli_env):
         (["--no-such-option"], "No such option"),
     ],
 )
-def test_bad_arguments_fail_in_one_line_and_leave_the_store_alone(tmp_path, cli_env, seed_store, args, message):
+def test_bad_arguments_fail_in_one_line_and_leave_the_store_alone(
+    tmp_path, cli_env, seed_store, args, message
+):
     db = tmp_path / "runs.db"
     shutil.copy(seed_store, db)
     before = digest(db)

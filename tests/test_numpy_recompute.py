@@ -77,19 +77,28 @@ def one_sample(x, y, params, n):
     t["conv.bias.grad"] = dz1.sum()
     t["input.grad"] = dx
     # The matrix-form intermediates, written from their definitions.
-    t["conv.X_col"] = np.array([[x[i + a, j + c] for a in range(2) for c in range(2)]
-                                for i in range(3) for j in range(3)])
+    t["conv.X_col"] = np.array(
+        [[x[i + a, j + c] for a in range(2) for c in range(2)] for i in range(3) for j in range(3)]
+    )
     t["conv.Y_col"] = z1.reshape(-1, 1)
     t["conv.dY_col"] = dz1.reshape(-1, 1)
-    t["conv.dX_col"] = np.array([[dz1[i, j] * cw[a, c] for a in range(2) for c in range(2)]
-                                 for i in range(3) for j in range(3)])
+    t["conv.dX_col"] = np.array(
+        [
+            [dz1[i, j] * cw[a, c] for a in range(2) for c in range(2)]
+            for i in range(3)
+            for j in range(3)
+        ]
+    )
     return t
 
 
 def recompute(records, lr):
     """Yield, per iteration, every tensor name -> our value, chaining our own updates."""
     first = records[0]
-    params = [first.tensor(n).array.astype(np.float64) for n in ("conv.weight", "conv.bias", "fc.weight", "fc.bias")]
+    params = [
+        first.tensor(n).array.astype(np.float64)
+        for n in ("conv.weight", "conv.bias", "fc.weight", "fc.bias")
+    ]
     for record in records:
         xs = record.tensor("input").array.astype(np.float64)  # (N, 1, 4, 4)
         ys = record.tensor("target").array
@@ -137,13 +146,17 @@ def recompute(records, lr):
             total("fc.weight.grad"),
             total("fc.bias.grad"),
         ]
-        for name, value, grad in zip(("conv.weight", "conv.bias", "fc.weight", "fc.bias"), params, grads):
+        for name, value, grad in zip(
+            ("conv.weight", "conv.bias", "fc.weight", "fc.bias"), params, grads
+        ):
             ours[name] = value
             ours[f"{name}.grad"] = grad
             ours[f"{name}.next"] = value - lr * grad
             ours[f"{name}.update"] = -lr * grad
         yield record, ours
-        params = [ours[f"{name}.next"] for name in ("conv.weight", "conv.bias", "fc.weight", "fc.bias")]
+        params = [
+            ours[f"{name}.next"] for name in ("conv.weight", "conv.bias", "fc.weight", "fc.bias")
+        ]
 
 
 @pytest.mark.parametrize("run_id", [1, 2])
@@ -157,8 +170,11 @@ def test_stored_run_equals_independent_numpy(seed_store, run_id):
         assert set(stored) == set(ours), "every stored tensor is recomputed, nothing else"
         for name, value in ours.items():
             np.testing.assert_allclose(
-                stored[name].astype(np.float64), np.reshape(value, stored[name].shape),
-                atol=TOL, rtol=TOL, err_msg=f"iteration {record.index}: {name}",
+                stored[name].astype(np.float64),
+                np.reshape(value, stored[name].shape),
+                atol=TOL,
+                rtol=TOL,
+                err_msg=f"iteration {record.index}: {name}",
             )
         assert record.loss == pytest.approx(float(ours["loss.value"]), abs=TOL)
         loss_step = next(s for s in record.steps if s.title == "Cross-entropy loss")
@@ -174,6 +190,9 @@ def test_batch_run_equals_independent_numpy(tmp_path):
     for record, ours in recompute(records, 0.1):
         for tensor in record.tensors:
             np.testing.assert_allclose(
-                tensor.array.astype(np.float64), np.reshape(ours[tensor.name], tensor.array.shape),
-                atol=TOL, rtol=TOL, err_msg=f"iteration {record.index}: {tensor.name}",
+                tensor.array.astype(np.float64),
+                np.reshape(ours[tensor.name], tensor.array.shape),
+                atol=TOL,
+                rtol=TOL,
+                err_msg=f"iteration {record.index}: {tensor.name}",
             )

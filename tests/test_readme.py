@@ -18,7 +18,9 @@ def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci" / "run").read_text()
     assert "bash scripts/test.sh" in ci
     script = (REPO / "scripts" / "test.sh").read_text()
-    assert "pytest" in script and 'pip install -q --disable-pip-version-check -e ".[test]"' in script
+    assert (
+        "pytest" in script and 'pip install -q --disable-pip-version-check -e ".[test]"' in script
+    )
 
 
 def test_readme_installs_the_cpu_torch_pin():

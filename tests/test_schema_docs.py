@@ -61,7 +61,9 @@ def test_python_snippet_reads_the_same_tensor(seed_store, monkeypatch):
 
 def test_every_table_and_view_is_documented(seed_store):
     conn = sqlite3.connect(f"file:{seed_store}?mode=ro", uri=True)
-    names = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")]
+    names = [
+        n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+    ]
     conn.close()
     for name in names:
         assert f"| `{name}` |" in TEXT, name

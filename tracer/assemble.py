@@ -50,7 +50,9 @@ def _grad_name(name: str) -> str:
     return f"{name}.grad"
 
 
-def _layer_call(call: CapturedCall, cap: CapturedIteration, shared: dict[str, set[str]]) -> LayerCall:
+def _layer_call(
+    call: CapturedCall, cap: CapturedIteration, shared: dict[str, set[str]]
+) -> LayerCall:
     """What the explainer sees. An input that several calls use (`shared`: name ->
     calls using it) gets autograd's total gradient as reference, which is not this
     call's part: `_CallContext` sets such checks aside for the sum over the uses."""
@@ -124,7 +126,9 @@ class _CallContext(StepContext):
             deferred[f"{what}: not computed by autograd"] = (
                 f"{what}: this call's part, checked in the sum over the {uses} uses of {name}"
             )
-        record = super().step(title, formula, values, inputs=inputs, outputs=outputs, checks=kept, note=note)
+        record = super().step(
+            title, formula, values, inputs=inputs, outputs=outputs, checks=kept, note=note
+        )
         if deferred and record.reference:
             for old, new in deferred.items():
                 record.reference = record.reference.replace(old, new)
@@ -189,7 +193,11 @@ def build_iteration(
     for name, grad in cap.grads.items():
         if cap.loss_name and name == f"{cap.loss_name}.value":
             continue  # dL/dL = 1
-        role = ROLE_INPUT_GRAD if cap.values.get(name) and cap.values[name].role == "input" else ROLE_ACTIVATION_GRAD
+        role = (
+            ROLE_INPUT_GRAD
+            if cap.values.get(name) and cap.values[name].role == "input"
+            else ROLE_ACTIVATION_GRAD
+        )
         add(_grad_name(name), grad, role, cap.values[name].layer if name in cap.values else None)
     for name, value in cap.params.items():
         layer = cap.param_layers.get(name)
@@ -245,14 +253,23 @@ def build_iteration(
                 for record in ctx.tensors:
                     add(record.name, record.array, record.role, record.layer)
                 for name, part in ctx.input_parts.items():
-                    add(_part_name(name, call.name), part.astype(np.float32), ROLE_ACTIVATION_GRAD, call.name)
+                    add(
+                        _part_name(name, call.name),
+                        part.astype(np.float32),
+                        ROLE_ACTIVATION_GRAD,
+                        call.name,
+                    )
                 explained.append((call, ctx))
                 for step in ctx.steps:
                     if step.verified is False:
-                        warn(f"{call.name}: '{step.title}' differs from PyTorch by {step.max_abs_diff:.3g}")
+                        warn(
+                            f"{call.name}: '{step.title}' differs from PyTorch by {step.max_abs_diff:.3g}"
+                        )
                 steps.extend(ctx.steps)
                 return
-        what = f"{call.kind}, called as {call.op}" if call.op and call.op != call.kind else call.kind
+        what = (
+            f"{call.kind}, called as {call.op}" if call.op and call.op != call.kind else call.kind
+        )
         warn(f"{call.name} ({what}): {why}; traced as raw tensors")
         steps.append(_raw_step(call, phase, why, cap))
 
@@ -278,8 +295,12 @@ def build_iteration(
             if layer_call.shared_params:
                 for local, part in ctx.param_grads.items():
                     qualified = call.param_names[local]
-                    add(_part_name(qualified, call.name), np.asarray(part, dtype=np.float32),
-                        ROLE_PARAM_GRAD, cap.param_layers.get(qualified))
+                    add(
+                        _part_name(qualified, call.name),
+                        np.asarray(part, dtype=np.float32),
+                        ROLE_PARAM_GRAD,
+                        cap.param_layers.get(qualified),
+                    )
                     param_parts.setdefault(qualified, []).append((call.name, part))
         done.add(call.name)
         for name in dict.fromkeys(call.input_names):
@@ -346,7 +367,9 @@ def _sum_step(name, layer, contributions, reference, title, formula, note) -> li
 
     total = sum(np.asarray(g, dtype=np.float64) for _, g in contributions)
     ctx = StepContext(
-        LayerCall(name=name, module=None, inputs=[], output=np.empty(0), input_names=[], output_name=""),
+        LayerCall(
+            name=name, module=None, inputs=[], output=np.empty(0), input_names=[], output_name=""
+        ),
         "backward",
         layer=layer or name,
     )
@@ -374,7 +397,8 @@ def _fan_out_sum(cap, name: str, users: set[str], contributions) -> list[StepRec
         cap.grads.get(name),
         f"Sum the gradient of {name} over its {len(contributions)} uses",
         r"\frac{\partial L}{\partial X} = \sum_{\text{uses } u} \frac{\partial L}{\partial X}\Big|_{u}",
-        f"{name} is read by " + ", ".join(who for who, _ in contributions)
+        f"{name} is read by "
+        + ", ".join(who for who, _ in contributions)
         + "; autograd adds the gradient coming back through each of them.",
     )
 
@@ -436,7 +460,14 @@ def _update_steps(cap, optimizer, tensors, warn, strict) -> list[StepRecord]:
             why = f"no explainer is registered for {type(optimizer).__name__}"
         else:
             ctx = StepContext(
-                LayerCall(name=name, module=None, inputs=[], output=np.empty(0), input_names=[], output_name=""),
+                LayerCall(
+                    name=name,
+                    module=None,
+                    inputs=[],
+                    output=np.empty(0),
+                    input_names=[],
+                    output_name="",
+                ),
                 "update",
                 layer=layer,
             )
@@ -446,7 +477,9 @@ def _update_steps(cap, optimizer, tensors, warn, strict) -> list[StepRecord]:
                 why = f"unsupported setting: {exc}"
             except Exception as exc:
                 if strict:
-                    raise TraceError(f"failed while explaining the update of {name}: {exc}") from exc
+                    raise TraceError(
+                        f"failed while explaining the update of {name}: {exc}"
+                    ) from exc
                 why = f"explainer failed: {type(exc).__name__}: {exc}"
             else:
                 for record in ctx.tensors:
@@ -515,9 +548,13 @@ def layer_infos(cap: CapturedIteration) -> list[LayerInfo]:
                 position=position,
                 name=call.name,
                 type=call.kind,
-                input_shape=tuple(call.inputs[0].shape) if call.inputs and call.inputs[0] is not None else None,
+                input_shape=tuple(call.inputs[0].shape)
+                if call.inputs and call.inputs[0] is not None
+                else None,
                 output_shape=tuple(call.output.shape) if call.output is not None else None,
-                num_params=int(sum(cap.params[q].size for q in call.param_names.values() if q in cap.params)),
+                num_params=int(
+                    sum(cap.params[q].size for q in call.param_names.values() if q in cap.params)
+                ),
                 description=description.splitlines()[0] if description else "",
                 formula=explainer.formula if explainer else "",
                 explained=explainer is not None and call.error is None,

@@ -69,7 +69,9 @@ class CapturedCall:
     """One call of a leaf module, of the criterion, or of a functional op in a forward."""
 
     name: str  # "conv1", "conv1#2" for a second call, "block.add" for a functional call
-    module: nn.Module | None  # the module, or the module equivalent to a functional call; None: no equivalent
+    module: (
+        nn.Module | None
+    )  # the module, or the module equivalent to a functional call; None: no equivalent
     kind: str  # what is shown as the layer's type: "Conv2d", "ReLU", or the op, "torch.cat"
     input_names: list[str]
     inputs: list[np.ndarray | None]
@@ -77,7 +79,9 @@ class CapturedCall:
     output: np.ndarray | None = None
     output_names: list[str] = field(default_factory=list)  # every tensor output (tuples, dicts)
     param_names: dict[str, str] = field(default_factory=dict)  # local -> qualified
-    buffers: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. BatchNorm running stats, before
+    buffers: dict[str, np.ndarray] = field(
+        default_factory=dict
+    )  # e.g. BatchNorm running stats, before
     buffers_after: dict[str, np.ndarray] = field(default_factory=dict)  # ... and after the call
     training: bool = True
     error: str | None = None  # why it cannot be explained (tuple output, lost input, ...)
@@ -193,7 +197,9 @@ class Capture:
             if self.criterion is not None:
                 self._hook_module(self.criterion, self.loss_name)
             self._handles.append(
-                self.model.register_forward_pre_hook(self._root_pre_hook, prepend=True, with_kwargs=True)
+                self.model.register_forward_pre_hook(
+                    self._root_pre_hook, prepend=True, with_kwargs=True
+                )
             )
             self._handles.append(
                 self.model.register_forward_hook(self._root_post_hook, always_call=True)
@@ -234,7 +240,11 @@ class Capture:
         before = {}
         for name, increment in self._grad_increments.items():
             total = self._param_grads.get(name)
-            if total is not None and total.shape == increment.shape and not np.array_equal(total, increment):
+            if (
+                total is not None
+                and total.shape == increment.shape
+                and not np.array_equal(total, increment)
+            ):
                 before[name] = total - increment
         return before
 
@@ -267,7 +277,9 @@ class Capture:
             state_after=self._state_after,
             param_groups=self._param_groups,
             param_layers={
-                self.param_names[k]: v for k, v in self.param_layers.items() if k in self.param_names
+                self.param_names[k]: v
+                for k, v in self.param_layers.items()
+                if k in self.param_names
             },
             param_calls=self._param_calls,
             loss_name=self.loss_name if self.criterion is not None else None,
@@ -546,7 +558,9 @@ class Capture:
             if b is not None and (a := to_numpy(b)) is not None
         }
         is_loss = module is self.criterion
-        self._name_outputs(call, output, "output" if is_loss else "activation", "value" if is_loss else "out")
+        self._name_outputs(
+            call, output, "output" if is_loss else "activation", "value" if is_loss else "out"
+        )
 
     def _name_outputs(self, call: CapturedCall, output, role: str, suffix: str) -> None:
         found = list(_tensors(output))
@@ -812,11 +826,21 @@ def _flatten(input, start_dim=0, end_dim=-1):  # noqa: A002
     return locals()
 
 
-def _max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):  # noqa: A002
+def _max_pool2d(
+    input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+):  # noqa: A002
     return locals()
 
 
-def _avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):  # noqa: A002
+def _avg_pool2d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+):  # noqa: A002
     return locals()
 
 
@@ -874,13 +898,19 @@ def _build_max_pool2d(a, out):
     if a["return_indices"]:
         return None
     stride = a["stride"] or None  # torch.max_pool2d's default stride is [], meaning the kernel size
-    module = nn.MaxPool2d(a["kernel_size"], stride, a["padding"], a["dilation"], ceil_mode=a["ceil_mode"])
+    module = nn.MaxPool2d(
+        a["kernel_size"], stride, a["padding"], a["dilation"], ceil_mode=a["ceil_mode"]
+    )
     return module, [a["input"]], {}
 
 
 def _build_avg_pool2d(a, out):
     module = nn.AvgPool2d(
-        a["kernel_size"], a["stride"] or None, a["padding"], a["ceil_mode"], a["count_include_pad"],
+        a["kernel_size"],
+        a["stride"] or None,
+        a["padding"],
+        a["ceil_mode"],
+        a["count_include_pad"],
         a["divisor_override"],
     )
     return module, [a["input"]], {}
@@ -895,8 +925,15 @@ def _build_linear(a, out):
 def _build_conv2d(a, out):
     w, b = a["weight"], a["bias"]
     module = nn.Conv2d(
-        w.shape[1] * a["groups"], w.shape[0], tuple(w.shape[2:]), a["stride"], a["padding"],
-        a["dilation"], a["groups"], bias=b is not None, device="meta",
+        w.shape[1] * a["groups"],
+        w.shape[0],
+        tuple(w.shape[2:]),
+        a["stride"],
+        a["padding"],
+        a["dilation"],
+        a["groups"],
+        bias=b is not None,
+        device="meta",
     )
     return module, [a["input"]], _params(("weight", w), ("bias", b))
 
@@ -963,7 +1000,10 @@ EQUIVALENTS: dict[Callable, tuple[Callable, Callable]] = {
     torch.tanh: (_x, _unary(nn.Tanh)),
     torch.Tensor.tanh: (_x, _unary(nn.Tanh)),
     F.tanh: (_x, _unary(nn.Tanh)),
-    F.leaky_relu: (_leaky_relu, lambda a, out: (nn.LeakyReLU(a["negative_slope"]), [a["input"]], {})),
+    F.leaky_relu: (
+        _leaky_relu,
+        lambda a, out: (nn.LeakyReLU(a["negative_slope"]), [a["input"]], {}),
+    ),
     F.softmax: (_softmax, _build_softmax(nn.Softmax)),
     torch.softmax: (_softmax, _build_softmax(nn.Softmax)),
     torch.Tensor.softmax: (_softmax, _build_softmax(nn.Softmax)),

@@ -63,37 +63,107 @@ class MaxElements(click.ParamType):
 
 
 @cli.command()
-@click.option("--model", "model_name", default="seed-cnn", show_default=True,
-              help="Built-in model to train: seed-cnn, lenet5 or small-cnn (see `cnnviz models`).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds the initial weights and the synthetic data.")
-@click.option("--optimizer", type=click.Choice(["sgd", "momentum", "adam", "adamw"]), default="sgd",
-              show_default=True, help="momentum is SGD with momentum 0.9 unless --momentum says otherwise.")
-@click.option("--lr", type=PositiveFloat(), default=None,
-              help="Learning rate [default: the model's (seed-cnn 0.1, lenet5 0.05, small-cnn 0.05); 0.001 for adam/adamw].")
-@click.option("--momentum", type=float, default=None, help="SGD momentum in [0, 1) (sgd and momentum only).")
-@click.option("--weight-decay", type=float, default=None,
-              help="Weight decay >= 0 [default: 0; 0.01 for adamw].")
-@click.option("--epochs", type=POSITIVE_INT, default=None,
-              help="Passes over the data [default: the model's; see `cnnviz models`].")
-@click.option("--iterations", type=POSITIVE_INT, default=None,
-              help="Stop after this many iterations [default: epochs x batches].")
-@click.option("--samples", type=POSITIVE_INT, default=None,
-              help="Synthetic training samples [default: the model's].")
-@click.option("--batch-size", type=POSITIVE_INT, default=None,
-              help="Samples per iteration [default: the model's; seed-cnn: all samples].")
-@click.option("--every", type=POSITIVE_INT, default=1, show_default=True,
-              help="Store every k-th iteration (1, 1+k, 1+2k, ...).")
-@click.option("--max-elements", type=MaxElements(), default=None,
-              help="Elements stored per tensor, or 'all'; summary statistics always cover the full "
-              "tensor [default: the model's: lenet5 and small-cnn 5000, seed-cnn all].")
-@click.option("--layers", default=None, metavar="NAME,NAME",
-              help="Store the tensors of these layers only (model-level tensors are always stored).")
+@click.option(
+    "--model",
+    "model_name",
+    default="seed-cnn",
+    show_default=True,
+    help="Built-in model to train: seed-cnn, lenet5 or small-cnn (see `cnnviz models`).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seeds the initial weights and the synthetic data.",
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["sgd", "momentum", "adam", "adamw"]),
+    default="sgd",
+    show_default=True,
+    help="momentum is SGD with momentum 0.9 unless --momentum says otherwise.",
+)
+@click.option(
+    "--lr",
+    type=PositiveFloat(),
+    default=None,
+    help="Learning rate [default: the model's (seed-cnn 0.1, lenet5 0.05, small-cnn 0.05); 0.001 for adam/adamw].",
+)
+@click.option(
+    "--momentum", type=float, default=None, help="SGD momentum in [0, 1) (sgd and momentum only)."
+)
+@click.option(
+    "--weight-decay",
+    type=float,
+    default=None,
+    help="Weight decay >= 0 [default: 0; 0.01 for adamw].",
+)
+@click.option(
+    "--epochs",
+    type=POSITIVE_INT,
+    default=None,
+    help="Passes over the data [default: the model's; see `cnnviz models`].",
+)
+@click.option(
+    "--iterations",
+    type=POSITIVE_INT,
+    default=None,
+    help="Stop after this many iterations [default: epochs x batches].",
+)
+@click.option(
+    "--samples",
+    type=POSITIVE_INT,
+    default=None,
+    help="Synthetic training samples [default: the model's].",
+)
+@click.option(
+    "--batch-size",
+    type=POSITIVE_INT,
+    default=None,
+    help="Samples per iteration [default: the model's; seed-cnn: all samples].",
+)
+@click.option(
+    "--every",
+    type=POSITIVE_INT,
+    default=1,
+    show_default=True,
+    help="Store every k-th iteration (1, 1+k, 1+2k, ...).",
+)
+@click.option(
+    "--max-elements",
+    type=MaxElements(),
+    default=None,
+    help="Elements stored per tensor, or 'all'; summary statistics always cover the full "
+    "tensor [default: the model's: lenet5 and small-cnn 5000, seed-cnn all].",
+)
+@click.option(
+    "--layers",
+    default=None,
+    metavar="NAME,NAME",
+    help="Store the tensors of these layers only (model-level tensors are always stored).",
+)
 @click.option("--name", default=None, help="Run name [default: MODEL-seedSEED].")
 @db_option
 @click.pass_context
-def trace(ctx, model_name, seed, optimizer, lr, momentum, weight_decay, epochs, iterations, samples,
-          batch_size, every, max_elements, layers, name, db) -> None:
+def trace(
+    ctx,
+    model_name,
+    seed,
+    optimizer,
+    lr,
+    momentum,
+    weight_decay,
+    epochs,
+    iterations,
+    samples,
+    batch_size,
+    every,
+    max_elements,
+    layers,
+    name,
+    db,
+) -> None:
     """Train a built-in model and store every step of every (k-th) iteration."""
     import warnings
 
@@ -103,8 +173,15 @@ def trace(ctx, model_name, seed, optimizer, lr, momentum, weight_decay, epochs, 
     # Every value is checked before the store is opened: a bad one costs nothing stored.
     source = ctx.get_parameter_source("max_elements")
     options = dict(
-        lr=lr, epochs=epochs, iterations=iterations, samples=samples, batch_size=batch_size,
-        optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, every=every,
+        lr=lr,
+        epochs=epochs,
+        iterations=iterations,
+        samples=samples,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        every=every,
         max_elements=DEFAULT if source is click.core.ParameterSource.DEFAULT else max_elements,
         layers=layers,
     )
@@ -112,8 +189,12 @@ def trace(ctx, model_name, seed, optimizer, lr, momentum, weight_decay, epochs, 
     db = db or default_db()
     with warnings.catch_warnings():
         warnings.simplefilter("always", TraceWarning)
-        warnings.showwarning = lambda message, *args, **kwargs: click.echo(f"warning: {message}", err=True)
-        run = run_builtin(model_name=model_name, seed=seed, name=name, db=db, progress=True, **options)
+        warnings.showwarning = lambda message, *args, **kwargs: click.echo(
+            f"warning: {message}", err=True
+        )
+        run = run_builtin(
+            model_name=model_name, seed=seed, name=name, db=db, progress=True, **options
+        )
     click.echo(f"run {run.run_id} '{run.info.name}' stored in {db}")
 
 
@@ -127,7 +208,18 @@ def runs(db) -> None:
     if not infos:
         click.echo(f"no runs in {db} yet: create one with `cnnviz trace --db {db}`")
         return
-    header = ("id", "name", "seed", "model", "optimizer", "lr", "status", "iters", "final loss", "started (UTC)")
+    header = (
+        "id",
+        "name",
+        "seed",
+        "model",
+        "optimizer",
+        "lr",
+        "status",
+        "iters",
+        "final loss",
+        "started (UTC)",
+    )
     rows = [
         (
             str(r.id),
@@ -167,19 +259,29 @@ def models() -> None:
 
 DEMO_SEEDS = (0, 1, 2)
 host_option = click.option(
-    "--host", default="127.0.0.1", show_default=True,
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
     help="Interface to listen on. 127.0.0.1 is this machine only; 0.0.0.0 opens it to your network.",
 )
-port_option = click.option("--port", type=click.IntRange(1, 65535), default=8050, show_default=True,
-                           help="TCP port of the dashboard.")
+port_option = click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8050,
+    show_default=True,
+    help="TCP port of the dashboard.",
+)
 
 
 @cli.command()
 @db_option
 @host_option
 @port_option
-@click.option("--debug", is_flag=True,
-              help="Dash debug mode (dev tools, Werkzeug debugger). Never on a network you do not trust.")
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Dash debug mode (dev tools, Werkzeug debugger). Never on a network you do not trust.",
+)
 def serve(db, host, port, debug) -> None:
     """Serve the dashboard for a store (opened read-only)."""
     _serve(db or default_db(), host, port, debug)
@@ -189,7 +291,9 @@ def serve(db, host, port, debug) -> None:
 @db_option
 @host_option
 @port_option
-@click.option("--no-serve", is_flag=True, help="Only trace the demo runs (if the store has none), then exit.")
+@click.option(
+    "--no-serve", is_flag=True, help="Only trace the demo runs (if the store has none), then exit."
+)
 def demo(db, host, port, no_serve) -> None:
     """Trace the seed CNN with seeds 0, 1 and 2 if the store has no runs yet, then serve it."""
     db = db or default_db()
@@ -231,14 +335,18 @@ def _require_free_port(host: str, port: int) -> None:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except (socket.gaierror, UnicodeError) as exc:
         reason = getattr(exc, "strerror", None) or exc
-        raise click.BadParameter(f"cannot listen on {host!r}: {reason}", ctx=ctx, param_hint="'--host'") from exc
+        raise click.BadParameter(
+            f"cannot listen on {host!r}: {reason}", ctx=ctx, param_hint="'--host'"
+        ) from exc
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself does
         try:
             probe.bind(address)
         except OSError as exc:
             reason = exc.strerror or exc
-            raise click.BadParameter(f"cannot listen on {host}:{port}: {reason}", ctx=ctx, param_hint="'--port'") from exc
+            raise click.BadParameter(
+                f"cannot listen on {host}:{port}: {reason}", ctx=ctx, param_hint="'--port'"
+            ) from exc
 
 
 def _serve(db: str, host: str, port: int, debug: bool) -> None:
@@ -251,14 +359,19 @@ def _serve(db: str, host: str, port: int, debug: bool) -> None:
     click.echo(f"cnnviz dashboard for {db}: http://{shown}:{port}/  (Ctrl+C to stop)")
     # No reloader: it would run this command again in a child process. No version
     # check: debug mode would otherwise ask a plotly.com server from the browser.
-    app.run(host=host, port=port, debug=debug, use_reloader=False, dev_tools_disable_version_check=True)
+    app.run(
+        host=host, port=port, debug=debug, use_reloader=False, dev_tools_disable_version_check=True
+    )
 
 
 def format_table(header, rows) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=False)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in rows]
+    lines += [
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip()
+        for row in rows
+    ]
     return "\n".join(lines)
 
 

@@ -24,7 +24,11 @@ def number_format(values: np.ndarray) -> str:
     largest = float(finite.max())
     nonzero = finite[finite > 0]
     smallest = float(nonzero.min()) if nonzero.size else 0.0
-    if largest >= 1e4 or (largest < 1e-3 and largest > 0) or (0 < smallest < 1e-4 and largest < 1e-2):
+    if (
+        largest >= 1e4
+        or (largest < 1e-3 and largest > 0)
+        or (0 < smallest < 1e-4 and largest < 1e-2)
+    ):
         return "sci"
     return "fixed"
 
@@ -74,7 +78,9 @@ def bmatrix(
     rows = _pick(array.shape[0], max_rows)
     cols = _pick(array.shape[1], max_cols)
     if style is None:  # chosen from the cells shown: a large tensor is not scanned whole
-        shown = array[np.ix_([r for r in rows if r is not None], [c for c in cols if c is not None])]
+        shown = array[
+            np.ix_([r for r in rows if r is not None], [c for c in cols if c is not None])
+        ]
         style = number_format(shown)
     lines = []
     for r in rows:

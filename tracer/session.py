@@ -96,7 +96,9 @@ class Trace:
         if max_elements is not None and (
             isinstance(max_elements, bool) or not isinstance(max_elements, int) or max_elements < 1
         ):
-            raise ValueError(f"max_elements must be a positive integer or None, not {max_elements!r}")
+            raise ValueError(
+                f"max_elements must be a positive integer or None, not {max_elements!r}"
+            )
         if isinstance(layers, str):
             layers = [n.strip() for n in layers.split(",") if n.strip()]
         if layers is not None and not all(isinstance(n, str) and n for n in layers):
@@ -108,7 +110,9 @@ class Trace:
         self.criterion = criterion
         self.db = db
         self.every = every
-        self.bounds = Bounds(max_elements=max_elements, layers=frozenset(layers) if layers else None)
+        self.bounds = Bounds(
+            max_elements=max_elements, layers=frozenset(layers) if layers else None
+        )
         self.strict = strict
         optimizer_name, settings = describe_optimizer(optimizer)
         self.info = RunInfo(
@@ -183,7 +187,9 @@ class Trace:
         try:
             self._capture.detach()
             for module, training in self._modes:
-                module.training = training  # the flag itself: no recursion, no user train() override
+                module.training = (
+                    training  # the flag itself: no recursion, no user train() override
+                )
         finally:
             if self._writer is not None:
                 if exc_type is None:
@@ -228,7 +234,9 @@ class Trace:
         captured = self._capture.finish()
         self.timings["capture"] += time.perf_counter() - started
         started = time.perf_counter()
-        record = self._build(captured, self._pending_loss if self._pending_loss is not None else loss)
+        record = self._build(
+            captured, self._pending_loss if self._pending_loss is not None else loss
+        )
         if not self._layers_written:
             self._writer.set_layers(layer_infos(captured))
             self._layers_written = True
@@ -247,10 +255,14 @@ class Trace:
         output of the criterion given to `Trace` (e.g. `F.cross_entropy` in the loop)."""
         if not self._in_iteration:
             raise RuntimeError("set_loss() belongs inside a `with trace.iteration():` block")
-        self._pending_loss = float(loss.detach().reshape(-1)[0]) if torch.is_tensor(loss) else float(loss)
+        self._pending_loss = (
+            float(loss.detach().reshape(-1)[0]) if torch.is_tensor(loss) else float(loss)
+        )
 
     def _build(self, captured, loss) -> IterationRecord:
-        options = dict(optimizer=self.optimizer, bounds=self.bounds, strict=self.strict, loss_value=loss)
+        options = dict(
+            optimizer=self.optimizer, bounds=self.bounds, strict=self.strict, loss_value=loss
+        )
         try:
             return build_iteration(captured, self.index, **options)
         except TraceError:
@@ -260,7 +272,9 @@ class Trace:
                 raise
             # Never let a bug in the matrix form cost the user's run: store the raw tensors.
             record = build_iteration(captured, self.index, explain=False, **options)
-            record.warnings.insert(0, f"building the matrix form failed ({type(exc).__name__}: {exc})")
+            record.warnings.insert(
+                0, f"building the matrix form failed ({type(exc).__name__}: {exc})"
+            )
             return record
 
     def _warn(self, message: str) -> None:

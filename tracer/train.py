@@ -83,12 +83,16 @@ def resolve(
 ) -> TrainConfig:
     """Fill in the model's defaults and check every value (click.BadParameter: one line)."""
     if model_name not in BUILTIN_MODELS:
-        raise _fail(f"unknown model {model_name!r}; choose from {', '.join(BUILTIN_MODELS)}", "model")
+        raise _fail(
+            f"unknown model {model_name!r}; choose from {', '.join(BUILTIN_MODELS)}", "model"
+        )
     spec = BUILTIN_MODELS[model_name]
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise _fail(f"{seed!r} is not an integer", "seed")
     if optimizer not in OPTIMIZERS:
-        raise _fail(f"unknown optimizer {optimizer!r}; choose from {', '.join(OPTIMIZERS)}", "optimizer")
+        raise _fail(
+            f"unknown optimizer {optimizer!r}; choose from {', '.join(OPTIMIZERS)}", "optimizer"
+        )
     if lr is None:
         lr = ADAM_LR if optimizer in ("adam", "adamw") else spec.lr
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
@@ -96,12 +100,18 @@ def resolve(
     if momentum is not None:
         if optimizer in ("adam", "adamw"):
             raise _fail(f"momentum applies to sgd and momentum, not {optimizer}", "momentum")
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+        if (
+            isinstance(momentum, bool)
+            or not isinstance(momentum, (int, float))
+            or not 0 <= momentum < 1
+        ):
             raise _fail(f"{momentum!r} is not in [0, 1)", "momentum")
     if optimizer == "momentum":
         momentum = DEFAULT_MOMENTUM if momentum is None else momentum
         if momentum == 0:
-            raise _fail("--optimizer momentum needs a momentum above 0 (or use --optimizer sgd)", "momentum")
+            raise _fail(
+                "--optimizer momentum needs a momentum above 0 (or use --optimizer sgd)", "momentum"
+            )
     momentum = float(momentum or 0.0) if optimizer in ("sgd", "momentum") else 0.0
     if weight_decay is None:
         weight_decay = ADAMW_WEIGHT_DECAY if optimizer == "adamw" else 0.0
@@ -135,13 +145,24 @@ def resolve(
         unknown = [name for name in layers if name not in known]
         if unknown:
             raise _fail(
-                f"unknown layer {unknown[0]!r} for {model_name}; choose from {', '.join(known)}", "layers"
+                f"unknown layer {unknown[0]!r} for {model_name}; choose from {', '.join(known)}",
+                "layers",
             )
         layers = list(dict.fromkeys(layers))
     return TrainConfig(
-        model=model_name, seed=seed, lr=float(lr), epochs=epochs, iterations=iterations,
-        samples=samples, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
-        weight_decay=float(weight_decay), every=every, max_elements=max_elements, layers=layers,
+        model=model_name,
+        seed=seed,
+        lr=float(lr),
+        epochs=epochs,
+        iterations=iterations,
+        samples=samples,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        momentum=momentum,
+        weight_decay=float(weight_decay),
+        every=every,
+        max_elements=max_elements,
+        layers=layers,
     )
 
 
@@ -149,12 +170,16 @@ def layer_names(spec: BuiltinModel) -> list[str]:
     """The layer names a built-in model's tensors are stored under: its leaf modules, then the loss."""
     with torch.device("meta"):  # no memory, no random numbers drawn
         model = spec.build()
-    return [name for name, m in model.named_modules() if name and next(m.children(), None) is None] + ["loss"]
+    return [
+        name for name, m in model.named_modules() if name and next(m.children(), None) is None
+    ] + ["loss"]
 
 
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     if config.optimizer in ("sgd", "momentum"):
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -283,7 +308,9 @@ def run_builtin(
     return run
 
 
-HEADER = f"{'iter':>4}  {'loss':>10}  {'acc':>5}  {'verified steps':>14}  {'max |ours - torch|':>18}"
+HEADER = (
+    f"{'iter':>4}  {'loss':>10}  {'acc':>5}  {'verified steps':>14}  {'max |ours - torch|':>18}"
+)
 
 
 def _row(record) -> str:

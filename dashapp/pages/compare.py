@@ -32,8 +32,15 @@ dash.register_page(__name__, path=links.COMPARE, name="Compare", title="Compare 
 
 # The roles a comparison offers, in the order the control lists them.
 ROLE_ORDER = (
-    "param", "param_grad", "activation", "activation_grad", "update",
-    "param_next", "intermediate", "optimizer_state", "output",
+    "param",
+    "param_grad",
+    "activation",
+    "activation_grad",
+    "update",
+    "param_next",
+    "intermediate",
+    "optimizer_state",
+    "output",
 )
 MAX_DEFAULT_RUNS = 10
 
@@ -48,14 +55,17 @@ def comparable(record: IterationRecord) -> dict[str, dict[str, list[str]]]:
     return table
 
 
-def choose(record: IterationRecord, run: RunInfo, layer: str | None, role: str | None,
-           tensor: str | None) -> tuple[str, str, str, list[str]]:
+def choose(
+    record: IterationRecord, run: RunInfo, layer: str | None, role: str | None, tensor: str | None
+) -> tuple[str, str, str, list[str]]:
     """(layer, role, tensor name, notes): the URL's choice, or a sensible default.
 
     An unknown layer is NotFound; a role or tensor the layer does not have falls
     back to one it has, with a note saying so."""
     table = comparable(record)
-    order = [layer.name for layer in run.layers if layer.name in table] + [n for n in table if n not in {x.name for x in run.layers}]
+    order = [layer.name for layer in run.layers if layer.name in table] + [
+        n for n in table if n not in {x.name for x in run.layers}
+    ]
     if not order:
         raise NotFound(f"run {run.id} iteration {record.index} has no layer tensors to compare")
     notes = []
@@ -66,13 +76,17 @@ def choose(record: IterationRecord, run: RunInfo, layer: str | None, role: str |
     roles = [r for r in ROLE_ORDER if r in table[layer]]
     if role not in roles:
         if role is not None:
-            notes.append(f"layer {layer} has no {layouts.ROLE_LABELS.get(role, role)}; showing its "
-                         f"{layouts.ROLE_LABELS[roles[0]]} instead")
+            notes.append(
+                f"layer {layer} has no {layouts.ROLE_LABELS.get(role, role)}; showing its "
+                f"{layouts.ROLE_LABELS[roles[0]]} instead"
+            )
         role = roles[0]
     names = table[layer][role]
     if tensor not in names:
         if tensor is not None:
-            notes.append(f"{tensor} is not a {layouts.ROLE_LABELS[role]} of layer {layer}; showing {names[0]}")
+            notes.append(
+                f"{tensor} is not a {layouts.ROLE_LABELS[role]} of layer {layer}; showing {names[0]}"
+            )
         tensor = names[0]
     return layer, role, tensor, notes
 
@@ -98,17 +112,22 @@ def zero_note(role: str, a_is_zero: bool, b_is_zero: bool) -> str | None:
         return None
     text = f"{' and '.join(sides)} {'is' if len(sides) == 1 else 'are'} all zeros, so the cosine similarity is undefined."
     if role in ("param_grad", "activation_grad", "input_grad"):
-        text += (" A gradient that is exactly zero means nothing flowed back to this tensor in that iteration:"
-                 " for example, a ReLU that outputs 0 for the whole batch passes no gradient to the layers before"
-                 " it, and gives the layers after it an all-zero input, so their weight gradients are zero too."
-                 " Weights with a zero gradient stop changing (see the norms below).")
+        text += (
+            " A gradient that is exactly zero means nothing flowed back to this tensor in that iteration:"
+            " for example, a ReLU that outputs 0 for the whole batch passes no gradient to the layers before"
+            " it, and gives the layers after it an all-zero input, so their weight gradients are zero too."
+            " Weights with a zero gradient stop changing (see the norms below)."
+        )
     return text
 
 
 def stats_block(ta: TensorRecord, tb: TensorRecord) -> html.Div:
     if tuple(ta.shape) != tuple(tb.shape):
-        return dbc.Alert(f"The shapes differ ({format_shape(ta.shape)} and {format_shape(tb.shape)}): "
-                         "there is no element-wise difference.", color="warning")
+        return dbc.Alert(
+            f"The shapes differ ({format_shape(ta.shape)} and {format_shape(tb.shape)}): "
+            "there is no element-wise difference.",
+            color="warning",
+        )
     a, b = ta.array.reshape(-1), tb.array.reshape(-1)
     note = None
     if a.size != b.size or ta.truncated or tb.truncated:
@@ -120,56 +139,112 @@ def stats_block(ta: TensorRecord, tb: TensorRecord) -> html.Div:
     zero = zero_note(ta.role, stats.norm_a == 0, stats.norm_b == 0)
     metrics = html.Div(
         [
-            layouts.metric("max |Δ|", f"{stats.max_abs:.4g}", hint="largest element-wise difference"),
+            layouts.metric(
+                "max |Δ|", f"{stats.max_abs:.4g}", hint="largest element-wise difference"
+            ),
             layouts.metric("‖Δ‖₂", f"{stats.l2:.4g}", hint="L2 norm of B − A"),
             layouts.metric("cosine similarity", cosine, hint="1 = same direction, −1 = opposite"),
-            layouts.metric("‖A‖₂ · ‖B‖₂", f"{stats.norm_a:.4g} · {stats.norm_b:.4g}",
-                           hint=f"over {stats.count} values"),
+            layouts.metric(
+                "‖A‖₂ · ‖B‖₂",
+                f"{stats.norm_a:.4g} · {stats.norm_b:.4g}",
+                hint=f"over {stats.count} values",
+            ),
         ],
-        className="metrics", id="compare-stats",
+        className="metrics",
+        id="compare-stats",
     )
-    bars = dcc.Graph(id="compare-bars", figure=figures.difference_bars(stats), config=layouts.GRAPH_CONFIG,
-                     className="compare-bars")
+    bars = dcc.Graph(
+        id="compare-bars",
+        figure=figures.difference_bars(stats),
+        config=layouts.GRAPH_CONFIG,
+        className="compare-bars",
+    )
     return dbc.Row(
-        [dbc.Col([html.H2("How far apart", className="h6"), metrics,
-                  html.P(note, className="small text-muted") if note else None,
-                  dbc.Alert(zero, color="info", className="py-2 small", id="compare-zero") if zero else None],
-                 lg=6),
-         dbc.Col(bars, lg=6)],
+        [
+            dbc.Col(
+                [
+                    html.H2("How far apart", className="h6"),
+                    metrics,
+                    html.P(note, className="small text-muted") if note else None,
+                    dbc.Alert(zero, color="info", className="py-2 small", id="compare-zero")
+                    if zero
+                    else None,
+                ],
+                lg=6,
+            ),
+            dbc.Col(bars, lg=6),
+        ],
         className="mb-3 align-items-center",
     )
 
 
-def side_card(label: str, run: RunInfo, index: int, tensor: TensorRecord | None, view, zrange,
-              missing_message: str | None, side: str) -> dbc.Card:
-    title = html.Div([html.Span(label, className="side-label"),
-                      dcc.Link(run.name, href=links.iteration(run.id, index), className="run-name"),
-                      html.Span(f" · iteration {index}", className="text-muted")])
+def side_card(
+    label: str,
+    run: RunInfo,
+    index: int,
+    tensor: TensorRecord | None,
+    view,
+    zrange,
+    missing_message: str | None,
+    side: str,
+) -> dbc.Card:
+    title = html.Div(
+        [
+            html.Span(label, className="side-label"),
+            dcc.Link(run.name, href=links.iteration(run.id, index), className="run-name"),
+            html.Span(f" · iteration {index}", className="text-muted"),
+        ]
+    )
     if tensor is None:
         body = dbc.Alert(missing_message, color="warning", className="mb-0")
     else:
         body = html.Div(
             [
-                html.Div([html.Code(tensor.name), html.Span(format_shape(tensor.shape), className="tensor-shape")],
-                         className="tensor-header"),
-                dcc.Graph(id=f"compare-{side}-graph", figure=figures.heatmap(view, zrange=zrange, colorbar=True),
-                          config=layouts.GRAPH_CONFIG, className="heatmap"),
+                html.Div(
+                    [
+                        html.Code(tensor.name),
+                        html.Span(format_shape(tensor.shape), className="tensor-shape"),
+                    ],
+                    className="tensor-header",
+                ),
+                dcc.Graph(
+                    id=f"compare-{side}-graph",
+                    figure=figures.heatmap(view, zrange=zrange, colorbar=True),
+                    config=layouts.GRAPH_CONFIG,
+                    className="heatmap",
+                ),
                 html.Div(view.caption, className="tensor-caption"),
-                html.Div([html.A(f".{fmt}", href=links.download(run.id, index, tensor.name, fmt), download="",
-                                 className="download-link") for fmt in links.DOWNLOAD_FORMATS],
-                         className="tensor-downloads"),
+                html.Div(
+                    [
+                        html.A(
+                            f".{fmt}",
+                            href=links.download(run.id, index, tensor.name, fmt),
+                            download="",
+                            className="download-link",
+                        )
+                        for fmt in links.DOWNLOAD_FORMATS
+                    ],
+                    className="tensor-downloads",
+                ),
             ]
         )
-    return dbc.Card([dbc.CardHeader(title), dbc.CardBody(body)], className=f"compare-side compare-{side} shadow-sm")
+    return dbc.Card(
+        [dbc.CardHeader(title), dbc.CardBody(body)],
+        className=f"compare-side compare-{side} shadow-sm",
+    )
 
 
 def history_section(store: RunStore, runs: list[RunInfo], chosen: list[int]) -> html.Div:
     by_id = {r.id: r for r in runs}
-    legend = [(rid, layouts.run_label(by_id[rid]), figures.run_color(i)) for i, rid in enumerate(chosen)]
+    legend = [
+        (rid, layouts.run_label(by_id[rid]), figures.run_color(i)) for i, rid in enumerate(chosen)
+    ]
     loss_series = []
     for rid, label, color in legend:
         its = store.iterations(rid)
-        loss_series.append(figures.Series(label, color, [i.index for i in its], [i.loss for i in its]))
+        loss_series.append(
+            figures.Series(label, color, [i.index for i in its], [i.loss for i in its])
+        )
     rows = store.tensor_history(chosen, roles=["param", "param_grad"])
     pairs = figures.norm_panels(rows, legend)
     picker = dcc.Dropdown(
@@ -182,11 +257,22 @@ def history_section(store: RunStore, runs: list[RunInfo], chosen: list[int]) -> 
     return html.Section(
         [
             html.H2("Across iterations", className="section-title"),
-            html.P("Loss, and the L2 norm of every weight and its gradient, iteration by iteration: runs that "
-                   "differ only in their seed drift apart here.", className="section-lead"),
-            html.Div([html.Span("Runs", className="control-label"), picker], className="control mb-2"),
-            dcc.Graph(id="compare-loss", figure=figures.loss_figure(loss_series), config=layouts.GRAPH_CONFIG),
-            dcc.Graph(id="compare-norms", figure=figures.norms_figure(pairs), config=layouts.GRAPH_CONFIG),
+            html.P(
+                "Loss, and the L2 norm of every weight and its gradient, iteration by iteration: runs that "
+                "differ only in their seed drift apart here.",
+                className="section-lead",
+            ),
+            html.Div(
+                [html.Span("Runs", className="control-label"), picker], className="control mb-2"
+            ),
+            dcc.Graph(
+                id="compare-loss",
+                figure=figures.loss_figure(loss_series),
+                config=layouts.GRAPH_CONFIG,
+            ),
+            dcc.Graph(
+                id="compare-norms", figure=figures.norms_figure(pairs), config=layouts.GRAPH_CONFIG
+            ),
         ],
         className="phase-section history-section",
     )
@@ -194,7 +280,9 @@ def history_section(store: RunStore, runs: list[RunInfo], chosen: list[int]) -> 
 
 def controls(runs, store, a, b, layer, role, tensor, table, slice_lead) -> dbc.Card:
     def iteration_options(run_id):
-        return [{"label": f"iteration {i.index}", "value": i.index} for i in store.iterations(run_id)]
+        return [
+            {"label": f"iteration {i.index}", "value": i.index} for i in store.iterations(run_id)
+        ]
 
     run_options = [{"label": layouts.run_label(r), "value": r.id} for r in runs]
 
@@ -202,9 +290,16 @@ def controls(runs, store, a, b, layer, role, tensor, table, slice_lead) -> dbc.C
         return dbc.Col(
             [
                 html.Div(label, className="side-label mb-1"),
-                dcc.Dropdown(id=f"compare-{key}-run", options=run_options, value=sel[0], clearable=False),
-                dcc.Dropdown(id=f"compare-{key}-it", options=iteration_options(sel[0]), value=sel[1],
-                             clearable=False, className="mt-1"),
+                dcc.Dropdown(
+                    id=f"compare-{key}-run", options=run_options, value=sel[0], clearable=False
+                ),
+                dcc.Dropdown(
+                    id=f"compare-{key}-it",
+                    options=iteration_options(sel[0]),
+                    value=sel[1],
+                    clearable=False,
+                    className="mt-1",
+                ),
             ],
             md=4,
         )
@@ -213,19 +308,38 @@ def controls(runs, store, a, b, layer, role, tensor, table, slice_lead) -> dbc.C
     what = dbc.Col(
         [
             html.Div("Tensor on both sides", className="side-label mb-1"),
-            dcc.Dropdown(id="compare-layer", options=[{"label": n, "value": n} for n in table],
-                         value=layer, clearable=False),
-            dbc.RadioItems(id="compare-role", options=[{"label": layouts.ROLE_LABELS[r], "value": r} for r in roles],
-                           value=role, inline=True, className="mt-1 role-radio"),
-            dcc.Dropdown(id="compare-tensor", options=[{"label": n, "value": n} for n in table[layer][role]],
-                         value=tensor, clearable=False, className="mt-1"),
-            layouts.slice_selectors(slice_lead, lambda axis: {"type": "compare-slice", "axis": axis})
-            if slice_lead is not None else None,
+            dcc.Dropdown(
+                id="compare-layer",
+                options=[{"label": n, "value": n} for n in table],
+                value=layer,
+                clearable=False,
+            ),
+            dbc.RadioItems(
+                id="compare-role",
+                options=[{"label": layouts.ROLE_LABELS[r], "value": r} for r in roles],
+                value=role,
+                inline=True,
+                className="mt-1 role-radio",
+            ),
+            dcc.Dropdown(
+                id="compare-tensor",
+                options=[{"label": n, "value": n} for n in table[layer][role]],
+                value=tensor,
+                clearable=False,
+                className="mt-1",
+            ),
+            layouts.slice_selectors(
+                slice_lead, lambda axis: {"type": "compare-slice", "axis": axis}
+            )
+            if slice_lead is not None
+            else None,
         ],
         md=4,
     )
-    return dbc.Card(dbc.CardBody(dbc.Row([side("A", "a", a), side("B", "b", b), what], className="g-3")),
-                    className="mb-3 shadow-sm compare-controls")
+    return dbc.Card(
+        dbc.CardBody(dbc.Row([side("A", "a", a), side("B", "b", b), what], className="g-3")),
+        className="mb-3 shadow-sm compare-controls",
+    )
 
 
 @page_layout
@@ -253,7 +367,11 @@ def layout(a=None, b=None, layer=None, role=None, tensor=None, runs=None, slice=
     lead_index = [i - 1 for i in (parse_int_list(slice, "slice") or [])]
     view_a = matrix_view(ta.array, ta.shape, role=role, lead_index=lead_index)
     same_shape = tb is not None and tuple(tb.shape) == tuple(ta.shape)
-    view_b = matrix_view(tb.array, tb.shape, role=role, lead_index=lead_index) if tb is not None else None
+    view_b = (
+        matrix_view(tb.array, tb.shape, role=role, lead_index=lead_index)
+        if tb is not None
+        else None
+    )
     zrange = figures.symmetric_range(view_a.values, *([view_b.values] if same_shape else []))
     missing = f"run {run_b.id} iteration {sel_b[1]} has no tensor {name}" if tb is None else None
 
@@ -269,8 +387,12 @@ def layout(a=None, b=None, layer=None, role=None, tensor=None, runs=None, slice=
     label = layouts.ROLE_LABELS.get(role, role)
     heatmaps = [
         dbc.Col(side_card("A", run_a, sel_a[1], ta, view_a, zrange, None, "a"), lg=4),
-        dbc.Col(side_card("B", run_b, sel_b[1], tb, view_b,
-                          zrange if same_shape else None, missing, "b"), lg=4),
+        dbc.Col(
+            side_card(
+                "B", run_b, sel_b[1], tb, view_b, zrange if same_shape else None, missing, "b"
+            ),
+            lg=4,
+        ),
     ]
     if same_shape:
         diff = difference_view(view_a, view_b)
@@ -278,13 +400,25 @@ def layout(a=None, b=None, layer=None, role=None, tensor=None, runs=None, slice=
             dbc.Col(
                 dbc.Card(
                     [
-                        dbc.CardHeader(html.Div([html.Span("Δ = B − A", className="side-label"),
-                                                 html.Span(" own colour scale", className="text-muted small")])),
-                        dbc.CardBody([
-                            dcc.Graph(id="compare-diff-graph", figure=figures.difference_heatmap(diff),
-                                      config=layouts.GRAPH_CONFIG, className="heatmap"),
-                            html.Div(diff.caption, className="tensor-caption"),
-                        ]),
+                        dbc.CardHeader(
+                            html.Div(
+                                [
+                                    html.Span("Δ = B − A", className="side-label"),
+                                    html.Span(" own colour scale", className="text-muted small"),
+                                ]
+                            )
+                        ),
+                        dbc.CardBody(
+                            [
+                                dcc.Graph(
+                                    id="compare-diff-graph",
+                                    figure=figures.difference_heatmap(diff),
+                                    config=layouts.GRAPH_CONFIG,
+                                    className="heatmap",
+                                ),
+                                html.Div(diff.caption, className="tensor-caption"),
+                            ]
+                        ),
                     ],
                     className="compare-side compare-diff shadow-sm",
                 ),
@@ -294,23 +428,46 @@ def layout(a=None, b=None, layer=None, role=None, tensor=None, runs=None, slice=
     page = [
         layouts.page_header(
             "Compare",
-            subtitle=[html.Code(name), f" ({label}, {format_shape(ta.shape)}): A = run {run_a.id} iteration {sel_a[1]}, "
-                      f"B = run {run_b.id} iteration {sel_b[1]}"],
+            subtitle=[
+                html.Code(name),
+                f" ({label}, {format_shape(ta.shape)}): A = run {run_a.id} iteration {sel_a[1]}, "
+                f"B = run {run_b.id} iteration {sel_b[1]}",
+            ],
             crumbs=[("Runs", links.RUNS), ("Compare", None)],
         ),
-        controls(all_runs, store, sel_a, sel_b, layer, role, name, comparable(rec_a),
-                 view_a if view_a.lead else None),
+        controls(
+            all_runs,
+            store,
+            sel_a,
+            sel_b,
+            layer,
+            role,
+            name,
+            comparable(rec_a),
+            view_a if view_a.lead else None,
+        ),
         *[dbc.Alert(n, color="info", className="py-2") for n in notes],
-        html.P("A and B share one colour scale (blue negative, white zero, red positive); the difference "
-               "has its own.", className="text-muted small"),
+        html.P(
+            "A and B share one colour scale (blue negative, white zero, red positive); the difference "
+            "has its own.",
+            className="text-muted small",
+        ),
         dbc.Row(heatmaps, className="g-3 mb-3"),
         stats_block(ta, tb) if tb is not None else None,
         history_section(store, all_runs, chosen),
         dcc.Location(id="compare-url", refresh="callback-nav"),
-        dcc.Store(id="compare-ref", data={
-            "a": list(sel_a), "b": list(sel_b), "layer": layer, "role": role, "tensor": name,
-            "runs": chosen if picked else None, "slice": [i + 1 for i in view_a.lead_index],
-        }),
+        dcc.Store(
+            id="compare-ref",
+            data={
+                "a": list(sel_a),
+                "b": list(sel_b),
+                "layer": layer,
+                "role": role,
+                "tensor": name,
+                "runs": chosen if picked else None,
+                "slice": [i + 1 for i in view_a.lead_index],
+            },
+        ),
     ]
     return html.Div(page, className="compare-page")
 
@@ -350,10 +507,13 @@ def navigate(a_run, a_it, b_run, b_it, layer, role, tensor, runs, slices, ref):
     if trigger == "compare-tensor":
         slice_index = None
     url = links.compare(
-        (a_run, a_it), (b_run, b_it), layer=layer, role=role, tensor=tensor,
+        (a_run, a_it),
+        (b_run, b_it),
+        layer=layer,
+        role=role,
+        tensor=tensor,
         runs=runs if (trigger == "compare-runs" or ref.get("runs")) else None,
         index=[int(v) for v in slice_index] if slice_index else None,
     )
     search = url.partition("?")[2]
     return f"?{search}" if search else ""
-

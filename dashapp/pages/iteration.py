@@ -29,36 +29,51 @@ from dashapp.steps import Section, sections
 from dashapp.tensorview import matrix_view
 from storage import RUN_RUNNING, IterationRecord, LayerInfo, RunInfo, StepRecord
 
-dash.register_page(__name__, path=links.ITERATION, name="Iteration", title="Iteration · cnnviz", order=2)
+dash.register_page(
+    __name__, path=links.ITERATION, name="Iteration", title="Iteration · cnnviz", order=2
+)
 
 POLL_MS = 2000
 
 SECTION_TEXT = {
     "forward": "Each layer turns its input into its output; the matrices are this iteration's real values.",
     "loss": "The model's output (the logits) becomes probabilities, and the loss measures how far they are "
-            "from the labels.",
+    "from the labels.",
     "backward": "The chain rule, from the gradient of the loss with respect to the logits back to the first "
-                "layer's weights: each layer turns the gradient of its output into the gradients of its "
-                "weights and of its input.",
+    "layer's weights: each layer turns the gradient of its output into the gradients of its "
+    "weights and of its input.",
     "update": "The optimizer moves every weight against its gradient.",
 }
 
 
 def side_menu(parts: list[Section]) -> html.Nav:
     """Anchor links: Input -> Forward (per layer) -> Loss -> Backward (per layer) -> Update."""
-    items = [html.Li(html.A("Input, labels, weights", href="#section-input"), className="toc-section")]
+    items = [
+        html.Li(html.A("Input, labels, weights", href="#section-input"), className="toc-section")
+    ]
     for section in parts:
         entries = []
         for layer, steps in section.groups:
             entries.append(html.Li(html.Span(layer, className="toc-layer")))
             entries += [
-                html.Li(html.A([html.Span(str(n), className="toc-num"), step.title], href=f"#step-{n}",
-                               className=f"toc-step verified-{_mark(step)}"))
+                html.Li(
+                    html.A(
+                        [html.Span(str(n), className="toc-num"), step.title],
+                        href=f"#step-{n}",
+                        className=f"toc-step verified-{_mark(step)}",
+                    )
+                )
                 for n, step in steps
             ]
-        items.append(html.Li([html.A(section.title, href=f"#section-{section.key}"), html.Ul(entries)],
-                             className=f"toc-section toc-{section.key}"))
-    return html.Nav([html.Div("On this page", className="toc-title"), html.Ul(items)], className="toc")
+        items.append(
+            html.Li(
+                [html.A(section.title, href=f"#section-{section.key}"), html.Ul(entries)],
+                className=f"toc-section toc-{section.key}",
+            )
+        )
+    return html.Nav(
+        [html.Div("On this page", className="toc-title"), html.Ul(items)], className="toc"
+    )
 
 
 def journey(parts: list[Section]) -> html.Nav:
@@ -66,8 +81,13 @@ def journey(parts: list[Section]) -> html.Nav:
     stages = [("Input", "section-input", "input")]
     for section in parts:
         count = sum(len(steps) for _, steps in section.groups)
-        stages.append((f"{section.title} · {count} step{'s' if count != 1 else ''}", f"section-{section.key}",
-                       section.key))
+        stages.append(
+            (
+                f"{section.title} · {count} step{'s' if count != 1 else ''}",
+                f"section-{section.key}",
+                section.key,
+            )
+        )
     items = []
     for i, (label, anchor, key) in enumerate(stages):
         if i:
@@ -85,8 +105,10 @@ def input_section(record: IterationRecord, run: RunInfo) -> html.Section:
     tensors = {t.name: t for t in record.tensors}
 
     def panels(names, key):
-        return [layouts.tensor_panel(tensors[n], run_id=run.id, index=record.index, panel=f"{key}-{i}")
-                for i, n in enumerate(names)]
+        return [
+            layouts.tensor_panel(tensors[n], run_id=run.id, index=record.index, panel=f"{key}-{i}")
+            for i, n in enumerate(names)
+        ]
 
     inputs = [t.name for t in record.tensors if t.role == "input"]
     labels = [t.name for t in record.tensors if t.role == "target"]
@@ -100,40 +122,66 @@ def input_section(record: IterationRecord, run: RunInfo) -> html.Section:
     return html.Section(
         [
             html.H2("Input", className="section-title"),
-            html.P("The batch this iteration trains on, its labels, and the weights before the update.",
-                   className="section-lead"),
+            html.P(
+                "The batch this iteration trains on, its labels, and the weights before the update.",
+                className="section-lead",
+            ),
             html.Div(
                 [
-                    html.Div([html.H3("Input data", className="h6"), html.Div(panels(inputs, "input"), className="flow-items")]),
-                    html.Div([html.H3("Labels", className="h6"), html.Div(panels(labels, "labels"), className="flow-items"),
-                              html.P(label_text, className="small text-muted") if label_text else None]),
+                    html.Div(
+                        [
+                            html.H3("Input data", className="h6"),
+                            html.Div(panels(inputs, "input"), className="flow-items"),
+                        ]
+                    ),
+                    html.Div(
+                        [
+                            html.H3("Labels", className="h6"),
+                            html.Div(panels(labels, "labels"), className="flow-items"),
+                            html.P(label_text, className="small text-muted")
+                            if label_text
+                            else None,
+                        ]
+                    ),
                 ],
                 className="input-row",
             ),
             html.H3("Weights before this iteration", className="h6 mt-3"),
             html.Div(panels(weights, "weights"), className="flow-items"),
-            html.P(["Learning rate η = ", html.Strong(format_scalar(lr) if lr is not None else "not recorded"),
-                    f" ({run.optimizer})" if run.optimizer else ""], className="mt-2 mb-0"),
+            html.P(
+                [
+                    "Learning rate η = ",
+                    html.Strong(format_scalar(lr) if lr is not None else "not recorded"),
+                    f" ({run.optimizer})" if run.optimizer else "",
+                ],
+                className="mt-2 mb-0",
+            ),
         ],
         id="section-input",
         className="phase-section section-input",
     )
 
 
-def step_sections(parts: list[Section], record: IterationRecord, run: RunInfo,
-                  layers: dict[str, LayerInfo]) -> list[html.Section]:
+def step_sections(
+    parts: list[Section], record: IterationRecord, run: RunInfo, layers: dict[str, LayerInfo]
+) -> list[html.Section]:
     tensors = {t.name: t for t in record.tensors}
     out = []
     for section in parts:
-        children = [html.H2(section.title, className="section-title"),
-                    html.P(SECTION_TEXT.get(section.key, ""), className="section-lead")]
+        children = [
+            html.H2(section.title, className="section-title"),
+            html.P(SECTION_TEXT.get(section.key, ""), className="section-lead"),
+        ]
         for layer, steps in section.groups:
             info = layers.get(layer)
             children.append(
                 html.Div(
                     [
                         html.Code(layer, className="group-layer"),
-                        html.Span(f" {info.type}: {info.description}" if info else "", className="group-desc"),
+                        html.Span(
+                            f" {info.type}: {info.description}" if info else "",
+                            className="group-desc",
+                        ),
                     ],
                     className="layer-group-header",
                 )
@@ -142,8 +190,13 @@ def step_sections(parts: list[Section], record: IterationRecord, run: RunInfo,
                 layouts.step_card(n, step, tensors, run_id=run.id, index=record.index, layer=info)
                 for n, step in steps
             ]
-        out.append(html.Section(children, id=f"section-{section.key}",
-                                className=f"phase-section section-{section.key}"))
+        out.append(
+            html.Section(
+                children,
+                id=f"section-{section.key}",
+                className=f"phase-section section-{section.key}",
+            )
+        )
     return out
 
 
@@ -157,10 +210,16 @@ def summary(record: IterationRecord, run: RunInfo) -> html.Div:
         [
             layouts.metric("Loss", format_scalar(record.loss)),
             layouts.metric("Accuracy", accuracy or "—"),
-            layouts.metric("Learning rate", format_scalar(record.learning_rate) if record.learning_rate is not None else "—"),
-            layouts.metric("Checked against autograd", f"{ok} of {len(checked)} steps match",
-                           hint=f"largest |ours − PyTorch| = {format_diff(worst)}",
-                           class_name="metric-ok" if all_ok else "metric-bad"),
+            layouts.metric(
+                "Learning rate",
+                format_scalar(record.learning_rate) if record.learning_rate is not None else "—",
+            ),
+            layouts.metric(
+                "Checked against autograd",
+                f"{ok} of {len(checked)} steps match",
+                hint=f"largest |ours − PyTorch| = {format_diff(worst)}",
+                class_name="metric-ok" if all_ok else "metric-bad",
+            ),
         ],
         className="metrics",
     )
@@ -182,19 +241,47 @@ def header(run: RunInfo, runs: list[RunInfo], index: int | None, count: int) -> 
         [
             layouts.page_header(
                 title,
-                subtitle=[html.Span(run.name, className="run-name"), " · ", run.model_name,
-                          " · ", html.Span(layouts.status_badge(run.status), id="iteration-status")],
-                crumbs=[("Runs", links.RUNS), (run.name, links.model(run.id)), (f"Iteration {index or ''}", None)],
-                actions=[dcc.Link("Model", href=links.model(run.id), className="btn btn-outline-secondary btn-sm"),
-                         dcc.Link("Compare", href=links.compare((run.id, index or 1), (run.id, max(count, 1))),
-                                  className="btn btn-outline-secondary btn-sm")],
+                subtitle=[
+                    html.Span(run.name, className="run-name"),
+                    " · ",
+                    run.model_name,
+                    " · ",
+                    html.Span(layouts.status_badge(run.status), id="iteration-status"),
+                ],
+                crumbs=[
+                    ("Runs", links.RUNS),
+                    (run.name, links.model(run.id)),
+                    (f"Iteration {index or ''}", None),
+                ],
+                actions=[
+                    dcc.Link(
+                        "Model",
+                        href=links.model(run.id),
+                        className="btn btn-outline-secondary btn-sm",
+                    ),
+                    dcc.Link(
+                        "Compare",
+                        href=links.compare((run.id, index or 1), (run.id, max(count, 1))),
+                        className="btn btn-outline-secondary btn-sm",
+                    ),
+                ],
             ),
             html.Div(
                 [
-                    html.Div([html.Span("Run", className="control-label"), run_picker(run, runs)], className="control"),
-                    html.Div([html.Span("Iteration", className="control-label"),
-                              html.Div(layouts.iteration_stepper(run.id, index or 0, count), id="iteration-stepper")],
-                             className="control"),
+                    html.Div(
+                        [html.Span("Run", className="control-label"), run_picker(run, runs)],
+                        className="control",
+                    ),
+                    html.Div(
+                        [
+                            html.Span("Iteration", className="control-label"),
+                            html.Div(
+                                layouts.iteration_stepper(run.id, index or 0, count),
+                                id="iteration-stepper",
+                            ),
+                        ],
+                        className="control",
+                    ),
                 ],
                 className="iteration-controls",
             ),
@@ -220,16 +307,21 @@ def layout(run=None, it=None, **_query):
     if count == 0:
         if index is not None:
             raise NotFound(f"run {info.id} has no iteration {index}: it has no iterations yet")
-        note = "This run is still being traced; its iterations appear here as they are committed." \
-            if info.status == RUN_RUNNING else "This run has no stored iterations."
+        note = (
+            "This run is still being traced; its iterations appear here as they are committed."
+            if info.status == RUN_RUNNING
+            else "This run has no stored iterations."
+        )
         return html.Div([header(info, runs, None, 0), dbc.Alert(note, color="info"), *polling])
     index = index or 1
     record = require_iteration(store, info, index)
     polling[0].data["it"] = index
     layers = {layer.name: layer for layer in info.layers}
     parts = sections(record.steps, layers)
-    warnings = [dbc.Alert([html.Strong("Tracer warning: "), w], color="warning", className="py-2")
-                for w in record.warnings]
+    warnings = [
+        dbc.Alert([html.Strong("Tracer warning: "), w], color="warning", className="py-2")
+        for w in record.warnings
+    ]
     return html.Div(
         [
             header(info, runs, index, count),
@@ -239,8 +331,12 @@ def layout(run=None, it=None, **_query):
             dbc.Row(
                 [
                     dbc.Col(side_menu(parts), lg=3, xl=2, className="d-none d-lg-block toc-col"),
-                    dbc.Col([input_section(record, info), *step_sections(parts, record, info, layers)],
-                            lg=9, xl=10, className="steps-col"),
+                    dbc.Col(
+                        [input_section(record, info), *step_sections(parts, record, info, layers)],
+                        lg=9,
+                        xl=10,
+                        className="steps-col",
+                    ),
                 ],
             ),
             *polling,

@@ -38,13 +38,19 @@ def layer_table(run: RunInfo) -> dbc.Table:
         shapes = f"{_shape(layer.input_shape)} → {_shape(output)}"
         description = [layer.description]
         if not layer.explained:
-            description.append(html.Div("stored as raw tensors: no matrix form for this layer yet",
-                                        className="text-warning small"))
+            description.append(
+                html.Div(
+                    "stored as raw tensors: no matrix form for this layer yet",
+                    className="text-warning small",
+                )
+            )
         rows.append(
             html.Tr(
                 [
                     html.Td(str(layer.position + 1), className="num"),
-                    html.Td([html.Code(layer.name), html.Div(layer.type, className="text-muted small")]),
+                    html.Td(
+                        [html.Code(layer.name), html.Div(layer.type, className="text-muted small")]
+                    ),
                     html.Td(shapes, className="shape-cell"),
                     html.Td(str(layer.num_params), className="num"),
                     html.Td(description),
@@ -53,13 +59,27 @@ def layer_table(run: RunInfo) -> dbc.Table:
                 **{"data-layer": layer.name},
             )
         )
-    header = html.Thead(html.Tr([html.Th("#"), html.Th("Layer"), html.Th("Input → output"),
-                                 html.Th("Parameters"), html.Th("What it does"), html.Th("Formula")]))
-    return dbc.Table([header, html.Tbody(rows)], responsive=True, className="layers-table align-middle")
+    header = html.Thead(
+        html.Tr(
+            [
+                html.Th("#"),
+                html.Th("Layer"),
+                html.Th("Input → output"),
+                html.Th("Parameters"),
+                html.Th("What it does"),
+                html.Th("Formula"),
+            ]
+        )
+    )
+    return dbc.Table(
+        [header, html.Tbody(rows)], responsive=True, className="layers-table align-middle"
+    )
 
 
 def layers_formula(layer: LayerInfo):
-    return layouts.formula(layer.formula) if layer.formula else html.Span("—", className="text-muted")
+    return (
+        layouts.formula(layer.formula) if layer.formula else html.Span("—", className="text-muted")
+    )
 
 
 def _shape(shape) -> str:
@@ -67,7 +87,14 @@ def _shape(shape) -> str:
 
 
 def run_facts(run: RunInfo) -> dbc.Card:
-    settings = ", ".join(f"{k}={v}" for k, v in sorted(run.optimizer_settings.items()) if v not in (None, False, 0, 0.0)) or "defaults"
+    settings = (
+        ", ".join(
+            f"{k}={v}"
+            for k, v in sorted(run.optimizer_settings.items())
+            if v not in (None, False, 0, 0.0)
+        )
+        or "defaults"
+    )
     facts = [
         ("Model", run.model_description or run.model_name),
         ("Optimizer", f"{run.optimizer} ({settings})" if run.optimizer else "none"),
@@ -77,7 +104,9 @@ def run_facts(run: RunInfo) -> dbc.Card:
         ("Traced with", f"torch {run.torch_version}, cnnviz {run.cnnviz_version}"),
     ]
     return dbc.Card(
-        dbc.CardBody(html.Dl(sum(([html.Dt(k), html.Dd(v)] for k, v in facts), []), className="facts mb-0")),
+        dbc.CardBody(
+            html.Dl(sum(([html.Dt(k), html.Dd(v)] for k, v in facts), []), className="facts mb-0")
+        ),
         className="mb-3 shadow-sm",
     )
 
@@ -92,19 +121,36 @@ def layout(run=None, **_query):
     total = sum(layer.num_params for layer in info.layers)
     header = layouts.page_header(
         "Model architecture",
-        subtitle=[html.Span(info.name, className="run-name"), " · ", info.model_name,
-                  f" · {len(info.layers)} layers, {total} parameters"],
-        crumbs=[("Runs", links.RUNS), (info.name, links.iteration(info.id, 1) if info.num_iterations else None),
-                ("Model", None)],
-        actions=dcc.Link("Step through iteration 1 →", href=links.iteration(info.id, 1),
-                         className="btn btn-outline-primary") if info.num_iterations else None,
+        subtitle=[
+            html.Span(info.name, className="run-name"),
+            " · ",
+            info.model_name,
+            f" · {len(info.layers)} layers, {total} parameters",
+        ],
+        crumbs=[
+            ("Runs", links.RUNS),
+            (info.name, links.iteration(info.id, 1) if info.num_iterations else None),
+            ("Model", None),
+        ],
+        actions=dcc.Link(
+            "Step through iteration 1 →",
+            href=links.iteration(info.id, 1),
+            className="btn btn-outline-primary",
+        )
+        if info.num_iterations
+        else None,
     )
     if not info.layers:
-        body = dbc.Alert("The layers are recorded with the first traced iteration; this run has none yet.",
-                         color="info")
+        body = dbc.Alert(
+            "The layers are recorded with the first traced iteration; this run has none yet.",
+            color="info",
+        )
         return html.Div([header, run_facts(info), body])
-    diagram = dcc.Graph(id="model-diagram", figure=figures.architecture_diagram(diagram_boxes(info.layers)),
-                        config=layouts.GRAPH_CONFIG)
+    diagram = dcc.Graph(
+        id="model-diagram",
+        figure=figures.architecture_diagram(diagram_boxes(info.layers)),
+        config=layouts.GRAPH_CONFIG,
+    )
     return html.Div(
         [
             header,

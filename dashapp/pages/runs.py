@@ -50,7 +50,9 @@ def _header_cell(key: str, text: str, sort: str, order: str) -> html.Th:
     )
 
 
-def runs_table(runs: list[RunInfo], sort: str, order: str, checked: set[int] = frozenset()) -> dbc.Table:
+def runs_table(
+    runs: list[RunInfo], sort: str, order: str, checked: set[int] = frozenset()
+) -> dbc.Table:
     """The table of runs; names are text, links go to each run's pages."""
     header = html.Thead(
         html.Tr(
@@ -65,11 +67,22 @@ def runs_table(runs: list[RunInfo], sort: str, order: str, checked: set[int] = f
         rows.append(
             html.Tr(
                 [
-                    html.Td(dbc.Checkbox(id={"type": "runs-pick", "run": run.id}, value=run.id in checked,
-                                         class_name="m-0"), className="pick"),
+                    html.Td(
+                        dbc.Checkbox(
+                            id={"type": "runs-pick", "run": run.id},
+                            value=run.id in checked,
+                            class_name="m-0",
+                        ),
+                        className="pick",
+                    ),
                     html.Td(str(run.id)),
-                    html.Td(dcc.Link(run.name, href=links.iteration(run.id, 1) if last else links.model(run.id),
-                                     className="run-name")),
+                    html.Td(
+                        dcc.Link(
+                            run.name,
+                            href=links.iteration(run.id, 1) if last else links.model(run.id),
+                            className="run-name",
+                        )
+                    ),
                     html.Td("" if run.seed is None else str(run.seed)),
                     html.Td(run.model_name),
                     html.Td("" if run.learning_rate is None else f"{run.learning_rate:g}"),
@@ -81,7 +94,9 @@ def runs_table(runs: list[RunInfo], sort: str, order: str, checked: set[int] = f
                         [
                             dcc.Link("model", href=links.model(run.id)),
                             " · ",
-                            dcc.Link("last iteration", href=links.iteration(run.id, last)) if last else "no iterations",
+                            dcc.Link("last iteration", href=links.iteration(run.id, last))
+                            if last
+                            else "no iterations",
                         ],
                         className="open-links",
                     ),
@@ -89,7 +104,9 @@ def runs_table(runs: list[RunInfo], sort: str, order: str, checked: set[int] = f
                 **{"data-run": str(run.id)},
             )
         )
-    return dbc.Table([header, html.Tbody(rows)], hover=True, responsive=True, className="runs-table align-middle")
+    return dbc.Table(
+        [header, html.Tbody(rows)], hover=True, responsive=True, className="runs-table align-middle"
+    )
 
 
 @page_layout
@@ -104,10 +121,17 @@ def layout(sort=None, order=None, **_query):
     subtitle = [f"{len(runs)} run{'s' if len(runs) != 1 else ''} in ", html.Code(store_location())]
     compare_bar = html.Div(
         [
-            html.Span("Tick two or more runs to compare their weights, gradients and losses.",
-                      id="runs-pick-hint", className="text-muted"),
-            dcc.Link("Compare selected", id="runs-compare", href=links.COMPARE,
-                     className="btn btn-primary disabled"),
+            html.Span(
+                "Tick two or more runs to compare their weights, gradients and losses.",
+                id="runs-pick-hint",
+                className="text-muted",
+            ),
+            dcc.Link(
+                "Compare selected",
+                id="runs-compare",
+                href=links.COMPARE,
+                className="btn btn-primary disabled",
+            ),
         ],
         className="compare-bar d-flex flex-wrap align-items-center justify-content-between gap-2 mb-2",
     )
@@ -138,7 +162,9 @@ def pick_runs(values, ids):
     last = {r.id: r.num_iterations for r in store.list_runs()}
     a, b = chosen[0], chosen[1]
     href = links.compare(
-        (a, max(last.get(a, 1), 1)), (b, max(last.get(b, 1), 1)), runs=chosen,
+        (a, max(last.get(a, 1), 1)),
+        (b, max(last.get(b, 1), 1)),
+        runs=chosen,
     )
     return href, "btn btn-primary", f"{len(chosen)} runs selected."
 

@@ -42,7 +42,9 @@ def browser():
     except ImportError:  # pragma: no cover - depends on the environment
         require(False, "the playwright package is not installed")
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
+        )
         yield chromium
         chromium.close()
 
@@ -53,10 +55,16 @@ def page(browser):
     context = browser.new_context(viewport={"width": 1440, "height": 1000})
     tab = context.new_page()
     problems = Problems()
-    tab.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    tab.on(
+        "console",
+        lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
+    )
     tab.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     tab.on("requestfailed", lambda r: problems.append(f"failed request: {r.url} ({r.failure})"))
-    tab.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+    tab.on(
+        "response",
+        lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None,
+    )
 
     def on_dialog(dialog):
         problems.append(f"dialog: {dialog.message}")

@@ -25,8 +25,13 @@ REPO = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI") == "true"
 CHROMIUM = os.environ.get("CNNVIZ_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 INJECTION = "<img src=x onerror=alert(1)>"
 
@@ -48,17 +53,33 @@ def copy_store(source: Path, target: Path) -> Path:
     return target
 
 
-def clone_run(location: Path, source_run: int, *, name: str, seed: int | None, iterations: int | None = None,
-              finish: bool = True) -> tuple[int, RunWriter]:
+def clone_run(
+    location: Path,
+    source_run: int,
+    *,
+    name: str,
+    seed: int | None,
+    iterations: int | None = None,
+    finish: bool = True,
+) -> tuple[int, RunWriter]:
     """Write a new run whose iterations are copies of `source_run`'s (no torch needed)."""
     with RunStore(location, readonly=True) as reader:
         info = reader.get_run(source_run)
-        records = [reader.load_iteration(source_run, i.index) for i in reader.iterations(source_run)]
+        records = [
+            reader.load_iteration(source_run, i.index) for i in reader.iterations(source_run)
+        ]
     engine = open_engine(location)
     new = RunInfo(
-        name=name, seed=seed, model_name=info.model_name, model_description=info.model_description,
-        optimizer=info.optimizer, optimizer_settings=info.optimizer_settings, loss_name=info.loss_name,
-        dataset=info.dataset, config=info.config, torch_version=info.torch_version,
+        name=name,
+        seed=seed,
+        model_name=info.model_name,
+        model_description=info.model_description,
+        optimizer=info.optimizer,
+        optimizer_settings=info.optimizer_settings,
+        loss_name=info.loss_name,
+        dataset=info.dataset,
+        config=info.config,
+        torch_version=info.torch_version,
         cnnviz_version=info.cnnviz_version,
     )
     writer = RunWriter.begin(engine, new)
@@ -111,8 +132,12 @@ class Served:
 def serving(argv: list[str], port: int, *, env: dict[str, str] | None = None) -> Iterator[Served]:
     """Run a server command in a subprocess until / answers 200; stop it afterwards."""
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=env or subprocess_env(), cwd=REPO,
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env or subprocess_env(),
+        cwd=REPO,
     )
     served = Served(f"http://127.0.0.1:{port}")
     try:
@@ -212,9 +237,12 @@ def drawn_z(slot) -> np.ndarray:
     z = trace["z"]
     if isinstance(z, dict):  # Plotly's typed-array form: {"dtype", "bdata" (base64), "shape"}
         shape = [int(d) for d in str(z.get("shape", "-1")).split(",")]
-        return np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape(shape).astype(np.float64)
+        return (
+            np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"])
+            .reshape(shape)
+            .astype(np.float64)
+        )
     return np.array([[np.nan if v is None else v for v in row] for row in z], dtype=np.float64)
-
 
 
 def walk(node):
@@ -238,7 +266,10 @@ def components(layout, kind=None, class_name: str | None = None) -> list:
             continue
         if kind is not None and not isinstance(node, kind):
             continue
-        if class_name is not None and class_name not in (getattr(node, "className", None) or "").split():
+        if (
+            class_name is not None
+            and class_name not in (getattr(node, "className", None) or "").split()
+        ):
             continue
         found.append(node)
     return found
@@ -272,10 +303,12 @@ def run_callback(function, *args, triggered: str | None = None, inputs_list=None
     from dash._utils import AttributeDict
 
     def call():
-        context_value.set(AttributeDict(
-            triggered_inputs=[{"prop_id": triggered, "value": None}] if triggered else [],
-            inputs_list=inputs_list or [],
-        ))
+        context_value.set(
+            AttributeDict(
+                triggered_inputs=[{"prop_id": triggered, "value": None}] if triggered else [],
+                inputs_list=inputs_list or [],
+            )
+        )
         return function(*args)
 
     return copy_context().run(call)

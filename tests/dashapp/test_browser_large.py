@@ -25,8 +25,13 @@ def large_store(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("large") / "runs.db"
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                          nn.Linear(6 * 14 * 14, 10))
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(6 * 14 * 14, 10),
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     criterion = nn.CrossEntropyLoss()
     x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
@@ -51,7 +56,9 @@ def store(large_store):
 
 
 def z_of(drawn) -> np.ndarray:
-    return np.array([[np.nan if v is None else v for v in row] for row in drawn["z"]], dtype=np.float64)
+    return np.array(
+        [[np.nan if v is None else v for v in row] for row in drawn["z"]], dtype=np.float64
+    )
 
 
 def test_a_large_activation_shows_one_plane_and_switches_channel(page, base, store):
@@ -84,7 +91,9 @@ def test_a_tall_matrix_shows_its_first_rows(page, base, store):
 
 
 def test_compare_slices_both_sides_alike(page, base, store):
-    open_page(page, base + "/compare?a=1:1&b=1:1&layer=1&role=activation&slice=2,4", "#compare-diff-graph")
+    open_page(
+        page, base + "/compare?a=1:1&b=1:1&layer=1&role=activation&slice=2,4", "#compare-diff-graph"
+    )
     relu = store.load_tensor(1, 1, "1.out").array
     (side_a,) = graph_data(page, "#compare-a-graph")
     np.testing.assert_array_equal(z_of(side_a), matrix_view(relu, lead_index=(1, 3)).values)

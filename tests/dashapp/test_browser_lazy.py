@@ -64,8 +64,10 @@ def test_heatmaps_are_drawn_as_they_come_near_the_viewport(page, base):
     drawn_at_top = page.evaluate(DRAWN)
     assert 0 < drawn_at_top < total // 4  # the rest waits until it comes near the viewport
     for fraction in (0.5, 1.0):  # jump down the page; what comes into view is drawn there
-        page.evaluate("(f) => window.scrollTo(0, f * (document.documentElement.scrollHeight - innerHeight))",
-                      fraction)
+        page.evaluate(
+            "(f) => window.scrollTo(0, f * (document.documentElement.scrollHeight - innerHeight))",
+            fraction,
+        )
         page.wait_for_function(IN_VIEW_DRAWN, timeout=60_000)
     assert page.evaluate(DRAWN) > drawn_at_top
     assert list(page.problems) == []

@@ -40,13 +40,16 @@ def test_new_iterations_appear_and_polling_stops_when_the_run_ends(page, base, l
 
     writer.add_iteration(more[1])
     writer.finish()
-    page.wait_for_function("document.getElementById('iteration-status').textContent === 'completed'",
-                           timeout=15_000)
+    page.wait_for_function(
+        "document.getElementById('iteration-status').textContent === 'completed'", timeout=15_000
+    )
     assert stepper.get_by_role("link", name="3", exact=True).count() == 1
 
     # no more polling: no callback requests for a few intervals
     requests = []
-    page.on("request", lambda r: requests.append(r.url) if "_dash-update-component" in r.url else None)
+    page.on(
+        "request", lambda r: requests.append(r.url) if "_dash-update-component" in r.url else None
+    )
     page.wait_for_timeout(5_000)
     assert requests == []
     assert list(page.problems) == []

@@ -53,11 +53,15 @@ def expected_view(tensor, lead_index=()):
 
 
 def assert_heatmap_shows(drawn: dict, view) -> None:
-    z = np.array([[np.nan if v is None else v for v in row] for row in drawn["z"]], dtype=np.float64)
+    z = np.array(
+        [[np.nan if v is None else v for v in row] for row in drawn["z"]], dtype=np.float64
+    )
     np.testing.assert_array_equal(z, view.values)
     assert drawn["row0_on_top"] is True
     if view.show_text:
-        expected = [t for row in format_matrix(view.values, view.style, view.missing) for t in row if t]
+        expected = [
+            t for row in format_matrix(view.values, view.style, view.missing) for t in row if t
+        ]
         assert drawn["labels"] == expected
     else:
         assert drawn["labels"] == []
@@ -83,17 +87,23 @@ def test_runs_sort_then_pick_two_to_compare(page, base, store):
     page.wait_for_url(re.compile(r"sort=loss&order=asc"))
     wait_ready(page, "th.sorted")
     by_loss = sorted(store.list_runs(), key=lambda r: r.final_loss)
-    order = page.locator("table.runs-table tbody tr").evaluate_all("rows => rows.map(r => r.dataset.run)")
+    order = page.locator("table.runs-table tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.run)"
+    )
     assert order == [str(r.id) for r in by_loss]
 
     compare = page.locator("#runs-compare")
     assert "disabled" in compare.get_attribute("class")
     page.locator('tr[data-run="1"] input[type=checkbox]').check()
     page.locator('tr[data-run="2"] input[type=checkbox]').check()
-    page.wait_for_function("!document.getElementById('runs-compare').classList.contains('disabled')")
+    page.wait_for_function(
+        "!document.getElementById('runs-compare').classList.contains('disabled')"
+    )
     compare.click()
     first, second = [r.id for r in by_loss if r.id in (1, 2)]  # ticked runs, in table order
-    page.wait_for_url(re.compile(rf"/compare\?a={first}%3A3&b={second}%3A3&runs={first}%2C{second}$"))
+    page.wait_for_url(
+        re.compile(rf"/compare\?a={first}%3A3&b={second}%3A3&runs={first}%2C{second}$")
+    )
     wait_ready(page, "#compare-diff-graph .js-plotly-plot")
     for graph in ("#compare-a-graph", "#compare-b-graph", "#compare-diff-graph"):
         assert page.locator(graph).is_visible()
@@ -167,7 +177,9 @@ def test_iteration_stepper_anchors_and_back_forward(page, base):
     page.locator(".toc a[href='#step-15']").click()
     page.wait_for_url(re.compile(r"#step-15$"))
     # Bootstrap scrolls smoothly: wait until the card has arrived at the top
-    page.wait_for_function("Math.abs(document.getElementById('step-15').getBoundingClientRect().top) < 100")
+    page.wait_for_function(
+        "Math.abs(document.getElementById('step-15').getBoundingClientRect().top) < 100"
+    )
     assert page.evaluate("document.getElementById('step-1').dataset.marker") == "kept"
 
     # another run from the picker
@@ -180,7 +192,9 @@ def test_iteration_stepper_anchors_and_back_forward(page, base):
 
 def test_downloads_from_the_page_are_the_stored_tensors(page, base, store):
     open_page(page, base + "/iteration?run=1&it=1")
-    link = page.locator('.tensor-panel[data-tensor="conv.weight"] a.download-link', has_text=".npy").first
+    link = page.locator(
+        '.tensor-panel[data-tensor="conv.weight"] a.download-link', has_text=".npy"
+    ).first
     response = page.request.get(base + link.get_attribute("href"))
     assert response.status == 200
     array = np.load(io.BytesIO(response.body()), allow_pickle=False)

@@ -45,21 +45,29 @@ def image_command() -> list[list[str]]:
 
 def test_compose_file_is_valid():
     require(shutil.which("docker-compose") is not None, "docker-compose is not installed")
-    result = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "-q"], capture_output=True,
-                            text=True, cwd=REPO, timeout=60)
+    result = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_compose_builds_this_image_serves_8050_on_loopback_and_keeps_runs_in_a_volume():
     compose = yaml.safe_load(COMPOSE.read_text())
-    (name, service), = compose["services"].items()
+    ((name, service),) = compose["services"].items()
     assert service["build"] == "."
     assert service["ports"] == ["127.0.0.1:8050:8050"]
     db = service["environment"]["CNNVIZ_DB"]
     volume, mount = service["volumes"][0].split(":")
     assert volume in compose["volumes"] and db.startswith(mount + "/")
-    env = dict(args.split("=", 1) for op, args in dockerfile_instructions() if op == "ENV" and "=" in args
-               and args.startswith("CNNVIZ_DB"))
+    env = dict(
+        args.split("=", 1)
+        for op, args in dockerfile_instructions()
+        if op == "ENV" and "=" in args and args.startswith("CNNVIZ_DB")
+    )
     assert env == {"CNNVIZ_DB": db}
 
 
@@ -68,8 +76,9 @@ def test_dockerfile_installs_the_cpu_torch_and_the_package():
     assert instructions[0] == ("FROM", "python:3.11-slim")
     runs = [args for op, args in instructions if op == "RUN"]
     assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in runs
-    assert runs.index("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu") < runs.index(
-        "pip install .")
+    assert runs.index(
+        "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+    ) < runs.index("pip install .")
     assert ("EXPOSE", "8050") in instructions
     assert ("USER", "cnnviz") in instructions
 
@@ -91,8 +100,14 @@ def test_the_image_command_serves_a_store(dash_store, tmp_path):
     db = copy_store(dash_store, tmp_path / "runs.db")
     env = subprocess_env() | {"CNNVIZ_DB": str(db)}
     prepare, server = image_command()
-    done = subprocess.run([sys.executable, "-m", "tracer.cli", *prepare[1:]], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "tracer.cli", *prepare[1:]],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     assert done.returncode == 0 and "already holds runs" in done.stdout, done.stderr
     port = free_port()
     argv = [sys.executable, "-m", "gunicorn", *server[1:]]

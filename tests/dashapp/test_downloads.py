@@ -35,7 +35,10 @@ def test_every_tensor_of_an_iteration_downloads_exactly(client, store):
     for tensor in record.tensors:
         response = client.get(links.download(2, 2, tensor.name, "npy"))
         assert response.status_code == 200, tensor.name
-        assert response.headers["Content-Disposition"] == f'attachment; filename="run2-it2-{tensor.name}.npy"'
+        assert (
+            response.headers["Content-Disposition"]
+            == f'attachment; filename="run2-it2-{tensor.name}.npy"'
+        )
         array = np.load(io.BytesIO(response.data), allow_pickle=False)
         assert array.dtype == tensor.array.dtype and array.shape == tensor.array.shape
         np.testing.assert_array_equal(array, tensor.array)
@@ -47,8 +50,12 @@ def test_csv_holds_the_values_as_a_matrix(client, store):
     assert response.status_code == 200 and response.mimetype == "text/csv"
     text = response.get_data(as_text=True)
     assert "# role param, shape (2, 4), dtype float32" in text
-    np.testing.assert_array_equal(load_csv(text).astype(np.float32), weight)  # %.9g reads back exactly
-    kernel = store.load_tensor(1, 3, "conv.weight").array  # (1, 1, 2, 2): rows over the leading axes
+    np.testing.assert_array_equal(
+        load_csv(text).astype(np.float32), weight
+    )  # %.9g reads back exactly
+    kernel = store.load_tensor(
+        1, 3, "conv.weight"
+    ).array  # (1, 1, 2, 2): rows over the leading axes
     csv = load_csv(client.get(links.download(1, 3, "conv.weight", "csv")).get_data(as_text=True))
     np.testing.assert_array_equal(csv.astype(np.float32), kernel.reshape(-1, 2))
     bias = store.load_tensor(1, 3, "fc.bias").array  # 1-D: a column, as the formulas print it

@@ -70,8 +70,20 @@ def history_rows():
     for run_id in (1, 2):
         for index in (1, 2, 3):
             rows += [
-                dict(run_id=run_id, index=index, name="conv.weight", role="param", l2=run_id + index / 10),
-                dict(run_id=run_id, index=index, name="conv.weight.grad", role="param_grad", l2=index / 100),
+                dict(
+                    run_id=run_id,
+                    index=index,
+                    name="conv.weight",
+                    role="param",
+                    l2=run_id + index / 10,
+                ),
+                dict(
+                    run_id=run_id,
+                    index=index,
+                    name="conv.weight.grad",
+                    role="param_grad",
+                    l2=index / 100,
+                ),
                 dict(run_id=run_id, index=index, name="conv.out", role="activation", l2=9.0),
                 dict(run_id=run_id, index=index, name="fc.bias", role="param", l2=None),
             ]
@@ -100,9 +112,11 @@ def test_store_text_is_escaped_in_every_figure():
 
 
 def test_architecture_diagram_has_a_box_per_layer_and_an_arrow_between():
-    boxes = [figures.DiagramBox("input", "", (1, 1, 4, 4)),
-             figures.DiagramBox("conv", "Conv2d", (1, 1, 3, 3), 5),
-             figures.DiagramBox("loss", "CrossEntropyLoss", ())]
+    boxes = [
+        figures.DiagramBox("input", "", (1, 1, 4, 4)),
+        figures.DiagramBox("conv", "Conv2d", (1, 1, 3, 3), 5),
+        figures.DiagramBox("loss", "CrossEntropyLoss", ()),
+    ]
     fig = figures.architecture_diagram(boxes)
     assert len(fig.layout.shapes) == 3
     arrows = [a for a in fig.layout.annotations if a.showarrow]

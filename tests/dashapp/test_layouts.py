@@ -13,16 +13,26 @@ from storage import StepRecord, TensorRecord
 
 def make_step(**changes) -> StepRecord:
     fields = dict(
-        layer="fc", phase="forward", title="Linear layer", formula=r"z = W x + b",
-        formula_values=r"\begin{bmatrix}1.0000\end{bmatrix}", inputs=["fc.weight"], outputs=["fc.out"],
-        reference="PyTorch linear output", max_abs_diff=3.62e-8, verified=True, note="Row k of W.",
+        layer="fc",
+        phase="forward",
+        title="Linear layer",
+        formula=r"z = W x + b",
+        formula_values=r"\begin{bmatrix}1.0000\end{bmatrix}",
+        inputs=["fc.weight"],
+        outputs=["fc.out"],
+        reference="PyTorch linear output",
+        max_abs_diff=3.62e-8,
+        verified=True,
+        note="Row k of W.",
     )
     fields.update(changes)
     return StepRecord(**fields)
 
 
 TENSORS = {
-    "fc.weight": TensorRecord("fc.weight", "param", np.array([[0.5, -1.0]], dtype=np.float32), layer="fc"),
+    "fc.weight": TensorRecord(
+        "fc.weight", "param", np.array([[0.5, -1.0]], dtype=np.float32), layer="fc"
+    ),
     "fc.out": TensorRecord("fc.out", "activation", np.array([[2.0]], dtype=np.float32), layer="fc"),
 }
 
@@ -57,23 +67,41 @@ def test_verified_badge(verified, diff, text, mark):
 def test_step_card_shows_title_both_formulas_tensors_check_and_note():
     card = layouts.step_card(7, make_step(), TENSORS, run_id=1, index=2)
     markdown = components(card, dcc.Markdown)
-    assert [m.children for m in markdown] == ["$$\nz = W x + b\n$$", "$$\n\\begin{bmatrix}1.0000\\end{bmatrix}\n$$"]
+    assert [m.children for m in markdown] == [
+        "$$\nz = W x + b\n$$",
+        "$$\n\\begin{bmatrix}1.0000\\end{bmatrix}\n$$",
+    ]
     assert all(m.mathjax for m in markdown)
     text = text_of(card)
-    for expected in ("Linear layer", "General formula", "Row k of W.", "PyTorch linear output", "→ writes"):
+    for expected in (
+        "Linear layer",
+        "General formula",
+        "Row k of W.",
+        "PyTorch linear output",
+        "→ writes",
+    ):
         assert expected in text
     panels = components(card, html.Div, "tensor-panel")
     assert [getattr(p, "data-tensor") for p in panels] == ["fc.weight", "fc.out"]
     slots = components(card, html.Div, "heatmap-slot")
     np.testing.assert_array_equal(drawn_z(slots[0]), [[0.5, -1.0]])
     links_ = [a.href for a in components(card, html.A)]
-    assert links.download(1, 2, "fc.weight", "npy") in links_ and links.download(1, 2, "fc.out", "csv") in links_
+    assert (
+        links.download(1, 2, "fc.weight", "npy") in links_
+        and links.download(1, 2, "fc.out", "csv") in links_
+    )
 
 
 def test_store_text_never_reaches_markdown():
     evil = TensorRecord(INJECTION, "activation", np.ones((1, 1), dtype=np.float32), layer=INJECTION)
-    step = make_step(layer=INJECTION, title=INJECTION, note=INJECTION, reference=INJECTION,
-                     inputs=[INJECTION], outputs=[])
+    step = make_step(
+        layer=INJECTION,
+        title=INJECTION,
+        note=INJECTION,
+        reference=INJECTION,
+        inputs=[INJECTION],
+        outputs=[],
+    )
     card = layouts.step_card(1, step, {INJECTION: evil}, run_id=1, index=1)
     for markdown in components(card, dcc.Markdown):
         assert INJECTION not in markdown.children
@@ -90,7 +118,9 @@ def test_scalar_tensors_show_their_number():
 
 
 def test_nd_tensors_get_one_selector_per_leading_axis_longer_than_one():
-    act = TensorRecord("conv.out", "activation", np.zeros((4, 1, 3, 3), dtype=np.float32), layer="conv")
+    act = TensorRecord(
+        "conv.out", "activation", np.zeros((4, 1, 3, 3), dtype=np.float32), layer="conv"
+    )
     panel = layouts.tensor_panel(act, run_id=1, index=1, panel="p")
     inputs = components(panel, dcc.Input)
     assert [(i.id["axis"], i.min, i.max, i.value) for i in inputs] == [(0, 1, 4, 1)]
@@ -104,7 +134,21 @@ def test_iteration_stepper_links_every_nearby_iteration():
     active = [li for li in components(nav, html.Li) if "active" in (li.className or "")]
     assert text_of(active[0]) == "1"
     long = layouts.iteration_stepper(run_id=1, current=50, count=100, window=2)
-    assert text_of(long).split() == ["‹", "previous", "1", "…", "48", "49", "50", "51", "52", "…", "100", "next", "›"]
+    assert text_of(long).split() == [
+        "‹",
+        "previous",
+        "1",
+        "…",
+        "48",
+        "49",
+        "50",
+        "51",
+        "52",
+        "…",
+        "100",
+        "next",
+        "›",
+    ]
     assert "no iterations" in text_of(layouts.iteration_stepper(1, 0, 0))
 
 

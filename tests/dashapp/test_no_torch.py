@@ -29,8 +29,14 @@ SCRIPT = textwrap.dedent(
 
 def test_dashapp_runs_without_importing_torch(dash_store):
     env = subprocess_env() | {"CNNVIZ_DB": str(dash_store)}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env,
-                            cwd=REPO, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "torch modules: []" in result.stdout
 
@@ -47,8 +53,16 @@ def test_wsgi_import_is_lazy_and_a_bad_store_is_one_clear_error(tmp_path):
         """
     )
     env = subprocess_env() | {"CNNVIZ_DB": str(tmp_path / "missing.db")}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                            cwd=REPO, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"StoreError: no store at {tmp_path / 'missing.db'} " \
+    assert (
+        result.stdout.strip() == f"StoreError: no store at {tmp_path / 'missing.db'} "
         f"(run `cnnviz trace --db {tmp_path / 'missing.db'}` first)"
+    )

@@ -72,9 +72,15 @@ def test_runs_lists_every_run_with_its_facts(pages, store, request_ctx):
     assert components(layout, dcc.Interval)[0].disabled  # nothing is running
 
 
-@pytest.mark.parametrize(("sort", "order"), [("loss", "desc"), ("loss", "asc"), ("name", "asc"), ("seed", "desc")])
+@pytest.mark.parametrize(
+    ("sort", "order"), [("loss", "desc"), ("loss", "asc"), ("name", "asc"), ("seed", "desc")]
+)
 def test_runs_sort_by_any_column(pages, store, request_ctx, sort, order):
-    key = {"loss": lambda r: r.final_loss, "name": lambda r: r.name.lower(), "seed": lambda r: r.seed}[sort]
+    key = {
+        "loss": lambda r: r.final_loss,
+        "name": lambda r: r.name.lower(),
+        "seed": lambda r: r.seed,
+    }[sort]
     expected = [str(r.id) for r in sorted(store.list_runs(), key=key, reverse=order == "desc")]
     rows = components(pages.runs.layout(sort=sort, order=order), html.Tr)[1:]
     assert [getattr(r, "data-run") for r in rows] == expected
@@ -89,8 +95,12 @@ def test_runs_empty_store_says_how_to_create_one(pages, dash_app, tmp_path, requ
     empty = tmp_path / "empty.db"
     empty.touch()
     with using_store(dash_app, empty):
-        for layout in (pages.runs.layout(), pages.iteration.layout(), pages.model.layout(),
-                       pages.compare.layout()):
+        for layout in (
+            pages.runs.layout(),
+            pages.iteration.layout(),
+            pages.model.layout(),
+            pages.compare.layout(),
+        ):
             assert f"cnnviz trace --db {empty}" in text_of(layout)
 
 
@@ -105,8 +115,14 @@ def test_picking_two_runs_links_to_their_comparison(pages, request_ctx):
 
 def test_runs_refresh_keeps_the_ticks_and_stops_when_nothing_runs(pages, request_ctx):
     ids = [{"type": "runs-pick", "run": i} for i in (1, 2, 3)]
-    table, stop = pages.runs.refresh(5, {"sort": "loss", "order": "desc"}, [False, True, False], ids)
-    boxes = {c.id["run"]: c.value for c in components(table) if getattr(c, "id", None) and isinstance(c.id, dict)}
+    table, stop = pages.runs.refresh(
+        5, {"sort": "loss", "order": "desc"}, [False, True, False], ids
+    )
+    boxes = {
+        c.id["run"]: c.value
+        for c in components(table)
+        if getattr(c, "id", None) and isinstance(c.id, dict)
+    }
     assert boxes == {1: False, 2: True, 3: False}
     assert stop is True
 
@@ -123,8 +139,16 @@ def test_iteration_shows_every_step_in_order_with_its_check(pages, store, reques
         assert step.title in text_of(card)
         mark = "none" if step.verified is None else ("yes" if step.verified else "no")
         assert getattr(card, "data-verified") == mark
-    sections = [s.id for s in components(layout, html.Section) if (s.id or "").startswith("section-")]
-    assert sections == ["section-input", "section-forward", "section-loss", "section-backward", "section-update"]
+    sections = [
+        s.id for s in components(layout, html.Section) if (s.id or "").startswith("section-")
+    ]
+    assert sections == [
+        "section-input",
+        "section-forward",
+        "section-loss",
+        "section-backward",
+        "section-update",
+    ]
     toc = [a.href for a in components(layout, html.A) if (a.href or "").startswith("#step-")]
     assert toc == [f"#step-{n}" for n in range(1, len(record.steps) + 1)]
     assert "Iteration 2 of 3" in text_of(layout)
@@ -200,14 +224,22 @@ def test_reslicing_redraws_the_chosen_plane(pages, dash_app, tmp_path, request_c
     engine = open_engine(path)
     writer = RunWriter.begin(engine, RunInfo(name="nd"))
     values = np.arange(4 * 3 * 2 * 2, dtype=np.float32).reshape(4, 3, 2, 2)
-    writer.add_iteration(IterationRecord(1, 0.5, [TensorRecord("x.out", "activation", values, layer="x")], []))
+    writer.add_iteration(
+        IterationRecord(1, 0.5, [TensorRecord("x.out", "activation", values, layer="x")], [])
+    )
     writer.finish()
     engine.dispose()
-    inputs = [{"id": {"type": "tensor-slice", "panel": "p", "axis": 0}, "property": "value", "value": 3},
-              {"id": {"type": "tensor-slice", "panel": "p", "axis": 1}, "property": "value", "value": 2}]
+    inputs = [
+        {"id": {"type": "tensor-slice", "panel": "p", "axis": 0}, "property": "value", "value": 3},
+        {"id": {"type": "tensor-slice", "panel": "p", "axis": 1}, "property": "value", "value": 2},
+    ]
     with using_store(dash_app, path):
-        figure_json, caption = run_callback(pages.iteration.reslice, [3, 2], {"run": 1, "it": 1, "name": "x.out"},
-                                       inputs_list=[inputs])
+        figure_json, caption = run_callback(
+            pages.iteration.reslice,
+            [3, 2],
+            {"run": 1, "it": 1, "name": "x.out"},
+            inputs_list=[inputs],
+        )
     np.testing.assert_array_equal(drawn_z(figure_json), values[2, 1])
     assert caption == "sample 3 of 4; channel 2 of 3"
 
@@ -240,10 +272,14 @@ def test_compare_defaults_put_two_runs_side_by_side(pages, store, request_ctx):
     zb = np.asarray(graphs["compare-b-graph"].data[0].z)
     np.testing.assert_array_equal(za, a[0, 0])
     np.testing.assert_array_equal(zb, b[0, 0])
-    np.testing.assert_allclose(np.asarray(graphs["compare-diff-graph"].data[0].z), b[0, 0].astype(np.float64) - a[0, 0])
+    np.testing.assert_allclose(
+        np.asarray(graphs["compare-diff-graph"].data[0].z), b[0, 0].astype(np.float64) - a[0, 0]
+    )
     # one colour scale for both sides
     assert graphs["compare-a-graph"].data[0].zmax == graphs["compare-b-graph"].data[0].zmax
-    assert graphs["compare-a-graph"].data[0].zmax == pytest.approx(max(np.abs(a).max(), np.abs(b).max()))
+    assert graphs["compare-a-graph"].data[0].zmax == pytest.approx(
+        max(np.abs(a).max(), np.abs(b).max())
+    )
     delta = b.astype(np.float64) - a
     text = text_of(layout)
     assert f"{np.abs(delta).max():.4g}" in text and f"{np.linalg.norm(delta):.4g}" in text
@@ -256,10 +292,14 @@ def test_compare_defaults_put_two_runs_side_by_side(pages, store, request_ctx):
 def test_compare_any_role_and_iteration(pages, store, request_ctx):
     layout = pages.compare.layout(a="1:1", b="1:3", layer="fc", role="param_grad")
     graphs = {g.id: g.figure for g in components(layout, dcc.Graph)}
-    np.testing.assert_array_equal(np.asarray(graphs["compare-a-graph"].data[0].z),
-                                  store.load_tensor(1, 1, "fc.weight.grad").array)
-    np.testing.assert_array_equal(np.asarray(graphs["compare-b-graph"].data[0].z),
-                                  store.load_tensor(1, 3, "fc.weight.grad").array)
+    np.testing.assert_array_equal(
+        np.asarray(graphs["compare-a-graph"].data[0].z),
+        store.load_tensor(1, 1, "fc.weight.grad").array,
+    )
+    np.testing.assert_array_equal(
+        np.asarray(graphs["compare-b-graph"].data[0].z),
+        store.load_tensor(1, 3, "fc.weight.grad").array,
+    )
 
 
 def test_compare_falls_back_to_a_role_the_layer_has(pages, request_ctx):
@@ -282,16 +322,27 @@ def test_compare_unknown_things_are_not_found(pages, request_ctx, query, words):
 
 
 def test_compare_controls_write_the_url(pages, request_ctx):
-    ref = {"a": [1, 3], "b": [2, 3], "layer": "conv", "role": "param", "tensor": "conv.weight",
-           "runs": None, "slice": []}
+    ref = {
+        "a": [1, 3],
+        "b": [2, 3],
+        "layer": "conv",
+        "role": "param",
+        "tensor": "conv.weight",
+        "runs": None,
+        "slice": [],
+    }
     args = [1, 3, 2, 3, "conv", "param", "conv.weight", [2, 1, 3], []]
-    search = run_callback(pages.compare.navigate, *[*args[:2], 3, 2, *args[4:]], ref,
-                          triggered="compare-b-run.value")
+    search = run_callback(
+        pages.compare.navigate, *[*args[:2], 3, 2, *args[4:]], ref, triggered="compare-b-run.value"
+    )
     assert search == "?a=1%3A3&b=3%3A3&layer=conv&role=param&tensor=conv.weight"
-    search = run_callback(pages.compare.navigate, *[*args[:4], "fc", *args[5:]], ref,
-                          triggered="compare-layer.value")
+    search = run_callback(
+        pages.compare.navigate, *[*args[:4], "fc", *args[5:]], ref, triggered="compare-layer.value"
+    )
     assert search == "?a=1%3A3&b=2%3A3&layer=fc&role=param"  # the tensor is the new layer's
-    search = run_callback(pages.compare.navigate, *args[:7], [1, 2], [], ref, triggered="compare-runs.value")
+    search = run_callback(
+        pages.compare.navigate, *args[:7], [1, 2], [], ref, triggered="compare-runs.value"
+    )
     assert search.endswith("&runs=1%2C2")
 
 

@@ -16,8 +16,14 @@ from storage import RunStore
 
 
 def cnnviz(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tracer.cli", *args], capture_output=True, text=True,
-                          env=subprocess_env(), cwd=REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tracer.cli", *args],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+        timeout=timeout,
+    )
 
 
 def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> None:
@@ -31,7 +37,9 @@ def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> None
 
 def test_serve_refuses_a_missing_store(tmp_path):
     missing = tmp_path / "missing.db"
-    assert_usage_error(cnnviz("serve", "--db", str(missing)), "cnnviz: error: no store at", str(missing))
+    assert_usage_error(
+        cnnviz("serve", "--db", str(missing)), "cnnviz: error: no store at", str(missing)
+    )
     assert not missing.exists()  # nothing created
 
 
@@ -54,7 +62,9 @@ def test_serve_refuses_what_is_not_a_store(tmp_path, kind):
 
 @pytest.mark.parametrize("port", ["0", "70000", "http"])
 def test_serve_refuses_bad_ports(dash_store, port):
-    assert_usage_error(cnnviz("serve", "--db", str(dash_store), "--port", port), "cnnviz serve: error:", "--port")
+    assert_usage_error(
+        cnnviz("serve", "--db", str(dash_store), "--port", port), "cnnviz serve: error:", "--port"
+    )
 
 
 def test_serve_says_when_the_port_is_taken(dash_store):
@@ -62,7 +72,9 @@ def test_serve_says_when_the_port_is_taken(dash_store):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        assert_usage_error(cnnviz("serve", "--db", str(dash_store), "--port", port), "already in use", port)
+        assert_usage_error(
+            cnnviz("serve", "--db", str(dash_store), "--port", port), "already in use", port
+        )
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -78,7 +90,16 @@ def listening_addresses(port: int) -> set[str]:
 
 def test_serve_listens_on_loopback_with_debug_off(dash_store):
     port = free_port()
-    argv = [sys.executable, "-m", "tracer.cli", "serve", "--db", str(dash_store), "--port", str(port)]
+    argv = [
+        sys.executable,
+        "-m",
+        "tracer.cli",
+        "serve",
+        "--db",
+        str(dash_store),
+        "--port",
+        str(port),
+    ]
     with serving(argv, port) as served:
         with urllib.request.urlopen(served.url + "/") as response:
             index = response.read().decode()
@@ -96,7 +117,9 @@ def test_demo_traces_three_seeds_once(tmp_path):
     assert first.returncode == 0, first.stderr
     with RunStore(db) as store:
         runs = store.list_runs()
-        assert [(r.seed, r.status, r.num_iterations) for r in runs] == [(s, "completed", 3) for s in (0, 1, 2)]
+        assert [(r.seed, r.status, r.num_iterations) for r in runs] == [
+            (s, "completed", 3) for s in (0, 1, 2)
+        ]
         assert all(s.num_verified == s.num_steps for r in runs for s in store.iterations(r.id))
     assert first.stdout.count("traced run") == 3
     again = cnnviz("demo", "--db", str(db), "--no-serve")

@@ -43,7 +43,11 @@ def test_an_activation_plane_is_picked_by_sample_and_channel():
 
 def test_kernels_have_output_and_input_channels():
     assert [d.label for d in lead_dims((8, 3, 5, 5), "param_grad")] == ["out channel", "in channel"]
-    assert [d.label for d in lead_dims((2, 3, 4, 5, 6), "activation")] == ["sample", "channel", "axis 2"]
+    assert [d.label for d in lead_dims((2, 3, 4, 5, 6), "activation")] == [
+        "sample",
+        "channel",
+        "axis 2",
+    ]
 
 
 def test_tall_matrices_show_their_top_left_window():
@@ -87,8 +91,11 @@ def test_the_difference_is_b_minus_a_at_the_same_slice():
 
 @settings(max_examples=100, deadline=None)
 @given(
-    hnp.arrays(np.float32, hnp.array_shapes(min_dims=3, max_dims=4, max_side=5),
-               elements=st.floats(-10, 10, width=32)),
+    hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=3, max_dims=4, max_side=5),
+        elements=st.floats(-10, 10, width=32),
+    ),
     st.data(),
 )
 def test_every_plane_equals_numpy_indexing(array, data):

@@ -27,7 +27,9 @@ def _committed_iterations(path) -> int:
 def test_sigkill_keeps_committed_iterations(db_path, cli_env):
     proc = subprocess.Popen(
         [*TRACE, "--db", str(db_path), "--epochs", "100000", "--seed", "3"],
-        env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=cli_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 120
@@ -55,8 +57,13 @@ def test_sigkill_keeps_committed_iterations(db_path, cli_env):
             assert len(record.tensors) > 40
 
     # The file keeps working for the next trace.
-    done = subprocess.run([*TRACE, "--db", str(db_path), "--seed", "4"], env=cli_env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*TRACE, "--db", str(db_path), "--seed", "4"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     with RunStore(db_path) as store:
         assert [r.status for r in store.list_runs()] == ["running", "completed"]
@@ -67,7 +74,10 @@ def test_concurrent_writers_all_succeed(db_path, cli_env):
     procs = [
         subprocess.Popen(
             [*TRACE, "--db", str(db_path), "--seed", str(seed), "--epochs", "15", "--samples", "2"],
-            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=cli_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for seed in range(writers)
     ]

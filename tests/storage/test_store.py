@@ -26,17 +26,43 @@ from storage import (
 
 def _write_run(path, name="r", tensors=None, steps=None):
     engine = open_engine(path)
-    writer = RunWriter.begin(engine, RunInfo(name=name, seed=7, optimizer="SGD", optimizer_settings={"lr": 0.5}))
-    writer.set_layers([LayerInfo(0, "fc", "Linear", (1, 3), (1, 2), 8, "fully connected", "z = Wx + b")])
-    tensors = tensors if tensors is not None else [
-        TensorRecord("fc.weight", "param", np.arange(6, dtype=np.float32).reshape(2, 3), layer="fc"),
-        TensorRecord("target", "target", np.array([1], dtype=np.int64)),
-    ]
-    steps = steps if steps is not None else [
-        StepRecord("fc", "forward", "Linear", "z = Wx", "z = 1", inputs=["fc.weight"], outputs=["fc.weight"],
-                   reference="PyTorch", max_abs_diff=1e-8, verified=True)
-    ]
-    writer.add_iteration(IterationRecord(index=1, loss=0.25, tensors=tensors, steps=steps, learning_rate=0.5))
+    writer = RunWriter.begin(
+        engine, RunInfo(name=name, seed=7, optimizer="SGD", optimizer_settings={"lr": 0.5})
+    )
+    writer.set_layers(
+        [LayerInfo(0, "fc", "Linear", (1, 3), (1, 2), 8, "fully connected", "z = Wx + b")]
+    )
+    tensors = (
+        tensors
+        if tensors is not None
+        else [
+            TensorRecord(
+                "fc.weight", "param", np.arange(6, dtype=np.float32).reshape(2, 3), layer="fc"
+            ),
+            TensorRecord("target", "target", np.array([1], dtype=np.int64)),
+        ]
+    )
+    steps = (
+        steps
+        if steps is not None
+        else [
+            StepRecord(
+                "fc",
+                "forward",
+                "Linear",
+                "z = Wx",
+                "z = 1",
+                inputs=["fc.weight"],
+                outputs=["fc.weight"],
+                reference="PyTorch",
+                max_abs_diff=1e-8,
+                verified=True,
+            )
+        ]
+    )
+    writer.add_iteration(
+        IterationRecord(index=1, loss=0.25, tensors=tensors, steps=steps, learning_rate=0.5)
+    )
     writer.finish()
     engine.dispose()
     return writer.run_id
@@ -53,7 +79,9 @@ def test_round_trip_is_lossless(db_path):
         "scalar": np.array(3.5, dtype=np.float32),
         "special": np.array([np.nan, np.inf, -np.inf, 1.0], dtype=np.float32),
     }
-    run_id = _write_run(db_path, tensors=[TensorRecord(k, "intermediate", v) for k, v in arrays.items()], steps=[])
+    run_id = _write_run(
+        db_path, tensors=[TensorRecord(k, "intermediate", v) for k, v in arrays.items()], steps=[]
+    )
     with RunStore(db_path) as store:
         record = store.load_iteration(run_id, 1)
     for name, array in arrays.items():
@@ -71,8 +99,12 @@ def test_summary_columns_and_json_copy_are_readable_from_sql(db_path):
     _write_run(db_path, tensors=[TensorRecord("fc.weight", "param", weight, layer="fc")], steps=[])
     with sqlite3.connect(db_path) as conn:
         row = conn.execute("SELECT min, max, mean, l2, numel, shape, dtype FROM tensors").fetchone()
-        values = [v for (v,) in conn.execute(
-            "SELECT value FROM tensor_elements WHERE name = 'fc.weight' ORDER BY flat_index")]
+        values = [
+            v
+            for (v,) in conn.execute(
+                "SELECT value FROM tensor_elements WHERE name = 'fc.weight' ORDER BY flat_index"
+            )
+        ]
     assert row[:2] == (-2.0, 3.0)
     assert row[2] == pytest.approx(weight.mean())
     assert row[3] == pytest.approx(np.linalg.norm(weight))
@@ -84,7 +116,9 @@ def test_large_tensors_have_no_json_copy(db_path):
     big = np.zeros(codec.JSON_COPY_MAX_NUMEL + 1, dtype=np.float32)
     _write_run(db_path, tensors=[TensorRecord("big", "intermediate", big)], steps=[])
     with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT elements IS NULL, length(data) FROM tensor_data").fetchone() == (1, big.nbytes)
+        assert conn.execute(
+            "SELECT elements IS NULL, length(data) FROM tensor_data"
+        ).fetchone() == (1, big.nbytes)
 
 
 def test_readers_see_runs_layers_and_steps(db_path):
@@ -99,7 +133,12 @@ def test_readers_see_runs_layers_and_steps(db_path):
         assert full.model_description.splitlines()[1] == "fc: Linear (1, 3) -> (1, 2), 8 params"
         assert full.layers[0].input_shape == (1, 3)
         (summary,) = store.iterations(run_id)
-        assert (summary.index, summary.num_steps, summary.num_checked, summary.num_verified) == (1, 1, 1, 1)
+        assert (summary.index, summary.num_steps, summary.num_checked, summary.num_verified) == (
+            1,
+            1,
+            1,
+            1,
+        )
         step = store.load_iteration(run_id, 1).steps[0]
         assert step.inputs == ["fc.weight"] and step.verified is True
         assert store.load_iteration(run_id, 2) is None
@@ -156,7 +195,9 @@ def test_corrupt_store_is_reported(tmp_path, db_path):
 def test_newer_schema_version_is_refused_and_left_alone(db_path):
     _write_run(db_path)
     with sqlite3.connect(db_path) as conn:
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),)
+        )
     before = db_path.read_bytes()
     for readonly in (True, False):
         with pytest.raises(StoreError, match="upgrade cnnviz"):
@@ -187,7 +228,9 @@ def test_empty_file_becomes_a_store(db_path):
     engine = open_engine(db_path)
     engine.dispose()
     with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
+            str(SCHEMA_VERSION),
+        )
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
@@ -196,8 +239,10 @@ def test_foreign_keys_are_enforced(db_path):
     engine = open_engine(db_path)
     with pytest.raises(Exception, match="FOREIGN KEY"):
         with engine.begin() as conn:
-            conn.exec_driver_sql("INSERT INTO iterations (run_id, \"index\", loss, warnings, created_at) "
-                                 "VALUES (999, 1, 0.0, '[]', '2026-01-01')")
+            conn.exec_driver_sql(
+                'INSERT INTO iterations (run_id, "index", loss, warnings, created_at) '
+                "VALUES (999, 1, 0.0, '[]', '2026-01-01')"
+            )
     engine.dispose()
 
 
@@ -232,8 +277,13 @@ def test_a_diverged_iteration_is_stored_with_a_null_loss(db_path):
 
 def test_truncated_tensors_keep_full_shape_and_summary_but_no_json_copy(db_path):
     full = np.arange(100, dtype=np.float32).reshape(10, 10)
-    record = TensorRecord("t", "activation", full.reshape(-1)[:20].copy(), shape=(10, 10),
-                          summary=codec.summarize(full))
+    record = TensorRecord(
+        "t",
+        "activation",
+        full.reshape(-1)[:20].copy(),
+        shape=(10, 10),
+        summary=codec.summarize(full),
+    )
     run_id = _write_run(db_path, tensors=[record], steps=[])
     with RunStore(db_path) as store:
         stored = store.load_tensor(run_id, 1, "t")

@@ -22,9 +22,15 @@ from tracer.session import TraceWarning
 def _hook_state(model: nn.Module, optimizer) -> list:
     state = []
     for name, m in model.named_modules():
-        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
-                     "_backward_pre_hooks", "_forward_hooks_with_kwargs",
-                     "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs"):
+        for attr in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_forward_hooks_with_kwargs",
+            "_forward_hooks_always_called",
+            "_forward_pre_hooks_with_kwargs",
+        ):
             state.append((name, attr, dict(getattr(m, attr))))
         state.append((name, "training", m.training))
     state.append(("optimizer", "pre", dict(optimizer._optimizer_step_pre_hooks)))
@@ -160,7 +166,9 @@ def test_inplace_relu_traces_the_same_values_and_gradients_as_out_of_place(tmp_p
         names = [t.name for t in ra.tensors]
         assert names == [t.name for t in rb.tensors]
         for name in names:
-            np.testing.assert_array_equal(ra.tensor(name).array, rb.tensor(name).array, err_msg=name)
+            np.testing.assert_array_equal(
+                ra.tensor(name).array, rb.tensor(name).array, err_msg=name
+            )
         assert all(s.verified is not False for s in ra.steps)
         # "block.0.out" is the conv output before the in-place ReLU overwrote it,
         # and its gradient is dL/d(conv output): zero wherever the ReLU was off.
@@ -319,8 +327,16 @@ class UsesDictLeaf(nn.Module):
 ODD_MODELS = {
     "checkpointed": (Checkpointed, lambda m, x: m(x), lambda g: torch.randn(5, 4, generator=g)),
     "dict-leaf": (UsesDictLeaf, lambda m, x: m(x), lambda g: torch.randn(5, 4, generator=g)),
-    "recurrent": (Recurrent, lambda m, x: m(x)["logits"], lambda g: torch.randint(0, 12, (5, 7), generator=g)),
-    "keyword-only": (KeywordOnly, lambda m, x: m(features=x), lambda g: torch.randn(5, 4, generator=g)),
+    "recurrent": (
+        Recurrent,
+        lambda m, x: m(x)["logits"],
+        lambda g: torch.randint(0, 12, (5, 7), generator=g),
+    ),
+    "keyword-only": (
+        KeywordOnly,
+        lambda m, x: m(features=x),
+        lambda g: torch.randn(5, 4, generator=g),
+    ),
     "in-place": (InPlaceEverywhere, lambda m, x: m(x), lambda g: torch.randn(5, 4, generator=g)),
 }
 
@@ -390,8 +406,21 @@ def test_unexplained_layers_are_raw_tensors_with_a_warning_naming_them(db_path):
     record = _records(db_path, run.run_id)[0]
     names = {t.name for t in record.tensors}
     # Inputs, outputs and gradients of the raw layers are all stored.
-    assert {"input", "emb.out", "emb.out.grad", "emb.weight", "emb.weight.grad", "emb.weight.next"} <= names
-    assert {"lstm.out.0", "lstm.out.0.grad", "lstm.out.1.0", "lstm.out.1.0.grad", "lstm.out.1.1"} <= names
+    assert {
+        "input",
+        "emb.out",
+        "emb.out.grad",
+        "emb.weight",
+        "emb.weight.grad",
+        "emb.weight.next",
+    } <= names
+    assert {
+        "lstm.out.0",
+        "lstm.out.0.grad",
+        "lstm.out.1.0",
+        "lstm.out.1.0.grad",
+        "lstm.out.1.1",
+    } <= names
     assert record.tensor("input").array.dtype.kind == "i"
     raw = [s for s in record.steps if s.layer == "lstm" and s.phase != "update"]
     assert [s.phase for s in raw] == ["forward", "backward"]
@@ -443,9 +472,12 @@ def test_unknown_optimizer_update_is_stored_raw(db_path):
     record = _records(db_path, run.run_id)[0]
     update = [s for s in record.steps if s.phase == "update"]
     assert [s.outputs[:2] for s in update] == [
-        ["weight.next", "weight.update"], ["bias.next", "bias.update"]
+        ["weight.next", "weight.update"],
+        ["bias.next", "bias.update"],
     ]
-    assert all(s.verified is None and "no explainer is registered for Halve" in s.note for s in update)
+    assert all(
+        s.verified is None and "no explainer is registered for Halve" in s.note for s in update
+    )
     w, g = record.tensor("weight").array, record.tensor("weight.grad").array
     np.testing.assert_allclose(record.tensor("weight.next").array, w - 0.5 * g, atol=1e-7)
 
@@ -569,7 +601,7 @@ def test_the_store_is_plain_sqlite(db_path):
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     rows = conn.execute(
         "select layer, count(*) from steps s join iterations i on i.id = s.iteration_id "
-        "where i.\"index\" = 1 group by layer"
+        'where i."index" = 1 group by layer'
     ).fetchall()
     conn.close()
     assert dict(rows)["add"] == 3  # forward + backward to X and to Y

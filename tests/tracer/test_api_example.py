@@ -17,7 +17,11 @@ def test_the_example_traces_every_layer(tmp_path, cli_env):
     db = tmp_path / "mine.db"
     result = subprocess.run(
         [sys.executable, str(EXAMPLE), str(db)],
-        cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "warning" not in result.stderr.lower(), result.stderr  # every layer is explained
@@ -36,9 +40,17 @@ def test_the_example_traces_every_layer(tmp_path, cli_env):
     assert [round(s.loss, 4) for s in summaries] == losses
     layers = [(layer.name, layer.type) for layer in info.layers]
     assert layers == [
-        ("stem", "Conv2d"), ("relu", "ReLU"), ("block.0", "Conv2d"), ("block.1", "ReLU"),
-        ("block.2", "Conv2d"), ("add", "Add"), ("relu#2", "ReLU"), ("max_pool2d", "MaxPool2d"),
-        ("flatten", "Flatten"), ("head", "Linear"), ("loss", "CrossEntropyLoss"),
+        ("stem", "Conv2d"),
+        ("relu", "ReLU"),
+        ("block.0", "Conv2d"),
+        ("block.1", "ReLU"),
+        ("block.2", "Conv2d"),
+        ("add", "Add"),
+        ("relu#2", "ReLU"),
+        ("max_pool2d", "MaxPool2d"),
+        ("flatten", "Flatten"),
+        ("head", "Linear"),
+        ("loss", "CrossEntropyLoss"),
     ]
     assert all(layer.explained for layer in info.layers)
     checked = [s for s in record.steps if s.verified is not None]
@@ -49,4 +61,3 @@ def test_the_example_traces_every_layer(tmp_path, cli_env):
     assert {"input", "input.grad", "add.out.grad", "block.1.out", "head.weight.next"} <= names
     assert record.tensor("stem.X_col").truncated  # bounded by max_elements=5000 ...
     assert record.tensor("stem.X_col").shape == (32 * 8 * 8, 9)  # ... with its full shape kept
-

@@ -38,9 +38,14 @@ def full_and_bounded(tmp_path_factory):
     """LeNet-5 traced twice from the same seed: all elements, and at most 100 per tensor."""
     root = tmp_path_factory.mktemp("bounds")
     full = run_builtin(**LENET, iterations=1, max_elements=None, db=root / "full.db", strict=True)
-    bounded = run_builtin(**LENET, iterations=1, max_elements=100, db=root / "bounded.db", strict=True)
-    return (_records(root / "full.db", full.run_id)[1][0], _records(root / "bounded.db", bounded.run_id)[1][0],
-            root / "bounded.db")
+    bounded = run_builtin(
+        **LENET, iterations=1, max_elements=100, db=root / "bounded.db", strict=True
+    )
+    return (
+        _records(root / "full.db", full.run_id)[1][0],
+        _records(root / "bounded.db", bounded.run_id)[1][0],
+        root / "bounded.db",
+    )
 
 
 def test_max_elements_truncates_but_keeps_shape_and_full_statistics(full_and_bounded):
@@ -53,9 +58,13 @@ def test_max_elements_truncates_but_keeps_shape_and_full_statistics(full_and_bou
         if flat.size > 100:
             truncated += 1
             assert part.truncated and part.array.size == 100
-            np.testing.assert_array_equal(part.array.reshape(-1), flat[:100])  # the first 100, C order
+            np.testing.assert_array_equal(
+                part.array.reshape(-1), flat[:100]
+            )  # the first 100, C order
             for key in ("min", "max", "mean", "std", "l2"):
-                assert part.summary[key] == pytest.approx(whole.summary[key], rel=1e-9, abs=1e-12), (part.name, key)
+                assert part.summary[key] == pytest.approx(
+                    whole.summary[key], rel=1e-9, abs=1e-12
+                ), (part.name, key)
         else:
             assert not part.truncated
             np.testing.assert_array_equal(part.array, whole.array)
@@ -87,7 +96,14 @@ def test_layers_stores_only_the_chosen_layers_tensors(db_path):
     layers = {t.layer for t in record.tensors}
     assert layers == {None, "conv2", "fc3"}  # None: input, target, input.grad
     names = {t.name for t in record.tensors}
-    assert {"input", "target", "conv2.weight", "conv2.X_col", "fc3.weight.next", "fc3.out.grad"} <= names
+    assert {
+        "input",
+        "target",
+        "conv2.weight",
+        "conv2.X_col",
+        "fc3.weight.next",
+        "fc3.out.grad",
+    } <= names
     assert not any(n.startswith(("conv1.", "fc1.", "loss.")) for n in names)
     # Every layer's steps are still there; they only name tensors that were stored.
     assert {s.layer for s in record.steps} >= {"conv1", "relu1", "fc1", "loss", "fc3"}
@@ -100,8 +116,25 @@ def test_cli_bounds_options(tmp_path, capsys):
     from tracer.cli import main
 
     db = tmp_path / "runs.db"
-    main(["trace", "--db", str(db), "--model", "lenet5", "--samples", "4", "--iterations", "3",
-          "--every", "2", "--max-elements", "all", "--layers", "fc3"])
+    main(
+        [
+            "trace",
+            "--db",
+            str(db),
+            "--model",
+            "lenet5",
+            "--samples",
+            "4",
+            "--iterations",
+            "3",
+            "--every",
+            "2",
+            "--max-elements",
+            "all",
+            "--layers",
+            "fc3",
+        ]
+    )
     assert "run 1 'lenet5-seed0' stored" in capsys.readouterr().out
     summaries, records = _records(db, 1)
     assert [s.index for s in summaries] == [1, 3]
@@ -114,10 +147,15 @@ def test_cli_bounds_options(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["lenet5", "small-cnn"])
 def test_the_default_bound_keeps_the_first_sample_whole(db_path, name):
-    run = run_builtin(model_name=name, samples=8, batch_size=8, iterations=1, db=db_path, strict=True)
+    run = run_builtin(
+        model_name=name, samples=8, batch_size=8, iterations=1, db=db_path, strict=True
+    )
     _, (record,) = _records(db_path, run.run_id)
-    per_sample = [t for t in record.tensors
-                  if t.role in ("input", "input_grad", "activation", "activation_grad") and len(t.shape) > 1]
+    per_sample = [
+        t
+        for t in record.tensors
+        if t.role in ("input", "input_grad", "activation", "activation_grad") and len(t.shape) > 1
+    ]
     assert len(per_sample) > 10
     assert any(t.truncated for t in per_sample)
     for tensor in per_sample:

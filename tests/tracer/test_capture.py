@@ -67,9 +67,18 @@ def test_reshapes_become_flatten_and_identities_are_not_calls(db_path):
         info, record = _trace(Reshapes(), x, y, db_path, strict=False)
     layers = [(layer.name, layer.type) for layer in info.layers]
     assert layers == [
-        ("conv", "Conv2d"), ("view", "Flatten"), ("reshape", "Flatten"), ("flatten", "Flatten"),
-        ("flatten#2", "Flatten"), ("add", "Add"), ("sigmoid", "Sigmoid"), ("mul", "torch.Tensor.mul"),
-        ("add#2", "Add"), ("add#3", "Add"), ("fc", "Linear"), ("loss", "CrossEntropyLoss"),
+        ("conv", "Conv2d"),
+        ("view", "Flatten"),
+        ("reshape", "Flatten"),
+        ("flatten", "Flatten"),
+        ("flatten#2", "Flatten"),
+        ("add", "Add"),
+        ("sigmoid", "Sigmoid"),
+        ("mul", "torch.Tensor.mul"),
+        ("add#2", "Add"),
+        ("add#3", "Add"),
+        ("fc", "Linear"),
+        ("loss", "CrossEntropyLoss"),
     ]
     described = {layer.name: layer.description for layer in info.layers}
     assert "dims 1..3" in described["view"] and "torch.Tensor.view" in described["view"]
@@ -78,7 +87,9 @@ def test_reshapes_become_flatten_and_identities_are_not_calls(db_path):
     failed = [(s.layer, s.title) for s in record.steps if s.verified is False]
     assert failed == []
     # conv.out feeds view, reshape and flatten: its gradient is checked as a sum of three parts.
-    total = next(s for s in record.steps if s.title == "Sum the gradient of conv.out over its 3 uses")
+    total = next(
+        s for s in record.steps if s.title == "Sum the gradient of conv.out over its 3 uses"
+    )
     assert total.verified is True
 
 
@@ -99,7 +110,11 @@ def test_add_broadcasting_alpha_and_the_same_operand_twice_match_autograd(db_pat
     with pytest.warns(TraceWarning, match="mean"):
         _, record = _trace(Broadcast(), x, y, db_path, strict=False)
     steps = {(s.layer, s.title): s for s in record.steps}
-    (to_y,) = [s for (layer, title), s in steps.items() if layer == "add" and title.startswith("Sum backward to Y (")]
+    (to_y,) = [
+        s
+        for (layer, title), s in steps.items()
+        if layer == "add" and title.startswith("Sum backward to Y (")
+    ]
     assert to_y.title == f"Sum backward to Y ({to_y.outputs[0].removesuffix('.grad')})"
     assert to_y.verified is True and "broadcast from (1, 4) to (5, 4)" in to_y.note
     assert steps[("add#2", "Sum backward: both operands are the same tensor")].verified is True
@@ -133,7 +148,9 @@ def test_add_module_used_directly_is_explained(db_path):
 
     torch.manual_seed(0)
     info, record = _trace(Direct(), torch.randn(4, 3), torch.tensor([0, 1, 1, 0]), db_path)
-    assert ("add", "Add", True) in [(layer.name, layer.type, layer.explained) for layer in info.layers]
+    assert ("add", "Add", True) in [
+        (layer.name, layer.type, layer.explained) for layer in info.layers
+    ]
     assert all(s.verified is not False for s in record.steps)
 
 
@@ -165,7 +182,16 @@ def test_functional_names_follow_the_enclosing_module(db_path):
     torch.manual_seed(0)
     info, record = _trace(Scoped(), torch.randn(4, 3), torch.tensor([0, 1, 1, 0]), db_path)
     names = [layer.name for layer in info.layers]
-    assert names == ["inner.0", "relu", "relu_fn", "block.lin", "block.relu", "block.add", "fc", "loss"]
+    assert names == [
+        "inner.0",
+        "relu",
+        "relu_fn",
+        "block.lin",
+        "block.relu",
+        "block.add",
+        "fc",
+        "loss",
+    ]
     assert all(layer.explained for layer in info.layers)
     assert "block.add.out.grad" in {t.name for t in record.tensors}
 
@@ -182,7 +208,9 @@ def test_ops_inside_leaf_modules_and_integer_bookkeeping_are_not_calls(db_path):
 
     torch.manual_seed(0)
     with pytest.warns(TraceWarning, match="getitem"):
-        info, _ = _trace(Counting(), torch.randn(4, 3), torch.tensor([0, 1, 1, 0]), db_path, strict=False)
+        info, _ = _trace(
+            Counting(), torch.randn(4, 3), torch.tensor([0, 1, 1, 0]), db_path, strict=False
+        )
     assert [layer.name for layer in info.layers] == ["getitem", "fc", "loss"]
 
 
@@ -233,7 +261,9 @@ def test_complex_intermediates_are_left_out_not_fatal(db_path):
 
     torch.manual_seed(0)
     with pytest.warns(TraceWarning):
-        _, record = _trace(Spectral(), torch.randn(3, 4), torch.tensor([0, 1, 1]), db_path, strict=False)
+        _, record = _trace(
+            Spectral(), torch.randn(3, 4), torch.tensor([0, 1, 1]), db_path, strict=False
+        )
     assert any("complex64 tensor is not stored" in w for w in record.warnings)
     assert "fc.out" in {t.name for t in record.tensors}
 

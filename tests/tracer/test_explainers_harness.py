@@ -56,14 +56,22 @@ def trace_run(
                 if optimizer is not None:
                     optimizer.step()
     with RunStore(db) as store:
-        records = [store.load_iteration(trace.run_id, s.index) for s in store.iterations(trace.run_id)]
+        records = [
+            store.load_iteration(trace.run_id, s.index) for s in store.iterations(trace.run_id)
+        ]
     assert len(records) == len(batches)
     return records
 
 
-def layer_types(model: nn.Module, criterion: nn.Module | None = None, loss_name: str = "loss") -> dict[str, str]:
+def layer_types(
+    model: nn.Module, criterion: nn.Module | None = None, loss_name: str = "loss"
+) -> dict[str, str]:
     """Stored layer name -> module type name, to file each step's diff under its layer type."""
-    kinds = {name: type(m).__name__ for name, m in model.named_modules() if next(m.children(), None) is None}
+    kinds = {
+        name: type(m).__name__
+        for name, m in model.named_modules()
+        if next(m.children(), None) is None
+    }
     if criterion is not None:
         kinds[loss_name] = type(criterion).__name__
     return kinds
@@ -81,7 +89,10 @@ def step_scale(record: IterationRecord, step: StepRecord) -> float:
 
 
 def assert_verified(
-    records: list[IterationRecord], kinds: dict[str, str] | None = None, *, optimizer: str | None = None
+    records: list[IterationRecord],
+    kinds: dict[str, str] | None = None,
+    *,
+    optimizer: str | None = None,
 ) -> dict[str, float]:
     """Every checked step verified within TOL; no warnings. Returns the worst diff per layer type."""
     worst: dict[str, float] = {}
@@ -93,9 +104,19 @@ def assert_verified(
                 assert latex_balanced(tex), (step.title, tex)
             if step.verified is None:
                 continue
-            assert step.verified is True, (record.index, step.layer, step.title, step.reference, step.max_abs_diff)
+            assert step.verified is True, (
+                record.index,
+                step.layer,
+                step.title,
+                step.reference,
+                step.max_abs_diff,
+            )
             scale = step_scale(record, step)
-            assert step.max_abs_diff <= TOL * max(1.0, scale), (step.title, step.max_abs_diff, scale)
+            assert step.max_abs_diff <= TOL * max(1.0, scale), (
+                step.title,
+                step.max_abs_diff,
+                scale,
+            )
             if step.phase == "update":
                 kind = optimizer or "optimizer"
             else:
@@ -143,10 +164,26 @@ def stored(record: IterationRecord, name: str) -> np.ndarray:
 
 _PARAMS = [nn.Parameter(torch.zeros(2))]
 REQUIRED = [
-    nn.Conv2d(1, 1, 1), nn.MaxPool2d(2), nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Linear(1, 1),
-    nn.Flatten(), nn.Dropout(), nn.ReLU(), nn.LeakyReLU(), nn.Sigmoid(), nn.Tanh(), nn.Softmax(1),
-    nn.LogSoftmax(1), nn.BatchNorm2d(1), nn.CrossEntropyLoss(), nn.NLLLoss(), nn.MSELoss(),
-    torch.optim.SGD(_PARAMS, lr=0.1), torch.optim.Adam(_PARAMS), torch.optim.AdamW(_PARAMS),
+    nn.Conv2d(1, 1, 1),
+    nn.MaxPool2d(2),
+    nn.AvgPool2d(2),
+    nn.AdaptiveAvgPool2d(1),
+    nn.Linear(1, 1),
+    nn.Flatten(),
+    nn.Dropout(),
+    nn.ReLU(),
+    nn.LeakyReLU(),
+    nn.Sigmoid(),
+    nn.Tanh(),
+    nn.Softmax(1),
+    nn.LogSoftmax(1),
+    nn.BatchNorm2d(1),
+    nn.CrossEntropyLoss(),
+    nn.NLLLoss(),
+    nn.MSELoss(),
+    torch.optim.SGD(_PARAMS, lr=0.1),
+    torch.optim.Adam(_PARAMS),
+    torch.optim.AdamW(_PARAMS),
 ]
 
 
@@ -163,14 +200,37 @@ def test_every_registered_layer_describes_itself_in_one_line():
     samples = [
         nn.Conv2d(2, 4, 3, stride=2, padding=1, dilation=2, groups=2, bias=False),
         nn.Conv2d(1, 1, 2, padding="same", padding_mode="reflect"),
-        nn.MaxPool2d(3, 2, 1, ceil_mode=True), nn.AvgPool2d(2, count_include_pad=False, divisor_override=3),
-        nn.AdaptiveAvgPool2d((2, None)), nn.AdaptiveMaxPool2d(1), nn.Linear(3, 2), nn.Flatten(),
-        nn.Dropout(0.3), nn.Dropout2d(), nn.ReLU(inplace=True), nn.LeakyReLU(0.2), nn.ReLU6(),
-        nn.Sigmoid(), nn.Tanh(), nn.ELU(), nn.SiLU(), nn.GELU("tanh"), nn.Softplus(), nn.PReLU(3),
-        nn.Identity(), nn.Softmax(dim=1), nn.LogSoftmax(dim=-1), nn.BatchNorm2d(3, momentum=None),
+        nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+        nn.AvgPool2d(2, count_include_pad=False, divisor_override=3),
+        nn.AdaptiveAvgPool2d((2, None)),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Linear(3, 2),
+        nn.Flatten(),
+        nn.Dropout(0.3),
+        nn.Dropout2d(),
+        nn.ReLU(inplace=True),
+        nn.LeakyReLU(0.2),
+        nn.ReLU6(),
+        nn.Sigmoid(),
+        nn.Tanh(),
+        nn.ELU(),
+        nn.SiLU(),
+        nn.GELU("tanh"),
+        nn.Softplus(),
+        nn.PReLU(3),
+        nn.Identity(),
+        nn.Softmax(dim=1),
+        nn.LogSoftmax(dim=-1),
+        nn.BatchNorm2d(3, momentum=None),
         nn.BatchNorm1d(3, affine=False, track_running_stats=False),
-        nn.CrossEntropyLoss(weight=torch.ones(3), label_smoothing=0.1), nn.NLLLoss(), nn.MSELoss(),
-        nn.L1Loss(), nn.SmoothL1Loss(), nn.HuberLoss(), nn.BCELoss(), nn.BCEWithLogitsLoss(),
+        nn.CrossEntropyLoss(weight=torch.ones(3), label_smoothing=0.1),
+        nn.NLLLoss(),
+        nn.MSELoss(),
+        nn.L1Loss(),
+        nn.SmoothL1Loss(),
+        nn.HuberLoss(),
+        nn.BCELoss(),
+        nn.BCEWithLogitsLoss(),
     ]
     for module in samples:
         explainer = explainer_for(module)
@@ -207,7 +267,9 @@ def test_an_unsupported_setting_is_stored_raw_with_a_warning(tmp_path):
     with pytest.warns(UserWarning):  # PyTorch's own broadcasting warning
         records = trace_run(model, criterion, [(x, y)], tmp_path / "r.db")
     record = records[0]
-    assert any("loss (MSELoss): unsupported setting" in w and "broadcast" in w for w in record.warnings)
+    assert any(
+        "loss (MSELoss): unsupported setting" in w and "broadcast" in w for w in record.warnings
+    )
     raw = steps_of(record, "loss")
     assert [s.phase for s in raw] == ["forward", "backward"]
     assert all("no matrix form" in s.title and s.verified is None for s in raw)

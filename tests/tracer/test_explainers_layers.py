@@ -21,6 +21,7 @@ EXAMPLES = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
+
 @pytest.fixture(scope="module")
 def db_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("explainers")
@@ -33,7 +34,11 @@ def _run(db_dir, model, x, *, seed, iterations=1, optimizer=True, zeros=0.0):
         x = x * (torch.rand(x.shape, generator=gen) >= zeros)  # exact zeros at random places
     with torch.no_grad():
         target = torch.randn(model(x).shape, generator=gen)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05) if optimizer and list(model.parameters()) else None
+    opt = (
+        torch.optim.SGD(model.parameters(), lr=0.05)
+        if optimizer and list(model.parameters())
+        else None
+    )
     criterion = nn.MSELoss()
     records = trace_run(model, criterion, [(x, target)] * iterations, db_dir / "runs.db", opt)
     assert_verified(records, layer_types(model, criterion))
@@ -70,8 +75,15 @@ def conv_cases(draw):
     n = draw(st.integers(1, 4))
     bias = draw(st.booleans())
     conv = dict(
-        in_channels=cin, out_channels=cout, kernel_size=(kh, kw), stride=(sh, sw), padding=padding,
-        dilation=(dh, dw), groups=groups, bias=bias, padding_mode=mode,
+        in_channels=cin,
+        out_channels=cout,
+        kernel_size=(kh, kw),
+        stride=(sh, sw),
+        padding=padding,
+        dilation=(dh, dw),
+        groups=groups,
+        bias=bias,
+        padding_mode=mode,
     )
     return conv, (n, cin, h, w), draw(st.integers(0, 2**16))
 
@@ -85,10 +97,14 @@ def test_conv2d_matches_pytorch(db_dir, case):
     records = _run(db_dir, nn.Sequential(conv), _data(seed, *shape), seed=seed, iterations=2)
     record = records[-1]
     assert titles(record, "0", "forward") == [
-        "Unfold input patches (im2col)", "Convolution as one matrix product", "Reshape to the output feature map",
+        "Unfold input patches (im2col)",
+        "Convolution as one matrix product",
+        "Reshape to the output feature map",
     ]
     backward = titles(record, "0", "backward")
-    assert backward[0] == "Gradient of the kernel" and backward[-1] == "Gradient of the input (col2im)"
+    assert (
+        backward[0] == "Gradient of the kernel" and backward[-1] == "Gradient of the input (col2im)"
+    )
     assert ("Gradient of the bias" in backward) == kwargs["bias"]
     n, oc = shape[0], kwargs["out_channels"]
     out = stored(record, "0.out")
@@ -113,7 +129,12 @@ def max_pool_cases(draw):
     w = draw(st.integers(d[1] * (k[1] - 1) + 1, 8))
     shape = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), h, w)
     ties = draw(st.booleans())
-    return dict(kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil), shape, ties, draw(st.integers(0, 2**16))
+    return (
+        dict(kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil),
+        shape,
+        ties,
+        draw(st.integers(0, 2**16)),
+    )
 
 
 @EXAMPLES
@@ -125,8 +146,12 @@ def test_maxpool2d_matches_pytorch(db_dir, case):
         x = torch.round(x)  # many equal values inside windows: the first maximum must win
     records = _run(db_dir, nn.Sequential(nn.MaxPool2d(**kwargs)), x, seed=seed)
     record = records[0]
-    assert titles(record, "0", "forward") == ["Max pooling: each window, its maximum and where it is"]
-    assert titles(record, "0", "backward") == ["Max pooling backward: route to the argmax, accumulate overlaps"]
+    assert titles(record, "0", "forward") == [
+        "Max pooling: each window, its maximum and where it is"
+    ]
+    assert titles(record, "0", "backward") == [
+        "Max pooling backward: route to the argmax, accumulate overlaps"
+    ]
     out = stored(record, "0.out")
     assert stored(record, "0.argmax").shape == out.shape
     # Every output routes to exactly one input: the route counts add up to the outputs.
@@ -139,10 +164,19 @@ def avg_pool_cases(draw):
     s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     p = (draw(st.integers(0, k[0] // 2)), draw(st.integers(0, k[1] // 2)))
     kwargs = dict(
-        kernel_size=k, stride=s, padding=p, ceil_mode=draw(st.booleans()),
-        count_include_pad=draw(st.booleans()), divisor_override=draw(st.sampled_from([None, None, 1, 3, 7])),
+        kernel_size=k,
+        stride=s,
+        padding=p,
+        ceil_mode=draw(st.booleans()),
+        count_include_pad=draw(st.booleans()),
+        divisor_override=draw(st.sampled_from([None, None, 1, 3, 7])),
     )
-    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(k[0], 8)), draw(st.integers(k[1], 8)))
+    shape = (
+        draw(st.integers(1, 3)),
+        draw(st.integers(1, 3)),
+        draw(st.integers(k[0], 8)),
+        draw(st.integers(k[1], 8)),
+    )
     return kwargs, shape, draw(st.integers(0, 2**16))
 
 
@@ -194,9 +228,17 @@ def linear_cases(draw):
 def test_linear_matches_pytorch(db_dir, case):
     fin, fout, bias, lead, seed = case
     torch.manual_seed(seed)
-    records = _run(db_dir, nn.Sequential(nn.Linear(fin, fout, bias=bias)), _data(seed, *lead, fin), seed=seed, iterations=2)
+    records = _run(
+        db_dir,
+        nn.Sequential(nn.Linear(fin, fout, bias=bias)),
+        _data(seed, *lead, fin),
+        seed=seed,
+        iterations=2,
+    )
     backward = titles(records[-1], "0", "backward")
-    assert backward == ["Gradient of the weights"] + (["Gradient of the bias"] if bias else []) + ["Gradient of the input"]
+    assert backward == ["Gradient of the weights"] + (["Gradient of the bias"] if bias else []) + [
+        "Gradient of the input"
+    ]
 
 
 @EXAMPLES
@@ -243,10 +285,16 @@ ACTIVATIONS = [
 )
 def test_activations_match_pytorch(db_dir, which, shape, zeros, spread, seed):
     layer = ACTIVATIONS[which]()
-    if isinstance(layer, nn.PReLU) and layer.num_parameters > 1 and (len(shape) < 2 or shape[1] != 3):
+    if (
+        isinstance(layer, nn.PReLU)
+        and layer.num_parameters > 1
+        and (len(shape) < 2 or shape[1] != 3)
+    ):
         shape = (2, 3)
     # The preceding Linear-free model sees exact zeros (the kinks) and large |z| (saturation).
-    records = _run(db_dir, nn.Sequential(layer), _data(seed, *shape) * spread, seed=seed, zeros=zeros)
+    records = _run(
+        db_dir, nn.Sequential(layer), _data(seed, *shape) * spread, seed=seed, zeros=zeros
+    )
     record = records[0]
     assert len(titles(record, "0", "forward")) == 1
     assert titles(record, "0", "backward")[-1].endswith("backward")
@@ -255,13 +303,20 @@ def test_activations_match_pytorch(db_dir, which, shape, zeros, spread, seed):
 
 
 @EXAMPLES
-@given(st.sampled_from([(5,), (2, 4), (2, 3, 4), (2, 3, 2, 2)]), st.data(), st.booleans(), st.integers(0, 2**16))
+@given(
+    st.sampled_from([(5,), (2, 4), (2, 3, 4), (2, 3, 2, 2)]),
+    st.data(),
+    st.booleans(),
+    st.integers(0, 2**16),
+)
 def test_softmax_and_log_softmax_match_pytorch(db_dir, shape, data, log, seed):
     dim = data.draw(st.integers(-len(shape), len(shape) - 1))
     layer = nn.LogSoftmax(dim=dim) if log else nn.Softmax(dim=dim)
     records = _run(db_dir, nn.Sequential(layer), _data(seed, *shape) * 3, seed=seed)
     backward = titles(records[0], "0", "backward")
-    assert backward == (["LogSoftmax backward"] if log else ["Softmax backward (Jacobian-vector product)"])
+    assert backward == (
+        ["LogSoftmax backward"] if log else ["Softmax backward (Jacobian-vector product)"]
+    )
 
 
 # ---------------------------------------------------------------- dropout
@@ -321,7 +376,9 @@ def batchnorm_cases(draw):
 @given(batchnorm_cases())
 def test_batchnorm_matches_pytorch(db_dir, case):
     dims, c, shape, kwargs, training, seed = case
-    values_per_channel = shape[0] * (shape[2] * shape[3] if len(shape) == 4 else (shape[2] if len(shape) == 3 else 1))
+    values_per_channel = shape[0] * (
+        shape[2] * shape[3] if len(shape) == 4 else (shape[2] if len(shape) == 3 else 1)
+    )
     if (training or not kwargs["track_running_stats"]) and values_per_channel < 2:
         shape = (2,) + shape[1:]  # PyTorch refuses to train on one value per channel
     torch.manual_seed(seed)

@@ -87,14 +87,26 @@ def test_cross_entropy_matches_pytorch(db, case):
     records = trace_run(model, criterion, [(x, y)], db, reduce=_weighted_sum(seed))
     assert_verified(records, layer_types(model, criterion))
     record = records[0]
-    assert titles(record, "loss", "forward") == ["Softmax: logits to probabilities", "Cross-entropy loss"]
+    assert titles(record, "loss", "forward") == [
+        "Softmax: logits to probabilities",
+        "Cross-entropy loss",
+    ]
     assert titles(record, "loss", "backward") == ["Gradient of the loss with respect to the logits"]
     logits = stored(record, "0.out")
     assert stored(record, "loss.probs").shape == logits.shape
-    assert stored(record, "loss.predicted").shape == (logits.shape[:1] + logits.shape[2:] if lead else ())
+    assert stored(record, "loss.predicted").shape == (
+        logits.shape[:1] + logits.shape[2:] if lead else ()
+    )
     ignored = not probabilities and bool((y == criterion.ignore_index).any())
-    plain = not (probabilities or ignored or "weight" in kwargs or "label_smoothing" in kwargs
-                 or extra or not lead or kwargs["reduction"] == "none")
+    plain = not (
+        probabilities
+        or ignored
+        or "weight" in kwargs
+        or "label_smoothing" in kwargs
+        or extra
+        or not lead
+        or kwargs["reduction"] == "none"
+    )
     names = {t.name for t in record.tensors}
     assert ("loss.target_weights" in names) == (not plain)
     assert ("loss.onehot" in names) == (not probabilities)
@@ -140,7 +152,9 @@ POINTWISE = [
     lambda r: nn.SmoothL1Loss(reduction=r, beta=0.0),
     lambda r: nn.HuberLoss(reduction=r, delta=0.7),
     lambda r: nn.BCEWithLogitsLoss(reduction=r),
-    lambda r: nn.BCEWithLogitsLoss(reduction=r, weight=torch.tensor([0.5, 1.0, 2.0]), pos_weight=torch.tensor([1.0, 3.0, 0.5])),
+    lambda r: nn.BCEWithLogitsLoss(
+        reduction=r, weight=torch.tensor([0.5, 1.0, 2.0]), pos_weight=torch.tensor([1.0, 3.0, 0.5])
+    ),
     lambda r: nn.BCELoss(reduction=r),
 ]
 

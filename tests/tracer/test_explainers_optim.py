@@ -32,7 +32,10 @@ def _train(db, make_optimizer, seed, iterations=3):
     optimizer = make_optimizer(model.parameters())
     criterion = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(seed)
-    batches = [(torch.randn(4, 3, generator=gen), torch.randint(0, 3, (4,), generator=gen)) for _ in range(iterations)]
+    batches = [
+        (torch.randn(4, 3, generator=gen), torch.randint(0, 3, (4,), generator=gen))
+        for _ in range(iterations)
+    ]
     records = trace_run(model, criterion, batches, db, optimizer)
     assert_verified(records, layer_types(model, criterion), optimizer=type(optimizer).__name__)
     return records, optimizer
@@ -64,8 +67,12 @@ def test_sgd_matches_pytorch(db, kwargs, seed):
         for param in PARAMS:
             steps = _updates(record, param)
             assert steps[-1].title == f"SGD update of {param}"
-            assert any(s.title.startswith("Momentum buffer") for s in steps) == bool(kwargs["momentum"])
-            assert any(s.title.startswith("Weight decay") for s in steps) == bool(kwargs["weight_decay"])
+            assert any(s.title.startswith("Momentum buffer") for s in steps) == bool(
+                kwargs["momentum"]
+            )
+            assert any(s.title.startswith("Weight decay") for s in steps) == bool(
+                kwargs["weight_decay"]
+            )
             assert any(s.title.startswith("Maximize") for s in steps) == kwargs["maximize"]
     if kwargs["momentum"]:
         first, later = (_updates(r, "0.weight") for r in (records[0], records[2]))
@@ -77,7 +84,8 @@ def test_sgd_matches_pytorch(db, kwargs, seed):
         torch.testing.assert_close(
             torch.from_numpy(stored(records[2], "0.weight.momentum_buffer")).float(),
             optimizer.state[optimizer.param_groups[0]["params"][0]]["momentum_buffer"],
-            atol=1e-6, rtol=1e-5,
+            atol=1e-6,
+            rtol=1e-5,
         )
 
 
@@ -111,13 +119,23 @@ def test_adam_and_adamw_match_pytorch(db, case, seed):
             assert any(s.startswith("AMSGrad") for s in titles_) == kwargs["amsgrad"]
             decay = [s for s in titles_ if "weight decay" in s]
             if kwargs["weight_decay"]:
-                assert decay == [("Decoupled weight decay on " if kind is torch.optim.AdamW else "L2 weight decay on ") + param]
+                assert decay == [
+                    (
+                        "Decoupled weight decay on "
+                        if kind is torch.optim.AdamW
+                        else "L2 weight decay on "
+                    )
+                    + param
+                ]
             else:
                 assert decay == []
     state = optimizer.state[optimizer.param_groups[0]["params"][0]]
     for key in ("exp_avg", "exp_avg_sq"):
         torch.testing.assert_close(
-            torch.from_numpy(stored(records[-1], f"0.weight.{key}")).float(), state[key], atol=1e-7, rtol=1e-5
+            torch.from_numpy(stored(records[-1], f"0.weight.{key}")).float(),
+            state[key],
+            atol=1e-7,
+            rtol=1e-5,
         )
 
 
@@ -131,12 +149,22 @@ def test_adam_and_adamw_match_pytorch(db, case, seed):
 )
 def test_rmsprop_and_adagrad_match_pytorch(db, kind, weight_decay, flag, momentum, seed):
     if kind == "rmsprop":
+
         def make(p):
-            return torch.optim.RMSprop(p, lr=0.01, momentum=momentum, centered=flag, weight_decay=weight_decay)
+            return torch.optim.RMSprop(
+                p, lr=0.01, momentum=momentum, centered=flag, weight_decay=weight_decay
+            )
     else:
+
         def make(p):
-            return torch.optim.Adagrad(p, lr=0.1, lr_decay=0.1 if flag else 0.0, weight_decay=weight_decay,
-                                       initial_accumulator_value=momentum)
+            return torch.optim.Adagrad(
+                p,
+                lr=0.1,
+                lr_decay=0.1 if flag else 0.0,
+                weight_decay=weight_decay,
+                initial_accumulator_value=momentum,
+            )
+
     records, _ = _train(db, make, seed)
     label = "RMSprop" if kind == "rmsprop" else "Adagrad"
     for record in records:

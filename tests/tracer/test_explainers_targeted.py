@@ -24,12 +24,16 @@ from torch import nn
 TOL = 1e-5
 
 
-def _trace(tmp_path, model, x, y=None, *, criterion=None, optimizer=None, iterations=1, batches=None):
+def _trace(
+    tmp_path, model, x, y=None, *, criterion=None, optimizer=None, iterations=1, batches=None
+):
     criterion = criterion or nn.MSELoss()
     if y is None:
         with torch.no_grad():
             y = torch.randn(model(x).shape, generator=torch.Generator().manual_seed(1))
-    records = trace_run(model, criterion, batches or [(x, y)] * iterations, tmp_path / "r.db", optimizer)
+    records = trace_run(
+        model, criterion, batches or [(x, y)] * iterations, tmp_path / "r.db", optimizer
+    )
     assert_verified(records, layer_types(model, criterion))
     return records
 
@@ -51,7 +55,12 @@ def conv2d_loops(x, w, b, stride, padding, dilation, groups):
         g = o // per_group
         total = b[o] if b is not None else 0.0
         for c, p, q in itertools.product(range(cg), range(kh), range(kw)):
-            total += w[o, c, p, q] * xp[s, g * cg + c, i * stride[0] + p * dilation[0], j * stride[1] + q * dilation[1]]
+            total += (
+                w[o, c, p, q]
+                * xp[
+                    s, g * cg + c, i * stride[0] + p * dilation[0], j * stride[1] + q * dilation[1]
+                ]
+            )
         y[s, o, i, j] = total
     return y
 
@@ -89,15 +98,29 @@ def test_conv2d_equals_the_direct_definition(tmp_path, kwargs):
     b = stored(record, "0.bias") if conv.bias is not None else None
     pair = nn.modules.utils._pair
     ours = conv2d_loops(
-        stored(record, "input"), w, b, pair(conv.stride), pair(conv.padding), pair(conv.dilation), conv.groups
+        stored(record, "input"),
+        w,
+        b,
+        pair(conv.stride),
+        pair(conv.padding),
+        pair(conv.dilation),
+        conv.groups,
     )
     np.testing.assert_allclose(stored(record, "0.out"), ours, atol=TOL, rtol=TOL)
     # The stored kernel gradient equals the numeric derivative of the direct definition.
     dy = stored(record, "0.out.grad")
     conv_of_w = lambda w_: conv2d_loops(  # noqa: E731
-        stored(record, "input"), w_, b, pair(conv.stride), pair(conv.padding), pair(conv.dilation), conv.groups
+        stored(record, "input"),
+        w_,
+        b,
+        pair(conv.stride),
+        pair(conv.padding),
+        pair(conv.dilation),
+        conv.groups,
     )
-    np.testing.assert_allclose(stored(record, "0.weight.grad"), numeric_grad(conv_of_w, w, dy), atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(
+        stored(record, "0.weight.grad"), numeric_grad(conv_of_w, w, dy), atol=1e-5, rtol=1e-4
+    )
     assert ("Gradient of the bias" in titles(record, "0", "backward")) == (b is not None)
     if conv.groups > 1:
         assert "block-diagonal across groups" in steps_of(record, "0", "forward")[1].note
@@ -105,7 +128,9 @@ def test_conv2d_equals_the_direct_definition(tmp_path, kwargs):
 
 def test_conv2d_and_maxpool_take_an_unbatched_input(tmp_path):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.MaxPool2d(2), nn.AvgPool2d(2, ceil_mode=True))
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.MaxPool2d(2), nn.AvgPool2d(2, ceil_mode=True)
+    )
     records = _trace(tmp_path, model, torch.randn(2, 5, 6))
     assert stored(records[0], "0.out").shape == (3, 5, 6)
     assert stored(records[0], "0.X_col").shape == (30, 18)
@@ -170,18 +195,36 @@ def avg_pool_loops(x, k, s, p, ceil_mode, count_include_pad, divisor_override):
 
 @pytest.mark.parametrize("count_include_pad", [True, False])
 @pytest.mark.parametrize("divisor_override", [None, 2])
-def test_avgpool_with_padding_and_ceil_mode_equals_the_definition(tmp_path, count_include_pad, divisor_override):
+def test_avgpool_with_padding_and_ceil_mode_equals_the_definition(
+    tmp_path, count_include_pad, divisor_override
+):
     torch.manual_seed(0)
-    pool = nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=count_include_pad,
-                        divisor_override=divisor_override)
+    pool = nn.AvgPool2d(
+        3,
+        stride=2,
+        padding=1,
+        ceil_mode=True,
+        count_include_pad=count_include_pad,
+        divisor_override=divisor_override,
+    )
     record = _trace(tmp_path, nn.Sequential(pool), torch.randn(2, 2, 6, 7))[0]
     x = stored(record, "input")
-    ours, divisor = avg_pool_loops(x, (3, 3), (2, 2), (1, 1), True, count_include_pad, divisor_override)
+    ours, divisor = avg_pool_loops(
+        x, (3, 3), (2, 2), (1, 1), True, count_include_pad, divisor_override
+    )
     np.testing.assert_allclose(stored(record, "0.out"), ours, atol=TOL, rtol=TOL)
     np.testing.assert_allclose(stored(record, "0.divisor"), divisor)
-    f = lambda x_: avg_pool_loops(x_, (3, 3), (2, 2), (1, 1), True, count_include_pad, divisor_override)[0]  # noqa: E731
+
+    def f(x_):
+        return avg_pool_loops(
+            x_, (3, 3), (2, 2), (1, 1), True, count_include_pad, divisor_override
+        )[0]
+
     np.testing.assert_allclose(
-        stored(record, "input.grad"), numeric_grad(f, x, stored(record, "0.out.grad")), atol=1e-6, rtol=1e-4
+        stored(record, "input.grad"),
+        numeric_grad(f, x, stored(record, "0.out.grad")),
+        atol=1e-6,
+        rtol=1e-4,
     )
     # Overlapping windows (stride 2 < kernel 3): the shared rows/columns get two shares.
     assert (stored(record, "0.R_h").sum(axis=0) > 1).any()
@@ -191,9 +234,13 @@ def test_avgpool_with_padding_and_ceil_mode_equals_the_definition(tmp_path, coun
 def test_adaptive_avgpool_to_one_is_the_global_mean(tmp_path):
     x = torch.randn(3, 2, 4, 5)
     record = _trace(tmp_path, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), x)[0]
-    np.testing.assert_allclose(stored(record, "0.out")[:, :, 0, 0], x.numpy().mean(axis=(2, 3)), atol=1e-6)
     np.testing.assert_allclose(
-        stored(record, "input.grad"), np.broadcast_to(stored(record, "0.out.grad") / 20, x.shape), atol=1e-7
+        stored(record, "0.out")[:, :, 0, 0], x.numpy().mean(axis=(2, 3)), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        stored(record, "input.grad"),
+        np.broadcast_to(stored(record, "0.out.grad") / 20, x.shape),
+        atol=1e-7,
     )
 
 
@@ -239,8 +286,12 @@ def test_dropout_training_mask_and_scale(tmp_path):
     record = _trace(tmp_path, nn.Sequential(nn.Dropout(0.5)), x)[0]
     mask = stored(record, "0.mask")
     assert 0 < mask.mean() < 1
-    np.testing.assert_allclose(stored(record, "0.out"), stored(record, "input") * mask * 2, atol=1e-6)
-    np.testing.assert_allclose(stored(record, "input.grad"), stored(record, "0.out.grad") * mask * 2, atol=1e-7)
+    np.testing.assert_allclose(
+        stored(record, "0.out"), stored(record, "input") * mask * 2, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        stored(record, "input.grad"), stored(record, "0.out.grad") * mask * 2, atol=1e-7
+    )
     forward = steps_of(record, "0", "forward")[0]
     assert r"\tfrac{1}{1-p} = 2.0000" in forward.formula_values
     assert "1/(1-p) = 2" in forward.note
@@ -253,7 +304,10 @@ def test_dropout_after_relu_reads_hidden_mask_entries_from_the_gradient(tmp_path
     zeros = int((stored(record, "0.out") == 0).sum())
     backward = steps_of(record, "1", "backward")[0]
     assert backward.verified is True
-    assert f"at the {x.numel() - zeros} entries whose mask the forward pass showed" in backward.reference
+    assert (
+        f"at the {x.numel() - zeros} entries whose mask the forward pass showed"
+        in backward.reference
+    )
     assert "read from this gradient" in backward.note
 
 
@@ -276,7 +330,9 @@ def test_dropout_edge_cases(tmp_path, p, training):
 def batchnorm_train_numpy(x, gamma, beta, eps):
     mean = np.array([x[:, c].mean() for c in range(x.shape[1])])
     var = np.array([((x[:, c] - mean[c]) ** 2).mean() for c in range(x.shape[1])])
-    xhat = np.stack([(x[:, c] - mean[c]) / np.sqrt(var[c] + eps) for c in range(x.shape[1])], axis=1)
+    xhat = np.stack(
+        [(x[:, c] - mean[c]) / np.sqrt(var[c] + eps) for c in range(x.shape[1])], axis=1
+    )
     return gamma[None, :, None, None] * xhat + beta[None, :, None, None], mean, var, xhat
 
 
@@ -294,27 +350,40 @@ def test_batchnorm_training_equals_numpy_and_its_numeric_gradient(tmp_path):
     np.testing.assert_allclose(stored(record, "0.xhat"), xhat, atol=TOL, rtol=TOL)
     m = xs.size // 2
     np.testing.assert_allclose(stored(record, "0.running_mean"), 0.3 * mean, atol=1e-6)
-    np.testing.assert_allclose(stored(record, "0.running_var"), 0.7 + 0.3 * var * m / (m - 1), atol=1e-6)
+    np.testing.assert_allclose(
+        stored(record, "0.running_var"), 0.7 + 0.3 * var * m / (m - 1), atol=1e-6
+    )
     # The module's buffers after the call agree too.
     np.testing.assert_allclose(bn.running_var.numpy(), stored(record, "0.running_var"), atol=1e-6)
     dy = stored(record, "0.out.grad")
-    f = lambda x_: batchnorm_train_numpy(x_, gamma, beta, bn.eps)[0]  # noqa: E731
-    np.testing.assert_allclose(stored(record, "input.grad"), numeric_grad(f, xs, dy), atol=1e-6, rtol=1e-4)
+
+    def f(x_):
+        return batchnorm_train_numpy(x_, gamma, beta, bn.eps)[0]
+
+    np.testing.assert_allclose(
+        stored(record, "input.grad"), numeric_grad(f, xs, dy), atol=1e-6, rtol=1e-4
+    )
     backward = steps_of(record, "0", "backward")
     assert [s.title for s in backward] == [
-        "Gradients of gamma and beta", "Gradient of the input through the batch statistics",
+        "Gradients of gamma and beta",
+        "Gradient of the input through the batch statistics",
     ]
 
 
 def test_batchnorm_cumulative_average_over_three_iterations(tmp_path):
     bn = nn.BatchNorm2d(2, momentum=None)
     gen = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(2, 2, 3, 3, generator=gen) + i, torch.randn(2, 2, 3, 3, generator=gen)) for i in range(3)]
+    batches = [
+        (torch.randn(2, 2, 3, 3, generator=gen) + i, torch.randn(2, 2, 3, 3, generator=gen))
+        for i in range(3)
+    ]
     records = trace_run(nn.Sequential(bn), nn.MSELoss(), batches, tmp_path / "r.db")
     assert_verified(records)
     means = [stored(r, "0.mean") for r in records]
     # momentum=None: the running mean is the plain average of the batch means so far.
-    np.testing.assert_allclose(stored(records[2], "0.running_mean"), np.mean(means, axis=0), atol=1e-6)
+    np.testing.assert_allclose(
+        stored(records[2], "0.running_mean"), np.mean(means, axis=0), atol=1e-6
+    )
     update = steps_of(records[2], "0", "forward")[-1]
     assert r"\tfrac{1}{3}" in update.formula_values and "cumulative average" in update.note
     assert int(bn.num_batches_tracked) == 3
@@ -328,11 +397,19 @@ def test_batchnorm_eval_uses_the_running_statistics(tmp_path):
     model = nn.Sequential(nn.Conv2d(1, 2, 2), bn)
     model.eval()
     record = _trace(tmp_path, model, torch.randn(1, 1, 3, 3))[0]
-    assert titles(record, "1", "forward") == ["Normalise with the running statistics", "Scale and shift"]
-    assert titles(record, "1", "backward")[-1] == "Gradient of the input (running statistics are constants)"
+    assert titles(record, "1", "forward") == [
+        "Normalise with the running statistics",
+        "Scale and shift",
+    ]
+    assert (
+        titles(record, "1", "backward")[-1]
+        == "Gradient of the input (running statistics are constants)"
+    )
     scale = stored(record, "1.weight") / np.sqrt(np.array([2.0, 0.25]) + bn.eps)
     np.testing.assert_allclose(
-        stored(record, "0.out.grad"), stored(record, "1.out.grad") * scale[None, :, None, None], atol=1e-6
+        stored(record, "0.out.grad"),
+        stored(record, "1.out.grad") * scale[None, :, None, None],
+        atol=1e-6,
     )
     assert bn.running_mean.tolist() == [0.5, -1.0]  # eval does not update them
 
@@ -375,7 +452,10 @@ def _three_steps(tmp_path, optimizer_factory):
     model = nn.Sequential(nn.Linear(3, 2))
     optimizer = optimizer_factory(model.parameters())
     gen = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(4, 3, generator=gen), torch.randint(0, 2, (4,), generator=gen)) for _ in range(3)]
+    batches = [
+        (torch.randn(4, 3, generator=gen), torch.randint(0, 2, (4,), generator=gen))
+        for _ in range(3)
+    ]
     criterion = nn.CrossEntropyLoss()
     records = trace_run(model, criterion, batches, tmp_path / "r.db", optimizer)
     assert_verified(records, layer_types(model, criterion))
@@ -403,7 +483,9 @@ def test_adam_three_steps_equal_the_paper(tmp_path):
 
 def test_adamw_decays_the_weights_before_the_moment_step(tmp_path):
     lr, wd = 0.05, 0.2
-    records = _three_steps(tmp_path, lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=wd, amsgrad=True))
+    records = _three_steps(
+        tmp_path, lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=wd, amsgrad=True)
+    )
     w = stored(records[0], "0.weight")
     decayed = stored(records[0], "0.weight.decayed")
     np.testing.assert_allclose(decayed, w * (1 - lr * wd), atol=1e-7)
@@ -415,7 +497,8 @@ def test_adamw_decays_the_weights_before_the_moment_step(tmp_path):
 def test_sgd_momentum_buffer_reused_over_three_steps(tmp_path, nesterov):
     lr, mu, wd = 0.1, 0.9, 0.01
     records = _three_steps(
-        tmp_path, lambda p: torch.optim.SGD(p, lr=lr, momentum=mu, nesterov=nesterov, weight_decay=wd)
+        tmp_path,
+        lambda p: torch.optim.SGD(p, lr=lr, momentum=mu, nesterov=nesterov, weight_decay=wd),
     )
     w = stored(records[0], "0.weight")
     buf = None
@@ -452,11 +535,16 @@ def test_a_cnn_with_every_layer_type_is_fully_explained(tmp_path, n):
     criterion = nn.CrossEntropyLoss(label_smoothing=0.05)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
     gen = torch.Generator().manual_seed(n)
-    batches = [(torch.randn(n, 1, 5, 5, generator=gen), torch.randint(0, 3, (n,), generator=gen)) for _ in range(2)]
+    batches = [
+        (torch.randn(n, 1, 5, 5, generator=gen), torch.randint(0, 3, (n,), generator=gen))
+        for _ in range(2)
+    ]
     records = trace_run(model, criterion, batches, tmp_path / "r.db", optimizer)
     assert_verified(records, layer_types(model, criterion), optimizer="AdamW")
     for record in records:
         explained = {s.layer for s in record.steps if s.phase == "forward"}
         assert explained == {str(i) for i in range(12)} | {"loss"}
         assert all(s.verified is not False for s in record.steps)
-        assert sum(s.phase == "update" for s in record.steps) >= 3 * 7  # 7 parameters, 3+ steps each
+        assert (
+            sum(s.phase == "update" for s in record.steps) >= 3 * 7
+        )  # 7 parameters, 3+ steps each

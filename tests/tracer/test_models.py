@@ -21,7 +21,9 @@ def test_lenet5_has_the_papers_shapes():
     model = LeNet5()
     shapes = {}
     for name, module in model.named_children():
-        module.register_forward_hook(lambda m, a, out, name=name: shapes.__setitem__(name, tuple(out.shape)))
+        module.register_forward_hook(
+            lambda m, a, out, name=name: shapes.__setitem__(name, tuple(out.shape))
+        )
     assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
     assert shapes["conv1"] == (2, 6, 28, 28) and shapes["pool1"] == (2, 6, 14, 14)
     assert shapes["conv2"] == (2, 16, 10, 10) and shapes["pool2"] == (2, 16, 5, 5)
@@ -36,10 +38,13 @@ def test_small_cnn_has_batchnorm_and_dropout():
     assert model(torch.zeros(3, 3, 16, 16)).shape == (3, 4)
 
 
-@pytest.mark.parametrize("make, shape, classes", [
-    (digit_glyphs, (1, 32, 32), 10),
-    (bar_blob_patterns, (3, 16, 16), 4),
-])
+@pytest.mark.parametrize(
+    "make, shape, classes",
+    [
+        (digit_glyphs, (1, 32, 32), 10),
+        (bar_blob_patterns, (3, 16, 16), 4),
+    ],
+)
 def test_data_is_deterministic_balanced_and_seed_dependent(make, shape, classes):
     x, y = make(40, 3)
     x2, y2 = make(40, 3)
@@ -67,13 +72,26 @@ def test_the_default_settings_lower_the_loss(name):
     assert end < start - 0.5, (start, end)
 
 
-@pytest.mark.parametrize("name, options, strict", [
-    ("seed-cnn", dict(samples=3, batch_size=2, epochs=2), True),
-    ("lenet5", dict(samples=12, batch_size=6, iterations=3, max_elements=256), True),
-    ("lenet5", dict(samples=8, iterations=2, optimizer="adam", max_elements=64), True),
-    ("small-cnn", dict(samples=12, batch_size=6, iterations=3, optimizer="momentum", weight_decay=1e-3,
-                       max_elements=256), True),
-])
+@pytest.mark.parametrize(
+    "name, options, strict",
+    [
+        ("seed-cnn", dict(samples=3, batch_size=2, epochs=2), True),
+        ("lenet5", dict(samples=12, batch_size=6, iterations=3, max_elements=256), True),
+        ("lenet5", dict(samples=8, iterations=2, optimizer="adam", max_elements=64), True),
+        (
+            "small-cnn",
+            dict(
+                samples=12,
+                batch_size=6,
+                iterations=3,
+                optimizer="momentum",
+                weight_decay=1e-3,
+                max_elements=256,
+            ),
+            True,
+        ),
+    ],
+)
 def test_tracing_a_builtin_model_changes_no_bit(db_path, name, options, strict):
     plain = train_untraced(resolve(model_name=name, seed=1, **options))
     run = run_builtin(model_name=name, seed=1, db=db_path, strict=strict, **options)
@@ -82,7 +100,9 @@ def test_tracing_a_builtin_model_changes_no_bit(db_path, name, options, strict):
         records = [store.load_iteration(run.run_id, s.index) for s in store.iterations(run.run_id)]
         info = store.get_run(run.run_id)
     assert len(records) == len(plain)
-    assert all(layer.explained for layer in info.layers), [x.name for x in info.layers if not x.explained]
+    assert all(layer.explained for layer in info.layers), [
+        x.name for x in info.layers if not x.explained
+    ]
     for record in records:
         checked = [s for s in record.steps if s.verified is not None]
         assert checked and all(s.verified for s in checked)
@@ -93,19 +113,45 @@ def test_tracing_a_builtin_model_changes_no_bit(db_path, name, options, strict):
 def test_cli_trace_lenet5_and_models_listing(tmp_path, cli_env):
     db = tmp_path / "runs.db"
     result = subprocess.run(
-        [PYTHON, "-m", "tracer.cli", "trace", "--model", "lenet5", "--db", str(db), "--samples", "8",
-         "--iterations", "2", "--optimizer", "momentum", "--momentum", "0.5", "--weight-decay", "0.01",
-         "--max-elements", "100", "--name", "tiny-lenet"],
-        env={**cli_env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120,
+        [
+            PYTHON,
+            "-m",
+            "tracer.cli",
+            "trace",
+            "--model",
+            "lenet5",
+            "--db",
+            str(db),
+            "--samples",
+            "8",
+            "--iterations",
+            "2",
+            "--optimizer",
+            "momentum",
+            "--momentum",
+            "0.5",
+            "--weight-decay",
+            "0.01",
+            "--max-elements",
+            "100",
+            "--name",
+            "tiny-lenet",
+        ],
+        env={**cli_env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "run 1 'tiny-lenet' stored" in result.stdout
     with RunStore(db) as store:
         info = store.get_run(1)
     assert (info.model_name, info.num_iterations, info.optimizer) == ("lenet5", 2, "SGD")
-    assert info.optimizer_settings["momentum"] == 0.5 and info.optimizer_settings["weight_decay"] == 0.01
+    assert (
+        info.optimizer_settings["momentum"] == 0.5
+        and info.optimizer_settings["weight_decay"] == 0.01
+    )
     assert [layer.name for layer in info.layers][:3] == ["conv1", "relu1", "pool1"]
-
 
 
 def test_models_lists_every_builtin_with_its_defaults(capsys):
@@ -121,22 +167,29 @@ def test_models_lists_every_builtin_with_its_defaults(capsys):
 BAD = [
     (["--model", "resnet50"], "unknown model 'resnet50'; choose from seed-cnn, lenet5, small-cnn"),
     (["--optimizer", "lbfgs"], "'lbfgs' is not one of"),
-    (["--optimizer", "adam", "--momentum", "0.9"], "momentum applies to sgd and momentum, not adam"),
+    (
+        ["--optimizer", "adam", "--momentum", "0.9"],
+        "momentum applies to sgd and momentum, not adam",
+    ),
     (["--momentum", "1"], "1.0 is not in [0, 1)"),
     (["--optimizer", "momentum", "--momentum", "0"], "needs a momentum above 0"),
     (["--weight-decay", "-0.1"], "is not a number >= 0"),
     (["--weight-decay", "inf"], "is not a number >= 0"),
     (["--every", "0"], "--every"),
     (["--max-elements", "-5"], "neither a positive integer nor 'all'"),
-    (["--layers", "conv1,nope", "--model", "lenet5"], "unknown layer 'nope' for lenet5; choose from conv1"),
+    (
+        ["--layers", "conv1,nope", "--model", "lenet5"],
+        "unknown layer 'nope' for lenet5; choose from conv1",
+    ),
     (["--iterations", "0"], "--iterations"),
     (["--lr", "0"], "is not a positive number"),
 ]
 
 
 @pytest.mark.parametrize("args, message", BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_bad_trace_options_are_one_line_exit_2_and_leave_the_store_alone(tmp_path, seed_store, capsys,
-                                                                         args, message):
+def test_bad_trace_options_are_one_line_exit_2_and_leave_the_store_alone(
+    tmp_path, seed_store, capsys, args, message
+):
     from tracer.cli import main
 
     db = tmp_path / "copy.db"
@@ -155,10 +208,25 @@ def test_bad_trace_options_are_one_line_exit_2_and_leave_the_store_alone(tmp_pat
 
 def test_a_bad_option_in_a_real_process(tmp_path, cli_env):
     result = subprocess.run(
-        [PYTHON, "-m", "tracer.cli", "trace", "--db", str(tmp_path / "r.db"), "--model", "lenet5",
-         "--layers", "fc9"],
-        env=cli_env, capture_output=True, text=True, timeout=60,
+        [
+            PYTHON,
+            "-m",
+            "tracer.cli",
+            "trace",
+            "--db",
+            str(tmp_path / "r.db"),
+            "--model",
+            "lenet5",
+            "--layers",
+            "fc9",
+        ],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.startswith("cnnviz trace: error: Invalid value for '--layers': unknown layer 'fc9'")
+    assert result.stderr.startswith(
+        "cnnviz trace: error: Invalid value for '--layers': unknown layer 'fc9'"
+    )
     assert not (tmp_path / "r.db").exists()

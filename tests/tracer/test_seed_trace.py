@@ -16,13 +16,29 @@ from tracer.train import run_builtin
 TOL = 1e-6  # float32 agreement between our float64 matrix code and PyTorch
 
 EXPECTED_STEPS = [
-    ("conv", "forward"), ("conv", "forward"), ("conv", "forward"),
-    ("relu", "forward"), ("pool", "forward"), ("flatten", "forward"), ("fc", "forward"),
-    ("loss", "forward"), ("loss", "forward"),
-    ("loss", "backward"), ("fc", "backward"), ("fc", "backward"), ("fc", "backward"),
-    ("flatten", "backward"), ("pool", "backward"), ("relu", "backward"),
-    ("conv", "backward"), ("conv", "backward"), ("conv", "backward"),
-    ("conv", "update"), ("conv", "update"), ("fc", "update"), ("fc", "update"),
+    ("conv", "forward"),
+    ("conv", "forward"),
+    ("conv", "forward"),
+    ("relu", "forward"),
+    ("pool", "forward"),
+    ("flatten", "forward"),
+    ("fc", "forward"),
+    ("loss", "forward"),
+    ("loss", "forward"),
+    ("loss", "backward"),
+    ("fc", "backward"),
+    ("fc", "backward"),
+    ("fc", "backward"),
+    ("flatten", "backward"),
+    ("pool", "backward"),
+    ("relu", "backward"),
+    ("conv", "backward"),
+    ("conv", "backward"),
+    ("conv", "backward"),
+    ("conv", "update"),
+    ("conv", "update"),
+    ("fc", "update"),
+    ("fc", "update"),
 ]
 
 
@@ -102,7 +118,10 @@ def test_overlapping_windows_accumulate(tmp_path):
     assert dx[1, 1] == pytest.approx(dy.sum(), abs=1e-7)
     step = next(s for s in record.steps if s.layer == "pool" and s.phase == "backward")
     assert "accumulate" in step.title
-    assert r"\tfrac{\partial L}{\partial Y_{0,0}} + \tfrac{\partial L}{\partial Y_{0,1}}" in step.formula_values
+    assert (
+        r"\tfrac{\partial L}{\partial Y_{0,0}} + \tfrac{\partial L}{\partial Y_{0,1}}"
+        in step.formula_values
+    )
     assert "1 element(s) won more than one overlapping window" in step.note
 
 

@@ -290,7 +290,9 @@ class GELUExplainer(ElementwiseExplainer):
     def slope(self, z, module):
         if module.approximate == "tanh":
             t = np.tanh(self._inner(z))
-            return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t**2) * _SQRT_2_OVER_PI * (1.0 + 3 * _KAPPA * z**2)
+            return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t**2) * _SQRT_2_OVER_PI * (
+                1.0 + 3 * _KAPPA * z**2
+            )
         cdf = 0.5 * (1.0 + _erf(z / math.sqrt(2.0)))
         pdf = np.exp(-0.5 * z**2) / math.sqrt(2.0 * math.pi)
         return cdf + z * pdf
@@ -343,7 +345,9 @@ class PReLUExplainer(Explainer):
 
     def describe(self, module: nn.PReLU) -> str:
         n = module.num_parameters
-        return "parametric ReLU, " + ("one learned slope" if n == 1 else f"{n} learned slopes (one per channel)")
+        return "parametric ReLU, " + (
+            "one learned slope" if n == 1 else f"{n} learned slopes (one per channel)"
+        )
 
     @staticmethod
     def _slope(call: LayerCall) -> np.ndarray:

@@ -134,7 +134,11 @@ class StepContext:
         self.param_grads[local] = ours
         if self.call.shared_params:
             return ours, None, f"dL/d{local} of this call (checked in the sum over calls)"
-        return ours, self.call.param_grads.get(local), f"autograd {self.call.param_names[local]}.grad"
+        return (
+            ours,
+            self.call.param_grads.get(local),
+            f"autograd {self.call.param_names[local]}.grad",
+        )
 
 
 def _as_stored(array: np.ndarray) -> np.ndarray:

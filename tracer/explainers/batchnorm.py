@@ -43,7 +43,10 @@ class BatchNormExplainer(Explainer):
     def describe(self, module) -> str:
         parts = [f"batch normalisation over {module.num_features} channels, eps {module.eps:g}"]
         if module.track_running_stats:
-            parts.append("momentum " + ("cumulative average" if module.momentum is None else f"{module.momentum:g}"))
+            parts.append(
+                "momentum "
+                + ("cumulative average" if module.momentum is None else f"{module.momentum:g}")
+            )
         else:
             parts.append("no running statistics")
         if not module.affine:
@@ -97,7 +100,11 @@ class BatchNormExplainer(Explainer):
                 note=f"Each channel is normalised with the mean and variance of its own {m} values "
                 "in this batch (all samples and positions). The variance divides by M, not M-1: "
                 "this is the variance the normalisation uses."
-                + ("" if call.training else " (Evaluation mode, but this layer keeps no running statistics.)"),
+                + (
+                    ""
+                    if call.training
+                    else " (Evaluation mode, but this layer keeps no running statistics.)"
+                ),
             )
         xhat_name = ctx.tensor("xhat", xhat)
         # PyTorch's own normalisation without gamma/beta, as the reference for x̂.
@@ -115,20 +122,31 @@ class BatchNormExplainer(Explainer):
         ctx.step(
             "Normalise" + ("" if batch_stats else " with the running statistics"),
             r"\hat x = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}",
-            ("" if batch_stats else rf"\mu = {channel_vector(mu)},\ \sigma^2 = {channel_vector(var)},\ ")
+            (
+                ""
+                if batch_stats
+                else rf"\mu = {channel_vector(mu)},\ \sigma^2 = {channel_vector(var)},\ "
+            )
             + rf"\epsilon = {latex.scalar(eps)},\quad \tfrac{{1}}{{\sqrt{{\sigma^2+\epsilon}}}} = {channel_vector(invstd)}"
-            + r"\;\Rightarrow\; " + named(r"\hat x", xhat),
+            + r"\;\Rightarrow\; "
+            + named(r"\hat x", xhat),
             inputs=[call.input_names[0], mean_name, var_name],
             outputs=[xhat_name] + ([call.output_name] if gamma is None else []),
             checks=norm_checks,
             note=f"Subtracting the {stats_words} mean and dividing by the {stats_words} standard "
             "deviation gives every channel mean 0 and variance 1"
-            + (" over this batch" if batch_stats else " (approximately, if the batch resembles the running statistics)")
+            + (
+                " over this batch"
+                if batch_stats
+                else " (approximately, if the batch resembles the running statistics)"
+            )
             + "; eps keeps the division safe when a channel is constant."
             + ("" if gamma is not None else " With affine=False this is the output."),
         )
         if gamma is not None:
-            y = xhat * _per_channel(gamma, x.ndim) + (_per_channel(beta, x.ndim) if beta is not None else 0.0)
+            y = xhat * _per_channel(gamma, x.ndim) + (
+                _per_channel(beta, x.ndim) if beta is not None else 0.0
+            )
             ctx.step(
                 "Scale and shift",
                 r"y = \gamma_c\, \hat x + \beta_c",
@@ -167,7 +185,13 @@ class BatchNormExplainer(Explainer):
             (rv, after.get("running_var"), "running_var buffer after the call"),
         ]
         if "num_batches_tracked" in after:
-            checks.append((np.asarray(after_n), after["num_batches_tracked"], "num_batches_tracked after the call"))
+            checks.append(
+                (
+                    np.asarray(after_n),
+                    after["num_batches_tracked"],
+                    "num_batches_tracked after the call",
+                )
+            )
         before_mean = ctx.tensor("running_mean.before", rm0)
         before_var = ctx.tensor("running_var.before", rv0)
         rm_name = ctx.tensor("running_mean", rm)
@@ -227,7 +251,8 @@ class BatchNormExplainer(Explainer):
                 rf"M = {m},\ \tfrac{{\gamma}}{{\sqrt{{\sigma^2+\epsilon}}}} = {channel_vector(gamma * invstd)},\ "
                 rf"\textstyle\sum \tfrac{{\partial L}}{{\partial y}} = {channel_vector(sum_dy)},\ "
                 rf"\textstyle\sum \tfrac{{\partial L}}{{\partial y}}\hat x = {channel_vector(sum_dy_xhat)}"
-                + r"\;\Rightarrow\; " + named(r"\frac{\partial L}{\partial x}", dx),
+                + r"\;\Rightarrow\; "
+                + named(r"\frac{\partial L}{\partial x}", dx),
                 inputs=[call.grad_output_name, f"{call.name}.xhat"],
                 outputs=[call.grad_input_names[0]],
                 checks=[(dx, call.grad_inputs[0] if call.grad_inputs else None, "autograd dL/dx")],

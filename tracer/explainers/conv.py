@@ -133,7 +133,11 @@ class Conv2dExplainer(Explainer):
         k, s, p, d = module.kernel_size, module.stride, module.padding, module.dilation
         extra = f", stride {s[0]}x{s[1]}" if s != (1, 1) else ""
         extra += f", padding {p}" if p not in ((0, 0), "valid") else ""
-        extra += f" ({module.padding_mode})" if module.padding_mode != "zeros" and p not in ((0, 0), "valid") else ""
+        extra += (
+            f" ({module.padding_mode})"
+            if module.padding_mode != "zeros" and p not in ((0, 0), "valid")
+            else ""
+        )
         extra += f", dilation {d[0]}x{d[1]}" if d != (1, 1) else ""
         extra += f", groups {module.groups}" if module.groups != 1 else ""
         extra += "" if module.bias is not None else ", no bias"
@@ -193,14 +197,28 @@ class Conv2dExplainer(Explainer):
             rf"{shown} \;\Rightarrow\; X_{{col}} = {latex.bmatrix(x_col)}",
             inputs=[call.input_names[0]],
             outputs=[x_col_name],
-            checks=[(x_col, _torch_unfold(call.x, kernel, stride, pads, dilation, mode), "torch F.pad + F.unfold")],
+            checks=[
+                (
+                    x_col,
+                    _torch_unfold(call.x, kernel, stride, pads, dilation, mode),
+                    "torch F.pad + F.unfold",
+                )
+            ],
             note=(
                 f"Each row of X_col is one {kernel[0]}x{kernel[1]} window of the input{pad_note}, "
                 f"taken with stride {stride}"
-                + (f" and dilation {dilation} (the window skips {dilation[0] - 1} row(s) / {dilation[1] - 1} column(s) between taps)" if dilation != (1, 1) else "")
+                + (
+                    f" and dilation {dilation} (the window skips {dilation[0] - 1} row(s) / {dilation[1] - 1} column(s) between taps)"
+                    if dilation != (1, 1)
+                    else ""
+                )
                 + f"; there is one row per output position ({n} sample(s) x {oh}x{ow} positions "
                 f"= {x_col.shape[0]} rows)"
-                + (f". With {groups} groups the columns come in {groups} blocks of {cg} channel(s) each" if groups > 1 else "")
+                + (
+                    f". With {groups} groups the columns come in {groups} blocks of {cg} channel(s) each"
+                    if groups > 1
+                    else ""
+                )
                 + "."
             ),
         )
@@ -224,7 +242,11 @@ class Conv2dExplainer(Explainer):
             inputs=[x_col_name, w_flat_name, call.param_names.get("bias")],
             outputs=[y_col_name],
             checks=[
-                (y_col, call.output.reshape(n, oc, oh, ow).transpose(0, 2, 3, 1).reshape(-1, oc), "PyTorch conv2d output, as rows")
+                (
+                    y_col,
+                    call.output.reshape(n, oc, oh, ow).transpose(0, 2, 3, 1).reshape(-1, oc),
+                    "PyTorch conv2d output, as rows",
+                )
             ],
             note="W_flat holds one flattened kernel per output channel"
             + (
@@ -233,7 +255,11 @@ class Conv2dExplainer(Explainer):
                 if groups > 1
                 else ""
             )
-            + ("; the bias is added to every row." if b is not None else "; this layer has no bias."),
+            + (
+                "; the bias is added to every row."
+                if b is not None
+                else "; this layer has no bias."
+            ),
         )
         y_view, y_where = latex.as_matrix(y)
         ctx.step(
@@ -280,7 +306,11 @@ class Conv2dExplainer(Explainer):
             checks=[ctx.param_grad("weight", dw)],
             note="Each kernel entry collects, over every output position, the upstream gradient "
             "times the input value that entry multiplied in the forward pass"
-            + (" (per group: a kernel only sees its own group's columns of X_col)." if groups > 1 else "."),
+            + (
+                " (per group: a kernel only sees its own group's columns of X_col)."
+                if groups > 1
+                else "."
+            ),
         )
         if "bias" in call.params:
             db = dy.sum(axis=(0, 2, 3))
@@ -312,7 +342,11 @@ class Conv2dExplainer(Explainer):
             inputs=[dy_col_name, f"{call.name}.W_flat"],
             outputs=[dx_col_name, call.grad_input_names[0] if call.grad_input_names else None],
             checks=[
-                (dx.reshape(call.x.shape), call.grad_inputs[0] if call.grad_inputs else None, "autograd dL/dX")
+                (
+                    dx.reshape(call.x.shape),
+                    call.grad_inputs[0] if call.grad_inputs else None,
+                    "autograd dL/dX",
+                )
             ],
             note="col2im adds each row of dL/dX_col back onto the input window it came from; "
             "input positions covered by several windows accumulate their contributions."

@@ -36,7 +36,9 @@ class DropoutExplainer(Explainer):
         if self.channel_rank is None:
             return ()
         if x.ndim != self.channel_rank:
-            raise Unsupported(f"{x.ndim}-D input to a channel dropout expecting {self.channel_rank}-D")
+            raise Unsupported(
+                f"{x.ndim}-D input to a channel dropout expecting {self.channel_rank}-D"
+            )
         return tuple(range(2, x.ndim))
 
     def _active(self, call: LayerCall) -> bool:
@@ -88,8 +90,12 @@ class DropoutExplainer(Explainer):
             scale = 1.0 / (1.0 - p)
             y = x * full * scale
             scale_tex = latex.scalar(scale)
-        mask_name = ctx.tensor("mask", np.asarray(mask, dtype=np.float32).reshape(
-            mask.shape if self.channel_rank else x.shape))
+        mask_name = ctx.tensor(
+            "mask",
+            np.asarray(mask, dtype=np.float32).reshape(
+                mask.shape if self.channel_rank else x.shape
+            ),
+        )
         kept = float(mask.mean()) if mask.size else 0.0
         undetermined = int((~known & ~from_grad).sum())
         ctx.step(

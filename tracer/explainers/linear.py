@@ -71,7 +71,9 @@ class LinearExplainer(Explainer):
             dw_formula = rf"\frac{{{d}}}{{\partial W}} = \frac{{{d}}}{{\partial z}}\, x^{{\top}}"
             dw_values = rf"{latex.bmatrix(dz[0])} {latex.row_vector(x[0])} = {latex.bmatrix(dw)}"
         else:
-            dw_formula = rf"\frac{{{d}}}{{\partial W}} = \Big(\frac{{{d}}}{{\partial Z}}\Big)^{{\top}} X"
+            dw_formula = (
+                rf"\frac{{{d}}}{{\partial W}} = \Big(\frac{{{d}}}{{\partial Z}}\Big)^{{\top}} X"
+            )
             dw_values = rf"{latex.bmatrix(dz.T)} {latex.bmatrix(x)} = {latex.bmatrix(dw)}"
         ctx.step(
             "Gradient of the weights",
@@ -87,8 +89,11 @@ class LinearExplainer(Explainer):
             db = dz.sum(axis=0)
             ctx.step(
                 "Gradient of the bias",
-                rf"\frac{{{d}}}{{\partial b}} = " + (
-                    rf"\frac{{{d}}}{{\partial z}}" if single else rf"\sum_n \frac{{{d}}}{{\partial Z_{{n,:}}}}"
+                rf"\frac{{{d}}}{{\partial b}} = "
+                + (
+                    rf"\frac{{{d}}}{{\partial z}}"
+                    if single
+                    else rf"\sum_n \frac{{{d}}}{{\partial Z_{{n,:}}}}"
                 ),
                 rf"\frac{{{d}}}{{\partial b}} = {latex.bmatrix(db)}",
                 inputs=[call.grad_output_name],

@@ -51,7 +51,9 @@ class Classification:
         target = call.inputs[1]
         self.class_dim = 0 if x.ndim == 1 else 1
         self.shape = x.shape
-        self.rows = np.moveaxis(x, self.class_dim, -1).reshape(-1, x.shape[self.class_dim])  # (R, C)
+        self.rows = np.moveaxis(x, self.class_dim, -1).reshape(
+            -1, x.shape[self.class_dim]
+        )  # (R, C)
         r, c = self.rows.shape
         self.num_classes = c
         weight = call.buffers.get("weight")
@@ -83,7 +85,9 @@ class Classification:
                 raise Unsupported("a target class outside [0, C)")
             self.onehot = np.eye(c)[safe] * self.valid[:, None]
             self.picked_weight = w[safe] * self.valid  # w_{y_n}, 0 where ignored
-            self.coef = (1 - eps) * self.onehot * w[safe][:, None] + (eps / c) * w[None, :] * self.valid[:, None]
+            self.coef = (1 - eps) * self.onehot * w[safe][:, None] + (eps / c) * w[
+                None, :
+            ] * self.valid[:, None]
             self.denominator = float(self.picked_weight.sum())
         self.output_shape = call.output.shape
         self.target_shape = target.shape
@@ -105,7 +109,11 @@ class Classification:
         if self.reduction != "mean":
             return 1.0
         with np.errstate(divide="ignore", invalid="ignore"):
-            return float(np.float64(1.0) / np.float64(self.denominator)) if self.denominator else float("nan")
+            return (
+                float(np.float64(1.0) / np.float64(self.denominator))
+                if self.denominator
+                else float("nan")
+            )
 
     def reduce(self, per_row: np.ndarray):
         """Per-row losses (R,) -> the module's output."""
@@ -134,13 +142,21 @@ class Classification:
                 f"plus eps/C = {self.smoothing / self.num_classes:.4g} on every class"
             )
         if self.labels is not None and not self.valid.all():
-            parts.append(f"{int((~self.valid).sum())} row(s) with target = ignore_index contribute nothing")
+            parts.append(
+                f"{int((~self.valid).sum())} row(s) with target = ignore_index contribute nothing"
+            )
             if not self.valid.any() and self.reduction == "mean":
-                parts.append("every row is ignored, so the mean is 0/0 = NaN (as in PyTorch) and no gradient flows")
+                parts.append(
+                    "every row is ignored, so the mean is 0/0 = NaN (as in PyTorch) and no gradient flows"
+                )
         if self.probability_targets:
             parts.append("targets are class probabilities")
         if self.reduction == "mean":
-            what = "the summed weights of the true classes" if self.weight is not None else "the number of counted rows"
+            what = (
+                "the summed weights of the true classes"
+                if self.weight is not None
+                else "the number of counted rows"
+            )
             if self.probability_targets:
                 what = "the number of rows"
             parts.append(f"the mean divides by D = {self.denominator:g}, {what}")
@@ -176,7 +192,9 @@ class CrossEntropyExplainer(Explainer):
         probs_name = ctx.tensor("probs", probs, role=ROLE_OUTPUT)
         predicted = probs.argmax(axis=cls.class_dim)
         pred_name = ctx.tensor("predicted", predicted.astype(np.int64), role=ROLE_OUTPUT)
-        reference = torch.softmax(torch.from_numpy(np.ascontiguousarray(call.x)), dim=cls.class_dim).numpy()
+        reference = torch.softmax(
+            torch.from_numpy(np.ascontiguousarray(call.x)), dim=cls.class_dim
+        ).numpy()
         ctx.step(
             "Softmax: logits to probabilities",
             r"p_{n,k} = \frac{e^{z_{n,k}}}{\sum_j e^{z_{n,j}}}",
@@ -186,7 +204,11 @@ class CrossEntropyExplainer(Explainer):
             outputs=[probs_name, pred_name],
             checks=[(probs, reference, "torch.softmax of the logits")],
             note="Each row of probabilities sums to 1; the predicted class is the largest."
-            + (" The class axis is dim 1; each row here is one (sample, position)." if len(cls.shape) > 2 else ""),
+            + (
+                " The class axis is dim 1; each row here is one (sample, position)."
+                if len(cls.shape) > 2
+                else ""
+            ),
         )
         per_row = -(cls.coef * logp).sum(axis=1)
         loss = cls.reduce(per_row)
@@ -195,9 +217,15 @@ class CrossEntropyExplainer(Explainer):
             y = cls.labels
             picked = p[np.arange(n), y]
             onehot_name = None
-            terms = " ".join(f"- \\log {latex.scalar(v)}" for v in picked[:6]) + (r" - \cdots" if n > 6 else "")
+            terms = " ".join(f"- \\log {latex.scalar(v)}" for v in picked[:6]) + (
+                r" - \cdots" if n > 6 else ""
+            )
             scale = (rf"\frac{{1}}{{{n}}}" if n > 1 else "") if mean else ""
-            formula = r"L = -\frac{1}{N} \sum_{n=1}^{N} \log p_{n, y_n}" if mean else r"L = -\sum_{n} \log p_{n,y_n}"
+            formula = (
+                r"L = -\frac{1}{N} \sum_{n=1}^{N} \log p_{n, y_n}"
+                if mean
+                else r"L = -\sum_{n} \log p_{n,y_n}"
+            )
             if n == 1:  # one sample: no sum, no 1/N
                 values = rf"y = {int(y[0])},\quad L = -\log p_{{{int(y[0])}}} = -\log {latex.scalar(picked[0])}"
             else:
@@ -217,9 +245,7 @@ class CrossEntropyExplainer(Explainer):
                 else r"L_n = -\sum_k A_{n,k} \log p_{n,k}"
             )
             if cls.labels is not None:
-                formula += (
-                    r",\quad A_{n,k} = \big[y_n \ne \text{ignore}\big]\Big((1-\varepsilon)\, w_{y_n} [k = y_n] + \frac{\varepsilon}{C} w_k\Big)"
-                )
+                formula += r",\quad A_{n,k} = \big[y_n \ne \text{ignore}\big]\Big((1-\varepsilon)\, w_{y_n} [k = y_n] + \frac{\varepsilon}{C} w_k\Big)"
             else:
                 formula += r",\quad A_{n,k} = w_k\Big((1-\varepsilon)\, t_{n,k} + \frac{\varepsilon}{C}\Big)"
             shown = mat(loss) if np.ndim(loss) else latex.scalar(float(loss))
@@ -260,22 +286,32 @@ class CrossEntropyExplainer(Explainer):
             scale = rf"\frac{{1}}{{{n}}}" if mean and n > 1 else ""
             if upstream is not None and upstream != 1.0:
                 scale = rf"{latex.scalar(upstream)} \cdot " + scale
-            formula = r"\frac{\partial L}{\partial z} = \frac{1}{N}\big(p - \operatorname{onehot}(y)\big)"
+            formula = (
+                r"\frac{\partial L}{\partial z} = \frac{1}{N}\big(p - \operatorname{onehot}(y)\big)"
+            )
             if not mean:
                 formula = r"\frac{\partial L}{\partial z} = p - \operatorname{onehot}(y)"
-            values = rf"{scale}\Big({_rows_tex(p)} - {_rows_tex(cls.onehot)}\Big) = {_rows_tex(dz_rows)}"
+            values = (
+                rf"{scale}\Big({_rows_tex(p)} - {_rows_tex(cls.onehot)}\Big) = {_rows_tex(dz_rows)}"
+            )
             note = (
                 "Softmax and cross-entropy together have this simple gradient: the predicted "
                 "probabilities minus the one-hot target"
-                + (f", divided by the batch size N = {n} because the loss is a mean." if n > 1 and mean else ".")
+                + (
+                    f", divided by the batch size N = {n} because the loss is a mean."
+                    if n > 1 and mean
+                    else "."
+                )
             )
             inputs = [f"{call.name}.probs", f"{call.name}.onehot"]
         else:
             d_tex = r"\frac{1}{D}" if mean else ""
-            formula = (
-                rf"\frac{{\partial L}}{{\partial z_n}} = {d_tex}\, g_n \Big(p_n \sum_k A_{{n,k}} - A_n\Big)"
+            formula = rf"\frac{{\partial L}}{{\partial z_n}} = {d_tex}\, g_n \Big(p_n \sum_k A_{{n,k}} - A_n\Big)"
+            g_tex = (
+                latex.scalar(float(g.reshape(-1)[0]))
+                if cls.reduction != "none"
+                else latex.bmatrix(g.reshape(-1))
             )
-            g_tex = latex.scalar(float(g.reshape(-1)[0])) if cls.reduction != "none" else latex.bmatrix(g.reshape(-1))
             values = (
                 rf"g = {g_tex},\ \textstyle\sum_k A_{{n,k}} = {latex.bmatrix(cls.coef.sum(axis=1))}"
                 + (rf",\ D = {latex.scalar(cls.denominator)}" if mean else "")
@@ -327,7 +363,11 @@ class NLLLossExplainer(Explainer):
         shown = mat(loss) if np.ndim(loss) else latex.scalar(float(loss))
         ctx.step(
             "Negative log-likelihood",
-            (r"L = -\frac{1}{D} \sum_n w_{y_n} x_{n, y_n}" if mean else r"L = -\sum_n w_{y_n} x_{n,y_n}")
+            (
+                r"L = -\frac{1}{D} \sum_n w_{y_n} x_{n, y_n}"
+                if mean
+                else r"L = -\sum_n w_{y_n} x_{n,y_n}"
+            )
             + (r",\quad D = \sum_n w_{y_n}" if mean else ""),
             rf"x = {_rows_tex(x)},\ y = {latex.bmatrix(cls.labels) if len(cls.labels) > 1 else int(cls.labels[0])}"
             rf",\quad x_{{n,y_n}} = {latex.bmatrix(picked)},\ w_{{y_n}} = {latex.bmatrix(cls.picked_weight)}"
@@ -410,7 +450,8 @@ class PointwiseLossExplainer(Explainer):
         constants = self.settings(call.module)
         ctx.step(
             f"{self.title} loss",
-            rf"L = {reducer or ''} \ell(x, t)" + (r"\ \text{(per entry)}" if reduction == "none" else "")
+            rf"L = {reducer or ''} \ell(x, t)"
+            + (r"\ \text{(per entry)}" if reduction == "none" else "")
             + rf",\quad \ell(x, t) = {self.term}",
             (rf"{constants},\quad " if constants else "")
             + rf"{named('x', x)},\ t = {mat(t)} \;\Rightarrow\; \ell = {mat(terms)}"
@@ -456,7 +497,11 @@ class PointwiseLossExplainer(Explainer):
             note="Each entry's gradient depends on its own prediction and target only"
             + (f"; the mean divides it by N = {n}" if n > 1 else "")
             + ". g is the gradient arriving from after the loss (1 when the loss is the final scalar)."
-            + (" The target required grad too: its gradient is checked as well." if target_grad is not None else ""),
+            + (
+                " The target required grad too: its gradient is checked as well."
+                if target_grad is not None
+                else ""
+            ),
         )
 
 
@@ -562,8 +607,10 @@ class BCEWithLogitsExplainer(PointwiseLossExplainer):
     title = "Binary cross-entropy with logits"
     term = formula
     term_grad = r"w\big[(1 - t + p_w t)\,\sigma(x) - p_w t\big]"
-    why = ("Sigmoid and binary cross-entropy in one stable formula (log sigma(x) = -softplus(-x)); "
-           "w weights entries, p_w weights the positive class.")
+    why = (
+        "Sigmoid and binary cross-entropy in one stable formula (log sigma(x) = -softplus(-x)); "
+        "w weights entries, p_w weights the positive class."
+    )
 
     def describe(self, module) -> str:
         return f"sigmoid + binary cross-entropy, {module.reduction} over all entries"

@@ -51,7 +51,11 @@ class SGDExplainer(Explainer):
 
     def update(self, call: UpdateCall, ctx: StepContext) -> None:
         g = call.group
-        lr, mu, wd = float(g["lr"]), float(g.get("momentum", 0.0)), float(g.get("weight_decay", 0.0))
+        lr, mu, wd = (
+            float(g["lr"]),
+            float(g.get("momentum", 0.0)),
+            float(g.get("weight_decay", 0.0)),
+        )
         damp, nesterov = float(g.get("dampening", 0.0)), bool(g.get("nesterov", False))
         w = call.value.astype(np.float64)
         grad = call.grad.astype(np.float64)
@@ -64,8 +68,9 @@ class SGDExplainer(Explainer):
             prev = call.state_before.get("momentum_buffer")
             if prev is None:
                 buf = direction.copy()
-                formula, values = r"v = g \quad\text{(first step: the buffer starts as the gradient)}", (
-                    rf"v = {latex.bmatrix(latex.as_matrix(buf)[0])}"
+                formula, values = (
+                    r"v = g \quad\text{(first step: the buffer starts as the gradient)}",
+                    (rf"v = {latex.bmatrix(latex.as_matrix(buf)[0])}"),
                 )
             else:
                 buf = mu * prev.astype(np.float64) + (1 - damp) * direction
@@ -87,7 +92,11 @@ class SGDExplainer(Explainer):
             direction = direction + mu * buf if nesterov else buf
             inputs = [call.value_name, vname]
         new = w - lr * direction
-        symbol = r"\nabla_W L" if not (mu or wd) else ("g + \\mu v" if nesterov else ("v" if mu else "g"))
+        symbol = (
+            r"\nabla_W L"
+            if not (mu or wd)
+            else ("g + \\mu v" if nesterov else ("v" if mu else "g"))
+        )
         ctx.step(
             f"SGD update of {sym}",
             rf"W' = W - \eta\, {symbol}",
@@ -96,7 +105,8 @@ class SGDExplainer(Explainer):
             inputs=inputs,
             outputs=[call.value_after_name],
             checks=[(new, call.value_after, f"{sym} after optimizer.step()")],
-            note=f"Learning rate eta = {lr:g}." + (" Each entry moves against its gradient." if not mu else ""),
+            note=f"Learning rate eta = {lr:g}."
+            + (" Each entry moves against its gradient." if not mu else ""),
         )
 
 
@@ -158,7 +168,17 @@ def _step_count(call: UpdateCall) -> int:
 
 def _step_check(call: UpdateCall, t: int) -> list:
     after = call.state_after.get("step")
-    return [] if after is None else [(np.asarray(float(t)), np.asarray(after, dtype=np.float64).reshape(()), "optimizer state step")]
+    return (
+        []
+        if after is None
+        else [
+            (
+                np.asarray(float(t)),
+                np.asarray(after, dtype=np.float64).reshape(()),
+                "optimizer state step",
+            )
+        ]
+    )
 
 
 @register(torch.optim.Adam, torch.optim.AdamW)
@@ -173,7 +193,10 @@ class AdamExplainer(Explainer):
         b1, b2 = g["betas"]
         parts = [f"lr={g['lr']}", f"betas=({b1}, {b2})", f"eps={g['eps']}"]
         if g.get("weight_decay"):
-            parts.append(f"weight_decay={g['weight_decay']}" + (" (decoupled)" if self._decoupled(optimizer, g) else ""))
+            parts.append(
+                f"weight_decay={g['weight_decay']}"
+                + (" (decoupled)" if self._decoupled(optimizer, g) else "")
+            )
         if g.get("amsgrad"):
             parts.append("amsgrad")
         return f"{type(optimizer).__name__}(" + ", ".join(parts) + ")"
@@ -237,7 +260,11 @@ class AdamExplainer(Explainer):
             outputs=[m_name],
             checks=[(m, call.state_after.get("exp_avg"), "optimizer state exp_avg")],
             note="An exponential moving average of the gradient (momentum)"
-            + (": on the first step m_0 = 0, so m_1 is only (1 - beta1) g -- biased towards 0." if first else "."),
+            + (
+                ": on the first step m_0 = 0, so m_1 is only (1 - beta1) g -- biased towards 0."
+                if first
+                else "."
+            ),
         )
         v_name = ctx.tensor("exp_avg_sq", v, role=ROLE_OPTIMIZER_STATE)
         ctx.step(
@@ -261,7 +288,9 @@ class AdamExplainer(Explainer):
                 rf"\max\big({_mat(vmax0)}, {_mat(v)}\big) = {_mat(vmax)}",
                 inputs=[v_name],
                 outputs=[v_used_name],
-                checks=[(vmax, call.state_after.get("max_exp_avg_sq"), "optimizer state max_exp_avg_sq")],
+                checks=[
+                    (vmax, call.state_after.get("max_exp_avg_sq"), "optimizer state max_exp_avg_sq")
+                ],
                 note="AMSGrad never lets the denominator shrink, so step sizes never grow.",
             )
             v_used = vmax
@@ -280,9 +309,16 @@ class AdamExplainer(Explainer):
             rf"{_mat(w)} - {latex.scalar(lr)}\,{_mat(m_hat / (np.sqrt(v_hat) + eps))} = {_mat(new)}",
             inputs=[call.value_name, m_name, v_used_name],
             outputs=[m_hat_name, v_hat_name, call.value_after_name],
-            checks=[(new, call.value_after, f"{sym} after optimizer.step()"), *_step_check(call, t)],
+            checks=[
+                (new, call.value_after, f"{sym} after optimizer.step()"),
+                *_step_check(call, t),
+            ],
             note=f"Dividing by 1 - beta^t undoes the bias of the zero-initialised moments (step t = {t}"
-            + (": the corrections are largest on the first steps and fade as beta^t -> 0)." if t <= 3 else ").")
+            + (
+                ": the corrections are largest on the first steps and fade as beta^t -> 0)."
+                if t <= 3
+                else ")."
+            )
             + " Each entry moves by about eta times sign(m̂) when gradients are consistent: "
             "the step size no longer depends on the gradient's scale.",
         )
@@ -305,7 +341,11 @@ class RMSpropExplainer(Explainer):
     def update(self, call: UpdateCall, ctx: StepContext) -> None:
         g = call.group
         lr, alpha, eps = float(g["lr"]), float(g["alpha"]), float(g["eps"])
-        wd, mu, centered = float(g.get("weight_decay", 0.0)), float(g.get("momentum", 0.0)), bool(g.get("centered"))
+        wd, mu, centered = (
+            float(g.get("weight_decay", 0.0)),
+            float(g.get("momentum", 0.0)),
+            bool(g.get("centered")),
+        )
         w = call.value.astype(np.float64)
         grad = call.grad.astype(np.float64)
         sym = call.name
@@ -354,7 +394,13 @@ class RMSpropExplainer(Explainer):
                 rf"{latex.scalar(mu)}\,{_mat(b0)} + {_mat(grad / denom)} = {_mat(buf)}",
                 inputs=inputs + denom_inputs,
                 outputs=[b_name],
-                checks=[(buf, call.state_after.get("momentum_buffer"), "optimizer state momentum_buffer")],
+                checks=[
+                    (
+                        buf,
+                        call.state_after.get("momentum_buffer"),
+                        "optimizer state momentum_buffer",
+                    )
+                ],
             )
             direction, formula, used = buf, r"W' = W - \eta\, b_t", [call.value_name, b_name]
         else:
@@ -368,14 +414,19 @@ class RMSpropExplainer(Explainer):
             rf"{_mat(w)} - {latex.scalar(lr)}\,{_mat(direction)} = {_mat(new)}",
             inputs=used,
             outputs=[call.value_after_name],
-            checks=[(new, call.value_after, f"{sym} after optimizer.step()"), *_step_check(call, t)],
+            checks=[
+                (new, call.value_after, f"{sym} after optimizer.step()"),
+                *_step_check(call, t),
+            ],
             note=f"Learning rate eta = {lr:g}, eps = {eps:g}.",
         )
 
 
 @register(torch.optim.Adagrad)
 class AdagradExplainer(Explainer):
-    formula = r"S = S + g^2,\quad W' = W - \frac{\eta}{1 + (t-1)\,d}\, \frac{g}{\sqrt{S} + \epsilon}"
+    formula = (
+        r"S = S + g^2,\quad W' = W - \frac{\eta}{1 + (t-1)\,d}\, \frac{g}{\sqrt{S} + \epsilon}"
+    )
 
     def describe(self, optimizer) -> str:
         g = optimizer.param_groups[0]
@@ -418,5 +469,8 @@ class AdagradExplainer(Explainer):
             rf"{_mat(w)} - {latex.scalar(clr)}\,{_mat(grad / (np.sqrt(s) + eps))} = {_mat(new)}",
             inputs=inputs + [s_name],
             outputs=[call.value_after_name],
-            checks=[(new, call.value_after, f"{sym} after optimizer.step()"), *_step_check(call, t)],
+            checks=[
+                (new, call.value_after, f"{sym} after optimizer.step()"),
+                *_step_check(call, t),
+            ],
         )

@@ -53,7 +53,9 @@ def _max_settings(module: nn.MaxPool2d, x_shape):
     if getattr(module, "return_indices", False):
         raise Unsupported("return_indices=True")
     out = tuple(
-        pool_output_size(x_shape[2 + i], kernel[i], stride[i], padding[i], dilation[i], module.ceil_mode)
+        pool_output_size(
+            x_shape[2 + i], kernel[i], stride[i], padding[i], dilation[i], module.ceil_mode
+        )
         for i in range(2)
     )
     return kernel, stride, padding, dilation, out
@@ -82,7 +84,9 @@ def windows(x, kernel, stride, padding, dilation, out_hw, pad_value):
     vals = cols.reshape(n, c, oh_all, ow_all, kh * kw)[:, :, :oh, :ow]
     # The same unfolding of the positions tells which input element each window entry is.
     index = np.arange(h * w, dtype=np.float64).reshape(1, 1, h, w)
-    index = np.pad(index, ((0, 0), (0, 0), (ph, ph + extra_h), (pw, pw + extra_w)), constant_values=-1)
+    index = np.pad(
+        index, ((0, 0), (0, 0), (ph, ph + extra_h), (pw, pw + extra_w)), constant_values=-1
+    )
     idx_cols, _ = im2col(index, kernel, stride, (0, 0), dilation)
     idx = idx_cols.reshape(oh_all, ow_all, kh * kw)[:oh, :ow].astype(np.int64)
     return vals, idx
@@ -136,7 +140,11 @@ class MaxPoolExplainer(Explainer):
             outputs=[call.output_name, argmax_name],
             checks=[(y.reshape(call.output.shape), call.output, f"PyTorch {self.kind} output")],
             note="Omega_ij is the window of output (i, j)"
-            + (", padded with -infinity so padding never wins" if getattr(call.module, "padding", 0) not in (0, (0, 0)) else "")
+            + (
+                ", padded with -infinity so padding never wins"
+                if getattr(call.module, "padding", 0) not in (0, (0, 0))
+                else ""
+            )
             + ". If several entries tie for the maximum, the first in row-major order is chosen, "
             "as PyTorch does; the argmax tensor stores each window's choice as a flat index into "
             "the input plane.",
@@ -169,7 +177,9 @@ class MaxPoolExplainer(Explainer):
         for flat in sorted(terms, key=lambda k: (-len(terms[k]), k))[:6]:
             r, col = divmod(flat, w)
             parts = terms[flat]
-            symbolic = " + ".join(rf"\tfrac{{\partial L}}{{\partial Y_{{{i},{j}}}}}" for i, j in parts[:4])
+            symbolic = " + ".join(
+                rf"\tfrac{{\partial L}}{{\partial Y_{{{i},{j}}}}}" for i, j in parts[:4]
+            )
             numbers = " + ".join(latex.scalar(dy[0, 0, i, j]) for i, j in parts[:4])
             if len(parts) > 4:
                 symbolic += r" + \cdots"
@@ -332,7 +342,12 @@ class AvgPoolExplainer(Explainer):
             r"\frac{\partial L}{\partial X_{n,c}} = R_h^{\top} \Big(\frac{\partial L}{\partial Y_{n,c}} \oslash D\Big) R_w",
             rf"{latex.bmatrix(rh.T.astype(np.int32))} {latex.bmatrix(latex.as_matrix(scaled)[0])} {latex.bmatrix(rw.astype(np.int32))}"
             " = " + named(r"\frac{\partial L}{\partial X}", dx),
-            inputs=[f"{call.name}.R_h", call.grad_output_name, f"{call.name}.divisor", f"{call.name}.R_w"],
+            inputs=[
+                f"{call.name}.R_h",
+                call.grad_output_name,
+                f"{call.name}.divisor",
+                f"{call.name}.R_w",
+            ],
             outputs=[call.grad_input_names[0]],
             checks=[(dx.reshape(call.x.shape), call.grad_inputs[0], "autograd dL/dX")],
             note="Each window hands every input it covers an equal share 1/D of its gradient. "
@@ -342,7 +357,11 @@ class AvgPoolExplainer(Explainer):
                 if shared
                 else "No input lies in two windows here."
             )
-            + (" Inputs in no window get 0." if (rh.sum(axis=0) == 0).any() or (rw.sum(axis=0) == 0).any() else ""),
+            + (
+                " Inputs in no window get 0."
+                if (rh.sum(axis=0) == 0).any() or (rw.sum(axis=0) == 0).any()
+                else ""
+            ),
         )
 
 
@@ -355,7 +374,11 @@ class AvgPool2dExplainer(AvgPoolExplainer):
         s = pair(module.stride if module.stride is not None else module.kernel_size)
         extra = f", padding {pair(module.padding)}" if pair(module.padding) != (0, 0) else ""
         extra += ", ceil mode" if module.ceil_mode else ""
-        extra += ", padding not counted" if not module.count_include_pad and pair(module.padding) != (0, 0) else ""
+        extra += (
+            ", padding not counted"
+            if not module.count_include_pad and pair(module.padding) != (0, 0)
+            else ""
+        )
         extra += f", divisor {module.divisor_override}" if module.divisor_override else ""
         return f"average pooling, window {k[0]}x{k[1]}, stride {s[0]}x{s[1]}{extra}"
 
@@ -363,8 +386,10 @@ class AvgPool2dExplainer(AvgPoolExplainer):
         if module.divisor_override:
             return f"divisor_override sets every divisor to {module.divisor_override}."
         if module.count_include_pad:
-            return ("D counts the zero padding inside a window (count_include_pad=True), "
-                    "but not the part of a ceil_mode window beyond the padding.")
+            return (
+                "D counts the zero padding inside a window (count_include_pad=True), "
+                "but not the part of a ceil_mode window beyond the padding."
+            )
         return "D counts only the real input positions of a window (count_include_pad=False)."
 
 
@@ -377,5 +402,7 @@ class AdaptiveAvgPool2dExplainer(AvgPoolExplainer):
         return f"adaptive average pooling to {module.output_size}"
 
     def divisor_words(self, module) -> str:
-        return ("Window i covers rows floor(i H / OH) up to ceil((i+1) H / OH), so windows can "
-                "differ in size and overlap; D is each window's size.")
+        return (
+            "Window i covers rows floor(i H / OH) up to ceil((i+1) H / OH), so windows can "
+            "differ in size and overlap; D is each window's size."
+        )

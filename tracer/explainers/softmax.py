@@ -56,7 +56,11 @@ class SoftmaxExplainer(Explainer):
     formula = r"p_k = \frac{e^{z_k}}{\sum_j e^{z_j}}"
 
     def describe(self, module) -> str:
-        return f"softmax along dim {module.dim}" if module.dim is not None else "softmax (implicit dim)"
+        return (
+            f"softmax along dim {module.dim}"
+            if module.dim is not None
+            else "softmax (implicit dim)"
+        )
 
     def forward(self, call: LayerCall, ctx: StepContext) -> None:
         z = f64(call.x)
@@ -103,7 +107,11 @@ class LogSoftmaxExplainer(Explainer):
     formula = r"y_k = z_k - \log \sum_j e^{z_j}"
 
     def describe(self, module) -> str:
-        return f"log-softmax along dim {module.dim}" if module.dim is not None else "log-softmax (implicit dim)"
+        return (
+            f"log-softmax along dim {module.dim}"
+            if module.dim is not None
+            else "log-softmax (implicit dim)"
+        )
 
     def forward(self, call: LayerCall, ctx: StepContext) -> None:
         z = f64(call.x)
