@@ -22,7 +22,7 @@ from sqlalchemy import Engine, Integer, case, create_engine, event, func, inspec
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
-from . import codec, schema
+from . import codec, names, schema
 from .records import (
     RUN_COMPLETED,
     RUN_RUNNING,
@@ -338,10 +338,10 @@ class RunWriter:
         Core executemany inserts rather than ORM objects: the unit of work costs
         more than SQLite itself for the hundreds of rows an iteration has.
         """
-        names = [tensor.name for tensor in record.tensors]
-        if len(set(names)) != len(names):
+        tensor_names = [names.check(tensor.name) for tensor in record.tensors]
+        if len(set(tensor_names)) != len(tensor_names):
             raise ValueError(f"iteration {record.index} has duplicate tensor names")
-        known = set(names)
+        known = set(tensor_names)
         for step in record.steps:
             for name in (*step.inputs, *step.outputs):
                 if name not in known:
@@ -378,7 +378,7 @@ class RunWriter:
                     .scalars()
                     .all()
                 )
-                tensor_ids = dict(zip(names, ids))
+                tensor_ids = dict(zip(tensor_names, ids))
                 for data, tensor_id in zip(data_rows, ids):
                     data["tensor_id"] = tensor_id
                 conn.execute(schema.TensorData.__table__.insert(), data_rows)
