@@ -14,8 +14,11 @@ from .records import (
     IterationRecord,
     LayerInfo,
     RunInfo,
+    RunPage,
+    RunQuery,
     StepRecord,
     TensorRecord,
+    TensorWindow,
 )
 from .schema import SCHEMA_VERSION
 from .store import (
@@ -44,12 +47,15 @@ __all__ = [
     "RUN_INTERRUPTED",
     "RUN_RUNNING",
     "RunInfo",
+    "RunPage",
+    "RunQuery",
     "RunStore",
     "RunWriter",
     "SCHEMA_VERSION",
     "StepRecord",
     "StoreError",
     "TensorRecord",
+    "TensorWindow",
     "default_db",
     "open_engine",
 ]

@@ -22,15 +22,18 @@ from sqlalchemy import Engine, Integer, case, create_engine, event, func, inspec
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
-from . import codec, schema
+from . import codec, names, paging, schema
 from .records import (
     RUN_COMPLETED,
     RUN_RUNNING,
     IterationRecord,
     LayerInfo,
     RunInfo,
+    RunPage,
+    RunQuery,
     StepRecord,
     TensorRecord,
+    TensorWindow,
 )
 
 DEFAULT_DB = "runs.db"
@@ -338,10 +341,10 @@ class RunWriter:
         Core executemany inserts rather than ORM objects: the unit of work costs
         more than SQLite itself for the hundreds of rows an iteration has.
         """
-        names = [tensor.name for tensor in record.tensors]
-        if len(set(names)) != len(names):
+        tensor_names = [names.check(tensor.name) for tensor in record.tensors]
+        if len(set(tensor_names)) != len(tensor_names):
             raise ValueError(f"iteration {record.index} has duplicate tensor names")
-        known = set(names)
+        known = set(tensor_names)
         for step in record.steps:
             for name in (*step.inputs, *step.outputs):
                 if name not in known:
@@ -378,7 +381,7 @@ class RunWriter:
                     .scalars()
                     .all()
                 )
-                tensor_ids = dict(zip(names, ids))
+                tensor_ids = dict(zip(tensor_names, ids))
                 for data, tensor_id in zip(data_rows, ids):
                     data["tensor_id"] = tensor_id
                 conn.execute(schema.TensorData.__table__.insert(), data_rows)
@@ -511,6 +514,18 @@ class RunStore:
         with self._session() as session:
             rows = session.scalars(select(schema.Run).order_by(schema.Run.id)).all()
             return [_run_info(row) for row in rows]
+
+    def run_page(self, query: RunQuery) -> RunPage:
+        """One page of runs, filtered and sorted in SQL (see storage.paging)."""
+        if not self._has_schema():
+            return RunPage(runs=[], total=0, models=[], statuses=[], any_running=False)
+        return paging.run_page(self.engine, query, _run_info)
+
+    def tensor_window(self, run_id: int, index: int, name: str, **window) -> TensorWindow | None:
+        """A window of one plane of one tensor, read from its bytes alone (see storage.paging)."""
+        if not self._has_schema():
+            return None
+        return paging.tensor_window(self.engine, run_id, index, name, **window)
 
     def get_run(self, run_id: int) -> RunInfo | None:
         if not self._has_schema():

@@ -415,6 +415,12 @@ def format_table(header, rows) -> str:
     return "\n".join(lines)
 
 
+NO_TORCH = (
+    "this command needs PyTorch (torch>=2.13), which is not installed: "
+    "pip install 'cnnviz[trace]' (in a clone, for the CPU build: "
+    "pip install -c constraints/cpu.txt -e '.[trace]')"
+)
+
 # click >= 8.2 raises this for a group called with no arguments.
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
@@ -432,6 +438,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except StoreError as exc:
         click.echo(f"cnnviz: error: {exc}", err=True)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "torch":
+            raise
+        # A dashboard-only install (no "trace" extra) has no torch: say what to install.
+        click.echo(f"cnnviz: error: {NO_TORCH}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("cnnviz: aborted", err=True)
