@@ -173,13 +173,17 @@ def build_iteration(
     strict: bool = False,
     loss_value: float | None = None,
     explain: bool = True,
+    why: str | None = None,
 ) -> IterationRecord:
     """The stored record of one captured iteration.
 
     `strict` turns an explainer's failure into a TraceError (tests); otherwise the
     call is stored as raw tensors with a warning. `explain=False` stores every call
-    as raw tensors (the fallback when building a record failed).
+    as raw tensors: the fallback when building a record failed (with a warning
+    per call), or, with `why` saying so, a trace with explanation off (no
+    warnings: nothing failed).
     """
+    raw_reason = why
     bounds = bounds or Bounds()
     tensors: dict[str, TensorRecord] = {}
     warnings: list[str] = [f"capture: {p}" for p in cap.problems]
@@ -229,6 +233,9 @@ def build_iteration(
     def run(call: CapturedCall, phase: str, layer_call: LayerCall, explained: list) -> None:
         explainer = explainer_for(call.module) if call.module is not None else None
         why = None
+        if not explain and raw_reason:
+            steps.append(_raw_step(call, phase, raw_reason, cap))
+            return
         if not explain:
             why = "not explained (building the matrix form of this iteration failed)"
         elif call.error:
@@ -311,7 +318,7 @@ def build_iteration(
             if len(users) > 1 and users <= done:
                 steps.extend(_param_sum(cap, qualified, users, param_parts.get(qualified, [])))
 
-    steps.extend(_update_steps(cap, optimizer, tensors, warn, strict))
+    steps.extend(_update_steps(cap, optimizer, tensors, warn, strict, explain, raw_reason))
 
     loss = loss_value
     if loss is None and cap.loss_name and f"{cap.loss_name}.value" in cap.values:
@@ -427,7 +434,7 @@ def _param_sum(cap, qualified: str, users: set[str], contributions) -> list[Step
     )
 
 
-def _update_steps(cap, optimizer, tensors, warn, strict) -> list[StepRecord]:
+def _update_steps(cap, optimizer, tensors, warn, strict, explain=True, raw_reason=None):
     if optimizer is None or not cap.stepped:
         return []
     explainer = explainer_for(optimizer)
@@ -451,7 +458,9 @@ def _update_steps(cap, optimizer, tensors, warn, strict) -> list[StepRecord]:
             value_after_name=f"{name}.next",
         )
         why = None
-        if cap.steps_taken > 1:
+        if not explain:
+            why = raw_reason or "not explained (building the matrix form of this iteration failed)"
+        elif cap.steps_taken > 1:
             why = (
                 f"optimizer.step() ran {cap.steps_taken} times in this iteration; "
                 "the stored update spans all of them"
@@ -487,7 +496,8 @@ def _update_steps(cap, optimizer, tensors, warn, strict) -> list[StepRecord]:
                         tensors[record.name] = record
                 steps.extend(ctx.steps)
                 continue
-        warn(f"{name} ({type(optimizer).__name__}): {why}; update stored as raw tensors")
+        if explain or not raw_reason:
+            warn(f"{name} ({type(optimizer).__name__}): {why}; update stored as raw tensors")
         steps.append(
             StepRecord(
                 layer=layer or name,
@@ -528,8 +538,9 @@ def _apply_bounds(tensors: dict[str, TensorRecord], bounds: Bounds) -> list[Tens
     return out
 
 
-def layer_infos(cap: CapturedIteration) -> list[LayerInfo]:
-    """The model's layers in call order, for the architecture page."""
+def layer_infos(cap: CapturedIteration, *, explained: bool = True) -> list[LayerInfo]:
+    """The model's layers in call order, for the architecture page. `explained=False`:
+    the run was traced with explanation off (no layer is explained, yet)."""
     infos = []
     for position, call in enumerate(cap.calls):
         explainer = explainer_for(call.module) if call.module is not None else None
@@ -557,7 +568,7 @@ def layer_infos(cap: CapturedIteration) -> list[LayerInfo]:
                 ),
                 description=description.splitlines()[0] if description else "",
                 formula=explainer.formula if explainer else "",
-                explained=explainer is not None and call.error is None,
+                explained=explained and explainer is not None and call.error is None,
             )
         )
     return infos
