@@ -135,8 +135,12 @@ class _CallContext(StepContext):
         return record
 
 
-def _raw_step(call: CapturedCall, phase: str, why: str, cap: CapturedIteration) -> StepRecord:
-    """A call with no matrix form: its tensors are stored and shown as they are."""
+def _raw_step(
+    call: CapturedCall, phase: str, why: str, cap: CapturedIteration, *, later: bool = False
+) -> StepRecord:
+    """A call with no matrix form: its tensors are stored and shown as they are.
+    `later`: the call was not explained because explanation was off; `why` says so."""
+    what_form = "not explained yet" if later else "no matrix form"
     kind = call.kind
     symbol = kind.rsplit(".", 1)[-1].strip("_").replace("_", r"\_") or "f"
     params = list(call.param_names.values())
@@ -144,13 +148,13 @@ def _raw_step(call: CapturedCall, phase: str, why: str, cap: CapturedIteration) 
     if phase == "forward":
         inputs = call.input_names + params
         formula = rf"Y = \operatorname{{{symbol}}}(X)"
-        title = f"{kind} (no matrix form; tensors as captured)"
+        title = f"{kind} ({what_form}; tensors as captured)"
     else:
         inputs = [_grad_name(n) for n in outputs if n in cap.grads]
         outputs = [_grad_name(n) for n in call.input_names if n in cap.grads]
         outputs += [_grad_name(q) for q in params if q in cap.param_grads]
         formula = rf"\frac{{\partial L}}{{\partial X}} = J_{{\operatorname{{{symbol}}}}}^{{\top}} \frac{{\partial L}}{{\partial Y}}"
-        title = f"{kind} backward (no matrix form; autograd's gradient as captured)"
+        title = f"{kind} backward ({what_form}; autograd's gradient as captured)"
     what = f"the functional call {call.op}" if call.op else kind
     return StepRecord(
         layer=call.name,
@@ -160,7 +164,7 @@ def _raw_step(call: CapturedCall, phase: str, why: str, cap: CapturedIteration) 
         formula_values=r"\text{see the stored tensors}",
         inputs=list(dict.fromkeys(n for n in inputs if n)),
         outputs=list(dict.fromkeys(n for n in outputs if n)),
-        note=f"cnnviz has no matrix decomposition for {what}: {why}",
+        note=why if later else f"cnnviz has no matrix decomposition for {what}: {why}",
     )
 
 
@@ -234,7 +238,7 @@ def build_iteration(
         explainer = explainer_for(call.module) if call.module is not None else None
         why = None
         if not explain and raw_reason:
-            steps.append(_raw_step(call, phase, raw_reason, cap))
+            steps.append(_raw_step(call, phase, raw_reason, cap, later=True))
             return
         if not explain:
             why = "not explained (building the matrix form of this iteration failed)"
@@ -502,7 +506,8 @@ def _update_steps(cap, optimizer, tensors, warn, strict, explain=True, raw_reaso
             StepRecord(
                 layer=layer or name,
                 phase="update",
-                title=f"{type(optimizer).__name__} update of {name} (no matrix form)",
+                title=f"{type(optimizer).__name__} update of {name} "
+                + ("(not explained yet)" if not explain and raw_reason else "(no matrix form)"),
                 formula=r"W' = \operatorname{step}(W, \nabla_W L, \text{state})",
                 formula_values=r"\text{see the stored tensors}",
                 inputs=[name, _grad_name(name)],

@@ -112,11 +112,14 @@ class Background:
         while True:
             try:
                 self._queue.put(job, timeout=0.05)
-                return
             except queue.Full:
-                self.raise_pending()
-                if not self._thread.is_alive():
-                    raise WorkerError("the cnnviz worker thread stopped") from None
+                pass
+            else:
+                self.raise_pending()  # failed while we waited: this job will be dropped
+                return
+            self.raise_pending()
+            if not self._thread.is_alive():
+                raise WorkerError("the cnnviz worker thread stopped")
 
     def raise_pending(self) -> None:
         """Raise the worker's first error in the calling thread (once)."""
