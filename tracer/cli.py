@@ -308,6 +308,7 @@ def diverge(run_a, run_b, atol, db) -> None:
 
 def _diverge(run_a: int, run_b: int, atol: float, db: str) -> int:
     from storage.diverge import DivergeError, first_divergence
+    from storage.store import RunStore
 
     with RunStore(db, readonly=True) as store:
         for run_id in (run_a, run_b):
