@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
-from . import codec, paging, schema
+from . import codec, names, paging, schema
 from .location import DB_ENV_VAR, DEFAULT_DB, StoreError, default_db
 from .records import (
     RUN_COMPLETED,
@@ -350,10 +350,10 @@ class RunWriter:
         Core executemany inserts rather than ORM objects: the unit of work costs
         more than SQLite itself for the hundreds of rows an iteration has.
         """
-        names = [tensor.name for tensor in record.tensors]
-        if len(set(names)) != len(names):
+        tensor_names = [names.check(tensor.name) for tensor in record.tensors]
+        if len(set(tensor_names)) != len(tensor_names):
             raise ValueError(f"iteration {record.index} has duplicate tensor names")
-        known = set(names)
+        known = set(tensor_names)
         for step in record.steps:
             for name in (*step.inputs, *step.outputs):
                 if name not in known:
@@ -397,7 +397,7 @@ class RunWriter:
                 row["iteration_id"] = iteration_id
             insert = _insert_sqlite if conn.dialect.name == "sqlite" else _insert_core
             ids = insert(conn, schema.Tensor.__table__, tensor_rows)
-            tensor_ids = dict(zip(names, ids))
+            tensor_ids = dict(zip(tensor_names, ids))
             for data, tensor_id in zip(data_rows, ids):
                 data["tensor_id"] = tensor_id
             insert(conn, schema.TensorData.__table__, data_rows, ids=False)

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage import codec
+from storage import codec, names
 from storage.records import (
     ROLE_ACTIVATION_GRAD,
+    ROLE_INPUT,
     ROLE_INPUT_GRAD,
     ROLE_INTERMEDIATE,
     ROLE_OPTIMIZER_STATE,
@@ -47,7 +48,7 @@ class Bounds:
 
 
 def _grad_name(name: str) -> str:
-    return f"{name}.grad"
+    return names.grad(name)
 
 
 def _layer_call(
@@ -91,7 +92,7 @@ def _layer_call(
 
 def _part_name(name: str, call_name: str) -> str:
     """The part of dL/d(name) that flows back through one of the calls using it."""
-    return f"{name}.grad@{call_name}"
+    return names.grad_part(name, call_name)
 
 
 class _CallContext(StepContext):
@@ -199,11 +200,11 @@ def build_iteration(
     for value in cap.values.values():
         add(value.name, value.array, value.role, value.layer)
     for name, grad in cap.grads.items():
-        if cap.loss_name and name == f"{cap.loss_name}.value":
+        if cap.loss_name and name == names.loss_value(cap.loss_name):
             continue  # dL/dL = 1
         role = (
             ROLE_INPUT_GRAD
-            if cap.values.get(name) and cap.values[name].role == "input"
+            if cap.values.get(name) and cap.values[name].role == ROLE_INPUT
             else ROLE_ACTIVATION_GRAD
         )
         add(_grad_name(name), grad, role, cap.values[name].layer if name in cap.values else None)
@@ -213,19 +214,19 @@ def build_iteration(
         if name in cap.param_grads:
             add(_grad_name(name), cap.param_grads[name], ROLE_PARAM_GRAD, layer)
         if name in cap.grads_at_start:
-            add(f"{name}.grad_before", cap.grads_at_start[name], ROLE_INTERMEDIATE, layer)
+            add(names.grad_before(name), cap.grads_at_start[name], ROLE_INTERMEDIATE, layer)
             warnings.append(
                 f"{name}: .grad held more than this iteration's backward added (no zero_grad, "
-                f"or gradient accumulation); {name}.grad_before is the rest, and the backward "
+                f"or gradient accumulation); {names.grad_before(name)} is the rest, and the backward "
                 "checks compare this iteration's contribution"
             )
         if name in cap.params_after:
-            add(f"{name}.next", cap.params_after[name], ROLE_PARAM_NEXT, layer)
+            add(names.next_value(name), cap.params_after[name], ROLE_PARAM_NEXT, layer)
             if cap.params_after[name].shape == value.shape and value.dtype.kind == "f":
-                add(f"{name}.update", cap.params_after[name] - value, ROLE_UPDATE, layer)
+                add(names.update(name), cap.params_after[name] - value, ROLE_UPDATE, layer)
         for key, state in cap.state_after.get(name, {}).items():
             if state.ndim > 0:
-                add(f"{name}.state.{key}", state, ROLE_OPTIMIZER_STATE, layer)
+                add(names.state(name, key), state, ROLE_OPTIMIZER_STATE, layer)
 
     steps: list[StepRecord] = []
     shared = _shared_inputs(cap)
@@ -325,8 +326,9 @@ def build_iteration(
     steps.extend(_update_steps(cap, optimizer, tensors, warn, strict, explain, raw_reason))
 
     loss = loss_value
-    if loss is None and cap.loss_name and f"{cap.loss_name}.value" in cap.values:
-        loss = float(np.asarray(cap.values[f"{cap.loss_name}.value"].array).reshape(-1)[0])
+    loss_tensor = names.loss_value(cap.loss_name) if cap.loss_name else None
+    if loss is None and loss_tensor in cap.values:
+        loss = float(np.asarray(cap.values[loss_tensor].array).reshape(-1)[0])
     accuracy = _accuracy(cap)
     lr = None
     if cap.param_groups:
@@ -334,11 +336,11 @@ def build_iteration(
         lr = float(lr) if isinstance(lr, (int, float)) else None
 
     stored = _apply_bounds(tensors, bounds)
-    names = {t.name for t in stored}
+    kept = {t.name for t in stored}
     for position, step in enumerate(steps):
         step.position = position
-        step.inputs = [n for n in step.inputs if n in names]
-        step.outputs = [n for n in step.outputs if n in names]
+        step.inputs = [n for n in step.inputs if n in kept]
+        step.outputs = [n for n in step.outputs if n in kept]
     return IterationRecord(
         index=index,
         loss=float("nan") if loss is None else float(loss),
@@ -459,7 +461,7 @@ def _update_steps(cap, optimizer, tensors, warn, strict, explain=True, raw_reaso
             state_after=cap.state_after.get(name, {}),
             value_name=name,
             grad_name=_grad_name(name),
-            value_after_name=f"{name}.next",
+            value_after_name=names.next_value(name),
         )
         why = None
         if not explain:
@@ -511,8 +513,8 @@ def _update_steps(cap, optimizer, tensors, warn, strict, explain=True, raw_reaso
                 formula=r"W' = \operatorname{step}(W, \nabla_W L, \text{state})",
                 formula_values=r"\text{see the stored tensors}",
                 inputs=[name, _grad_name(name)],
-                outputs=[f"{name}.next", f"{name}.update"]
-                + [f"{name}.state.{k}" for k in cap.state_after.get(name, {})],
+                outputs=[names.next_value(name), names.update(name)]
+                + [names.state(name, k) for k in cap.state_after.get(name, {})],
                 note=why,
             )
         )
