@@ -136,8 +136,12 @@ class _CallContext(StepContext):
         return record
 
 
-def _raw_step(call: CapturedCall, phase: str, why: str, cap: CapturedIteration) -> StepRecord:
-    """A call with no matrix form: its tensors are stored and shown as they are."""
+def _raw_step(
+    call: CapturedCall, phase: str, why: str, cap: CapturedIteration, *, later: bool = False
+) -> StepRecord:
+    """A call with no matrix form: its tensors are stored and shown as they are.
+    `later`: the call was not explained because explanation was off; `why` says so."""
+    what_form = "not explained yet" if later else "no matrix form"
     kind = call.kind
     symbol = kind.rsplit(".", 1)[-1].strip("_").replace("_", r"\_") or "f"
     params = list(call.param_names.values())
@@ -145,13 +149,13 @@ def _raw_step(call: CapturedCall, phase: str, why: str, cap: CapturedIteration) 
     if phase == "forward":
         inputs = call.input_names + params
         formula = rf"Y = \operatorname{{{symbol}}}(X)"
-        title = f"{kind} (no matrix form; tensors as captured)"
+        title = f"{kind} ({what_form}; tensors as captured)"
     else:
         inputs = [_grad_name(n) for n in outputs if n in cap.grads]
         outputs = [_grad_name(n) for n in call.input_names if n in cap.grads]
         outputs += [_grad_name(q) for q in params if q in cap.param_grads]
         formula = rf"\frac{{\partial L}}{{\partial X}} = J_{{\operatorname{{{symbol}}}}}^{{\top}} \frac{{\partial L}}{{\partial Y}}"
-        title = f"{kind} backward (no matrix form; autograd's gradient as captured)"
+        title = f"{kind} backward ({what_form}; autograd's gradient as captured)"
     what = f"the functional call {call.op}" if call.op else kind
     return StepRecord(
         layer=call.name,
@@ -161,7 +165,7 @@ def _raw_step(call: CapturedCall, phase: str, why: str, cap: CapturedIteration) 
         formula_values=r"\text{see the stored tensors}",
         inputs=list(dict.fromkeys(n for n in inputs if n)),
         outputs=list(dict.fromkeys(n for n in outputs if n)),
-        note=f"cnnviz has no matrix decomposition for {what}: {why}",
+        note=why if later else f"cnnviz has no matrix decomposition for {what}: {why}",
     )
 
 
@@ -174,13 +178,17 @@ def build_iteration(
     strict: bool = False,
     loss_value: float | None = None,
     explain: bool = True,
+    why: str | None = None,
 ) -> IterationRecord:
     """The stored record of one captured iteration.
 
     `strict` turns an explainer's failure into a TraceError (tests); otherwise the
     call is stored as raw tensors with a warning. `explain=False` stores every call
-    as raw tensors (the fallback when building a record failed).
+    as raw tensors: the fallback when building a record failed (with a warning
+    per call), or, with `why` saying so, a trace with explanation off (no
+    warnings: nothing failed).
     """
+    raw_reason = why
     bounds = bounds or Bounds()
     tensors: dict[str, TensorRecord] = {}
     warnings: list[str] = [f"capture: {p}" for p in cap.problems]
@@ -230,6 +238,9 @@ def build_iteration(
     def run(call: CapturedCall, phase: str, layer_call: LayerCall, explained: list) -> None:
         explainer = explainer_for(call.module) if call.module is not None else None
         why = None
+        if not explain and raw_reason:
+            steps.append(_raw_step(call, phase, raw_reason, cap, later=True))
+            return
         if not explain:
             why = "not explained (building the matrix form of this iteration failed)"
         elif call.error:
@@ -312,7 +323,7 @@ def build_iteration(
             if len(users) > 1 and users <= done:
                 steps.extend(_param_sum(cap, qualified, users, param_parts.get(qualified, [])))
 
-    steps.extend(_update_steps(cap, optimizer, tensors, warn, strict))
+    steps.extend(_update_steps(cap, optimizer, tensors, warn, strict, explain, raw_reason))
 
     loss = loss_value
     loss_tensor = names.loss_value(cap.loss_name) if cap.loss_name else None
@@ -429,7 +440,7 @@ def _param_sum(cap, qualified: str, users: set[str], contributions) -> list[Step
     )
 
 
-def _update_steps(cap, optimizer, tensors, warn, strict) -> list[StepRecord]:
+def _update_steps(cap, optimizer, tensors, warn, strict, explain=True, raw_reason=None):
     if optimizer is None or not cap.stepped:
         return []
     explainer = explainer_for(optimizer)
@@ -453,7 +464,9 @@ def _update_steps(cap, optimizer, tensors, warn, strict) -> list[StepRecord]:
             value_after_name=names.next_value(name),
         )
         why = None
-        if cap.steps_taken > 1:
+        if not explain:
+            why = raw_reason or "not explained (building the matrix form of this iteration failed)"
+        elif cap.steps_taken > 1:
             why = (
                 f"optimizer.step() ran {cap.steps_taken} times in this iteration; "
                 "the stored update spans all of them"
@@ -489,12 +502,14 @@ def _update_steps(cap, optimizer, tensors, warn, strict) -> list[StepRecord]:
                         tensors[record.name] = record
                 steps.extend(ctx.steps)
                 continue
-        warn(f"{name} ({type(optimizer).__name__}): {why}; update stored as raw tensors")
+        if explain or not raw_reason:
+            warn(f"{name} ({type(optimizer).__name__}): {why}; update stored as raw tensors")
         steps.append(
             StepRecord(
                 layer=layer or name,
                 phase="update",
-                title=f"{type(optimizer).__name__} update of {name} (no matrix form)",
+                title=f"{type(optimizer).__name__} update of {name} "
+                + ("(not explained yet)" if not explain and raw_reason else "(no matrix form)"),
                 formula=r"W' = \operatorname{step}(W, \nabla_W L, \text{state})",
                 formula_values=r"\text{see the stored tensors}",
                 inputs=[name, _grad_name(name)],
@@ -530,8 +545,9 @@ def _apply_bounds(tensors: dict[str, TensorRecord], bounds: Bounds) -> list[Tens
     return out
 
 
-def layer_infos(cap: CapturedIteration) -> list[LayerInfo]:
-    """The model's layers in call order, for the architecture page."""
+def layer_infos(cap: CapturedIteration, *, explained: bool = True) -> list[LayerInfo]:
+    """The model's layers in call order, for the architecture page. `explained=False`:
+    the run was traced with explanation off (no layer is explained, yet)."""
     infos = []
     for position, call in enumerate(cap.calls):
         explainer = explainer_for(call.module) if call.module is not None else None
@@ -559,7 +575,7 @@ def layer_infos(cap: CapturedIteration) -> list[LayerInfo]:
                 ),
                 description=description.splitlines()[0] if description else "",
                 formula=explainer.formula if explainer else "",
-                explained=explainer is not None and call.error is None,
+                explained=explained and explainer is not None and call.error is None,
             )
         )
     return infos
