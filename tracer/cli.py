@@ -74,7 +74,8 @@ class MaxElements(click.ParamType):
     "model_name",
     default="seed-cnn",
     show_default=True,
-    help="Built-in model to train: seed-cnn, lenet5 or small-cnn (see `cnnviz models`).",
+    help="Built-in model to train: seed-cnn, lenet5, small-cnn or resnet18-cifar "
+    "(see `cnnviz models`).",
 )
 @click.option(
     "--seed",
@@ -94,7 +95,7 @@ class MaxElements(click.ParamType):
     "--lr",
     type=PositiveFloat(),
     default=None,
-    help="Learning rate [default: the model's (seed-cnn 0.1, lenet5 0.05, small-cnn 0.05); 0.001 for adam/adamw].",
+    help="Learning rate [default: the model's (seed-cnn 0.1, the others 0.05); 0.001 for adam/adamw].",
 )
 @click.option(
     "--momentum", type=float, default=None, help="SGD momentum in [0, 1) (sgd and momentum only)."
@@ -164,6 +165,12 @@ class MaxElements(click.ParamType):
     show_default=True,
     help="Captured iterations that may wait for the worker before training waits for it.",
 )
+@click.option(
+    "--full-check",
+    is_flag=True,
+    help="Explain and check every sample of every call; by default, under --max-elements, "
+    "calls whose samples are independent are explained on the samples stored only.",
+)
 @click.option("--name", default=None, help="Run name [default: MODEL-seedSEED].")
 @db_option
 @click.pass_context
@@ -184,6 +191,7 @@ def trace(
     layers,
     explain,
     queue_size,
+    full_check,
     name,
     db,
 ) -> None:
@@ -223,6 +231,7 @@ def trace(
             progress=True,
             explain=explain,
             queue_size=queue_size,
+            full_check=full_check,
             **options,
         )
     click.echo(f"run {run.run_id} '{run.info.name}' stored in {db}")
@@ -273,7 +282,7 @@ def runs(db) -> None:
 @cli.command()
 def models() -> None:
     """List the built-in models."""
-    from .models import BUILTIN_MODELS
+    from .catalog import MODEL_CARDS  # no torch: the defaults only
 
     rows = [
         (
@@ -282,7 +291,7 @@ def models() -> None:
             f"max-elements {m.max_elements or 'all'}",
             m.description,
         )
-        for m in BUILTIN_MODELS.values()
+        for m in MODEL_CARDS.values()
     ]
     click.echo(format_table(("name", "defaults", "layers"), rows))
 
