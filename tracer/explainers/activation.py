@@ -87,6 +87,9 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 class ReLUExplainer(Explainer):
     formula = r"A = \max(0, Z)"
 
+    def per_sample(self, call) -> bool:
+        return True  # element by element
+
     def describe(self, module) -> str:
         return "rectified linear unit, elementwise max(0, z)" + (
             " (in place)" if getattr(module, "inplace", False) else ""
@@ -141,6 +144,9 @@ class ElementwiseExplainer(Explainer):
     derivative: ClassVar[str] = ""  # f'(Z), as LaTeX
     why: ClassVar[str] = ""  # one sentence for the forward note
     why_backward: ClassVar[str] = ""  # one sentence for the backward note
+
+    def per_sample(self, call) -> bool:
+        return True  # element by element
 
     def value(self, z: np.ndarray, module) -> np.ndarray:
         raise NotImplementedError
@@ -406,6 +412,9 @@ class IdentityExplainer(ElementwiseExplainer):
 @register(nn.PReLU, functional=[Functional((F.prelu,), _prelu, _build_prelu)])
 class PReLUExplainer(Explainer):
     formula = r"A = \begin{cases} Z & Z > 0 \\ a_c Z & Z \le 0 \end{cases}"
+
+    def per_sample(self, call) -> bool:
+        return call.x.ndim >= 2  # (N, C, ...): one slope per channel
 
     def describe(self, module: nn.PReLU) -> str:
         n = module.num_parameters

@@ -30,6 +30,9 @@ class DropoutExplainer(Explainer):
     formula = r"Y = \frac{1}{1-p}\, X \odot M,\quad M_{k} \sim \operatorname{Bernoulli}(1-p)"
     channel_rank: int | None = None  # Dropout{1,2,3}d: expected input rank
 
+    def per_sample(self, call) -> bool:
+        return True  # one mask entry per element (or per sample and channel)
+
     def describe(self, module) -> str:
         what = "channels" if self.channel_rank else "entries"
         return f"dropout, p = {module.p:g} ({what} zeroed in training, identity in eval)"

@@ -81,6 +81,9 @@ _ADDS = (
 class AddExplainer(Explainer):
     formula = r"Z = X + Y"
 
+    def per_sample(self, call) -> bool:
+        return True  # element by element
+
     def describe(self, module: Add) -> str:
         scale = "" if module.alpha == 1 else f"{module.alpha:g} * "
         if module.constant is not None:

@@ -51,6 +51,9 @@ def _build_reshape(module_type, a, out):
 class FlattenExplainer(Explainer):
     formula = r"x_{k} = A_{c,i,j},\quad k = c\,HW + i\,W + j"
 
+    def per_sample(self, call) -> bool:
+        return call.x.ndim >= 2 and call.module.start_dim % call.x.ndim != 0
+
     def describe(self, module: nn.Flatten) -> str:
         return f"reshape dims {module.start_dim}..{module.end_dim} into one (row-major order)"
 

@@ -120,6 +120,9 @@ class MaxPoolExplainer(Explainer):
 
     kind = "max_pool2d"
 
+    def per_sample(self, call) -> bool:
+        return call.x.ndim == 4
+
     def route(self, x: np.ndarray, module):
         """-> y (N, C, OH, OW), src (N, C, OH, OW) flat input index of each maximum,
         and a function giving the window of output (i, j) of plane 0 as a 2-D array."""
@@ -342,6 +345,9 @@ def _avg_matrices(module, x_shape):
 
 class AvgPoolExplainer(Explainer):
     kind = "avg_pool2d"
+
+    def per_sample(self, call) -> bool:
+        return call.x.ndim == 4
 
     def divisor_words(self, module) -> str:
         raise NotImplementedError

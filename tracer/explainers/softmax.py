@@ -77,6 +77,9 @@ def _build_softmax(module_type, a, out):
 class SoftmaxExplainer(Explainer):
     formula = r"p_k = \frac{e^{z_k}}{\sum_j e^{z_j}}"
 
+    def per_sample(self, call) -> bool:
+        return call.x.ndim >= 2 and softmax_dim(call.module, call.x.ndim) != 0
+
     def describe(self, module) -> str:
         return (
             f"softmax along dim {module.dim}"
@@ -133,6 +136,9 @@ class SoftmaxExplainer(Explainer):
 )
 class LogSoftmaxExplainer(Explainer):
     formula = r"y_k = z_k - \log \sum_j e^{z_j}"
+
+    def per_sample(self, call) -> bool:
+        return call.x.ndim >= 2 and softmax_dim(call.module, call.x.ndim) != 0
 
     def describe(self, module) -> str:
         return (
