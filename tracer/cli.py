@@ -331,6 +331,53 @@ def _diverge(run_a: int, run_b: int, atol: float, db: str) -> int:
     return 0 if report.identical else 1
 
 
+@cli.command("export")
+@click.argument("run_id", metavar="RUN", type=click.IntRange(min=1))
+@click.option(
+    "--html",
+    "html_path",
+    required=True,
+    type=click.Path(dir_okay=False, writable=True),
+    help="The HTML file to write (one file: opens from disk, no server, no network).",
+)
+@click.option(
+    "--iterations",
+    default=None,
+    metavar="N,N",
+    help="Export only these stored iterations [default: every stored iteration].",
+)
+@db_option
+def export_command(run_id, html_path, iterations, db) -> None:
+    """Write one run as a self-contained, offline HTML file for a class."""
+    _export(run_id, html_path, _iteration_list(iterations), db or default_db())
+
+
+def _iteration_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise click.BadParameter(
+            f"{text!r} is not a comma-separated list of iteration numbers",
+            param_hint="'--iterations'",
+        )
+    return [int(p) for p in parts]
+
+
+def _export(run_id: int, html_path: str, iterations: list[int] | None, db: str) -> None:
+    from dashapp.export import ExportError, export_html
+    from storage.store import RunStore
+
+    with RunStore(db, readonly=True) as store:
+        try:
+            size = export_html(store, run_id, html_path, iterations=iterations)
+        except ExportError as exc:
+            raise click.UsageError(str(exc)) from exc
+        except OSError as exc:
+            raise click.UsageError(f"cannot write {html_path}: {exc.strerror or exc}") from exc
+    click.echo(f"run {run_id} exported to {html_path} ({size / 1e6:.1f} MB)")
+
+
 # ---------------------------------------------------------------- dashboard
 
 DEMO_SEEDS = (0, 1, 2)
