@@ -289,7 +289,6 @@ def header(run: RunInfo, runs: list[RunInfo], index: int | None, count: int) -> 
     )
 
 
-@page_layout
 def unexplained_note():
     """An iteration traced with explanation off: what is shown, and how to see it explained."""
     return dbc.Alert(
@@ -309,6 +308,7 @@ def unexplained_note():
     )
 
 
+@page_layout
 def layout(run=None, it=None, **_query):
     store = current_store()
     run_id = parse_int(run, "run")
