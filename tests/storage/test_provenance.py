@@ -100,3 +100,16 @@ def test_bad_cells_say_why(seed_run):
         _explain(run, records[0], "fc.out", (0, 9))
     with pytest.raises(NotExplained, match="not stored whole"):
         _explain(run, records[0], "no.such", (0,))
+
+
+def test_a_cell_that_reads_a_truncated_tensor_says_so(seed_run):
+    import copy
+
+    run, records = seed_run
+    record = copy.deepcopy(records[0])
+    weight = record.tensor("fc.weight")
+    weight.array = weight.array.reshape(-1)[:3]  # what a storage bound keeps: a prefix
+    with pytest.raises(NotExplained, match="reads fc.weight, which is not stored whole"):
+        _explain(run, record, "fc.out", (0, 1))
+    with pytest.raises(NotExplained, match="fc.weight is not stored whole"):
+        _explain(run, record, "fc.weight", (0, 0))
