@@ -156,7 +156,7 @@ class MaxElements(click.ParamType):
     default="background",
     show_default=True,
     help="Where each iteration is explained and verified: in a worker thread while training "
-    "goes on, inline on the training thread, or off (raw tensors only; `cnnviz explain` later).",
+    "goes on, inline on the training thread, or off (raw tensors only, nothing checked).",
 )
 @click.option(
     "--queue-size",

@@ -53,7 +53,7 @@ DEFAULT_EXPLAIN = "background"
 # The note on the steps of an iteration traced with explain="off".
 NOT_EXPLAINED = (
     "not explained: traced with explanation off (raw tensors only); "
-    "`cnnviz explain RUN` explains it"
+    "trace again with explanation on (`--explain background`, the default) to see it explained"
 )
 
 
