@@ -152,6 +152,22 @@ def serving(argv: list[str], port: int, *, env: dict[str, str] | None = None) ->
             served.output, _ = proc.communicate(timeout=10)
 
 
+# `python -c BLOCK_TORCH args...` is the cnnviz command line of a dashboard-only
+# install (no "trace" extra): `import torch` fails.
+BLOCK_TORCH = "import sys; sys.modules['torch'] = None; from tracer.cli import main; main()"
+
+
+def cnnviz_without_torch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH, *args],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+        timeout=timeout,
+    )
+
+
 @contextmanager
 def cnnviz_serve(store: Path) -> Iterator[str]:
     """`cnnviz serve --db STORE --port P` in a real subprocess."""

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from dash_helpers import REPO, subprocess_env
+from dash_helpers import REPO, cnnviz_without_torch, subprocess_env
 
 SCRIPT = textwrap.dedent(
     """
@@ -65,22 +65,6 @@ def test_wsgi_import_is_lazy_and_a_bad_store_is_one_clear_error(tmp_path):
     assert (
         result.stdout.strip() == f"StoreError: no store at {tmp_path / 'missing.db'} "
         f"(run `cnnviz trace --db {tmp_path / 'missing.db'}` first)"
-    )
-
-
-# `python -c BLOCK_TORCH args...`: the cnnviz command line as a dashboard-only install
-# (no "trace" extra) has it: `import torch` fails.
-BLOCK_TORCH = "import sys; sys.modules['torch'] = None; from tracer.cli import main; main()"
-
-
-def cnnviz_without_torch(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", BLOCK_TORCH, *args],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        cwd=REPO,
-        timeout=120,
     )
 
 
