@@ -58,6 +58,10 @@ def serve(
     """
     with RunStore(store_location, readonly=True):  # raises StoreError for a bad store
         pass
+    # Import Dash and the app's modules once, before gunicorn forks: each worker then
+    # only builds its app (no SQLite connection is opened here).
+    from . import app  # noqa: F401
+
     if on_ready is not None:
         on_ready()
     DashboardServer(

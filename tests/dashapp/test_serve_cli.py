@@ -1,19 +1,19 @@
-"""`cnnviz serve` and `cnnviz demo`, run as real processes."""
+"""`cnnviz serve` and `cnnviz demo`: servers as real processes; refusals and the demo's
+tracing in this process (click's runner through `main`)."""
 
 from __future__ import annotations
 
 import json
 import socket
 import sqlite3
-import subprocess
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from cli_helpers import cnnviz as cnnviz_here
 from dash_helpers import (
-    REPO,
     clone_run,
     cnnviz_without_torch,
     copy_store,
@@ -27,18 +27,7 @@ from storage import RunStore
 CNNVIZ = [sys.executable, "-m", "tracer.cli"]
 
 
-def cnnviz(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*CNNVIZ, *args],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        cwd=REPO,
-        timeout=timeout,
-    )
-
-
-def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> None:
+def assert_usage_error(result, *words: str) -> None:
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
@@ -50,7 +39,7 @@ def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> None
 def test_serve_refuses_a_missing_store(tmp_path):
     missing = tmp_path / "missing.db"
     assert_usage_error(
-        cnnviz("serve", "--db", str(missing)), "cnnviz: error: no store at", str(missing)
+        cnnviz_here("serve", "--db", missing), "cnnviz: error: no store at", str(missing)
     )
     assert not missing.exists()  # nothing created
 
@@ -67,7 +56,7 @@ def test_serve_refuses_what_is_not_a_store(tmp_path, kind):
     else:
         path.mkdir()
     before = path.read_bytes() if path.is_file() else None
-    assert_usage_error(cnnviz("serve", "--db", str(path)), "cnnviz: error:", str(path))
+    assert_usage_error(cnnviz_here("serve", "--db", path), "cnnviz: error:", str(path))
     if before is not None:
         assert path.read_bytes() == before  # untouched
 
@@ -75,7 +64,7 @@ def test_serve_refuses_what_is_not_a_store(tmp_path, kind):
 @pytest.mark.parametrize("port", ["0", "70000", "http"])
 def test_serve_refuses_bad_ports(dash_store, port):
     assert_usage_error(
-        cnnviz("serve", "--db", str(dash_store), "--port", port), "cnnviz serve: error:", "--port"
+        cnnviz_here("serve", "--db", dash_store, "--port", port), "cnnviz serve: error:", "--port"
     )
 
 
@@ -85,7 +74,7 @@ def test_serve_says_when_the_port_is_taken(dash_store):
         taken.listen()
         port = str(taken.getsockname()[1])
         assert_usage_error(
-            cnnviz("serve", "--db", str(dash_store), "--port", port), "already in use", port
+            cnnviz_here("serve", "--db", dash_store, "--port", port), "already in use", port
         )
 
 
@@ -174,14 +163,14 @@ DEMO = [(f"seed-cnn-seed{s}", s, "completed", 3) for s in (0, 1, 2)]
 
 def test_demo_traces_three_seeds_once(tmp_path):
     db = tmp_path / "demo.db"
-    first = cnnviz("demo", "--db", str(db), "--no-serve", timeout=300)
+    first = cnnviz_here("demo", "--db", db, "--no-serve")
     assert first.returncode == 0, first.stderr
     assert demo_runs(db) == DEMO
     with RunStore(db) as store:
         runs = store.list_runs()
         assert all(s.num_verified == s.num_steps for r in runs for s in store.iterations(r.id))
     assert first.stdout.count("traced run") == 3
-    again = cnnviz("demo", "--db", str(db), "--no-serve")
+    again = cnnviz_here("demo", "--db", db, "--no-serve")
     assert again.returncode == 0 and "already holds the demo runs" in again.stdout
     assert demo_runs(db) == DEMO
 
@@ -192,7 +181,7 @@ def test_demo_fills_up_what_an_interrupted_first_start_left_out(dash_store, tmp_
     db = copy_store(dash_store, tmp_path / "runs.db")
     clone_run(db, 1, name="seed-cnn-seed2", seed=2, iterations=1, finish=False)[1].engine.dispose()
     before = demo_runs(db)
-    filled = cnnviz("demo", "--db", str(db), "--no-serve", timeout=300)
+    filled = cnnviz_here("demo", "--db", db, "--no-serve")
     assert filled.returncode == 0, filled.stderr
     assert filled.stdout.count("traced run") == 1 and "'seed-cnn-seed2'" in filled.stdout
     assert demo_runs(db) == [*before, DEMO[2]]
@@ -201,7 +190,7 @@ def test_demo_fills_up_what_an_interrupted_first_start_left_out(dash_store, tmp_
 def test_demo_copies_missing_runs_from_a_store_without_torch(dash_store, tmp_path):
     """What the Docker image does: no torch, the demo runs come from the image's store."""
     source = tmp_path / "demo.db"
-    assert cnnviz("demo", "--db", str(source), "--no-serve", timeout=300).returncode == 0
+    assert cnnviz_here("demo", "--db", source, "--no-serve").returncode == 0
     db = tmp_path / "runs.db"
     copied = cnnviz_without_torch("demo", "--db", str(db), "--no-serve", "--from", str(source))
     assert copied.returncode == 0, copied.stderr
@@ -232,15 +221,16 @@ def test_demo_copies_missing_runs_from_a_store_without_torch(dash_store, tmp_pat
 def test_demo_refuses_a_bad_store_before_tracing(tmp_path):
     bad = tmp_path / "bad.db"
     bad.write_text("not a database")
-    assert_usage_error(cnnviz("demo", "--db", str(bad), "--no-serve"), "is not a SQLite database")
+    assert_usage_error(cnnviz_here("demo", "--db", bad, "--no-serve"), "is not a SQLite database")
 
 
-def test_demo_serves_a_store_that_has_runs_and_prints_the_url(dash_store, tmp_path):
+def test_demo_serves_a_store_that_has_the_demo_runs_and_prints_the_url(dash_store, tmp_path):
     db = copy_store(dash_store, tmp_path / "runs.db")
+    clone_run(db, 1, name="seed-cnn-seed2", seed=2)  # now it holds seeds 0, 1 and 2
     port = free_port()
-    argv = [sys.executable, "-m", "tracer.cli", "demo", "--db", str(db), "--port", str(port)]
+    argv = [*CNNVIZ, "demo", "--db", str(db), "--port", str(port)]
     with serving(argv, port) as served:
         with urllib.request.urlopen(served.url + "/") as response:
             assert response.status == 200
-    assert "traced run" in served.output and "'seed-cnn-seed2'" in served.output
+    assert "already holds the demo runs" in served.output
     assert f"cnnviz dashboard for {db}: http://127.0.0.1:{port}/" in served.output
