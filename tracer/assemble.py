@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage import codec
+from storage import codec, names
 from storage.records import (
     ROLE_ACTIVATION_GRAD,
+    ROLE_INPUT,
     ROLE_INPUT_GRAD,
     ROLE_INTERMEDIATE,
     ROLE_OPTIMIZER_STATE,
@@ -47,7 +48,7 @@ class Bounds:
 
 
 def _grad_name(name: str) -> str:
-    return f"{name}.grad"
+    return names.grad(name)
 
 
 def _layer_call(
@@ -91,7 +92,7 @@ def _layer_call(
 
 def _part_name(name: str, call_name: str) -> str:
     """The part of dL/d(name) that flows back through one of the calls using it."""
-    return f"{name}.grad@{call_name}"
+    return names.grad_part(name, call_name)
 
 
 class _CallContext(StepContext):
@@ -135,8 +136,12 @@ class _CallContext(StepContext):
         return record
 
 
-def _raw_step(call: CapturedCall, phase: str, why: str, cap: CapturedIteration) -> StepRecord:
-    """A call with no matrix form: its tensors are stored and shown as they are."""
+def _raw_step(
+    call: CapturedCall, phase: str, why: str, cap: CapturedIteration, *, later: bool = False
+) -> StepRecord:
+    """A call with no matrix form: its tensors are stored and shown as they are.
+    `later`: the call was not explained because explanation was off; `why` says so."""
+    what_form = "not explained yet" if later else "no matrix form"
     kind = call.kind
     symbol = kind.rsplit(".", 1)[-1].strip("_").replace("_", r"\_") or "f"
     params = list(call.param_names.values())
@@ -144,13 +149,13 @@ def _raw_step(call: CapturedCall, phase: str, why: str, cap: CapturedIteration) 
     if phase == "forward":
         inputs = call.input_names + params
         formula = rf"Y = \operatorname{{{symbol}}}(X)"
-        title = f"{kind} (no matrix form; tensors as captured)"
+        title = f"{kind} ({what_form}; tensors as captured)"
     else:
         inputs = [_grad_name(n) for n in outputs if n in cap.grads]
         outputs = [_grad_name(n) for n in call.input_names if n in cap.grads]
         outputs += [_grad_name(q) for q in params if q in cap.param_grads]
         formula = rf"\frac{{\partial L}}{{\partial X}} = J_{{\operatorname{{{symbol}}}}}^{{\top}} \frac{{\partial L}}{{\partial Y}}"
-        title = f"{kind} backward (no matrix form; autograd's gradient as captured)"
+        title = f"{kind} backward ({what_form}; autograd's gradient as captured)"
     what = f"the functional call {call.op}" if call.op else kind
     return StepRecord(
         layer=call.name,
@@ -160,7 +165,7 @@ def _raw_step(call: CapturedCall, phase: str, why: str, cap: CapturedIteration) 
         formula_values=r"\text{see the stored tensors}",
         inputs=list(dict.fromkeys(n for n in inputs if n)),
         outputs=list(dict.fromkeys(n for n in outputs if n)),
-        note=f"cnnviz has no matrix decomposition for {what}: {why}",
+        note=why if later else f"cnnviz has no matrix decomposition for {what}: {why}",
     )
 
 
@@ -173,13 +178,17 @@ def build_iteration(
     strict: bool = False,
     loss_value: float | None = None,
     explain: bool = True,
+    why: str | None = None,
 ) -> IterationRecord:
     """The stored record of one captured iteration.
 
     `strict` turns an explainer's failure into a TraceError (tests); otherwise the
     call is stored as raw tensors with a warning. `explain=False` stores every call
-    as raw tensors (the fallback when building a record failed).
+    as raw tensors: the fallback when building a record failed (with a warning
+    per call), or, with `why` saying so, a trace with explanation off (no
+    warnings: nothing failed).
     """
+    raw_reason = why
     bounds = bounds or Bounds()
     tensors: dict[str, TensorRecord] = {}
     warnings: list[str] = [f"capture: {p}" for p in cap.problems]
@@ -191,11 +200,11 @@ def build_iteration(
     for value in cap.values.values():
         add(value.name, value.array, value.role, value.layer)
     for name, grad in cap.grads.items():
-        if cap.loss_name and name == f"{cap.loss_name}.value":
+        if cap.loss_name and name == names.loss_value(cap.loss_name):
             continue  # dL/dL = 1
         role = (
             ROLE_INPUT_GRAD
-            if cap.values.get(name) and cap.values[name].role == "input"
+            if cap.values.get(name) and cap.values[name].role == ROLE_INPUT
             else ROLE_ACTIVATION_GRAD
         )
         add(_grad_name(name), grad, role, cap.values[name].layer if name in cap.values else None)
@@ -205,19 +214,19 @@ def build_iteration(
         if name in cap.param_grads:
             add(_grad_name(name), cap.param_grads[name], ROLE_PARAM_GRAD, layer)
         if name in cap.grads_at_start:
-            add(f"{name}.grad_before", cap.grads_at_start[name], ROLE_INTERMEDIATE, layer)
+            add(names.grad_before(name), cap.grads_at_start[name], ROLE_INTERMEDIATE, layer)
             warnings.append(
                 f"{name}: .grad held more than this iteration's backward added (no zero_grad, "
-                f"or gradient accumulation); {name}.grad_before is the rest, and the backward "
+                f"or gradient accumulation); {names.grad_before(name)} is the rest, and the backward "
                 "checks compare this iteration's contribution"
             )
         if name in cap.params_after:
-            add(f"{name}.next", cap.params_after[name], ROLE_PARAM_NEXT, layer)
+            add(names.next_value(name), cap.params_after[name], ROLE_PARAM_NEXT, layer)
             if cap.params_after[name].shape == value.shape and value.dtype.kind == "f":
-                add(f"{name}.update", cap.params_after[name] - value, ROLE_UPDATE, layer)
+                add(names.update(name), cap.params_after[name] - value, ROLE_UPDATE, layer)
         for key, state in cap.state_after.get(name, {}).items():
             if state.ndim > 0:
-                add(f"{name}.state.{key}", state, ROLE_OPTIMIZER_STATE, layer)
+                add(names.state(name, key), state, ROLE_OPTIMIZER_STATE, layer)
 
     steps: list[StepRecord] = []
     shared = _shared_inputs(cap)
@@ -229,6 +238,9 @@ def build_iteration(
     def run(call: CapturedCall, phase: str, layer_call: LayerCall, explained: list) -> None:
         explainer = explainer_for(call.module) if call.module is not None else None
         why = None
+        if not explain and raw_reason:
+            steps.append(_raw_step(call, phase, raw_reason, cap, later=True))
+            return
         if not explain:
             why = "not explained (building the matrix form of this iteration failed)"
         elif call.error:
@@ -311,11 +323,12 @@ def build_iteration(
             if len(users) > 1 and users <= done:
                 steps.extend(_param_sum(cap, qualified, users, param_parts.get(qualified, [])))
 
-    steps.extend(_update_steps(cap, optimizer, tensors, warn, strict))
+    steps.extend(_update_steps(cap, optimizer, tensors, warn, strict, explain, raw_reason))
 
     loss = loss_value
-    if loss is None and cap.loss_name and f"{cap.loss_name}.value" in cap.values:
-        loss = float(np.asarray(cap.values[f"{cap.loss_name}.value"].array).reshape(-1)[0])
+    loss_tensor = names.loss_value(cap.loss_name) if cap.loss_name else None
+    if loss is None and loss_tensor in cap.values:
+        loss = float(np.asarray(cap.values[loss_tensor].array).reshape(-1)[0])
     accuracy = _accuracy(cap)
     lr = None
     if cap.param_groups:
@@ -323,11 +336,11 @@ def build_iteration(
         lr = float(lr) if isinstance(lr, (int, float)) else None
 
     stored = _apply_bounds(tensors, bounds)
-    names = {t.name for t in stored}
+    kept = {t.name for t in stored}
     for position, step in enumerate(steps):
         step.position = position
-        step.inputs = [n for n in step.inputs if n in names]
-        step.outputs = [n for n in step.outputs if n in names]
+        step.inputs = [n for n in step.inputs if n in kept]
+        step.outputs = [n for n in step.outputs if n in kept]
     return IterationRecord(
         index=index,
         loss=float("nan") if loss is None else float(loss),
@@ -427,7 +440,7 @@ def _param_sum(cap, qualified: str, users: set[str], contributions) -> list[Step
     )
 
 
-def _update_steps(cap, optimizer, tensors, warn, strict) -> list[StepRecord]:
+def _update_steps(cap, optimizer, tensors, warn, strict, explain=True, raw_reason=None):
     if optimizer is None or not cap.stepped:
         return []
     explainer = explainer_for(optimizer)
@@ -448,10 +461,12 @@ def _update_steps(cap, optimizer, tensors, warn, strict) -> list[StepRecord]:
             state_after=cap.state_after.get(name, {}),
             value_name=name,
             grad_name=_grad_name(name),
-            value_after_name=f"{name}.next",
+            value_after_name=names.next_value(name),
         )
         why = None
-        if cap.steps_taken > 1:
+        if not explain:
+            why = raw_reason or "not explained (building the matrix form of this iteration failed)"
+        elif cap.steps_taken > 1:
             why = (
                 f"optimizer.step() ran {cap.steps_taken} times in this iteration; "
                 "the stored update spans all of them"
@@ -487,17 +502,19 @@ def _update_steps(cap, optimizer, tensors, warn, strict) -> list[StepRecord]:
                         tensors[record.name] = record
                 steps.extend(ctx.steps)
                 continue
-        warn(f"{name} ({type(optimizer).__name__}): {why}; update stored as raw tensors")
+        if explain or not raw_reason:
+            warn(f"{name} ({type(optimizer).__name__}): {why}; update stored as raw tensors")
         steps.append(
             StepRecord(
                 layer=layer or name,
                 phase="update",
-                title=f"{type(optimizer).__name__} update of {name} (no matrix form)",
+                title=f"{type(optimizer).__name__} update of {name} "
+                + ("(not explained yet)" if not explain and raw_reason else "(no matrix form)"),
                 formula=r"W' = \operatorname{step}(W, \nabla_W L, \text{state})",
                 formula_values=r"\text{see the stored tensors}",
                 inputs=[name, _grad_name(name)],
-                outputs=[f"{name}.next", f"{name}.update"]
-                + [f"{name}.state.{k}" for k in cap.state_after.get(name, {})],
+                outputs=[names.next_value(name), names.update(name)]
+                + [names.state(name, k) for k in cap.state_after.get(name, {})],
                 note=why,
             )
         )
@@ -528,8 +545,9 @@ def _apply_bounds(tensors: dict[str, TensorRecord], bounds: Bounds) -> list[Tens
     return out
 
 
-def layer_infos(cap: CapturedIteration) -> list[LayerInfo]:
-    """The model's layers in call order, for the architecture page."""
+def layer_infos(cap: CapturedIteration, *, explained: bool = True) -> list[LayerInfo]:
+    """The model's layers in call order, for the architecture page. `explained=False`:
+    the run was traced with explanation off (no layer is explained, yet)."""
     infos = []
     for position, call in enumerate(cap.calls):
         explainer = explainer_for(call.module) if call.module is not None else None
@@ -557,7 +575,7 @@ def layer_infos(cap: CapturedIteration) -> list[LayerInfo]:
                 ),
                 description=description.splitlines()[0] if description else "",
                 formula=explainer.formula if explainer else "",
-                explained=explainer is not None and call.error is None,
+                explained=explained and explainer is not None and call.error is None,
             )
         )
     return infos

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from storage import DB_ENV_VAR, RunStore, StoreError, default_db
+from storage.location import DB_ENV_VAR, StoreError, default_db
 
 
 class PositiveFloat(click.ParamType):
@@ -149,6 +149,21 @@ class MaxElements(click.ParamType):
     metavar="NAME,NAME",
     help="Store the tensors of these layers only (model-level tensors are always stored).",
 )
+@click.option(
+    "--explain",
+    type=click.Choice(["background", "inline", "off"]),
+    default="background",
+    show_default=True,
+    help="Where each iteration is explained and verified: in a worker thread while training "
+    "goes on, inline on the training thread, or off (raw tensors only; `cnnviz explain` later).",
+)
+@click.option(
+    "--queue-size",
+    type=POSITIVE_INT,
+    default=2,
+    show_default=True,
+    help="Captured iterations that may wait for the worker before training waits for it.",
+)
 @click.option("--name", default=None, help="Run name [default: MODEL-seedSEED].")
 @db_option
 @click.pass_context
@@ -167,6 +182,8 @@ def trace(
     every,
     max_elements,
     layers,
+    explain,
+    queue_size,
     name,
     db,
 ) -> None:
@@ -199,7 +216,14 @@ def trace(
             f"warning: {message}", err=True
         )
         run = run_builtin(
-            model_name=model_name, seed=seed, name=name, db=db, progress=True, **options
+            model_name=model_name,
+            seed=seed,
+            name=name,
+            db=db,
+            progress=True,
+            explain=explain,
+            queue_size=queue_size,
+            **options,
         )
     click.echo(f"run {run.run_id} '{run.info.name}' stored in {db}")
 
@@ -208,6 +232,8 @@ def trace(
 @db_option
 def runs(db) -> None:
     """List the runs in a store."""
+    from storage.store import RunStore  # the store loads only for the commands that read it
+
     db = db or default_db()
     with RunStore(db) as store:
         infos = store.list_runs()
@@ -282,6 +308,7 @@ def diverge(run_a, run_b, atol, db) -> None:
 
 def _diverge(run_a: int, run_b: int, atol: float, db: str) -> int:
     from storage.diverge import DivergeError, first_divergence
+    from storage.store import RunStore
 
     with RunStore(db, readonly=True) as store:
         for run_id in (run_a, run_b):
@@ -376,7 +403,8 @@ def _demo_run_ids(db: str) -> dict[int, int]:
         path = Path(db).expanduser()
         if not path.exists() or (path.is_file() and path.stat().st_size == 0):
             return {}
-    from storage import RUN_COMPLETED
+    from storage.records import RUN_COMPLETED
+    from storage.store import RunStore
 
     with RunStore(db, readonly=True) as store:  # a bad store raises StoreError
         return {
@@ -396,6 +424,7 @@ def _missing_demo_seeds(db: str) -> list[int]:
 
 
 def _copy_demo_runs(source: str, db: str, seeds: list[int]) -> None:
+    from storage.store import RunStore
     from storage.transfer import copy_run
 
     available = _demo_run_ids(source)

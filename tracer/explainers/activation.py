@@ -18,6 +18,8 @@ from typing import ClassVar
 import numpy as np
 from torch import nn
 
+from storage import names
+
 from .. import latex
 from .base import Explainer, LayerCall, StepContext, register
 from .common import f64, mat, named, sub
@@ -72,7 +74,7 @@ class ReLUExplainer(Explainer):
             "ReLU backward",
             r"\frac{\partial L}{\partial Z} = \frac{\partial L}{\partial A} \odot \mathbb{1}[Z > 0]",
             rf"{mat(da)} \odot {mat(mask.astype(np.int64))} = {mat(dz)}",
-            inputs=[call.grad_output_name, f"{call.name}.mask"],
+            inputs=[call.grad_output_name, names.intermediate(call.name, "mask")],
             outputs=[call.grad_input_names[0]],
             checks=[(dz, call.grad_inputs[0], "autograd dL/dZ")],
             note="Gradient passes where Z > 0 and stops where the unit was off."

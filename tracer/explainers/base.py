@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from storage import names
 from storage.records import ROLE_INTERMEDIATE, StepRecord, TensorRecord
 
 # |ours - torch| <= ATOL + RTOL * max|torch| counts as verified. Ours is float64
@@ -66,7 +67,7 @@ class StepContext:
 
     def tensor(self, suffix: str, array: np.ndarray, role: str = ROLE_INTERMEDIATE) -> str:
         """Store an intermediate matrix of this layer; returns its tensor name."""
-        name = f"{self.call.name}.{suffix}"
+        name = names.intermediate(self.call.name, suffix)
         if name not in self._names:
             self._names.add(name)
             self.tensors.append(
@@ -137,7 +138,7 @@ class StepContext:
         return (
             ours,
             self.call.param_grads.get(local),
-            f"autograd {self.call.param_names[local]}.grad",
+            f"autograd {names.grad(self.call.param_names[local])}",
         )
 
 

@@ -22,6 +22,8 @@ import math
 import numpy as np
 from torch import nn
 
+from storage import names
+
 from .. import latex
 from .base import Explainer, LayerCall, StepContext, Unsupported, register
 from .common import f64, named, pair, sub
@@ -197,7 +199,7 @@ class MaxPoolExplainer(Explainer):
             latex.aligned(*lines)
             + rf"\;\Rightarrow\; \frac{{\partial L}}{{\partial X}}{sub(where)} = {latex.bmatrix(dx_view)},"
             rf"\quad \text{{windows per element}} = {latex.bmatrix(latex.as_matrix(count)[0].astype(np.int64))}",
-            inputs=[call.grad_output_name, f"{call.name}.argmax"],
+            inputs=[call.grad_output_name, names.intermediate(call.name, "argmax")],
             outputs=[call.grad_input_names[0], count_name],
             checks=[(dx.reshape(call.x.shape), call.grad_inputs[0], "autograd dL/dX")],
             note="Every window sends its gradient to the one input element that was its maximum; "
@@ -343,10 +345,10 @@ class AvgPoolExplainer(Explainer):
             rf"{latex.bmatrix(rh.T.astype(np.int32))} {latex.bmatrix(latex.as_matrix(scaled)[0])} {latex.bmatrix(rw.astype(np.int32))}"
             " = " + named(r"\frac{\partial L}{\partial X}", dx),
             inputs=[
-                f"{call.name}.R_h",
+                names.intermediate(call.name, "R_h"),
                 call.grad_output_name,
-                f"{call.name}.divisor",
-                f"{call.name}.R_w",
+                names.intermediate(call.name, "divisor"),
+                names.intermediate(call.name, "R_w"),
             ],
             outputs=[call.grad_input_names[0]],
             checks=[(dx.reshape(call.x.shape), call.grad_inputs[0], "autograd dL/dX")],
