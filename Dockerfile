@@ -20,7 +20,11 @@ COPY storage ./storage
 COPY tracer ./tracer
 COPY dashapp ./dashapp
 RUN pip install -c constraints/cpu.txt --extra-index-url "$TORCH_INDEX_URL" ".[trace]"
-RUN cnnviz demo --no-serve --db /demo/runs.db
+# Rollback journal instead of WAL: the runtime reads this file as a user who cannot
+# write beside it, and SQLite opens a WAL database read-only only where it may
+# create the -shm file.
+RUN cnnviz demo --no-serve --db /demo/runs.db && \
+    python -c "import sqlite3; sqlite3.connect('/demo/runs.db').execute('PRAGMA journal_mode=DELETE').close()"
 
 
 FROM python:3.11-slim AS runtime

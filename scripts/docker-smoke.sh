@@ -19,7 +19,8 @@
 # healthy; the demo copied three runs; the dashboard answers; a trace from inside
 # the build-stage image (the runtime has no torch); `down`/`up` keeps the volume
 # and does not copy again; a store broken under the server turns /healthz 503
-# and the container unhealthy. Prints timings and image sizes.
+# and the container unhealthy. Prints timings and image sizes. The images stay in
+# $WORK/data as the build cache of the next run (rm -rf $WORK frees it all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -55,7 +56,6 @@ cleanup() {
   set +e
   say "cleaning up"
   [ -f "$WORK/compose.yml" ] && compose down -v --remove-orphans >/dev/null 2>&1
-  docker image rm -f cnnviz-dashboard cnnviz-tracer >/dev/null 2>&1
   [ -n "$INDEX_PID" ] && kill "$INDEX_PID" 2>/dev/null
   kill "$DOCKERD_PID" 2>/dev/null
   wait "$DOCKERD_PID" 2>/dev/null
@@ -133,7 +133,8 @@ compose build -q >/dev/null 2>&1 || compose build || fail "compose build"
 build_s=$((SECONDS - b0))
 size() { docker image inspect "$1" --format '{{.Size}}' | numfmt --to=si; }
 say "built in ${build_s} s: runtime image $(size cnnviz-dashboard)B, tracer stage $(size cnnviz-tracer)B, base $(size python:3.11-slim)B"
-docker run --rm --network host cnnviz-dashboard python -c "import torch" >/dev/null 2>&1 &&
+docker run --rm --network host cnnviz-dashboard python -c \
+  "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)" ||
   fail "the runtime image has torch"
 say "the runtime image has no torch"
 
