@@ -19,7 +19,8 @@
 # healthy; the demo copied three runs; the dashboard answers; a trace from inside
 # the build-stage image (the runtime has no torch); `down`/`up` keeps the volume
 # and does not copy again; a store broken under the server turns /healthz 503
-# and the container unhealthy. Prints timings and image sizes. The images stay in
+# and the container unhealthy; after a first start interrupted at one demo run,
+# a restart fills the store up to the three. Prints timings and image sizes. The images stay in
 # $WORK/data as the build cache of the next run (rm -rf $WORK frees it all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,7 +96,8 @@ wheel=$(ls /opt/wheels/torch-2.13.0+cpu-*.whl 2>/dev/null | head -1) || true
 [ -n "$wheel" ] || fail "no CPU torch wheel in /opt/wheels"
 mkdir -p "$WORK/index/torch"
 ln -sf "$wheel" "$WORK/index/torch/"
-INDEX_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# A fixed port: the build argument is part of the build cache's key.
+INDEX_PORT=${CNNVIZ_SMOKE_INDEX_PORT:-38471}
 python3 -m http.server "$INDEX_PORT" --bind 127.0.0.1 --directory "$WORK/index" >/dev/null 2>&1 &
 INDEX_PID=$!
 
@@ -185,5 +187,19 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "$URL/healthz")
 u0=$SECONDS
 wait_health unhealthy 60
 say "broken store: /healthz 503, unhealthy after $((SECONDS - u0)) s"
+
+# ---------------------------------------------------------------- an interrupted first start
+# A first start killed after copying one demo run: the next start copies the other two.
+compose exec -T dashboard sh -c 'rm -f /data/runs.db /data/runs.db-wal /data/runs.db-shm'
+compose exec -T dashboard python -c "from storage.store import RunStore
+from storage.transfer import copy_run
+with RunStore('/opt/cnnviz/demo.db') as demo:
+    copy_run(demo, 1, '/data/runs.db')"
+u0=$SECONDS
+compose restart
+wait_health healthy 120
+curl -fsS "$URL/healthz" | grep -q '"runs":3' || fail "the restart did not fill up to three runs"
+[ "$(compose logs dashboard | grep -c "copied run")" = 2 ] || fail "not two copies after the restart"
+say "after a start interrupted at one demo run: healthy $((SECONDS - u0)) s after restart, 3 runs"
 
 say "all checks passed in $(elapsed)"
