@@ -5,7 +5,7 @@ backward and update steps from the explainers, each verified against PyTorch.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from storage.records import (
 
 from .capture import CapturedCall, CapturedIteration
 from .explainers import LayerCall, StepContext, Unsupported, UpdateCall, explainer_for
+from .explainers.base import NotCompared, samples_note
 
 log = logging.getLogger("cnnviz")
 
@@ -42,6 +43,9 @@ class Bounds:
 
     max_elements: int | None = None  # store at most this many elements per tensor (C order)
     layers: frozenset[str] | None = None  # store tensors of these layers only (None: all)
+    # With max_elements, a call whose samples are independent (conv, linear, ReLU,
+    # pooling...) is explained and checked on the samples stored only; True: all of them.
+    full_check: bool = False
 
     def keep(self, record: TensorRecord) -> bool:
         return self.layers is None or record.layer is None or record.layer in self.layers
@@ -141,7 +145,7 @@ def _raw_step(
 ) -> StepRecord:
     """A call with no matrix form: its tensors are stored and shown as they are.
     `later`: the call was not explained because explanation was off; `why` says so."""
-    what_form = "not explained yet" if later else "no matrix form"
+    what_form = "not explained" if later else "no matrix form"
     kind = call.kind
     symbol = kind.rsplit(".", 1)[-1].strip("_").replace("_", r"\_") or "f"
     params = list(call.param_names.values())
@@ -277,6 +281,9 @@ def build_iteration(
                         warn(
                             f"{call.name}: '{step.title}' differs from PyTorch by {step.max_abs_diff:.3g}"
                         )
+                if layer_call.samples is not None:
+                    for step in ctx.steps:
+                        step.note = _join(step.note, samples_note(*layer_call.samples))
                 steps.extend(ctx.steps)
                 return
         what = (
@@ -286,7 +293,10 @@ def build_iteration(
         steps.append(_raw_step(call, phase, why, cap))
 
     calls = [call for call in cap.calls if call.output is not None or call.error]
-    layer_calls = [(call, _layer_call(call, cap, shared)) for call in calls]
+    layer_calls = [
+        (call, _kept_samples(_layer_call(call, cap, shared), call, bounds)) for call in calls
+    ]
+    sliced = {call.name for call, layer_call in layer_calls if layer_call.samples is not None}
     for call, layer_call in layer_calls:
         run(call, "forward", layer_call, [])
     # Backward in reverse call order. A tensor or parameter that several calls used
@@ -321,7 +331,11 @@ def build_iteration(
         for qualified in dict.fromkeys(call.param_names.values()):
             users = param_users.get(qualified, set())
             if len(users) > 1 and users <= done:
-                steps.extend(_param_sum(cap, qualified, users, param_parts.get(qualified, [])))
+                steps.extend(
+                    _param_sum(
+                        cap, qualified, users, param_parts.get(qualified, []), users & sliced
+                    )
+                )
 
     steps.extend(_update_steps(cap, optimizer, tensors, warn, strict, explain, raw_reason))
 
@@ -375,7 +389,10 @@ def _param_users(cap: CapturedIteration) -> dict[str, set[str]]:
     return users
 
 
-def _sum_step(name, layer, contributions, reference, title, formula, note) -> list[StepRecord]:
+def _sum_step(
+    name, layer, contributions, reference, title, formula, note, unchecked=None
+) -> list[StepRecord]:
+    """`unchecked`: why the sum has no PyTorch counterpart (it sums the stored samples only)."""
     from . import latex
 
     total = sum(np.asarray(g, dtype=np.float64) for _, g in contributions)
@@ -393,7 +410,7 @@ def _sum_step(name, layer, contributions, reference, title, formula, note) -> li
         + rf" = {latex.bmatrix(latex.as_matrix(total)[0])}",
         inputs=[_part_name(name, who) for who, _ in contributions],
         outputs=[_grad_name(name)],
-        checks=[(total, reference, f"autograd dL/d({name})")],
+        checks=[(total, reference, unchecked or f"autograd dL/d({name})")],
         note=note,
     )
     return ctx.steps
@@ -403,16 +420,27 @@ def _fan_out_sum(cap, name: str, users: set[str], contributions) -> list[StepRec
     """A tensor read by several calls: dL/dX is the sum of every call's part."""
     if {who for who, _ in contributions} != users:
         return []  # a user had no explained backward: autograd's total stands alone
+    reference = cap.grads.get(name)
+    note = (
+        f"{name} is read by "
+        + ", ".join(who for who, _ in contributions)
+        + "; autograd adds the gradient coming back through each of them."
+    )
+    # Some uses were explained on the stored samples only: sum those samples.
+    k = min(np.shape(part)[0] if np.ndim(part) else 0 for _, part in contributions)
+    n = np.shape(reference)[0] if reference is not None and np.ndim(reference) else None
+    if n is not None and 0 < k < n:
+        contributions = [(who, np.asarray(part)[:k]) for who, part in contributions]
+        reference = np.asarray(reference)[:k]
+        note = _join(note, samples_note(k, n))
     return _sum_step(
         name,
         cap.values[name].layer if name in cap.values else None,
         contributions,
-        cap.grads.get(name),
+        reference,
         f"Sum the gradient of {name} over its {len(contributions)} uses",
         r"\frac{\partial L}{\partial X} = \sum_{\text{uses } u} \frac{\partial L}{\partial X}\Big|_{u}",
-        f"{name} is read by "
-        + ", ".join(who for who, _ in contributions)
-        + "; autograd adds the gradient coming back through each of them.",
+        note,
     )
 
 
@@ -423,10 +451,19 @@ def _grad_of_iteration(cap: CapturedIteration, qualified: str) -> np.ndarray | N
     return cap.param_grads.get(qualified)
 
 
-def _param_sum(cap, qualified: str, users: set[str], contributions) -> list[StepRecord]:
-    """A parameter used by several calls gets .grad = the sum of every call's part."""
+def _param_sum(
+    cap, qualified: str, users: set[str], contributions, sliced=frozenset()
+) -> list[StepRecord]:
+    """A parameter used by several calls gets .grad = the sum of every call's part.
+    `sliced`: users explained on their stored samples only (the sum is then partial)."""
     if {who for who, _ in contributions} != users:
         return []  # some call had no explained backward; autograd's sum stands alone
+    unchecked = None
+    if sliced:
+        unchecked = NotCompared(
+            f"dL/d({qualified}) over the stored samples of {', '.join(sorted(sliced))} only: "
+            "autograd's .grad sums every sample (a full check compares it)"
+        )
     return _sum_step(
         qualified,
         cap.param_layers.get(qualified),
@@ -437,6 +474,7 @@ def _param_sum(cap, qualified: str, users: set[str], contributions) -> list[Step
         "The parameter was used more than once in this forward pass ("
         + ", ".join(who for who, _ in contributions)
         + "); autograd adds the gradient of every use into one .grad.",
+        unchecked,
     )
 
 
@@ -509,7 +547,7 @@ def _update_steps(cap, optimizer, tensors, warn, strict, explain=True, raw_reaso
                 layer=layer or name,
                 phase="update",
                 title=f"{type(optimizer).__name__} update of {name} "
-                + ("(not explained yet)" if not explain and raw_reason else "(no matrix form)"),
+                + ("(not explained)" if not explain and raw_reason else "(no matrix form)"),
                 formula=r"W' = \operatorname{step}(W, \nabla_W L, \text{state})",
                 formula_values=r"\text{see the stored tensors}",
                 inputs=[name, _grad_name(name)],
@@ -530,6 +568,49 @@ def _accuracy(cap: CapturedIteration) -> float | None:
             if logits.ndim == 2 and target.ndim == 1 and target.dtype.kind in "iu":
                 return float((logits.argmax(axis=1) == target).mean())
     return None
+
+
+def _join(note: str, more: str) -> str:
+    return f"{note} {more}" if note else more
+
+
+def _kept_samples(layer_call: LayerCall, call: CapturedCall, bounds: Bounds) -> LayerCall:
+    """The call cut to the samples a storage bound keeps, where its samples are independent.
+
+    `max_elements` stores the first elements of each tensor in C order, i.e. its first
+    samples: explaining and checking those samples checks every stored number of the
+    call's tensors, at k/N of the cost. Parameter gradients sum over all samples, so
+    theirs are explained for the kept samples and not compared (`full_check` compares).
+    """
+    if bounds.max_elements is None or bounds.full_check or call.module is None:
+        return layer_call
+    out = layer_call.output
+    if out is None or np.ndim(out) == 0 or out.shape[0] <= 1:
+        return layer_call
+    explainer = explainer_for(call.module)
+    if explainer is None or call.error or not explainer.per_sample(layer_call):
+        return layer_call
+    n = out.shape[0]
+
+    def batched(a) -> bool:  # an input broadcast along the batch has fewer dimensions or N=1
+        return a is not None and a.ndim >= out.ndim and a.shape[0] == n
+
+    sizes = [a.size // n for a in (out, *layer_call.inputs) if batched(a) and a.size]
+    k = max(-(-bounds.max_elements // size) for size in sizes) if sizes else n
+    if k >= n:
+        return layer_call
+
+    def cut(a):
+        return a[:k] if batched(a) else a
+
+    return replace(
+        layer_call,
+        inputs=[cut(a) for a in layer_call.inputs],
+        output=out[:k],
+        grad_output=cut(layer_call.grad_output),
+        grad_inputs=[cut(g) for g in layer_call.grad_inputs],
+        samples=(k, n),
+    )
 
 
 def _apply_bounds(tensors: dict[str, TensorRecord], bounds: Bounds) -> list[TensorRecord]:

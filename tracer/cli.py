@@ -74,7 +74,8 @@ class MaxElements(click.ParamType):
     "model_name",
     default="seed-cnn",
     show_default=True,
-    help="Built-in model to train: seed-cnn, lenet5 or small-cnn (see `cnnviz models`).",
+    help="Built-in model to train: seed-cnn, lenet5, small-cnn or resnet18-cifar "
+    "(see `cnnviz models`).",
 )
 @click.option(
     "--seed",
@@ -94,7 +95,7 @@ class MaxElements(click.ParamType):
     "--lr",
     type=PositiveFloat(),
     default=None,
-    help="Learning rate [default: the model's (seed-cnn 0.1, lenet5 0.05, small-cnn 0.05); 0.001 for adam/adamw].",
+    help="Learning rate [default: the model's (seed-cnn 0.1, the others 0.05); 0.001 for adam/adamw].",
 )
 @click.option(
     "--momentum", type=float, default=None, help="SGD momentum in [0, 1) (sgd and momentum only)."
@@ -155,7 +156,7 @@ class MaxElements(click.ParamType):
     default="background",
     show_default=True,
     help="Where each iteration is explained and verified: in a worker thread while training "
-    "goes on, inline on the training thread, or off (raw tensors only; `cnnviz explain` later).",
+    "goes on, inline on the training thread, or off (raw tensors only, nothing checked).",
 )
 @click.option(
     "--queue-size",
@@ -163,6 +164,12 @@ class MaxElements(click.ParamType):
     default=2,
     show_default=True,
     help="Captured iterations that may wait for the worker before training waits for it.",
+)
+@click.option(
+    "--full-check",
+    is_flag=True,
+    help="Explain and check every sample of every call; by default, under --max-elements, "
+    "calls whose samples are independent are explained on the samples stored only.",
 )
 @click.option("--name", default=None, help="Run name [default: MODEL-seedSEED].")
 @db_option
@@ -184,6 +191,7 @@ def trace(
     layers,
     explain,
     queue_size,
+    full_check,
     name,
     db,
 ) -> None:
@@ -223,6 +231,7 @@ def trace(
             progress=True,
             explain=explain,
             queue_size=queue_size,
+            full_check=full_check,
             **options,
         )
     click.echo(f"run {run.run_id} '{run.info.name}' stored in {db}")
@@ -273,7 +282,7 @@ def runs(db) -> None:
 @cli.command()
 def models() -> None:
     """List the built-in models."""
-    from .models import BUILTIN_MODELS
+    from .catalog import MODEL_CARDS  # no torch: the defaults only
 
     rows = [
         (
@@ -282,7 +291,7 @@ def models() -> None:
             f"max-elements {m.max_elements or 'all'}",
             m.description,
         )
-        for m in BUILTIN_MODELS.values()
+        for m in MODEL_CARDS.values()
     ]
     click.echo(format_table(("name", "defaults", "layers"), rows))
 
@@ -320,6 +329,53 @@ def _diverge(run_a: int, run_b: int, atol: float, db: str) -> int:
             raise click.UsageError(str(exc)) from exc
     click.echo(report.summary())
     return 0 if report.identical else 1
+
+
+@cli.command("export")
+@click.argument("run_id", metavar="RUN", type=click.IntRange(min=1))
+@click.option(
+    "--html",
+    "html_path",
+    required=True,
+    type=click.Path(dir_okay=False, writable=True),
+    help="The HTML file to write (one file: opens from disk, no server, no network).",
+)
+@click.option(
+    "--iterations",
+    default=None,
+    metavar="N,N",
+    help="Export only these stored iterations [default: every stored iteration].",
+)
+@db_option
+def export_command(run_id, html_path, iterations, db) -> None:
+    """Write one run as a self-contained, offline HTML file for a class."""
+    _export(run_id, html_path, _iteration_list(iterations), db or default_db())
+
+
+def _iteration_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise click.BadParameter(
+            f"{text!r} is not a comma-separated list of iteration numbers",
+            param_hint="'--iterations'",
+        )
+    return [int(p) for p in parts]
+
+
+def _export(run_id: int, html_path: str, iterations: list[int] | None, db: str) -> None:
+    from dashapp.export import ExportError, export_html
+    from storage.store import RunStore
+
+    with RunStore(db, readonly=True) as store:
+        try:
+            size = export_html(store, run_id, html_path, iterations=iterations)
+        except ExportError as exc:
+            raise click.UsageError(str(exc)) from exc
+        except OSError as exc:
+            raise click.UsageError(f"cannot write {html_path}: {exc.strerror or exc}") from exc
+    click.echo(f"run {run_id} exported to {html_path} ({size / 1e6:.1f} MB)")
 
 
 # ---------------------------------------------------------------- dashboard

@@ -53,7 +53,7 @@ DEFAULT_EXPLAIN = "background"
 # The note on the steps of an iteration traced with explain="off".
 NOT_EXPLAINED = (
     "not explained: traced with explanation off (raw tensors only); "
-    "`cnnviz explain RUN` explains it"
+    "trace again with explanation on (`--explain background`, the default) to see it explained"
 )
 
 
@@ -109,6 +109,7 @@ class Trace:
         strict: bool = False,
         explain: str = DEFAULT_EXPLAIN,
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        full_check: bool = False,
     ):
         if explain not in EXPLAIN_MODES:
             raise ValueError(f"explain must be one of {', '.join(EXPLAIN_MODES)}, not {explain!r}")
@@ -134,7 +135,9 @@ class Trace:
         self.db = db
         self.every = every
         self.bounds = Bounds(
-            max_elements=max_elements, layers=frozenset(layers) if layers else None
+            max_elements=max_elements,
+            layers=frozenset(layers) if layers else None,
+            full_check=bool(full_check),
         )
         self.strict = strict
         self.explain = explain
@@ -155,6 +158,7 @@ class Trace:
                 "max_elements": max_elements,
                 "layers": layers,
                 "explain": explain,
+                "full_check": bool(full_check),
                 "host": platform.node(),
                 "pid": os.getpid(),
             },

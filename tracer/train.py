@@ -263,13 +263,14 @@ def run_builtin(
     strict: bool = False,
     explain: str = DEFAULT_EXPLAIN,
     queue_size: int = DEFAULT_QUEUE_SIZE,
+    full_check: bool = False,
     **options,
 ) -> Trace:
     """Train a built-in model and trace it; returns the finished Trace.
 
     `options` are those of `resolve` (lr, epochs, iterations, samples, batch_size,
     optimizer, momentum, weight_decay, every, max_elements, layers); each defaults
-    to the model's own. `explain` and `queue_size` are those of `Trace`.
+    to the model's own. `explain`, `queue_size` and `full_check` are those of `Trace`.
     """
     config = resolve(model_name=model_name, seed=seed, **options)
     spec = BUILTIN_MODELS[config.model]
@@ -290,6 +291,7 @@ def run_builtin(
         strict=strict,
         explain=explain,
         queue_size=queue_size,
+        full_check=full_check,
     )
     show_bar = progress and config.iterations > 10
     rows: list[str] = []

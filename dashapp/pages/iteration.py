@@ -289,6 +289,25 @@ def header(run: RunInfo, runs: list[RunInfo], index: int | None, count: int) -> 
     )
 
 
+def unexplained_note():
+    """An iteration traced with explanation off: what is shown, and how to see it explained."""
+    return dbc.Alert(
+        [
+            html.Strong("Not explained: "),
+            "this run was traced with explanation off, so below are its raw tensors as "
+            "captured (inputs, outputs, gradients, parameters before and after the update) "
+            "and no step is written in matrix form or checked against PyTorch. Trace it again "
+            "with ",
+            html.Code("cnnviz trace --explain background"),
+            " (the default) or ",
+            html.Code('trace(..., explain="background")'),
+            " to see every step explained and verified.",
+        ],
+        color="info",
+        className="py-2 unexplained-note",
+    )
+
+
 @page_layout
 def layout(run=None, it=None, **_query):
     store = current_store()
@@ -322,6 +341,8 @@ def layout(run=None, it=None, **_query):
         dbc.Alert([html.Strong("Tracer warning: "), w], color="warning", className="py-2")
         for w in record.warnings
     ]
+    if (info.config or {}).get("explain") == "off":
+        warnings.insert(0, unexplained_note())
     return html.Div(
         [
             header(info, runs, index, count),

@@ -19,6 +19,7 @@ class OptimizerHooks:
 
     def _increment_hook(self, name: str) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
+            self._backward_seen = True
             if not self.active:
                 return
             array = to_numpy(grad)

@@ -16,6 +16,7 @@ whole channel.
 from __future__ import annotations
 
 import numpy as np
+import torch.nn.functional as F
 from torch import nn
 
 from storage import names
@@ -28,6 +29,9 @@ from .common import f64, mat, named
 class DropoutExplainer(Explainer):
     formula = r"Y = \frac{1}{1-p}\, X \odot M,\quad M_{k} \sim \operatorname{Bernoulli}(1-p)"
     channel_rank: int | None = None  # Dropout{1,2,3}d: expected input rank
+
+    def per_sample(self, call) -> bool:
+        return True  # one mask entry per element (or per sample and channel)
 
     def describe(self, module) -> str:
         what = "channels" if self.channel_rank else "entries"
@@ -179,21 +183,21 @@ class DropoutExplainer(Explainer):
         )
 
 
-@register(nn.Dropout)
+@register(nn.Dropout, functional=[F.dropout])
 class PlainDropoutExplainer(DropoutExplainer):
     pass
 
 
-@register(nn.Dropout1d)
+@register(nn.Dropout1d, functional=[F.dropout1d])
 class Dropout1dExplainer(DropoutExplainer):
     channel_rank = 3
 
 
-@register(nn.Dropout2d)
+@register(nn.Dropout2d, functional=[F.dropout2d])
 class Dropout2dExplainer(DropoutExplainer):
     channel_rank = 4
 
 
-@register(nn.Dropout3d)
+@register(nn.Dropout3d, functional=[F.dropout3d])
 class Dropout3dExplainer(DropoutExplainer):
     channel_rank = 5
