@@ -39,7 +39,7 @@ def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        current += line[:-1] + " " if line.endswith("\\") else line
+        current += line[:-1].rstrip() + " " if line.endswith("\\") else line
         if not line.endswith("\\"):
             lines.append(current)
             current = ""
