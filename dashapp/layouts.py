@@ -275,7 +275,7 @@ def figure_json(figure) -> str:
     return json.dumps(figure.to_plotly_json(), cls=PlotlyJSONEncoder)
 
 
-def lazy_tensor_figure_block(view: MatrixView, panel: str) -> html.Div:
+def lazy_tensor_figure_block(view: MatrixView, panel: str, tensor: str = "") -> html.Div:
     """A heatmap drawn only when it comes near the viewport.
 
     A LeNet-5 iteration page holds about 160 heatmaps; as dcc.Graph components
@@ -293,7 +293,12 @@ def lazy_tensor_figure_block(view: MatrixView, panel: str) -> html.Div:
                 id={"type": "tensor-graph", "panel": panel},
                 className="heatmap heatmap-slot",
                 style=size,
-                **{"data-figure": figure_json(figure), "data-config": json.dumps(GRAPH_CONFIG)},
+                **{
+                    "data-figure": figure_json(figure),
+                    "data-config": json.dumps(GRAPH_CONFIG),
+                    # provenance_click.js: which tensor a click on a cell asks about
+                    "data-tensor": tensor,
+                },
             ),
             html.Div(
                 view.caption,
@@ -342,7 +347,7 @@ def tensor_panel(record: TensorRecord, *, run_id: int, index: int, panel: str) -
                 slice_selectors(
                     view, lambda axis: {"type": "tensor-slice", "panel": panel, "axis": axis}
                 ),
-                lazy_tensor_figure_block(view, panel),
+                lazy_tensor_figure_block(view, panel, record.name),
                 dcc.Store(
                     id={"type": "tensor-ref", "panel": panel},
                     data={"run": run_id, "it": index, "name": record.name},
