@@ -255,3 +255,25 @@ VIEWS = {
         JOIN runs r ON r.id = i.run_id
     """,
 }
+
+# PostgreSQL has no json_each: the same rows come from json_array_elements_text
+# WITH ORDINALITY (1-based, hence the - 1), its text cast back to a number.
+_POSTGRES_VIEWS = {
+    "tensor_elements": """
+        SELECT r.id AS run_id, i."index" AS iteration, t.id AS tensor_id, t.name,
+               t.layer, t.role, CAST(e.ordinality - 1 AS INTEGER) AS flat_index,
+               CAST(e.value AS DOUBLE PRECISION) AS value
+        FROM tensors t
+        JOIN tensor_data d ON d.tensor_id = t.id
+        JOIN iterations i ON i.id = t.iteration_id
+        JOIN runs r ON r.id = i.run_id
+        CROSS JOIN LATERAL json_array_elements_text(CAST(d.elements AS JSON))
+            WITH ORDINALITY AS e(value, ordinality)
+        WHERE d.elements IS NOT NULL
+    """,
+}
+
+
+def views(dialect: str) -> dict[str, str]:
+    """The view bodies for a database dialect ("sqlite", "postgresql"), by view name."""
+    return {**VIEWS, **_POSTGRES_VIEWS} if dialect == "postgresql" else dict(VIEWS)

@@ -13,12 +13,26 @@ import datetime as dt
 import math
 import os
 import sqlite3
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
-from sqlalchemy import Engine, Integer, case, create_engine, event, func, inspect, select, text
+from sqlalchemy import (
+    URL,
+    Engine,
+    Integer,
+    case,
+    create_engine,
+    event,
+    func,
+    inspect,
+    make_url,
+    select,
+    text,
+)
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
@@ -37,6 +51,7 @@ DEFAULT_DB = "runs.db"
 DB_ENV_VAR = "CNNVIZ_DB"
 BUSY_TIMEOUT_MS = 60_000
 SQLITE_MAGIC = b"SQLite format 3\x00"
+MODES = ("r", "w")
 
 
 class StoreError(Exception):
@@ -55,14 +70,61 @@ def _is_url(location: str) -> bool:
     return "://" in location
 
 
+@dataclass(frozen=True)
+class _Target:
+    """Where a location points: a SQLite file (`path`), in-memory SQLite, or a server URL."""
+
+    location: str  # as the user gave it, for messages
+    url: URL | None  # None for a plain file path
+    path: Path | None  # the SQLite file, when there is one
+
+    @property
+    def dialect(self) -> str:
+        return "sqlite" if self.url is None else self.url.get_backend_name()
+
+
+def _target(location: str) -> _Target:
+    if not _is_url(location):
+        return _Target(location, None, Path(location).expanduser())
+    try:
+        url = make_url(location)
+    except Exception as exc:  # sqlalchemy.exc.ArgumentError and friends
+        raise StoreError(f"{location!r} is not a database URL ({_one_line(exc)})") from exc
+    if url.get_backend_name() != "sqlite":
+        return _Target(location, url, None)
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return _Target(location, url, None)  # in-memory or a SQLite URI: taken as given
+    return _Target(location, url, Path(database).expanduser())
+
+
 def _check_sqlite_path(path: Path, *, create: bool) -> None:
-    """Fail early, with one line, on paths that cannot be a store."""
-    if path.is_dir():
-        raise StoreError(f"{path} is a directory, not a store file")
-    if path.exists():
+    """Fail early, with one line, on paths that cannot be a store.
+
+    Special files are refused from `stat` alone, before anything opens them:
+    opening a FIFO blocks until a writer appears, and a device is never a store.
+    """
+    try:
+        info = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        info = None
+    except OSError as exc:
+        raise StoreError(f"cannot open {path}: {exc.strerror or exc}") from exc
+    if info is not None:
+        if stat.S_ISDIR(info.st_mode):
+            raise StoreError(f"{path} is a directory, not a store file")
+        if not stat.S_ISREG(info.st_mode):
+            kind = (
+                "a FIFO"
+                if stat.S_ISFIFO(info.st_mode)
+                else "a socket"
+                if stat.S_ISSOCK(info.st_mode)
+                else "a device"
+            )
+            raise StoreError(f"{path} is {kind}, not a store file")
         if not os.access(path, os.R_OK):
             raise StoreError(f"{path} is not readable")
-        if path.stat().st_size > 0:
+        if info.st_size > 0:
             with path.open("rb") as handle:
                 if handle.read(16) != SQLITE_MAGIC:
                     raise StoreError(f"{path} is not a SQLite database")
@@ -82,20 +144,63 @@ def _check_sqlite_path(path: Path, *, create: bool) -> None:
         raise StoreError(f"cannot create {path}: {parent} is not writable")
 
 
-def _make_engine(location: str, *, readonly: bool) -> Engine:
-    if _is_url(location):
-        url = location
-        is_sqlite = location.startswith("sqlite")
+def _read_only_medium(path: Path) -> bool:
+    """Whether SQLite could not create `-wal`/`-shm` beside the file, so it must read it
+    as immutable: a read-only filesystem, or a directory we may not write with no WAL
+    in use (a shared mount). Immutable readers do not see later writes."""
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return True
+    except OSError:
+        return False
+    wal = path.with_name(path.name + "-wal")
+    return not os.access(path.parent, os.W_OK) and not wal.exists()
+
+
+def _sqlite_uri(path: Path, **params: str) -> str:
+    query = "&".join(f"{key}={value}" for key, value in params.items())
+    return f"file:{quote(str(path.resolve()))}" + (f"?{query}" if query else "")
+
+
+def _sqlite_engine(target: _Target, *, readonly: bool) -> Engine:
+    """A SQLite engine whose connections come from our own `sqlite3.connect`, so
+    that read-only is `mode=ro` (or `immutable=1`) for every way of naming the file."""
+    path = target.path
+    assert path is not None
+    if readonly:
+        params = {"mode": "ro"}
+        if _read_only_medium(path):
+            params["immutable"] = "1"
+        uri = _sqlite_uri(path, **params)
     else:
-        path = Path(location).expanduser()
-        _check_sqlite_path(path, create=not readonly)
-        resolved = path.resolve()
-        url = f"sqlite:///file:{resolved}?mode=ro&uri=true" if readonly else f"sqlite:///{resolved}"
-        is_sqlite = True
-    engine = create_engine(url)
-    if is_sqlite:
-        _configure_sqlite(engine, readonly=readonly)
+        uri = _sqlite_uri(path)
+
+    def connect():
+        return sqlite3.connect(
+            uri, uri=True, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+
+    engine = create_engine("sqlite://", creator=connect)
+    _configure_sqlite(engine, readonly=readonly)
     return engine
+
+
+def _make_engine(target: _Target, *, readonly: bool) -> Engine:
+    if target.path is not None:
+        _check_sqlite_path(target.path, create=not readonly)
+        return _sqlite_engine(target, readonly=readonly)
+    if target.dialect == "sqlite":
+        engine = create_engine(target.url)
+        _configure_sqlite(engine, readonly=readonly)
+        return engine
+    if target.dialect == "postgresql":
+        # Readers get read-only transactions from the server itself: an UPDATE
+        # through the dashboard's engine fails however it is issued.
+        connect_args = {"options": "-c default_transaction_read_only=on"} if readonly else {}
+        return create_engine(target.url, connect_args=connect_args, pool_pre_ping=True)
+    raise StoreError(
+        f"{target.location}: cnnviz stores live in SQLite or PostgreSQL, not {target.dialect}"
+    )
 
 
 def _configure_sqlite(engine: Engine, *, readonly: bool) -> None:
@@ -108,7 +213,9 @@ def _configure_sqlite(engine: Engine, *, readonly: bool) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys = ON")
-        if not readonly:
+        if readonly:
+            cursor.execute("PRAGMA query_only = ON")
+        else:
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
@@ -123,25 +230,20 @@ def _one_line(exc: BaseException) -> str:
     return str(orig).splitlines()[0] if str(orig) else type(orig).__name__
 
 
-def _check_schema(connection, location: str, *, initialize: bool) -> None:
-    """Create the schema in an empty file, or check the version of an existing one."""
-    tables = set(inspect(connection).get_table_names())
-    if "meta" not in tables:
-        if tables:
-            raise StoreError(f"{location} is a SQLite database but not a cnnviz run store")
-        if not initialize:
-            return  # an empty file reads as an empty store
-        schema.Base.metadata.create_all(connection)
-        for name, body in schema.VIEWS.items():
-            connection.exec_driver_sql(f"CREATE VIEW IF NOT EXISTS {name} AS {body}")
-        connection.execute(
-            schema.Meta.__table__.insert(),
-            [
-                {"key": "schema_version", "value": str(schema.SCHEMA_VERSION)},
-                {"key": "created_by", "value": "cnnviz"},
-            ],
-        )
-        return
+def _create_schema(connection) -> None:
+    schema.Base.metadata.create_all(connection)
+    for name, body in schema.views(connection.dialect.name).items():
+        connection.exec_driver_sql(f"CREATE VIEW {name} AS {body}")
+    connection.execute(
+        schema.Meta.__table__.insert(),
+        [
+            {"key": "schema_version", "value": str(schema.SCHEMA_VERSION)},
+            {"key": "created_by", "value": "cnnviz"},
+        ],
+    )
+
+
+def _check_version(connection, location: str) -> None:
     version = connection.execute(
         select(schema.Meta.value).where(schema.Meta.key == "schema_version")
     ).scalar()
@@ -155,20 +257,90 @@ def _check_schema(connection, location: str, *, initialize: bool) -> None:
         )
 
 
-def open_engine(location: str | os.PathLike | None = None, *, readonly: bool = False) -> Engine:
-    """An engine on a checked store. Raises StoreError with a one-line message."""
-    location = str(location) if location is not None else default_db()
-    engine = _make_engine(location, readonly=readonly)
+def missing_schema_parts(connection) -> list[str]:
+    """Every table, column and view the code needs that the database lacks."""
+    inspector = inspect(connection)
+    tables = set(inspector.get_table_names())
+    missing = []
+    for table in schema.Base.metadata.sorted_tables:
+        if table.name not in tables:
+            missing.append(f"table {table.name}")
+            continue
+        have = {column["name"] for column in inspector.get_columns(table.name)}
+        missing += [f"column {table.name}.{c.name}" for c in table.columns if c.name not in have]
+    views = set(inspector.get_view_names())
+    missing += [f"view {name}" for name in schema.VIEWS if name not in views]
+    return missing
+
+
+def _check_schema(connection, location: str, *, initialize: bool) -> bool:
+    """Create the schema in an empty database, or check an existing one: its version,
+    then every table, column and view. False for an empty database left empty."""
+    tables = set(inspect(connection).get_table_names())
+    if "meta" not in tables:
+        if tables:
+            raise StoreError(f"{location} is a database but not a cnnviz run store")
+        if not initialize:
+            return False  # an empty file reads as an empty store
+        _create_schema(connection)
+        return True
+    _check_version(connection, location)
+    missing = missing_schema_parts(connection)
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise StoreError(f"{location} is a damaged store: {missing[0]} is missing{more}")
+    return True
+
+
+def _probe_without_writing(path: Path, location: str) -> None:
+    """Refuse a SQLite file that is not a store before a `mode=ro` connection could
+    leave `-wal`/`-shm` beside it. Only when no WAL is in use: the file alone is then
+    the whole database, and an immutable connection reads it creating nothing."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    if path.with_name(path.name + "-wal").exists():
+        return
+    try:
+        conn = sqlite3.connect(_sqlite_uri(path, mode="ro", immutable="1"), uri=True)
+        try:
+            names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"cannot open {location}: {_one_line(exc)}") from exc
+    if names and "meta" not in names:
+        raise StoreError(f"{location} is a database but not a cnnviz run store")
+
+
+def _open(location: str, *, readonly: bool) -> tuple[Engine, bool]:
+    """An engine on a checked store, and whether the store has its schema yet."""
+    target = _target(location)
+    if readonly and target.path is not None:
+        _check_sqlite_path(target.path, create=False)
+        _probe_without_writing(target.path, location)
+    engine = _make_engine(target, readonly=readonly)
     try:
         with engine.begin() as connection:
-            _check_schema(connection, location, initialize=not readonly)
+            if connection.dialect.name == "postgresql" and not readonly:
+                # Two writers opening one empty database would both create the schema.
+                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(20261129)")
+            has_schema = _check_schema(connection, location, initialize=not readonly)
     except StoreError:
         engine.dispose()
         raise
     except (DatabaseError, OperationalError, sqlite3.DatabaseError) as exc:
         engine.dispose()
         raise StoreError(f"cannot open {location}: {_one_line(exc)}") from exc
-    return engine
+    except Exception as exc:  # a driver missing, a server unreachable: still one line
+        engine.dispose()
+        raise StoreError(f"cannot open {location}: {_one_line(exc)}") from exc
+    return engine, has_schema
+
+
+def open_engine(location: str | os.PathLike | None = None, *, readonly: bool = False) -> Engine:
+    """An engine on a checked store. Raises StoreError with a one-line message."""
+    location = str(location) if location is not None else default_db()
+    return _open(location, readonly=readonly)[0]
 
 
 # ---------------------------------------------------------------- conversions
@@ -482,28 +654,59 @@ def _tensor_row(tensor: TensorRecord) -> tuple[dict, dict]:
 # ---------------------------------------------------------------- reading
 
 
-class RunStore:
-    """Read access to a store. `readonly=True` (the dashboard) never writes."""
+class Store:
+    """One store behind one facade: SQLite or PostgreSQL, opened for reading or writing.
+
+        with Store.open("runs.db") as store:             # mode="r": never writes
+            runs = store.list_runs()
+        with Store.open("postgresql+psycopg://host/db", mode="w") as store:
+            writer = store.begin_run(RunInfo(name="mine"))
+
+    Opening checks the store once: a special file is refused before it is opened,
+    the schema version must be this cnnviz's, and every table, column and view the
+    code needs must be there; anything else is a `StoreError` with one line and
+    nothing is written. Readers are read-only in the database itself: SQLite
+    `mode=ro` (`immutable=1` on read-only media), PostgreSQL read-only transactions.
+    A writer creates the schema in an empty database. Callers get records, never
+    sessions. `RunStore(location, readonly=True)` is the same class.
+    """
 
     def __init__(self, location: str | os.PathLike | None = None, *, readonly: bool = True):
         self.location = str(location) if location is not None else default_db()
-        self.engine = open_engine(self.location, readonly=readonly)
+        self.readonly = readonly
+        self.engine, self._schema_present = _open(self.location, readonly=readonly)
+
+    @classmethod
+    def open(cls, location: str | os.PathLike | None = None, mode: str = "r") -> Store:
+        if mode not in MODES:
+            raise ValueError(f"mode must be 'r' or 'w', not {mode!r}")
+        return cls(location, readonly=mode == "r")
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
 
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> RunStore:
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def begin_run(self, info: RunInfo) -> RunWriter:
+        """Start writing a run (mode "w" only); see `RunWriter`."""
+        if self.readonly:
+            raise StoreError(f"{self.location} is open read-only")
+        return RunWriter.begin(self.engine, info)
+
     def _session(self) -> Session:
         return Session(self.engine)
 
     def _has_schema(self) -> bool:
-        with self.engine.connect() as connection:
-            return "runs" in inspect(connection).get_table_names()
+        # Checked once at open: an empty SQLite file reads as an empty store.
+        return self._schema_present
 
     def list_runs(self) -> list[RunInfo]:
         if not self._has_schema():
@@ -633,8 +836,16 @@ class RunStore:
             return [dict(row._mapping) for row in connection.execute(stmt)]
 
     def integrity_check(self) -> str:
+        """SQLite's integrity_check; on a server, the schema check (the server keeps its
+        own pages whole)."""
         with self.engine.connect() as connection:
-            return connection.execute(text("PRAGMA integrity_check")).scalar()
+            if self.dialect == "sqlite":
+                return connection.execute(text("PRAGMA integrity_check")).scalar()
+            missing = missing_schema_parts(connection)
+            return "ok" if not missing else "missing: " + ", ".join(missing)
+
+
+RunStore = Store  # the name every caller used before the facade
 
 
 def open_writer_engine(location: str | os.PathLike | None = None) -> Engine:
@@ -648,6 +859,7 @@ __all__ = [
     "IterationSummary",
     "RunStore",
     "RunWriter",
+    "Store",
     "StoreError",
     "default_db",
     "open_engine",
