@@ -11,13 +11,14 @@ from .records import (
     RUN_FAILED,
     RUN_INTERRUPTED,
     RUN_RUNNING,
+    RUN_STALE,
     IterationRecord,
     LayerInfo,
     RunInfo,
     StepRecord,
     TensorRecord,
 )
-from .schema import SCHEMA_VERSION
+from .schema import NAME_MAX, SCHEMA_VERSION
 from .store import (
     DB_ENV_VAR,
     DEFAULT_DB,
@@ -38,12 +39,14 @@ __all__ = [
     "IterationSummary",
     "JSON_COPY_MAX_NUMEL",
     "LayerInfo",
+    "NAME_MAX",
     "PHASES",
     "ROLES",
     "RUN_COMPLETED",
     "RUN_FAILED",
     "RUN_INTERRUPTED",
     "RUN_RUNNING",
+    "RUN_STALE",
     "RunInfo",
     "RunStore",
     "RunWriter",

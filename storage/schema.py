@@ -13,6 +13,7 @@ import datetime as dt
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -26,8 +27,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# Bump on any change to tables or views; `storage.store` refuses other versions.
-SCHEMA_VERSION = 1
+# Bump on any change to tables or views, with an Alembic revision under
+# storage/migrations/versions; `storage.store` refuses other versions and names
+# `cnnviz db upgrade` for older ones.
+SCHEMA_VERSION = 2
+# Alembic revisions, oldest first; the last is the one this code reads and writes.
+REVISIONS = ("0001", "0002")
+SCHEMA_REVISION = REVISIONS[-1]
+# Not `alembic_version`: other tools sharing a database use that name.
+VERSION_TABLE = "cnnviz_alembic_version"
+# Longest run name the `runs.name` column holds.
+NAME_MAX = 200
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -54,8 +64,8 @@ class Run(Base):
     __tablename__ = "runs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
-    seed: Mapped[int | None]
+    name: Mapped[str] = mapped_column(String(NAME_MAX))
+    seed: Mapped[int | None] = mapped_column(BigInteger)  # 0 .. 2**32 - 1
     model_name: Mapped[str] = mapped_column(String(200))
     model_description: Mapped[str] = mapped_column(Text, default="")
     optimizer: Mapped[str] = mapped_column(String(100))
@@ -72,6 +82,13 @@ class Run(Base):
     final_loss: Mapped[float | None]
     num_iterations: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # The writing process, and when it last committed: a `running` run whose writer
+    # is gone (same host, dead pid) or silent for long reads as `stale`.
+    writer_host: Mapped[str | None] = mapped_column(String(255))
+    writer_pid: Mapped[int | None] = mapped_column(Integer)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # "NaN at iteration k": the first iteration whose loss was not finite.
+    divergence: Mapped[str | None] = mapped_column(String(100))
 
     layers: Mapped[list[Layer]] = relationship(
         back_populates="run", order_by="Layer.position", cascade="all, delete-orphan"

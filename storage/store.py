@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import platform
 import sqlite3
 import stat
 from collections.abc import Iterable, Sequence
@@ -22,8 +23,12 @@ from urllib.parse import quote
 import numpy as np
 from sqlalchemy import (
     URL,
+    Column,
     Engine,
     Integer,
+    MetaData,
+    String,
+    Table,
     case,
     create_engine,
     event,
@@ -39,7 +44,9 @@ from sqlalchemy.orm import Session, selectinload
 from . import codec, schema
 from .records import (
     RUN_COMPLETED,
+    RUN_INTERRUPTED,
     RUN_RUNNING,
+    RUN_STALE,
     IterationRecord,
     LayerInfo,
     RunInfo,
@@ -52,6 +59,9 @@ DB_ENV_VAR = "CNNVIZ_DB"
 BUSY_TIMEOUT_MS = 60_000
 SQLITE_MAGIC = b"SQLite format 3\x00"
 MODES = ("r", "w")
+# A running run whose writer has not committed for this long reads as stale, when
+# its liveness cannot be asked directly (another host, another pid namespace).
+STALE_AFTER = dt.timedelta(minutes=10)
 
 
 class StoreError(Exception):
@@ -162,7 +172,7 @@ def _sqlite_uri(path: Path, **params: str) -> str:
     return f"file:{quote(str(path.resolve()))}" + (f"?{query}" if query else "")
 
 
-def _sqlite_engine(target: _Target, *, readonly: bool) -> Engine:
+def _sqlite_engine(target: _Target, *, readonly: bool, foreign_keys: bool = True) -> Engine:
     """A SQLite engine whose connections come from our own `sqlite3.connect`, so
     that read-only is `mode=ro` (or `immutable=1`) for every way of naming the file."""
     path = target.path
@@ -181,17 +191,17 @@ def _sqlite_engine(target: _Target, *, readonly: bool) -> Engine:
         )
 
     engine = create_engine("sqlite://", creator=connect)
-    _configure_sqlite(engine, readonly=readonly)
+    _configure_sqlite(engine, readonly=readonly, foreign_keys=foreign_keys)
     return engine
 
 
-def _make_engine(target: _Target, *, readonly: bool) -> Engine:
+def _make_engine(target: _Target, *, readonly: bool, foreign_keys: bool = True) -> Engine:
     if target.path is not None:
         _check_sqlite_path(target.path, create=not readonly)
-        return _sqlite_engine(target, readonly=readonly)
+        return _sqlite_engine(target, readonly=readonly, foreign_keys=foreign_keys)
     if target.dialect == "sqlite":
         engine = create_engine(target.url)
-        _configure_sqlite(engine, readonly=readonly)
+        _configure_sqlite(engine, readonly=readonly, foreign_keys=foreign_keys)
         return engine
     if target.dialect == "postgresql":
         # Readers get read-only transactions from the server itself: an UPDATE
@@ -203,7 +213,7 @@ def _make_engine(target: _Target, *, readonly: bool) -> Engine:
     )
 
 
-def _configure_sqlite(engine: Engine, *, readonly: bool) -> None:
+def _configure_sqlite(engine: Engine, *, readonly: bool, foreign_keys: bool = True) -> None:
     # All PRAGMAs in one connect handler (as MLflow does), and transactions that
     # take the write lock up front so that concurrent writers queue on the busy
     # timeout instead of failing with "database is locked" on lock upgrade.
@@ -212,10 +222,10 @@ def _configure_sqlite(engine: Engine, *, readonly: bool) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
         if readonly:
             cursor.execute("PRAGMA query_only = ON")
-        else:
+        elif _empty_or_store(cursor):  # a foreign file keeps its journal mode
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
@@ -225,13 +235,30 @@ def _configure_sqlite(engine: Engine, *, readonly: bool) -> None:
         connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
+def _empty_or_store(cursor) -> bool:
+    if cursor.execute("PRAGMA page_count").fetchone()[0] == 0:
+        return True
+    found = cursor.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
+    return found.fetchone() is not None
+
+
 def _one_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     return str(orig).splitlines()[0] if str(orig) else type(orig).__name__
 
 
+_VERSION_TABLE = Table(
+    schema.VERSION_TABLE,
+    MetaData(),
+    Column("version_num", String(32), primary_key=True),  # as Alembic makes it
+)
+
+
 def _create_schema(connection) -> None:
+    """The current schema in an empty database, stamped with its Alembic revision."""
     schema.Base.metadata.create_all(connection)
+    _VERSION_TABLE.create(connection)
+    connection.execute(_VERSION_TABLE.insert(), {"version_num": schema.SCHEMA_REVISION})
     for name, body in schema.views(connection.dialect.name).items():
         connection.exec_driver_sql(f"CREATE VIEW {name} AS {body}")
     connection.execute(
@@ -243,18 +270,38 @@ def _create_schema(connection) -> None:
     )
 
 
-def _check_version(connection, location: str) -> None:
+def _upgrade_hint(location: str) -> str:
+    return f"upgrade it with `cnnviz db upgrade --db {location}`"
+
+
+def _check_version(connection, location: str, tables: set[str]) -> None:
+    """The store's schema must be this cnnviz's: an older one names the command that
+    upgrades it (nobody migrates silently), a newer one asks for a newer cnnviz."""
     version = connection.execute(
         select(schema.Meta.value).where(schema.Meta.key == "schema_version")
     ).scalar()
     if version is None or not version.isdigit():
         raise StoreError(f"{location} has no valid cnnviz schema version")
-    if int(version) != schema.SCHEMA_VERSION:
-        newer = int(version) > schema.SCHEMA_VERSION
+    if int(version) > schema.SCHEMA_VERSION:
         raise StoreError(
             f"{location} has store schema version {version}, this cnnviz reads version "
-            f"{schema.SCHEMA_VERSION}" + ("; upgrade cnnviz to open it" if newer else "")
+            f"{schema.SCHEMA_VERSION}; upgrade cnnviz to open it"
         )
+    if int(version) < schema.SCHEMA_VERSION:
+        raise StoreError(
+            f"{location} has store schema version {version}, older than this cnnviz's "
+            f"{schema.SCHEMA_VERSION}: {_upgrade_hint(location)}"
+        )
+    if schema.VERSION_TABLE not in tables:
+        raise StoreError(f"{location} is a damaged store: table {schema.VERSION_TABLE} is missing")
+    revision = connection.execute(select(_VERSION_TABLE.c.version_num)).scalar()
+    if revision == schema.SCHEMA_REVISION:
+        return
+    if revision in schema.REVISIONS:
+        raise StoreError(f"{location} is at store revision {revision}: {_upgrade_hint(location)}")
+    raise StoreError(
+        f"{location} is at store revision {revision!r}, unknown to this cnnviz; upgrade cnnviz"
+    )
 
 
 def missing_schema_parts(connection) -> list[str]:
@@ -284,7 +331,7 @@ def _check_schema(connection, location: str, *, initialize: bool) -> bool:
             return False  # an empty file reads as an empty store
         _create_schema(connection)
         return True
-    _check_version(connection, location)
+    _check_version(connection, location, tables)
     missing = missing_schema_parts(connection)
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
@@ -343,10 +390,54 @@ def open_engine(location: str | os.PathLike | None = None, *, readonly: bool = F
     return _open(location, readonly=readonly)[0]
 
 
+# ---------------------------------------------------------------- liveness
+
+
+def process_host() -> str:
+    """This machine and pid namespace: pids are only comparable within one. Two
+    containers may share a host name (host networking) but never a pid namespace."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{platform.node()} {namespace}".strip()[:255]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    try:  # a zombie has exited: only its exit status is left
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        return True
+
+
+def stale_reason(row, now: dt.datetime, host: str) -> str | None:
+    """Why a `running` run's writer is taken for dead, or None while it may be alive."""
+    if row.status != RUN_RUNNING:
+        return None
+    if row.writer_pid and row.writer_host == host:
+        if _pid_alive(row.writer_pid):
+            return None
+        return f"its writer (pid {row.writer_pid}) has exited"
+    last = row.heartbeat_at or row.started_at
+    if last is not None and now - last > STALE_AFTER:
+        return f"no write since {last:%Y-%m-%d %H:%M:%S} UTC"
+    return None
+
+
 # ---------------------------------------------------------------- conversions
 
 
-def _run_info(row: schema.Run, with_layers: bool = False) -> RunInfo:
+def _run_info(row: schema.Run, with_layers: bool = False, *, host: str | None = None) -> RunInfo:
+    stale = stale_reason(row, _utcnow(), host or process_host())
     return RunInfo(
         id=row.id,
         name=row.name,
@@ -360,13 +451,17 @@ def _run_info(row: schema.Run, with_layers: bool = False) -> RunInfo:
         config=dict(row.config or {}),
         torch_version=row.torch_version,
         cnnviz_version=row.cnnviz_version,
-        status=row.status,
+        status=RUN_STALE if stale else row.status,
         started_at=row.started_at,
         finished_at=row.finished_at,
         final_loss=row.final_loss,
         num_iterations=row.num_iterations,
-        error=row.error,
+        error=stale if stale else row.error,
         layers=[_layer_info(layer) for layer in row.layers] if with_layers else [],
+        divergence=row.divergence,
+        writer_host=row.writer_host,
+        writer_pid=row.writer_pid,
+        heartbeat_at=row.heartbeat_at,
     )
 
 
@@ -454,6 +549,21 @@ class RunWriter:
 
     @classmethod
     def begin(cls, engine: Engine, info: RunInfo) -> RunWriter:
+        check_lengths(
+            schema.Run,
+            dict(
+                name=info.name,
+                model_name=info.model_name,
+                optimizer=info.optimizer,
+                loss_name=info.loss_name,
+                torch_version=info.torch_version,
+                cnnviz_version=info.cnnviz_version,
+            ),
+            "run",
+        )
+        if info.seed is not None and not 0 <= info.seed < 2**63:
+            raise StoreError(f"seed {info.seed} does not fit the store (0 to 2^63 - 1)")
+        now = _utcnow()
         with Session(engine) as session, session.begin():
             row = schema.Run(
                 name=info.name,
@@ -469,8 +579,11 @@ class RunWriter:
                 torch_version=info.torch_version,
                 cnnviz_version=info.cnnviz_version,
                 status=RUN_RUNNING,
-                started_at=info.started_at or _utcnow(),
+                started_at=info.started_at or now,
                 num_iterations=0,
+                writer_host=process_host(),
+                writer_pid=os.getpid(),
+                heartbeat_at=now,
             )
             session.add(row)
             session.flush()
@@ -480,6 +593,8 @@ class RunWriter:
 
     def set_layers(self, layers: Sequence[LayerInfo]) -> None:
         """Record the model's layers (known after the first forward pass)."""
+        for layer in layers:
+            check_lengths(schema.Layer, dict(name=layer.name, type=layer.type), "layer")
         with Session(self.engine) as session, session.begin():
             session.execute(
                 schema.Layer.__table__.delete().where(schema.Layer.run_id == self.run_id)
@@ -593,13 +708,16 @@ class RunWriter:
                 ]
                 if links:
                     conn.execute(schema.StepTensor.__table__.insert(), links)
+            values = dict(
+                num_iterations=schema.Run.num_iterations + 1,
+                final_loss=_real(record.loss),
+                heartbeat_at=_utcnow(),
+            )
+            divergence = _divergence(record)
+            if divergence is not None:  # the first one stays
+                values["divergence"] = func.coalesce(schema.Run.divergence, divergence)
             conn.execute(
-                schema.Run.__table__.update()
-                .where(schema.Run.id == self.run_id)
-                .values(
-                    num_iterations=schema.Run.num_iterations + 1,
-                    final_loss=_real(record.loss),
-                )
+                schema.Run.__table__.update().where(schema.Run.id == self.run_id).values(**values)
             )
 
     def finish(self, status: str = RUN_COMPLETED, error: str | None = None) -> None:
@@ -607,8 +725,33 @@ class RunWriter:
             session.execute(
                 schema.Run.__table__.update()
                 .where(schema.Run.id == self.run_id)
-                .values(status=status, finished_at=_utcnow(), error=error)
+                .values(status=status, finished_at=_utcnow(), error=error, heartbeat_at=_utcnow())
             )
+
+
+def _storable_id(*ids: int) -> bool:
+    """Ids and indexes are 64-bit signed in every database: anything beyond names
+    nothing (and would overflow the driver), so readers answer "not found"."""
+    return all(isinstance(i, int) and -(2**63) <= i < 2**63 for i in ids)
+
+
+def check_lengths(table, values: dict, what: str) -> None:
+    """Text longer than its column holds is refused (SQLite would keep it whole,
+    PostgreSQL would fail mid-transaction): one line naming the field and the limit."""
+    for key, value in values.items():
+        limit = getattr(table.__table__.c[key].type, "length", None)
+        if limit and isinstance(value, str) and len(value) > limit:
+            raise StoreError(
+                f"{what} {key} is {len(value)} characters long; the store holds at most {limit}"
+            )
+
+
+def _divergence(record: IterationRecord) -> str | None:
+    loss = float(record.loss)
+    if math.isfinite(loss):
+        return None
+    kind = "NaN" if math.isnan(loss) else ("inf" if loss > 0 else "-inf")
+    return f"{kind} at iteration {record.index}"
 
 
 def _real(value) -> float | None:
@@ -713,17 +856,18 @@ class Store:
             return []
         with self._session() as session:
             rows = session.scalars(select(schema.Run).order_by(schema.Run.id)).all()
-            return [_run_info(row) for row in rows]
+            host = process_host()
+            return [_run_info(row, host=host) for row in rows]
 
     def get_run(self, run_id: int) -> RunInfo | None:
-        if not self._has_schema():
+        if not self._has_schema() or not _storable_id(run_id):
             return None
         with self._session() as session:
             row = session.get(schema.Run, run_id, options=[selectinload(schema.Run.layers)])
             return _run_info(row, with_layers=True) if row is not None else None
 
     def iterations(self, run_id: int) -> list[IterationSummary]:
-        if not self._has_schema():
+        if not self._has_schema() or not _storable_id(run_id):
             return []
         verified = func.sum(case((schema.Step.verified.is_(True), 1), else_=0), type_=Integer)
         checked = func.sum(case((schema.Step.verified.is_not(None), 1), else_=0), type_=Integer)
@@ -759,7 +903,7 @@ class Store:
     def load_iteration(
         self, run_id: int, index: int, *, with_data: bool = True
     ) -> IterationRecord | None:
-        if not self._has_schema():
+        if not self._has_schema() or not _storable_id(run_id, index):
             return None
         options = [
             selectinload(schema.Iteration.steps)
@@ -791,7 +935,7 @@ class Store:
             )
 
     def load_tensor(self, run_id: int, index: int, name: str) -> TensorRecord | None:
-        if not self._has_schema():
+        if not self._has_schema() or not _storable_id(run_id, index):
             return None
         stmt = (
             select(schema.Tensor)
@@ -834,6 +978,23 @@ class Store:
             stmt = stmt.where(schema.Tensor.role.in_(list(roles)))
         with self.engine.connect() as connection:
             return [dict(row._mapping) for row in connection.execute(stmt)]
+
+    def prune_stale(self) -> list[tuple[int, str]]:
+        """Mark every stale run `interrupted` (mode "w"); returns (run id, reason) of each."""
+        if self.readonly:
+            raise StoreError(f"{self.location} is open read-only")
+        if not self._has_schema():
+            return []
+        host, now, pruned = process_host(), _utcnow(), []
+        with Session(self.engine) as session, session.begin():
+            rows = session.scalars(select(schema.Run).where(schema.Run.status == RUN_RUNNING))
+            for row in rows:
+                reason = stale_reason(row, now, host)
+                if reason is not None:
+                    row.status, row.finished_at = RUN_INTERRUPTED, now
+                    row.error = f"stale: {reason}"
+                    pruned.append((row.id, reason))
+        return pruned
 
     def integrity_check(self) -> str:
         """SQLite's integrity_check; on a server, the schema check (the server keeps its

@@ -242,15 +242,15 @@ def header(run: RunInfo, runs: list[RunInfo], index: int | None, count: int) -> 
             layouts.page_header(
                 title,
                 subtitle=[
-                    html.Span(run.name, className="run-name"),
+                    html.Span(layouts.isolate(run.name), className="run-name"),
                     " · ",
                     run.model_name,
                     " · ",
-                    html.Span(layouts.status_badge(run.status), id="iteration-status"),
+                    html.Span(layouts.status_badge(run), id="iteration-status"),
                 ],
                 crumbs=[
                     ("Runs", links.RUNS),
-                    (run.name, links.model(run.id)),
+                    (layouts.isolate(run.name), links.model(run.id)),
                     (f"Iteration {index or ''}", None),
                 ],
                 actions=[
@@ -374,7 +374,7 @@ def poll(_n, ref):
         return dash.no_update, dash.no_update, True
     count = len(store.iterations(run.id))
     stepper = layouts.iteration_stepper(run.id, ref["it"] or 0, count)
-    return stepper, layouts.status_badge(run.status), run.status != RUN_RUNNING
+    return stepper, layouts.status_badge(run), run.status != RUN_RUNNING
 
 
 @dash.callback(

@@ -100,3 +100,17 @@ def test_a_bounded_tensor_downloads_what_was_stored(client, dash_app, tmp_path):
         text = client.get(links.download(1, 1, "x#2.out", "csv")).get_data(as_text=True)
         assert "only the first 10 of 24 values were stored" in text
         np.testing.assert_array_equal(load_csv(text).ravel(), kept)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/download/{2**64}/1/conv.weight.npy",
+        f"/download/1/{2**64 + 1}/conv.weight.npy",
+        f"/download/{10**40}/{10**40}/conv.weight.csv",
+        f"/download/{2**63}/1/conv.weight.npy",
+    ],
+)
+def test_ids_beyond_64_bits_are_not_found(client, path):
+    response = client.get(path)
+    assert response.status_code == 404
