@@ -22,8 +22,10 @@ def _with_query(path: str, params: dict) -> str:
     return f"{path}?{query}" if query else path
 
 
-def runs(sort: str | None = None, order: str | None = None) -> str:
-    return _with_query(RUNS, {"sort": sort, "order": order})
+def runs(sort: str | None = None, order: str | None = None, **query) -> str:
+    """The runs page; `query` carries its other choices (page, per, model, seed, status,
+    name, from, to, pick), each left out when None or empty."""
+    return _with_query(RUNS, {"sort": sort, "order": order, **query})
 
 
 def model(run_id: int) -> str:

@@ -15,8 +15,11 @@ from .records import (
     IterationRecord,
     LayerInfo,
     RunInfo,
+    RunPage,
+    RunQuery,
     StepRecord,
     TensorRecord,
+    TensorWindow,
 )
 from .schema import NAME_MAX, SCHEMA_VERSION
 from .store import (
@@ -48,6 +51,8 @@ __all__ = [
     "RUN_RUNNING",
     "RUN_STALE",
     "RunInfo",
+    "RunPage",
+    "RunQuery",
     "RunStore",
     "RunWriter",
     "SCHEMA_VERSION",
@@ -55,6 +60,7 @@ __all__ = [
     "Store",
     "StoreError",
     "TensorRecord",
+    "TensorWindow",
     "default_db",
     "open_engine",
 ]

@@ -176,3 +176,51 @@ class RunInfo:
     def learning_rate(self) -> float | None:
         value = self.optimizer_settings.get("lr")
         return float(value) if value is not None else None
+
+
+@dataclass
+class RunQuery:
+    """One page of the runs list: filters, sort order and the page's bounds.
+
+    Every filter is optional; `name` matches a case-insensitive substring, the
+    dates bound `started_at` (inclusive, whole days in UTC)."""
+
+    offset: int = 0
+    limit: int = 50
+    sort: str = "id"  # a key of storage.paging.RUN_SORTS
+    descending: bool = False
+    model: str | None = None
+    seed: int | None = None
+    status: str | None = None
+    name: str | None = None
+    started_from: dt.date | None = None
+    started_to: dt.date | None = None
+
+
+@dataclass
+class RunPage:
+    """The runs of one page, how many runs match the filters, and what can be filtered on."""
+
+    runs: list[RunInfo]
+    total: int  # runs matching the filters, on all pages
+    models: list[str]  # every model name in the store
+    statuses: list[str]  # every status in the store
+    any_running: bool  # some run in the store is still being traced
+
+
+@dataclass
+class TensorWindow:
+    """A window of one (rows, cols) plane of a stored tensor, read without the rest.
+
+    The plane is the tensor's last two axes at the 0-based `lead` indices of the
+    others; a 1-D tensor is one column, a scalar 1x1 (as the formulas print them).
+    `tensor` has the metadata and the summary over the full tensor, and an empty array."""
+
+    tensor: TensorRecord
+    lead: tuple[int, ...]  # 0-based index of the plane along the leading axes
+    row0: int  # 0-based first row of the window
+    col0: int  # 0-based first column
+    plane: tuple[int, int]  # (rows, cols) of the whole plane
+    values: np.ndarray  # (rows, cols) of the window, float64; NaN where not stored
+    stored: np.ndarray  # bool, same shape: False where the store holds no value (size bound)
+    dtype: str  # the stored NumPy dtype, e.g. "<f4"

@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
-from . import codec, schema
+from . import codec, paging, schema
 from .records import (
     RUN_COMPLETED,
     RUN_INTERRUPTED,
@@ -50,8 +50,11 @@ from .records import (
     IterationRecord,
     LayerInfo,
     RunInfo,
+    RunPage,
+    RunQuery,
     StepRecord,
     TensorRecord,
+    TensorWindow,
 )
 
 DEFAULT_DB = "runs.db"
@@ -858,6 +861,18 @@ class Store:
             rows = session.scalars(select(schema.Run).order_by(schema.Run.id)).all()
             host = process_host()
             return [_run_info(row, host=host) for row in rows]
+
+    def run_page(self, query: RunQuery) -> RunPage:
+        """One page of runs, filtered and sorted in SQL (see storage.paging)."""
+        if not self._has_schema():
+            return RunPage(runs=[], total=0, models=[], statuses=[], any_running=False)
+        return paging.run_page(self.engine, query, _run_info)
+
+    def tensor_window(self, run_id: int, index: int, name: str, **window) -> TensorWindow | None:
+        """A window of one plane of one tensor, read from its bytes alone (see storage.paging)."""
+        if not self._has_schema():
+            return None
+        return paging.tensor_window(self.engine, run_id, index, name, **window)
 
     def get_run(self, run_id: int) -> RunInfo | None:
         if not self._has_schema() or not _storable_id(run_id):

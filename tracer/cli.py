@@ -22,15 +22,21 @@ LARGE_RUN_BYTES = 20 * 2**30
 
 class PositiveFloat(click.ParamType):
     name = "positive number"
+    zero_allowed = False
 
     def convert(self, value, param, ctx):
         try:
             number = float(value)
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not a number", param, ctx)
-        if not math.isfinite(number) or number <= 0:
-            self.fail(f"{value!r} is not a positive number", param, ctx)
+        if not math.isfinite(number) or number < 0 or (number == 0 and not self.zero_allowed):
+            self.fail(f"{value!r} is not a {self.name}", param, ctx)
         return number
+
+
+class NonNegativeFloat(PositiveFloat):
+    name = "number >= 0"
+    zero_allowed = True
 
 
 POSITIVE_INT = click.IntRange(min=1)
@@ -302,6 +308,40 @@ def models() -> None:
     click.echo(format_table(("name", "defaults", "layers"), rows))
 
 
+@cli.command()
+@click.argument("run_a", metavar="A", type=click.IntRange(min=1))
+@click.argument("run_b", metavar="B", type=click.IntRange(min=1))
+@click.option(
+    "--atol",
+    type=NonNegativeFloat(),
+    default=0.0,
+    show_default=True,
+    help="Largest element-wise difference still counted as equal; 0 compares bit for bit.",
+)
+@db_option
+def diverge(run_a, run_b, atol, db) -> None:
+    """Where runs A and B first differ: iteration, step, tensor.
+
+    Exit status 0 when identical (within --atol), 1 when they diverge, 2 on bad input.
+    """
+    sys.exit(_diverge(run_a, run_b, atol, db or default_db()))
+
+
+def _diverge(run_a: int, run_b: int, atol: float, db: str) -> int:
+    from storage.diverge import DivergeError, first_divergence
+
+    with RunStore(db, readonly=True) as store:
+        for run_id in (run_a, run_b):
+            if store.get_run(run_id) is None:
+                raise click.UsageError(f"there is no run {run_id} in {db}")
+        try:
+            report = first_divergence(store.engine, run_a, run_b, atol=atol)
+        except DivergeError as exc:
+            raise click.UsageError(str(exc)) from exc
+    click.echo(report.summary())
+    return 0 if report.identical else 1
+
+
 # ---------------------------------------------------------------- dashboard
 
 DEMO_SEEDS = (0, 1, 2)
@@ -437,6 +477,12 @@ def format_table(header, rows) -> str:
     return "\n".join(lines)
 
 
+NO_TORCH = (
+    "this command needs PyTorch (torch>=2.13), which is not installed: "
+    "pip install 'cnnviz[trace]' (in a clone, for the CPU build: "
+    "pip install -c constraints/cpu.txt -e '.[trace]')"
+)
+
 # click >= 8.2 raises this for a group called with no arguments.
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
@@ -466,6 +512,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except StoreError as exc:
         click.echo(f"cnnviz: error: {exc}", err=True)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "torch":
+            raise
+        # A dashboard-only install (no "trace" extra) has no torch: say what to install.
+        click.echo(f"cnnviz: error: {NO_TORCH}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("cnnviz: aborted", err=True)

@@ -95,12 +95,16 @@ def test_runs_sort_then_pick_two_to_compare(page, base, store):
     compare = page.locator("#runs-compare")
     assert "disabled" in compare.get_attribute("class")
     page.locator('tr[data-run="1"] input[type=checkbox]').check()
+    page.wait_for_url(re.compile(r"pick=1"))  # each tick is in the URL
+    wait_ready(page, 'tr[data-run="1"] input:checked')
     page.locator('tr[data-run="2"] input[type=checkbox]').check()
+    page.wait_for_url(re.compile(r"pick=1%2C2"))
+    wait_ready(page, 'tr[data-run="2"] input:checked')
     page.wait_for_function(
         "!document.getElementById('runs-compare').classList.contains('disabled')"
     )
     compare.click()
-    first, second = [r.id for r in by_loss if r.id in (1, 2)]  # ticked runs, in table order
+    first, second = 1, 2  # ticked runs, in the order they were ticked
     page.wait_for_url(
         re.compile(rf"/compare\?a={first}%3A3&b={second}%3A3&runs={first}%2C{second}$")
     )

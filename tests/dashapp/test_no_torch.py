@@ -66,3 +66,34 @@ def test_wsgi_import_is_lazy_and_a_bad_store_is_one_clear_error(tmp_path):
         result.stdout.strip() == f"StoreError: no store at {tmp_path / 'missing.db'} "
         f"(run `cnnviz trace --db {tmp_path / 'missing.db'}` first)"
     )
+
+
+# `python -c BLOCK_TORCH args...`: the cnnviz command line as a dashboard-only install
+# (no "trace" extra) has it: `import torch` fails.
+BLOCK_TORCH = "import sys; sys.modules['torch'] = None; from tracer.cli import main; main()"
+
+
+def cnnviz_without_torch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH, *args],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+        timeout=120,
+    )
+
+
+def test_the_command_line_without_torch_lists_runs_and_says_what_tracing_needs(dash_store):
+    listing = cnnviz_without_torch("runs", "--db", str(dash_store))
+    assert listing.returncode == 0, listing.stderr
+    assert "seed-cnn-seed0" in listing.stdout
+    for command in (["trace", "--db", str(dash_store)], ["models"]):
+        result = cnnviz_without_torch(*command)
+        assert result.returncode == 2
+        assert result.stdout == ""
+        assert result.stderr.splitlines() == [
+            "cnnviz: error: this command needs PyTorch (torch>=2.13), which is not installed: "
+            "pip install 'cnnviz[trace]' (in a clone, for the CPU build: "
+            "pip install -c constraints/cpu.txt -e '.[trace]')"
+        ]

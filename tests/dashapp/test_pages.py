@@ -104,20 +104,54 @@ def test_runs_empty_store_says_how_to_create_one(pages, dash_app, tmp_path, requ
             assert f"cnnviz trace --db {empty}" in text_of(layout)
 
 
-def test_picking_two_runs_links_to_their_comparison(pages, request_ctx):
+def test_picking_runs_keeps_the_selection_in_the_url(pages, request_ctx):
     ids = [{"type": "runs-pick", "run": i} for i in (1, 2, 3)]
-    href, css, hint = pages.runs.pick_runs([True, False, True], ids)
-    assert href == links.compare((1, 3), (3, 3), runs=[1, 3]) and "disabled" not in css
-    assert "2 runs selected" in hint
-    href, css, _ = pages.runs.pick_runs([True, False, False], ids)
-    assert "disabled" in css
+    view = pages.runs._stored(pages.runs.parse_view({"sort": "loss", "pick": "9"}))
+    href = pages.runs.pick_runs([True, False, True], ids, view)
+    assert href == links.runs("loss", "asc", pick="9,1,3")  # run 9 is on another page
+    unticked = pages.runs._stored(pages.runs.parse_view({"pick": "1,3"}))
+    assert pages.runs.pick_runs([False, False, True], ids, unticked) == links.runs(pick="3")
+
+
+def test_two_picked_runs_link_to_their_comparison(pages, request_ctx):
+    layout = pages.runs.layout(pick="1,3")
+    compare = [c for c in components(layout, dcc.Link) if getattr(c, "id", None) == "runs-compare"][
+        0
+    ]
+    assert compare.href == links.compare((1, 3), (3, 3), runs=[1, 3])
+    assert "disabled" not in compare.className
+    assert "2 runs selected" in text_of(layout)
+    one = pages.runs.layout(pick="1")
+    assert (
+        "disabled"
+        in [c for c in components(one, dcc.Link) if getattr(c, "id", None) == "runs-compare"][
+            0
+        ].className
+    )
+    boxes = {
+        c.id["run"]: c.value for c in components(layout) if isinstance(getattr(c, "id", None), dict)
+    }
+    assert boxes == {1: True, 2: False, 3: True}
+
+
+def test_runs_page_filters_and_pages(pages, store, request_ctx):
+    layout = pages.runs.layout(per="25", seed="1")
+    rows = components(layout, html.Tr)[1:]
+    assert [getattr(r, "data-run") for r in rows] == [
+        str(r.id) for r in store.list_runs() if r.seed == 1
+    ]
+    assert "1 run match the filters" in text_of(layout).replace("runs match", "run match")
+    href = pages.runs.filter_runs(
+        "seed-cnn", None, 0, " x ", "", "2026-13-01", pages.runs._stored(pages.runs.parse_view({}))
+    )
+    assert href == links.runs(model="seed-cnn", seed=0, name="x")  # a bad date is ignored
+    assert_not_found(pages.runs.layout(seed="one"), "seed")
+    assert_not_found(pages.runs.layout(**{"from": "yesterday"}), "date")
 
 
 def test_runs_refresh_keeps_the_ticks_and_stops_when_nothing_runs(pages, request_ctx):
-    ids = [{"type": "runs-pick", "run": i} for i in (1, 2, 3)]
-    table, stop = pages.runs.refresh(
-        5, {"sort": "loss", "order": "desc"}, [False, True, False], ids
-    )
+    view = pages.runs._stored(pages.runs.parse_view({"sort": "loss", "order": "desc", "pick": "2"}))
+    table, stop = pages.runs.refresh(5, view)
     boxes = {
         c.id["run"]: c.value
         for c in components(table)

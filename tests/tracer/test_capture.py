@@ -17,7 +17,7 @@ from tracer.session import Trace, TraceWarning
 
 
 def test_a_hook_registered_before_an_in_place_op_gets_the_gradient_of_the_old_value():
-    """PyTorch's rule that "<layer>.out.grad" relies on (see tracer/capture.py)."""
+    """PyTorch's rule that "<layer>.out.grad" relies on (see tracer/capture/core.py)."""
     w = torch.tensor([1.5, -0.5, -2.0, 0.5], requires_grad=True)
     z = w * 1.0
     seen = {}

@@ -1,0 +1,418 @@
+"""Benchmark: the dashboard at real-model and thousand-run scale (issue 8).
+
+The store: 1,000 runs of the seed CNN and 5 LeNet-5 runs of 100 iterations each.
+It is built once with the Python API in this process (a few runs traced for real,
+the rest written as copies of their records through `RunWriter`, which is what a
+store of many runs costs the dashboard) and cached under bench/results/, with two
+more stores of 10 and 10,000 runs for the runs page's scaling.
+
+Two trees are measured in the same run, alternating page loads: this checkout and a
+baseline (`--baseline REV`, default `main`, checked out with `git worktree` under
+bench/results/). For each tree:
+
+- in headless Chromium (Playwright, Debian's /usr/bin/chromium) at 1280x1000, the
+  runs page, the LeNet-5 iteration page, the seed iteration page and the compare
+  page of two LeNet-5 runs: time until the formulas in view are typeset, until the
+  heatmaps in view are drawn, until every formula is typeset, the longest main-thread
+  task, the bytes the Dash callbacks returned, and how many typeset formulas are cut
+  off (wider than their box) at 1280 px;
+- in-process (a worker process per tree, Flask's test client, no network): every Dash
+  callback those page loads made, replayed `--replays` times: p95 of each;
+- the runs page's content callback at 10, 1,000 and 10,000 runs.
+
+Prints each tree's figures (median over `--repeats` page loads) and the ratios
+this tree / baseline.
+
+    .venv/bin/python bench/bench_dashboard.py [--repeats 3] [--baseline main]
+
+Needs the test extras (`pip install -e .[test]`), torch (to trace the store once) and
+Chromium.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+CHROMIUM = os.environ.get("CNNVIZ_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
+VIEWPORT = {"width": 1280, "height": 1000}
+SEED_RUNS = 1000
+SEEDS_TRACED = 4  # seeds 0..3 traced; the other runs are copies of their records
+LENET_RUNS = 5
+LENET_ITERATIONS = 100
+SCALES = (10, 1000, 10_000)
+
+RECORD_LONG_TASKS = """
+window.cnnvizLongTasks = [];
+new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) {
+        window.cnnvizLongTasks.push({start: entry.startTime, ms: entry.duration});
+    }
+}).observe({type: 'longtask', buffered: true});
+"""
+
+# Conditions polled on every animation frame; each returns performance.now() once true.
+IN_VIEW = """(selector, done) => {
+    const all = Array.from(document.querySelectorAll(selector)).filter((e) => {
+        const box = e.getBoundingClientRect();
+        return box.height > 0 && box.bottom > 0 && box.top < window.innerHeight;
+    });
+    return all.length > 0 && all.every((e) => e.querySelector(done)) ? performance.now() : false;
+}"""
+ALL_DONE = """(selector, done) => {
+    const all = Array.from(document.querySelectorAll(selector));
+    return all.length > 0 && all.every((e) => e.querySelector(done)) ? performance.now() : false;
+}"""
+CUT_OFF = """() => {
+    let cut = 0, total = 0;
+    for (const f of document.querySelectorAll('.formula')) {
+        const math = f.querySelector('mjx-container');
+        if (!math || f.closest('.formula-full')) continue;
+        total += 1;
+        const box = f.getBoundingClientRect();
+        const svg = math.getBoundingClientRect();
+        if (math.scrollWidth > f.clientWidth + 1 || svg.right > box.right + 1) cut += 1;
+    }
+    return {cut, total};
+}"""
+
+
+# ---------------------------------------------------------------- stores
+
+
+def _copy_runs(source: Path, target: Path, run_ids: list[int], copies: list[tuple[int, str]]):
+    """Write runs into `target` whose iterations are `source` runs' records."""
+    from storage import RUN_COMPLETED, RunInfo, RunStore, RunWriter, open_engine
+
+    engine = open_engine(target)
+    with RunStore(source, readonly=True) as reader:
+        cache = {}
+        for run_id in run_ids:
+            info = reader.get_run(run_id)
+            records = [reader.load_iteration(run_id, i.index) for i in reader.iterations(run_id)]
+            cache[run_id] = (info, records)
+    for source_id, name in copies:
+        info, records = cache[source_id]
+        new = RunInfo(
+            name=name,
+            seed=info.seed,
+            model_name=info.model_name,
+            model_description=info.model_description.split("\n")[0],
+            optimizer=info.optimizer,
+            optimizer_settings=info.optimizer_settings,
+            loss_name=info.loss_name,
+            dataset=info.dataset,
+            config=info.config,
+            torch_version=info.torch_version,
+            cnnviz_version=info.cnnviz_version,
+        )
+        writer = RunWriter.begin(engine, new)
+        writer.set_layers(info.layers)
+        for record in records:
+            writer.add_iteration(record)
+        writer.finish(RUN_COMPLETED)
+    engine.dispose()
+
+
+def build_stores() -> dict[int, Path]:
+    """{run count: store} for 10, 1,005 (the main store) and 10,000 runs; cached."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    paths = {n: RESULTS / f"dashboard-{n}.db" for n in SCALES}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    from tracer.train import run_builtin
+
+    start = time.perf_counter()
+    traced = RESULTS / "dashboard-traced.db"
+    traced.unlink(missing_ok=True)
+    for seed in range(SEEDS_TRACED):
+        run_builtin(seed=seed, db=traced)  # runs 1..4
+    run_builtin(model_name="lenet5", seed=0, iterations=LENET_ITERATIONS, db=traced)  # run 5
+    print(
+        f"traced {SEEDS_TRACED} seed runs and 1 LeNet-5 run in {time.perf_counter() - start:.0f} s"
+    )
+    for count, path in paths.items():
+        path.unlink(missing_ok=True)
+        seeds = SEED_RUNS if count == 1000 else count
+        copies = [(1 + i % SEEDS_TRACED, f"seed-cnn-{i}") for i in range(seeds)]
+        _copy_runs(traced, path, list(range(1, SEEDS_TRACED + 1)), copies)
+        if count == 1000:
+            lenet = [(SEEDS_TRACED + 1, f"lenet5-{i}") for i in range(LENET_RUNS)]
+            _copy_runs(traced, path, [SEEDS_TRACED + 1], lenet)
+        print(f"store of {count} runs written ({time.perf_counter() - start:.0f} s)")
+    return paths
+
+
+# ---------------------------------------------------------------- serving
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve(tree: Path, db: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tracer.cli", "serve", "--db", str(db), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tree,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"cnnviz serve ({tree}) exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/", timeout=5):
+                return proc, url
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.3)
+    raise SystemExit(f"cnnviz serve ({tree}) did not answer")
+
+
+def baseline_tree(rev: str) -> Path:
+    tree = RESULTS / f"baseline-{rev.replace('/', '_')}"
+    if not tree.exists():
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), rev],
+            check=True,
+            capture_output=True,
+        )
+    return tree
+
+
+# ---------------------------------------------------------------- browser
+
+
+def measure_page(browser, url: str, *, heatmaps: bool, formulas: bool) -> dict:
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.add_init_script(RECORD_LONG_TASKS)
+    callbacks = []
+
+    def on_response(response):
+        if "_dash-update-component" in response.url:
+            try:
+                size = len(response.body())
+            except Exception:  # the page moved on
+                size = 0
+            callbacks.append({"body": response.request.post_data, "bytes": size})
+
+    page.on("response", on_response)
+    page.goto(url)
+    out = {"url": url}
+    timeout = 120_000
+    if formulas:
+        out["formulas_in_view_ms"] = page.wait_for_function(
+            IN_VIEW, arg=[".formula", "mjx-container"], timeout=timeout, polling="raf"
+        ).json_value()
+    if heatmaps:
+        out["heatmaps_in_view_ms"] = page.wait_for_function(
+            IN_VIEW, arg=[".heatmap", ".main-svg"], timeout=timeout, polling="raf"
+        ).json_value()
+    if not (formulas or heatmaps):
+        page.wait_for_selector(".runs-table, .compare-page, .page-title", timeout=timeout)
+        out["content_ms"] = page.evaluate("performance.now()")
+    page.wait_for_load_state("networkidle", timeout=timeout)
+    if formulas:
+        out["formulas_all_ms"] = page.wait_for_function(
+            ALL_DONE, arg=[".formula", "mjx-container"], timeout=timeout, polling=200
+        ).json_value()
+        out["formulas"] = page.evaluate(CUT_OFF)
+    out["longest_task_ms"] = max(
+        (t["ms"] for t in page.evaluate("window.cnnvizLongTasks")), default=0.0
+    )
+    out["callback_bytes"] = sum(c["bytes"] for c in callbacks)
+    out["callbacks"] = [c["body"] for c in callbacks if c["body"]]
+    out["height_px"] = page.evaluate("document.documentElement.scrollHeight")
+    out["heatmap_count"] = page.evaluate("document.querySelectorAll('.heatmap').length")
+    context.close()
+    return out
+
+
+# ---------------------------------------------------------------- in-process callbacks
+
+
+def worker(args) -> None:
+    """Replay recorded callback requests in this process (run with PYTHONPATH=tree)."""
+    from dashapp.app import create_app
+    from dashapp.data import STORE_KEY
+    from storage import RunStore
+
+    requests = json.loads(Path(args.worker).read_text())
+    app = create_app(args.db)
+    client = app.server.test_client()
+    client.get("/")  # the first request claims the pages' callbacks
+    out = {}
+    for label, bodies in requests.items():
+        for k, body in enumerate(bodies):
+            times = []
+            for _ in range(args.replays):
+                start = time.perf_counter()
+                response = client.post(
+                    "/_dash-update-component", data=body, content_type="application/json"
+                )
+                times.append(time.perf_counter() - start)
+                assert response.status_code in (200, 204), (label, response.status_code)
+            outputs = json.loads(body).get("output", "?")
+            out[f"{label} #{k} {outputs[:60]}"] = sorted(times)
+    runs_body = requests.get("runs")
+    if runs_body:
+        body = runs_body[0]
+        for count, db in zip(SCALES, args.scale_dbs, strict=True):
+            app.server.extensions[STORE_KEY] = RunStore(db, readonly=True)
+            times = []
+            for _ in range(args.replays):
+                start = time.perf_counter()
+                client.post("/_dash-update-component", data=body, content_type="application/json")
+                times.append(time.perf_counter() - start)
+            out[f"runs page at {count} runs"] = sorted(times)
+    print(json.dumps(out))
+
+
+def p95(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def replay(tree: Path, db: Path, scale_dbs: list[Path], requests: dict, replays: int) -> dict:
+    file = RESULTS / f"requests-{tree.name}.json"
+    file.write_text(json.dumps(requests))
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", str(file), "--db", str(db)]
+    argv += ["--replays", str(replays), "--scale-dbs", *map(str, scale_dbs)]
+    result = subprocess.run(argv, env=env, cwd=tree, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"callback worker failed ({tree}):\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- main
+
+
+def pages(db: Path) -> dict[str, tuple[str, bool, bool]]:
+    from storage import RunStore
+
+    with RunStore(db) as store:
+        runs = store.list_runs()
+    lenet = [r.id for r in runs if r.model_name == "lenet5"]
+    seed = [r.id for r in runs if r.model_name == "seed-cnn"]
+    return {
+        "runs": ("/", False, False),
+        "lenet-iteration": (f"/iteration?run={lenet[0]}&it=50", True, True),
+        "seed-iteration": (f"/iteration?run={seed[0]}&it=1", True, True),
+        "compare": (f"/compare?a={lenet[0]}:100&b={lenet[1]}:100", True, False),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="page loads per page and tree")
+    parser.add_argument("--replays", type=int, default=20, help="in-process calls per callback")
+    parser.add_argument("--baseline", default="main", help="git revision of the baseline")
+    parser.add_argument("--only", default="", help="comma-separated page names to measure")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
+    parser.add_argument("--scale-dbs", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    from playwright.sync_api import sync_playwright
+
+    stores = build_stores()
+    db = stores[1000]
+    trees = {"baseline": baseline_tree(args.baseline), "this": REPO}
+    urls = pages(db)
+    if args.only:
+        urls = {k: v for k, v in urls.items() if k in args.only.split(",")}
+    servers = {name: serve(tree, db) for name, tree in trees.items()}
+    results = {name: {page: [] for page in urls} for name in trees}
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
+            )
+            for _ in range(args.repeats):
+                for page_name, (path, heatmaps, formulas) in urls.items():
+                    for name in trees:  # interleaved: baseline, this, baseline, this...
+                        base = servers[name][1]
+                        r = measure_page(browser, base + path, heatmaps=heatmaps, formulas=formulas)
+                        results[name][page_name].append(r)
+            browser.close()
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(timeout=10)
+
+    scale_dbs = [stores[n] for n in SCALES]
+    callbacks = {}
+    for name, tree in trees.items():
+        requests = {page: results[name][page][0]["callbacks"] for page in urls}
+        callbacks[name] = replay(tree, db, scale_dbs, requests, args.replays)
+
+    keys = (
+        "content_ms",
+        "formulas_in_view_ms",
+        "heatmaps_in_view_ms",
+        "formulas_all_ms",
+        "longest_task_ms",
+        "callback_bytes",
+        "height_px",
+        "heatmap_count",
+    )
+    print(
+        f"\nBrowser, {VIEWPORT['width']} px wide, median of {args.repeats} loads (baseline -> this, ratio)"
+    )
+    for page_name in urls:
+        print(f"  {page_name}: {urls[page_name][0]}")
+        for key in keys:
+            values = {
+                name: [r[key] for r in results[name][page_name] if key in r] for name in trees
+            }
+            if not values["this"]:
+                continue
+            b = statistics.median(values["baseline"])
+            t = statistics.median(values["this"])
+            ratio = f"{t / b:.2f}" if b else "-"
+            print(
+                f"    {key:22s} {b:12.0f} -> {t:12.0f}   x{ratio}  (min {min(values['this']):.0f})"
+            )
+        for name in trees:
+            f = results[name][page_name][0].get("formulas")
+            if f:
+                print(f"    cut-off formulas ({name}): {f['cut']} of {f['total']}")
+    for name in trees:
+        print(f"\nIn-process callbacks ({name}), {args.replays} calls each: p95 / median ms")
+        for label, times in callbacks[name].items():
+            print(f"  {label:80s} {1000 * p95(times):8.1f} {1000 * statistics.median(times):8.1f}")
+    print("\nRuns page callback, median ms at 10 / 1,000 / 10,000 runs, and 10,000 / 10 ratio")
+    for name in trees:
+        med = [statistics.median(callbacks[name][f"runs page at {n} runs"]) for n in SCALES]
+        print(
+            f"  {name:8s} "
+            + " / ".join(f"{1000 * m:.1f}" for m in med)
+            + f"   x{med[2] / med[0]:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

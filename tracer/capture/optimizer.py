@@ -1,0 +1,96 @@
+"""Optimizer and gradient hooks: optimizer step pre/post hooks catch
+parameters, their .grad and the optimizer's state around the update, and a
+hook on each parameter catches what this iteration's backward passes add to
+its .grad (gradient accumulation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .records import to_numpy
+
+
+class OptimizerHooks:
+    """The part of `Capture` that watches parameters and the optimizer."""
+
+    def _increment_hook(self, name: str) -> Callable[[torch.Tensor], None]:
+        def hook(grad: torch.Tensor) -> None:
+            if not self.active:
+                return
+            array = to_numpy(grad)
+            if array is None:
+                return
+            previous = self._grad_increments.get(name)
+            self._grad_increments[name] = array if previous is None else previous + array
+
+        return hook
+
+    def _grads_before(self) -> dict[str, np.ndarray]:
+        before = {}
+        for name, increment in self._grad_increments.items():
+            total = self._param_grads.get(name)
+            if (
+                total is not None
+                and total.shape == increment.shape
+                and not np.array_equal(total, increment)
+            ):
+                before[name] = total - increment
+        return before
+
+    def _store_param_grad(self, name: str, grad: torch.Tensor) -> None:
+        array = to_numpy(grad)
+        if array is not None:
+            self._param_grads[name] = array
+
+    def _step_pre_hook(self, optimizer, args, kwargs):
+        if not self.active:
+            return
+        with self._ours("before optimizer.step()"):
+            self._steps_taken += 1
+            if self._stepped:
+                return  # a second step in one iteration: keep the values before the first
+            self._stepped = True
+            for group in optimizer.param_groups:
+                settings = {k: v for k, v in group.items() if k != "params"}
+                for p in group["params"]:
+                    name = self.param_names.get(id(p))
+                    if name is None:
+                        continue
+                    self._param_groups[name] = settings
+                    if p.grad is not None:
+                        self._store_param_grad(name, p.grad)
+                    if name not in self._params and (array := to_numpy(p)) is not None:
+                        self._params[name] = array
+                    self._state_before[name] = _state(optimizer, p)
+
+    def _step_post_hook(self, optimizer, args, kwargs):
+        if not self.active:
+            return
+        with self._ours("after optimizer.step()"):
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    name = self.param_names.get(id(p))
+                    if name is None:
+                        continue
+                    array = to_numpy(p)
+                    if array is not None:
+                        self._params_after[name] = array
+                    self._state_after[name] = _state(optimizer, p)
+
+
+def _state(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> dict[str, np.ndarray]:
+    state = {}
+    for key, value in optimizer.state.get(p, {}).items():
+        if torch.is_tensor(value):
+            array = to_numpy(value)
+        elif isinstance(value, (bool, int, float)):
+            array = np.asarray(value)
+        else:
+            continue
+        if array is not None:
+            state[str(key)] = array
+    return state

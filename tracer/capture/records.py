@@ -1,0 +1,105 @@
+"""The record types one traced iteration is captured into: plain data (NumPy
+arrays and names) with no torch objects, so that a worker, `cnnviz explain` and
+tests can all take them; and `to_numpy`, the one way a tensor becomes an array.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray | None:
+    """A detached CPU copy (never a view of live memory), or None for a tensor a
+    store cannot hold (complex, meta, fake)."""
+    try:
+        t = tensor.detach()
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        if t.is_quantized:
+            t = t.dequantize()
+        if t.is_complex() or t.device.type == "meta":
+            return None
+        if t.dtype.is_floating_point and t.dtype not in (torch.float32, torch.float64):
+            t = t.float()  # float16, bfloat16, float8: NumPy has no (or no exact) dtype for them
+        return t.to("cpu", copy=True).numpy()
+    except Exception:
+        return None
+
+
+@dataclass
+class CapturedCall:
+    """One call of a leaf module, of the criterion, or of a functional op in a forward."""
+
+    name: str  # "conv1", "conv1#2" for a second call, "block.add" for a functional call
+    module: (
+        nn.Module | None
+    )  # the module, or the module equivalent to a functional call; None: no equivalent
+    kind: str  # what is shown as the layer's type: "Conv2d", "ReLU", or the op, "torch.cat"
+    input_names: list[str]
+    inputs: list[np.ndarray | None]
+    output_name: str | None = None  # the single tensor output an explainer works on
+    output: np.ndarray | None = None
+    output_names: list[str] = field(default_factory=list)  # every tensor output (tuples, dicts)
+    param_names: dict[str, str] = field(default_factory=dict)  # local -> qualified
+    buffers: dict[str, np.ndarray] = field(
+        default_factory=dict
+    )  # e.g. BatchNorm running stats, before
+    buffers_after: dict[str, np.ndarray] = field(default_factory=dict)  # ... and after the call
+    training: bool = True
+    error: str | None = None  # why it cannot be explained (tuple output, lost input, ...)
+    op: str | None = None  # the functional call, e.g. "torch.relu"; None for module calls
+
+
+@dataclass
+class CapturedValue:
+    name: str
+    array: np.ndarray
+    role: str
+    layer: str | None
+
+
+@dataclass
+class CapturedIteration:
+    calls: list[CapturedCall]
+    values: dict[str, CapturedValue]  # forward tensors by name
+    grads: dict[str, np.ndarray]  # gradient of each named tensor, by the tensor's name
+    params: dict[str, np.ndarray]  # parameter values at forward time
+    param_grads: dict[str, np.ndarray]  # .grad when optimizer.step() ran (or at the end)
+    params_after: dict[str, np.ndarray]
+    state_before: dict[str, dict[str, np.ndarray]]
+    state_after: dict[str, dict[str, np.ndarray]]
+    param_groups: dict[str, dict[str, Any]]
+    param_layers: dict[str, str]
+    param_calls: Counter  # how many calls used each parameter
+    loss_name: str | None
+    stepped: bool
+    steps_taken: int = 0  # optimizer.step() calls seen in the iteration
+    # What this iteration's backward passes added to each .grad (a hook on the
+    # parameter sees the gradient before it is accumulated), and, where .grad
+    # held more than that at the step (no zero_grad, gradient accumulation),
+    # the part that was there before.
+    grad_increments: dict[str, np.ndarray] = field(default_factory=dict)
+    grads_at_start: dict[str, np.ndarray] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # what the hooks could not capture
+
+
+def iter_tensors(obj, path: str = "", depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+    """(path, tensor) for every tensor in nested tuples, lists and dicts, in order.
+
+    Paths join keys and positions with dots: (out, (h, c)) gives "0", "1.0", "1.1".
+    """
+    if torch.is_tensor(obj):
+        yield path, obj
+    elif depth < 6 and isinstance(obj, (tuple, list)):
+        for i, item in enumerate(obj):
+            yield from iter_tensors(item, f"{path}.{i}" if path else str(i), depth + 1)
+    elif depth < 6 and isinstance(obj, dict):
+        for key, item in obj.items():
+            yield from iter_tensors(item, f"{path}.{key}" if path else str(key), depth + 1)
