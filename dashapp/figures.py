@@ -18,6 +18,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from storage import names
+
 from .formatting import format_matrix, format_shape
 from .tensorview import MatrixView
 
@@ -272,10 +274,10 @@ def norm_panels(
         run_id = row["run_id"]
         if run_id not in style or row["l2"] is None:
             continue
-        if row["role"] == "param":
+        if row["role"] == names.ROLE_PARAM:
             quantity, param = WEIGHT_NORM, row["name"]
-        elif row["role"] == "param_grad":
-            quantity, param = GRAD_NORM, row["name"].removesuffix(".grad")
+        elif row["role"] == names.ROLE_PARAM_GRAD:
+            quantity, param = GRAD_NORM, names.parse(row["name"]).of
         else:
             continue
         params[param] = None

@@ -16,25 +16,25 @@ import dash_bootstrap_components as dbc
 from dash import dcc, html
 from plotly.utils import PlotlyJSONEncoder
 
-from storage import LayerInfo, RunInfo, StepRecord, TensorRecord
+from storage import LayerInfo, RunInfo, StepRecord, TensorRecord, names
 
 from . import figures, links
 from .formatting import format_diff, format_scalar, format_shape
 from .tensorview import MatrixView, matrix_view
 
 ROLE_LABELS = {
-    "input": "input batch",
-    "target": "labels",
-    "param": "weight",
-    "param_grad": "gradient",
-    "param_next": "weight after the update",
-    "update": "update",
-    "activation": "activation",
-    "activation_grad": "gradient of an activation",
-    "input_grad": "gradient of the input",
-    "intermediate": "intermediate",
-    "optimizer_state": "optimizer state",
-    "output": "output",
+    names.ROLE_INPUT: "input batch",
+    names.ROLE_TARGET: "labels",
+    names.ROLE_PARAM: "weight",
+    names.ROLE_PARAM_GRAD: "gradient",
+    names.ROLE_PARAM_NEXT: "weight after the update",
+    names.ROLE_UPDATE: "update",
+    names.ROLE_ACTIVATION: "activation",
+    names.ROLE_ACTIVATION_GRAD: "gradient of an activation",
+    names.ROLE_INPUT_GRAD: "gradient of the input",
+    names.ROLE_INTERMEDIATE: "intermediate",
+    names.ROLE_OPTIMIZER_STATE: "optimizer state",
+    names.ROLE_OUTPUT: "output",
 }
 PHASE_LABELS = {"forward": "Forward", "loss": "Loss", "backward": "Backward", "update": "Update"}
 STATUS_COLORS = {

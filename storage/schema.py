@@ -27,6 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from .location import NAME_MAX
+
 # Bump on any change to tables or views, with an Alembic revision under
 # storage/migrations/versions; `storage.store` refuses other versions and names
 # `cnnviz db upgrade` for older ones.
@@ -36,8 +38,6 @@ REVISIONS = ("0001", "0002")
 SCHEMA_REVISION = REVISIONS[-1]
 # Not `alembic_version`: other tools sharing a database use that name.
 VERSION_TABLE = "cnnviz_alembic_version"
-# Longest run name the `runs.name` column holds.
-NAME_MAX = 200
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",

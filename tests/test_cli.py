@@ -152,3 +152,54 @@ def test_help_and_version(cli_env):
         assert result.returncode == 0 and "Usage:" in result.stdout
     assert run(["--version"], cli_env).stdout.startswith("cnnviz, version")
     assert "seed-cnn" in run(["models"], cli_env).stdout
+
+
+_IMPORTS = """
+import sys
+from tracer.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+heavy = [m for m in ("torch", "sqlalchemy", "numpy", "dash") if m in sys.modules]
+print("loaded:", ",".join(heavy), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    "args, allowed",
+    [
+        (["--help"], set()),  # no store, no NumPy, no torch
+        (["trace", "--help"], set()),
+        (["models"], set()),  # the model cards only
+        (["runs", "--db", "{db}"], {"sqlalchemy", "numpy"}),  # the store, never torch
+    ],
+)
+def test_commands_import_only_what_they_need(cli_env, seed_store, args, allowed):
+    args = [a.format(db=seed_store) for a in args]
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORTS, *args],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    loaded = result.stderr.strip().splitlines()[-1].removeprefix("loaded:").strip().split(",")
+    assert {m for m in loaded if m} <= allowed, result.stderr
+
+
+def test_trace_explain_modes_and_full_check(tmp_path, cli_env):
+    db = str(tmp_path / "runs.db")
+    for explain in ("inline", "background", "off"):
+        result = run(["trace", "--db", db, "--explain", explain, "--iterations", "2"], cli_env)
+        assert result.returncode == 0, result.stderr
+    off = result.stdout.splitlines()
+    assert [line.split()[3] for line in off[1:3]] == ["0/0", "0/0"]  # nothing checked yet
+    result = run(
+        ["trace", "--db", db, "--model", "lenet5", "--iterations", "1", "--full-check"], cli_env
+    )
+    assert result.returncode == 0 and "1/1" not in result.stdout, result.stderr
+    bad = run(["trace", "--db", db, "--explain", "later"], cli_env)
+    assert bad.returncode == 2 and "'later' is not one of" in bad.stderr
+    bad = run(["trace", "--db", db, "--queue-size", "0"], cli_env)
+    assert bad.returncode == 2 and "--queue-size" in bad.stderr

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from storage import DB_ENV_VAR, NAME_MAX, RunStore, StoreError, default_db
+from storage.location import DB_ENV_VAR, NAME_MAX, StoreError, default_db
 
 # torch's CPU generator (and the synthetic data's) seeds a Mersenne Twister with the
 # low 32 bits only: 2**32 and 0 draw the same numbers. Seeds outside are refused.
@@ -80,7 +80,8 @@ class MaxElements(click.ParamType):
     "model_name",
     default="seed-cnn",
     show_default=True,
-    help="Built-in model to train: seed-cnn, lenet5 or small-cnn (see `cnnviz models`).",
+    help="Built-in model to train: seed-cnn, lenet5, small-cnn or resnet18-cifar "
+    "(see `cnnviz models`).",
 )
 @click.option(
     "--seed",
@@ -101,7 +102,7 @@ class MaxElements(click.ParamType):
     "--lr",
     type=PositiveFloat(),
     default=None,
-    help="Learning rate [default: the model's (seed-cnn 0.1, lenet5 0.05, small-cnn 0.05); 0.001 for adam/adamw].",
+    help="Learning rate [default: the model's (seed-cnn 0.1, the others 0.05); 0.001 for adam/adamw].",
 )
 @click.option(
     "--momentum", type=float, default=None, help="SGD momentum in [0, 1) (sgd and momentum only)."
@@ -157,6 +158,27 @@ class MaxElements(click.ParamType):
     help="Store the tensors of these layers only (model-level tensors are always stored).",
 )
 @click.option(
+    "--explain",
+    type=click.Choice(["background", "inline", "off"]),
+    default="background",
+    show_default=True,
+    help="Where each iteration is explained and verified: in a worker thread while training "
+    "goes on, inline on the training thread, or off (raw tensors only; `cnnviz explain` later).",
+)
+@click.option(
+    "--queue-size",
+    type=POSITIVE_INT,
+    default=2,
+    show_default=True,
+    help="Captured iterations that may wait for the worker before training waits for it.",
+)
+@click.option(
+    "--full-check",
+    is_flag=True,
+    help="Explain and check every sample of every call; by default, under --max-elements, "
+    "calls whose samples are independent are explained on the samples stored only.",
+)
+@click.option(
     "--name",
     default=None,
     callback=lambda ctx, param, value: _check_name(value),
@@ -185,6 +207,9 @@ def trace(
     every,
     max_elements,
     layers,
+    explain,
+    queue_size,
+    full_check,
     name,
     allow_large,
     db,
@@ -229,7 +254,15 @@ def trace(
             f"warning: {message}", err=True
         )
         run = run_builtin(
-            model_name=model_name, seed=seed, name=name, db=db, progress=True, **options
+            model_name=model_name,
+            seed=seed,
+            name=name,
+            db=db,
+            progress=True,
+            explain=explain,
+            queue_size=queue_size,
+            full_check=full_check,
+            **options,
         )
     click.echo(f"run {run.run_id} '{run.info.name}' stored in {db}")
 
@@ -251,6 +284,8 @@ def _check_name(value: str | None) -> str | None:
 )
 def runs(db, prune_stale) -> None:
     """List the runs in a store."""
+    from storage.store import RunStore  # the store loads only for the commands that read it
+
     db = db or default_db()
     if prune_stale:
         with RunStore(db, readonly=False) as store:
@@ -294,7 +329,7 @@ def runs(db, prune_stale) -> None:
 @cli.command()
 def models() -> None:
     """List the built-in models."""
-    from .models import BUILTIN_MODELS
+    from .catalog import MODEL_CARDS  # no torch: the defaults only
 
     rows = [
         (
@@ -303,7 +338,7 @@ def models() -> None:
             f"max-elements {m.max_elements or 'all'}",
             m.description,
         )
-        for m in BUILTIN_MODELS.values()
+        for m in MODEL_CARDS.values()
     ]
     click.echo(format_table(("name", "defaults", "layers"), rows))
 
@@ -329,6 +364,7 @@ def diverge(run_a, run_b, atol, db) -> None:
 
 def _diverge(run_a: int, run_b: int, atol: float, db: str) -> int:
     from storage.diverge import DivergeError, first_divergence
+    from storage.store import RunStore
 
     with RunStore(db, readonly=True) as store:
         for run_id in (run_a, run_b):
@@ -409,6 +445,8 @@ def _holds_runs(db: str) -> bool:
         path = Path(db).expanduser()
         if not path.exists() or (path.is_file() and path.stat().st_size == 0):
             return False
+    from storage.store import RunStore
+
     with RunStore(db, readonly=True) as store:
         return bool(store.list_runs())
 

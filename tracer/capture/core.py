@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from storage import names
+
 from .functional import FunctionalHooks, _FunctionRecorder
 from .modules import ModuleHooks
 from .optimizer import OptimizerHooks
@@ -204,9 +206,9 @@ class Capture(ModuleHooks, FunctionalHooks, OptimizerHooks):
         if name not in self._values and name not in self._hooked:
             return name
         k = 2
-        while f"{name}#{k}" in self._values or f"{name}#{k}" in self._hooked:
+        while names.numbered(name, k) in self._values or names.numbered(name, k) in self._hooked:
             k += 1
-        return f"{name}#{k}"
+        return names.numbered(name, k)
 
     def _name(self, tensor: torch.Tensor, name: str, role: str, layer: str | None) -> str:
         """Record a forward tensor under `name` (or return the name it already has)."""

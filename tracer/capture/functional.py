@@ -18,6 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack, resolve_name
 
+from storage import names
+from storage.names import ROLE_ACTIVATION
+
 from ..explainers.elementwise import Add
 from .records import CapturedCall, iter_tensors
 
@@ -94,15 +97,15 @@ class FunctionalHooks:
     def _open_functional(self, func, found: list[torch.Tensor]) -> CapturedCall:
         op = _op_name(func)
         scope = self._scopes[-1] if self._scopes else ""
-        base = f"{scope}.{_short(op)}" if scope else _short(op)
+        base = names.child(scope, _short(op))
         if base in self.module_names:
             base += "_fn"
         name = self._call_name(base)
         call = CapturedCall(name=name, module=None, kind=op, input_names=[], inputs=[], op=op)
         data = _data(self, found)
         for position, tensor in enumerate(data):
-            default = f"{name}.in" if len(data) == 1 else f"{name}.in{position}"
-            call.input_names.append(self._name(tensor, default, "activation", name))
+            default = names.call_input(name, position, len(data))
+            call.input_names.append(self._name(tensor, default, ROLE_ACTIVATION, name))
             call.inputs.append(self._array(call.input_names[-1]))
         for tensor in found:
             if id(tensor) in self.param_names:
@@ -125,7 +128,7 @@ class FunctionalHooks:
                 call.inputs = [None] * len(call.inputs)
         self._calls.append(call)
         call.training = self.model.training
-        self._name_outputs(call, out, "activation", "out")
+        self._name_outputs(call, out, ROLE_ACTIVATION, names.OUT)
         if call.error:
             return
         if any(a is None for a in call.inputs):

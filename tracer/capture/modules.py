@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from storage import names
+from storage.names import ROLE_ACTIVATION, ROLE_INPUT, ROLE_OUTPUT, ROLE_TARGET
+
 from .records import CapturedCall, iter_tensors, to_numpy
 
 
@@ -57,11 +60,11 @@ class ModuleHooks:
                 container[slot] = tensor
                 changed = True
             if container is kwargs:
-                name = f"input.{slot}"
+                name = names.model_input(key=slot)
             else:
-                name = "input" if position == 0 else f"input{position}"
+                name = names.model_input(position)
                 position += 1
-            self._name(tensor, name, "input", None)
+            self._name(tensor, name, ROLE_INPUT, None)
         return tuple(args), kwargs, changed
 
     def _root_post_hook(self, module, args, output):
@@ -109,7 +112,7 @@ class ModuleHooks:
     def _call_name(self, base: str) -> str:
         self._call_count[base] += 1
         count = self._call_count[base]
-        return base if count == 1 else f"{base}#{count}"
+        return names.numbered(base, count)
 
     def _before(self, module: nn.Module, base_name: str, args, kwargs) -> None:
         name = self._call_name(base_name)
@@ -123,13 +126,13 @@ class ModuleHooks:
         self._calls.append(call)
         for position, tensor in enumerate(tensors):
             if is_loss and position == 1:
-                default, role = "target", "target"
+                default, role = names.TARGET, ROLE_TARGET
             else:
-                default = f"{name}.in" if len(tensors) == 1 else f"{name}.in{position}"
-                role = "activation"
+                default = names.call_input(name, position, len(tensors))
+                role = ROLE_ACTIVATION
             if id(tensor) in self.param_names:
                 continue  # a parameter passed as an argument is recorded as a parameter below
-            layer = None if role == "target" else name  # the labels are data, like the input
+            layer = None if role == ROLE_TARGET else name  # the labels are data, like the input
             call.input_names.append(self._name(tensor, default, role, layer))
             call.inputs.append(self._array(call.input_names[-1]))
         if any(a is None for a in call.inputs):
@@ -144,7 +147,7 @@ class ModuleHooks:
         }
 
     def _use_param(self, call: CapturedCall, local: str, p: torch.Tensor) -> None:
-        qualified = self.param_names.get(id(p), f"{call.name}.{local}")
+        qualified = self.param_names.get(id(p), names.child(call.name, local))
         call.param_names[local] = qualified
         self._param_calls[qualified] += 1
         if qualified not in self._params:
@@ -164,7 +167,10 @@ class ModuleHooks:
         }
         is_loss = module is self.criterion
         self._name_outputs(
-            call, output, "output" if is_loss else "activation", "value" if is_loss else "out"
+            call,
+            output,
+            ROLE_OUTPUT if is_loss else ROLE_ACTIVATION,
+            names.LOSS_VALUE if is_loss else names.OUT,
         )
 
     def _name_outputs(self, call: CapturedCall, output, role: str, suffix: str) -> None:
@@ -178,7 +184,7 @@ class ModuleHooks:
             return
         single = len(found) == 1 and torch.is_tensor(output)
         for path, tensor in found:
-            default = f"{call.name}.{suffix}" if single else f"{call.name}.{suffix}.{path}"
+            default = names.output(call.name, None if single else path, suffix)
             # A fresh name even when the module returned its input modified in place:
             # the version counter moved, so _name records the new value.
             call.output_names.append(self._name(tensor, default, role, call.name))

@@ -18,6 +18,8 @@ from typing import ClassVar
 import numpy as np
 from torch import nn
 
+from storage import names
+
 from .. import latex
 from .base import Explainer, LayerCall, StepContext, register
 from .common import f64, mat, named, sub
@@ -38,6 +40,9 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 @register(nn.ReLU)
 class ReLUExplainer(Explainer):
     formula = r"A = \max(0, Z)"
+
+    def per_sample(self, call) -> bool:
+        return True  # element by element
 
     def describe(self, module) -> str:
         return "rectified linear unit, elementwise max(0, z)" + (
@@ -72,7 +77,7 @@ class ReLUExplainer(Explainer):
             "ReLU backward",
             r"\frac{\partial L}{\partial Z} = \frac{\partial L}{\partial A} \odot \mathbb{1}[Z > 0]",
             rf"{mat(da)} \odot {mat(mask.astype(np.int64))} = {mat(dz)}",
-            inputs=[call.grad_output_name, f"{call.name}.mask"],
+            inputs=[call.grad_output_name, names.intermediate(call.name, "mask")],
             outputs=[call.grad_input_names[0]],
             checks=[(dz, call.grad_inputs[0], "autograd dL/dZ")],
             note="Gradient passes where Z > 0 and stops where the unit was off."
@@ -93,6 +98,9 @@ class ElementwiseExplainer(Explainer):
     derivative: ClassVar[str] = ""  # f'(Z), as LaTeX
     why: ClassVar[str] = ""  # one sentence for the forward note
     why_backward: ClassVar[str] = ""  # one sentence for the backward note
+
+    def per_sample(self, call) -> bool:
+        return True  # element by element
 
     def value(self, z: np.ndarray, module) -> np.ndarray:
         raise NotImplementedError
@@ -342,6 +350,9 @@ class IdentityExplainer(ElementwiseExplainer):
 @register(nn.PReLU)
 class PReLUExplainer(Explainer):
     formula = r"A = \begin{cases} Z & Z > 0 \\ a_c Z & Z \le 0 \end{cases}"
+
+    def per_sample(self, call) -> bool:
+        return call.x.ndim >= 2  # (N, C, ...): one slope per channel
 
     def describe(self, module: nn.PReLU) -> str:
         n = module.num_parameters

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from storage import names
 from storage.records import ROLE_INTERMEDIATE, StepRecord, TensorRecord
 
 # |ours - torch| <= ATOL + RTOL * max|torch| counts as verified. Ours is float64
@@ -46,6 +47,9 @@ class LayerCall:
     buffers_after: dict[str, np.ndarray] = field(default_factory=dict)  # ... and after it
     shared_params: bool = False  # params also used by another call: .grad is a sum over calls
     training: bool = True
+    # (k, N) when the call is explained on its first k samples of N only (a storage bound
+    # keeps no more of its tensors); None: the whole batch.
+    samples: tuple[int, int] | None = None
 
     @property
     def x(self) -> np.ndarray:
@@ -66,7 +70,7 @@ class StepContext:
 
     def tensor(self, suffix: str, array: np.ndarray, role: str = ROLE_INTERMEDIATE) -> str:
         """Store an intermediate matrix of this layer; returns its tensor name."""
-        name = f"{self.call.name}.{suffix}"
+        name = names.intermediate(self.call.name, suffix)
         if name not in self._names:
             self._names.add(name)
             self.tensors.append(
@@ -95,7 +99,9 @@ class StepContext:
         references = []
         for ours, theirs, what in checks:
             if theirs is None:
-                references.append(f"{what}: not computed by autograd")
+                references.append(
+                    what if isinstance(what, NotCompared) else f"{what}: not computed by autograd"
+                )
                 continue
             ours64 = np.asarray(ours, dtype=np.float64)
             theirs64 = np.asarray(theirs, dtype=np.float64)
@@ -132,13 +138,41 @@ class StepContext:
         """A check triple for dL/d(param). With shared parameters .grad sums every
         call's contribution, so a single call is checked in the final sum instead."""
         self.param_grads[local] = ours
+        if self.call.samples is not None:
+            k, n = self.call.samples
+            return (
+                ours,
+                None,
+                NotCompared(
+                    f"dL/d{local} of the {_first(k)} of {n} only: autograd's "
+                    f"{self.call.param_names[local]}.grad sums all {n} (a full check compares it)"
+                ),
+            )
         if self.call.shared_params:
             return ours, None, f"dL/d{local} of this call (checked in the sum over calls)"
         return (
             ours,
             self.call.param_grads.get(local),
-            f"autograd {self.call.param_names[local]}.grad",
+            f"autograd {names.grad(self.call.param_names[local])}",
         )
+
+
+class NotCompared(str):
+    """The `what` of a check with no PyTorch tensor to compare, saying why in full."""
+
+
+def _first(k: int) -> str:
+    return "first sample" if k == 1 else f"first {k} samples"
+
+
+def samples_note(k: int, n: int) -> str:
+    """What a step explained on the kept samples says about it."""
+    which = "sample 1" if k == 1 else f"samples 1-{k}"
+    stored = "the sample stored" if k == 1 else "the samples stored"
+    return (
+        f"Checked on {which} of {n}, {stored}; a full check (full_check=True, "
+        f"`cnnviz trace --full-check`) explains all {n}."
+    )
 
 
 def _as_stored(array: np.ndarray) -> np.ndarray:
@@ -159,6 +193,12 @@ class Explainer:
 
     def describe(self, module) -> str:
         return repr(module)
+
+    def per_sample(self, call: LayerCall) -> bool:
+        """Whether sample i of the output depends on sample i of the inputs only (along
+        dimension 0), so that the call can be explained and checked on the first samples
+        alone. False where the batch is mixed (batch statistics, a batch-mean loss)."""
+        return False
 
     def forward(self, call: LayerCall, ctx: StepContext) -> None:
         raise NotImplementedError

@@ -129,6 +129,9 @@ def _batched(x: np.ndarray) -> np.ndarray:
 class Conv2dExplainer(Explainer):
     formula = r"Y_{n,o} = b_o + \sum_{c}\sum_{i,j} W_{o,c,i,j}\, X_{n,c,\,s h + d i,\; s w + d j}"
 
+    def per_sample(self, call) -> bool:
+        return call.x.ndim == 4  # (N, C, H, W); an unbatched (C, H, W) mixes nothing but has no N
+
     def describe(self, module: nn.Conv2d) -> str:
         k, s, p, d = module.kernel_size, module.stride, module.padding, module.dilation
         extra = f", stride {s[0]}x{s[1]}" if s != (1, 1) else ""

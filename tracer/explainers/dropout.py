@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
+from storage import names
+
 from .. import latex
 from .base import Explainer, LayerCall, StepContext, Unsupported, register
 from .common import f64, mat, named
@@ -26,6 +28,9 @@ from .common import f64, mat, named
 class DropoutExplainer(Explainer):
     formula = r"Y = \frac{1}{1-p}\, X \odot M,\quad M_{k} \sim \operatorname{Bernoulli}(1-p)"
     channel_rank: int | None = None  # Dropout{1,2,3}d: expected input rank
+
+    def per_sample(self, call) -> bool:
+        return True  # one mask entry per element (or per sample and channel)
 
     def describe(self, module) -> str:
         what = "channels" if self.channel_rank else "entries"
@@ -162,7 +167,7 @@ class DropoutExplainer(Explainer):
             "Dropout backward: the same mask and scale",
             r"\frac{\partial L}{\partial X} = \frac{1}{1-p}\, \frac{\partial L}{\partial Y} \odot M",
             rf"\tfrac{{1}}{{1-p}} = {latex.scalar(scale)},\quad {mat(dy)} \odot {mat(full.astype(np.int64))} = {mat(dx)}",
-            inputs=[call.grad_output_name, f"{call.name}.mask"],
+            inputs=[call.grad_output_name, names.intermediate(call.name, "mask")],
             outputs=[call.grad_input_names[0]],
             checks=[check],
             note="Dropout is a fixed elementwise scaling once M is drawn, so the gradient is scaled "

@@ -58,6 +58,9 @@ def _where(array: np.ndarray) -> str:
 class AddExplainer(Explainer):
     formula = r"Z = X + Y"
 
+    def per_sample(self, call) -> bool:
+        return True  # element by element
+
     def describe(self, module: Add) -> str:
         scale = "" if module.alpha == 1 else f"{module.alpha:g} * "
         if module.constant is not None:

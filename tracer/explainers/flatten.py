@@ -19,6 +19,9 @@ def _indices(merged_dims: int) -> str:
 class FlattenExplainer(Explainer):
     formula = r"x_{k} = A_{c,i,j},\quad k = c\,HW + i\,W + j"
 
+    def per_sample(self, call) -> bool:
+        return call.x.ndim >= 2 and call.module.start_dim % call.x.ndim != 0
+
     def describe(self, module: nn.Flatten) -> str:
         return f"reshape dims {module.start_dim}..{module.end_dim} into one (row-major order)"
 

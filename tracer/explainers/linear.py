@@ -19,6 +19,9 @@ d = r"\partial L"
 class LinearExplainer(Explainer):
     formula = r"z = W x + b"
 
+    def per_sample(self, call) -> bool:
+        return call.x.ndim >= 2  # each row x_n on its own
+
     def describe(self, module: nn.Linear) -> str:
         bias = "" if module.bias is not None else ", no bias"
         return f"fully connected, {module.in_features} -> {module.out_features} features{bias}"

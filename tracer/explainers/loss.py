@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from storage import names
 from storage.records import ROLE_OUTPUT
 
 from .. import latex
@@ -303,7 +304,10 @@ class CrossEntropyExplainer(Explainer):
                     else "."
                 )
             )
-            inputs = [f"{call.name}.probs", f"{call.name}.onehot"]
+            inputs = [
+                names.intermediate(call.name, "probs"),
+                names.intermediate(call.name, "onehot"),
+            ]
         else:
             d_tex = r"\frac{1}{D}" if mean else ""
             formula = rf"\frac{{\partial L}}{{\partial z_n}} = {d_tex}\, g_n \Big(p_n \sum_k A_{{n,k}} - A_n\Big)"
@@ -323,7 +327,10 @@ class CrossEntropyExplainer(Explainer):
                 "towards the (weighted, smoothed) target. g is the gradient arriving from after the loss"
                 + (" (one per row, since reduction='none')." if cls.reduction == "none" else ".")
             )
-            inputs = [f"{call.name}.probs", f"{call.name}.target_weights"]
+            inputs = [
+                names.intermediate(call.name, "probs"),
+                names.intermediate(call.name, "target_weights"),
+            ]
         ctx.step(
             "Gradient of the loss with respect to the logits",
             formula,
@@ -390,7 +397,7 @@ class NLLLossExplainer(Explainer):
             "Gradient of the loss with respect to the log-probabilities",
             r"\frac{\partial L}{\partial x_{n,k}} = -\frac{g}{D}\, w_{y_n} [k = y_n]",
             rf"\frac{{\partial L}}{{\partial x}} = {_rows_tex(dx_rows)}",
-            inputs=[f"{call.name}.target_weights", call.grad_output_name],
+            inputs=[names.intermediate(call.name, "target_weights"), call.grad_output_name],
             outputs=[call.grad_input_names[0]],
             checks=[(dx, call.grad_inputs[0], "autograd dL/dx")],
             note="Only the true class's entry of each row received a gradient; everything else is 0. "

@@ -22,6 +22,8 @@ import math
 import numpy as np
 from torch import nn
 
+from storage import names
+
 from .. import latex
 from .base import Explainer, LayerCall, StepContext, Unsupported, register
 from .common import f64, named, pair, sub
@@ -107,6 +109,9 @@ class MaxPoolExplainer(Explainer):
     """Shared steps of max pooling; subclasses say where the windows are."""
 
     kind = "max_pool2d"
+
+    def per_sample(self, call) -> bool:
+        return call.x.ndim == 4
 
     def route(self, x: np.ndarray, module):
         """-> y (N, C, OH, OW), src (N, C, OH, OW) flat input index of each maximum,
@@ -197,7 +202,7 @@ class MaxPoolExplainer(Explainer):
             latex.aligned(*lines)
             + rf"\;\Rightarrow\; \frac{{\partial L}}{{\partial X}}{sub(where)} = {latex.bmatrix(dx_view)},"
             rf"\quad \text{{windows per element}} = {latex.bmatrix(latex.as_matrix(count)[0].astype(np.int64))}",
-            inputs=[call.grad_output_name, f"{call.name}.argmax"],
+            inputs=[call.grad_output_name, names.intermediate(call.name, "argmax")],
             outputs=[call.grad_input_names[0], count_name],
             checks=[(dx.reshape(call.x.shape), call.grad_inputs[0], "autograd dL/dX")],
             note="Every window sends its gradient to the one input element that was its maximum; "
@@ -299,6 +304,9 @@ def _avg_matrices(module, x_shape):
 class AvgPoolExplainer(Explainer):
     kind = "avg_pool2d"
 
+    def per_sample(self, call) -> bool:
+        return call.x.ndim == 4
+
     def divisor_words(self, module) -> str:
         raise NotImplementedError
 
@@ -343,10 +351,10 @@ class AvgPoolExplainer(Explainer):
             rf"{latex.bmatrix(rh.T.astype(np.int32))} {latex.bmatrix(latex.as_matrix(scaled)[0])} {latex.bmatrix(rw.astype(np.int32))}"
             " = " + named(r"\frac{\partial L}{\partial X}", dx),
             inputs=[
-                f"{call.name}.R_h",
+                names.intermediate(call.name, "R_h"),
                 call.grad_output_name,
-                f"{call.name}.divisor",
-                f"{call.name}.R_w",
+                names.intermediate(call.name, "divisor"),
+                names.intermediate(call.name, "R_w"),
             ],
             outputs=[call.grad_input_names[0]],
             checks=[(dx.reshape(call.x.shape), call.grad_inputs[0], "autograd dL/dX")],

@@ -55,6 +55,9 @@ def _dim_words(dim: int, ndim: int) -> str:
 class SoftmaxExplainer(Explainer):
     formula = r"p_k = \frac{e^{z_k}}{\sum_j e^{z_j}}"
 
+    def per_sample(self, call) -> bool:
+        return call.x.ndim >= 2 and softmax_dim(call.module, call.x.ndim) != 0
+
     def describe(self, module) -> str:
         return (
             f"softmax along dim {module.dim}"
@@ -105,6 +108,9 @@ class SoftmaxExplainer(Explainer):
 @register(nn.LogSoftmax)
 class LogSoftmaxExplainer(Explainer):
     formula = r"y_k = z_k - \log \sum_j e^{z_j}"
+
+    def per_sample(self, call) -> bool:
+        return call.x.ndim >= 2 and softmax_dim(call.module, call.x.ndim) != 0
 
     def describe(self, module) -> str:
         return (
