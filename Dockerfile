@@ -17,7 +17,9 @@ COPY storage ./storage
 COPY tracer ./tracer
 COPY dashapp ./dashapp
 # torch==2.13.0 is already installed, so this adds only the package and the rest.
-RUN pip install .
+# The postgres extra (psycopg) lets the same image serve a PostgreSQL store
+# (docker-compose.postgres.yml).
+RUN pip install ".[postgres]"
 
 # An unprivileged user that owns the store's directory (the named volume is
 # created from it, so it starts out owned by this user too).
