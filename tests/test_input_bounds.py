@@ -23,7 +23,7 @@ def _cnnviz(args, env):
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
         stdin=subprocess.DEVNULL,
     )
 

@@ -530,7 +530,12 @@ class Terminated(KeyboardInterrupt):
     its run `interrupted` and keeps every committed iteration."""
 
 
+_TERMINATED = False
+
+
 def _on_sigterm(signum, frame):
+    global _TERMINATED
+    _TERMINATED = True
     raise Terminated()
 
 
@@ -558,6 +563,9 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"cnnviz: error: {NO_TORCH}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
+        if _TERMINATED:  # click turns the KeyboardInterrupt we raised into Abort
+            click.echo("cnnviz: terminated; committed iterations are kept", err=True)
+            sys.exit(143)
         click.echo("cnnviz: aborted", err=True)
         sys.exit(130)
     except click.exceptions.Exit as exc:

@@ -179,7 +179,8 @@ def test_sigkill_with_iterations_in_the_queue_keeps_committed_ones_whole(db_path
     with RunStore(db_path) as store:
         assert store.integrity_check() == "ok"
         (run,) = store.list_runs()
-        assert run.status == "running" and run.finished_at is None
+        # Never finished, and its writer is gone: it reads as stale.
+        assert run.status == "stale" and run.finished_at is None
         summaries = store.iterations(run.id)
         # The committed iterations are the first ones, in order; those in the queue are lost.
         assert 3 <= len(summaries) < handed

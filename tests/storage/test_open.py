@@ -35,7 +35,7 @@ def _write(location, name="r") -> int:
         return writer.run_id
 
 
-def _cnnviz(args, env, timeout=60):
+def _cnnviz(args, env, timeout=240):
     return subprocess.run(
         [*CNNVIZ, *args],
         env=env,
@@ -121,7 +121,7 @@ def test_special_files_are_refused_before_opening(tmp_path, kind, cli_env):
             Store.open(special, mode=mode)
     # The CLI answers at once (a FIFO used to hang `runs` forever).
     for args in (["runs", "--db", str(special)], ["serve", "--db", str(special), "--port", "1"]):
-        result = _cnnviz(args, cli_env, timeout=60)
+        result = _cnnviz(args, cli_env)
         assert result.returncode == 2, result.stderr
         (line,) = result.stderr.splitlines()
         assert "not a store file" in line or "--port" in line
