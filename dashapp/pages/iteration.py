@@ -20,6 +20,7 @@ from dash import ALL, MATCH, ClientsideFunction, Input, Output, State, ctx, dcc,
 from dashapp import figures, layouts, links
 from dashapp.data import (
     NotFound,
+    cached_iteration,
     current_store,
     default_run,
     parse_int,
@@ -509,7 +510,7 @@ def provenance(click, _close, ref):
         return dash.no_update, {}, closed
     store = current_store()
     run = store.get_run(ref["run"])
-    record = store.load_iteration(ref["run"], ref["it"] or 1) if run is not None else None
+    record = cached_iteration(store, ref["run"], ref["it"] or 1) if run is not None else None
     if record is None:
         return "This iteration is no longer in the store.", {}, closed + " open"
     try:
