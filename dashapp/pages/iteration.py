@@ -32,7 +32,7 @@ from dashapp.formatting import format_diff, format_scalar
 from dashapp.guard import page_layout
 from dashapp.steps import Section, sections
 from dashapp.tensorview import matrix_view
-from storage import RUN_RUNNING, IterationRecord, LayerInfo, RunInfo, StepRecord
+from storage import RUN_RUNNING, IterationRecord, LayerInfo, RunInfo, StepRecord, names
 from storage.provenance import NotExplained, Provenance, explain_cell
 
 dash.register_page(
@@ -116,9 +116,9 @@ def input_section(record: IterationRecord, run: RunInfo) -> html.Section:
             for i, n in enumerate(names)
         ]
 
-    inputs = [t.name for t in record.tensors if t.role == "input"]
-    labels = [t.name for t in record.tensors if t.role == "target"]
-    weights = [t.name for t in record.tensors if t.role == "param"]
+    inputs = [t.name for t in record.tensors if t.role == names.ROLE_INPUT]
+    labels = [t.name for t in record.tensors if t.role == names.ROLE_TARGET]
+    weights = [t.name for t in record.tensors if t.role == names.ROLE_PARAM]
     label_text = None
     for name in labels:
         values = tensors[name].array.reshape(-1)
