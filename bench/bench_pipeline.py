@@ -342,7 +342,8 @@ def main() -> None:
     for variant, run in last_runs.items():
         stored = max(run.stored, 1)
         split = ", ".join(f"{k} {1000 * v / stored:.1f} ms" for k, v in run.timings.items())
-        print(f"  {variant:20} per stored iteration: {split}; store {sizes[variant] / 1e6:.2f} MB")
+        per_iteration = sizes[variant] / (args.rounds * args.block)
+        print(f"  {variant:20} per stored iteration: {split}; {per_iteration / 1e6:.2f} MB stored")
     if writes:
         print("store writes of one full-capture iteration:")
         for label, speed, megabytes in writes:

@@ -65,15 +65,23 @@ def math_markdown(latex: str) -> str:
     early and put Markdown after it; unsafe macros are shown, not run.
     """
     body = " ".join(str(latex).replace("$", r"\$").splitlines())
-    body = _UNSAFE_TEX.sub(lambda m: r"\backslash\text{" + m.group(1) + "}", body)
-    return f"$$\n{body}\n$$"
+    return f"$$\n{neutralise_tex(body)}\n$$"
+
+
+def neutralise_tex(latex: str) -> str:
+    """The macros that link, style or load shown as text instead of run."""
+    return _UNSAFE_TEX.sub(lambda m: r"\backslash\text{" + m.group(1) + "}", str(latex))
 
 
 def formula(latex: str, class_name: str = "") -> html.Div:
     """A typeset formula. The wrapper is there from the first render (dcc.Markdown
     itself appears only once its script has loaded), so one can wait for MathJax."""
     return html.Div(
-        dcc.Markdown(math_markdown(latex), mathjax=True), className=f"formula {class_name}".strip()
+        [
+            dcc.Markdown(math_markdown(latex), mathjax=True),
+            dcc.Clipboard(content=str(latex), title="Copy as LaTeX", className="copy-latex"),
+        ],
+        className=f"formula {class_name}".strip(),
     )
 
 
@@ -280,7 +288,7 @@ def figure_json(figure) -> str:
     return json.dumps(figure.to_plotly_json(), cls=PlotlyJSONEncoder)
 
 
-def lazy_tensor_figure_block(view: MatrixView, panel: str) -> html.Div:
+def lazy_tensor_figure_block(view: MatrixView, panel: str, tensor: str = "") -> html.Div:
     """A heatmap drawn only when it comes near the viewport.
 
     A LeNet-5 iteration page holds about 160 heatmaps; as dcc.Graph components
@@ -298,7 +306,12 @@ def lazy_tensor_figure_block(view: MatrixView, panel: str) -> html.Div:
                 id={"type": "tensor-graph", "panel": panel},
                 className="heatmap heatmap-slot",
                 style=size,
-                **{"data-figure": figure_json(figure), "data-config": json.dumps(GRAPH_CONFIG)},
+                **{
+                    "data-figure": figure_json(figure),
+                    "data-config": json.dumps(GRAPH_CONFIG),
+                    # provenance_click.js: which tensor a click on a cell asks about
+                    "data-tensor": tensor,
+                },
             ),
             html.Div(
                 view.caption,
@@ -347,7 +360,7 @@ def tensor_panel(record: TensorRecord, *, run_id: int, index: int, panel: str) -
                 slice_selectors(
                     view, lambda axis: {"type": "tensor-slice", "panel": panel, "axis": axis}
                 ),
-                lazy_tensor_figure_block(view, panel),
+                lazy_tensor_figure_block(view, panel, record.name),
                 dcc.Store(
                     id={"type": "tensor-ref", "panel": panel},
                     data={"run": run_id, "it": index, "name": record.name},

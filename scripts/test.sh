@@ -24,6 +24,9 @@ fi
 # The test extra includes the tracer's torch; the constraints file picks its CPU
 # build (PyPI's Linux wheel is the multi-GB CUDA one).
 .venv/bin/pip install -q --disable-pip-version-check -c constraints/cpu.txt -e ".[test]"
+# The Lightning and Hugging Face callbacks are tested against the real packages
+# (the same constraints keep torch the CPU build).
+.venv/bin/pip install -q --disable-pip-version-check -c constraints/cpu.txt -e ".[lightning,huggingface]"
 # Lint and formatting first: a second each, and CI runs this script.
 .venv/bin/ruff check --quiet .
 .venv/bin/ruff format --check --quiet .

@@ -145,7 +145,7 @@ def _raw_step(
 ) -> StepRecord:
     """A call with no matrix form: its tensors are stored and shown as they are.
     `later`: the call was not explained because explanation was off; `why` says so."""
-    what_form = "not explained yet" if later else "no matrix form"
+    what_form = "not explained" if later else "no matrix form"
     kind = call.kind
     symbol = kind.rsplit(".", 1)[-1].strip("_").replace("_", r"\_") or "f"
     params = list(call.param_names.values())
@@ -547,7 +547,7 @@ def _update_steps(cap, optimizer, tensors, warn, strict, explain=True, raw_reaso
                 layer=layer or name,
                 phase="update",
                 title=f"{type(optimizer).__name__} update of {name} "
-                + ("(not explained yet)" if not explain and raw_reason else "(no matrix form)"),
+                + ("(not explained)" if not explain and raw_reason else "(no matrix form)"),
                 formula=r"W' = \operatorname{step}(W, \nabla_W L, \text{state})",
                 formula_values=r"\text{see the stored tensors}",
                 inputs=[name, _grad_name(name)],

@@ -422,3 +422,19 @@ def test_a_run_whose_writer_died_is_stale_and_not_polled(
         assert components(layout, dcc.Interval)[0].disabled is True
         _, status, stop = pages.iteration.poll(1, {"run": run_id, "it": None})
         assert status.children == "stale" and stop is True
+
+
+def test_an_unexplained_iteration_shows_its_raw_tensors_and_says_how_to_explain(
+    pages, dash_app, tmp_path, request_ctx
+):
+    from tracer.train import run_builtin
+
+    path = tmp_path / "off.db"
+    run = run_builtin(seed=0, iterations=1, db=path, explain="off")
+    with using_store(dash_app, path):
+        layout = pages.iteration.layout(run=str(run.run_id), it="1")
+    text = text_of(layout)
+    assert "Not explained:" in text and "this run was traced with explanation off" in text
+    assert "cnnviz trace --explain background" in text
+    assert "conv.out" in text and "fc.weight.grad" in text  # the raw tensors are there
+    assert "not explained; tensors as captured" in text

@@ -13,15 +13,28 @@ from torch import nn
 from storage import names
 from storage.names import ROLE_ACTIVATION, ROLE_INPUT, ROLE_OUTPUT, ROLE_TARGET
 
+from . import torchapi
 from .records import CapturedCall, iter_tensors, to_numpy
 
 
 class ModuleHooks:
     """The part of `Capture` that hooks the model's modules."""
 
+    def _in_backward(self, *, root: bool = False) -> bool:
+        """Whether autograd runs a backward now (a module call is then activation
+        checkpointing's recomputation). Without torch's answer: whether a gradient
+        hook fired since the forward began; the root model's own call always starts
+        a forward (nobody recomputes the whole model in its backward)."""
+        running = torchapi.graph_task_running()
+        if running is not None:
+            return running
+        return False if root else self._backward_seen
+
     def _root_pre_hook(self, module, args, kwargs):
-        if not self.active or _in_backward():
+        if not self.active or self._in_backward(root=True):
             return None
+        if self._root_depth == 0:
+            self._backward_seen = False  # a new forward
         self._root_depth += 1
         if self._root_depth > 1:
             return None  # the model calls itself
@@ -68,10 +81,12 @@ class ModuleHooks:
         return tuple(args), kwargs, changed
 
     def _root_post_hook(self, module, args, output):
-        if self._root_depth == 0 or _in_backward():
+        if self._root_depth == 0 or self._in_backward(root=True):
             return None
         self._root_depth -= 1
         if self._root_depth == 0:
+            with self._ours("model output"):
+                self._function_outputs([t for _, t in iter_tensors(output)])
             self._exit_mode()
         return None
 
@@ -79,11 +94,16 @@ class ModuleHooks:
         """A container: functional calls in its forward are named after it."""
 
         def pre_hook(mod, args):
-            if self.active and not _in_backward():
+            if self.active and not self._in_backward():
                 self._scopes.append(name)
 
         def post_hook(mod, args, output):
-            if self.active and not _in_backward() and self._scopes and self._scopes[-1] == name:
+            if (
+                self.active
+                and not self._in_backward()
+                and self._scopes
+                and self._scopes[-1] == name
+            ):
                 self._scopes.pop()
 
         self._handles.append(module.register_forward_pre_hook(pre_hook))
@@ -93,13 +113,13 @@ class ModuleHooks:
         # Calls made while autograd runs backward are recomputations (activation
         # checkpointing), not the model's forward: the forward already recorded them.
         def pre_hook(mod, args, kwargs):
-            if self.active and not _in_backward():
+            if self.active and not self._in_backward() and not self._inside_function():
                 self._leaf_depth += 1
                 with self._ours(f"before {name}"):
                     self._before(mod, name, args, kwargs)
 
         def post_hook(mod, args, kwargs, output):
-            if self.active and not _in_backward():
+            if self.active and not self._in_backward() and not self._inside_function():
                 self._leaf_depth = max(0, self._leaf_depth - 1)
                 with self._ours(f"after {name}"):
                     self._after(mod, output)
@@ -118,6 +138,7 @@ class ModuleHooks:
         name = self._call_name(base_name)
         is_loss = module is self.criterion
         tensors = [t for _, t in iter_tensors(args)] + [t for _, t in iter_tensors(kwargs)]
+        self._function_outputs(tensors)  # a custom Function's output, taken by this call
         call = CapturedCall(
             name=name, module=module, kind=type(module).__name__, input_names=[], inputs=[]
         )
@@ -199,9 +220,3 @@ class ModuleHooks:
             # Keep the first tensor as "the" output so that the layer has a shape to show.
             call.output_name = call.output_names[0]
             call.output = self._array(call.output_name)
-
-
-def _in_backward() -> bool:
-    """Whether autograd's engine is running a backward pass in this thread."""
-    current = getattr(torch._C, "_current_graph_task_id", None)
-    return current is not None and current() != -1

@@ -10,6 +10,8 @@ and whether it is within float32 tolerance.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -210,16 +212,126 @@ class Explainer:
 _REGISTRY: dict[type, Explainer] = {}
 
 
-def register(*module_types: type):
-    """Class decorator: `@register(nn.Conv2d)` makes the class explain Conv2d calls."""
+@dataclass(frozen=True, eq=False)
+class Functional:
+    """Torch functions that compute what a module type computes (`F.conv2d` for
+    nn.Conv2d), so that a call written in a forward is explained like the module.
+
+    `signature` is a def with the functions' argument names and defaults (read from
+    the function itself when None, which builtins do not allow). `build` gets the
+    module type, the arguments bound by name (`Arguments`, defaults applied) and the
+    output, and returns (module, [data tensors in the module's argument order],
+    {param local name: tensor}), or None when these settings have no module
+    equivalent (the call is then stored raw). The default is `build_like_module`;
+    `settings` are fixed constructor arguments (`inplace=True` for `relu_`).
+    """
+
+    funcs: tuple[Callable, ...]
+    signature: Callable | None = None
+    build: Callable[..., tuple | None] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def bind(self, func: Callable, args, kwargs) -> Arguments:
+        signature = _signature(self.signature or func)
+        bound = signature.bind(*args, **kwargs)
+        # What the caller set: torch's wrappers pass every argument on, defaults too.
+        given = {
+            k
+            for k, v in bound.arguments.items()
+            if not _is_default(v, signature.parameters[k].default)
+        }
+        bound.apply_defaults()
+        return Arguments(bound.arguments, given=given)
+
+    def module_for(self, module_type: type, arguments: Arguments, out) -> tuple | None:
+        build = self.build or build_like_module
+        return build(module_type, Arguments({**arguments, **self.settings}, arguments.given), out)
+
+
+def _is_default(value, default) -> bool:
+    if default is inspect.Parameter.empty:
+        return False
+    if value is default:
+        return True
+    try:
+        return type(value) is type(default) and bool(value == default)
+    except Exception:  # a tensor compared with a number, say
+        return False
+
+
+class Arguments(dict):
+    """A functional call's arguments by name, defaults applied; `given`: those the
+    caller passed."""
+
+    def __init__(self, values, given: set[str]):
+        super().__init__(values)
+        self.given = given
+
+
+def one_tensor(input):  # noqa: A002 - torch's own argument name
+    """The signature of torch.relu, x.sigmoid() and other one-argument functions."""
+
+
+def build_like_module(
+    module_type: type, a: Arguments, out, data: tuple[str, ...] = ("input",)
+) -> tuple | None:
+    """The default build: the module made from the arguments it shares with the
+    function (F.gelu(x, approximate="tanh") -> nn.GELU(approximate="tanh")), or None
+    when the caller set an argument the module has no equivalent for."""
+    accepted = set(inspect.signature(module_type.__init__).parameters) - {"self"}
+    if any(k not in accepted and k not in data and k != "training" for k in a.given):
+        return None
+    module = module_type(**{k: v for k, v in a.items() if k in accepted})
+    if "training" in a:
+        module.train(bool(a["training"]))
+    return module, [a[k] for k in data], {}
+
+
+_FUNCTIONAL: dict[Callable, tuple[type, Functional]] = {}
+_SIGNATURES: dict[Callable, inspect.Signature] = {}
+
+
+def _signature(template: Callable) -> inspect.Signature:
+    if template not in _SIGNATURES:
+        _SIGNATURES[template] = inspect.signature(template)
+    return _SIGNATURES[template]
+
+
+def register(*module_types: type, functional: Iterable[Callable | Functional] = ()):
+    """Class decorator: `@register(nn.Conv2d)` makes the class explain Conv2d calls;
+    `functional=[F.gelu]` (or `Functional(...)` entries) also the same computation
+    called as a function in a forward. The first module type is the one built."""
+    forms = [f if isinstance(f, Functional) else Functional((f,)) for f in functional]
 
     def wrap(cls: type[Explainer]) -> type[Explainer]:
+        for form in forms:  # checked before anything is registered
+            for func in form.funcs:
+                if func in _FUNCTIONAL and _FUNCTIONAL[func][0] is not module_types[0]:
+                    raise ValueError(
+                        f"{func} is already the functional form of {_FUNCTIONAL[func][0]}"
+                    )
         instance = cls()
         for module_type in module_types:
             _REGISTRY[module_type] = instance
+        for form in forms:
+            for func in form.funcs:
+                _FUNCTIONAL[func] = (module_types[0], form)
         return cls
 
     return wrap
+
+
+def functional_form(func: Callable) -> tuple[type, Functional] | None:
+    """(module type, form) for a torch function declared as a module's functional form."""
+    try:
+        return _FUNCTIONAL.get(func)
+    except TypeError:  # an unhashable callable
+        return None
+
+
+def functional_forms() -> dict[Callable, type]:
+    """Every declared torch function and the module type it stands for."""
+    return {func: module_type for func, (module_type, _) in _FUNCTIONAL.items()}
 
 
 class Unsupported(Exception):

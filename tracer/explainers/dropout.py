@@ -16,6 +16,7 @@ whole channel.
 from __future__ import annotations
 
 import numpy as np
+import torch.nn.functional as F
 from torch import nn
 
 from storage import names
@@ -182,21 +183,21 @@ class DropoutExplainer(Explainer):
         )
 
 
-@register(nn.Dropout)
+@register(nn.Dropout, functional=[F.dropout])
 class PlainDropoutExplainer(DropoutExplainer):
     pass
 
 
-@register(nn.Dropout1d)
+@register(nn.Dropout1d, functional=[F.dropout1d])
 class Dropout1dExplainer(DropoutExplainer):
     channel_rank = 3
 
 
-@register(nn.Dropout2d)
+@register(nn.Dropout2d, functional=[F.dropout2d])
 class Dropout2dExplainer(DropoutExplainer):
     channel_rank = 4
 
 
-@register(nn.Dropout3d)
+@register(nn.Dropout3d, functional=[F.dropout3d])
 class Dropout3dExplainer(DropoutExplainer):
     channel_rank = 5

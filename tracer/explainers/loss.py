@@ -19,13 +19,22 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from storage import names
 from storage.records import ROLE_OUTPUT
 
 from .. import latex
-from .base import Explainer, LayerCall, StepContext, Unsupported, register
+from .base import (
+    Explainer,
+    Functional,
+    LayerCall,
+    StepContext,
+    Unsupported,
+    build_like_module,
+    register,
+)
 from .common import f64, mat, named
 from .softmax import log_softmax
 from .softmax import softmax as _softmax
@@ -37,6 +46,17 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- classification
+
+
+def _loss(func) -> Functional:
+    """F.cross_entropy(input, target, ...) and the other functional losses: the module
+    made from the same settings, with the prediction and the target as its inputs."""
+    return Functional(
+        (func,),
+        build=lambda module_type, a, out: build_like_module(
+            module_type, a, out, data=("input", "target")
+        ),
+    )
 
 
 class Classification:
@@ -171,7 +191,7 @@ def _rows_tex(array: np.ndarray) -> str:
     return latex.bmatrix(array)
 
 
-@register(nn.CrossEntropyLoss)
+@register(nn.CrossEntropyLoss, functional=[_loss(F.cross_entropy)])
 class CrossEntropyExplainer(Explainer):
     formula = r"L = -\frac{1}{N}\sum_{n} \log \operatorname{softmax}(z_n)_{y_n}"
 
@@ -342,7 +362,7 @@ class CrossEntropyExplainer(Explainer):
         )
 
 
-@register(nn.NLLLoss)
+@register(nn.NLLLoss, functional=[_loss(F.nll_loss)])
 class NLLLossExplainer(Explainer):
     formula = r"L = -\frac{1}{N}\sum_{n} x_{n, y_n}"
 
@@ -512,7 +532,7 @@ class PointwiseLossExplainer(Explainer):
         )
 
 
-@register(nn.MSELoss)
+@register(nn.MSELoss, functional=[_loss(F.mse_loss)])
 class MSELossExplainer(PointwiseLossExplainer):
     formula = r"L = \frac{1}{N} \sum_i (x_i - t_i)^2"
     title = "Mean squared error"
@@ -530,7 +550,7 @@ class MSELossExplainer(PointwiseLossExplainer):
         return -2.0 * (x - t)
 
 
-@register(nn.L1Loss)
+@register(nn.L1Loss, functional=[_loss(F.l1_loss)])
 class L1LossExplainer(PointwiseLossExplainer):
     formula = r"L = \frac{1}{N} \sum_i |x_i - t_i|"
     title = "L1 (mean absolute error)"
@@ -551,7 +571,7 @@ class L1LossExplainer(PointwiseLossExplainer):
         return -np.sign(x - t)
 
 
-@register(nn.SmoothL1Loss)
+@register(nn.SmoothL1Loss, functional=[_loss(F.smooth_l1_loss)])
 class SmoothL1LossExplainer(PointwiseLossExplainer):
     formula = r"\ell = \begin{cases} \tfrac{(x-t)^2}{2\beta} & |x-t| < \beta \\ |x-t| - \tfrac{\beta}{2} & \text{else} \end{cases}"
     title = "Smooth L1"
@@ -578,7 +598,7 @@ class SmoothL1LossExplainer(PointwiseLossExplainer):
         return -self.grad_x(x, t, call)
 
 
-@register(nn.HuberLoss)
+@register(nn.HuberLoss, functional=[_loss(F.huber_loss)])
 class HuberLossExplainer(PointwiseLossExplainer):
     formula = r"\ell = \begin{cases} \tfrac12 (x-t)^2 & |x-t| \le \delta \\ \delta (|x-t| - \tfrac{\delta}{2}) & \text{else} \end{cases}"
     title = "Huber"
@@ -608,7 +628,7 @@ def _buffer(call: LayerCall, name: str):
     return None if value is None else f64(value)
 
 
-@register(nn.BCEWithLogitsLoss)
+@register(nn.BCEWithLogitsLoss, functional=[_loss(F.binary_cross_entropy_with_logits)])
 class BCEWithLogitsExplainer(PointwiseLossExplainer):
     formula = r"\ell = -w\big[p_w\, t \log \sigma(x) + (1 - t) \log(1 - \sigma(x))\big]"
     title = "Binary cross-entropy with logits"
@@ -650,7 +670,7 @@ def _clamped_logs(x):
         return np.maximum(np.log(x), -100.0), np.maximum(np.log1p(-x), -100.0)
 
 
-@register(nn.BCELoss)
+@register(nn.BCELoss, functional=[_loss(F.binary_cross_entropy)])
 class BCELossExplainer(PointwiseLossExplainer):
     formula = r"\ell = -w\big[t \log x + (1 - t) \log(1 - x)\big]"
     title = "Binary cross-entropy"

@@ -20,12 +20,22 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from storage import names
 
 from .. import latex
-from .base import Explainer, LayerCall, StepContext, Unsupported, register
+from .base import (
+    Explainer,
+    Functional,
+    LayerCall,
+    StepContext,
+    Unsupported,
+    build_like_module,
+    register,
+)
 from .common import f64, named, pair, sub
 from .conv import im2col
 
@@ -216,7 +226,26 @@ class MaxPoolExplainer(Explainer):
         )
 
 
-@register(nn.MaxPool2d)
+def _max_pool2d(
+    input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+):  # noqa: A002
+    """F.max_pool2d, torch.max_pool2d"""
+
+
+def _build_max_pool2d(module_type, a, out):
+    if a["return_indices"]:
+        return None
+    stride = a["stride"] or None  # torch.max_pool2d's default stride is [], meaning the kernel size
+    module = nn.MaxPool2d(
+        a["kernel_size"], stride, a["padding"], a["dilation"], ceil_mode=a["ceil_mode"]
+    )
+    return module, [a["input"]], {}
+
+
+@register(
+    nn.MaxPool2d,
+    functional=[Functional((F.max_pool2d, torch.max_pool2d), _max_pool2d, _build_max_pool2d)],
+)
 class MaxPool2dExplainer(MaxPoolExplainer):
     formula = r"Y_{i,j} = \max_{(p,q) \in \Omega_{i,j}} X_{p,q}"
 
@@ -238,7 +267,20 @@ class MaxPool2dExplainer(MaxPoolExplainer):
         return y, src, lambda i, j: vals[0, 0, i, j].reshape(kernel)
 
 
-@register(nn.AdaptiveMaxPool2d)
+def _adaptive_max_pool2d(input, output_size, return_indices=False):  # noqa: A002
+    """F.adaptive_max_pool2d"""
+
+
+def _build_adaptive_max_pool2d(module_type, a, out):
+    return None if a["return_indices"] else build_like_module(module_type, a, out)
+
+
+@register(
+    nn.AdaptiveMaxPool2d,
+    functional=[
+        Functional((F.adaptive_max_pool2d,), _adaptive_max_pool2d, _build_adaptive_max_pool2d)
+    ],
+)
 class AdaptiveMaxPool2dExplainer(MaxPoolExplainer):
     formula = r"Y_{i,j} = \max_{p \in [\lfloor iH/H' \rfloor, \lceil (i+1)H/H' \rceil),\ q \in [\ldots)} X_{p,q}"
     kind = "adaptive_max_pool2d"
@@ -373,7 +415,31 @@ class AvgPoolExplainer(Explainer):
         )
 
 
-@register(nn.AvgPool2d)
+def _avg_pool2d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+):  # noqa: A002
+    """F.avg_pool2d"""
+
+
+def _build_avg_pool2d(module_type, a, out):
+    module = nn.AvgPool2d(
+        a["kernel_size"],
+        a["stride"] or None,
+        a["padding"],
+        a["ceil_mode"],
+        a["count_include_pad"],
+        a["divisor_override"],
+    )
+    return module, [a["input"]], {}
+
+
+@register(nn.AvgPool2d, functional=[Functional((F.avg_pool2d,), _avg_pool2d, _build_avg_pool2d)])
 class AvgPool2dExplainer(AvgPoolExplainer):
     formula = r"Y_{i,j} = \frac{1}{D_{i,j}} \sum_{(p,q) \in \Omega_{i,j}} X_{p,q}"
 
@@ -401,7 +467,7 @@ class AvgPool2dExplainer(AvgPoolExplainer):
         return "D counts only the real input positions of a window (count_include_pad=False)."
 
 
-@register(nn.AdaptiveAvgPool2d)
+@register(nn.AdaptiveAvgPool2d, functional=[F.adaptive_avg_pool2d])
 class AdaptiveAvgPool2dExplainer(AvgPoolExplainer):
     formula = r"Y_{i,j} = \frac{1}{|\Omega_{i,j}|} \sum_{(p,q) \in \Omega_{i,j}} X_{p,q}"
     kind = "adaptive_avg_pool2d"
