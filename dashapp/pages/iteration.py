@@ -32,7 +32,7 @@ from dashapp.formatting import format_diff, format_scalar
 from dashapp.guard import page_layout
 from dashapp.steps import Section, sections
 from dashapp.tensorview import matrix_view
-from storage import RUN_RUNNING, IterationRecord, LayerInfo, RunInfo, StepRecord
+from storage import RUN_RUNNING, IterationRecord, LayerInfo, RunInfo, StepRecord, names
 from storage.provenance import NotExplained, Provenance, explain_cell
 from storage.whatif import NotAvailable, with_learning_rate
 
@@ -117,9 +117,9 @@ def input_section(record: IterationRecord, run: RunInfo) -> html.Section:
             for i, n in enumerate(names)
         ]
 
-    inputs = [t.name for t in record.tensors if t.role == "input"]
-    labels = [t.name for t in record.tensors if t.role == "target"]
-    weights = [t.name for t in record.tensors if t.role == "param"]
+    inputs = [t.name for t in record.tensors if t.role == names.ROLE_INPUT]
+    labels = [t.name for t in record.tensors if t.role == names.ROLE_TARGET]
+    weights = [t.name for t in record.tensors if t.role == names.ROLE_PARAM]
     label_text = None
     for name in labels:
         values = tensors[name].array.reshape(-1)
@@ -249,15 +249,15 @@ def header(run: RunInfo, runs: list[RunInfo], index: int | None, count: int) -> 
             layouts.page_header(
                 title,
                 subtitle=[
-                    html.Span(run.name, className="run-name"),
+                    html.Span(layouts.isolate(run.name), className="run-name"),
                     " · ",
                     run.model_name,
                     " · ",
-                    html.Span(layouts.status_badge(run.status), id="iteration-status"),
+                    html.Span(layouts.status_badge(run), id="iteration-status"),
                 ],
                 crumbs=[
                     ("Runs", links.RUNS),
-                    (run.name, links.model(run.id)),
+                    (layouts.isolate(run.name), links.model(run.id)),
                     (f"Iteration {index or ''}", None),
                 ],
                 actions=[
@@ -407,7 +407,7 @@ def poll(_n, ref):
         return dash.no_update, dash.no_update, True
     count = len(store.iterations(run.id))
     stepper = layouts.iteration_stepper(run.id, ref["it"] or 0, count)
-    return stepper, layouts.status_badge(run.status), run.status != RUN_RUNNING
+    return stepper, layouts.status_badge(run), run.status != RUN_RUNNING
 
 
 @dash.callback(

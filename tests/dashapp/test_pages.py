@@ -402,6 +402,29 @@ def test_compare_explains_a_gradient_that_vanished(pages, store, request_ctx):
     assert "all zeros" not in text_of(pages.compare.stats_block(grad, grad))
 
 
+def test_a_run_whose_writer_died_is_stale_and_not_polled(
+    pages, dash_app, dash_store, tmp_path, request_ctx
+):
+    import sqlite3
+    import subprocess
+
+    live = copy_store(dash_store, tmp_path / "dead.db")
+    run_id, writer = clone_run(live, 1, name="dead", seed=5, iterations=1, finish=False)
+    writer.engine.dispose()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that has exited (and been reaped): the writer is dead
+    with sqlite3.connect(live) as conn:
+        conn.execute("UPDATE runs SET writer_pid = ? WHERE id = ?", (gone.pid, run_id))
+    conn.close()
+    with using_store(dash_app, live) as store:
+        assert store.get_run(run_id).status == "stale"
+        layout = pages.iteration.layout(run=str(run_id))
+        assert "still being traced" not in text_of(layout)
+        assert components(layout, dcc.Interval)[0].disabled is True
+        _, status, stop = pages.iteration.poll(1, {"run": run_id, "it": None})
+        assert status.children == "stale" and stop is True
+
+
 def test_an_unexplained_iteration_shows_its_raw_tensors_and_says_how_to_explain(
     pages, dash_app, tmp_path, request_ctx
 ):
