@@ -8,6 +8,9 @@ need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium chromium-driver)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+# The store's tests start a throwaway PostgreSQL server (tests/pg_server.py).
+command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+  || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -q

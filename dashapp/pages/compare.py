@@ -202,7 +202,9 @@ def side_card(
     title = html.Div(
         [
             html.Span(label, className="side-label"),
-            dcc.Link(run.name, href=links.iteration(run.id, index), className="run-name"),
+            dcc.Link(
+                layouts.isolate(run.name), href=links.iteration(run.id, index), className="run-name"
+            ),
             html.Span(f" · iteration {index}", className="text-muted"),
         ]
     )
