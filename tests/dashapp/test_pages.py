@@ -182,6 +182,7 @@ def test_iteration_shows_every_step_in_order_with_its_check(pages, store, reques
         "section-loss",
         "section-backward",
         "section-update",
+        "section-whatif",
     ]
     toc = [a.href for a in components(layout, html.A) if (a.href or "").startswith("#step-")]
     assert toc == [f"#step-{n}" for n in range(1, len(record.steps) + 1)]
@@ -438,3 +439,19 @@ def test_an_unexplained_iteration_shows_its_raw_tensors_and_says_how_to_explain(
     assert "cnnviz trace --explain background" in text
     assert "conv.out" in text and "fc.weight.grad" in text  # the raw tensors are there
     assert "not explained; tensors as captured" in text
+
+
+def test_iteration_whatif_recomputes_the_update_for_another_learning_rate(pages, request_ctx):
+    layout = pages.iteration.layout(run="1", it="2")
+    assert [c for c in components(layout, html.Section) if c.id == "section-whatif"]
+    ref = {"run": 1, "it": 2, "count": 3}
+    result = run_callback(
+        pages.iteration.whatif, 1, 0.5, ref, triggered="iteration-whatif-go.n_clicks"
+    )
+    names = [c.children for c in components(result, html.Code)]
+    assert names == ["conv.weight.next", "conv.bias.next", "fc.weight.next", "fc.bias.next"]
+    assert len(components(result, dcc.Graph)) == 8
+    refused = run_callback(
+        pages.iteration.whatif, 1, -1, ref, triggered="iteration-whatif-go.n_clicks"
+    )
+    assert "positive number" in refused.children
