@@ -9,6 +9,7 @@ friendly not-found page.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import flask
@@ -100,3 +101,12 @@ def default_run(store: RunStore) -> RunInfo | None:
     """The run a page shows when the URL names none: the most recent one."""
     runs = store.list_runs()
     return store.get_run(runs[-1].id) if runs else None
+
+
+@functools.lru_cache(maxsize=4)
+def cached_iteration(store: RunStore, run_id: int, index: int) -> IterationRecord | None:
+    """An iteration with its tensors, kept for the next clicks on the same page.
+
+    A committed iteration never changes (one transaction per iteration), so the
+    provenance clicks on one page read the store once."""
+    return store.load_iteration(run_id, index)

@@ -129,6 +129,8 @@ def heatmap(
         paper_bgcolor="rgba(0,0,0,0)",
         xaxis=dict(axis, side="top", range=[-0.5, cols - 0.5]),
         yaxis=dict(axis, autorange="reversed"),
+        # Which plane this is, so a click on (row, column) names the tensor's full index.
+        meta=dict(lead=list(view.lead_index), ndim=len(view.shape)),
     )
     return go.Figure(dict(data=[trace], layout=layout))
 

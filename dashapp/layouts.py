@@ -42,6 +42,7 @@ STATUS_COLORS = {
     "completed": "success",
     "failed": "danger",
     "interrupted": "warning",
+    "stale": "warning",
 }
 
 GRAPH_CONFIG = {"displayModeBar": False, "responsive": False}
@@ -84,8 +85,20 @@ def formula(latex: str, class_name: str = "") -> html.Div:
     )
 
 
-def status_badge(status: str) -> dbc.Badge:
+def status_badge(status: str | RunInfo) -> dbc.Badge:
+    """A run's status; given the run, as people should read it ("stale",
+    "diverged (NaN at iteration 4)")."""
+    if isinstance(status, RunInfo):
+        run = status
+        color = "danger" if run.divergence else STATUS_COLORS.get(run.status, "secondary")
+        return dbc.Badge(run.status_text, color=color, className="status-badge")
     return dbc.Badge(status, color=STATUS_COLORS.get(status, "secondary"), className="status-badge")
+
+
+def isolate(text: str) -> str:
+    """Store text set apart from the page's own direction (U+2068 FSI ... U+2069 PDI):
+    a name holding U+202E cannot reverse the words around it."""
+    return f"\u2068{text}\u2069"
 
 
 def verified_badge(step: StepRecord) -> html.Span:
@@ -275,7 +288,7 @@ def figure_json(figure) -> str:
     return json.dumps(figure.to_plotly_json(), cls=PlotlyJSONEncoder)
 
 
-def lazy_tensor_figure_block(view: MatrixView, panel: str) -> html.Div:
+def lazy_tensor_figure_block(view: MatrixView, panel: str, tensor: str = "") -> html.Div:
     """A heatmap drawn only when it comes near the viewport.
 
     A LeNet-5 iteration page holds about 160 heatmaps; as dcc.Graph components
@@ -293,7 +306,12 @@ def lazy_tensor_figure_block(view: MatrixView, panel: str) -> html.Div:
                 id={"type": "tensor-graph", "panel": panel},
                 className="heatmap heatmap-slot",
                 style=size,
-                **{"data-figure": figure_json(figure), "data-config": json.dumps(GRAPH_CONFIG)},
+                **{
+                    "data-figure": figure_json(figure),
+                    "data-config": json.dumps(GRAPH_CONFIG),
+                    # provenance_click.js: which tensor a click on a cell asks about
+                    "data-tensor": tensor,
+                },
             ),
             html.Div(
                 view.caption,
@@ -342,7 +360,7 @@ def tensor_panel(record: TensorRecord, *, run_id: int, index: int, panel: str) -
                 slice_selectors(
                     view, lambda axis: {"type": "tensor-slice", "panel": panel, "axis": axis}
                 ),
-                lazy_tensor_figure_block(view, panel),
+                lazy_tensor_figure_block(view, panel, record.name),
                 dcc.Store(
                     id={"type": "tensor-ref", "panel": panel},
                     data={"run": run_id, "it": index, "name": record.name},
@@ -499,4 +517,4 @@ def metric(label: str, value, *, hint: str | None = None, class_name: str = "") 
 
 def run_label(run: RunInfo) -> str:
     seed = "" if run.seed is None else f", seed {run.seed}"
-    return f"#{run.id} {run.name}{seed}"
+    return f"#{run.id} {isolate(run.name)}{seed}"

@@ -246,7 +246,12 @@ def explain_cell(
         rule = _RULES.get(kind)
         if rule is None:
             raise NotExplained(f"no provenance for layer type {kind or step.layer!r} yet")
-    prov = rule(ctx, step, name, index)
+    try:
+        prov = rule(ctx, step, name, index)
+    except KeyError as exc:  # a tensor it reads is truncated by a storage bound, or absent
+        raise NotExplained(
+            f"{name}[{', '.join(map(str, index))}] reads {exc.args[0]}, which is not stored whole"
+        ) from None
     prov.step = step.position
     prov.stored = float(arrays[name][index])
     return prov

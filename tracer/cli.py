@@ -11,7 +11,13 @@ import sys
 
 import click
 
-from storage.location import DB_ENV_VAR, StoreError, default_db
+from storage.location import DB_ENV_VAR, NAME_MAX, StoreError, default_db
+
+# torch's CPU generator (and the synthetic data's) seeds a Mersenne Twister with the
+# low 32 bits only: 2**32 and 0 draw the same numbers. Seeds outside are refused.
+SEED_MAX = 2**32 - 1
+# A trace projected to need more than this asks for --allow-large.
+LARGE_RUN_BYTES = 20 * 2**30
 
 
 class PositiveFloat(click.ParamType):
@@ -79,10 +85,11 @@ class MaxElements(click.ParamType):
 )
 @click.option(
     "--seed",
-    type=int,
+    type=click.IntRange(0, SEED_MAX),
     default=0,
     show_default=True,
-    help="Seeds the initial weights and the synthetic data.",
+    help="Seeds the initial weights and the synthetic data: 0 to 2^32 - 1, the seeds "
+    "torch's generator tells apart.",
 )
 @click.option(
     "--optimizer",
@@ -171,7 +178,18 @@ class MaxElements(click.ParamType):
     help="Explain and check every sample of every call; by default, under --max-elements, "
     "calls whose samples are independent are explained on the samples stored only.",
 )
-@click.option("--name", default=None, help="Run name [default: MODEL-seedSEED].")
+@click.option(
+    "--name",
+    default=None,
+    callback=lambda ctx, param, value: _check_name(value),
+    help=f"Run name, up to {NAME_MAX} characters [default: MODEL-seedSEED].",
+)
+@click.option(
+    "--allow-large",
+    is_flag=True,
+    help=f"Trace even when the store is projected to grow by more than "
+    f"{LARGE_RUN_BYTES // 2**30} GiB.",
+)
 @db_option
 @click.pass_context
 def trace(
@@ -193,6 +211,7 @@ def trace(
     queue_size,
     full_check,
     name,
+    allow_large,
     db,
 ) -> None:
     """Train a built-in model and store every step of every (k-th) iteration."""
@@ -216,7 +235,18 @@ def trace(
         max_elements=DEFAULT if source is click.core.ParameterSource.DEFAULT else max_elements,
         layers=layers,
     )
-    resolve(model_name=model_name, seed=seed, **options)
+    config = resolve(model_name=model_name, seed=seed, **options)
+    if not allow_large:
+        from .train import projected_bytes
+
+        size = projected_bytes(config)
+        if size > LARGE_RUN_BYTES:
+            raise click.BadParameter(
+                f"this run would store at least {size / 2**30:,.0f} GiB "
+                f"({config.iterations:,} iterations); lower --epochs/--iterations, raise --every, "
+                "or pass --allow-large",
+                param_hint="'--epochs'/'--iterations'",
+            )
     db = db or default_db()
     with warnings.catch_warnings():
         warnings.simplefilter("always", TraceWarning)
@@ -237,13 +267,30 @@ def trace(
     click.echo(f"run {run.run_id} '{run.info.name}' stored in {db}")
 
 
+def _check_name(value: str | None) -> str | None:
+    if value is not None and len(value) > NAME_MAX:
+        raise click.BadParameter(
+            f"the name is {len(value)} characters long; at most {NAME_MAX} fit the store"
+        )
+    return value
+
+
 @cli.command()
 @db_option
-def runs(db) -> None:
+@click.option(
+    "--prune-stale",
+    is_flag=True,
+    help="Mark runs whose writer died (stale) as interrupted, then list.",
+)
+def runs(db, prune_stale) -> None:
     """List the runs in a store."""
     from storage.store import RunStore  # the store loads only for the commands that read it
 
     db = db or default_db()
+    if prune_stale:
+        with RunStore(db, readonly=False) as store:
+            for run_id, reason in store.prune_stale():
+                click.echo(f"run {run_id}: marked interrupted ({reason})")
     with RunStore(db) as store:
         infos = store.list_runs()
     if not infos:
@@ -269,7 +316,7 @@ def runs(db) -> None:
             r.model_name,
             r.optimizer,
             "" if r.learning_rate is None else f"{r.learning_rate:g}",
-            r.status,
+            r.status_text,
             str(r.num_iterations),
             "" if r.final_loss is None else f"{r.final_loss:.6f}",
             r.started_at.strftime("%Y-%m-%d %H:%M:%S") if r.started_at else "",
@@ -384,14 +431,18 @@ DEMO_SEEDS = (0, 1, 2)
 host_option = click.option(
     "--host",
     default="127.0.0.1",
+    envvar="CNNVIZ_HOST",
     show_default=True,
+    show_envvar=True,
     help="Interface to listen on. 127.0.0.1 is this machine only; 0.0.0.0 opens it to your network.",
 )
 port_option = click.option(
     "--port",
     type=click.IntRange(1, 65535),
     default=8050,
+    envvar="CNNVIZ_PORT",
     show_default=True,
+    show_envvar=True,
     help="TCP port of the dashboard.",
 )
 
@@ -403,10 +454,11 @@ port_option = click.option(
 @click.option(
     "--debug",
     is_flag=True,
-    help="Dash debug mode (dev tools, Werkzeug debugger). Never on a network you do not trust.",
+    help="Dash's development server with its dev tools and the Werkzeug debugger, instead of "
+    "gunicorn. Never on a network you do not trust.",
 )
 def serve(db, host, port, debug) -> None:
-    """Serve the dashboard for a store (opened read-only)."""
+    """Serve the dashboard for a store (opened read-only) with gunicorn."""
     _serve(db or default_db(), host, port, debug)
 
 
@@ -414,20 +466,29 @@ def serve(db, host, port, debug) -> None:
 @db_option
 @host_option
 @port_option
+@click.option("--no-serve", is_flag=True, help="Only add the demo runs, then exit.")
 @click.option(
-    "--no-serve", is_flag=True, help="Only trace the demo runs (if the store has none), then exit."
+    "--from",
+    "source",
+    default=None,
+    metavar="PATH|URL",
+    help="Copy the demo runs the store lacks from this store instead of tracing them "
+    "(no torch needed; the Docker image does this).",
 )
-def demo(db, host, port, no_serve) -> None:
-    """Trace the seed CNN with seeds 0, 1 and 2 if the store has no runs yet, then serve it."""
+def demo(db, host, port, no_serve, source) -> None:
+    """Add the seed CNN's runs with seeds 0, 1 and 2 that the store lacks, then serve it."""
     db = db or default_db()
     if not no_serve:
         _require_free_port(host, port)  # before tracing, not after
-    if _holds_runs(db):
-        click.echo(f"{db} already holds runs: not tracing the demo again")
+    missing = _missing_demo_seeds(db)
+    if not missing:
+        click.echo(f"{db} already holds the demo runs (seeds 0, 1, 2)")
+    elif source:
+        _copy_demo_runs(source, db, missing)
     else:
         from .train import run_builtin
 
-        for seed in DEMO_SEEDS:
+        for seed in missing:
             run = run_builtin(seed=seed, db=db)
             click.echo(
                 f"traced run {run.run_id} '{run.info.name}': {run.stored} iterations, "
@@ -437,18 +498,46 @@ def demo(db, host, port, no_serve) -> None:
         _serve(db, host, port, debug=False)
 
 
-def _holds_runs(db: str) -> bool:
-    """Whether the store has runs; a missing or empty file has none, a bad one raises StoreError."""
+def _demo_run_ids(db: str) -> dict[int, int]:
+    """Seed -> id of a completed demo run in the store (a missing or empty file has none)."""
     if "://" not in db:
         from pathlib import Path
 
         path = Path(db).expanduser()
         if not path.exists() or (path.is_file() and path.stat().st_size == 0):
-            return False
+            return {}
+    from storage.records import RUN_COMPLETED
     from storage.store import RunStore
 
-    with RunStore(db, readonly=True) as store:
-        return bool(store.list_runs())
+    with RunStore(db, readonly=True) as store:  # a bad store raises StoreError
+        return {
+            run.seed: run.id
+            for run in store.list_runs()
+            if run.model_name == "seed-cnn"
+            and run.seed in DEMO_SEEDS
+            and run.name == f"seed-cnn-seed{run.seed}"
+            and run.status == RUN_COMPLETED
+        }
+
+
+def _missing_demo_seeds(db: str) -> list[int]:
+    """The demo seeds without a completed run: a start killed midway is filled up later."""
+    have = _demo_run_ids(db)
+    return [seed for seed in DEMO_SEEDS if seed not in have]
+
+
+def _copy_demo_runs(source: str, db: str, seeds: list[int]) -> None:
+    from storage.store import RunStore
+    from storage.transfer import copy_run
+
+    available = _demo_run_ids(source)
+    absent = [seed for seed in seeds if seed not in available]
+    if absent:
+        raise StoreError(f"{source} has no completed demo run for seed {absent[0]}")
+    with RunStore(source, readonly=True) as store:
+        for seed in seeds:
+            run_id = copy_run(store, available[seed], db)
+            click.echo(f"copied run {run_id} 'seed-cnn-seed{seed}' from {source}")
 
 
 def _require_free_port(host: str, port: int) -> None:
@@ -475,18 +564,44 @@ def _require_free_port(host: str, port: int) -> None:
 
 
 def _serve(db: str, host: str, port: int, debug: bool) -> None:
-    from dashapp.app import create_app  # Dash loads only for the commands that serve
-
     _require_free_port(host, port)
-    app = create_app(db)  # a missing or invalid store: StoreError, one line, exit 2
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     shown = f"[{shown}]" if ":" in shown else shown
-    click.echo(f"cnnviz dashboard for {db}: http://{shown}:{port}/  (Ctrl+C to stop)")
+    url = f"http://{shown}:{port}/"
+    if not debug:
+        from dashapp.server import serve  # gunicorn; Dash loads only for the commands that serve
+
+        # A missing or invalid store: StoreError, one line, exit 2, before gunicorn starts.
+        serve(db, host, port, on_ready=lambda: click.echo(_serving_line(db, url)))
+        return
+    from dashapp.app import create_app
+
+    app = create_app(db)  # a missing or invalid store: StoreError, one line, exit 2
+    click.echo(_serving_line(db, url))
     # No reloader: it would run this command again in a child process. No version
     # check: debug mode would otherwise ask a plotly.com server from the browser.
     app.run(
-        host=host, port=port, debug=debug, use_reloader=False, dev_tools_disable_version_check=True
+        host=host, port=port, debug=True, use_reloader=False, dev_tools_disable_version_check=True
     )
+
+
+@cli.group()
+def db() -> None:
+    """Manage the store itself."""
+
+
+@db.command()
+@db_option
+def upgrade(db) -> None:
+    """Upgrade a store to this cnnviz's schema (data kept and checked), or create the
+    schema in an empty database."""
+    from storage.migrate import upgrade as upgrade_store
+
+    click.echo(upgrade_store(db or default_db()).line())
+
+
+def _serving_line(db: str, url: str) -> str:
+    return f"cnnviz dashboard for {db}: {url}  (Ctrl+C to stop)"
 
 
 def format_table(header, rows) -> str:
@@ -510,8 +625,25 @@ NO_TORCH = (
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so it ends like Ctrl-C: a trace marks
+    its run `interrupted` and keeps every committed iteration."""
+
+
+_TERMINATED = False
+
+
+def _on_sigterm(signum, frame):
+    global _TERMINATED
+    _TERMINATED = True
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: click's usage errors and store errors become one line and exit 2."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         cli.main(args=argv, prog_name="cnnviz", standalone_mode=False)
     except _NO_ARGS_IS_HELP as exc:  # bare `cnnviz`: the help text, not an error line
@@ -531,10 +663,16 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"cnnviz: error: {NO_TORCH}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
+        if _TERMINATED:  # click turns the KeyboardInterrupt we raised into Abort
+            click.echo("cnnviz: terminated; committed iterations are kept", err=True)
+            sys.exit(143)
         click.echo("cnnviz: aborted", err=True)
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except Terminated:
+        click.echo("cnnviz: terminated; committed iterations are kept", err=True)
+        sys.exit(143)
     except KeyboardInterrupt:
         click.echo("cnnviz: interrupted; committed iterations are kept", err=True)
         sys.exit(130)

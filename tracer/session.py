@@ -8,6 +8,17 @@
                 loss.backward()
                 optimizer.step()
 
+Or, like a logger, open and close it yourself and number the iterations with
+your own steps (notebooks, trainer callbacks: `tracer.lightning`,
+`tracer.huggingface`):
+
+    t = Trace(model, optimizer, criterion, db="runs.db").start()
+    for step, (x, y) in enumerate(batches, start=1):
+        t.begin(step)
+        ...  # zero_grad, forward, loss, backward, step
+        t.end()
+    t.close()
+
 The model is unchanged afterwards: hooks are removed and each module's
 train/eval mode is restored, also when the loop raises. Tracing never changes
 what the model computes: a traced and an untraced run from the same seed give
@@ -179,6 +190,8 @@ class Trace:
         self.timings = {"capture": 0.0, "handoff": 0.0, "explain": 0.0, "write": 0.0}
         self.run_id: int | None = None
         self._in_iteration = False
+        self._traced = False  # whether the open iteration is traced (every `every`-th)
+        self._started = 0.0
         self._pending_loss: float | None = None
         self._entered = False
         self._capture = Capture(model, optimizer, criterion)
@@ -266,43 +279,107 @@ class Trace:
             self._writer = None
             self._engine = None
 
-    @contextmanager
-    def iteration(self, loss: float | None = None) -> Iterator[Trace]:
-        """Trace the forward, backward and optimizer step run inside this block."""
-        if self._writer is None or self._engine is None:
-            raise RuntimeError("use Trace as a context manager: `with Trace(...) as trace:`")
+    # ------------------------------------------------ explicit open/close, like a logger
+
+    @property
+    def in_iteration(self) -> bool:
+        """Whether `begin()` opened an iteration that `end()` has not closed."""
+        return self._in_iteration
+
+    def start(self) -> Trace:
+        """Open the run and attach the hooks: `t = Trace(...).start()`, then `t.begin()` /
+        `t.end()` around each iteration and `t.close()` at the end (notebooks, trainer
+        callbacks). The same as entering `with Trace(...) as t:`."""
+        return self.__enter__()
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Finish the run: detach the hooks, write what is queued, mark the run
+        completed (or failed with `error`). Closing twice, or a trace never started,
+        does nothing."""
+        if self._writer is None:
+            return
         if self._in_iteration:
-            raise RuntimeError("trace.iteration() blocks cannot be nested")
+            self._abandon()
+        if error is None:
+            self.__exit__(None, None, None)
+        else:
+            self.__exit__(type(error), error, error.__traceback__)
+
+    def begin(self, step: int | None = None) -> bool:
+        """Start an iteration: what runs until `end()` (forward, backward, optimizer
+        step) is traced. `step` is your own step number (1, 2, ...; increasing), the
+        iteration's index in the store; without it iterations are counted from 1.
+        Returns whether this iteration is traced (every `every`-th step is)."""
+        if self._writer is None or self._engine is None:
+            raise RuntimeError(
+                "the trace is not open: use it as a context manager (`with Trace(...) as t:`) "
+                "or call t.start() first"
+            )
+        if self._in_iteration:
+            raise RuntimeError(
+                "an iteration is already open: call end() first "
+                "(trace.iteration() blocks cannot be nested)"
+            )
+        index = self._next_index(step)
         self._pipeline.raise_pending()  # the worker failed on an earlier iteration
         self._flush_messages()
-        self.index += 1
-        keep = (self.index - 1) % self.every == 0
-        if not keep:
-            self._in_iteration = True
-            try:
-                yield self
-            finally:
-                self._in_iteration = False
-            return
+        self.index = index
+        self._traced = (index - 1) % self.every == 0
         self._in_iteration = True
-        self._pending_loss = None
-        started = time.perf_counter()
-        self._capture.start()
-        try:
-            yield self
-        except BaseException:
-            self._capture.finish()  # discard the partial iteration
-            raise
-        finally:
-            self._in_iteration = False
+        if self._traced:
+            self._pending_loss = None
+            self._started = time.perf_counter()
+            self._capture.start()
+        return self._traced
+
+    def end(self, loss: float | None = None) -> None:
+        """Finish the iteration `begin()` opened and hand it over to be explained and
+        stored. `loss`: this iteration's loss when the criterion given to Trace did not
+        compute it (a number or a scalar tensor)."""
+        if not self._in_iteration:
+            raise RuntimeError("no iteration is open: call begin() first")
+        self._in_iteration = False
+        if not self._traced:
+            return
         captured = self._capture.finish()
-        loss_value = self._pending_loss if self._pending_loss is not None else loss
+        if self._pending_loss is not None:
+            loss_value = self._pending_loss
+        else:
+            loss_value = _as_float(loss) if loss is not None else None
         handed = time.perf_counter()
-        self.timings["capture"] += handed - started
+        self.timings["capture"] += handed - self._started
         self._pipeline.put((captured, self.index, loss_value))
         if self.explain != "inline":
             self.timings["handoff"] += time.perf_counter() - handed
         self._flush_messages()
+
+    def _abandon(self) -> None:
+        """Drop the open iteration (its block raised): nothing of it is stored."""
+        self._in_iteration = False
+        if self._traced:
+            self._capture.finish()
+
+    def _next_index(self, step) -> int:
+        if step is None:
+            return self.index + 1
+        if isinstance(step, bool) or not isinstance(step, int) or step < 1 or step <= self.index:
+            raise ValueError(
+                f"step must be an integer of at least {max(1, self.index + 1)} (steps increase; "
+                f"the last was {self.index}), not {step!r}"
+            )
+        return step
+
+    @contextmanager
+    def iteration(self, loss: float | None = None, *, step: int | None = None) -> Iterator[Trace]:
+        """Trace the forward, backward and optimizer step run inside this block
+        (`begin(step)` and `end(loss)` around it)."""
+        self.begin(step)
+        try:
+            yield self
+        except BaseException:
+            self._abandon()  # discard the partial iteration
+            raise
+        self.end(loss)
 
     def _handle(self, job) -> None:
         """Build and write one captured iteration (in the worker, or inline)."""
@@ -331,9 +408,7 @@ class Trace:
         output of the criterion given to `Trace` (e.g. `F.cross_entropy` in the loop)."""
         if not self._in_iteration:
             raise RuntimeError("set_loss() belongs inside a `with trace.iteration():` block")
-        self._pending_loss = (
-            float(loss.detach().reshape(-1)[0]) if torch.is_tensor(loss) else float(loss)
-        )
+        self._pending_loss = _as_float(loss)
 
     def _build(self, captured, index: int, loss) -> IterationRecord:
         options = dict(
@@ -362,6 +437,10 @@ class Trace:
             return
         self.warned.append(key)
         warnings.warn(f"cnnviz: {message}", TraceWarning, stacklevel=_user_stacklevel())
+
+
+def _as_float(loss) -> float:
+    return float(loss.detach().reshape(-1)[0]) if torch.is_tensor(loss) else float(loss)
 
 
 def _user_stacklevel() -> int:

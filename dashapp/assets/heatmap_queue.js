@@ -52,6 +52,7 @@
     slot._cnnvizDrawn = source;
     return Promise.resolve(Plotly.react(slot, figure.data || [], layout, config)).then(function () {
       slot._cnnvizShown = source; // what the slot shows now (tests wait for it)
+      slot.dispatchEvent(new CustomEvent("cnnviz:drawn", { bubbles: true })); // provenance_click.js
     });
   }
 

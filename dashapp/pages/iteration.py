@@ -5,17 +5,22 @@ loss -> backward pass from dL/dz back to the first layer -> weight update.
 Every step is a card with its general formula, the formula with this
 iteration's numbers, heatmaps of what it reads and writes, and whether our
 NumPy result matched PyTorch's autograd. A side menu jumps between the steps.
+
+A click on any heatmap cell shows where that number came from (storage.provenance):
+the scalar computation with the real numbers, checked against the stored value,
+and the cells it read outlined in the heatmaps (assets/provenance_click.js).
 """
 
 from __future__ import annotations
 
 import dash
 import dash_bootstrap_components as dbc
-from dash import ALL, MATCH, Input, Output, State, ctx, dcc, html
+from dash import ALL, MATCH, ClientsideFunction, Input, Output, State, ctx, dcc, html
 
 from dashapp import figures, layouts, links
 from dashapp.data import (
     NotFound,
+    cached_iteration,
     current_store,
     default_run,
     parse_int,
@@ -27,7 +32,9 @@ from dashapp.formatting import format_diff, format_scalar
 from dashapp.guard import page_layout
 from dashapp.steps import Section, sections
 from dashapp.tensorview import matrix_view
-from storage import RUN_RUNNING, IterationRecord, LayerInfo, RunInfo, StepRecord
+from storage import RUN_RUNNING, IterationRecord, LayerInfo, RunInfo, StepRecord, names
+from storage.provenance import NotExplained, Provenance, explain_cell
+from storage.whatif import NotAvailable, with_learning_rate
 
 dash.register_page(
     __name__, path=links.ITERATION, name="Iteration", title="Iteration · cnnviz", order=2
@@ -110,9 +117,9 @@ def input_section(record: IterationRecord, run: RunInfo) -> html.Section:
             for i, n in enumerate(names)
         ]
 
-    inputs = [t.name for t in record.tensors if t.role == "input"]
-    labels = [t.name for t in record.tensors if t.role == "target"]
-    weights = [t.name for t in record.tensors if t.role == "param"]
+    inputs = [t.name for t in record.tensors if t.role == names.ROLE_INPUT]
+    labels = [t.name for t in record.tensors if t.role == names.ROLE_TARGET]
+    weights = [t.name for t in record.tensors if t.role == names.ROLE_PARAM]
     label_text = None
     for name in labels:
         values = tensors[name].array.reshape(-1)
@@ -242,15 +249,15 @@ def header(run: RunInfo, runs: list[RunInfo], index: int | None, count: int) -> 
             layouts.page_header(
                 title,
                 subtitle=[
-                    html.Span(run.name, className="run-name"),
+                    html.Span(layouts.isolate(run.name), className="run-name"),
                     " · ",
                     run.model_name,
                     " · ",
-                    html.Span(layouts.status_badge(run.status), id="iteration-status"),
+                    html.Span(layouts.status_badge(run), id="iteration-status"),
                 ],
                 crumbs=[
                     ("Runs", links.RUNS),
-                    (run.name, links.model(run.id)),
+                    (layouts.isolate(run.name), links.model(run.id)),
                     (f"Iteration {index or ''}", None),
                 ],
                 actions=[
@@ -353,7 +360,11 @@ def layout(run=None, it=None, **_query):
                 [
                     dbc.Col(side_menu(parts), lg=3, xl=2, className="d-none d-lg-block toc-col"),
                     dbc.Col(
-                        [input_section(record, info), *step_sections(parts, record, info, layers)],
+                        [
+                            input_section(record, info),
+                            *step_sections(parts, record, info, layers),
+                            whatif_section(record, info),
+                        ],
                         lg=9,
                         xl=10,
                         className="steps-col",
@@ -361,6 +372,7 @@ def layout(run=None, it=None, **_query):
                 ],
             ),
             *polling,
+            *provenance_frame(),
         ],
         className="iteration-page",
     )
@@ -395,7 +407,7 @@ def poll(_n, ref):
         return dash.no_update, dash.no_update, True
     count = len(store.iterations(run.id))
     stepper = layouts.iteration_stepper(run.id, ref["it"] or 0, count)
-    return stepper, layouts.status_badge(run.status), run.status != RUN_RUNNING
+    return stepper, layouts.status_badge(run), run.status != RUN_RUNNING
 
 
 @dash.callback(
@@ -414,3 +426,231 @@ def reslice(values, ref):
     index = [(chosen.get(axis) or 1) - 1 for axis in range(max(len(record.shape) - 2, 0))]
     view = matrix_view(record.array, record.shape, role=record.role, lead_index=index)
     return layouts.figure_json(figures.heatmap(view)), view.caption
+
+
+# ---------------------------------------------------------------- provenance on click
+
+
+def provenance_frame() -> list:
+    """The click's address, the answer's panel, and the cells it read (for the outlines)."""
+    return [
+        dcc.Store(id="iteration-provenance-click"),
+        dcc.Store(id="iteration-provenance-reads"),
+        html.Div(id="iteration-provenance-outlined", hidden=True),
+        html.Div(
+            [
+                html.Div(
+                    [
+                        html.Strong("Where this number came from"),
+                        html.Button(
+                            "×",
+                            id="iteration-provenance-close",
+                            className="btn-close-text",
+                            title="close",
+                        ),
+                    ],
+                    className="provenance-head",
+                ),
+                html.Div(
+                    "Click any cell of any heatmap to see the computation that produced it.",
+                    id="iteration-provenance",
+                    className="provenance-body",
+                ),
+            ],
+            className="provenance-panel shadow",
+            id="iteration-provenance-panel",
+        ),
+    ]
+
+
+def provenance_view(prov: Provenance) -> list:
+    """The answer: the cell, the computation with its numbers, the check, what it read."""
+    where = f"{prov.tensor}[{', '.join(str(i) for i in prov.index)}]"
+    check = (
+        f"✓ recomputed {prov.recomputed:.7g} = stored {prov.stored:.7g}"
+        if prov.matches
+        else f"✗ recomputed {prov.recomputed:.7g}, stored {prov.stored:.7g}"
+    )
+    reads = [
+        html.Li(
+            [
+                html.Code(name),
+                f": {len(cells)} cell{'s' if len(cells) != 1 else ''} ",
+                html.Span(
+                    ", ".join(str(list(c)) for c in cells[:6]) + (" …" if len(cells) > 6 else ""),
+                    className="text-muted",
+                ),
+            ]
+        )
+        for name, cells in prov.reads().items()
+    ]
+    return [
+        html.Div([html.Code(where), f" = {prov.stored:.7g}"], className="provenance-cell"),
+        html.Pre(prov.formula, className="provenance-formula"),
+        html.Div(
+            check,
+            className="verify " + ("verify-ok" if prov.matches else "verify-bad"),
+            id="iteration-provenance-check",
+        ),
+        html.Div(
+            f"Step {prov.step + 1}" if prov.step is not None else "", className="small text-muted"
+        ),
+        html.Ul(reads, className="provenance-reads") if reads else None,
+    ]
+
+
+@dash.callback(
+    Output("iteration-provenance", "children"),
+    Output("iteration-provenance-reads", "data"),
+    Output("iteration-provenance-panel", "className"),
+    Input("iteration-provenance-click", "data"),
+    Input("iteration-provenance-close", "n_clicks"),
+    State("iteration-ref", "data"),
+    prevent_initial_call=True,
+)
+def provenance(click, _close, ref):
+    """The computation behind the clicked cell, checked against the store."""
+    closed = "provenance-panel shadow"
+    if ctx.triggered_id == "iteration-provenance-close" or not click:
+        return dash.no_update, {}, closed
+    store = current_store()
+    run = store.get_run(ref["run"])
+    record = cached_iteration(store, ref["run"], ref["it"] or 1) if run is not None else None
+    if record is None:
+        return "This iteration is no longer in the store.", {}, closed + " open"
+    try:
+        prov = explain_cell(
+            record,
+            {layer.name: layer.type for layer in run.layers},
+            str(click.get("tensor", "")),
+            [int(i) for i in click.get("index", [])],
+            optimizer=run.optimizer,
+            settings=run.optimizer_settings,
+        )
+    except (NotExplained, TypeError, ValueError) as exc:
+        return html.P(str(exc), className="mb-0"), {}, closed + " open"
+    reads = {name: [list(c) for c in cells] for name, cells in prov.reads().items()}
+    reads.setdefault(prov.tensor, []).append(list(prov.index))
+    return provenance_view(prov), reads, closed + " open"
+
+
+dash.clientside_callback(
+    ClientsideFunction(namespace="cnnviz_provenance", function_name="highlight"),
+    Output("iteration-provenance-outlined", "children"),
+    Input("iteration-provenance-reads", "data"),
+    prevent_initial_call=True,
+)
+
+
+# ---------------------------------------------------------------- what if
+
+
+def whatif_section(record: IterationRecord, run: RunInfo) -> html.Section:
+    """Edit the learning rate and see this iteration's update recomputed (storage.whatif)."""
+    lr = record.learning_rate if record.learning_rate is not None else run.learning_rate
+    return html.Section(
+        [
+            html.H2("What if", className="section-title"),
+            html.P(
+                "Change the learning rate and see this iteration's update recomputed in NumPy: the "
+                "forward pass, the loss and the gradients stay as stored (they do not depend on "
+                "η); the weights after the update change, and each is shown with its difference "
+                "to the stored run.",
+                className="section-lead",
+            ),
+            html.Div(
+                [
+                    html.Span("learning rate η =", className="me-1"),
+                    dcc.Input(
+                        id="iteration-whatif-lr",
+                        type="number",
+                        value=lr,
+                        min=0,
+                        step="any",
+                        debounce=True,
+                        className="form-control form-control-sm whatif-lr",
+                        style={"width": "9rem"},
+                    ),
+                    dbc.Button(
+                        "Recompute",
+                        id="iteration-whatif-go",
+                        size="sm",
+                        color="primary",
+                        outline=True,
+                    ),
+                ],
+                className="control mb-2",
+            ),
+            html.Div(id="iteration-whatif-result"),
+        ],
+        id="section-whatif",
+        className="phase-section section-whatif",
+    )
+
+
+@dash.callback(
+    Output("iteration-whatif-result", "children"),
+    Input("iteration-whatif-go", "n_clicks"),
+    State("iteration-whatif-lr", "value"),
+    State("iteration-ref", "data"),
+    prevent_initial_call=True,
+)
+def whatif(_clicks, lr, ref):
+    store = current_store()
+    run = store.get_run(ref["run"])
+    record = cached_iteration(store, ref["run"], ref["it"] or 1) if run is not None else None
+    if record is None:
+        return dbc.Alert("This iteration is no longer in the store.", color="warning")
+    try:
+        changed = with_learning_rate(record, run.optimizer, run.optimizer_settings, float(lr))
+    except (NotAvailable, TypeError, ValueError) as exc:
+        return dbc.Alert(str(exc), color="warning", className="py-2", id="iteration-whatif-note")
+    cards = []
+    for item in changed:
+        if not item.name.endswith(".next"):
+            continue
+        new = matrix_view(item.recomputed, item.recomputed.shape, role="param_next")
+        diff = matrix_view(item.difference, item.difference.shape, role="param_next")
+        cards.append(
+            html.Div(
+                [
+                    html.Div(
+                        [
+                            html.Code(item.name),
+                            html.Span(
+                                f" with η = {float(lr):g}: max |Δ| to the stored run "
+                                f"{format_diff(item.max_abs_diff)}",
+                                className="text-muted",
+                            ),
+                        ],
+                        className="tensor-header",
+                    ),
+                    html.Div(
+                        [
+                            html.Div(
+                                [
+                                    html.Div("w′ recomputed", className="small text-muted"),
+                                    dcc.Graph(
+                                        figure=figures.heatmap(new), config=layouts.GRAPH_CONFIG
+                                    ),
+                                ]
+                            ),
+                            html.Div(
+                                [
+                                    html.Div(
+                                        "Δ = recomputed − stored", className="small text-muted"
+                                    ),
+                                    dcc.Graph(
+                                        figure=figures.difference_heatmap(diff),
+                                        config=layouts.GRAPH_CONFIG,
+                                    ),
+                                ]
+                            ),
+                        ],
+                        className="flow-items",
+                    ),
+                ],
+                className="tensor-panel whatif-item",
+            )
+        )
+    return html.Div(cards, className="flow-items", id="iteration-whatif-items")

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from dash_helpers import REPO, subprocess_env
+from dash_helpers import REPO, cnnviz_without_torch, subprocess_env
 
 SCRIPT = textwrap.dedent(
     """
@@ -68,29 +68,17 @@ def test_wsgi_import_is_lazy_and_a_bad_store_is_one_clear_error(tmp_path):
     )
 
 
-# `python -c BLOCK_TORCH args...`: the cnnviz command line as a dashboard-only install
-# (no "trace" extra) has it: `import torch` fails.
-BLOCK_TORCH = "import sys; sys.modules['torch'] = None; from tracer.cli import main; main()"
-
-
-def cnnviz_without_torch(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", BLOCK_TORCH, *args],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        cwd=REPO,
-        timeout=120,
-    )
-
-
 def test_the_command_line_without_torch_lists_runs_and_says_what_tracing_needs(dash_store):
     listing = cnnviz_without_torch("runs", "--db", str(dash_store))
     assert listing.returncode == 0, listing.stderr
     assert "seed-cnn-seed0" in listing.stdout
     models = cnnviz_without_torch("models")  # the model cards need no torch (issue 7)
     assert models.returncode == 0 and "resnet18-cifar" in models.stdout, models.stderr
-    for command in (["trace", "--db", str(dash_store)],):
+    # demo without --from traces what the store lacks (dash_store has no seed 2)
+    for command in (
+        ["trace", "--db", str(dash_store)],
+        ["demo", "--db", str(dash_store), "--no-serve"],
+    ):
         result = cnnviz_without_torch(*command)
         assert result.returncode == 2
         assert result.stdout == ""

@@ -100,3 +100,35 @@ def test_bad_cells_say_why(seed_run):
         _explain(run, records[0], "fc.out", (0, 9))
     with pytest.raises(NotExplained, match="not stored whole"):
         _explain(run, records[0], "no.such", (0,))
+
+
+def test_a_cell_that_reads_a_truncated_tensor_says_so(seed_run):
+    import copy
+
+    run, records = seed_run
+    record = copy.deepcopy(records[0])
+    weight = record.tensor("fc.weight")
+    weight.array = weight.array.reshape(-1)[:3]  # what a storage bound keeps: a prefix
+    with pytest.raises(NotExplained, match="reads fc.weight, which is not stored whole"):
+        _explain(run, record, "fc.out", (0, 1))
+    with pytest.raises(NotExplained, match="fc.weight is not stored whole"):
+        _explain(run, record, "fc.weight", (0, 0))
+
+
+def test_a_momentum_update_reads_the_stored_buffer(tmp_path):
+    from tracer.train import run_builtin
+
+    db = tmp_path / "momentum.db"
+    run_builtin(seed=0, db=db, optimizer="momentum", iterations=2)
+    with RunStore(db) as store:
+        run = store.get_run(1)
+        record = store.load_iteration(1, 2)
+    for tensor in record.tensors:
+        if not tensor.name.endswith(".next"):
+            continue
+        for index in itertools.product(*(range(d) for d in tensor.array.shape)):
+            prov = _explain(run, record, tensor.name, index)
+            assert prov.matches and "w - η v" in prov.formula, prov.formula
+            assert (
+                prov.terms[1].tensor == tensor.name.removesuffix(".next") + ".state.momentum_buffer"
+            )

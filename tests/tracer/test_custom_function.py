@@ -118,3 +118,48 @@ def test_a_custom_function_is_one_raw_unit_named_by_its_class(db_path, loss_side
     assert "autograd.Function" in steps[0].note
     if loss_side:
         np.testing.assert_allclose(t["Square#3.out"], t["fc2.out"] ** 2, rtol=1e-6)
+
+
+class Cube(torch.autograd.Function):
+    """The setup_context style: forward takes no ctx."""
+
+    @staticmethod
+    def forward(x, scale):
+        return x.pow(3) * scale
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.scale = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 3 * x.square() * ctx.scale * grad, None
+
+
+def test_a_function_without_ctx_in_forward_is_one_unit_too(db_path):
+    class CubeNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return Cube.apply(self.fc(x), 0.5)
+
+    torch.manual_seed(0)
+    model, criterion = CubeNet(), nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(TraceWarning, match=r"Cube \(Cube, called as .*Cube.apply\)"):
+        with Trace(model, optimizer, criterion, db=db_path) as run:
+            with run.iteration():
+                criterion(model(torch.randn(4, 3)), torch.tensor([0, 1, 2, 0])).backward()
+                optimizer.step()
+    with RunStore(db_path) as store:
+        layers = [layer.name for layer in store.get_run(run.run_id).layers]
+        t = {x.name: x.array for x in store.load_iteration(run.run_id, 1).tensors}
+    assert layers == ["fc", "Cube", "loss"]
+    np.testing.assert_allclose(t["Cube.out"], t["fc.out"] ** 3 * 0.5, rtol=1e-5)
+    np.testing.assert_allclose(
+        t["fc.out.grad"], 1.5 * t["fc.out"] ** 2 * t["Cube.out.grad"], rtol=1e-4, atol=1e-7
+    )

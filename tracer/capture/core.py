@@ -77,7 +77,12 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
 
     def attach(self) -> Capture:
         try:
+            # A criterion that is also a submodule (a LightningModule's loss_fn) is
+            # hooked once, as the criterion.
+            criterion = {id(m) for m in self.criterion.modules()} if self.criterion else set()
             for name, module in self.model.named_modules():
+                if id(module) in criterion:
+                    continue
                 qualified = name or type(module).__name__.lower()
                 if next(module.children(), None) is None:
                     self._hook_module(module, qualified)
@@ -180,6 +185,8 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
         self._root_depth = 0
         self._scopes = []
         self._backward_seen = False  # a gradient hook fired (see ModuleHooks._in_backward)
+        self._stepping = False  # inside the first optimizer.step() of the iteration
+        self._backward_in_step = False  # ... and a backward ran in it (a closure)
         # Custom autograd Functions (see custom.py)
         self._function_frame = None  # the Function.apply frame whose call is open
         self._open_functions: list[tuple[type, CapturedCall]] = []  # outputs not yet seen

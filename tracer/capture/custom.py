@@ -6,10 +6,10 @@ gradient through unchanged), so the ops inside it are not explained as layers:
 the Function is stored raw, under its class name, with its inputs, outputs and
 gradients, and a warning names it.
 
-- While a Function's forward runs (autograd runs it with grad mode off, inside
-  `Function.apply`), calls in it are not recorded: `running_function` finds the
-  `apply` frame. The first such call opens the Function's call with the tensors
-  `apply` was given, before the forward can change them.
+- While a Function's forward runs (autograd runs it with grad mode off), calls in
+  it are not recorded: `running_function` finds its `forward` frame. The first
+  such call opens the Function's call with the tensors the forward was given,
+  before it can change them.
 - Its outputs are recognised by their `grad_fn`, a node of the Function's own
   backward class, when the next call, the criterion or the model's return takes
   them; a Function whose forward made no torch call gets its inputs from that node.
@@ -18,6 +18,7 @@ gradients, and a warning names it.
 from __future__ import annotations
 
 import inspect
+from types import CodeType
 
 import torch
 from torch.autograd.function import BackwardCFunction
@@ -27,21 +28,61 @@ from storage.names import ROLE_ACTIVATION
 
 from .records import CapturedCall, iter_tensors
 
-_APPLY_CODE = torch.autograd.Function.apply.__func__.__code__
+# forward code -> its Function class, and "forward" codes that are no Function's.
+_FORWARDS: dict[CodeType, type] = {}
+_NOT_FORWARDS: set[CodeType] = set()
 
 
 def running_function():
-    """The `Function.apply` frame of the custom autograd.Function whose forward runs in
-    this thread (the outermost, when one calls another), or None."""
+    """(frame, Function class) of the custom autograd.Function whose forward runs in
+    this thread (the outermost, when one calls another), or None.
+
+    Found by the code of the frames named "forward": `Function.apply` is Python in
+    some torch releases and C++ in others, the user's `forward` is always Python."""
     if torch.is_grad_enabled():
         return None  # autograd runs a Function's forward with grad mode off
     found = None
     frame = inspect.currentframe()
     while frame is not None:
-        if frame.f_code is _APPLY_CODE:
-            found = frame
+        code = frame.f_code
+        if code.co_name == "forward" and code not in _NOT_FORWARDS:
+            cls = _function_of(code)
+            if cls is not None:
+                found = (frame, cls)
         frame = frame.f_back
     return found
+
+
+def _function_of(code: CodeType) -> type | None:
+    if code not in _FORWARDS:
+        for cls in _subclasses(torch.autograd.Function):
+            forward = inspect.getattr_static(cls, "forward", None)
+            forward = getattr(forward, "__func__", forward)  # a staticmethod
+            if getattr(forward, "__code__", None) is not None:
+                _FORWARDS.setdefault(forward.__code__, cls)
+    if code in _FORWARDS:
+        return _FORWARDS[code]
+    _NOT_FORWARDS.add(code)  # a module's forward, say: not looked up again
+    return None
+
+
+def _subclasses(cls: type) -> list[type]:
+    found, todo = [], list(cls.__subclasses__())
+    while todo:
+        sub = todo.pop()
+        found.append(sub)
+        todo.extend(sub.__subclasses__())
+    return found
+
+
+def _forward_arguments(frame) -> list[torch.Tensor]:
+    """The tensors a Function's forward was given (its arguments, ctx excluded)."""
+    code = frame.f_code
+    count = code.co_argcount + code.co_kwonlyargcount
+    values = [frame.f_locals.get(n) for n in code.co_varnames[:count]]
+    if code.co_flags & inspect.CO_VARARGS:
+        values.append(frame.f_locals.get(code.co_varnames[count]))
+    return [t for _, t in iter_tensors(tuple(values))]
 
 
 def _function_class(node) -> tuple[str, str]:
@@ -67,13 +108,13 @@ class CustomFunctionHooks:
     def _inside_function(self) -> bool:
         """Whether a custom Function's forward is running: its calls are not the model's.
         The first call in it opens the Function's own call."""
-        frame = running_function()
-        if frame is None:
+        running = running_function()
+        if running is None:
             return False
+        frame, cls = running
         if frame is not self._function_frame:
-            cls = frame.f_locals.get("cls")
-            tensors = [t for _, t in iter_tensors((frame.f_locals.get("args", ()),))]
-            with self._ours(f"before {getattr(cls, '__name__', 'Function')}.apply"):
+            tensors = _forward_arguments(frame)
+            with self._ours(f"before {cls.__name__}.apply"):
                 self._function_outputs(tensors)  # an earlier Function's output fed to this one
                 self._open_function(cls, tensors)
             self._function_frame = frame  # held until the Function's output is taken
