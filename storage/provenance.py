@@ -225,9 +225,15 @@ def explain_cell(
     *,
     optimizer: str = "",
     settings: Mapping[str, object] | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
 ) -> Provenance:
-    """The computation behind `record`'s tensor `name` at `index` (see the module docstring)."""
-    arrays = {t.name: t.array for t in record.tensors if not t.truncated}
+    """The computation behind `record`'s tensor `name` at `index` (see the module docstring).
+
+    `arrays` (name -> the whole tensor; a missing or truncated one is absent) replaces
+    `record`'s own tensors: a page can pass a mapping that reads only the tensors
+    the answer needs, with `record` loaded without data (its steps are enough)."""
+    if arrays is None:
+        arrays = {t.name: t.array for t in record.tensors if not t.truncated}
     if name not in arrays:
         raise NotExplained(f"{name} is not stored whole in this iteration")
     index = tuple(int(i) for i in index)
