@@ -147,11 +147,23 @@ def _f(value) -> str:
     return f"{float(value):.6g}"
 
 
+# Sums longer than this are written with their first and last terms (a LeNet-5 fc1
+# output has 400); every term is still computed, and listed in `Provenance.terms`.
+MAX_WRITTEN_TERMS = 12
+
+
+def _joined(parts: Sequence[str]) -> str:
+    if len(parts) <= MAX_WRITTEN_TERMS:
+        return " + ".join(parts)
+    head, tail = parts[: MAX_WRITTEN_TERMS - 2], parts[-2:]
+    return " + ".join([*head, f"… ({len(parts) - len(head) - len(tail)} more terms)", *tail])
+
+
 def _dot(terms_a: Sequence[Term], terms_b: Sequence[Term]) -> tuple[float, str]:
     total = np.float64(0)
     for a, b in zip(terms_a, terms_b):
         total += np.float64(a.value) * np.float64(b.value)
-    text = " + ".join(f"({_f(a.value)})({_f(b.value)})" for a, b in zip(terms_a, terms_b))
+    text = _joined([f"({_f(a.value)})({_f(b.value)})" for a, b in zip(terms_a, terms_b)])
     return float(total), text
 
 
@@ -174,7 +186,7 @@ def _term(name: str, arrays: Mapping[str, np.ndarray], index) -> Term:
 
 def _sum_terms(terms: Sequence[Term]) -> tuple[float, str]:
     total = float(np.sum([np.float64(t.value) for t in terms])) if terms else 0.0
-    return total, (" + ".join(_f(t.value) for t in terms) or "0")
+    return total, (_joined([_f(t.value) for t in terms]) or "0")
 
 
 # ---------------------------------------------------------------- the rules

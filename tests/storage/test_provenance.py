@@ -132,3 +132,14 @@ def test_a_momentum_update_reads_the_stored_buffer(tmp_path):
             assert (
                 prov.terms[1].tensor == tensor.name.removesuffix(".next") + ".state.momentum_buffer"
             )
+
+
+def test_long_sums_are_written_with_their_ends_and_computed_whole():
+    from storage.provenance import MAX_WRITTEN_TERMS, Term, _dot
+
+    a = [Term("x", (i,), float(i)) for i in range(400)]
+    b = [Term("w", (i,), 1.0) for i in range(400)]
+    total, text = _dot(a, b)
+    assert total == sum(range(400))
+    assert text.count(")(") == MAX_WRITTEN_TERMS  # products written out
+    assert "… (388 more terms)" in text and text.endswith("(398)(1) + (399)(1)")
