@@ -65,7 +65,9 @@ class OptimizerHooks:
             if (
                 total is not None
                 and total.shape == increment.shape
-                and not np.array_equal(total, increment)
+                and not np.array_equal(
+                    total, increment, equal_nan=True
+                )  # NaN grads: diverged, not accumulated
             ):
                 before[name] = total - increment
         return before
