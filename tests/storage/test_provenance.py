@@ -146,7 +146,7 @@ def test_long_sums_are_written_with_their_ends_and_computed_whole():
 
 
 def test_small_cnn_batchnorm_and_dropout_cells_recompute(tmp_path):
-    """small-cnn adds BatchNorm2d and Dropout: 40 random cells of every tensor a step
+    """small-cnn adds BatchNorm2d and Dropout: 20 random cells of every tensor a step
     computes (plus its first and last cell), recomputed and checked."""
     import random
 
