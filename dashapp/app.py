@@ -20,7 +20,7 @@ from dash import html
 
 from storage import RunStore
 
-from . import downloads, layouts, links
+from . import downloads, layouts, links, status, tensorpanel
 from .data import LOCATION_KEY, STORE_KEY
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -54,4 +54,6 @@ def create_app(store_location: str | os.PathLike) -> dash.Dash:
         ]
     )
     downloads.register(app.server)
+    tensorpanel.register(app)
+    status.register(app.server)
     return app

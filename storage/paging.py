@@ -176,6 +176,7 @@ def tensor_window(
         shape=shape,
         summary=summary,
         id=row["id"],
+        stored_numel=row["stored_numel"],
     )
     return TensorWindow(
         tensor=record,
