@@ -18,7 +18,7 @@ from plotly.utils import PlotlyJSONEncoder
 
 from storage import LayerInfo, RunInfo, StepRecord, TensorRecord
 
-from . import links
+from . import formulafit, links
 from .formatting import format_diff
 from .tensorpanel import GRAPH_CONFIG, ROLE_LABELS, PanelView, TensorPanel  # noqa: F401 (re-exported)
 from .tensorview import MatrixView
@@ -302,10 +302,13 @@ def step_card(
     panel: Callable[[str, str], html.Div | None],
     *,
     layer: LayerInfo | None = None,
+    full_formula_src: str | None = None,
 ) -> html.Section:
     """One step: title, layer, general formula, formula with numbers, heatmaps, check, note.
 
-    `panel(tensor name, panel id)` gives a tensor's panel (None for a tensor not stored)."""
+    `panel(tensor name, panel id)` gives a tensor's panel (None for a tensor not stored).
+    The formula with numbers is fitted to the page (dashapp/formulafit.py); when that
+    elided columns, a button fetches the formula as stored from `full_formula_src`."""
 
     def panels(names: Iterable[str], side: str) -> list[html.Div]:
         made = (panel(name, f"{number}-{side}-{k}") for k, name in enumerate(names))
@@ -334,7 +337,7 @@ def step_card(
         html.Div(
             [
                 html.Div("With this iteration's numbers", className="formula-label"),
-                formula(step.formula_values, "formula-values"),
+                fitted_formula(step.formula_values, full_formula_src),
             ],
             className="formula-row",
         ),
@@ -349,6 +352,25 @@ def step_card(
         id=f"step-{number}",
         className=f"step-card phase-{step.phase}",
         **{"data-verified": _verified_attr(step)},
+    )
+
+
+def fitted_formula(latex: str, full_src: str | None) -> html.Div:
+    """The formula with numbers, columns elided to fit; a button shows it as stored."""
+    fitted = formulafit.fit(latex)
+    if fitted == latex or full_src is None:
+        return formula(latex, "formula-values")
+    return html.Div(
+        [
+            formula(fitted, "formula-values"),
+            html.Button(
+                "show every stored entry",
+                className="btn btn-link btn-sm p-0 formula-expand",
+                **{"data-src": full_src, "aria-expanded": "false"},
+            ),
+            html.Div(className="formula-expanded", hidden=True),
+        ],
+        className="formula-fitted",
     )
 
 

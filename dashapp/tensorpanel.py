@@ -59,6 +59,7 @@ ROLE_LABELS = {
 _VIEW = re.compile(r"((?:[0-9]{1,9})(?:,[0-9]{1,9})*)?@([0-9]{1,9}),([0-9]{1,9})")
 _NAME = re.compile(r"[\w.#@\-]{1,300}")
 MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
+MOVE_ARROWS = (("left", "←"), ("up", "↑"), ("down", "↓"), ("right", "→"))
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,16 @@ class TensorPanel(html.Div):
             }
 
         @staticmethod
+        def offset(aio_id, axis):
+            """The first row ("row") or column ("col") of the window, 1-based."""
+            return {
+                "component": "TensorPanel",
+                "subcomponent": "offset",
+                "axis": axis,
+                "aio_id": aio_id,
+            }
+
+        @staticmethod
         def move(aio_id, direction):
             return {
                 "component": "TensorPanel",
@@ -189,13 +200,10 @@ class TensorPanel(html.Div):
             }
 
         graph = staticmethod(lambda aio_id: TensorPanel.ids.part("graph", aio_id))
-        row = staticmethod(lambda aio_id: TensorPanel.ids.part("row", aio_id))
-        col = staticmethod(lambda aio_id: TensorPanel.ids.part("col", aio_id))
         caption = staticmethod(lambda aio_id: TensorPanel.ids.part("caption", aio_id))
         state = staticmethod(lambda aio_id: TensorPanel.ids.part("state", aio_id))
         nav = staticmethod(lambda aio_id: TensorPanel.ids.part("nav", aio_id))
         click = staticmethod(lambda aio_id: TensorPanel.ids.part("click", aio_id))
-        url = staticmethod(lambda aio_id: TensorPanel.ids.part("url", aio_id))
 
     def __init__(
         self,
@@ -252,34 +260,29 @@ class TensorPanel(html.Div):
             controls.append(
                 _number(dim.label, ids.lead(aio_id, dim.axis), view.lead[dim.axis] + 1, dim.size)
             )
-        row_control = (
-            _number("rows from", ids.row(aio_id), view.row0 + 1, rows)
-            if rows > MAX_ROWS
-            else dcc.Input(id=ids.row(aio_id), type="hidden", value=1)
-        )
-        col_control = (
-            _number("columns from", ids.col(aio_id), view.col0 + 1, cols)
-            if cols > MAX_COLS
-            else dcc.Input(id=ids.col(aio_id), type="hidden", value=1)
-        )
-        moves = [
-            html.Button(
-                arrow,
-                id=ids.move(aio_id, direction),
-                n_clicks=0,
-                className="btn btn-outline-secondary btn-sm pan-button",
-                title=f"move the window {direction}",
-                disabled=(rows if direction in ("up", "down") else cols)
-                <= (MAX_ROWS if direction in ("up", "down") else MAX_COLS),
+        if rows > MAX_ROWS:
+            controls.append(_number("rows from", ids.offset(aio_id, "row"), view.row0 + 1, rows))
+        if cols > MAX_COLS:
+            controls.append(_number("columns from", ids.offset(aio_id, "col"), view.col0 + 1, cols))
+        if rows > MAX_ROWS or cols > MAX_COLS:
+            controls.append(
+                html.Span(
+                    [
+                        html.Button(
+                            arrow,
+                            id=ids.move(aio_id, direction),
+                            n_clicks=0,
+                            className="btn btn-outline-secondary btn-sm pan-button",
+                            title=f"move the window {direction}",
+                            disabled=(rows <= MAX_ROWS)
+                            if direction in ("up", "down")
+                            else (cols <= MAX_COLS),
+                        )
+                        for direction, arrow in MOVE_ARROWS
+                    ],
+                    className="pan-buttons",
+                )
             )
-            for direction, arrow in (("left", "←"), ("up", "↑"), ("down", "↓"), ("right", "→"))
-        ]
-        pannable = rows > MAX_ROWS or cols > MAX_COLS
-        controls += [
-            row_control,
-            col_control,
-            html.Span(moves, className="pan-buttons" if pannable else "d-none"),
-        ]
         state = {
             "run": run_id,
             "it": index,
@@ -292,9 +295,17 @@ class TensorPanel(html.Div):
             "col0": view.col0,
         }
         width, height = figures.heatmap_size(min(rows, MAX_ROWS), min(cols, MAX_COLS))
+        # A panel whose whole plane is shown has no controls, so no state and no callback:
+        # a LeNet-5 page has 160 panels, and every pattern-matched component costs the
+        # browser time when Dash renders the page.
+        stateful = (
+            [dcc.Store(id=ids.state(aio_id), data=state), dcc.Store(id=ids.nav(aio_id))]
+            if controls
+            else []
+        )
         return html.Div(
             [
-                html.Div(controls, className="slice-controls"),
+                html.Div(controls, className="slice-controls") if controls else None,
                 html.Div(
                     id=ids.graph(aio_id),
                     className="heatmap heatmap-slot",
@@ -306,10 +317,8 @@ class TensorPanel(html.Div):
                     },
                 ),
                 html.Div(caption(tensor, view), id=ids.caption(aio_id), className="tensor-caption"),
-                dcc.Store(id=ids.state(aio_id), data=state),
-                dcc.Store(id=ids.nav(aio_id)),
+                *stateful,
                 dcc.Store(id=ids.click(aio_id)),
-                dcc.Store(id=ids.url(aio_id)),
             ],
             className="tensor-figure",
         )
@@ -348,21 +357,22 @@ def _record_of(state: dict) -> TensorRecord:
 @callback(
     Output(TensorPanel.ids.graph(MATCH), "data-src"),
     Output(TensorPanel.ids.caption(MATCH), "children"),
-    Output(TensorPanel.ids.row(MATCH), "value"),
-    Output(TensorPanel.ids.col(MATCH), "value"),
+    Output(TensorPanel.ids.offset(MATCH, ALL), "value"),
     Output(TensorPanel.ids.state(MATCH), "data"),
     Input(TensorPanel.ids.lead(MATCH, ALL), "value"),
-    Input(TensorPanel.ids.row(MATCH), "value"),
-    Input(TensorPanel.ids.col(MATCH), "value"),
+    Input(TensorPanel.ids.offset(MATCH, ALL), "value"),
     Input(TensorPanel.ids.move(MATCH, ALL), "n_clicks"),
     Input(TensorPanel.ids.nav(MATCH), "data"),
     State(TensorPanel.ids.state(MATCH), "data"),
     prevent_initial_call=True,
 )
-def change_view(_lead, row, col, _moves, nav, state):
-    """A new plane or window: the figure's address, the caption, the offsets (clamped)."""
+def change_view(_lead, _offsets, _moves, nav, state):
+    """A new plane or window: the figure's address, the caption, the offsets (clamped).
+
+    assets/tensor_panel.js puts the new view into the URL when the address changes."""
     tensor = _record_of(state)
     trigger = ctx.triggered_id or {}
+    offsets = {item["id"]["axis"]: item.get("value") for item in ctx.inputs_list[1]}
     if trigger.get("subcomponent") == "nav" and nav:
         view = PanelView.from_url(nav["view"]) if nav.get("view") else PanelView()
     else:
@@ -371,51 +381,40 @@ def change_view(_lead, row, col, _moves, nav, state):
             (int(chosen[i]) - 1) if isinstance(chosen.get(i), (int, float)) else state["lead"][i]
             for i in range(len(state["lead"]))
         )
-        row0 = int(row) - 1 if isinstance(row, (int, float)) else state["row0"]
-        col0 = int(col) - 1 if isinstance(col, (int, float)) else state["col0"]
+
+        def start(axis: str, before: int) -> int:
+            value = offsets.get(axis)
+            return int(value) - 1 if isinstance(value, (int, float)) else before
+
+        row0, col0 = start("row", state["row0"]), start("col", state["col0"])
         if trigger.get("subcomponent") == "move":
             d_row, d_col = MOVES[trigger["direction"]]
             row0 += d_row * (MAX_ROWS // 2)
             col0 += d_col * (MAX_COLS // 2)
         view = PanelView(lead=lead, row0=row0, col0=col0)
     view = view.clamped(tensor.shape, tensor.role)
+    shown = [
+        view.row0 + 1 if item["id"]["axis"] == "row" else view.col0 + 1
+        for item in ctx.inputs_list[1]
+    ]
     new_state = {**state, "lead": list(view.lead), "row0": view.row0, "col0": view.col0}
-    new_state["from_url"] = trigger.get("subcomponent") == "nav"
     if all(new_state[k] == state[k] for k in ("lead", "row0", "col0")):
-        return no_update, no_update, view.row0 + 1, view.col0 + 1, no_update
+        return no_update, no_update, shown, no_update
     return (
         figure_url(state["run"], state["it"], state["name"], view),
         caption(tensor, view),
-        view.row0 + 1,
-        view.col0 + 1,
+        shown,
         new_state,
     )
 
 
-# The panel's view into the address bar: a history entry per change, the default view
-# leaving no key (assets/tensor_panel.js keeps the page's other keys as they are).
-_URL_SYNC = """function (state) {
-    if (!state || state.from_url || !window.cnnvizTensorPanel) {
-        return window.dash_clientside.no_update;
-    }
-    window.cnnvizTensorPanel.record(state);
-    return window.dash_clientside.no_update;
-}"""
-
-
 def register(app) -> None:
-    """The figure route, and the clientside callback that writes views into the URL."""
+    """The figure route (GET /figure/<run>/<it>/<tensor>.json)."""
     app.server.add_url_rule(
         f"{FIGURE}/<int:run_id>/<int:index>/<filename>",
         endpoint="cnnviz_figure",
         view_func=figure,
         methods=["GET"],
-    )
-    app.clientside_callback(
-        _URL_SYNC,
-        Output(TensorPanel.ids.url(MATCH), "data"),
-        Input(TensorPanel.ids.state(MATCH), "data"),
-        prevent_initial_call=True,
     )
 
 

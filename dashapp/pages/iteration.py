@@ -26,6 +26,7 @@ from dashapp.data import (
     store_location,
 )
 from dashapp.formatting import format_diff, format_scalar
+from dashapp.formulafit import formula_url
 from dashapp.guard import page_layout
 from dashapp.steps import Section, sections
 from dashapp.tensorpanel import PanelView, views_from_query
@@ -194,7 +195,9 @@ def input_section(record: IterationRecord, run: RunInfo, panel, labels_text) -> 
     )
 
 
-def step_sections(parts: list[Section], panel, layers: dict[str, LayerInfo]) -> list[html.Section]:
+def step_sections(
+    parts: list[Section], panel, layers: dict[str, LayerInfo], run_id: int, index: int
+) -> list[html.Section]:
     out = []
     for section in parts:
         children = [
@@ -215,7 +218,16 @@ def step_sections(parts: list[Section], panel, layers: dict[str, LayerInfo]) -> 
                     className="layer-group-header",
                 )
             )
-            children += [layouts.step_card(n, step, panel, layer=info) for n, step in steps]
+            children += [
+                layouts.step_card(
+                    n,
+                    step,
+                    panel,
+                    layer=info,
+                    full_formula_src=formula_url(run_id, index, step.position),
+                )
+                for n, step in steps
+            ]
         out.append(
             html.Section(
                 children,
@@ -389,7 +401,7 @@ def layout(run=None, it=None, **query):
                     dbc.Col(
                         [
                             input_section(record, info, panel, label_text(store, record, info)),
-                            *step_sections(parts, panel, layers),
+                            *step_sections(parts, panel, layers, info.id, index),
                         ],
                         lg=9,
                         xl=10,
