@@ -20,7 +20,7 @@ from dash import html
 
 from storage import RunStore
 
-from . import bundle, downloads, formulafit, layouts, links, status, tensorpanel
+from . import bundle, downloads, formulafit, health, layouts, links, status, tensorpanel
 from .data import LOCATION_KEY, STORE_KEY
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -58,4 +58,5 @@ def create_app(store_location: str | os.PathLike) -> dash.Dash:
     tensorpanel.register(app)
     formulafit.register(app.server)
     status.register(app.server)
+    health.register(app.server)
     return app

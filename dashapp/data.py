@@ -9,6 +9,7 @@ friendly not-found page.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import flask
@@ -112,3 +113,12 @@ def require_stored(store: RunStore, run: RunInfo, index: int) -> None:
             else "it has no iterations yet"
         )
         raise NotFound(f"run {run.id} has no iteration {index}: {stored}")
+
+
+@functools.lru_cache(maxsize=4)
+def cached_iteration(store: RunStore, run_id: int, index: int) -> IterationRecord | None:
+    """An iteration with its tensors, kept for the next clicks on the same page.
+
+    A committed iteration never changes (one transaction per iteration), so the
+    provenance clicks on one page read the store once."""
+    return store.load_iteration(run_id, index)

@@ -1,8 +1,8 @@
 """Tensor downloads: GET /download/<run>/<iteration>/<tensor>.npy|.csv
 
 A Flask route on the Dash server. Every path part is checked (Flask's int
-converter for run and iteration, a name pattern and a format list for the
-rest) and looked up through `storage`; anything unknown is a 404. `.npy` is
+converter for run and iteration, `storage.names.check` and a format list for
+the rest; the name may hold any character a tensor name can, "/" included) and looked up through `storage`; anything unknown is a 404. `.npy` is
 written with allow_pickle=False; `.csv` has a comment header that gives the
 tensor's shape, then its values as a matrix (N-D tensors as (prod of leading
 dims, last dim) rows in C order).
@@ -16,17 +16,18 @@ import re
 import flask
 import numpy as np
 
-from storage import TensorRecord
+from storage import TensorRecord, names
 
 from .data import current_store
 from .links import DOWNLOAD, DOWNLOAD_FORMATS
 
-_NAME = re.compile(r"[\w.#\-]{1,300}")
+# A tensor name may hold "/" or quotes; the file it is saved as may not.
+_FILENAME_UNSAFE = re.compile(r"[^\w.#@=+-]", re.ASCII)
 
 
 def register(server: flask.Flask) -> None:
     server.add_url_rule(
-        f"{DOWNLOAD}/<int:run_id>/<int:index>/<filename>",
+        f"{DOWNLOAD}/<int:run_id>/<int:index>/<path:filename>",
         endpoint="cnnviz_download",
         view_func=download,
         methods=["GET"],
@@ -44,12 +45,12 @@ def register(server: flask.Flask) -> None:
 
 def download(run_id: int, index: int, filename: str) -> flask.Response:
     name, dot, fmt = filename.rpartition(".")
-    if not dot or fmt not in DOWNLOAD_FORMATS or not _NAME.fullmatch(name):
+    if not dot or fmt not in DOWNLOAD_FORMATS or not names.is_valid(name):
         flask.abort(404)
     record = current_store().load_tensor(run_id, index, name)
     if record is None:
         flask.abort(404)
-    stem = f"run{run_id}-it{index}-{name}"
+    stem = f"run{run_id}-it{index}-{_FILENAME_UNSAFE.sub('_', name)}"
     if fmt == "npy":
         body, mimetype = npy_bytes(record), "application/octet-stream"
     else:

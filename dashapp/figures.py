@@ -18,6 +18,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from storage import names
+
 from .formatting import format_matrix, format_shape
 from .tensorview import TEXT_MAX_COLS, TEXT_MAX_ROWS, MatrixView
 
@@ -220,7 +222,9 @@ def heatmap_dict(
             tickvals=index_ticks(col0, cols),
         ),
         yaxis=dict(axis, range=[row0 + rows - 0.5, row0 - 0.5], tickvals=index_ticks(row0, rows)),
-        meta=dict(scale=kind),
+        # Which plane and window this is, so a click on (row, column) names the
+        # tensor's full index (the axes carry the indices in the plane).
+        meta=dict(scale=kind, lead=list(view.lead_index), ndim=len(view.shape)),
     )
     return dict(data=data, layout=layout)
 
@@ -388,10 +392,10 @@ def norm_panels(
         run_id = row["run_id"]
         if run_id not in style or row["l2"] is None:
             continue
-        if row["role"] == "param":
+        if row["role"] == names.ROLE_PARAM:
             quantity, param = WEIGHT_NORM, row["name"]
-        elif row["role"] == "param_grad":
-            quantity, param = GRAD_NORM, row["name"].removesuffix(".grad")
+        elif row["role"] == names.ROLE_PARAM_GRAD:
+            quantity, param = GRAD_NORM, names.parse(row["name"]).of
         else:
             continue
         params[param] = None

@@ -50,15 +50,23 @@ def math_markdown(latex: str) -> str:
     early and put Markdown after it; unsafe macros are shown, not run.
     """
     body = " ".join(str(latex).replace("$", r"\$").splitlines())
-    body = _UNSAFE_TEX.sub(lambda m: r"\backslash\text{" + m.group(1) + "}", body)
-    return f"$$\n{body}\n$$"
+    return f"$$\n{neutralise_tex(body)}\n$$"
+
+
+def neutralise_tex(latex: str) -> str:
+    """The macros that link, style or load shown as text instead of run."""
+    return _UNSAFE_TEX.sub(lambda m: r"\backslash\text{" + m.group(1) + "}", str(latex))
 
 
 def formula(latex: str, class_name: str = "") -> html.Div:
     """A typeset formula. The wrapper is there from the first render (dcc.Markdown
     itself appears only once its script has loaded), so one can wait for MathJax."""
     return html.Div(
-        dcc.Markdown(math_markdown(latex), mathjax=True), className=f"formula {class_name}".strip()
+        [
+            dcc.Markdown(math_markdown(latex), mathjax=True),
+            dcc.Clipboard(content=str(latex), title="Copy as LaTeX", className="copy-latex"),
+        ],
+        className=f"formula {class_name}".strip(),
     )
 
 

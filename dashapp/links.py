@@ -51,7 +51,9 @@ def compare(
     tensor: str | None = None,
     runs: Iterable[int] | None = None,
     index: Iterable[int] | None = None,
+    first: bool = False,
 ) -> str:
+    """`first`: the page also says where the two runs first diverge (storage.diverge)."""
     params = {
         "a": selection(*a) if a else None,
         "b": selection(*b) if b else None,
@@ -60,6 +62,7 @@ def compare(
         "tensor": tensor,
         "runs": ",".join(str(r) for r in runs) if runs else None,
         "slice": ",".join(str(i) for i in index) if index else None,
+        "first": 1 if first else None,
     }
     return _with_query(COMPARE, params)
 

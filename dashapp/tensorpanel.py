@@ -32,7 +32,7 @@ import numpy as np
 from dash import ALL, MATCH, Input, Output, State, callback, ctx, dcc, html, no_update
 from plotly.utils import PlotlyJSONEncoder
 
-from storage import TensorRecord
+from storage import TensorRecord, names
 
 from . import figures, links
 from .data import NotFound, current_store
@@ -43,18 +43,18 @@ FIGURE = "/figure"
 URL_PREFIX = "t."  # query keys of panel views: t.<tensor name>
 GRAPH_CONFIG = {"displayModeBar": False, "responsive": False}
 ROLE_LABELS = {
-    "input": "input batch",
-    "target": "labels",
-    "param": "weight",
-    "param_grad": "gradient",
-    "param_next": "weight after the update",
-    "update": "update",
-    "activation": "activation",
-    "activation_grad": "gradient of an activation",
-    "input_grad": "gradient of the input",
-    "intermediate": "intermediate",
-    "optimizer_state": "optimizer state",
-    "output": "output",
+    names.ROLE_INPUT: "input batch",
+    names.ROLE_TARGET: "labels",
+    names.ROLE_PARAM: "weight",
+    names.ROLE_PARAM_GRAD: "gradient",
+    names.ROLE_PARAM_NEXT: "weight after the update",
+    names.ROLE_UPDATE: "update",
+    names.ROLE_ACTIVATION: "activation",
+    names.ROLE_ACTIVATION_GRAD: "gradient of an activation",
+    names.ROLE_INPUT_GRAD: "gradient of the input",
+    names.ROLE_INTERMEDIATE: "intermediate",
+    names.ROLE_OPTIMIZER_STATE: "optimizer state",
+    names.ROLE_OUTPUT: "output",
 }
 _VIEW = re.compile(r"((?:[0-9]{1,9})(?:,[0-9]{1,9})*)?@([0-9]{1,9}),([0-9]{1,9})")
 _NAME = re.compile(r"[\w.#@\-]{1,300}")
@@ -314,6 +314,8 @@ class TensorPanel(html.Div):
                         "data-src": figure_url(run_id, index, tensor.name, view),
                         "data-config": json.dumps(GRAPH_CONFIG),
                         "data-click": _stringified(ids.click(aio_id)),
+                        # provenance_click.js: which tensor a click on a cell asks about
+                        "data-tensor": tensor.name,
                     },
                 ),
                 html.Div(caption(tensor, view), id=ids.caption(aio_id), className="tensor-caption"),

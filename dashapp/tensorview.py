@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from storage import names
+
 from .formatting import number_style
 
 # The largest window a heatmap draws (cells beyond it are in the downloads).
@@ -27,7 +29,7 @@ MAX_COLS = 64
 TEXT_MAX_ROWS = 24
 TEXT_MAX_COLS = 12
 
-_WEIGHT_ROLES = {"param", "param_grad", "param_next", "update", "optimizer_state"}
+_WEIGHT_ROLES = set(names.WEIGHT_ROLES)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-# torch==2.13.0 is the CPU build; pinned in pyproject.toml.
-.venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+# The test extra includes the tracer's torch; the constraints file picks its CPU
+# build (PyPI's Linux wheel is the multi-GB CUDA one).
+.venv/bin/pip install -q --disable-pip-version-check -c constraints/cpu.txt -e ".[test]"
+# The Lightning and Hugging Face callbacks are tested against the real packages
+# (the same constraints keep torch the CPU build).
+.venv/bin/pip install -q --disable-pip-version-check -c constraints/cpu.txt -e ".[lightning,huggingface]"
+# Lint and formatting first: a second each, and CI runs this script.
+.venv/bin/ruff check --quiet .
+.venv/bin/ruff format --check --quiet .
 exec .venv/bin/python -m pytest -n 2 "$@"

@@ -13,33 +13,21 @@ from typing import Any
 
 import numpy as np
 
-# Roles a stored tensor can play. The dashboard's compare page picks tensors by role.
-ROLE_INPUT = "input"  # the batch fed to the model
-ROLE_TARGET = "target"  # the labels
-ROLE_PARAM = "param"  # a parameter before the optimizer step
-ROLE_PARAM_GRAD = "param_grad"  # dL/dparam as autograd left it in .grad
-ROLE_PARAM_NEXT = "param_next"  # a parameter after the optimizer step
-ROLE_UPDATE = "update"  # param_next - param
-ROLE_ACTIVATION = "activation"  # a layer's output
-ROLE_ACTIVATION_GRAD = "activation_grad"  # dL/d(layer output)
-ROLE_INPUT_GRAD = "input_grad"  # dL/d(model input)
-ROLE_INTERMEDIATE = "intermediate"  # a matrix the explainer built (X_col, mask, argmax...)
-ROLE_OPTIMIZER_STATE = "optimizer_state"  # momentum buffers, Adam moments
-ROLE_OUTPUT = "output"  # probabilities, predictions, loss
-
-ROLES = (
-    ROLE_INPUT,
-    ROLE_TARGET,
-    ROLE_PARAM,
-    ROLE_PARAM_GRAD,
-    ROLE_PARAM_NEXT,
-    ROLE_UPDATE,
+# The roles live with the tensor-name grammar; re-exported here for existing imports.
+from .names import (  # noqa: E402, F401
     ROLE_ACTIVATION,
     ROLE_ACTIVATION_GRAD,
+    ROLE_INPUT,
     ROLE_INPUT_GRAD,
     ROLE_INTERMEDIATE,
     ROLE_OPTIMIZER_STATE,
     ROLE_OUTPUT,
+    ROLE_PARAM,
+    ROLE_PARAM_GRAD,
+    ROLE_PARAM_NEXT,
+    ROLE_TARGET,
+    ROLE_UPDATE,
+    ROLES,
 )
 
 PHASES = ("forward", "backward", "update")

@@ -5,13 +5,14 @@ backward and update steps from the explainers, each verified against PyTorch.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from storage import codec
+from storage import codec, names
 from storage.records import (
     ROLE_ACTIVATION_GRAD,
+    ROLE_INPUT,
     ROLE_INPUT_GRAD,
     ROLE_INTERMEDIATE,
     ROLE_OPTIMIZER_STATE,
@@ -27,6 +28,7 @@ from storage.records import (
 
 from .capture import CapturedCall, CapturedIteration
 from .explainers import LayerCall, StepContext, Unsupported, UpdateCall, explainer_for
+from .explainers.base import NotCompared, samples_note
 
 log = logging.getLogger("cnnviz")
 
@@ -41,13 +43,16 @@ class Bounds:
 
     max_elements: int | None = None  # store at most this many elements per tensor (C order)
     layers: frozenset[str] | None = None  # store tensors of these layers only (None: all)
+    # With max_elements, a call whose samples are independent (conv, linear, ReLU,
+    # pooling...) is explained and checked on the samples stored only; True: all of them.
+    full_check: bool = False
 
     def keep(self, record: TensorRecord) -> bool:
         return self.layers is None or record.layer is None or record.layer in self.layers
 
 
 def _grad_name(name: str) -> str:
-    return f"{name}.grad"
+    return names.grad(name)
 
 
 def _layer_call(
@@ -91,7 +96,7 @@ def _layer_call(
 
 def _part_name(name: str, call_name: str) -> str:
     """The part of dL/d(name) that flows back through one of the calls using it."""
-    return f"{name}.grad@{call_name}"
+    return names.grad_part(name, call_name)
 
 
 class _CallContext(StepContext):
@@ -135,8 +140,12 @@ class _CallContext(StepContext):
         return record
 
 
-def _raw_step(call: CapturedCall, phase: str, why: str, cap: CapturedIteration) -> StepRecord:
-    """A call with no matrix form: its tensors are stored and shown as they are."""
+def _raw_step(
+    call: CapturedCall, phase: str, why: str, cap: CapturedIteration, *, later: bool = False
+) -> StepRecord:
+    """A call with no matrix form: its tensors are stored and shown as they are.
+    `later`: the call was not explained because explanation was off; `why` says so."""
+    what_form = "not explained" if later else "no matrix form"
     kind = call.kind
     symbol = kind.rsplit(".", 1)[-1].strip("_").replace("_", r"\_") or "f"
     params = list(call.param_names.values())
@@ -144,13 +153,13 @@ def _raw_step(call: CapturedCall, phase: str, why: str, cap: CapturedIteration) 
     if phase == "forward":
         inputs = call.input_names + params
         formula = rf"Y = \operatorname{{{symbol}}}(X)"
-        title = f"{kind} (no matrix form; tensors as captured)"
+        title = f"{kind} ({what_form}; tensors as captured)"
     else:
         inputs = [_grad_name(n) for n in outputs if n in cap.grads]
         outputs = [_grad_name(n) for n in call.input_names if n in cap.grads]
         outputs += [_grad_name(q) for q in params if q in cap.param_grads]
         formula = rf"\frac{{\partial L}}{{\partial X}} = J_{{\operatorname{{{symbol}}}}}^{{\top}} \frac{{\partial L}}{{\partial Y}}"
-        title = f"{kind} backward (no matrix form; autograd's gradient as captured)"
+        title = f"{kind} backward ({what_form}; autograd's gradient as captured)"
     what = f"the functional call {call.op}" if call.op else kind
     return StepRecord(
         layer=call.name,
@@ -160,7 +169,7 @@ def _raw_step(call: CapturedCall, phase: str, why: str, cap: CapturedIteration) 
         formula_values=r"\text{see the stored tensors}",
         inputs=list(dict.fromkeys(n for n in inputs if n)),
         outputs=list(dict.fromkeys(n for n in outputs if n)),
-        note=f"cnnviz has no matrix decomposition for {what}: {why}",
+        note=why if later else f"cnnviz has no matrix decomposition for {what}: {why}",
     )
 
 
@@ -173,13 +182,17 @@ def build_iteration(
     strict: bool = False,
     loss_value: float | None = None,
     explain: bool = True,
+    why: str | None = None,
 ) -> IterationRecord:
     """The stored record of one captured iteration.
 
     `strict` turns an explainer's failure into a TraceError (tests); otherwise the
     call is stored as raw tensors with a warning. `explain=False` stores every call
-    as raw tensors (the fallback when building a record failed).
+    as raw tensors: the fallback when building a record failed (with a warning
+    per call), or, with `why` saying so, a trace with explanation off (no
+    warnings: nothing failed).
     """
+    raw_reason = why
     bounds = bounds or Bounds()
     tensors: dict[str, TensorRecord] = {}
     warnings: list[str] = [f"capture: {p}" for p in cap.problems]
@@ -191,11 +204,11 @@ def build_iteration(
     for value in cap.values.values():
         add(value.name, value.array, value.role, value.layer)
     for name, grad in cap.grads.items():
-        if cap.loss_name and name == f"{cap.loss_name}.value":
+        if cap.loss_name and name == names.loss_value(cap.loss_name):
             continue  # dL/dL = 1
         role = (
             ROLE_INPUT_GRAD
-            if cap.values.get(name) and cap.values[name].role == "input"
+            if cap.values.get(name) and cap.values[name].role == ROLE_INPUT
             else ROLE_ACTIVATION_GRAD
         )
         add(_grad_name(name), grad, role, cap.values[name].layer if name in cap.values else None)
@@ -205,19 +218,19 @@ def build_iteration(
         if name in cap.param_grads:
             add(_grad_name(name), cap.param_grads[name], ROLE_PARAM_GRAD, layer)
         if name in cap.grads_at_start:
-            add(f"{name}.grad_before", cap.grads_at_start[name], ROLE_INTERMEDIATE, layer)
+            add(names.grad_before(name), cap.grads_at_start[name], ROLE_INTERMEDIATE, layer)
             warnings.append(
                 f"{name}: .grad held more than this iteration's backward added (no zero_grad, "
-                f"or gradient accumulation); {name}.grad_before is the rest, and the backward "
+                f"or gradient accumulation); {names.grad_before(name)} is the rest, and the backward "
                 "checks compare this iteration's contribution"
             )
         if name in cap.params_after:
-            add(f"{name}.next", cap.params_after[name], ROLE_PARAM_NEXT, layer)
+            add(names.next_value(name), cap.params_after[name], ROLE_PARAM_NEXT, layer)
             if cap.params_after[name].shape == value.shape and value.dtype.kind == "f":
-                add(f"{name}.update", cap.params_after[name] - value, ROLE_UPDATE, layer)
+                add(names.update(name), cap.params_after[name] - value, ROLE_UPDATE, layer)
         for key, state in cap.state_after.get(name, {}).items():
             if state.ndim > 0:
-                add(f"{name}.state.{key}", state, ROLE_OPTIMIZER_STATE, layer)
+                add(names.state(name, key), state, ROLE_OPTIMIZER_STATE, layer)
 
     steps: list[StepRecord] = []
     shared = _shared_inputs(cap)
@@ -229,6 +242,9 @@ def build_iteration(
     def run(call: CapturedCall, phase: str, layer_call: LayerCall, explained: list) -> None:
         explainer = explainer_for(call.module) if call.module is not None else None
         why = None
+        if not explain and raw_reason:
+            steps.append(_raw_step(call, phase, raw_reason, cap, later=True))
+            return
         if not explain:
             why = "not explained (building the matrix form of this iteration failed)"
         elif call.error:
@@ -265,6 +281,9 @@ def build_iteration(
                         warn(
                             f"{call.name}: '{step.title}' differs from PyTorch by {step.max_abs_diff:.3g}"
                         )
+                if layer_call.samples is not None:
+                    for step in ctx.steps:
+                        step.note = _join(step.note, samples_note(*layer_call.samples))
                 steps.extend(ctx.steps)
                 return
         what = (
@@ -274,7 +293,10 @@ def build_iteration(
         steps.append(_raw_step(call, phase, why, cap))
 
     calls = [call for call in cap.calls if call.output is not None or call.error]
-    layer_calls = [(call, _layer_call(call, cap, shared)) for call in calls]
+    layer_calls = [
+        (call, _kept_samples(_layer_call(call, cap, shared), call, bounds)) for call in calls
+    ]
+    sliced = {call.name for call, layer_call in layer_calls if layer_call.samples is not None}
     for call, layer_call in layer_calls:
         run(call, "forward", layer_call, [])
     # Backward in reverse call order. A tensor or parameter that several calls used
@@ -309,13 +331,18 @@ def build_iteration(
         for qualified in dict.fromkeys(call.param_names.values()):
             users = param_users.get(qualified, set())
             if len(users) > 1 and users <= done:
-                steps.extend(_param_sum(cap, qualified, users, param_parts.get(qualified, [])))
+                steps.extend(
+                    _param_sum(
+                        cap, qualified, users, param_parts.get(qualified, []), users & sliced
+                    )
+                )
 
-    steps.extend(_update_steps(cap, optimizer, tensors, warn, strict))
+    steps.extend(_update_steps(cap, optimizer, tensors, warn, strict, explain, raw_reason))
 
     loss = loss_value
-    if loss is None and cap.loss_name and f"{cap.loss_name}.value" in cap.values:
-        loss = float(np.asarray(cap.values[f"{cap.loss_name}.value"].array).reshape(-1)[0])
+    loss_tensor = names.loss_value(cap.loss_name) if cap.loss_name else None
+    if loss is None and loss_tensor in cap.values:
+        loss = float(np.asarray(cap.values[loss_tensor].array).reshape(-1)[0])
     accuracy = _accuracy(cap)
     lr = None
     if cap.param_groups:
@@ -323,11 +350,11 @@ def build_iteration(
         lr = float(lr) if isinstance(lr, (int, float)) else None
 
     stored = _apply_bounds(tensors, bounds)
-    names = {t.name for t in stored}
+    kept = {t.name for t in stored}
     for position, step in enumerate(steps):
         step.position = position
-        step.inputs = [n for n in step.inputs if n in names]
-        step.outputs = [n for n in step.outputs if n in names]
+        step.inputs = [n for n in step.inputs if n in kept]
+        step.outputs = [n for n in step.outputs if n in kept]
     return IterationRecord(
         index=index,
         loss=float("nan") if loss is None else float(loss),
@@ -362,7 +389,10 @@ def _param_users(cap: CapturedIteration) -> dict[str, set[str]]:
     return users
 
 
-def _sum_step(name, layer, contributions, reference, title, formula, note) -> list[StepRecord]:
+def _sum_step(
+    name, layer, contributions, reference, title, formula, note, unchecked=None
+) -> list[StepRecord]:
+    """`unchecked`: why the sum has no PyTorch counterpart (it sums the stored samples only)."""
     from . import latex
 
     total = sum(np.asarray(g, dtype=np.float64) for _, g in contributions)
@@ -380,7 +410,7 @@ def _sum_step(name, layer, contributions, reference, title, formula, note) -> li
         + rf" = {latex.bmatrix(latex.as_matrix(total)[0])}",
         inputs=[_part_name(name, who) for who, _ in contributions],
         outputs=[_grad_name(name)],
-        checks=[(total, reference, f"autograd dL/d({name})")],
+        checks=[(total, reference, unchecked or f"autograd dL/d({name})")],
         note=note,
     )
     return ctx.steps
@@ -390,16 +420,27 @@ def _fan_out_sum(cap, name: str, users: set[str], contributions) -> list[StepRec
     """A tensor read by several calls: dL/dX is the sum of every call's part."""
     if {who for who, _ in contributions} != users:
         return []  # a user had no explained backward: autograd's total stands alone
+    reference = cap.grads.get(name)
+    note = (
+        f"{name} is read by "
+        + ", ".join(who for who, _ in contributions)
+        + "; autograd adds the gradient coming back through each of them."
+    )
+    # Some uses were explained on the stored samples only: sum those samples.
+    k = min(np.shape(part)[0] if np.ndim(part) else 0 for _, part in contributions)
+    n = np.shape(reference)[0] if reference is not None and np.ndim(reference) else None
+    if n is not None and 0 < k < n:
+        contributions = [(who, np.asarray(part)[:k]) for who, part in contributions]
+        reference = np.asarray(reference)[:k]
+        note = _join(note, samples_note(k, n))
     return _sum_step(
         name,
         cap.values[name].layer if name in cap.values else None,
         contributions,
-        cap.grads.get(name),
+        reference,
         f"Sum the gradient of {name} over its {len(contributions)} uses",
         r"\frac{\partial L}{\partial X} = \sum_{\text{uses } u} \frac{\partial L}{\partial X}\Big|_{u}",
-        f"{name} is read by "
-        + ", ".join(who for who, _ in contributions)
-        + "; autograd adds the gradient coming back through each of them.",
+        note,
     )
 
 
@@ -410,10 +451,19 @@ def _grad_of_iteration(cap: CapturedIteration, qualified: str) -> np.ndarray | N
     return cap.param_grads.get(qualified)
 
 
-def _param_sum(cap, qualified: str, users: set[str], contributions) -> list[StepRecord]:
-    """A parameter used by several calls gets .grad = the sum of every call's part."""
+def _param_sum(
+    cap, qualified: str, users: set[str], contributions, sliced=frozenset()
+) -> list[StepRecord]:
+    """A parameter used by several calls gets .grad = the sum of every call's part.
+    `sliced`: users explained on their stored samples only (the sum is then partial)."""
     if {who for who, _ in contributions} != users:
         return []  # some call had no explained backward; autograd's sum stands alone
+    unchecked = None
+    if sliced:
+        unchecked = NotCompared(
+            f"dL/d({qualified}) over the stored samples of {', '.join(sorted(sliced))} only: "
+            "autograd's .grad sums every sample (a full check compares it)"
+        )
     return _sum_step(
         qualified,
         cap.param_layers.get(qualified),
@@ -424,10 +474,11 @@ def _param_sum(cap, qualified: str, users: set[str], contributions) -> list[Step
         "The parameter was used more than once in this forward pass ("
         + ", ".join(who for who, _ in contributions)
         + "); autograd adds the gradient of every use into one .grad.",
+        unchecked,
     )
 
 
-def _update_steps(cap, optimizer, tensors, warn, strict) -> list[StepRecord]:
+def _update_steps(cap, optimizer, tensors, warn, strict, explain=True, raw_reason=None):
     if optimizer is None or not cap.stepped:
         return []
     explainer = explainer_for(optimizer)
@@ -448,10 +499,12 @@ def _update_steps(cap, optimizer, tensors, warn, strict) -> list[StepRecord]:
             state_after=cap.state_after.get(name, {}),
             value_name=name,
             grad_name=_grad_name(name),
-            value_after_name=f"{name}.next",
+            value_after_name=names.next_value(name),
         )
         why = None
-        if cap.steps_taken > 1:
+        if not explain:
+            why = raw_reason or "not explained (building the matrix form of this iteration failed)"
+        elif cap.steps_taken > 1:
             why = (
                 f"optimizer.step() ran {cap.steps_taken} times in this iteration; "
                 "the stored update spans all of them"
@@ -487,17 +540,19 @@ def _update_steps(cap, optimizer, tensors, warn, strict) -> list[StepRecord]:
                         tensors[record.name] = record
                 steps.extend(ctx.steps)
                 continue
-        warn(f"{name} ({type(optimizer).__name__}): {why}; update stored as raw tensors")
+        if explain or not raw_reason:
+            warn(f"{name} ({type(optimizer).__name__}): {why}; update stored as raw tensors")
         steps.append(
             StepRecord(
                 layer=layer or name,
                 phase="update",
-                title=f"{type(optimizer).__name__} update of {name} (no matrix form)",
+                title=f"{type(optimizer).__name__} update of {name} "
+                + ("(not explained)" if not explain and raw_reason else "(no matrix form)"),
                 formula=r"W' = \operatorname{step}(W, \nabla_W L, \text{state})",
                 formula_values=r"\text{see the stored tensors}",
                 inputs=[name, _grad_name(name)],
-                outputs=[f"{name}.next", f"{name}.update"]
-                + [f"{name}.state.{k}" for k in cap.state_after.get(name, {})],
+                outputs=[names.next_value(name), names.update(name)]
+                + [names.state(name, k) for k in cap.state_after.get(name, {})],
                 note=why,
             )
         )
@@ -515,6 +570,49 @@ def _accuracy(cap: CapturedIteration) -> float | None:
     return None
 
 
+def _join(note: str, more: str) -> str:
+    return f"{note} {more}" if note else more
+
+
+def _kept_samples(layer_call: LayerCall, call: CapturedCall, bounds: Bounds) -> LayerCall:
+    """The call cut to the samples a storage bound keeps, where its samples are independent.
+
+    `max_elements` stores the first elements of each tensor in C order, i.e. its first
+    samples: explaining and checking those samples checks every stored number of the
+    call's tensors, at k/N of the cost. Parameter gradients sum over all samples, so
+    theirs are explained for the kept samples and not compared (`full_check` compares).
+    """
+    if bounds.max_elements is None or bounds.full_check or call.module is None:
+        return layer_call
+    out = layer_call.output
+    if out is None or np.ndim(out) == 0 or out.shape[0] <= 1:
+        return layer_call
+    explainer = explainer_for(call.module)
+    if explainer is None or call.error or not explainer.per_sample(layer_call):
+        return layer_call
+    n = out.shape[0]
+
+    def batched(a) -> bool:  # an input broadcast along the batch has fewer dimensions or N=1
+        return a is not None and a.ndim >= out.ndim and a.shape[0] == n
+
+    sizes = [a.size // n for a in (out, *layer_call.inputs) if batched(a) and a.size]
+    k = max(-(-bounds.max_elements // size) for size in sizes) if sizes else n
+    if k >= n:
+        return layer_call
+
+    def cut(a):
+        return a[:k] if batched(a) else a
+
+    return replace(
+        layer_call,
+        inputs=[cut(a) for a in layer_call.inputs],
+        output=out[:k],
+        grad_output=cut(layer_call.grad_output),
+        grad_inputs=[cut(g) for g in layer_call.grad_inputs],
+        samples=(k, n),
+    )
+
+
 def _apply_bounds(tensors: dict[str, TensorRecord], bounds: Bounds) -> list[TensorRecord]:
     out = []
     for record in tensors.values():
@@ -528,8 +626,9 @@ def _apply_bounds(tensors: dict[str, TensorRecord], bounds: Bounds) -> list[Tens
     return out
 
 
-def layer_infos(cap: CapturedIteration) -> list[LayerInfo]:
-    """The model's layers in call order, for the architecture page."""
+def layer_infos(cap: CapturedIteration, *, explained: bool = True) -> list[LayerInfo]:
+    """The model's layers in call order, for the architecture page. `explained=False`:
+    the run was traced with explanation off (no layer is explained, yet)."""
     infos = []
     for position, call in enumerate(cap.calls):
         explainer = explainer_for(call.module) if call.module is not None else None
@@ -557,7 +656,7 @@ def layer_infos(cap: CapturedIteration) -> list[LayerInfo]:
                 ),
                 description=description.splitlines()[0] if description else "",
                 formula=explainer.formula if explainer else "",
-                explained=explainer is not None and call.error is None,
+                explained=explained and explainer is not None and call.error is None,
             )
         )
     return infos

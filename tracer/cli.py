@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from storage import DB_ENV_VAR, RunStore, StoreError, default_db
+from storage.location import DB_ENV_VAR, StoreError, default_db
 
 
 class PositiveFloat(click.ParamType):
@@ -74,7 +74,8 @@ class MaxElements(click.ParamType):
     "model_name",
     default="seed-cnn",
     show_default=True,
-    help="Built-in model to train: seed-cnn, lenet5 or small-cnn (see `cnnviz models`).",
+    help="Built-in model to train: seed-cnn, lenet5, small-cnn or resnet18-cifar "
+    "(see `cnnviz models`).",
 )
 @click.option(
     "--seed",
@@ -94,7 +95,7 @@ class MaxElements(click.ParamType):
     "--lr",
     type=PositiveFloat(),
     default=None,
-    help="Learning rate [default: the model's (seed-cnn 0.1, lenet5 0.05, small-cnn 0.05); 0.001 for adam/adamw].",
+    help="Learning rate [default: the model's (seed-cnn 0.1, the others 0.05); 0.001 for adam/adamw].",
 )
 @click.option(
     "--momentum", type=float, default=None, help="SGD momentum in [0, 1) (sgd and momentum only)."
@@ -149,6 +150,27 @@ class MaxElements(click.ParamType):
     metavar="NAME,NAME",
     help="Store the tensors of these layers only (model-level tensors are always stored).",
 )
+@click.option(
+    "--explain",
+    type=click.Choice(["background", "inline", "off"]),
+    default="background",
+    show_default=True,
+    help="Where each iteration is explained and verified: in a worker thread while training "
+    "goes on, inline on the training thread, or off (raw tensors only, nothing checked).",
+)
+@click.option(
+    "--queue-size",
+    type=POSITIVE_INT,
+    default=2,
+    show_default=True,
+    help="Captured iterations that may wait for the worker before training waits for it.",
+)
+@click.option(
+    "--full-check",
+    is_flag=True,
+    help="Explain and check every sample of every call; by default, under --max-elements, "
+    "calls whose samples are independent are explained on the samples stored only.",
+)
 @click.option("--name", default=None, help="Run name [default: MODEL-seedSEED].")
 @db_option
 @click.pass_context
@@ -167,6 +189,9 @@ def trace(
     every,
     max_elements,
     layers,
+    explain,
+    queue_size,
+    full_check,
     name,
     db,
 ) -> None:
@@ -199,7 +224,15 @@ def trace(
             f"warning: {message}", err=True
         )
         run = run_builtin(
-            model_name=model_name, seed=seed, name=name, db=db, progress=True, **options
+            model_name=model_name,
+            seed=seed,
+            name=name,
+            db=db,
+            progress=True,
+            explain=explain,
+            queue_size=queue_size,
+            full_check=full_check,
+            **options,
         )
     click.echo(f"run {run.run_id} '{run.info.name}' stored in {db}")
 
@@ -208,6 +241,8 @@ def trace(
 @db_option
 def runs(db) -> None:
     """List the runs in a store."""
+    from storage.store import RunStore  # the store loads only for the commands that read it
+
     db = db or default_db()
     with RunStore(db) as store:
         infos = store.list_runs()
@@ -247,7 +282,7 @@ def runs(db) -> None:
 @cli.command()
 def models() -> None:
     """List the built-in models."""
-    from .models import BUILTIN_MODELS
+    from .catalog import MODEL_CARDS  # no torch: the defaults only
 
     rows = [
         (
@@ -256,7 +291,7 @@ def models() -> None:
             f"max-elements {m.max_elements or 'all'}",
             m.description,
         )
-        for m in BUILTIN_MODELS.values()
+        for m in MODEL_CARDS.values()
     ]
     click.echo(format_table(("name", "defaults", "layers"), rows))
 
@@ -282,6 +317,7 @@ def diverge(run_a, run_b, atol, db) -> None:
 
 def _diverge(run_a: int, run_b: int, atol: float, db: str) -> int:
     from storage.diverge import DivergeError, first_divergence
+    from storage.store import RunStore
 
     with RunStore(db, readonly=True) as store:
         for run_id in (run_a, run_b):
@@ -295,20 +331,71 @@ def _diverge(run_a: int, run_b: int, atol: float, db: str) -> int:
     return 0 if report.identical else 1
 
 
+@cli.command("export")
+@click.argument("run_id", metavar="RUN", type=click.IntRange(min=1))
+@click.option(
+    "--html",
+    "html_path",
+    required=True,
+    type=click.Path(dir_okay=False, writable=True),
+    help="The HTML file to write (one file: opens from disk, no server, no network).",
+)
+@click.option(
+    "--iterations",
+    default=None,
+    metavar="N,N",
+    help="Export only these stored iterations [default: every stored iteration].",
+)
+@db_option
+def export_command(run_id, html_path, iterations, db) -> None:
+    """Write one run as a self-contained, offline HTML file for a class."""
+    _export(run_id, html_path, _iteration_list(iterations), db or default_db())
+
+
+def _iteration_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise click.BadParameter(
+            f"{text!r} is not a comma-separated list of iteration numbers",
+            param_hint="'--iterations'",
+        )
+    return [int(p) for p in parts]
+
+
+def _export(run_id: int, html_path: str, iterations: list[int] | None, db: str) -> None:
+    from dashapp.export import ExportError, export_html
+    from storage.store import RunStore
+
+    with RunStore(db, readonly=True) as store:
+        try:
+            size = export_html(store, run_id, html_path, iterations=iterations)
+        except ExportError as exc:
+            raise click.UsageError(str(exc)) from exc
+        except OSError as exc:
+            raise click.UsageError(f"cannot write {html_path}: {exc.strerror or exc}") from exc
+    click.echo(f"run {run_id} exported to {html_path} ({size / 1e6:.1f} MB)")
+
+
 # ---------------------------------------------------------------- dashboard
 
 DEMO_SEEDS = (0, 1, 2)
 host_option = click.option(
     "--host",
     default="127.0.0.1",
+    envvar="CNNVIZ_HOST",
     show_default=True,
+    show_envvar=True,
     help="Interface to listen on. 127.0.0.1 is this machine only; 0.0.0.0 opens it to your network.",
 )
 port_option = click.option(
     "--port",
     type=click.IntRange(1, 65535),
     default=8050,
+    envvar="CNNVIZ_PORT",
     show_default=True,
+    show_envvar=True,
     help="TCP port of the dashboard.",
 )
 
@@ -320,10 +407,11 @@ port_option = click.option(
 @click.option(
     "--debug",
     is_flag=True,
-    help="Dash debug mode (dev tools, Werkzeug debugger). Never on a network you do not trust.",
+    help="Dash's development server with its dev tools and the Werkzeug debugger, instead of "
+    "gunicorn. Never on a network you do not trust.",
 )
 def serve(db, host, port, debug) -> None:
-    """Serve the dashboard for a store (opened read-only)."""
+    """Serve the dashboard for a store (opened read-only) with gunicorn."""
     _serve(db or default_db(), host, port, debug)
 
 
@@ -331,20 +419,29 @@ def serve(db, host, port, debug) -> None:
 @db_option
 @host_option
 @port_option
+@click.option("--no-serve", is_flag=True, help="Only add the demo runs, then exit.")
 @click.option(
-    "--no-serve", is_flag=True, help="Only trace the demo runs (if the store has none), then exit."
+    "--from",
+    "source",
+    default=None,
+    metavar="PATH|URL",
+    help="Copy the demo runs the store lacks from this store instead of tracing them "
+    "(no torch needed; the Docker image does this).",
 )
-def demo(db, host, port, no_serve) -> None:
-    """Trace the seed CNN with seeds 0, 1 and 2 if the store has no runs yet, then serve it."""
+def demo(db, host, port, no_serve, source) -> None:
+    """Add the seed CNN's runs with seeds 0, 1 and 2 that the store lacks, then serve it."""
     db = db or default_db()
     if not no_serve:
         _require_free_port(host, port)  # before tracing, not after
-    if _holds_runs(db):
-        click.echo(f"{db} already holds runs: not tracing the demo again")
+    missing = _missing_demo_seeds(db)
+    if not missing:
+        click.echo(f"{db} already holds the demo runs (seeds 0, 1, 2)")
+    elif source:
+        _copy_demo_runs(source, db, missing)
     else:
         from .train import run_builtin
 
-        for seed in DEMO_SEEDS:
+        for seed in missing:
             run = run_builtin(seed=seed, db=db)
             click.echo(
                 f"traced run {run.run_id} '{run.info.name}': {run.stored} iterations, "
@@ -354,16 +451,46 @@ def demo(db, host, port, no_serve) -> None:
         _serve(db, host, port, debug=False)
 
 
-def _holds_runs(db: str) -> bool:
-    """Whether the store has runs; a missing or empty file has none, a bad one raises StoreError."""
+def _demo_run_ids(db: str) -> dict[int, int]:
+    """Seed -> id of a completed demo run in the store (a missing or empty file has none)."""
     if "://" not in db:
         from pathlib import Path
 
         path = Path(db).expanduser()
         if not path.exists() or (path.is_file() and path.stat().st_size == 0):
-            return False
-    with RunStore(db, readonly=True) as store:
-        return bool(store.list_runs())
+            return {}
+    from storage.records import RUN_COMPLETED
+    from storage.store import RunStore
+
+    with RunStore(db, readonly=True) as store:  # a bad store raises StoreError
+        return {
+            run.seed: run.id
+            for run in store.list_runs()
+            if run.model_name == "seed-cnn"
+            and run.seed in DEMO_SEEDS
+            and run.name == f"seed-cnn-seed{run.seed}"
+            and run.status == RUN_COMPLETED
+        }
+
+
+def _missing_demo_seeds(db: str) -> list[int]:
+    """The demo seeds without a completed run: a start killed midway is filled up later."""
+    have = _demo_run_ids(db)
+    return [seed for seed in DEMO_SEEDS if seed not in have]
+
+
+def _copy_demo_runs(source: str, db: str, seeds: list[int]) -> None:
+    from storage.store import RunStore
+    from storage.transfer import copy_run
+
+    available = _demo_run_ids(source)
+    absent = [seed for seed in seeds if seed not in available]
+    if absent:
+        raise StoreError(f"{source} has no completed demo run for seed {absent[0]}")
+    with RunStore(source, readonly=True) as store:
+        for seed in seeds:
+            run_id = copy_run(store, available[seed], db)
+            click.echo(f"copied run {run_id} 'seed-cnn-seed{seed}' from {source}")
 
 
 def _require_free_port(host: str, port: int) -> None:
@@ -390,18 +517,29 @@ def _require_free_port(host: str, port: int) -> None:
 
 
 def _serve(db: str, host: str, port: int, debug: bool) -> None:
-    from dashapp.app import create_app  # Dash loads only for the commands that serve
-
     _require_free_port(host, port)
-    app = create_app(db)  # a missing or invalid store: StoreError, one line, exit 2
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     shown = f"[{shown}]" if ":" in shown else shown
-    click.echo(f"cnnviz dashboard for {db}: http://{shown}:{port}/  (Ctrl+C to stop)")
+    url = f"http://{shown}:{port}/"
+    if not debug:
+        from dashapp.server import serve  # gunicorn; Dash loads only for the commands that serve
+
+        # A missing or invalid store: StoreError, one line, exit 2, before gunicorn starts.
+        serve(db, host, port, on_ready=lambda: click.echo(_serving_line(db, url)))
+        return
+    from dashapp.app import create_app
+
+    app = create_app(db)  # a missing or invalid store: StoreError, one line, exit 2
+    click.echo(_serving_line(db, url))
     # No reloader: it would run this command again in a child process. No version
     # check: debug mode would otherwise ask a plotly.com server from the browser.
     app.run(
-        host=host, port=port, debug=debug, use_reloader=False, dev_tools_disable_version_check=True
+        host=host, port=port, debug=True, use_reloader=False, dev_tools_disable_version_check=True
     )
+
+
+def _serving_line(db: str, url: str) -> str:
+    return f"cnnviz dashboard for {db}: {url}  (Ctrl+C to stop)"
 
 
 def format_table(header, rows) -> str:
@@ -414,6 +552,12 @@ def format_table(header, rows) -> str:
     ]
     return "\n".join(lines)
 
+
+NO_TORCH = (
+    "this command needs PyTorch (torch>=2.13), which is not installed: "
+    "pip install 'cnnviz[trace]' (in a clone, for the CPU build: "
+    "pip install -c constraints/cpu.txt -e '.[trace]')"
+)
 
 # click >= 8.2 raises this for a group called with no arguments.
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -432,6 +576,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except StoreError as exc:
         click.echo(f"cnnviz: error: {exc}", err=True)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "torch":
+            raise
+        # A dashboard-only install (no "trace" extra) has no torch: say what to install.
+        click.echo(f"cnnviz: error: {NO_TORCH}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("cnnviz: aborted", err=True)

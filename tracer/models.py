@@ -9,10 +9,12 @@ full tensor).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+from .catalog import MODEL_CARDS, ModelCard
 
 
 class SeedCNN(nn.Module):
@@ -209,60 +211,82 @@ def bar_blob_patterns(samples: int, seed: int, size: int = 16) -> tuple[torch.Te
 # ---------------------------------------------------------------- registry
 
 
-@dataclass
-class BuiltinModel:
-    name: str
-    description: str  # one line: the layers
-    build: Callable[[], nn.Module]
-    data: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]  # (samples, seed) -> (x, y)
-    dataset: str
-    lr: float = 0.1  # SGD learning rate (Adam and AdamW default to 1e-3)
-    epochs: int = 3  # passes over the data
-    samples: int = 1  # synthetic training samples
-    batch_size: int | None = None  # None: all samples in one batch
-    # Elements stored per tensor; None: every element. 5000 keeps the first sample of
-    # every LeNet-5 and small-cnn activation and gradient whole (conv1.out: 6x28x28 = 4704).
-    max_elements: int | None = None
+class BasicBlock(nn.Module):
+    """ResNet's basic block: conv3x3-BN-ReLU-conv3x3-BN, plus the shortcut, then ReLU.
+    The shortcut is the input itself, or a 1x1 convolution and BN where the stride or
+    the channel count changes."""
 
+    def __init__(self, channels_in: int, channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.relu2 = nn.ReLU()
+        self.downsample = None
+        if stride != 1 or channels_in != channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(channels_in, channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))  # (N, C_in, H, W) -> (N, C, H/s, W/s)
+        out = self.bn2(self.conv2(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu2(out + shortcut)  # the residual add: a functional call, explained
+
+
+class ResNet18Cifar(nn.Module):
+    """ResNet-18 (He et al., 2016) as it is usually adapted to 32x32 inputs: a 3x3 stem
+    without max pooling, then four stages of two basic blocks; `width` is the first
+    stage's channel count (64 in the paper; 16 by default here, so that a CPU traces it)."""
+
+    def __init__(self, classes: int = 4, width: int = 16) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(
+            3, width, 3, padding=1, bias=False
+        )  # (N, 3, 32, 32) -> (N, w, 32, 32)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU()
+        stages, channels = [], width
+        for stage, out in enumerate((width, 2 * width, 4 * width, 8 * width)):
+            stride = 1 if stage == 0 else 2  # 32 -> 32 -> 16 -> 8 -> 4
+            stages.append(nn.Sequential(BasicBlock(channels, out, stride), BasicBlock(out, out)))
+            channels = out
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.pool = nn.AvgPool2d(4)  # (N, 8w, 4, 4) -> (N, 8w, 1, 1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(8 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.flatten(self.pool(x)))
+
+
+def bar_blob_patterns_32(samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`bar_blob_patterns` at CIFAR's size, 3x32x32."""
+    return bar_blob_patterns(samples, seed, size=32)
+
+
+@dataclass(frozen=True)
+class BuiltinModel(ModelCard):
+    """A model card with its module class and its data generator."""
+
+    build: Callable[[], nn.Module] = nn.Identity
+    data: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] = bars_4x4  # (samples, seed)
+
+
+_MODULES = {
+    "seed-cnn": (SeedCNN, bars_4x4),
+    "lenet5": (LeNet5, digit_glyphs),
+    "small-cnn": (SmallCNN, bar_blob_patterns),
+    "resnet18-cifar": (ResNet18Cifar, bar_blob_patterns_32),
+}
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
-    "seed-cnn": BuiltinModel(
-        name="seed-cnn",
-        description="4x4 -> Conv2d(1,1,k=2) -> ReLU -> MaxPool2d(k=2,s=1) -> Flatten -> Linear(4,2)",
-        build=SeedCNN,
-        data=bars_4x4,
-        dataset="bars-4x4: 1x4x4 images with a vertical (class 0) or horizontal (class 1) bar, "
-        "Gaussian noise 0.1, each image standardised to mean 0 and standard deviation 2",
-    ),
-    "lenet5": BuiltinModel(
-        name="lenet5",
-        description="LeNet-5 on 1x32x32, 10 classes: Conv2d(1,6,k=5) -> ReLU -> MaxPool2d(2) -> "
-        "Conv2d(6,16,k=5) -> ReLU -> MaxPool2d(2) -> Flatten -> Linear(400,120) -> ReLU -> "
-        "Linear(120,84) -> ReLU -> Linear(84,10) (ReLU and max pooling in place of the paper's "
-        "tanh and average subsampling)",
-        build=LeNet5,
-        data=digit_glyphs,
-        dataset="digit-glyphs: 1x32x32 seven-segment digits 0-9 with random box size, position "
-        "jitter, stroke thickness and brightness, Gaussian noise 0.15",
-        lr=0.05,
-        epochs=10,
-        samples=640,
-        batch_size=64,
-        max_elements=5000,
-    ),
-    "small-cnn": BuiltinModel(
-        name="small-cnn",
-        description="3x16x16, 4 classes: Conv2d(3,8,k=3,p=1) -> BatchNorm2d -> ReLU -> MaxPool2d(2) -> "
-        "Conv2d(8,16,k=3,p=1) -> BatchNorm2d -> ReLU -> MaxPool2d(2) -> Flatten -> Dropout(0.25) -> "
-        "Linear(256,4)",
-        build=SmallCNN,
-        data=bar_blob_patterns,
-        dataset="bars-blobs: 3x16x16 colour images of a horizontal bar, vertical bar, blob or "
-        "diagonal line at random positions and colours, Gaussian noise 0.15",
-        lr=0.05,
-        epochs=3,
-        samples=256,
-        batch_size=32,
-        max_elements=5000,
-    ),
+    name: BuiltinModel(**asdict(card), build=_MODULES[name][0], data=_MODULES[name][1])
+    for name, card in MODEL_CARDS.items()
 }

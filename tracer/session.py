@@ -16,6 +16,13 @@ bitwise identical losses and weights.
 Layers, functional calls and optimizers that cnnviz cannot write in matrix form
 are stored as raw tensors (inputs, outputs, gradients, values before and after
 the update), and a `TraceWarning` naming each of them is issued once per run.
+
+Only the capture runs on the training thread: hooks, NumPy copies, and a hand-off.
+With `explain="background"` (the default) a worker thread explains, verifies,
+summarises and writes each iteration (see `tracer.pipeline`); `"inline"` does all
+of it on the training thread before the block returns; `"off"` writes the raw
+tensors only, in the worker. An error in the worker is raised at the next
+`iteration()` or when the `with` block ends.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -38,6 +46,15 @@ from storage.records import IterationRecord
 from .assemble import Bounds, TraceError, build_iteration, layer_infos
 from .capture import Capture
 from .explainers import explainer_for
+from .pipeline import DEFAULT_QUEUE_SIZE, Background, Inline
+
+EXPLAIN_MODES = ("inline", "background", "off")
+DEFAULT_EXPLAIN = "background"
+# The note on the steps of an iteration traced with explain="off".
+NOT_EXPLAINED = (
+    "not explained: traced with explanation off (raw tensors only); "
+    "trace again with explanation on (`--explain background`, the default) to see it explained"
+)
 
 
 class TraceWarning(UserWarning):
@@ -90,7 +107,14 @@ class Trace:
         max_elements: int | None = None,
         layers: list[str] | None = None,
         strict: bool = False,
+        explain: str = DEFAULT_EXPLAIN,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        full_check: bool = False,
     ):
+        if explain not in EXPLAIN_MODES:
+            raise ValueError(f"explain must be one of {', '.join(EXPLAIN_MODES)}, not {explain!r}")
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+            raise ValueError(f"queue_size must be a positive integer, not {queue_size!r}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive integer, not {every!r}")
         if max_elements is not None and (
@@ -111,9 +135,13 @@ class Trace:
         self.db = db
         self.every = every
         self.bounds = Bounds(
-            max_elements=max_elements, layers=frozenset(layers) if layers else None
+            max_elements=max_elements,
+            layers=frozenset(layers) if layers else None,
+            full_check=bool(full_check),
         )
         self.strict = strict
+        self.explain = explain
+        self.queue_size = queue_size
         optimizer_name, settings = describe_optimizer(optimizer)
         self.info = RunInfo(
             name=name or f"{model_name or type(model).__name__}-{dt.datetime.now():%Y%m%d-%H%M%S}",
@@ -129,6 +157,8 @@ class Trace:
                 "every": every,
                 "max_elements": max_elements,
                 "layers": layers,
+                "explain": explain,
+                "full_check": bool(full_check),
                 "host": platform.node(),
                 "pid": os.getpid(),
             },
@@ -139,13 +169,18 @@ class Trace:
         self.stored = 0  # iterations written
         self.losses: list[float] = []
         self.records: list[IterationRecord] = []  # the last stored record only, to bound memory
+        # One (index, loss, accuracy, checked, verified, worst difference) per stored iteration.
+        self.rows: list[tuple] = []
         self.warned: list[str] = []  # every distinct warning of the run, in order
-        # Seconds spent, over the stored iterations: inside the `iteration()` blocks
-        # (the user's forward/backward/step with our hooks), building the records
-        # (explain and verify), writing them to the store.
-        self.timings = {"capture": 0.0, "explain": 0.0, "write": 0.0}
+        # Seconds spent, over the stored iterations: on the training thread inside the
+        # `iteration()` blocks (the user's forward/backward/step with our hooks and
+        # copies), handing off (waiting for room in the queue), and in the worker (or
+        # inline) building the records (explain and verify) and writing them.
+        self.timings = {"capture": 0.0, "handoff": 0.0, "explain": 0.0, "write": 0.0}
         self.run_id: int | None = None
         self._in_iteration = False
+        self._traced = False  # whether the open iteration is traced (every `every`-th)
+        self._started = 0.0
         self._pending_loss: float | None = None
         self._entered = False
         self._capture = Capture(model, optimizer, criterion)
@@ -153,6 +188,8 @@ class Trace:
         self._engine = None
         self._modes: list[tuple[nn.Module, bool]] = []
         self._layers_written = False
+        self._pipeline: Inline | Background | None = None
+        self._messages: list[str] = []  # warnings from the worker, issued on the training thread
 
     def __enter__(self) -> Trace:
         if self._entered:
@@ -165,6 +202,12 @@ class Trace:
             self._engine.dispose()
             raise
         self.run_id = self._writer.run_id
+        if self.explain == "inline":
+            self._pipeline = Inline(self._handle)
+        else:
+            self._pipeline = Background(
+                self._handle, maxsize=self.queue_size, passthrough=(TraceError,)
+            )
         self._modes = [(m, m.training) for m in self.model.modules()]
         if isinstance(self.criterion, nn.Module):
             self._modes += [(m, m.training) for m in self.criterion.modules()]
@@ -178,12 +221,14 @@ class Trace:
         try:
             self._capture.attach()
         except BaseException as exc:
+            self._pipeline.close()
             self._writer.finish(RUN_FAILED, f"could not attach to the model: {exc}".splitlines()[0])
             self._engine.dispose()
             raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        worker_error = None
         try:
             self._capture.detach()
             for module, training in self._modes:
@@ -191,54 +236,147 @@ class Trace:
                     training  # the flag itself: no recursion, no user train() override
                 )
         finally:
+            try:
+                if self._pipeline is not None:
+                    # Iterations already captured are whole: write them, unless the user
+                    # pressed Ctrl-C (then only the one in the worker's hands finishes).
+                    interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+                    self._pipeline.close(drain=not interrupted)
+                    worker_error = getattr(self._pipeline, "error", None)
+                self._flush_messages()
+            finally:
+                self._finish(exc_type, exc, worker_error)
+        if exc_type is None and self._pipeline is not None:
+            self._pipeline.raise_pending()
+        return False
+
+    def _finish(self, exc_type, exc, worker_error) -> None:
+        try:
             if self._writer is not None:
-                if exc_type is None:
+                if exc_type is None and worker_error is None:
                     self._writer.finish(RUN_COMPLETED)
-                elif issubclass(exc_type, KeyboardInterrupt):
+                elif exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
                     self._writer.finish(RUN_INTERRUPTED, "interrupted")
+                elif exc_type is None or exc is worker_error:
+                    why = f"{type(worker_error).__name__}: {worker_error}".splitlines()[0]
+                    self._writer.finish(RUN_FAILED, f"tracing failed in the background: {why}")
                 else:
                     self._writer.finish(RUN_FAILED, f"{exc_type.__name__}: {exc}".splitlines()[0])
+        finally:
             if self._engine is not None:
                 self._engine.dispose()
             self._writer = None
             self._engine = None
-        return False
+
+    # ------------------------------------------------ explicit open/close, like a logger
+
+    @property
+    def in_iteration(self) -> bool:
+        """Whether `begin()` opened an iteration that `end()` has not closed."""
+        return self._in_iteration
+
+    def start(self) -> Trace:
+        """Open the run and attach the hooks: `t = Trace(...).start()`, then `t.begin()` /
+        `t.end()` around each iteration and `t.close()` at the end (notebooks, trainer
+        callbacks). The same as entering `with Trace(...) as t:`."""
+        return self.__enter__()
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Finish the run: detach the hooks, write what is queued, mark the run
+        completed (or failed with `error`). Closing twice, or a trace never started,
+        does nothing."""
+        if self._writer is None:
+            return
+        if self._in_iteration:
+            self._abandon()
+        if error is None:
+            self.__exit__(None, None, None)
+        else:
+            self.__exit__(type(error), error, error.__traceback__)
+
+    def begin(self, step: int | None = None) -> bool:
+        """Start an iteration: what runs until `end()` (forward, backward, optimizer
+        step) is traced. `step` is your own step number (1, 2, ...; increasing), the
+        iteration's index in the store; without it iterations are counted from 1.
+        Returns whether this iteration is traced (every `every`-th step is)."""
+        if self._writer is None or self._engine is None:
+            raise RuntimeError(
+                "the trace is not open: use it as a context manager (`with Trace(...) as t:`) "
+                "or call t.start() first"
+            )
+        if self._in_iteration:
+            raise RuntimeError(
+                "an iteration is already open: call end() first "
+                "(trace.iteration() blocks cannot be nested)"
+            )
+        index = self._next_index(step)
+        self._pipeline.raise_pending()  # the worker failed on an earlier iteration
+        self._flush_messages()
+        self.index = index
+        self._traced = (index - 1) % self.every == 0
+        self._in_iteration = True
+        if self._traced:
+            self._pending_loss = None
+            self._started = time.perf_counter()
+            self._capture.start()
+        return self._traced
+
+    def end(self, loss: float | None = None) -> None:
+        """Finish the iteration `begin()` opened and hand it over to be explained and
+        stored. `loss`: this iteration's loss when the criterion given to Trace did not
+        compute it (a number or a scalar tensor)."""
+        if not self._in_iteration:
+            raise RuntimeError("no iteration is open: call begin() first")
+        self._in_iteration = False
+        if not self._traced:
+            return
+        captured = self._capture.finish()
+        if self._pending_loss is not None:
+            loss_value = self._pending_loss
+        else:
+            loss_value = _as_float(loss) if loss is not None else None
+        handed = time.perf_counter()
+        self.timings["capture"] += handed - self._started
+        self._pipeline.put((captured, self.index, loss_value))
+        if self.explain != "inline":
+            self.timings["handoff"] += time.perf_counter() - handed
+        self._flush_messages()
+
+    def _abandon(self) -> None:
+        """Drop the open iteration (its block raised): nothing of it is stored."""
+        self._in_iteration = False
+        if self._traced:
+            self._capture.finish()
+
+    def _next_index(self, step) -> int:
+        if step is None:
+            return self.index + 1
+        if isinstance(step, bool) or not isinstance(step, int) or step < 1 or step <= self.index:
+            raise ValueError(
+                f"step must be an integer of at least {max(1, self.index + 1)} (steps increase; "
+                f"the last was {self.index}), not {step!r}"
+            )
+        return step
 
     @contextmanager
-    def iteration(self, loss: float | None = None) -> Iterator[Trace]:
-        """Trace the forward, backward and optimizer step run inside this block."""
-        if self._writer is None or self._engine is None:
-            raise RuntimeError("use Trace as a context manager: `with Trace(...) as trace:`")
-        if self._in_iteration:
-            raise RuntimeError("trace.iteration() blocks cannot be nested")
-        self.index += 1
-        keep = (self.index - 1) % self.every == 0
-        if not keep:
-            self._in_iteration = True
-            try:
-                yield self
-            finally:
-                self._in_iteration = False
-            return
-        self._in_iteration = True
-        self._pending_loss = None
-        started = time.perf_counter()
-        self._capture.start()
+    def iteration(self, loss: float | None = None, *, step: int | None = None) -> Iterator[Trace]:
+        """Trace the forward, backward and optimizer step run inside this block
+        (`begin(step)` and `end(loss)` around it)."""
+        self.begin(step)
         try:
             yield self
         except BaseException:
-            self._capture.finish()  # discard the partial iteration
+            self._abandon()  # discard the partial iteration
             raise
-        finally:
-            self._in_iteration = False
-        captured = self._capture.finish()
-        self.timings["capture"] += time.perf_counter() - started
+        self.end(loss)
+
+    def _handle(self, job) -> None:
+        """Build and write one captured iteration (in the worker, or inline)."""
+        captured, index, loss = job
         started = time.perf_counter()
-        record = self._build(
-            captured, self._pending_loss if self._pending_loss is not None else loss
-        )
+        record = self._build(captured, index, loss)
         if not self._layers_written:
-            self._writer.set_layers(layer_infos(captured))
+            self._writer.set_layers(layer_infos(captured, explained=self.explain != "off"))
             self._layers_written = True
         self.timings["explain"] += time.perf_counter() - started
         started = time.perf_counter()
@@ -247,31 +385,35 @@ class Trace:
         self.stored += 1
         self.losses.append(record.loss)
         self.records = [record]
-        for message in record.warnings:
-            self._warn(message)
+        self.rows.append(_row(record))
+        self._messages.extend(record.warnings)
+
+    def _flush_messages(self) -> None:
+        while self._messages:
+            self._warn(self._messages.pop(0))
 
     def set_loss(self, loss) -> None:
         """Record this iteration's loss (a number or a scalar tensor) when it is not the
         output of the criterion given to `Trace` (e.g. `F.cross_entropy` in the loop)."""
         if not self._in_iteration:
             raise RuntimeError("set_loss() belongs inside a `with trace.iteration():` block")
-        self._pending_loss = (
-            float(loss.detach().reshape(-1)[0]) if torch.is_tensor(loss) else float(loss)
-        )
+        self._pending_loss = _as_float(loss)
 
-    def _build(self, captured, loss) -> IterationRecord:
+    def _build(self, captured, index: int, loss) -> IterationRecord:
         options = dict(
             optimizer=self.optimizer, bounds=self.bounds, strict=self.strict, loss_value=loss
         )
+        if self.explain == "off":
+            return build_iteration(captured, index, explain=False, why=NOT_EXPLAINED, **options)
         try:
-            return build_iteration(captured, self.index, **options)
+            return build_iteration(captured, index, **options)
         except TraceError:
             raise
         except Exception as exc:
             if self.strict:
                 raise
             # Never let a bug in the matrix form cost the user's run: store the raw tensors.
-            record = build_iteration(captured, self.index, explain=False, **options)
+            record = build_iteration(captured, index, explain=False, **options)
             record.warnings.insert(
                 0, f"building the matrix form failed ({type(exc).__name__}: {exc})"
             )
@@ -283,7 +425,30 @@ class Trace:
         if key in self.warned:
             return
         self.warned.append(key)
-        warnings.warn(f"cnnviz: {message}", TraceWarning, stacklevel=4)
+        warnings.warn(f"cnnviz: {message}", TraceWarning, stacklevel=_user_stacklevel())
+
+
+def _as_float(loss) -> float:
+    return float(loss.detach().reshape(-1)[0]) if torch.is_tensor(loss) else float(loss)
+
+
+def _user_stacklevel() -> int:
+    """The stacklevel of the first frame outside cnnviz's tracer and contextlib: warnings
+    are issued from several places (iteration start and end, exit) and point at the user."""
+    import contextlib
+
+    ours = (os.path.dirname(os.path.abspath(__file__)), os.path.abspath(contextlib.__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(ours):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _row(record: IterationRecord) -> tuple:
+    checked = [s for s in record.steps if s.verified is not None]
+    verified = sum(1 for s in checked if s.verified)
+    worst = max((s.max_abs_diff for s in checked), default=0.0)
+    return (record.index, record.loss, record.accuracy, len(checked), verified, worst)
 
 
 def _tf32_on_cuda(model: nn.Module) -> bool:

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .models import BUILTIN_MODELS, BuiltinModel
-from .session import Trace
+from .pipeline import DEFAULT_QUEUE_SIZE
+from .session import DEFAULT_EXPLAIN, Trace
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 ADAM_LR = 1e-3  # the default learning rate of Adam and AdamW (the models' lr is tuned for SGD)
@@ -229,12 +230,18 @@ def train(
 def one_torch_thread():
     """Built-in runs use one torch thread: the order of a float reduction depends on how
     many threads share it, so this makes a seed's numbers independent of the core count
-    (LeNet-5's loss after 100 iterations is 0.952 with one thread, 1.049 with two), and
-    the NumPy explainers, not torch, take the time anyway."""
+    (LeNet-5's loss after 100 iterations is 0.952 with one thread, 1.049 with two).
+
+    NumPy's BLAS is pinned to one thread too (threadpoolctl): with its default of one
+    thread per core, the explainers' matrix products competed with the training
+    thread for the same cores, cost about 28% more CPU and gave 7x outliers."""
+    from threadpoolctl import threadpool_limits
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with threadpool_limits(limits=1):
+            yield
     finally:
         torch.set_num_threads(threads)
 
@@ -254,13 +261,16 @@ def run_builtin(
     db=None,
     progress: bool = False,
     strict: bool = False,
+    explain: str = DEFAULT_EXPLAIN,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+    full_check: bool = False,
     **options,
 ) -> Trace:
     """Train a built-in model and trace it; returns the finished Trace.
 
     `options` are those of `resolve` (lr, epochs, iterations, samples, batch_size,
     optimizer, momentum, weight_decay, every, max_elements, layers); each defaults
-    to the model's own.
+    to the model's own. `explain`, `queue_size` and `full_check` are those of `Trace`.
     """
     config = resolve(model_name=model_name, seed=seed, **options)
     spec = BUILTIN_MODELS[config.model]
@@ -279,13 +289,17 @@ def run_builtin(
         max_elements=config.max_elements,
         layers=config.layers,
         strict=strict,
+        explain=explain,
+        queue_size=queue_size,
+        full_check=full_check,
     )
     show_bar = progress and config.iterations > 10
     rows: list[str] = []
 
     def record_row() -> None:
-        if run.stored > len(rows):
-            rows.append(_row(run.records[-1]))
+        # The worker stores iterations behind the loop: print every row stored since.
+        while len(rows) < len(run.rows):
+            rows.append(_row(run.rows[len(rows)]))
             if progress and not show_bar:
                 if len(rows) == 1:
                     click.echo(HEADER)
@@ -300,11 +314,13 @@ def run_builtin(
                     bar.update(1)
 
                 train(model, optimizer, criterion, x, y, config, run, tick)
-            click.echo(HEADER)
-            for line in rows if len(rows) <= 12 else [*rows[:5], f"{'...':>4}", *rows[-5:]]:
-                click.echo(line)
         else:
             train(model, optimizer, criterion, x, y, config, run, record_row)
+    record_row()  # the iterations the worker stored after the loop ended
+    if show_bar:
+        click.echo(HEADER)
+        for line in rows if len(rows) <= 12 else [*rows[:5], f"{'...':>4}", *rows[-5:]]:
+            click.echo(line)
     return run
 
 
@@ -313,9 +329,7 @@ HEADER = (
 )
 
 
-def _row(record) -> str:
-    checked = [s for s in record.steps if s.verified is not None]
-    ok = sum(1 for s in checked if s.verified)
-    worst = max((s.max_abs_diff for s in checked), default=0.0)
-    acc = "" if record.accuracy is None else f"{record.accuracy:.2f}"
-    return f"{record.index:>4}  {record.loss:>10.6f}  {acc:>5}  {f'{ok}/{len(checked)}':>14}  {worst:>18.2e}"
+def _row(row: tuple) -> str:
+    index, loss, accuracy, checked, ok, worst = row
+    acc = "" if accuracy is None else f"{accuracy:.2f}"
+    return f"{index:>4}  {loss:>10.6f}  {acc:>5}  {f'{ok}/{checked}':>14}  {worst:>18.2e}"

@@ -104,6 +104,7 @@
     slot._cnnvizDrawn = source;
     return Promise.resolve(Plotly.react(slot, figure.data || [], layout, config)).then(function () {
       slot._cnnvizShown = source; // what the slot shows now (tests wait for it)
+      slot.dispatchEvent(new CustomEvent("cnnviz:drawn", { bubbles: true })); // provenance_click.js
       if (!slot._cnnvizClick && slot.on) {
         slot._cnnvizClick = true;
         slot.on("plotly_click", onClick(slot));

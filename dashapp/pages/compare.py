@@ -3,6 +3,9 @@ one tensor of one layer in two (run, iteration) selections side by side, on one
 colour scale, with their difference; below, loss and per-layer weight and
 gradient norms over iterations with the runs overlaid (seed sensitivity).
 
+"First divergence" finds the first iteration and step where the two runs differ
+(storage.diverge) and opens the page there (&first=1 says so above the heatmaps).
+
 Every control writes the URL; the page is rebuilt from it, so a comparison
 is a link and the browser's back button undoes a choice.
 """
@@ -27,6 +30,7 @@ from dashapp.formatting import format_shape
 from dashapp.guard import page_layout
 from dashapp.tensorview import difference_view, matrix_view
 from storage import IterationRecord, RunInfo, RunStore, TensorRecord
+from storage.diverge import DivergeError, DivergenceReport, first_divergence
 
 dash.register_page(__name__, path=links.COMPARE, name="Compare", title="Compare · cnnviz", order=3)
 
@@ -41,17 +45,23 @@ ROLE_ORDER = (
     "intermediate",
     "optimizer_state",
     "output",
+    "input",
+    "input_grad",
+    "target",
 )
 MAX_DEFAULT_RUNS = 10
+# The layer entry of tensors that belong to no layer (input, labels, input gradient);
+# parentheses never occur in a module's qualified name.
+MODEL_LEVEL = "(model)"
 
 
 def comparable(record: IterationRecord) -> dict[str, dict[str, list[str]]]:
     """layer -> role -> tensor names, for the tensors that belong to a layer."""
     table: dict[str, dict[str, list[str]]] = {}
     for t in record.tensors:
-        if t.layer is None or t.role not in ROLE_ORDER:
+        if t.role not in ROLE_ORDER:
             continue
-        table.setdefault(t.layer, {}).setdefault(t.role, []).append(t.name)
+        table.setdefault(t.layer or MODEL_LEVEL, {}).setdefault(t.role, []).append(t.name)
     return table
 
 
@@ -278,6 +288,81 @@ def history_section(store: RunStore, runs: list[RunInfo], chosen: list[int]) -> 
     )
 
 
+def divergence_link(report: DivergenceReport) -> str | None:
+    """The compare page at a divergence (both runs, that iteration, that tensor, the
+    slice holding the largest difference), or None when there is nothing to open."""
+    d = report.divergence
+    if d is None or d.role not in ROLE_ORDER or d.tensor.startswith("("):
+        return None
+    if "only in run B" in d.reason:
+        return None  # the page picks its tensors from side A
+    lead = len(d.index) - 2 if d.index is not None and len(d.index) > 2 else 0
+    return links.compare(
+        (report.run_a, d.iteration),
+        (report.run_b, d.iteration),
+        layer=d.layer or MODEL_LEVEL,
+        role=d.role,
+        tensor=d.tensor,
+        index=[i + 1 for i in d.index[:lead]] if lead else None,
+        first=True,
+    )
+
+
+def divergence_banner(report: DivergenceReport) -> dbc.Alert:
+    """The answer in one line, with where the largest difference is."""
+    d = report.divergence
+    if d is None:
+        return dbc.Alert(
+            report.summary() + ".", color="success", className="py-2", id="compare-first"
+        )
+    lines = [
+        html.Strong("First divergence: "),
+        f"runs {report.run_a} and {report.run_b} first differ at {d.where()}.",
+        html.Br(),
+        html.Code(d.tensor),
+        f" {d.reason}",
+    ]
+    if d.max_abs_diff is not None:
+        at = "" if d.index is None else f" at [{', '.join(str(i) for i in d.index)}]"
+        lines.append(
+            f": the largest difference is {d.max_abs_diff:.3g}{at} "
+            f"(A {d.value_a:.9g}, B {d.value_b:.9g}); "
+            + (
+                "1 stored value differs"
+                if d.differing == 1
+                else f"{d.differing} stored values differ"
+            )
+            + ". Everything before it is "
+            + ("bitwise identical." if report.atol == 0 else f"within {report.atol:g}.")
+        )
+    return dbc.Alert(lines, color="warning", className="py-2", id="compare-first")
+
+
+def divergence_entry(run_a: RunInfo, run_b: RunInfo) -> html.Div:
+    """The button that looks for the first divergence of the two runs."""
+    if run_a.id == run_b.id:
+        return html.Div()
+    return html.Div(
+        [
+            dbc.Button(
+                "First divergence",
+                id="compare-diverge",
+                color="primary",
+                outline=True,
+                size="sm",
+                className="me-2",
+            ),
+            html.Span(
+                f"the first iteration and step where run {run_a.id} and run {run_b.id} differ "
+                "(bit for bit), opened here with the difference",
+                className="text-muted small",
+            ),
+            html.Div(id="compare-diverge-result", className="mt-2"),
+        ],
+        className="mt-3 compare-diverge",
+    )
+
+
 def controls(runs, store, a, b, layer, role, tensor, table, slice_lead) -> dbc.Card:
     def iteration_options(run_id):
         return [
@@ -336,14 +421,22 @@ def controls(runs, store, a, b, layer, role, tensor, table, slice_lead) -> dbc.C
         ],
         md=4,
     )
+    by_id = {r.id: r for r in runs}
     return dbc.Card(
-        dbc.CardBody(dbc.Row([side("A", "a", a), side("B", "b", b), what], className="g-3")),
+        dbc.CardBody(
+            [
+                dbc.Row([side("A", "a", a), side("B", "b", b), what], className="g-3"),
+                divergence_entry(by_id[a[0]], by_id[b[0]]),
+            ]
+        ),
         className="mb-3 shadow-sm compare-controls",
     )
 
 
 @page_layout
-def layout(a=None, b=None, layer=None, role=None, tensor=None, runs=None, slice=None, **_query):
+def layout(
+    a=None, b=None, layer=None, role=None, tensor=None, runs=None, slice=None, first=None, **_query
+):
     store = current_store()
     all_runs = store.list_runs()
     if not all_runs:
@@ -446,6 +539,9 @@ def layout(a=None, b=None, layer=None, role=None, tensor=None, runs=None, slice=
             comparable(rec_a),
             view_a if view_a.lead else None,
         ),
+        divergence_banner(first_divergence(store.engine, run_a.id, run_b.id))
+        if first == "1" and run_a.id != run_b.id
+        else None,
         *[dbc.Alert(n, color="info", className="py-2") for n in notes],
         html.P(
             "A and B share one colour scale (blue negative, white zero, red positive); the difference "
@@ -517,3 +613,25 @@ def navigate(a_run, a_it, b_run, b_it, layer, role, tensor, runs, slices, ref):
     )
     search = url.partition("?")[2]
     return f"?{search}" if search else ""
+
+
+@dash.callback(
+    Output("compare-url", "search", allow_duplicate=True),
+    Output("compare-diverge-result", "children"),
+    Input("compare-diverge", "n_clicks"),
+    State("compare-ref", "data"),
+    prevent_initial_call=True,
+)
+def find_divergence(n_clicks, ref):
+    """Open the page where the two runs first differ; say so when they never do."""
+    if not n_clicks:
+        raise dash.exceptions.PreventUpdate
+    store = current_store()
+    try:
+        report = first_divergence(store.engine, ref["a"][0], ref["b"][0])
+    except DivergeError as exc:
+        return dash.no_update, dbc.Alert(str(exc), color="warning", className="py-2 mb-0")
+    target = divergence_link(report)
+    if target is None:
+        return dash.no_update, divergence_banner(report)
+    return "?" + target.partition("?")[2], None

@@ -5,6 +5,10 @@ loss -> backward pass from dL/dz back to the first layer -> weight update.
 Every step is a card with its general formula, the formula with this
 iteration's numbers, heatmaps of what it reads and writes, and whether our
 NumPy result matched PyTorch's autograd. A side menu jumps between the steps.
+
+A click on any heatmap cell shows where that number came from (storage.provenance):
+the scalar computation with the real numbers, checked against the stored value,
+and the cells it read outlined in the heatmaps (assets/provenance_click.js).
 """
 
 from __future__ import annotations
@@ -12,11 +16,12 @@ from __future__ import annotations
 import dash
 import dash_bootstrap_components as dbc
 import numpy as np
-from dash import Input, Output, State, dcc, html
+from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html
 
 from dashapp import layouts, links
 from dashapp.data import (
     NotFound,
+    cached_iteration,
     current_store,
     default_run,
     parse_int,
@@ -31,6 +36,7 @@ from dashapp.guard import page_layout
 from dashapp.steps import Section, sections
 from dashapp.tensorpanel import PanelView, views_from_query
 from storage import RUN_RUNNING, IterationRecord, LayerInfo, RunInfo, RunQuery, StepRecord
+from storage.provenance import NotExplained, Provenance, explain_cell
 
 dash.register_page(
     __name__, path=links.ITERATION, name="Iteration", title="Iteration · cnnviz", order=2
@@ -336,6 +342,25 @@ def header(run: RunInfo, runs: list[RunInfo], index: int | None, count: int) -> 
     )
 
 
+def unexplained_note():
+    """An iteration traced with explanation off: what is shown, and how to see it explained."""
+    return dbc.Alert(
+        [
+            html.Strong("Not explained: "),
+            "this run was traced with explanation off, so below are its raw tensors as "
+            "captured (inputs, outputs, gradients, parameters before and after the update) "
+            "and no step is written in matrix form or checked against PyTorch. Trace it again "
+            "with ",
+            html.Code("cnnviz trace --explain background"),
+            " (the default) or ",
+            html.Code('trace(..., explain="background")'),
+            " to see every step explained and verified.",
+        ],
+        color="info",
+        className="py-2 unexplained-note",
+    )
+
+
 def validate(run=None, it=None, **query) -> None:
     """NotFound for an unknown run, iteration or tensor (dashapp.status: HTTP 404)."""
     store = current_store()
@@ -389,6 +414,8 @@ def layout(run=None, it=None, **query):
         dbc.Alert([html.Strong("Tracer warning: "), w], color="warning", className="py-2")
         for w in record.warnings
     ]
+    if (info.config or {}).get("explain") == "off":
+        warnings.insert(0, unexplained_note())
     return html.Div(
         [
             header(info, runs, index, count),
@@ -410,6 +437,7 @@ def layout(run=None, it=None, **query):
                 ],
             ),
             *polling,
+            *provenance_frame(),
         ],
         className="iteration-page",
     )
@@ -462,3 +490,117 @@ def poll(_n, ref):
     count = len(store.iterations(run.id))
     stepper = layouts.iteration_stepper(run.id, ref["it"] or 0, count)
     return stepper, layouts.status_badge(run.status), run.status != RUN_RUNNING
+
+
+# ---------------------------------------------------------------- provenance on click
+
+
+def provenance_frame() -> list:
+    """The click's address, the answer's panel, and the cells it read (for the outlines)."""
+    return [
+        dcc.Store(id="iteration-provenance-click"),
+        dcc.Store(id="iteration-provenance-reads"),
+        html.Div(id="iteration-provenance-outlined", hidden=True),
+        html.Div(
+            [
+                html.Div(
+                    [
+                        html.Strong("Where this number came from"),
+                        html.Button(
+                            "×",
+                            id="iteration-provenance-close",
+                            className="btn-close-text",
+                            title="close",
+                        ),
+                    ],
+                    className="provenance-head",
+                ),
+                html.Div(
+                    "Click any cell of any heatmap to see the computation that produced it.",
+                    id="iteration-provenance",
+                    className="provenance-body",
+                ),
+            ],
+            className="provenance-panel shadow",
+            id="iteration-provenance-panel",
+        ),
+    ]
+
+
+def provenance_view(prov: Provenance) -> list:
+    """The answer: the cell, the computation with its numbers, the check, what it read."""
+    where = f"{prov.tensor}[{', '.join(str(i) for i in prov.index)}]"
+    check = (
+        f"✓ recomputed {prov.recomputed:.7g} = stored {prov.stored:.7g}"
+        if prov.matches
+        else f"✗ recomputed {prov.recomputed:.7g}, stored {prov.stored:.7g}"
+    )
+    reads = [
+        html.Li(
+            [
+                html.Code(name),
+                f": {len(cells)} cell{'s' if len(cells) != 1 else ''} ",
+                html.Span(
+                    ", ".join(str(list(c)) for c in cells[:6]) + (" …" if len(cells) > 6 else ""),
+                    className="text-muted",
+                ),
+            ]
+        )
+        for name, cells in prov.reads().items()
+    ]
+    return [
+        html.Div([html.Code(where), f" = {prov.stored:.7g}"], className="provenance-cell"),
+        html.Pre(prov.formula, className="provenance-formula"),
+        html.Div(
+            check,
+            className="verify " + ("verify-ok" if prov.matches else "verify-bad"),
+            id="iteration-provenance-check",
+        ),
+        html.Div(
+            f"Step {prov.step + 1}" if prov.step is not None else "", className="small text-muted"
+        ),
+        html.Ul(reads, className="provenance-reads") if reads else None,
+    ]
+
+
+@dash.callback(
+    Output("iteration-provenance", "children"),
+    Output("iteration-provenance-reads", "data"),
+    Output("iteration-provenance-panel", "className"),
+    Input("iteration-provenance-click", "data"),
+    Input("iteration-provenance-close", "n_clicks"),
+    State("iteration-ref", "data"),
+    prevent_initial_call=True,
+)
+def provenance(click, _close, ref):
+    """The computation behind the clicked cell, checked against the store."""
+    closed = "provenance-panel shadow"
+    if ctx.triggered_id == "iteration-provenance-close" or not click:
+        return dash.no_update, {}, closed
+    store = current_store()
+    run = store.get_run(ref["run"])
+    record = cached_iteration(store, ref["run"], ref["it"] or 1) if run is not None else None
+    if record is None:
+        return "This iteration is no longer in the store.", {}, closed + " open"
+    try:
+        prov = explain_cell(
+            record,
+            {layer.name: layer.type for layer in run.layers},
+            str(click.get("tensor", "")),
+            [int(i) for i in click.get("index", [])],
+            optimizer=run.optimizer,
+            settings=run.optimizer_settings,
+        )
+    except (NotExplained, TypeError, ValueError) as exc:
+        return html.P(str(exc), className="mb-0"), {}, closed + " open"
+    reads = {name: [list(c) for c in cells] for name, cells in prov.reads().items()}
+    reads.setdefault(prov.tensor, []).append(list(prov.index))
+    return provenance_view(prov), reads, closed + " open"
+
+
+dash.clientside_callback(
+    ClientsideFunction(namespace="cnnviz_provenance", function_name="highlight"),
+    Output("iteration-provenance-outlined", "children"),
+    Input("iteration-provenance-reads", "data"),
+    prevent_initial_call=True,
+)

@@ -17,6 +17,7 @@ from dash_helpers import (
     CHROMIUM,
     CHROMIUM_FLAGS,
     INJECTION,
+    NET_TRACKER,
     Problems,
     clone_run,
     copy_store,
@@ -54,6 +55,7 @@ def page(browser):
     """A fresh browser context and page that records everything that went wrong."""
     context = browser.new_context(viewport={"width": 1440, "height": 1000})
     tab = context.new_page()
+    tab.add_init_script(NET_TRACKER)  # wait_ready/wait_quiet wait on the page's fetches
     problems = Problems()
     tab.on(
         "console",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dash_helpers import cnnviz_serve, graph_data
+from dash_helpers import WAIT_MS, cnnviz_serve, graph_data, wait_quiet
 
 from dashapp.tensorview import matrix_view
 from storage import RunStore
@@ -52,8 +52,8 @@ def open_lenet_page(tab, base: str) -> None:
     """The page, rendered; its ~100 formulas go on typesetting in the background
     (waiting for all of them, as other tests do, would take most of a minute here)."""
     tab.goto(base + "/iteration?run=1&it=1")
-    tab.wait_for_selector(".tensor-panel .heatmap", timeout=30_000)
-    tab.wait_for_load_state("networkidle", timeout=30_000)
+    tab.wait_for_selector(".tensor-panel .heatmap", timeout=WAIT_MS)
+    wait_quiet(tab)
 
 
 def test_heatmaps_are_drawn_as_they_come_near_the_viewport(page, base):

@@ -7,10 +7,12 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
+import torch
 from dash_helpers import using_store
+from torch import nn
 
 from dashapp import links
-from storage import RunInfo, RunStore, RunWriter, TensorRecord, open_engine
+from storage import RunInfo, RunStore, RunWriter, TensorRecord, names, open_engine
 from storage.records import IterationRecord
 
 
@@ -100,3 +102,83 @@ def test_a_bounded_tensor_downloads_what_was_stored(client, dash_app, tmp_path):
         text = client.get(links.download(1, 1, "x#2.out", "csv")).get_data(as_text=True)
         assert "only the first 10 of 24 values were stored" in text
         np.testing.assert_array_equal(load_csv(text).ravel(), kept)
+
+
+class _EveryName(nn.Module):
+    """A model whose trace holds every kind of tensor name the tracer gives."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)  # intermediates (X_col), called twice (#2)
+        self.parts = nn.ModuleDict({"odd/name": nn.Linear(4, 4)})  # "/" in a module name
+        self.split = _Split()  # a tuple output: .out.0, .out.1
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x, scale=None):
+        y = torch.relu(self.conv(x))
+        y = self.conv(y) + y  # relu.out is read twice: relu.out.grad@add, @conv#2
+        y = torch.flatten(y, 1) * scale  # a keyword input: input.scale
+        a, b = self.split(self.parts["odd/name"](y))
+        return self.head(a + b)
+
+
+class _Split(nn.Module):
+    def forward(self, x):
+        return x.tanh(), x.sigmoid()
+
+
+@pytest.mark.filterwarnings("ignore:cnnviz:UserWarning")  # the raw tuple, accumulation
+def test_every_name_the_tracer_produces_downloads(client, dash_app, tmp_path):
+    from tracer import trace
+
+    torch.manual_seed(0)
+    model, criterion = _EveryName(), nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)  # .state.exp_avg
+    x, scale, y = torch.randn(4, 1, 2, 2), torch.rand(1, 4), torch.tensor([0, 1, 2, 0])
+    path = tmp_path / "names.db"
+    with trace(model, optimizer, criterion, db=path, name="names") as t:
+        for step in range(2):
+            with t.iteration():
+                if step == 0:
+                    optimizer.zero_grad()  # the second iteration accumulates: .grad_before
+                criterion(model(x, scale=scale), y).backward()
+                optimizer.step()
+    with using_store(dash_app, path) as store:
+        kinds = set()
+        for index in (1, 2):
+            for tensor in store.load_iteration(t.run_id, index).tensors:
+                parsed = names.parse(tensor.name)
+                kinds.add(parsed.kind)
+                url = links.download(t.run_id, index, tensor.name, "npy")
+                response = client.get(url)
+                assert response.status_code == 200, (tensor.name, url)
+                array = np.load(io.BytesIO(response.data), allow_pickle=False)
+                np.testing.assert_array_equal(array, tensor.array)
+                assert (
+                    client.get(links.download(t.run_id, index, tensor.name, "csv")).status_code
+                    == 200
+                )
+        stored = {tensor.name for tensor in store.load_iteration(t.run_id, 2).tensors}
+    assert kinds == {
+        names.KIND_VALUE,
+        names.KIND_GRAD,
+        names.KIND_GRAD_PART,
+        names.KIND_GRAD_BEFORE,
+        names.KIND_NEXT,
+        names.KIND_UPDATE,
+        names.KIND_STATE,
+    }
+    for expected in (
+        "input",
+        "input.scale",
+        "target",
+        "conv#2.out",
+        "relu.out.grad@add",
+        "parts.odd/name.weight.grad",
+        "split.out.1",
+        "conv.X_col",
+        "loss.value",
+        "head.weight.state.exp_avg",
+        "head.weight.grad_before",
+    ):
+        assert expected in stored, (expected, sorted(stored))

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from dash_helpers import REPO, subprocess_env
+from dash_helpers import REPO, cnnviz_without_torch, subprocess_env
 
 SCRIPT = textwrap.dedent(
     """
@@ -66,3 +66,24 @@ def test_wsgi_import_is_lazy_and_a_bad_store_is_one_clear_error(tmp_path):
         result.stdout.strip() == f"StoreError: no store at {tmp_path / 'missing.db'} "
         f"(run `cnnviz trace --db {tmp_path / 'missing.db'}` first)"
     )
+
+
+def test_the_command_line_without_torch_lists_runs_and_says_what_tracing_needs(dash_store):
+    listing = cnnviz_without_torch("runs", "--db", str(dash_store))
+    assert listing.returncode == 0, listing.stderr
+    assert "seed-cnn-seed0" in listing.stdout
+    models = cnnviz_without_torch("models")  # the model cards need no torch (issue 7)
+    assert models.returncode == 0 and "resnet18-cifar" in models.stdout, models.stderr
+    # demo without --from traces what the store lacks (dash_store has no seed 2)
+    for command in (
+        ["trace", "--db", str(dash_store)],
+        ["demo", "--db", str(dash_store), "--no-serve"],
+    ):
+        result = cnnviz_without_torch(*command)
+        assert result.returncode == 2
+        assert result.stdout == ""
+        assert result.stderr.splitlines() == [
+            "cnnviz: error: this command needs PyTorch (torch>=2.13), which is not installed: "
+            "pip install 'cnnviz[trace]' (in a clone, for the CPU build: "
+            "pip install -c constraints/cpu.txt -e '.[trace]')"
+        ]

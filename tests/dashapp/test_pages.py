@@ -460,3 +460,19 @@ def test_compare_explains_a_gradient_that_vanished(pages, store, request_ctx):
     text = text_of(pages.compare.stats_block(zero_weights, zero_weights))
     assert "A and B are all zeros" in text and "flowed back" not in text
     assert "all zeros" not in text_of(pages.compare.stats_block(grad, grad))
+
+
+def test_an_unexplained_iteration_shows_its_raw_tensors_and_says_how_to_explain(
+    pages, dash_app, tmp_path, request_ctx
+):
+    from tracer.train import run_builtin
+
+    path = tmp_path / "off.db"
+    run = run_builtin(seed=0, iterations=1, db=path, explain="off")
+    with using_store(dash_app, path):
+        layout = pages.iteration.layout(run=str(run.run_id), it="1")
+    text = text_of(layout)
+    assert "Not explained:" in text and "this run was traced with explanation off" in text
+    assert "cnnviz trace --explain background" in text
+    assert "conv.out" in text and "fc.weight.grad" in text  # the raw tensors are there
+    assert "not explained; tensors as captured" in text

@@ -1,32 +1,33 @@
-"""`cnnviz serve` and `cnnviz demo`, run as real processes."""
+"""`cnnviz serve` and `cnnviz demo`: servers as real processes; refusals and the demo's
+tracing in this process (click's runner through `main`)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import sqlite3
-import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from dash_helpers import REPO, copy_store, free_port, serving, subprocess_env
+from cli_helpers import cnnviz as cnnviz_here
+from dash_helpers import (
+    clone_run,
+    cnnviz_without_torch,
+    copy_store,
+    free_port,
+    serving,
+    subprocess_env,
+)
 
 from storage import RunStore
 
-
-def cnnviz(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "tracer.cli", *args],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        cwd=REPO,
-        timeout=timeout,
-    )
+CNNVIZ = [sys.executable, "-m", "tracer.cli"]
 
 
-def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> None:
+def assert_usage_error(result, *words: str) -> None:
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
@@ -38,7 +39,7 @@ def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> None
 def test_serve_refuses_a_missing_store(tmp_path):
     missing = tmp_path / "missing.db"
     assert_usage_error(
-        cnnviz("serve", "--db", str(missing)), "cnnviz: error: no store at", str(missing)
+        cnnviz_here("serve", "--db", missing), "cnnviz: error: no store at", str(missing)
     )
     assert not missing.exists()  # nothing created
 
@@ -55,7 +56,7 @@ def test_serve_refuses_what_is_not_a_store(tmp_path, kind):
     else:
         path.mkdir()
     before = path.read_bytes() if path.is_file() else None
-    assert_usage_error(cnnviz("serve", "--db", str(path)), "cnnviz: error:", str(path))
+    assert_usage_error(cnnviz_here("serve", "--db", path), "cnnviz: error:", str(path))
     if before is not None:
         assert path.read_bytes() == before  # untouched
 
@@ -63,7 +64,7 @@ def test_serve_refuses_what_is_not_a_store(tmp_path, kind):
 @pytest.mark.parametrize("port", ["0", "70000", "http"])
 def test_serve_refuses_bad_ports(dash_store, port):
     assert_usage_error(
-        cnnviz("serve", "--db", str(dash_store), "--port", port), "cnnviz serve: error:", "--port"
+        cnnviz_here("serve", "--db", dash_store, "--port", port), "cnnviz serve: error:", "--port"
     )
 
 
@@ -73,7 +74,7 @@ def test_serve_says_when_the_port_is_taken(dash_store):
         taken.listen()
         port = str(taken.getsockname()[1])
         assert_usage_error(
-            cnnviz("serve", "--db", str(dash_store), "--port", port), "already in use", port
+            cnnviz_here("serve", "--db", dash_store, "--port", port), "already in use", port
         )
 
 
@@ -111,35 +112,125 @@ def test_serve_listens_on_loopback_with_debug_off(dash_store):
     assert f"http://127.0.0.1:{port}/" in served.output
 
 
+def test_serve_is_gunicorn_and_healthz_reads_the_store(dash_store, tmp_path):
+    db = copy_store(dash_store, tmp_path / "runs.db")
+    port = free_port()
+    argv = [*CNNVIZ, "serve", "--db", str(db), "--port", str(port)]
+    with serving(argv, port) as served:
+        with urllib.request.urlopen(served.url + "/healthz") as response:
+            assert json.load(response) == {"status": "ok", "runs": 3}
+        db.write_bytes(b"not a database any more" * 100)  # broken under the running server
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(served.url + "/healthz")
+        assert answer.value.code == 503
+        assert json.load(answer.value) == {
+            "status": "error",
+            "error": f"{db} is not a SQLite database",
+        }
+        with urllib.request.urlopen(served.url + "/") as response:
+            assert response.status == 200  # the page shell alone would still look healthy
+    assert "Starting gunicorn" in served.output and "Using worker: gthread" in served.output
+
+
+def test_serve_debug_keeps_dash_dev_tools_on_loopback(dash_store):
+    port = free_port()
+    argv = [*CNNVIZ, "serve", "--db", str(dash_store), "--port", str(port), "--debug"]
+    with serving(argv, port) as served:
+        with urllib.request.urlopen(served.url + "/") as response:
+            index = response.read().decode()
+        assert '"ui":true' in index  # Dash's dev tools UI
+        if Path("/proc/net/tcp").exists():
+            assert listening_addresses(port) == {"127.0.0.1"}
+    assert "gunicorn" not in served.output
+
+
+def test_host_and_port_come_from_the_environment(dash_store):
+    port = free_port()
+    env = subprocess_env() | {"CNNVIZ_HOST": "127.0.0.1", "CNNVIZ_PORT": str(port)}
+    with serving([*CNNVIZ, "serve", "--db", str(dash_store)], port, env=env) as served:
+        with urllib.request.urlopen(served.url + "/healthz") as response:
+            assert response.status == 200
+    assert f"http://127.0.0.1:{port}/" in served.output
+
+
+def demo_runs(db: Path) -> list[tuple[str, int, str, int]]:
+    with RunStore(db) as store:
+        return [(r.name, r.seed, r.status, r.num_iterations) for r in store.list_runs()]
+
+
+DEMO = [(f"seed-cnn-seed{s}", s, "completed", 3) for s in (0, 1, 2)]
+
+
 def test_demo_traces_three_seeds_once(tmp_path):
     db = tmp_path / "demo.db"
-    first = cnnviz("demo", "--db", str(db), "--no-serve", timeout=300)
+    first = cnnviz_here("demo", "--db", db, "--no-serve")
     assert first.returncode == 0, first.stderr
+    assert demo_runs(db) == DEMO
     with RunStore(db) as store:
         runs = store.list_runs()
-        assert [(r.seed, r.status, r.num_iterations) for r in runs] == [
-            (s, "completed", 3) for s in (0, 1, 2)
-        ]
         assert all(s.num_verified == s.num_steps for r in runs for s in store.iterations(r.id))
     assert first.stdout.count("traced run") == 3
-    again = cnnviz("demo", "--db", str(db), "--no-serve")
-    assert again.returncode == 0 and "already holds runs" in again.stdout
-    with RunStore(db) as store:
-        assert len(store.list_runs()) == 3
+    again = cnnviz_here("demo", "--db", db, "--no-serve")
+    assert again.returncode == 0 and "already holds the demo runs" in again.stdout
+    assert demo_runs(db) == DEMO
+
+
+def test_demo_fills_up_what_an_interrupted_first_start_left_out(dash_store, tmp_path):
+    # dash_store holds seed 0 and seed 1 (and a run named like an injection): as if the
+    # first start had been killed while tracing seed 2. An unfinished run does not count.
+    db = copy_store(dash_store, tmp_path / "runs.db")
+    clone_run(db, 1, name="seed-cnn-seed2", seed=2, iterations=1, finish=False)[1].engine.dispose()
+    before = demo_runs(db)
+    filled = cnnviz_here("demo", "--db", db, "--no-serve")
+    assert filled.returncode == 0, filled.stderr
+    assert filled.stdout.count("traced run") == 1 and "'seed-cnn-seed2'" in filled.stdout
+    assert demo_runs(db) == [*before, DEMO[2]]
+
+
+def test_demo_copies_missing_runs_from_a_store_without_torch(dash_store, tmp_path):
+    """What the Docker image does: no torch, the demo runs come from the image's store."""
+    source = tmp_path / "demo.db"
+    assert cnnviz_here("demo", "--db", source, "--no-serve").returncode == 0
+    db = tmp_path / "runs.db"
+    copied = cnnviz_without_torch("demo", "--db", str(db), "--no-serve", "--from", str(source))
+    assert copied.returncode == 0, copied.stderr
+    assert copied.stdout.count("copied run") == 3
+    assert demo_runs(db) == DEMO
+    with RunStore(source) as original, RunStore(db) as copy:
+        for a, b in zip(original.list_runs(), copy.list_runs(), strict=True):
+            assert (a.name, a.seed, a.final_loss) == (b.name, b.seed, b.final_loss)
+            for summary in original.iterations(a.id):
+                x = original.load_iteration(a.id, summary.index)
+                y = copy.load_iteration(b.id, summary.index)
+                assert [s.formula for s in x.steps] == [s.formula for s in y.steps]
+                assert [t.name for t in x.tensors] == [t.name for t in y.tensors]
+                for s, t in zip(x.tensors, y.tensors, strict=True):
+                    assert s.array.tobytes() == t.array.tobytes() and s.summary == t.summary
+    again = cnnviz_without_torch("demo", "--db", str(db), "--no-serve", "--from", str(source))
+    assert again.returncode == 0 and "already holds the demo runs" in again.stdout
+    assert demo_runs(db) == DEMO
+    # A source without the demo runs is one clear line, and nothing is copied.
+    other = tmp_path / "other.db"
+    lacking = cnnviz_without_torch(
+        "demo", "--db", str(other), "--no-serve", "--from", str(dash_store)
+    )
+    assert_usage_error(lacking, f"{dash_store} has no completed demo run for seed 2")
+    assert not other.exists() or demo_runs(other) == []
 
 
 def test_demo_refuses_a_bad_store_before_tracing(tmp_path):
     bad = tmp_path / "bad.db"
     bad.write_text("not a database")
-    assert_usage_error(cnnviz("demo", "--db", str(bad), "--no-serve"), "is not a SQLite database")
+    assert_usage_error(cnnviz_here("demo", "--db", bad, "--no-serve"), "is not a SQLite database")
 
 
-def test_demo_serves_a_store_that_has_runs_and_prints_the_url(dash_store, tmp_path):
+def test_demo_serves_a_store_that_has_the_demo_runs_and_prints_the_url(dash_store, tmp_path):
     db = copy_store(dash_store, tmp_path / "runs.db")
+    clone_run(db, 1, name="seed-cnn-seed2", seed=2)  # now it holds seeds 0, 1 and 2
     port = free_port()
-    argv = [sys.executable, "-m", "tracer.cli", "demo", "--db", str(db), "--port", str(port)]
+    argv = [*CNNVIZ, "demo", "--db", str(db), "--port", str(port)]
     with serving(argv, port) as served:
         with urllib.request.urlopen(served.url + "/") as response:
             assert response.status == 200
-    assert "already holds runs" in served.output
+    assert "already holds the demo runs" in served.output
     assert f"cnnviz dashboard for {db}: http://127.0.0.1:{port}/" in served.output

@@ -92,3 +92,57 @@ def test_concurrent_writers_all_succeed(db_path, cli_env):
             assert run.status == "completed" and run.num_iterations == 15
             assert [s.index for s in store.iterations(run.id)] == list(range(1, 16))
     assert os.path.getsize(db_path) > 0
+
+
+_QUEUED_TRACE = """
+import sys
+from tracer.session import Trace
+from tracer.train import prepare, resolve
+
+config = resolve(model_name="seed-cnn", seed=5, iterations=100000)
+model, optimizer, criterion, x, y = prepare(config)
+with Trace(model, optimizer, criterion, db=sys.argv[1], queue_size=4) as run:
+    while True:
+        with run.iteration():
+            optimizer.zero_grad()
+            loss = criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+        print(run.index, run._pipeline.in_flight, flush=True)
+"""
+
+
+def test_sigkill_with_iterations_in_the_queue_keeps_committed_ones_whole(db_path, cli_env):
+    """The worker is behind the loop: what is queued at the kill is lost, nothing else."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _QUEUED_TRACE, str(db_path)],
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    handed = in_flight = 0
+    try:
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:
+            handed, in_flight = (int(v) for v in line.split())
+            if in_flight >= 2 and _committed_iterations(db_path) >= 3:
+                break
+            assert time.monotonic() < deadline, "the queue never held two iterations"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL and in_flight >= 2
+
+    with RunStore(db_path) as store:
+        assert store.integrity_check() == "ok"
+        (run,) = store.list_runs()
+        assert run.status == "running" and run.finished_at is None
+        summaries = store.iterations(run.id)
+        # The committed iterations are the first ones, in order; those in the queue are lost.
+        assert 3 <= len(summaries) < handed
+        assert [s.index for s in summaries] == list(range(1, len(summaries) + 1))
+        assert run.num_iterations == len(summaries)
+        for summary in summaries:
+            assert (summary.num_steps, summary.num_checked, summary.num_verified) == (23, 23, 23)
+            assert len(store.load_iteration(run.id, summary.index).tensors) > 40

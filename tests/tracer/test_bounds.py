@@ -5,6 +5,7 @@ only; the records stay complete enough for the dashboard to read."""
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
 
 import numpy as np
@@ -35,11 +36,17 @@ def test_every_k_stores_iterations_1_1_plus_k_and_so_on(db_path):
 
 @pytest.fixture(scope="module")
 def full_and_bounded(tmp_path_factory):
-    """LeNet-5 traced twice from the same seed: all elements, and at most 100 per tensor."""
+    """LeNet-5 traced twice from the same seed: all elements, and at most 100 per tensor
+    (every sample explained, so that the explainers' matrices are those of the full run)."""
     root = tmp_path_factory.mktemp("bounds")
     full = run_builtin(**LENET, iterations=1, max_elements=None, db=root / "full.db", strict=True)
     bounded = run_builtin(
-        **LENET, iterations=1, max_elements=100, db=root / "bounded.db", strict=True
+        **LENET,
+        iterations=1,
+        max_elements=100,
+        db=root / "bounded.db",
+        strict=True,
+        full_check=True,
     )
     return (
         _records(root / "full.db", full.run_id)[1][0],
@@ -73,6 +80,44 @@ def test_max_elements_truncates_but_keeps_shape_and_full_statistics(full_and_bou
     assert [(s.title, s.formula_values, s.verified) for s in full.steps] == [
         (s.title, s.formula_values, s.verified) for s in bounded.steps
     ]
+
+
+def test_bounded_explanation_checks_the_samples_stored(full_and_bounded, tmp_path):
+    """By default a bound also bounds the explanation: a call whose samples are independent
+    is explained and checked on the samples it stores, and each of its steps says so."""
+    full, _, _ = full_and_bounded
+    run = run_builtin(**LENET, iterations=1, max_elements=100, db=tmp_path / "s.db", strict=True)
+    _, (sampled,) = _records(tmp_path / "s.db", run.run_id)
+    assert [t.name for t in full.tensors] == [t.name for t in sampled.tensors]
+    for whole, part in zip(full.tensors, sampled.tensors, strict=True):
+        if part.role == "intermediate":
+            continue  # the explainers' matrices of the kept sample (X_col: one sample's rows)
+        # Everything captured is stored as before: the first 100 elements, full statistics.
+        assert part.shape == whole.shape, part.name
+        np.testing.assert_array_equal(part.array.reshape(-1), whole.array.reshape(-1)[:100])
+        assert part.summary["l2"] == pytest.approx(whole.summary["l2"], rel=1e-9, abs=1e-12)
+    x_col = sampled.tensor("conv1.X_col")
+    assert x_col.shape == (28 * 28, 25)  # sample 1 of 4
+    assert [(s.layer, s.phase, s.title) for s in full.steps] == [
+        (s.layer, s.phase, s.title) for s in sampled.steps
+    ]
+    # conv1's input keeps 100 of 1024 elements per sample: sample 1; fc2's output 100 of
+    # 84 per sample: samples 1-2 (every number stored of each tensor is checked).
+    note = re.compile(r"Checked on (sample 1|samples 1-\d) of 4, the samples? stored")
+    for step in sampled.steps:
+        assert step.verified is not False, step.title
+        # fc3's tensors (10 and 84 elements per sample) are stored whole: all 4 explained.
+        per_sample = step.phase != "update" and step.layer.startswith(
+            ("conv", "relu", "pool", "flatten", "fc1", "fc2")
+        )
+        assert bool(note.search(step.note)) == per_sample, (step.layer, step.title, step.note)
+    assert "Checked on sample 1 of 4, the sample stored" in sampled.steps[0].note
+    unchecked = [s for s in sampled.steps if s.verified is None and s.reference]
+    # The weight and bias gradients of the kept sample: autograd's sum has all 4.
+    assert {s.layer for s in unchecked} == {"conv1", "conv2", "fc1", "fc2"}
+    assert all("sums all 4 (a full check compares it)" in s.reference for s in unchecked)
+    checked = [s for s in sampled.steps if s.verified]
+    assert len(checked) == len([s for s in full.steps if s.verified]) - len(unchecked)
 
 
 def test_truncated_tensors_are_plain_rows_in_sql(full_and_bounded):

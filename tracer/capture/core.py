@@ -27,13 +27,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from storage import names
+
+from .custom import CustomFunctionHooks
 from .functional import FunctionalHooks, _FunctionRecorder
 from .modules import ModuleHooks
 from .optimizer import OptimizerHooks
 from .records import CapturedCall, CapturedIteration, CapturedValue, to_numpy
 
 
-class Capture(ModuleHooks, FunctionalHooks, OptimizerHooks):
+class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks):
     """Attach to a model (and optionally its criterion and optimizer)."""
 
     def __init__(
@@ -74,7 +77,12 @@ class Capture(ModuleHooks, FunctionalHooks, OptimizerHooks):
 
     def attach(self) -> Capture:
         try:
+            # A criterion that is also a submodule (a LightningModule's loss_fn) is
+            # hooked once, as the criterion.
+            criterion = {id(m) for m in self.criterion.modules()} if self.criterion else set()
             for name, module in self.model.named_modules():
+                if id(module) in criterion:
+                    continue
                 qualified = name or type(module).__name__.lower()
                 if next(module.children(), None) is None:
                     self._hook_module(module, qualified)
@@ -176,6 +184,14 @@ class Capture(ModuleHooks, FunctionalHooks, OptimizerHooks):
         self._leaf_depth = 0
         self._root_depth = 0
         self._scopes = []
+        self._backward_seen = False  # a gradient hook fired (see ModuleHooks._in_backward)
+        self._stepping = False  # inside the first optimizer.step() of the iteration
+        self._backward_in_step = False  # ... and a backward ran in it (a closure)
+        # Custom autograd Functions (see custom.py)
+        self._function_frame = None  # the Function.apply frame whose call is open
+        self._open_functions: list[tuple[type, CapturedCall]] = []  # outputs not yet seen
+        self._function_nodes: dict[int, CapturedCall] = {}  # id(grad_fn node) -> call
+        self._node_names: dict[tuple[int, int], str] = {}  # (id(grad_fn), output_nr) -> name
 
     @contextmanager
     def _ours(self, where: str) -> Iterator[None]:
@@ -204,9 +220,9 @@ class Capture(ModuleHooks, FunctionalHooks, OptimizerHooks):
         if name not in self._values and name not in self._hooked:
             return name
         k = 2
-        while f"{name}#{k}" in self._values or f"{name}#{k}" in self._hooked:
+        while names.numbered(name, k) in self._values or names.numbered(name, k) in self._hooked:
             k += 1
-        return f"{name}#{k}"
+        return names.numbered(name, k)
 
     def _name(self, tensor: torch.Tensor, name: str, role: str, layer: str | None) -> str:
         """Record a forward tensor under `name` (or return the name it already has)."""
@@ -222,6 +238,8 @@ class Capture(ModuleHooks, FunctionalHooks, OptimizerHooks):
         name = self._unique(name)
         self._keys[key] = name
         self._keep.append(tensor)
+        if tensor.grad_fn is not None:
+            self._node_names[(id(tensor.grad_fn), getattr(tensor, "output_nr", 0))] = name
         array = to_numpy(tensor)
         if array is not None:
             self._values[name] = CapturedValue(name, array, role, layer)
@@ -241,6 +259,7 @@ class Capture(ModuleHooks, FunctionalHooks, OptimizerHooks):
         self._grad_hooked.add(name)
 
         def save(grad: torch.Tensor) -> None:
+            self._backward_seen = True
             if self.active and grad is not None:
                 array = to_numpy(grad)
                 if array is not None:

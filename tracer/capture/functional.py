@@ -1,24 +1,23 @@
 """Functional interception: calls made in a `forward` outside any leaf module
 (`torch.relu(x)`, `x + y`, `torch.flatten(x, 1)`, `F.max_pool2d`...) are seen
 by a `TorchFunctionMode` that is active only while the root model's forward
-runs. Those with an equivalent module (torch.relu -> nn.ReLU(), see
-`EQUIVALENTS`) are explained by that module's explainer; the others are stored
-as raw tensors.
+runs. Those declared as a module's functional form beside its explainer
+(`@register(nn.ReLU, functional=[F.relu, ...])`) are explained by that
+explainer; the others are stored as raw tensors.
 """
 
 from __future__ import annotations
 
-import inspect
-import math
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack, resolve_name
+from torch.overrides import TorchFunctionMode, resolve_name
 
-from ..explainers.elementwise import Add
+from storage import names
+from storage.names import ROLE_ACTIVATION
+
+from ..explainers import functional_form
+from . import torchapi
 from .records import CapturedCall, iter_tensors
 
 if TYPE_CHECKING:
@@ -46,6 +45,7 @@ class _FunctionRecorder(TorchFunctionMode):
             or not capture.active
             or func in _PASS_THROUGH
             or getattr(func, "__name__", "") == "__get__"  # properties: .shape, .grad, .T ...
+            or capture._inside_function()  # a custom autograd.Function's own ops
         ):
             return func(*args, **kwargs)
         return capture._functional(func, args, kwargs)
@@ -62,11 +62,11 @@ class FunctionalHooks:
     def _exit_mode(self) -> None:
         if not self._mode_entered:
             return
-        stack = _get_current_function_mode_stack()
-        if stack and stack[-1] is self._recorder:
+        innermost = torchapi.mode_is_innermost(self._recorder)
+        if innermost is None or innermost:  # None: torch cannot say; a `with` restores ours
             self._recorder.__exit__(None, None, None)
             self._mode_entered = False
-        elif self._recorder not in stack:
+        elif not torchapi.mode_is_active(self._recorder):
             self._mode_entered = False
         # else: a mode the user entered inside forward is above ours and still
         # active; ours leaves when the user's does not come back -- leaving it
@@ -94,15 +94,16 @@ class FunctionalHooks:
     def _open_functional(self, func, found: list[torch.Tensor]) -> CapturedCall:
         op = _op_name(func)
         scope = self._scopes[-1] if self._scopes else ""
-        base = f"{scope}.{_short(op)}" if scope else _short(op)
+        base = names.child(scope, _short(op))
         if base in self.module_names:
             base += "_fn"
+        self._function_outputs(found)
         name = self._call_name(base)
         call = CapturedCall(name=name, module=None, kind=op, input_names=[], inputs=[], op=op)
         data = _data(self, found)
         for position, tensor in enumerate(data):
-            default = f"{name}.in" if len(data) == 1 else f"{name}.in{position}"
-            call.input_names.append(self._name(tensor, default, "activation", name))
+            default = names.call_input(name, position, len(data))
+            call.input_names.append(self._name(tensor, default, ROLE_ACTIVATION, name))
             call.inputs.append(self._array(call.input_names[-1]))
         for tensor in found:
             if id(tensor) in self.param_names:
@@ -125,7 +126,7 @@ class FunctionalHooks:
                 call.inputs = [None] * len(call.inputs)
         self._calls.append(call)
         call.training = self.model.training
-        self._name_outputs(call, out, "activation", "out")
+        self._name_outputs(call, out, ROLE_ACTIVATION, names.OUT)
         if call.error:
             return
         if any(a is None for a in call.inputs):
@@ -209,231 +210,28 @@ def _modifies_input(func, args, kwargs) -> bool:
         return True
     if kwargs.get("inplace") is True:
         return True
-    return func is F.relu and len(args) > 1 and args[1] is True
-
-
-# --- the table: torch function -> the module that computes the same thing --------------
-#
-# Each row is (signature template, builder). The template names the arguments as
-# the function takes them; the builder gets them bound (defaults applied) and
-# returns (module, [data tensors in the module's input order], {param local name:
-# tensor}) or None when the settings have no equivalent (the call is then raw).
-
-
-def _x(input):  # noqa: A002 - torch's own argument names
-    return locals()
-
-
-def _relu(input, inplace=False):  # noqa: A002
-    return locals()
-
-
-def _flatten(input, start_dim=0, end_dim=-1):  # noqa: A002
-    return locals()
-
-
-def _max_pool2d(
-    input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
-):  # noqa: A002
-    return locals()
-
-
-def _avg_pool2d(
-    input,
-    kernel_size,
-    stride=None,
-    padding=0,
-    ceil_mode=False,
-    count_include_pad=True,
-    divisor_override=None,
-):  # noqa: A002
-    return locals()
-
-
-def _linear(input, weight, bias=None):  # noqa: A002
-    return locals()
-
-
-def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002
-    return locals()
-
-
-def _add(input, other, *, alpha=1):  # noqa: A002
-    return locals()
-
-
-def _dropout(input, p=0.5, training=True, inplace=False):  # noqa: A002
-    return locals()
-
-
-def _leaky_relu(input, negative_slope=0.01, inplace=False):  # noqa: A002
-    return locals()
-
-
-def _softmax(input, dim=None, _stacklevel=3, dtype=None):  # noqa: A002
-    return locals()
-
-
-def _reshape(input, *shape, **_kw):  # noqa: A002
-    return {"input": input}
-
-
-def _params(*pairs) -> dict[str, torch.Tensor] | None:
-    """Parameters of a functional call; None when one is not a parameter of the model."""
-    return {local: t for local, t in pairs if t is not None}
-
-
-def _build_flatten(a, out):
-    return nn.Flatten(a["start_dim"], a["end_dim"]), [a["input"]], {}
-
-
-def _build_reshape(a, out):
-    """x.view(N, -1) and friends are a Flatten when they merge one run of dimensions."""
-    shape, new = tuple(a["input"].shape), tuple(out.shape)
-    if shape == new and shape:
-        return nn.Flatten(0, 0), [a["input"]], {}
-    for start in range(len(shape)):
-        for end in range(start + 1, len(shape)):
-            merged = shape[:start] + (math.prod(shape[start : end + 1]),) + shape[end + 1 :]
-            if merged == new:
-                return nn.Flatten(start, end), [a["input"]], {}
-    return None
-
-
-def _build_max_pool2d(a, out):
-    if a["return_indices"]:
-        return None
-    stride = a["stride"] or None  # torch.max_pool2d's default stride is [], meaning the kernel size
-    module = nn.MaxPool2d(
-        a["kernel_size"], stride, a["padding"], a["dilation"], ceil_mode=a["ceil_mode"]
-    )
-    return module, [a["input"]], {}
-
-
-def _build_avg_pool2d(a, out):
-    module = nn.AvgPool2d(
-        a["kernel_size"],
-        a["stride"] or None,
-        a["padding"],
-        a["ceil_mode"],
-        a["count_include_pad"],
-        a["divisor_override"],
-    )
-    return module, [a["input"]], {}
-
-
-def _build_linear(a, out):
-    w, b = a["weight"], a["bias"]
-    module = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device="meta")
-    return module, [a["input"]], _params(("weight", w), ("bias", b))
-
-
-def _build_conv2d(a, out):
-    w, b = a["weight"], a["bias"]
-    module = nn.Conv2d(
-        w.shape[1] * a["groups"],
-        w.shape[0],
-        tuple(w.shape[2:]),
-        a["stride"],
-        a["padding"],
-        a["dilation"],
-        a["groups"],
-        bias=b is not None,
-        device="meta",
-    )
-    return module, [a["input"]], _params(("weight", w), ("bias", b))
-
-
-def _build_add(a, out):
-    x, other, alpha = a["input"], a["other"], a["alpha"]
-    if torch.is_tensor(other):
-        return Add(alpha=alpha), [x, other], {}
-    if isinstance(other, (int, float)) and not isinstance(other, bool):
-        return Add(alpha=alpha, constant=float(other)), [x], {}
-    return None
-
-
-def _build_dropout(a, out):
-    module = nn.Dropout(a["p"])
-    module.train(bool(a["training"]))
-    return module, [a["input"]], {}
-
-
-def _build_softmax(cls):
-    def build(a, out):
-        if a["dim"] is None or a["dtype"] is not None:
-            return None
-        return cls(dim=a["dim"]), [a["input"]], {}
-
-    return build
-
-
-def _unary(cls, **settings):
-    def build(a, out):
-        return cls(**settings), [a["input"]], {}
-
-    return build
-
-
-EQUIVALENTS: dict[Callable, tuple[Callable, Callable]] = {
-    torch.relu: (_x, _unary(nn.ReLU)),
-    torch.relu_: (_x, _unary(nn.ReLU, inplace=True)),
-    torch.Tensor.relu: (_x, _unary(nn.ReLU)),
-    torch.Tensor.relu_: (_x, _unary(nn.ReLU, inplace=True)),
-    F.relu: (_relu, lambda a, out: (nn.ReLU(inplace=a["inplace"]), [a["input"]], {})),
-    F.relu_: (_x, _unary(nn.ReLU, inplace=True)),
-    torch.flatten: (_flatten, _build_flatten),
-    torch.Tensor.flatten: (_flatten, _build_flatten),
-    torch.Tensor.view: (_reshape, _build_reshape),
-    torch.Tensor.reshape: (_reshape, _build_reshape),
-    torch.reshape: (_reshape, _build_reshape),
-    F.max_pool2d: (_max_pool2d, _build_max_pool2d),
-    torch.max_pool2d: (_max_pool2d, _build_max_pool2d),
-    F.avg_pool2d: (_avg_pool2d, _build_avg_pool2d),
-    F.linear: (_linear, _build_linear),
-    F.conv2d: (_conv2d, _build_conv2d),
-    torch.conv2d: (_conv2d, _build_conv2d),
-    torch.add: (_add, _build_add),
-    torch.Tensor.add: (_add, _build_add),
-    torch.Tensor.add_: (_add, _build_add),
-    torch.Tensor.__add__: (_add, _build_add),
-    torch.Tensor.__radd__: (_add, _build_add),
-    torch.Tensor.__iadd__: (_add, _build_add),
-    F.dropout: (_dropout, _build_dropout),
-    torch.sigmoid: (_x, _unary(nn.Sigmoid)),
-    torch.Tensor.sigmoid: (_x, _unary(nn.Sigmoid)),
-    F.sigmoid: (_x, _unary(nn.Sigmoid)),
-    torch.tanh: (_x, _unary(nn.Tanh)),
-    torch.Tensor.tanh: (_x, _unary(nn.Tanh)),
-    F.tanh: (_x, _unary(nn.Tanh)),
-    F.leaky_relu: (
-        _leaky_relu,
-        lambda a, out: (nn.LeakyReLU(a["negative_slope"]), [a["input"]], {}),
-    ),
-    F.softmax: (_softmax, _build_softmax(nn.Softmax)),
-    torch.softmax: (_softmax, _build_softmax(nn.Softmax)),
-    torch.Tensor.softmax: (_softmax, _build_softmax(nn.Softmax)),
-    F.log_softmax: (_softmax, _build_softmax(nn.LogSoftmax)),
-    torch.log_softmax: (_softmax, _build_softmax(nn.LogSoftmax)),
-    torch.Tensor.log_softmax: (_softmax, _build_softmax(nn.LogSoftmax)),
-}
-
-_SIGNATURES: dict[Callable, inspect.Signature] = {}
+    entry = functional_form(func)  # F.elu(x, 1.0, True): inplace given by position
+    if entry is not None and args and len(args) > 1:
+        try:
+            return entry[1].bind(func, args, kwargs).get("inplace") is True
+        except TypeError:
+            return False
+    return False
 
 
 def _equivalent(capture: Capture, func, args, kwargs, call: CapturedCall, found, out):
-    """(module, data inputs, params, training) standing for a functional call, or None."""
-    row = EQUIVALENTS.get(func)
-    if row is None or not torch.is_tensor(out):
+    """(module, data inputs, params, training) standing for a functional call, or None.
+
+    The functional forms are declared beside their explainers
+    (`@register(nn.GELU, functional=[F.gelu])`)."""
+    entry = functional_form(func)
+    if entry is None or not torch.is_tensor(out):
         return None
-    template, build = row
-    signature = _SIGNATURES.setdefault(template, inspect.signature(template))
-    bound = signature.bind(*args, **kwargs)
-    bound.apply_defaults()
-    arguments = dict(bound.arguments)
+    module_type, form = entry
+    arguments = form.bind(func, args, kwargs)
     if not torch.is_tensor(arguments.get("input")):
         return None  # e.g. torch.add(2, x)
-    built = build(arguments, out)
+    built = form.module_for(module_type, arguments, out)
     if built is None:
         return None
     module, inputs, params = built
@@ -441,5 +239,5 @@ def _equivalent(capture: Capture, func, args, kwargs, call: CapturedCall, found,
         return None  # a computed weight, not a parameter of the model: raw
     if any(id(t) in capture.param_names for t in inputs):
         return None  # a parameter as data (e.g. relu(self.weight)): raw
-    training = module.training if isinstance(module, nn.Dropout) else capture.model.training
+    training = module.training if "training" in arguments else capture.model.training
     return module, inputs, params, training

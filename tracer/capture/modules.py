@@ -10,15 +10,31 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from storage import names
+from storage.names import ROLE_ACTIVATION, ROLE_INPUT, ROLE_OUTPUT, ROLE_TARGET
+
+from . import torchapi
 from .records import CapturedCall, iter_tensors, to_numpy
 
 
 class ModuleHooks:
     """The part of `Capture` that hooks the model's modules."""
 
+    def _in_backward(self, *, root: bool = False) -> bool:
+        """Whether autograd runs a backward now (a module call is then activation
+        checkpointing's recomputation). Without torch's answer: whether a gradient
+        hook fired since the forward began; the root model's own call always starts
+        a forward (nobody recomputes the whole model in its backward)."""
+        running = torchapi.graph_task_running()
+        if running is not None:
+            return running
+        return False if root else self._backward_seen
+
     def _root_pre_hook(self, module, args, kwargs):
-        if not self.active or _in_backward():
+        if not self.active or self._in_backward(root=True):
             return None
+        if self._root_depth == 0:
+            self._backward_seen = False  # a new forward
         self._root_depth += 1
         if self._root_depth > 1:
             return None  # the model calls itself
@@ -57,18 +73,20 @@ class ModuleHooks:
                 container[slot] = tensor
                 changed = True
             if container is kwargs:
-                name = f"input.{slot}"
+                name = names.model_input(key=slot)
             else:
-                name = "input" if position == 0 else f"input{position}"
+                name = names.model_input(position)
                 position += 1
-            self._name(tensor, name, "input", None)
+            self._name(tensor, name, ROLE_INPUT, None)
         return tuple(args), kwargs, changed
 
     def _root_post_hook(self, module, args, output):
-        if self._root_depth == 0 or _in_backward():
+        if self._root_depth == 0 or self._in_backward(root=True):
             return None
         self._root_depth -= 1
         if self._root_depth == 0:
+            with self._ours("model output"):
+                self._function_outputs([t for _, t in iter_tensors(output)])
             self._exit_mode()
         return None
 
@@ -76,11 +94,16 @@ class ModuleHooks:
         """A container: functional calls in its forward are named after it."""
 
         def pre_hook(mod, args):
-            if self.active and not _in_backward():
+            if self.active and not self._in_backward():
                 self._scopes.append(name)
 
         def post_hook(mod, args, output):
-            if self.active and not _in_backward() and self._scopes and self._scopes[-1] == name:
+            if (
+                self.active
+                and not self._in_backward()
+                and self._scopes
+                and self._scopes[-1] == name
+            ):
                 self._scopes.pop()
 
         self._handles.append(module.register_forward_pre_hook(pre_hook))
@@ -90,13 +113,13 @@ class ModuleHooks:
         # Calls made while autograd runs backward are recomputations (activation
         # checkpointing), not the model's forward: the forward already recorded them.
         def pre_hook(mod, args, kwargs):
-            if self.active and not _in_backward():
+            if self.active and not self._in_backward() and not self._inside_function():
                 self._leaf_depth += 1
                 with self._ours(f"before {name}"):
                     self._before(mod, name, args, kwargs)
 
         def post_hook(mod, args, kwargs, output):
-            if self.active and not _in_backward():
+            if self.active and not self._in_backward() and not self._inside_function():
                 self._leaf_depth = max(0, self._leaf_depth - 1)
                 with self._ours(f"after {name}"):
                     self._after(mod, output)
@@ -109,12 +132,13 @@ class ModuleHooks:
     def _call_name(self, base: str) -> str:
         self._call_count[base] += 1
         count = self._call_count[base]
-        return base if count == 1 else f"{base}#{count}"
+        return names.numbered(base, count)
 
     def _before(self, module: nn.Module, base_name: str, args, kwargs) -> None:
         name = self._call_name(base_name)
         is_loss = module is self.criterion
         tensors = [t for _, t in iter_tensors(args)] + [t for _, t in iter_tensors(kwargs)]
+        self._function_outputs(tensors)  # a custom Function's output, taken by this call
         call = CapturedCall(
             name=name, module=module, kind=type(module).__name__, input_names=[], inputs=[]
         )
@@ -123,13 +147,13 @@ class ModuleHooks:
         self._calls.append(call)
         for position, tensor in enumerate(tensors):
             if is_loss and position == 1:
-                default, role = "target", "target"
+                default, role = names.TARGET, ROLE_TARGET
             else:
-                default = f"{name}.in" if len(tensors) == 1 else f"{name}.in{position}"
-                role = "activation"
+                default = names.call_input(name, position, len(tensors))
+                role = ROLE_ACTIVATION
             if id(tensor) in self.param_names:
                 continue  # a parameter passed as an argument is recorded as a parameter below
-            layer = None if role == "target" else name  # the labels are data, like the input
+            layer = None if role == ROLE_TARGET else name  # the labels are data, like the input
             call.input_names.append(self._name(tensor, default, role, layer))
             call.inputs.append(self._array(call.input_names[-1]))
         if any(a is None for a in call.inputs):
@@ -144,7 +168,7 @@ class ModuleHooks:
         }
 
     def _use_param(self, call: CapturedCall, local: str, p: torch.Tensor) -> None:
-        qualified = self.param_names.get(id(p), f"{call.name}.{local}")
+        qualified = self.param_names.get(id(p), names.child(call.name, local))
         call.param_names[local] = qualified
         self._param_calls[qualified] += 1
         if qualified not in self._params:
@@ -164,7 +188,10 @@ class ModuleHooks:
         }
         is_loss = module is self.criterion
         self._name_outputs(
-            call, output, "output" if is_loss else "activation", "value" if is_loss else "out"
+            call,
+            output,
+            ROLE_OUTPUT if is_loss else ROLE_ACTIVATION,
+            names.LOSS_VALUE if is_loss else names.OUT,
         )
 
     def _name_outputs(self, call: CapturedCall, output, role: str, suffix: str) -> None:
@@ -178,7 +205,7 @@ class ModuleHooks:
             return
         single = len(found) == 1 and torch.is_tensor(output)
         for path, tensor in found:
-            default = f"{call.name}.{suffix}" if single else f"{call.name}.{suffix}.{path}"
+            default = names.output(call.name, None if single else path, suffix)
             # A fresh name even when the module returned its input modified in place:
             # the version counter moved, so _name records the new value.
             call.output_names.append(self._name(tensor, default, role, call.name))
@@ -193,9 +220,3 @@ class ModuleHooks:
             # Keep the first tensor as "the" output so that the layer has a shape to show.
             call.output_name = call.output_names[0]
             call.output = self._array(call.output_name)
-
-
-def _in_backward() -> bool:
-    """Whether autograd's engine is running a backward pass in this thread."""
-    current = getattr(torch._C, "_current_graph_task_id", None)
-    return current is not None and current() != -1

@@ -19,6 +19,8 @@ class OptimizerHooks:
 
     def _increment_hook(self, name: str) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
+            self._backward_seen = True
+            self._backward_in_step = self._backward_in_step or self._stepping
             if not self.active:
                 return
             array = to_numpy(grad)
@@ -54,6 +56,7 @@ class OptimizerHooks:
             if self._stepped:
                 return  # a second step in one iteration: keep the values before the first
             self._stepped = True
+            self._stepping = True
             for group in optimizer.param_groups:
                 settings = {k: v for k, v in group.items() if k != "params"}
                 for p in group["params"]:
@@ -71,11 +74,17 @@ class OptimizerHooks:
         if not self.active:
             return
         with self._ours("after optimizer.step()"):
+            # optimizer.step(closure) runs forward and backward inside the step (LBFGS,
+            # PyTorch Lightning): the gradients it used are there only now.
+            regrad = self._stepping and self._backward_in_step
+            self._stepping = False
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     name = self.param_names.get(id(p))
                     if name is None:
                         continue
+                    if regrad and p.grad is not None:
+                        self._store_param_grad(name, p.grad)
                     array = to_numpy(p)
                     if array is not None:
                         self._params_after[name] = array

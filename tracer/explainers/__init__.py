@@ -1,45 +1,45 @@
 """Layer explainers: one module per layer type, registered by type.
 
-Importing this package registers every built-in explainer. To add a layer
-type, write a module with an `@register(nn.YourLayer)` Explainer subclass and
-import it here.
+Every module in this package is imported here, which registers its explainers:
+to add a layer type, write a module with an `@register(nn.YourLayer,
+functional=[F.your_layer])` Explainer subclass. There is no list to edit.
 """
 
-from . import (  # noqa: F401  (importing registers the explainers)
-    activation,
-    batchnorm,
-    conv,
-    dropout,
-    elementwise,  # Add: x + y in a forward
-    flatten,
-    linear,
-    loss,
-    optim,
-    pool,
-    softmax,
-)
+import importlib
+import pkgutil
+
 from .base import (
     ATOL,
     RTOL,
     Explainer,
+    Functional,
     LayerCall,
     StepContext,
     Unsupported,
     explainer_for,
+    functional_form,
+    functional_forms,
     register,
     registered_types,
 )
 from .optim import UpdateCall
 
+# Discovery: importing every module of the package registers its explainers.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
 __all__ = [
     "ATOL",
     "RTOL",
     "Explainer",
+    "Functional",
     "LayerCall",
     "StepContext",
     "Unsupported",
     "UpdateCall",
     "explainer_for",
+    "functional_form",
+    "functional_forms",
     "register",
     "registered_types",
 ]

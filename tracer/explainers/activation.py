@@ -16,13 +16,52 @@ import math
 from typing import ClassVar
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import nn
 
+from storage import names
+
 from .. import latex
-from .base import Explainer, LayerCall, StepContext, register
+from .base import Explainer, Functional, LayerCall, StepContext, one_tensor, register
 from .common import f64, mat, named, sub
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+# Signatures of the builtin functional forms (inspect cannot read them).
+def _gelu(input, approximate="none"):  # noqa: A002
+    """F.gelu"""
+
+
+def _softplus(input, beta=1.0, threshold=20.0):  # noqa: A002
+    """F.softplus"""
+
+
+def _leaky_relu_(input, negative_slope=0.01):  # noqa: A002
+    """F.leaky_relu_"""
+
+
+def _hardtanh_(input, min_val=-1.0, max_val=1.0):  # noqa: A002
+    """F.hardtanh_"""
+
+
+def _elu_(input, alpha=1.0):  # noqa: A002
+    """F.elu_"""
+
+
+def _prelu(input, weight):  # noqa: A002
+    """F.prelu"""
+
+
+def _relu6(a):
+    """F.relu6(x, inplace) is nn.ReLU6, a Hardtanh from 0 to 6."""
+    return nn.ReLU6(inplace=a["inplace"]), [a["input"]], {}
+
+
+def _build_prelu(module_type, a, out):
+    weight = a["weight"]
+    return nn.PReLU(weight.numel(), device="meta"), [a["input"]], {"weight": weight}
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -35,9 +74,21 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return out
 
 
-@register(nn.ReLU)
+@register(
+    nn.ReLU,
+    functional=[
+        F.relu,
+        Functional((torch.relu, torch.Tensor.relu), one_tensor),
+        Functional(
+            (torch.relu_, torch.Tensor.relu_, F.relu_), one_tensor, settings={"inplace": True}
+        ),
+    ],
+)
 class ReLUExplainer(Explainer):
     formula = r"A = \max(0, Z)"
+
+    def per_sample(self, call) -> bool:
+        return True  # element by element
 
     def describe(self, module) -> str:
         return "rectified linear unit, elementwise max(0, z)" + (
@@ -72,7 +123,7 @@ class ReLUExplainer(Explainer):
             "ReLU backward",
             r"\frac{\partial L}{\partial Z} = \frac{\partial L}{\partial A} \odot \mathbb{1}[Z > 0]",
             rf"{mat(da)} \odot {mat(mask.astype(np.int64))} = {mat(dz)}",
-            inputs=[call.grad_output_name, f"{call.name}.mask"],
+            inputs=[call.grad_output_name, names.intermediate(call.name, "mask")],
             outputs=[call.grad_input_names[0]],
             checks=[(dz, call.grad_inputs[0], "autograd dL/dZ")],
             note="Gradient passes where Z > 0 and stops where the unit was off."
@@ -93,6 +144,9 @@ class ElementwiseExplainer(Explainer):
     derivative: ClassVar[str] = ""  # f'(Z), as LaTeX
     why: ClassVar[str] = ""  # one sentence for the forward note
     why_backward: ClassVar[str] = ""  # one sentence for the backward note
+
+    def per_sample(self, call) -> bool:
+        return True  # element by element
 
     def value(self, z: np.ndarray, module) -> np.ndarray:
         raise NotImplementedError
@@ -139,7 +193,13 @@ class ElementwiseExplainer(Explainer):
         )
 
 
-@register(nn.LeakyReLU)
+@register(
+    nn.LeakyReLU,
+    functional=[
+        F.leaky_relu,
+        Functional((F.leaky_relu_,), _leaky_relu_, settings={"inplace": True}),
+    ],
+)
 class LeakyReLUExplainer(ElementwiseExplainer):
     title = "LeakyReLU"
     formula = r"A = \begin{cases} Z & Z > 0 \\ \alpha Z & Z \le 0 \end{cases}"
@@ -160,7 +220,14 @@ class LeakyReLUExplainer(ElementwiseExplainer):
         return np.where(z > 0, 1.0, float(module.negative_slope))
 
 
-@register(nn.Hardtanh)
+@register(
+    nn.Hardtanh,
+    functional=[
+        F.hardtanh,
+        Functional((F.hardtanh_,), _hardtanh_, settings={"inplace": True}),
+        Functional((F.relu6,), build=lambda t, a, out: _relu6(a)),
+    ],
+)
 class HardtanhExplainer(ElementwiseExplainer):
     title = "Hardtanh"
     formula = r"A = \min(\max(Z, a), b)"
@@ -182,7 +249,10 @@ class HardtanhExplainer(ElementwiseExplainer):
         return ((z > module.min_val) & (z < module.max_val)).astype(np.float64)
 
 
-@register(nn.Sigmoid)
+@register(
+    nn.Sigmoid,
+    functional=[Functional((torch.sigmoid, torch.Tensor.sigmoid, F.sigmoid), one_tensor)],
+)
 class SigmoidExplainer(ElementwiseExplainer):
     title = "Sigmoid"
     formula = r"A = \sigma(Z) = \frac{1}{1 + e^{-Z}}"
@@ -201,7 +271,7 @@ class SigmoidExplainer(ElementwiseExplainer):
         return s * (1.0 - s)
 
 
-@register(nn.Tanh)
+@register(nn.Tanh, functional=[Functional((torch.tanh, torch.Tensor.tanh, F.tanh), one_tensor)])
 class TanhExplainer(ElementwiseExplainer):
     title = "Tanh"
     formula = r"A = \tanh(Z)"
@@ -219,7 +289,7 @@ class TanhExplainer(ElementwiseExplainer):
         return 1.0 - np.tanh(z) ** 2
 
 
-@register(nn.ELU)
+@register(nn.ELU, functional=[F.elu, Functional((F.elu_,), _elu_, settings={"inplace": True})])
 class ELUExplainer(ElementwiseExplainer):
     title = "ELU"
     formula = r"A = \begin{cases} Z & Z > 0 \\ \alpha (e^{Z} - 1) & Z \le 0 \end{cases}"
@@ -240,7 +310,7 @@ class ELUExplainer(ElementwiseExplainer):
         return np.where(z > 0, 1.0, module.alpha * np.exp(np.minimum(z, 0.0)))
 
 
-@register(nn.SiLU)
+@register(nn.SiLU, functional=[F.silu])
 class SiLUExplainer(ElementwiseExplainer):
     title = "SiLU"
     formula = r"A = Z\,\sigma(Z)"
@@ -263,7 +333,7 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _KAPPA = 0.044715
 
 
-@register(nn.GELU)
+@register(nn.GELU, functional=[Functional((F.gelu,), _gelu)])
 class GELUExplainer(ElementwiseExplainer):
     title = "GELU"
     formula = r"A = Z\,\Phi(Z),\quad \Phi(Z) = \tfrac12\big(1 + \operatorname{erf}(Z/\sqrt2)\big)"
@@ -298,7 +368,7 @@ class GELUExplainer(ElementwiseExplainer):
         return cdf + z * pdf
 
 
-@register(nn.Softplus)
+@register(nn.Softplus, functional=[Functional((F.softplus,), _softplus)])
 class SoftplusExplainer(ElementwiseExplainer):
     title = "Softplus"
     formula = r"A = \begin{cases} \tfrac{1}{\beta}\log(1 + e^{\beta Z}) & \beta Z \le t \\ Z & \beta Z > t \end{cases}"
@@ -339,9 +409,12 @@ class IdentityExplainer(ElementwiseExplainer):
         return np.ones_like(z)
 
 
-@register(nn.PReLU)
+@register(nn.PReLU, functional=[Functional((F.prelu,), _prelu, _build_prelu)])
 class PReLUExplainer(Explainer):
     formula = r"A = \begin{cases} Z & Z > 0 \\ a_c Z & Z \le 0 \end{cases}"
+
+    def per_sample(self, call) -> bool:
+        return call.x.ndim >= 2  # (N, C, ...): one slope per channel
 
     def describe(self, module: nn.PReLU) -> str:
         n = module.num_parameters

@@ -10,11 +10,14 @@ and whether it is within float32 tolerance.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
+from storage import names
 from storage.records import ROLE_INTERMEDIATE, StepRecord, TensorRecord
 
 # |ours - torch| <= ATOL + RTOL * max|torch| counts as verified. Ours is float64
@@ -46,6 +49,9 @@ class LayerCall:
     buffers_after: dict[str, np.ndarray] = field(default_factory=dict)  # ... and after it
     shared_params: bool = False  # params also used by another call: .grad is a sum over calls
     training: bool = True
+    # (k, N) when the call is explained on its first k samples of N only (a storage bound
+    # keeps no more of its tensors); None: the whole batch.
+    samples: tuple[int, int] | None = None
 
     @property
     def x(self) -> np.ndarray:
@@ -66,7 +72,7 @@ class StepContext:
 
     def tensor(self, suffix: str, array: np.ndarray, role: str = ROLE_INTERMEDIATE) -> str:
         """Store an intermediate matrix of this layer; returns its tensor name."""
-        name = f"{self.call.name}.{suffix}"
+        name = names.intermediate(self.call.name, suffix)
         if name not in self._names:
             self._names.add(name)
             self.tensors.append(
@@ -95,7 +101,9 @@ class StepContext:
         references = []
         for ours, theirs, what in checks:
             if theirs is None:
-                references.append(f"{what}: not computed by autograd")
+                references.append(
+                    what if isinstance(what, NotCompared) else f"{what}: not computed by autograd"
+                )
                 continue
             ours64 = np.asarray(ours, dtype=np.float64)
             theirs64 = np.asarray(theirs, dtype=np.float64)
@@ -132,13 +140,41 @@ class StepContext:
         """A check triple for dL/d(param). With shared parameters .grad sums every
         call's contribution, so a single call is checked in the final sum instead."""
         self.param_grads[local] = ours
+        if self.call.samples is not None:
+            k, n = self.call.samples
+            return (
+                ours,
+                None,
+                NotCompared(
+                    f"dL/d{local} of the {_first(k)} of {n} only: autograd's "
+                    f"{self.call.param_names[local]}.grad sums all {n} (a full check compares it)"
+                ),
+            )
         if self.call.shared_params:
             return ours, None, f"dL/d{local} of this call (checked in the sum over calls)"
         return (
             ours,
             self.call.param_grads.get(local),
-            f"autograd {self.call.param_names[local]}.grad",
+            f"autograd {names.grad(self.call.param_names[local])}",
         )
+
+
+class NotCompared(str):
+    """The `what` of a check with no PyTorch tensor to compare, saying why in full."""
+
+
+def _first(k: int) -> str:
+    return "first sample" if k == 1 else f"first {k} samples"
+
+
+def samples_note(k: int, n: int) -> str:
+    """What a step explained on the kept samples says about it."""
+    which = "sample 1" if k == 1 else f"samples 1-{k}"
+    stored = "the sample stored" if k == 1 else "the samples stored"
+    return (
+        f"Checked on {which} of {n}, {stored}; a full check (full_check=True, "
+        f"`cnnviz trace --full-check`) explains all {n}."
+    )
 
 
 def _as_stored(array: np.ndarray) -> np.ndarray:
@@ -160,6 +196,12 @@ class Explainer:
     def describe(self, module) -> str:
         return repr(module)
 
+    def per_sample(self, call: LayerCall) -> bool:
+        """Whether sample i of the output depends on sample i of the inputs only (along
+        dimension 0), so that the call can be explained and checked on the first samples
+        alone. False where the batch is mixed (batch statistics, a batch-mean loss)."""
+        return False
+
     def forward(self, call: LayerCall, ctx: StepContext) -> None:
         raise NotImplementedError
 
@@ -170,16 +212,126 @@ class Explainer:
 _REGISTRY: dict[type, Explainer] = {}
 
 
-def register(*module_types: type):
-    """Class decorator: `@register(nn.Conv2d)` makes the class explain Conv2d calls."""
+@dataclass(frozen=True, eq=False)
+class Functional:
+    """Torch functions that compute what a module type computes (`F.conv2d` for
+    nn.Conv2d), so that a call written in a forward is explained like the module.
+
+    `signature` is a def with the functions' argument names and defaults (read from
+    the function itself when None, which builtins do not allow). `build` gets the
+    module type, the arguments bound by name (`Arguments`, defaults applied) and the
+    output, and returns (module, [data tensors in the module's argument order],
+    {param local name: tensor}), or None when these settings have no module
+    equivalent (the call is then stored raw). The default is `build_like_module`;
+    `settings` are fixed constructor arguments (`inplace=True` for `relu_`).
+    """
+
+    funcs: tuple[Callable, ...]
+    signature: Callable | None = None
+    build: Callable[..., tuple | None] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def bind(self, func: Callable, args, kwargs) -> Arguments:
+        signature = _signature(self.signature or func)
+        bound = signature.bind(*args, **kwargs)
+        # What the caller set: torch's wrappers pass every argument on, defaults too.
+        given = {
+            k
+            for k, v in bound.arguments.items()
+            if not _is_default(v, signature.parameters[k].default)
+        }
+        bound.apply_defaults()
+        return Arguments(bound.arguments, given=given)
+
+    def module_for(self, module_type: type, arguments: Arguments, out) -> tuple | None:
+        build = self.build or build_like_module
+        return build(module_type, Arguments({**arguments, **self.settings}, arguments.given), out)
+
+
+def _is_default(value, default) -> bool:
+    if default is inspect.Parameter.empty:
+        return False
+    if value is default:
+        return True
+    try:
+        return type(value) is type(default) and bool(value == default)
+    except Exception:  # a tensor compared with a number, say
+        return False
+
+
+class Arguments(dict):
+    """A functional call's arguments by name, defaults applied; `given`: those the
+    caller passed."""
+
+    def __init__(self, values, given: set[str]):
+        super().__init__(values)
+        self.given = given
+
+
+def one_tensor(input):  # noqa: A002 - torch's own argument name
+    """The signature of torch.relu, x.sigmoid() and other one-argument functions."""
+
+
+def build_like_module(
+    module_type: type, a: Arguments, out, data: tuple[str, ...] = ("input",)
+) -> tuple | None:
+    """The default build: the module made from the arguments it shares with the
+    function (F.gelu(x, approximate="tanh") -> nn.GELU(approximate="tanh")), or None
+    when the caller set an argument the module has no equivalent for."""
+    accepted = set(inspect.signature(module_type.__init__).parameters) - {"self"}
+    if any(k not in accepted and k not in data and k != "training" for k in a.given):
+        return None
+    module = module_type(**{k: v for k, v in a.items() if k in accepted})
+    if "training" in a:
+        module.train(bool(a["training"]))
+    return module, [a[k] for k in data], {}
+
+
+_FUNCTIONAL: dict[Callable, tuple[type, Functional]] = {}
+_SIGNATURES: dict[Callable, inspect.Signature] = {}
+
+
+def _signature(template: Callable) -> inspect.Signature:
+    if template not in _SIGNATURES:
+        _SIGNATURES[template] = inspect.signature(template)
+    return _SIGNATURES[template]
+
+
+def register(*module_types: type, functional: Iterable[Callable | Functional] = ()):
+    """Class decorator: `@register(nn.Conv2d)` makes the class explain Conv2d calls;
+    `functional=[F.gelu]` (or `Functional(...)` entries) also the same computation
+    called as a function in a forward. The first module type is the one built."""
+    forms = [f if isinstance(f, Functional) else Functional((f,)) for f in functional]
 
     def wrap(cls: type[Explainer]) -> type[Explainer]:
+        for form in forms:  # checked before anything is registered
+            for func in form.funcs:
+                if func in _FUNCTIONAL and _FUNCTIONAL[func][0] is not module_types[0]:
+                    raise ValueError(
+                        f"{func} is already the functional form of {_FUNCTIONAL[func][0]}"
+                    )
         instance = cls()
         for module_type in module_types:
             _REGISTRY[module_type] = instance
+        for form in forms:
+            for func in form.funcs:
+                _FUNCTIONAL[func] = (module_types[0], form)
         return cls
 
     return wrap
+
+
+def functional_form(func: Callable) -> tuple[type, Functional] | None:
+    """(module type, form) for a torch function declared as a module's functional form."""
+    try:
+        return _FUNCTIONAL.get(func)
+    except TypeError:  # an unhashable callable
+        return None
+
+
+def functional_forms() -> dict[Callable, type]:
+    """Every declared torch function and the module type it stands for."""
+    return {func: module_type for func, (module_type, _) in _FUNCTIONAL.items()}
 
 
 class Unsupported(Exception):

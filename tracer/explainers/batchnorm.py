@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from storage import names
+
 from .. import latex
 from .base import Explainer, LayerCall, StepContext, Unsupported, register
 from .common import channel_vector, f64, mat, named
@@ -204,7 +206,12 @@ class BatchNormExplainer(Explainer):
             rf"{latex.scalar(factor)}\,{channel_vector(mu)} = {channel_vector(rm)},\quad "
             rf"\hat\sigma^2 = {latex.scalar(1 - factor)}\,{channel_vector(rv0)} + {latex.scalar(factor)}\,"
             rf"{channel_vector(unbiased)} = {channel_vector(rv)}",
-            inputs=[before_mean, before_var, f"{call.name}.mean", f"{call.name}.var"],
+            inputs=[
+                before_mean,
+                before_var,
+                names.intermediate(call.name, "mean"),
+                names.intermediate(call.name, "var"),
+            ],
             outputs=[rm_name, rv_name],
             checks=checks,
             note=f"Evaluation mode will normalise with these running estimates instead of batch "
@@ -232,7 +239,7 @@ class BatchNormExplainer(Explainer):
                 r"\quad \frac{\partial L}{\partial \beta_c} = \sum_{n,i,j} \frac{\partial L}{\partial y}",
                 rf"\frac{{\partial L}}{{\partial \gamma}} = {channel_vector(dgamma)},\quad "
                 rf"\frac{{\partial L}}{{\partial \beta}} = {channel_vector(dbeta)}",
-                inputs=[call.grad_output_name, f"{call.name}.xhat"],
+                inputs=[call.grad_output_name, names.intermediate(call.name, "xhat")],
                 outputs=outputs,
                 checks=checks,
                 note="gamma multiplies x̂ and beta is added at every position of its channel, so their "
@@ -253,7 +260,7 @@ class BatchNormExplainer(Explainer):
                 rf"\textstyle\sum \tfrac{{\partial L}}{{\partial y}}\hat x = {channel_vector(sum_dy_xhat)}"
                 + r"\;\Rightarrow\; "
                 + named(r"\frac{\partial L}{\partial x}", dx),
-                inputs=[call.grad_output_name, f"{call.name}.xhat"],
+                inputs=[call.grad_output_name, names.intermediate(call.name, "xhat")],
                 outputs=[call.grad_input_names[0]],
                 checks=[(dx, call.grad_inputs[0] if call.grad_inputs else None, "autograd dL/dx")],
                 note="Every x of a channel moved that channel's mean and variance, so besides the direct "

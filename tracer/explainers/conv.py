@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import latex
-from .base import Explainer, LayerCall, StepContext, Unsupported, register
+from .base import Explainer, Functional, LayerCall, StepContext, Unsupported, register
 from .common import named, sub
 
 
@@ -125,9 +125,32 @@ def _batched(x: np.ndarray) -> np.ndarray:
     return x
 
 
-@register(nn.Conv2d)
+def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002
+    """F.conv2d, torch.conv2d"""
+
+
+def _build_conv2d(module_type, a, out):
+    w, b = a["weight"], a["bias"]
+    module = nn.Conv2d(
+        w.shape[1] * a["groups"],
+        w.shape[0],
+        tuple(w.shape[2:]),
+        a["stride"],
+        a["padding"],
+        a["dilation"],
+        a["groups"],
+        bias=b is not None,
+        device="meta",
+    )
+    return module, [a["input"]], {k: t for k, t in (("weight", w), ("bias", b)) if t is not None}
+
+
+@register(nn.Conv2d, functional=[Functional((F.conv2d, torch.conv2d), _conv2d, _build_conv2d)])
 class Conv2dExplainer(Explainer):
     formula = r"Y_{n,o} = b_o + \sum_{c}\sum_{i,j} W_{o,c,i,j}\, X_{n,c,\,s h + d i,\; s w + d j}"
+
+    def per_sample(self, call) -> bool:
+        return call.x.ndim == 4  # (N, C, H, W); an unbatched (C, H, W) mixes nothing but has no N
 
     def describe(self, module: nn.Conv2d) -> str:
         k, s, p, d = module.kernel_size, module.stride, module.padding, module.dilation

@@ -16,7 +16,10 @@ whole channel.
 from __future__ import annotations
 
 import numpy as np
+import torch.nn.functional as F
 from torch import nn
+
+from storage import names
 
 from .. import latex
 from .base import Explainer, LayerCall, StepContext, Unsupported, register
@@ -26,6 +29,9 @@ from .common import f64, mat, named
 class DropoutExplainer(Explainer):
     formula = r"Y = \frac{1}{1-p}\, X \odot M,\quad M_{k} \sim \operatorname{Bernoulli}(1-p)"
     channel_rank: int | None = None  # Dropout{1,2,3}d: expected input rank
+
+    def per_sample(self, call) -> bool:
+        return True  # one mask entry per element (or per sample and channel)
 
     def describe(self, module) -> str:
         what = "channels" if self.channel_rank else "entries"
@@ -162,7 +168,7 @@ class DropoutExplainer(Explainer):
             "Dropout backward: the same mask and scale",
             r"\frac{\partial L}{\partial X} = \frac{1}{1-p}\, \frac{\partial L}{\partial Y} \odot M",
             rf"\tfrac{{1}}{{1-p}} = {latex.scalar(scale)},\quad {mat(dy)} \odot {mat(full.astype(np.int64))} = {mat(dx)}",
-            inputs=[call.grad_output_name, f"{call.name}.mask"],
+            inputs=[call.grad_output_name, names.intermediate(call.name, "mask")],
             outputs=[call.grad_input_names[0]],
             checks=[check],
             note="Dropout is a fixed elementwise scaling once M is drawn, so the gradient is scaled "
@@ -177,21 +183,21 @@ class DropoutExplainer(Explainer):
         )
 
 
-@register(nn.Dropout)
+@register(nn.Dropout, functional=[F.dropout])
 class PlainDropoutExplainer(DropoutExplainer):
     pass
 
 
-@register(nn.Dropout1d)
+@register(nn.Dropout1d, functional=[F.dropout1d])
 class Dropout1dExplainer(DropoutExplainer):
     channel_rank = 3
 
 
-@register(nn.Dropout2d)
+@register(nn.Dropout2d, functional=[F.dropout2d])
 class Dropout2dExplainer(DropoutExplainer):
     channel_rank = 4
 
 
-@register(nn.Dropout3d)
+@register(nn.Dropout3d, functional=[F.dropout3d])
 class Dropout3dExplainer(DropoutExplainer):
     channel_rank = 5

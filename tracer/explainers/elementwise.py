@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .. import latex
-from .base import Explainer, LayerCall, StepContext, register
+from .base import Explainer, Functional, LayerCall, StepContext, register
 
 
 class Add(nn.Module):
@@ -54,9 +54,35 @@ def _where(array: np.ndarray) -> str:
     return f"_{{{where}}}" if where else ""
 
 
-@register(Add)
+def _add(input, other, *, alpha=1):  # noqa: A002
+    """torch.add, x + y, x += y, x.add_(y)"""
+
+
+def _build_add(module_type, a, out):
+    x, other, alpha = a["input"], a["other"], a["alpha"]
+    if torch.is_tensor(other):
+        return Add(alpha=alpha), [x, other], {}
+    if isinstance(other, (int, float)) and not isinstance(other, bool):
+        return Add(alpha=alpha, constant=float(other)), [x], {}
+    return None
+
+
+_ADDS = (
+    torch.add,
+    torch.Tensor.add,
+    torch.Tensor.add_,
+    torch.Tensor.__add__,
+    torch.Tensor.__radd__,
+    torch.Tensor.__iadd__,
+)
+
+
+@register(Add, functional=[Functional(_ADDS, _add, _build_add)])
 class AddExplainer(Explainer):
     formula = r"Z = X + Y"
+
+    def per_sample(self, call) -> bool:
+        return True  # element by element
 
     def describe(self, module: Add) -> str:
         scale = "" if module.alpha == 1 else f"{module.alpha:g} * "

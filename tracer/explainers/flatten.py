@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import torch
 from torch import nn
 
 from .. import latex
-from .base import Explainer, LayerCall, StepContext, register
+from .base import Explainer, Functional, LayerCall, StepContext, register
 from .common import sub
 
 
@@ -15,9 +18,41 @@ def _indices(merged_dims: int) -> str:
     return {1: "i", 2: "i,j", 3: "c,i,j"}.get(merged_dims, r"i_1,\ldots,i_D")
 
 
-@register(nn.Flatten)
+def _flatten(input, start_dim=0, end_dim=-1):  # noqa: A002
+    """torch.flatten, x.flatten()"""
+
+
+def _reshape(input, *shape, **_kw):  # noqa: A002
+    """x.view(...), x.reshape(...), torch.reshape(x, shape)"""
+
+
+def _build_reshape(module_type, a, out):
+    """x.view(N, -1) and friends are a Flatten when they merge one run of dimensions."""
+    shape, new = tuple(a["input"].shape), tuple(out.shape)
+    if shape == new and shape:
+        return nn.Flatten(0, 0), [a["input"]], {}
+    for start in range(len(shape)):
+        for end in range(start + 1, len(shape)):
+            merged = shape[:start] + (math.prod(shape[start : end + 1]),) + shape[end + 1 :]
+            if merged == new:
+                return nn.Flatten(start, end), [a["input"]], {}
+    return None
+
+
+@register(
+    nn.Flatten,
+    functional=[
+        Functional((torch.flatten, torch.Tensor.flatten), _flatten),
+        Functional(
+            (torch.Tensor.view, torch.Tensor.reshape, torch.reshape), _reshape, _build_reshape
+        ),
+    ],
+)
 class FlattenExplainer(Explainer):
     formula = r"x_{k} = A_{c,i,j},\quad k = c\,HW + i\,W + j"
+
+    def per_sample(self, call) -> bool:
+        return call.x.ndim >= 2 and call.module.start_dim % call.x.ndim != 0
 
     def describe(self, module: nn.Flatten) -> str:
         return f"reshape dims {module.start_dim}..{module.end_dim} into one (row-major order)"

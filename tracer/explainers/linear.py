@@ -7,17 +7,31 @@ batch of N the rows of X are samples and Z = X W^T + b.
 from __future__ import annotations
 
 import numpy as np
+import torch.nn.functional as F
 from torch import nn
 
 from .. import latex
-from .base import Explainer, LayerCall, StepContext, register
+from .base import Explainer, Functional, LayerCall, StepContext, register
 
 d = r"\partial L"
 
 
-@register(nn.Linear)
+def _linear(input, weight, bias=None):  # noqa: A002
+    """F.linear"""
+
+
+def _build_linear(module_type, a, out):
+    w, b = a["weight"], a["bias"]
+    module = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device="meta")
+    return module, [a["input"]], {k: t for k, t in (("weight", w), ("bias", b)) if t is not None}
+
+
+@register(nn.Linear, functional=[Functional((F.linear,), _linear, _build_linear)])
 class LinearExplainer(Explainer):
     formula = r"z = W x + b"
+
+    def per_sample(self, call) -> bool:
+        return call.x.ndim >= 2  # each row x_n on its own
 
     def describe(self, module: nn.Linear) -> str:
         bias = "" if module.bias is not None else ", no bias"

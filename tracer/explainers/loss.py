@@ -19,12 +19,22 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from storage import names
 from storage.records import ROLE_OUTPUT
 
 from .. import latex
-from .base import Explainer, LayerCall, StepContext, Unsupported, register
+from .base import (
+    Explainer,
+    Functional,
+    LayerCall,
+    StepContext,
+    Unsupported,
+    build_like_module,
+    register,
+)
 from .common import f64, mat, named
 from .softmax import log_softmax
 from .softmax import softmax as _softmax
@@ -36,6 +46,17 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- classification
+
+
+def _loss(func) -> Functional:
+    """F.cross_entropy(input, target, ...) and the other functional losses: the module
+    made from the same settings, with the prediction and the target as its inputs."""
+    return Functional(
+        (func,),
+        build=lambda module_type, a, out: build_like_module(
+            module_type, a, out, data=("input", "target")
+        ),
+    )
 
 
 class Classification:
@@ -170,7 +191,7 @@ def _rows_tex(array: np.ndarray) -> str:
     return latex.bmatrix(array)
 
 
-@register(nn.CrossEntropyLoss)
+@register(nn.CrossEntropyLoss, functional=[_loss(F.cross_entropy)])
 class CrossEntropyExplainer(Explainer):
     formula = r"L = -\frac{1}{N}\sum_{n} \log \operatorname{softmax}(z_n)_{y_n}"
 
@@ -303,7 +324,10 @@ class CrossEntropyExplainer(Explainer):
                     else "."
                 )
             )
-            inputs = [f"{call.name}.probs", f"{call.name}.onehot"]
+            inputs = [
+                names.intermediate(call.name, "probs"),
+                names.intermediate(call.name, "onehot"),
+            ]
         else:
             d_tex = r"\frac{1}{D}" if mean else ""
             formula = rf"\frac{{\partial L}}{{\partial z_n}} = {d_tex}\, g_n \Big(p_n \sum_k A_{{n,k}} - A_n\Big)"
@@ -323,7 +347,10 @@ class CrossEntropyExplainer(Explainer):
                 "towards the (weighted, smoothed) target. g is the gradient arriving from after the loss"
                 + (" (one per row, since reduction='none')." if cls.reduction == "none" else ".")
             )
-            inputs = [f"{call.name}.probs", f"{call.name}.target_weights"]
+            inputs = [
+                names.intermediate(call.name, "probs"),
+                names.intermediate(call.name, "target_weights"),
+            ]
         ctx.step(
             "Gradient of the loss with respect to the logits",
             formula,
@@ -335,7 +362,7 @@ class CrossEntropyExplainer(Explainer):
         )
 
 
-@register(nn.NLLLoss)
+@register(nn.NLLLoss, functional=[_loss(F.nll_loss)])
 class NLLLossExplainer(Explainer):
     formula = r"L = -\frac{1}{N}\sum_{n} x_{n, y_n}"
 
@@ -390,7 +417,7 @@ class NLLLossExplainer(Explainer):
             "Gradient of the loss with respect to the log-probabilities",
             r"\frac{\partial L}{\partial x_{n,k}} = -\frac{g}{D}\, w_{y_n} [k = y_n]",
             rf"\frac{{\partial L}}{{\partial x}} = {_rows_tex(dx_rows)}",
-            inputs=[f"{call.name}.target_weights", call.grad_output_name],
+            inputs=[names.intermediate(call.name, "target_weights"), call.grad_output_name],
             outputs=[call.grad_input_names[0]],
             checks=[(dx, call.grad_inputs[0], "autograd dL/dx")],
             note="Only the true class's entry of each row received a gradient; everything else is 0. "
@@ -505,7 +532,7 @@ class PointwiseLossExplainer(Explainer):
         )
 
 
-@register(nn.MSELoss)
+@register(nn.MSELoss, functional=[_loss(F.mse_loss)])
 class MSELossExplainer(PointwiseLossExplainer):
     formula = r"L = \frac{1}{N} \sum_i (x_i - t_i)^2"
     title = "Mean squared error"
@@ -523,7 +550,7 @@ class MSELossExplainer(PointwiseLossExplainer):
         return -2.0 * (x - t)
 
 
-@register(nn.L1Loss)
+@register(nn.L1Loss, functional=[_loss(F.l1_loss)])
 class L1LossExplainer(PointwiseLossExplainer):
     formula = r"L = \frac{1}{N} \sum_i |x_i - t_i|"
     title = "L1 (mean absolute error)"
@@ -544,7 +571,7 @@ class L1LossExplainer(PointwiseLossExplainer):
         return -np.sign(x - t)
 
 
-@register(nn.SmoothL1Loss)
+@register(nn.SmoothL1Loss, functional=[_loss(F.smooth_l1_loss)])
 class SmoothL1LossExplainer(PointwiseLossExplainer):
     formula = r"\ell = \begin{cases} \tfrac{(x-t)^2}{2\beta} & |x-t| < \beta \\ |x-t| - \tfrac{\beta}{2} & \text{else} \end{cases}"
     title = "Smooth L1"
@@ -571,7 +598,7 @@ class SmoothL1LossExplainer(PointwiseLossExplainer):
         return -self.grad_x(x, t, call)
 
 
-@register(nn.HuberLoss)
+@register(nn.HuberLoss, functional=[_loss(F.huber_loss)])
 class HuberLossExplainer(PointwiseLossExplainer):
     formula = r"\ell = \begin{cases} \tfrac12 (x-t)^2 & |x-t| \le \delta \\ \delta (|x-t| - \tfrac{\delta}{2}) & \text{else} \end{cases}"
     title = "Huber"
@@ -601,7 +628,7 @@ def _buffer(call: LayerCall, name: str):
     return None if value is None else f64(value)
 
 
-@register(nn.BCEWithLogitsLoss)
+@register(nn.BCEWithLogitsLoss, functional=[_loss(F.binary_cross_entropy_with_logits)])
 class BCEWithLogitsExplainer(PointwiseLossExplainer):
     formula = r"\ell = -w\big[p_w\, t \log \sigma(x) + (1 - t) \log(1 - \sigma(x))\big]"
     title = "Binary cross-entropy with logits"
@@ -643,7 +670,7 @@ def _clamped_logs(x):
         return np.maximum(np.log(x), -100.0), np.maximum(np.log1p(-x), -100.0)
 
 
-@register(nn.BCELoss)
+@register(nn.BCELoss, functional=[_loss(F.binary_cross_entropy)])
 class BCELossExplainer(PointwiseLossExplainer):
     formula = r"\ell = -w\big[t \log x + (1 - t) \log(1 - x)\big]"
     title = "Binary cross-entropy"

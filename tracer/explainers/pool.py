@@ -20,10 +20,22 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import nn
 
+from storage import names
+
 from .. import latex
-from .base import Explainer, LayerCall, StepContext, Unsupported, register
+from .base import (
+    Explainer,
+    Functional,
+    LayerCall,
+    StepContext,
+    Unsupported,
+    build_like_module,
+    register,
+)
 from .common import f64, named, pair, sub
 from .conv import im2col
 
@@ -107,6 +119,9 @@ class MaxPoolExplainer(Explainer):
     """Shared steps of max pooling; subclasses say where the windows are."""
 
     kind = "max_pool2d"
+
+    def per_sample(self, call) -> bool:
+        return call.x.ndim == 4
 
     def route(self, x: np.ndarray, module):
         """-> y (N, C, OH, OW), src (N, C, OH, OW) flat input index of each maximum,
@@ -197,7 +212,7 @@ class MaxPoolExplainer(Explainer):
             latex.aligned(*lines)
             + rf"\;\Rightarrow\; \frac{{\partial L}}{{\partial X}}{sub(where)} = {latex.bmatrix(dx_view)},"
             rf"\quad \text{{windows per element}} = {latex.bmatrix(latex.as_matrix(count)[0].astype(np.int64))}",
-            inputs=[call.grad_output_name, f"{call.name}.argmax"],
+            inputs=[call.grad_output_name, names.intermediate(call.name, "argmax")],
             outputs=[call.grad_input_names[0], count_name],
             checks=[(dx.reshape(call.x.shape), call.grad_inputs[0], "autograd dL/dX")],
             note="Every window sends its gradient to the one input element that was its maximum; "
@@ -211,7 +226,26 @@ class MaxPoolExplainer(Explainer):
         )
 
 
-@register(nn.MaxPool2d)
+def _max_pool2d(
+    input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+):  # noqa: A002
+    """F.max_pool2d, torch.max_pool2d"""
+
+
+def _build_max_pool2d(module_type, a, out):
+    if a["return_indices"]:
+        return None
+    stride = a["stride"] or None  # torch.max_pool2d's default stride is [], meaning the kernel size
+    module = nn.MaxPool2d(
+        a["kernel_size"], stride, a["padding"], a["dilation"], ceil_mode=a["ceil_mode"]
+    )
+    return module, [a["input"]], {}
+
+
+@register(
+    nn.MaxPool2d,
+    functional=[Functional((F.max_pool2d, torch.max_pool2d), _max_pool2d, _build_max_pool2d)],
+)
 class MaxPool2dExplainer(MaxPoolExplainer):
     formula = r"Y_{i,j} = \max_{(p,q) \in \Omega_{i,j}} X_{p,q}"
 
@@ -233,7 +267,20 @@ class MaxPool2dExplainer(MaxPoolExplainer):
         return y, src, lambda i, j: vals[0, 0, i, j].reshape(kernel)
 
 
-@register(nn.AdaptiveMaxPool2d)
+def _adaptive_max_pool2d(input, output_size, return_indices=False):  # noqa: A002
+    """F.adaptive_max_pool2d"""
+
+
+def _build_adaptive_max_pool2d(module_type, a, out):
+    return None if a["return_indices"] else build_like_module(module_type, a, out)
+
+
+@register(
+    nn.AdaptiveMaxPool2d,
+    functional=[
+        Functional((F.adaptive_max_pool2d,), _adaptive_max_pool2d, _build_adaptive_max_pool2d)
+    ],
+)
 class AdaptiveMaxPool2dExplainer(MaxPoolExplainer):
     formula = r"Y_{i,j} = \max_{p \in [\lfloor iH/H' \rfloor, \lceil (i+1)H/H' \rceil),\ q \in [\ldots)} X_{p,q}"
     kind = "adaptive_max_pool2d"
@@ -299,6 +346,9 @@ def _avg_matrices(module, x_shape):
 class AvgPoolExplainer(Explainer):
     kind = "avg_pool2d"
 
+    def per_sample(self, call) -> bool:
+        return call.x.ndim == 4
+
     def divisor_words(self, module) -> str:
         raise NotImplementedError
 
@@ -343,10 +393,10 @@ class AvgPoolExplainer(Explainer):
             rf"{latex.bmatrix(rh.T.astype(np.int32))} {latex.bmatrix(latex.as_matrix(scaled)[0])} {latex.bmatrix(rw.astype(np.int32))}"
             " = " + named(r"\frac{\partial L}{\partial X}", dx),
             inputs=[
-                f"{call.name}.R_h",
+                names.intermediate(call.name, "R_h"),
                 call.grad_output_name,
-                f"{call.name}.divisor",
-                f"{call.name}.R_w",
+                names.intermediate(call.name, "divisor"),
+                names.intermediate(call.name, "R_w"),
             ],
             outputs=[call.grad_input_names[0]],
             checks=[(dx.reshape(call.x.shape), call.grad_inputs[0], "autograd dL/dX")],
@@ -365,7 +415,31 @@ class AvgPoolExplainer(Explainer):
         )
 
 
-@register(nn.AvgPool2d)
+def _avg_pool2d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+):  # noqa: A002
+    """F.avg_pool2d"""
+
+
+def _build_avg_pool2d(module_type, a, out):
+    module = nn.AvgPool2d(
+        a["kernel_size"],
+        a["stride"] or None,
+        a["padding"],
+        a["ceil_mode"],
+        a["count_include_pad"],
+        a["divisor_override"],
+    )
+    return module, [a["input"]], {}
+
+
+@register(nn.AvgPool2d, functional=[Functional((F.avg_pool2d,), _avg_pool2d, _build_avg_pool2d)])
 class AvgPool2dExplainer(AvgPoolExplainer):
     formula = r"Y_{i,j} = \frac{1}{D_{i,j}} \sum_{(p,q) \in \Omega_{i,j}} X_{p,q}"
 
@@ -393,7 +467,7 @@ class AvgPool2dExplainer(AvgPoolExplainer):
         return "D counts only the real input positions of a window (count_include_pad=False)."
 
 
-@register(nn.AdaptiveAvgPool2d)
+@register(nn.AdaptiveAvgPool2d, functional=[F.adaptive_avg_pool2d])
 class AdaptiveAvgPool2dExplainer(AvgPoolExplainer):
     formula = r"Y_{i,j} = \frac{1}{|\Omega_{i,j}|} \sum_{(p,q) \in \Omega_{i,j}} X_{p,q}"
     kind = "adaptive_avg_pool2d"

@@ -12,10 +12,12 @@ one row per slice.
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import latex
-from .base import Explainer, LayerCall, StepContext, register
+from .base import Explainer, Functional, LayerCall, StepContext, register
 from .common import f64
 
 
@@ -51,9 +53,32 @@ def _dim_words(dim: int, ndim: int) -> str:
     return f"along dim {dim} (each row below is one slice along dim {dim})"
 
 
-@register(nn.Softmax)
+def _softmax_f(input, dim=None, _stacklevel=3, dtype=None):  # noqa: A002
+    """F.softmax, F.log_softmax"""
+
+
+def _softmax_t(input, dim, dtype=None):  # noqa: A002
+    """torch.softmax, x.softmax(), and their log_ twins"""
+
+
+def _build_softmax(module_type, a, out):
+    if a["dim"] is None or a["dtype"] is not None:
+        return None  # the implicit dim is deprecated guesswork; a dtype casts first
+    return module_type(dim=a["dim"]), [a["input"]], {}
+
+
+@register(
+    nn.Softmax,
+    functional=[
+        Functional((F.softmax,), _softmax_f, _build_softmax),
+        Functional((torch.softmax, torch.Tensor.softmax), _softmax_t, _build_softmax),
+    ],
+)
 class SoftmaxExplainer(Explainer):
     formula = r"p_k = \frac{e^{z_k}}{\sum_j e^{z_j}}"
+
+    def per_sample(self, call) -> bool:
+        return call.x.ndim >= 2 and softmax_dim(call.module, call.x.ndim) != 0
 
     def describe(self, module) -> str:
         return (
@@ -102,9 +127,18 @@ class SoftmaxExplainer(Explainer):
         )
 
 
-@register(nn.LogSoftmax)
+@register(
+    nn.LogSoftmax,
+    functional=[
+        Functional((F.log_softmax,), _softmax_f, _build_softmax),
+        Functional((torch.log_softmax, torch.Tensor.log_softmax), _softmax_t, _build_softmax),
+    ],
+)
 class LogSoftmaxExplainer(Explainer):
     formula = r"y_k = z_k - \log \sum_j e^{z_j}"
+
+    def per_sample(self, call) -> bool:
+        return call.x.ndim >= 2 and softmax_dim(call.module, call.x.ndim) != 0
 
     def describe(self, module) -> str:
         return (

@@ -1,0 +1,362 @@
+"""Benchmark: what tracing costs against what capturing costs, variants interleaved in one process.
+
+Variants (each a block of `--block` iterations per round, rounds interleaved so that
+a busy machine slows every variant alike):
+
+  plain          the training step alone
+  floor          the step, then np.save + fsync of the raw captured arrays (the cost of
+                 keeping the tensors, and nothing else)
+  cnnviz B/E     a traced step at bound B (default: the model's max_elements, full: every
+                 element) with explanation E (inline, background, off)
+  tensorboard    the step, then SummaryWriter.add_histogram of every parameter and gradient
+                 (only when the optional `tensorboard` package is installed)
+
+For each: the training-thread time per iteration (inside `trace.iteration()`, hand-off
+and backpressure included) and the end-to-end time per iteration (from opening the run
+until its last iteration is committed), as min and median over the rounds, and the
+ratios of medians against `plain` and `floor` measured in the same rounds.
+
+Then the store's write speed against raw sqlite3 executemany of the same BLOBs (MB/s,
+interleaved), and, with --memory, peak resident memory of whole runs in subprocesses.
+
+    .venv/bin/python bench/bench_pipeline.py [--model lenet5] [--rounds 5] [--block 3]
+        [--variants plain,floor,default/background,...] [--memory 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from tracer.models import BUILTIN_MODELS  # noqa: E402
+from tracer.session import Trace  # noqa: E402
+from tracer.train import prepare, resolve  # noqa: E402
+
+MODES = ("inline", "background", "off")
+
+
+def step(model, optimizer, criterion, x, y) -> None:
+    optimizer.zero_grad()
+    loss = criterion(model(x), y)
+    loss.backward()
+    optimizer.step()
+
+
+class Workload:
+    """One model, optimizer and data, stepping through batches in order forever."""
+
+    def __init__(self, model_name: str, batch: int | None):
+        options = {"batch_size": batch} if batch else {}
+        config = resolve(model_name=model_name, **options)
+        self.config = config
+        self.model, self.optimizer, self.criterion, self.x, self.y = prepare(config)
+        self.batch = config.batch_size
+        self.position = 0
+
+    def next_batch(self):
+        if self.position + self.batch > len(self.x):
+            self.position = 0
+        start = self.position
+        self.position += self.batch
+        return self.x[start : start + self.batch], self.y[start : start + self.batch]
+
+    def step(self) -> None:
+        step(self.model, self.optimizer, self.criterion, *self.next_batch())
+
+
+def _trace_supports_explain() -> bool:
+    import inspect
+
+    return "explain" in inspect.signature(Trace.__init__).parameters
+
+
+def run_plain(work: Workload, block: int) -> tuple[float, float]:
+    times = []
+    for _ in range(block):
+        started = time.perf_counter()
+        work.step()
+        times.append(time.perf_counter() - started)
+    return sum(times) / block, sum(times) / block
+
+
+def run_traced(
+    work: Workload, block: int, db: Path, bound: int | None, mode: str
+) -> tuple[float, float, Trace]:
+    options = {"explain": mode} if _trace_supports_explain() else {}
+    started = time.perf_counter()
+    inside = 0.0
+    with Trace(
+        work.model, work.optimizer, work.criterion, db=db, max_elements=bound, **options
+    ) as run:
+        for _ in range(block):
+            xb, yb = work.next_batch()
+            t0 = time.perf_counter()
+            with run.iteration():
+                step(work.model, work.optimizer, work.criterion, xb, yb)
+            inside += time.perf_counter() - t0
+    total = time.perf_counter() - started
+    return inside / block, total / block, run
+
+
+def raw_arrays(work: Workload) -> list[np.ndarray]:
+    """The arrays a full raw capture keeps: every captured tensor, no explainer intermediates."""
+    from tracer.assemble import build_iteration
+    from tracer.capture import Capture
+
+    capture = Capture(work.model, work.optimizer, work.criterion).attach()
+    try:
+        capture.start()
+        work.step()
+        cap = capture.finish()
+    finally:
+        capture.detach()
+    record = build_iteration(cap, 1, optimizer=work.optimizer, explain=False)
+    return [np.ascontiguousarray(t.array) for t in record.tensors]
+
+
+def run_floor(work: Workload, block: int, arrays: list[np.ndarray], folder: Path):
+    total = 0.0
+    for i in range(block):
+        started = time.perf_counter()
+        work.step()
+        path = folder / f"floor{i}.npy"
+        with open(path, "wb") as handle:
+            for array in arrays:
+                np.save(handle, array, allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        total += time.perf_counter() - started
+    return total / block, total / block
+
+
+def run_tensorboard(work: Workload, block: int, writer, counter: list[int]):
+    total = 0.0
+    for _ in range(block):
+        started = time.perf_counter()
+        work.step()
+        counter[0] += 1
+        for name, p in work.model.named_parameters():
+            writer.add_histogram(name, p, counter[0])
+            if p.grad is not None:
+                writer.add_histogram(f"{name}.grad", p.grad, counter[0])
+        writer.flush()
+        total += time.perf_counter() - started
+    return total / block, total / block
+
+
+def stats(samples: list[float]) -> tuple[float, float]:
+    return 1000 * min(samples), 1000 * statistics.median(samples)
+
+
+# ---------------------------------------------------------------- store writes
+
+
+def write_speed(record, folder: Path, rounds: int) -> list[tuple[str, float, float]]:
+    """MB/s of RunWriter.add_iteration against raw sqlite3 executemany of the same BLOBs."""
+    from storage import RunInfo, RunWriter, open_engine
+
+    blobs = [np.ascontiguousarray(t.array).tobytes() for t in record.tensors]
+    megabytes = sum(len(b) for b in blobs) / 1e6
+    engine = open_engine(folder / "writes.db")
+    writer = RunWriter.begin(engine, RunInfo(name="write-bench"))
+    raw = sqlite3.connect(folder / "raw.db", isolation_level=None)
+    raw.execute("PRAGMA journal_mode = WAL")
+    raw.execute("PRAGMA synchronous = NORMAL")
+    raw.execute(
+        "CREATE TABLE blobs (id INTEGER PRIMARY KEY, iteration INTEGER, name TEXT, data BLOB)"
+    )
+    store_times, raw_times = [], []
+    for i in range(rounds):
+        record.index = 1000 + i
+        started = time.perf_counter()
+        writer.add_iteration(record)
+        store_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        raw.execute("BEGIN IMMEDIATE")
+        raw.executemany(
+            "INSERT INTO blobs (iteration, name, data) VALUES (?, ?, ?)",
+            [(i, t.name, b) for t, b in zip(record.tensors, blobs, strict=True)],
+        )
+        raw.execute("COMMIT")
+        raw_times.append(time.perf_counter() - started)
+    raw.close()
+    engine.dispose()
+    return [
+        ("cnnviz store (add_iteration)", megabytes / statistics.median(store_times), megabytes),
+        ("raw sqlite3 executemany", megabytes / statistics.median(raw_times), megabytes),
+    ]
+
+
+# ---------------------------------------------------------------- peak memory
+
+_MEMORY_CHILD = """
+import resource, sys, tempfile, os
+sys.path.insert(0, {root!r})
+from tracer.train import resolve, prepare, train, run_builtin, one_torch_thread
+mode, model, iterations = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if mode == "plain":
+    config = resolve(model_name=model, iterations=iterations)
+    with one_torch_thread():
+        m, o, c, x, y = prepare(config)
+        train(m, o, c, x, y, config)
+else:
+    options = {{"explain": mode}} if mode != "today" else {{}}
+    with tempfile.TemporaryDirectory() as tmp:
+        run_builtin(model_name=model, iterations=iterations, db=os.path.join(tmp, "m.db"), **options)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def peak_memory(model: str, iterations: int, modes: list[str]) -> list[tuple[str, float]]:
+    script = _MEMORY_CHILD.format(root=str(Path(__file__).resolve().parents[1]))
+    out = []
+    for mode in modes:
+        result = subprocess.run(
+            [sys.executable, "-c", script, mode, model, str(iterations)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out.append((mode, float(result.stdout.strip().splitlines()[-1])))
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="lenet5")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default: the model's)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--block", type=int, default=3, help="iterations per variant per round")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated: plain, floor, tensorboard, BOUND/MODE with BOUND default|full "
+        "and MODE inline|background|off (default: all that apply)",
+    )
+    parser.add_argument("--writes", type=int, default=5, help="rounds of the write bench (0: skip)")
+    parser.add_argument(
+        "--memory", type=int, default=0, help="iterations per peak-memory subprocess (0: skip)"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)  # as built-in runs do: the NumPy explainers on one thread too
+    except ImportError:
+        pass
+
+    spec = BUILTIN_MODELS[args.model]
+    default_bound = spec.max_elements
+    modes = MODES if _trace_supports_explain() else ("inline",)
+    variants = ["plain", "floor"]
+    variants += [f"{b}/{m}" for b in ("default", "full") for m in modes]
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:
+        SummaryWriter = None
+    if SummaryWriter is not None:
+        variants.append("tensorboard")
+    if args.variants:
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+
+    work = Workload(args.model, args.batch)
+    training: dict[str, list[float]] = {v: [] for v in variants}
+    end_to_end: dict[str, list[float]] = {v: [] for v in variants}
+    last_runs: dict[str, Trace] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        arrays = raw_arrays(work)
+        floor_mb = sum(a.nbytes for a in arrays) / 1e6
+        writer = SummaryWriter(str(tmp / "tb")) if "tensorboard" in variants else None
+        counter = [0]
+        for _ in range(2):
+            work.step()  # warm-up
+        for _ in range(args.rounds):
+            for variant in variants:
+                if variant == "plain":
+                    inside, total = run_plain(work, args.block)
+                elif variant == "floor":
+                    inside, total = run_floor(work, args.block, arrays, tmp)
+                elif variant == "tensorboard":
+                    inside, total = run_tensorboard(work, args.block, writer, counter)
+                else:
+                    bound_name, mode = variant.split("/")
+                    bound = default_bound if bound_name == "default" else None
+                    db = tmp / f"{bound_name}-{mode}.db"
+                    inside, total, run = run_traced(work, args.block, db, bound, mode)
+                    last_runs[variant] = run
+                training[variant].append(inside)
+                end_to_end[variant].append(total)
+        sizes = {
+            v: sum(p.stat().st_size for p in tmp.glob(f"{v.replace('/', '-')}.db*"))
+            for v in last_runs
+        }
+        if writer is not None:
+            writer.close()
+        full_record = next(
+            (r.records[-1] for v, r in last_runs.items() if v.startswith("full") and r.records),
+            None,
+        )
+        writes = (
+            write_speed(full_record, tmp, args.writes)
+            if args.writes and full_record is not None
+            else []
+        )
+
+    plain = statistics.median(end_to_end["plain"]) if "plain" in variants else None
+    floor = statistics.median(end_to_end["floor"]) if "floor" in variants else None
+    print(
+        f"{args.model}, batch {work.batch}, 1 torch thread, {args.rounds} rounds x {args.block} "
+        f"iterations per variant, interleaved; ms per iteration (min / median over rounds)"
+    )
+    print(f"floor arrays: {len(arrays)} arrays, {floor_mb:.2f} MB per iteration")
+    header = f"{'variant':22} {'training thread':>19} {'end to end':>19}   ratios of medians (training / end to end)"
+    print(header)
+    for variant in variants:
+        t_min, t_med = stats(training[variant])
+        e_min, e_med = stats(end_to_end[variant])
+        ratios = []
+        for label, base in (("plain", plain), ("floor", floor)):
+            if base and variant not in ("plain",):
+                ratios.append(f"{t_med / 1000 / base:5.2f}x / {e_med / 1000 / base:5.2f}x {label}")
+        print(
+            f"{variant:22} {t_min:8.2f} / {t_med:8.2f} {e_min:8.2f} / {e_med:8.2f}   "
+            + ",  ".join(ratios)
+        )
+    for variant, run in last_runs.items():
+        stored = max(run.stored, 1)
+        split = ", ".join(f"{k} {1000 * v / stored:.1f} ms" for k, v in run.timings.items())
+        per_iteration = sizes[variant] / (args.rounds * args.block)
+        print(f"  {variant:20} per stored iteration: {split}; {per_iteration / 1e6:.2f} MB stored")
+    if writes:
+        print("store writes of one full-capture iteration:")
+        for label, speed, megabytes in writes:
+            print(f"  {label:32} {speed:8.1f} MB/s ({megabytes:.2f} MB per iteration)")
+        print(f"  ratio store / raw: {writes[0][1] / writes[1][1]:.2f}")
+    if args.memory:
+        modes_mem = ["plain"] + (list(modes) if _trace_supports_explain() else ["today"])
+        print(f"peak resident memory, {args.memory} iterations at the model's defaults:")
+        results = peak_memory(args.model, args.memory, modes_mem)
+        base = results[0][1]
+        for mode, mib in results:
+            print(f"  {mode:12} {mib:8.1f} MiB  {mib / base:5.2f}x plain")
+
+
+if __name__ == "__main__":
+    main()
