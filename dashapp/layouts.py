@@ -29,6 +29,7 @@ STATUS_COLORS = {
     "completed": "success",
     "failed": "danger",
     "interrupted": "warning",
+    "stale": "warning",
 }
 
 
@@ -70,8 +71,20 @@ def formula(latex: str, class_name: str = "") -> html.Div:
     )
 
 
-def status_badge(status: str) -> dbc.Badge:
+def status_badge(status: str | RunInfo) -> dbc.Badge:
+    """A run's status; given the run, as people should read it ("stale",
+    "diverged (NaN at iteration 4)")."""
+    if isinstance(status, RunInfo):
+        run = status
+        color = "danger" if run.divergence else STATUS_COLORS.get(run.status, "secondary")
+        return dbc.Badge(run.status_text, color=color, className="status-badge")
     return dbc.Badge(status, color=STATUS_COLORS.get(status, "secondary"), className="status-badge")
+
+
+def isolate(text: str) -> str:
+    """Store text set apart from the page's own direction (U+2068 FSI ... U+2069 PDI):
+    a name holding U+202E cannot reverse the words around it."""
+    return f"\u2068{text}\u2069"
 
 
 def verified_badge(step: StepRecord) -> html.Span:
@@ -439,4 +452,4 @@ def metric(label: str, value, *, hint: str | None = None, class_name: str = "") 
 
 def run_label(run: RunInfo) -> str:
     seed = "" if run.seed is None else f", seed {run.seed}"
-    return f"#{run.id} {run.name}{seed}"
+    return f"#{run.id} {isolate(run.name)}{seed}"

@@ -18,7 +18,7 @@ import dash_bootstrap_components as dbc
 import numpy as np
 from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html
 
-from dashapp import layouts, links
+from dashapp import figures, layouts, links
 from dashapp.data import (
     NotFound,
     cached_iteration,
@@ -35,8 +35,18 @@ from dashapp.formulafit import formula_url
 from dashapp.guard import page_layout
 from dashapp.steps import Section, sections
 from dashapp.tensorpanel import PanelView, views_from_query
-from storage import RUN_RUNNING, IterationRecord, LayerInfo, RunInfo, RunQuery, StepRecord
+from dashapp.tensorview import matrix_view
+from storage import (
+    RUN_RUNNING,
+    IterationRecord,
+    LayerInfo,
+    RunInfo,
+    RunQuery,
+    StepRecord,
+    names,
+)
 from storage.provenance import NotExplained, Provenance, explain_cell
+from storage.whatif import NotAvailable, with_learning_rate
 
 dash.register_page(
     __name__, path=links.ITERATION, name="Iteration", title="Iteration · cnnviz", order=2
@@ -137,7 +147,7 @@ def panel_maker(store, record: IterationRecord, run: RunInfo, views: dict[str, P
 def label_text(store, record: IterationRecord, run: RunInfo) -> str | None:
     """ "Labels of the batch: 3, 1, 4" for a batch of up to 16 labels."""
     for tensor in record.tensors:
-        if tensor.role == "target" and 0 < int(np.prod(tensor.shape)) <= 16:
+        if tensor.role == names.ROLE_TARGET and 0 < int(np.prod(tensor.shape)) <= 16:
             window = store.tensor_window(run.id, record.index, tensor.name, rows=16, cols=16)
             values = window.values[window.stored]
             if window.dtype[1] in "iub":
@@ -153,9 +163,9 @@ def input_section(record: IterationRecord, run: RunInfo, panel, labels_text) -> 
         made = (panel(n, f"{key}-{i}") for i, n in enumerate(names))
         return [p for p in made if p is not None]
 
-    inputs = [t.name for t in record.tensors if t.role == "input"]
-    labels = [t.name for t in record.tensors if t.role == "target"]
-    weights = [t.name for t in record.tensors if t.role == "param"]
+    inputs = [t.name for t in record.tensors if t.role == names.ROLE_INPUT]
+    labels = [t.name for t in record.tensors if t.role == names.ROLE_TARGET]
+    weights = [t.name for t in record.tensors if t.role == names.ROLE_PARAM]
     label_text = labels_text
     lr = record.learning_rate if record.learning_rate is not None else run.learning_rate
     return html.Section(
@@ -295,15 +305,15 @@ def header(run: RunInfo, runs: list[RunInfo], index: int | None, count: int) -> 
             layouts.page_header(
                 title,
                 subtitle=[
-                    html.Span(run.name, className="run-name"),
+                    html.Span(layouts.isolate(run.name), className="run-name"),
                     " · ",
                     run.model_name,
                     " · ",
-                    html.Span(layouts.status_badge(run.status), id="iteration-status"),
+                    html.Span(layouts.status_badge(run), id="iteration-status"),
                 ],
                 crumbs=[
                     ("Runs", links.RUNS),
-                    (run.name, links.model(run.id)),
+                    (layouts.isolate(run.name), links.model(run.id)),
                     (f"Iteration {index or ''}", None),
                 ],
                 actions=[
@@ -429,6 +439,7 @@ def layout(run=None, it=None, **query):
                         [
                             input_section(record, info, panel, label_text(store, record, info)),
                             *step_sections(parts, panel, layers, info.id, index),
+                            whatif_section(record, info),
                         ],
                         lg=9,
                         xl=10,
@@ -489,7 +500,7 @@ def poll(_n, ref):
         return dash.no_update, dash.no_update, True
     count = len(store.iterations(run.id))
     stepper = layouts.iteration_stepper(run.id, ref["it"] or 0, count)
-    return stepper, layouts.status_badge(run.status), run.status != RUN_RUNNING
+    return stepper, layouts.status_badge(run), run.status != RUN_RUNNING
 
 
 # ---------------------------------------------------------------- provenance on click
@@ -604,3 +615,117 @@ dash.clientside_callback(
     Input("iteration-provenance-reads", "data"),
     prevent_initial_call=True,
 )
+
+
+# ---------------------------------------------------------------- what if
+
+
+def whatif_section(record: IterationRecord, run: RunInfo) -> html.Section:
+    """Edit the learning rate and see this iteration's update recomputed (storage.whatif)."""
+    lr = record.learning_rate if record.learning_rate is not None else run.learning_rate
+    return html.Section(
+        [
+            html.H2("What if", className="section-title"),
+            html.P(
+                "Change the learning rate and see this iteration's update recomputed in NumPy: the "
+                "forward pass, the loss and the gradients stay as stored (they do not depend on "
+                "η); the weights after the update change, and each is shown with its difference "
+                "to the stored run.",
+                className="section-lead",
+            ),
+            html.Div(
+                [
+                    html.Span("learning rate η =", className="me-1"),
+                    dcc.Input(
+                        id="iteration-whatif-lr",
+                        type="number",
+                        value=lr,
+                        min=0,
+                        step="any",
+                        debounce=True,
+                        className="form-control form-control-sm whatif-lr",
+                        style={"width": "9rem"},
+                    ),
+                    dbc.Button(
+                        "Recompute",
+                        id="iteration-whatif-go",
+                        size="sm",
+                        color="primary",
+                        outline=True,
+                    ),
+                ],
+                className="control mb-2",
+            ),
+            html.Div(id="iteration-whatif-result"),
+        ],
+        id="section-whatif",
+        className="phase-section section-whatif",
+    )
+
+
+@dash.callback(
+    Output("iteration-whatif-result", "children"),
+    Input("iteration-whatif-go", "n_clicks"),
+    State("iteration-whatif-lr", "value"),
+    State("iteration-ref", "data"),
+    prevent_initial_call=True,
+)
+def whatif(_clicks, lr, ref):
+    store = current_store()
+    run = store.get_run(ref["run"])
+    record = cached_iteration(store, ref["run"], ref["it"] or 1) if run is not None else None
+    if record is None:
+        return dbc.Alert("This iteration is no longer in the store.", color="warning")
+    try:
+        changed = with_learning_rate(record, run.optimizer, run.optimizer_settings, float(lr))
+    except (NotAvailable, TypeError, ValueError) as exc:
+        return dbc.Alert(str(exc), color="warning", className="py-2", id="iteration-whatif-note")
+    cards = []
+    for item in changed:
+        if not item.name.endswith(".next"):
+            continue
+        new = matrix_view(item.recomputed, item.recomputed.shape, role="param_next")
+        diff = matrix_view(item.difference, item.difference.shape, role="param_next")
+        cards.append(
+            html.Div(
+                [
+                    html.Div(
+                        [
+                            html.Code(item.name),
+                            html.Span(
+                                f" with η = {float(lr):g}: max |Δ| to the stored run "
+                                f"{format_diff(item.max_abs_diff)}",
+                                className="text-muted",
+                            ),
+                        ],
+                        className="tensor-header",
+                    ),
+                    html.Div(
+                        [
+                            html.Div(
+                                [
+                                    html.Div("w′ recomputed", className="small text-muted"),
+                                    dcc.Graph(
+                                        figure=figures.heatmap(new), config=layouts.GRAPH_CONFIG
+                                    ),
+                                ]
+                            ),
+                            html.Div(
+                                [
+                                    html.Div(
+                                        "Δ = recomputed − stored", className="small text-muted"
+                                    ),
+                                    dcc.Graph(
+                                        figure=figures.difference_heatmap(diff),
+                                        config=layouts.GRAPH_CONFIG,
+                                    ),
+                                ]
+                            ),
+                        ],
+                        className="flow-items",
+                    ),
+                ],
+                className="tensor-panel whatif-item",
+            )
+        )
+    return html.Div(cards, className="flow-items", id="iteration-whatif-items")

@@ -129,14 +129,17 @@ def layout(run=None, **_query):
     header = layouts.page_header(
         "Model architecture",
         subtitle=[
-            html.Span(info.name, className="run-name"),
+            html.Span(layouts.isolate(info.name), className="run-name"),
             " · ",
             info.model_name,
             f" · {len(info.layers)} layers, {total} parameters",
         ],
         crumbs=[
             ("Runs", links.RUNS),
-            (info.name, links.iteration(info.id, 1) if info.num_iterations else None),
+            (
+                layouts.isolate(info.name),
+                links.iteration(info.id, 1) if info.num_iterations else None,
+            ),
             ("Model", None),
         ],
         actions=dcc.Link(

@@ -182,6 +182,7 @@ def test_iteration_shows_every_step_in_order_with_its_check(pages, store, reques
         "section-loss",
         "section-backward",
         "section-update",
+        "section-whatif",
     ]
     toc = [a.href for a in components(layout, html.A) if (a.href or "").startswith("#step-")]
     assert toc == [f"#step-{n}" for n in range(1, len(record.steps) + 1)]
@@ -462,6 +463,29 @@ def test_compare_explains_a_gradient_that_vanished(pages, store, request_ctx):
     assert "all zeros" not in text_of(pages.compare.stats_block(grad, grad))
 
 
+def test_a_run_whose_writer_died_is_stale_and_not_polled(
+    pages, dash_app, dash_store, tmp_path, request_ctx
+):
+    import sqlite3
+    import subprocess
+
+    live = copy_store(dash_store, tmp_path / "dead.db")
+    run_id, writer = clone_run(live, 1, name="dead", seed=5, iterations=1, finish=False)
+    writer.engine.dispose()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that has exited (and been reaped): the writer is dead
+    with sqlite3.connect(live) as conn:
+        conn.execute("UPDATE runs SET writer_pid = ? WHERE id = ?", (gone.pid, run_id))
+    conn.close()
+    with using_store(dash_app, live) as store:
+        assert store.get_run(run_id).status == "stale"
+        layout = pages.iteration.layout(run=str(run_id))
+        assert "still being traced" not in text_of(layout)
+        assert components(layout, dcc.Interval)[0].disabled is True
+        _, status, stop = pages.iteration.poll(1, {"run": run_id, "it": None})
+        assert status.children == "stale" and stop is True
+
+
 def test_an_unexplained_iteration_shows_its_raw_tensors_and_says_how_to_explain(
     pages, dash_app, tmp_path, request_ctx
 ):
@@ -476,3 +500,19 @@ def test_an_unexplained_iteration_shows_its_raw_tensors_and_says_how_to_explain(
     assert "cnnviz trace --explain background" in text
     assert "conv.out" in text and "fc.weight.grad" in text  # the raw tensors are there
     assert "not explained; tensors as captured" in text
+
+
+def test_iteration_whatif_recomputes_the_update_for_another_learning_rate(pages, request_ctx):
+    layout = pages.iteration.layout(run="1", it="2")
+    assert [c for c in components(layout, html.Section) if c.id == "section-whatif"]
+    ref = {"run": 1, "it": 2, "count": 3}
+    result = run_callback(
+        pages.iteration.whatif, 1, 0.5, ref, triggered="iteration-whatif-go.n_clicks"
+    )
+    names = [c.children for c in components(result, html.Code)]
+    assert names == ["conv.weight.next", "conv.bias.next", "fc.weight.next", "fc.bias.next"]
+    assert len(components(result, dcc.Graph)) == 8
+    refused = run_callback(
+        pages.iteration.whatif, 1, -1, ref, triggered="iteration-whatif-go.n_clicks"
+    )
+    assert "positive number" in refused.children
