@@ -1,11 +1,12 @@
 """Benchmark: the server's answer time for a provenance click on a LeNet-5 iteration.
 
 What the iteration page's callback does per click (dashapp/pages/iteration.py):
-read the run, read the iteration, `storage.provenance.explain_cell`. Cells are
+read the run, the iteration's steps (no tensor bytes), `storage.provenance.explain_cell`
+reading only the tensors the answer needs. Cells are
 drawn at random from every tensor of the iteration that is stored whole (the
 lenet5 defaults keep 5000 elements per tensor; bigger tensors are truncated and
-their cells have no provenance), clicks alternate between a fresh read of the
-iteration and the page's cached one, interleaved in one process. Prints p50, p95
+their cells have no provenance), clicks alternate between nothing cached (the
+first click on a page) and the page's caches, interleaved in one process. Prints p50, p95
 and max in ms, and how many cells had an answer.
 
     .venv/bin/python bench/bench_provenance.py --store L.db [--clicks 300]
@@ -22,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dashapp.data import cached_iteration  # noqa: E402
+from dashapp.data import cached_arrays, cached_steps  # noqa: E402
 from storage import RunStore  # noqa: E402
 from storage.provenance import NotExplained, explain_cell  # noqa: E402
 
@@ -48,10 +49,11 @@ def main() -> None:
             index = tuple(rng.randrange(d) for d in tensor.array.shape)
             mode = "fresh read" if click % 2 == 0 else "cached"
             if mode == "fresh read":
-                cached_iteration.cache_clear()
+                cached_steps.cache_clear()
+                cached_arrays.cache_clear()
             start = time.perf_counter()
             run = store.get_run(1)
-            rec = cached_iteration(store, 1, args.iteration)
+            rec = cached_steps(store, 1, args.iteration)
             try:
                 explain_cell(
                     rec,
@@ -60,6 +62,7 @@ def main() -> None:
                     index,
                     optimizer=run.optimizer,
                     settings=run.optimizer_settings,
+                    arrays=cached_arrays(store, 1, args.iteration),
                 )
                 answered += mode == "cached"
             except NotExplained:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterator, Mapping
 
 import flask
+import numpy as np
 
 from storage import IterationRecord, RunInfo, RunQuery, RunStore
 
@@ -120,5 +122,52 @@ def cached_iteration(store: RunStore, run_id: int, index: int) -> IterationRecor
     """An iteration with its tensors, kept for the next clicks on the same page.
 
     A committed iteration never changes (one transaction per iteration), so the
-    provenance clicks on one page read the store once."""
+    what-if and provenance clicks on one page read the store once."""
     return store.load_iteration(run_id, index)
+
+
+@functools.lru_cache(maxsize=8)
+def cached_steps(store: RunStore, run_id: int, index: int) -> IterationRecord | None:
+    """An iteration's steps and tensor metadata, without tensor bytes."""
+    return store.load_iteration(run_id, index, with_data=False)
+
+
+class StoredArrays(Mapping):
+    """name -> whole stored tensor of one iteration, read from the store on first use.
+
+    A provenance answer reads a few tensors of an iteration, not all of them: this
+    keeps the first click on a LeNet-5 page from loading ~90 tensors. A tensor the
+    store holds truncated is absent, as `storage.provenance` expects."""
+
+    def __init__(self, store: RunStore, run_id: int, index: int, names):
+        self._store, self._run, self._index = store, run_id, index
+        self._names = list(names)
+        self._known = set(self._names)
+        self._loaded: dict[str, np.ndarray | None] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._known:
+            raise KeyError(name)
+        if name not in self._loaded:
+            record = self._store.load_tensor(self._run, self._index, name)
+            whole = record is not None and not record.truncated
+            self._loaded[name] = record.array if whole else None
+        array = self._loaded[name]
+        if array is None:
+            raise KeyError(name)
+        return array
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+@functools.lru_cache(maxsize=8)
+def cached_arrays(store: RunStore, run_id: int, index: int) -> StoredArrays | None:
+    """The lazily read tensors of one iteration, shared by the clicks on its page."""
+    record = cached_steps(store, run_id, index)
+    if record is None:
+        return None
+    return StoredArrays(store, run_id, index, [t.name for t in record.tensors])

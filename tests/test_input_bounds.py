@@ -107,3 +107,30 @@ def test_cli_lists_a_diverged_run_as_diverged(db_path, cli_env):
     result = _cnnviz(["runs", "--db", str(db_path)], cli_env)
     assert result.returncode == 0
     assert "diverged (NaN at iteration 1)" in result.stdout
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_nan_gradients_are_a_divergence_not_an_accumulation(db_path):
+    """NaN != NaN: a NaN gradient used to look like .grad holding more than this
+    iteration's backward, with a false "no zero_grad" warning and a .grad_before."""
+    import torch
+    from torch import nn
+
+    from tracer import trace
+
+    torch.manual_seed(0)
+    model, criterion = nn.Linear(3, 2), nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.full((2, 3), float("nan")), torch.tensor([0, 1])
+    with trace(model, optimizer, criterion, db=db_path, name="nan") as t:
+        with t.iteration():
+            optimizer.zero_grad()
+            criterion(model(x), y).backward()
+            optimizer.step()
+    with Store.open(db_path) as store:
+        record = store.load_iteration(t.run_id, 1)
+        run = store.get_run(t.run_id)
+    assert np.isnan(record.tensor("weight.grad").array).all()
+    assert not any("zero_grad" in w for w in record.warnings), record.warnings
+    assert not any(t.name.endswith(".grad_before") for t in record.tensors)
+    assert run.status_text == "diverged (NaN at iteration 1)"

@@ -21,7 +21,9 @@ from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html
 from dashapp import figures, layouts, links
 from dashapp.data import (
     NotFound,
+    cached_arrays,
     cached_iteration,
+    cached_steps,
     current_store,
     default_run,
     parse_int,
@@ -590,7 +592,8 @@ def provenance(click, _close, ref):
         return dash.no_update, {}, closed
     store = current_store()
     run = store.get_run(ref["run"])
-    record = cached_iteration(store, ref["run"], ref["it"] or 1) if run is not None else None
+    index = ref["it"] or 1
+    record = cached_steps(store, ref["run"], index) if run is not None else None
     if record is None:
         return "This iteration is no longer in the store.", {}, closed + " open"
     try:
@@ -601,6 +604,7 @@ def provenance(click, _close, ref):
             [int(i) for i in click.get("index", [])],
             optimizer=run.optimizer,
             settings=run.optimizer_settings,
+            arrays=cached_arrays(store, run.id, index),
         )
     except (NotExplained, TypeError, ValueError) as exc:
         return html.P(str(exc), className="mb-0"), {}, closed + " open"
