@@ -39,8 +39,9 @@ COPY pyproject.toml README.md ./
 COPY storage ./storage
 COPY tracer ./tracer
 COPY dashapp ./dashapp
-# No "trace" extra: the dashboard needs no torch.
-RUN pip install . && rm -rf /src
+# No "trace" extra: the dashboard needs no torch. The postgres extra (psycopg)
+# lets the same image serve a PostgreSQL store (docker-compose.postgres.yml).
+RUN pip install ".[postgres]" && rm -rf /src
 
 COPY --from=tracer /demo/runs.db /opt/cnnviz/demo.db
 

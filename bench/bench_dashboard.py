@@ -65,14 +65,14 @@ new PerformanceObserver((list) => {
 """
 
 # Conditions polled on every animation frame; each returns performance.now() once true.
-IN_VIEW = """(selector, done) => {
+IN_VIEW = """([selector, done]) => {
     const all = Array.from(document.querySelectorAll(selector)).filter((e) => {
         const box = e.getBoundingClientRect();
         return box.height > 0 && box.bottom > 0 && box.top < window.innerHeight;
     });
     return all.length > 0 && all.every((e) => e.querySelector(done)) ? performance.now() : false;
 }"""
-ALL_DONE = """(selector, done) => {
+ALL_DONE = """([selector, done]) => {
     const all = Array.from(document.querySelectorAll(selector));
     return all.length > 0 && all.every((e) => e.querySelector(done)) ? performance.now() : false;
 }"""
@@ -220,6 +220,9 @@ def measure_page(browser, url: str, *, heatmaps: bool, formulas: bool) -> dict:
     page.goto(url)
     out = {"url": url}
     timeout = 120_000
+    if formulas:  # the first step in view: formulas and heatmaps on screen together
+        page.wait_for_selector(".step-card", timeout=timeout)
+        page.evaluate("document.querySelector('.step-card').scrollIntoView()")
     if formulas:
         out["formulas_in_view_ms"] = page.wait_for_function(
             IN_VIEW, arg=[".formula", "mjx-container"], timeout=timeout, polling="raf"

@@ -202,7 +202,7 @@ def write_speed(record, folder: Path, rounds: int) -> list[tuple[str, float, flo
 # ---------------------------------------------------------------- peak memory
 
 _MEMORY_CHILD = """
-import resource, sys, tempfile, os
+import sys, tempfile, os
 sys.path.insert(0, {root!r})
 from tracer.train import resolve, prepare, train, run_builtin, one_torch_thread
 mode, model, iterations = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -215,7 +215,9 @@ else:
     options = {{"explain": mode}} if mode != "today" else {{}}
     with tempfile.TemporaryDirectory() as tmp:
         run_builtin(model_name=model, iterations=iterations, db=os.path.join(tmp, "m.db"), **options)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# VmHWM, not ru_maxrss: ru_maxrss carries the parent's peak across fork and exec.
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+print(int(hwm.split()[1]) / 1024)
 """
 
 

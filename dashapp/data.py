@@ -9,11 +9,14 @@ friendly not-found page.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Iterator, Mapping
 
 import flask
+import numpy as np
 
-from storage import IterationRecord, RunInfo, RunStore
+from storage import IterationRecord, RunInfo, RunQuery, RunStore
 
 STORE_KEY = "cnnviz.store"
 LOCATION_KEY = "CNNVIZ_STORE"
@@ -98,5 +101,73 @@ def require_iteration(
 
 def default_run(store: RunStore) -> RunInfo | None:
     """The run a page shows when the URL names none: the most recent one."""
-    runs = store.list_runs()
-    return store.get_run(runs[-1].id) if runs else None
+    latest = store.run_page(RunQuery(limit=1, sort="id", descending=True)).runs
+    return store.get_run(latest[0].id) if latest else None
+
+
+def require_stored(store: RunStore, run: RunInfo, index: int) -> None:
+    """NotFound unless the run stores iteration `index` (without loading it)."""
+    if not any(s.index == index for s in store.iterations(run.id)):
+        count = run.num_iterations
+        stored = (
+            f"it has {count} iteration{'s' if count != 1 else ''}"
+            if count
+            else "it has no iterations yet"
+        )
+        raise NotFound(f"run {run.id} has no iteration {index}: {stored}")
+
+
+@functools.lru_cache(maxsize=4)
+def cached_iteration(store: RunStore, run_id: int, index: int) -> IterationRecord | None:
+    """An iteration with its tensors, kept for the next clicks on the same page.
+
+    A committed iteration never changes (one transaction per iteration), so the
+    what-if and provenance clicks on one page read the store once."""
+    return store.load_iteration(run_id, index)
+
+
+@functools.lru_cache(maxsize=8)
+def cached_steps(store: RunStore, run_id: int, index: int) -> IterationRecord | None:
+    """An iteration's steps and tensor metadata, without tensor bytes."""
+    return store.load_iteration(run_id, index, with_data=False)
+
+
+class StoredArrays(Mapping):
+    """name -> whole stored tensor of one iteration, read from the store on first use.
+
+    A provenance answer reads a few tensors of an iteration, not all of them: this
+    keeps the first click on a LeNet-5 page from loading ~90 tensors. A tensor the
+    store holds truncated is absent, as `storage.provenance` expects."""
+
+    def __init__(self, store: RunStore, run_id: int, index: int, names):
+        self._store, self._run, self._index = store, run_id, index
+        self._names = list(names)
+        self._known = set(self._names)
+        self._loaded: dict[str, np.ndarray | None] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._known:
+            raise KeyError(name)
+        if name not in self._loaded:
+            record = self._store.load_tensor(self._run, self._index, name)
+            whole = record is not None and not record.truncated
+            self._loaded[name] = record.array if whole else None
+        array = self._loaded[name]
+        if array is None:
+            raise KeyError(name)
+        return array
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+@functools.lru_cache(maxsize=8)
+def cached_arrays(store: RunStore, run_id: int, index: int) -> StoredArrays | None:
+    """The lazily read tensors of one iteration, shared by the clicks on its page."""
+    record = cached_steps(store, run_id, index)
+    if record is None:
+        return None
+    return StoredArrays(store, run_id, index, [t.name for t in record.tensors])

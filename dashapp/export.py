@@ -25,7 +25,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from storage import IterationRecord, RunInfo, RunStore
+from storage import IterationRecord, RunInfo, RunStore, names
 
 from .formatting import format_diff, format_shape
 from .tensorview import matrix_view
@@ -202,10 +202,10 @@ def history_charts(store: RunStore, run: RunInfo) -> str:
             title="Loss",
         )
     ]
-    rows = store.tensor_history([run.id], roles=["param", "param_grad"])
+    rows = store.tensor_history([run.id], roles=[names.ROLE_PARAM, names.ROLE_PARAM_GRAD])
     table: dict[str, dict[str, list]] = {}
     for row in rows:
-        param = row["name"].removesuffix(".grad") if row["role"] == "param_grad" else row["name"]
+        param = names.parse(row["name"]).of
         entry = table.setdefault(param, {"param": ([], []), "param_grad": ([], [])})
         xs, ys = entry[row["role"]]
         xs.append(row["index"])

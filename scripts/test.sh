@@ -8,6 +8,9 @@ need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium chromium-driver)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+# The store's tests start a throwaway PostgreSQL server (tests/pg_server.py).
+command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+  || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -q
@@ -21,6 +24,12 @@ fi
 # The test extra includes the tracer's torch; the constraints file picks its CPU
 # build (PyPI's Linux wheel is the multi-GB CUDA one).
 .venv/bin/pip install -q --disable-pip-version-check -c constraints/cpu.txt -e ".[test]"
+# The Lightning and Hugging Face callbacks are tested against the real packages
+# (the same constraints keep torch the CPU build): ~25 s of CPU to install from
+# pip's cache, ~20 s of tests. CNNVIZ_SKIP_INTEGRATIONS=1 leaves them out.
+if [ "${CNNVIZ_SKIP_INTEGRATIONS:-}" != 1 ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -c constraints/cpu.txt -e ".[lightning,huggingface]"
+fi
 # Lint and formatting first: a second each, and CI runs this script.
 .venv/bin/ruff check --quiet .
 .venv/bin/ruff format --check --quiet .

@@ -10,6 +10,9 @@ import os
 
 DEFAULT_DB = "runs.db"
 DB_ENV_VAR = "CNNVIZ_DB"
+# Longest run name the store holds (the length of `runs.name`); the CLI checks
+# `--name` against it before anything heavier is imported.
+NAME_MAX = 200
 
 
 class StoreError(Exception):

@@ -79,12 +79,18 @@ def run_page(engine: Engine, query: RunQuery, to_info) -> RunPage:
         statuses = list(
             session.scalars(select(schema.Run.status).distinct().order_by(schema.Run.status))
         )
+        # Stored `running` is not enough: a run whose writer died reads as stale and
+        # must not keep the page polling (the few running rows are checked one by one).
+        alive = RUN_RUNNING in statuses and any(
+            to_info(row).status == RUN_RUNNING
+            for row in session.scalars(select(schema.Run).where(schema.Run.status == RUN_RUNNING))
+        )
     return RunPage(
         runs=runs,
         total=int(total),
         models=models,
         statuses=statuses,
-        any_running=RUN_RUNNING in statuses,
+        any_running=alive,
     )
 
 
@@ -176,6 +182,7 @@ def tensor_window(
         shape=shape,
         summary=summary,
         id=row["id"],
+        stored_numel=row["stored_numel"],
     )
     return TensorWindow(
         tensor=record,

@@ -36,6 +36,9 @@ RUN_RUNNING = "running"
 RUN_COMPLETED = "completed"
 RUN_FAILED = "failed"
 RUN_INTERRUPTED = "interrupted"
+# Never stored: how a reader shows a `running` run whose writer is gone (same host,
+# dead pid) or has not committed for `storage.store.STALE_AFTER`.
+RUN_STALE = "stale"
 
 
 @dataclass
@@ -54,6 +57,7 @@ class TensorRecord:
     shape: tuple[int, ...] | None = None  # full shape; defaults to array.shape
     summary: dict[str, float] | None = None  # filled by storage when None
     id: int | None = None  # the database id once stored
+    stored_numel: int | None = None  # elements stored (fewer under a size bound); set on read
 
     def __post_init__(self) -> None:
         if self.shape is None:
@@ -142,6 +146,20 @@ class RunInfo:
     error: str | None = None
     layers: list[LayerInfo] = field(default_factory=list)
     id: int | None = None
+    divergence: str | None = None  # "NaN at iteration k": the first non-finite loss
+    writer_host: str | None = None
+    writer_pid: int | None = None
+    heartbeat_at: dt.datetime | None = None  # the writer's last commit
+
+    @property
+    def status_text(self) -> str:
+        """The status as people should read it: a run whose loss went to NaN did not
+        complete in any useful sense."""
+        if self.divergence is None:
+            return self.status
+        if self.status == RUN_COMPLETED:
+            return f"diverged ({self.divergence})"
+        return f"{self.status}, diverged ({self.divergence})"
 
     @property
     def learning_rate(self) -> float | None:

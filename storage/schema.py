@@ -13,6 +13,7 @@ import datetime as dt
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -26,8 +27,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# Bump on any change to tables or views; `storage.store` refuses other versions.
-SCHEMA_VERSION = 1
+from .location import NAME_MAX
+
+# Bump on any change to tables or views, with an Alembic revision under
+# storage/migrations/versions; `storage.store` refuses other versions and names
+# `cnnviz db upgrade` for older ones.
+SCHEMA_VERSION = 2
+# Alembic revisions, oldest first; the last is the one this code reads and writes.
+REVISIONS = ("0001", "0002")
+SCHEMA_REVISION = REVISIONS[-1]
+# Not `alembic_version`: other tools sharing a database use that name.
+VERSION_TABLE = "cnnviz_alembic_version"
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -54,8 +64,8 @@ class Run(Base):
     __tablename__ = "runs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
-    seed: Mapped[int | None]
+    name: Mapped[str] = mapped_column(String(NAME_MAX))
+    seed: Mapped[int | None] = mapped_column(BigInteger)  # 0 .. 2**32 - 1
     model_name: Mapped[str] = mapped_column(String(200))
     model_description: Mapped[str] = mapped_column(Text, default="")
     optimizer: Mapped[str] = mapped_column(String(100))
@@ -72,6 +82,13 @@ class Run(Base):
     final_loss: Mapped[float | None]
     num_iterations: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # The writing process, and when it last committed: a `running` run whose writer
+    # is gone (same host, dead pid) or silent for long reads as `stale`.
+    writer_host: Mapped[str | None] = mapped_column(String(255))
+    writer_pid: Mapped[int | None] = mapped_column(Integer)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # "NaN at iteration k": the first iteration whose loss was not finite.
+    divergence: Mapped[str | None] = mapped_column(String(100))
 
     layers: Mapped[list[Layer]] = relationship(
         back_populates="run", order_by="Layer.position", cascade="all, delete-orphan"
@@ -255,3 +272,25 @@ VIEWS = {
         JOIN runs r ON r.id = i.run_id
     """,
 }
+
+# PostgreSQL has no json_each: the same rows come from json_array_elements_text
+# WITH ORDINALITY (1-based, hence the - 1), its text cast back to a number.
+_POSTGRES_VIEWS = {
+    "tensor_elements": """
+        SELECT r.id AS run_id, i."index" AS iteration, t.id AS tensor_id, t.name,
+               t.layer, t.role, CAST(e.ordinality - 1 AS INTEGER) AS flat_index,
+               CAST(e.value AS DOUBLE PRECISION) AS value
+        FROM tensors t
+        JOIN tensor_data d ON d.tensor_id = t.id
+        JOIN iterations i ON i.id = t.iteration_id
+        JOIN runs r ON r.id = i.run_id
+        CROSS JOIN LATERAL json_array_elements_text(CAST(d.elements AS JSON))
+            WITH ORDINALITY AS e(value, ordinality)
+        WHERE d.elements IS NOT NULL
+    """,
+}
+
+
+def views(dialect: str) -> dict[str, str]:
+    """The view bodies for a database dialect ("sqlite", "postgresql"), by view name."""
+    return {**VIEWS, **_POSTGRES_VIEWS} if dialect == "postgresql" else dict(VIEWS)

@@ -13,21 +13,30 @@ import datetime as dt
 import json
 import math
 import os
+import platform
 import sqlite3
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from sqlalchemy import (
     JSON,
+    URL,
+    Column,
     Engine,
     Integer,
+    MetaData,
+    String,
+    Table,
     case,
     create_engine,
     event,
     func,
     inspect,
+    make_url,
     select,
     text,
 )
@@ -38,7 +47,9 @@ from . import codec, names, paging, schema
 from .location import DB_ENV_VAR, DEFAULT_DB, StoreError, default_db
 from .records import (
     RUN_COMPLETED,
+    RUN_INTERRUPTED,
     RUN_RUNNING,
+    RUN_STALE,
     IterationRecord,
     LayerInfo,
     RunInfo,
@@ -56,6 +67,10 @@ BUSY_TIMEOUT_MS = 60_000
 # written and fsync'd twice, once in the WAL and once in the database.
 WAL_AUTOCHECKPOINT_PAGES = 16384
 SQLITE_MAGIC = b"SQLite format 3\x00"
+MODES = ("r", "w")
+# A running run whose writer has not committed for this long reads as stale, when
+# its liveness cannot be asked directly (another host, another pid namespace).
+STALE_AFTER = dt.timedelta(minutes=10)
 
 
 def _utcnow() -> dt.datetime:
@@ -66,14 +81,61 @@ def _is_url(location: str) -> bool:
     return "://" in location
 
 
+@dataclass(frozen=True)
+class _Target:
+    """Where a location points: a SQLite file (`path`), in-memory SQLite, or a server URL."""
+
+    location: str  # as the user gave it, for messages
+    url: URL | None  # None for a plain file path
+    path: Path | None  # the SQLite file, when there is one
+
+    @property
+    def dialect(self) -> str:
+        return "sqlite" if self.url is None else self.url.get_backend_name()
+
+
+def _target(location: str) -> _Target:
+    if not _is_url(location):
+        return _Target(location, None, Path(location).expanduser())
+    try:
+        url = make_url(location)
+    except Exception as exc:  # sqlalchemy.exc.ArgumentError and friends
+        raise StoreError(f"{location!r} is not a database URL ({_one_line(exc)})") from exc
+    if url.get_backend_name() != "sqlite":
+        return _Target(location, url, None)
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return _Target(location, url, None)  # in-memory or a SQLite URI: taken as given
+    return _Target(location, url, Path(database).expanduser())
+
+
 def _check_sqlite_path(path: Path, *, create: bool) -> None:
-    """Fail early, with one line, on paths that cannot be a store."""
-    if path.is_dir():
-        raise StoreError(f"{path} is a directory, not a store file")
-    if path.exists():
+    """Fail early, with one line, on paths that cannot be a store.
+
+    Special files are refused from `stat` alone, before anything opens them:
+    opening a FIFO blocks until a writer appears, and a device is never a store.
+    """
+    try:
+        info = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        info = None
+    except OSError as exc:
+        raise StoreError(f"cannot open {path}: {exc.strerror or exc}") from exc
+    if info is not None:
+        if stat.S_ISDIR(info.st_mode):
+            raise StoreError(f"{path} is a directory, not a store file")
+        if not stat.S_ISREG(info.st_mode):
+            kind = (
+                "a FIFO"
+                if stat.S_ISFIFO(info.st_mode)
+                else "a socket"
+                if stat.S_ISSOCK(info.st_mode)
+                else "a device"
+            )
+            raise StoreError(f"{path} is {kind}, not a store file")
         if not os.access(path, os.R_OK):
             raise StoreError(f"{path} is not readable")
-        if path.stat().st_size > 0:
+        if info.st_size > 0:
             with path.open("rb") as handle:
                 if handle.read(16) != SQLITE_MAGIC:
                     raise StoreError(f"{path} is not a SQLite database")
@@ -93,23 +155,66 @@ def _check_sqlite_path(path: Path, *, create: bool) -> None:
         raise StoreError(f"cannot create {path}: {parent} is not writable")
 
 
-def _make_engine(location: str, *, readonly: bool) -> Engine:
-    if _is_url(location):
-        url = location
-        is_sqlite = location.startswith("sqlite")
+def _read_only_medium(path: Path) -> bool:
+    """Whether SQLite could not create `-wal`/`-shm` beside the file, so it must read it
+    as immutable: a read-only filesystem, or a directory we may not write with no WAL
+    in use (a shared mount). Immutable readers do not see later writes."""
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return True
+    except OSError:
+        return False
+    wal = path.with_name(path.name + "-wal")
+    return not os.access(path.parent, os.W_OK) and not wal.exists()
+
+
+def _sqlite_uri(path: Path, **params: str) -> str:
+    query = "&".join(f"{key}={value}" for key, value in params.items())
+    return f"file:{quote(str(path.resolve()))}" + (f"?{query}" if query else "")
+
+
+def _sqlite_engine(target: _Target, *, readonly: bool, foreign_keys: bool = True) -> Engine:
+    """A SQLite engine whose connections come from our own `sqlite3.connect`, so
+    that read-only is `mode=ro` (or `immutable=1`) for every way of naming the file."""
+    path = target.path
+    assert path is not None
+    if readonly:
+        params = {"mode": "ro"}
+        if _read_only_medium(path):
+            params["immutable"] = "1"
+        uri = _sqlite_uri(path, **params)
     else:
-        path = Path(location).expanduser()
-        _check_sqlite_path(path, create=not readonly)
-        resolved = path.resolve()
-        url = f"sqlite:///file:{resolved}?mode=ro&uri=true" if readonly else f"sqlite:///{resolved}"
-        is_sqlite = True
-    engine = create_engine(url)
-    if is_sqlite:
-        _configure_sqlite(engine, readonly=readonly)
+        uri = _sqlite_uri(path)
+
+    def connect():
+        return sqlite3.connect(
+            uri, uri=True, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+
+    engine = create_engine("sqlite://", creator=connect)
+    _configure_sqlite(engine, readonly=readonly, foreign_keys=foreign_keys)
     return engine
 
 
-def _configure_sqlite(engine: Engine, *, readonly: bool) -> None:
+def _make_engine(target: _Target, *, readonly: bool, foreign_keys: bool = True) -> Engine:
+    if target.path is not None:
+        _check_sqlite_path(target.path, create=not readonly)
+        return _sqlite_engine(target, readonly=readonly, foreign_keys=foreign_keys)
+    if target.dialect == "sqlite":
+        engine = create_engine(target.url)
+        _configure_sqlite(engine, readonly=readonly, foreign_keys=foreign_keys)
+        return engine
+    if target.dialect == "postgresql":
+        # Readers get read-only transactions from the server itself: an UPDATE
+        # through the dashboard's engine fails however it is issued.
+        connect_args = {"options": "-c default_transaction_read_only=on"} if readonly else {}
+        return create_engine(target.url, connect_args=connect_args, pool_pre_ping=True)
+    raise StoreError(
+        f"{target.location}: cnnviz stores live in SQLite or PostgreSQL, not {target.dialect}"
+    )
+
+
+def _configure_sqlite(engine: Engine, *, readonly: bool, foreign_keys: bool = True) -> None:
     # All PRAGMAs in one connect handler (as MLflow does), and transactions that
     # take the write lock up front so that concurrent writers queue on the busy
     # timeout instead of failing with "database is locked" on lock upgrade.
@@ -118,8 +223,10 @@ def _configure_sqlite(engine: Engine, *, readonly: bool) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        if not readonly:
+        cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+        if readonly:
+            cursor.execute("PRAGMA query_only = ON")
+        elif _empty_or_store(cursor):  # a foreign file keeps its journal mode
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
@@ -130,63 +237,209 @@ def _configure_sqlite(engine: Engine, *, readonly: bool) -> None:
         connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
+def _empty_or_store(cursor) -> bool:
+    if cursor.execute("PRAGMA page_count").fetchone()[0] == 0:
+        return True
+    found = cursor.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
+    return found.fetchone() is not None
+
+
 def _one_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     return str(orig).splitlines()[0] if str(orig) else type(orig).__name__
 
 
-def _check_schema(connection, location: str, *, initialize: bool) -> None:
-    """Create the schema in an empty file, or check the version of an existing one."""
-    tables = set(inspect(connection).get_table_names())
-    if "meta" not in tables:
-        if tables:
-            raise StoreError(f"{location} is a SQLite database but not a cnnviz run store")
-        if not initialize:
-            return  # an empty file reads as an empty store
-        schema.Base.metadata.create_all(connection)
-        for name, body in schema.VIEWS.items():
-            connection.exec_driver_sql(f"CREATE VIEW IF NOT EXISTS {name} AS {body}")
-        connection.execute(
-            schema.Meta.__table__.insert(),
-            [
-                {"key": "schema_version", "value": str(schema.SCHEMA_VERSION)},
-                {"key": "created_by", "value": "cnnviz"},
-            ],
-        )
-        return
+_VERSION_TABLE = Table(
+    schema.VERSION_TABLE,
+    MetaData(),
+    Column("version_num", String(32), primary_key=True),  # as Alembic makes it
+)
+
+
+def _create_schema(connection) -> None:
+    """The current schema in an empty database, stamped with its Alembic revision."""
+    schema.Base.metadata.create_all(connection)
+    _VERSION_TABLE.create(connection)
+    connection.execute(_VERSION_TABLE.insert(), {"version_num": schema.SCHEMA_REVISION})
+    for name, body in schema.views(connection.dialect.name).items():
+        connection.exec_driver_sql(f"CREATE VIEW {name} AS {body}")
+    connection.execute(
+        schema.Meta.__table__.insert(),
+        [
+            {"key": "schema_version", "value": str(schema.SCHEMA_VERSION)},
+            {"key": "created_by", "value": "cnnviz"},
+        ],
+    )
+
+
+def _upgrade_hint(location: str) -> str:
+    return f"upgrade it with `cnnviz db upgrade --db {location}`"
+
+
+def _check_version(connection, location: str, tables: set[str]) -> None:
+    """The store's schema must be this cnnviz's: an older one names the command that
+    upgrades it (nobody migrates silently), a newer one asks for a newer cnnviz."""
     version = connection.execute(
         select(schema.Meta.value).where(schema.Meta.key == "schema_version")
     ).scalar()
     if version is None or not version.isdigit():
         raise StoreError(f"{location} has no valid cnnviz schema version")
-    if int(version) != schema.SCHEMA_VERSION:
-        newer = int(version) > schema.SCHEMA_VERSION
+    if int(version) > schema.SCHEMA_VERSION:
         raise StoreError(
             f"{location} has store schema version {version}, this cnnviz reads version "
-            f"{schema.SCHEMA_VERSION}" + ("; upgrade cnnviz to open it" if newer else "")
+            f"{schema.SCHEMA_VERSION}; upgrade cnnviz to open it"
         )
+    if int(version) < schema.SCHEMA_VERSION:
+        raise StoreError(
+            f"{location} has store schema version {version}, older than this cnnviz's "
+            f"{schema.SCHEMA_VERSION}: {_upgrade_hint(location)}"
+        )
+    if schema.VERSION_TABLE not in tables:
+        raise StoreError(f"{location} is a damaged store: table {schema.VERSION_TABLE} is missing")
+    revision = connection.execute(select(_VERSION_TABLE.c.version_num)).scalar()
+    if revision == schema.SCHEMA_REVISION:
+        return
+    if revision in schema.REVISIONS:
+        raise StoreError(f"{location} is at store revision {revision}: {_upgrade_hint(location)}")
+    raise StoreError(
+        f"{location} is at store revision {revision!r}, unknown to this cnnviz; upgrade cnnviz"
+    )
 
 
-def open_engine(location: str | os.PathLike | None = None, *, readonly: bool = False) -> Engine:
-    """An engine on a checked store. Raises StoreError with a one-line message."""
-    location = str(location) if location is not None else default_db()
-    engine = _make_engine(location, readonly=readonly)
+def missing_schema_parts(connection) -> list[str]:
+    """Every table, column and view the code needs that the database lacks."""
+    inspector = inspect(connection)
+    tables = set(inspector.get_table_names())
+    missing = []
+    for table in schema.Base.metadata.sorted_tables:
+        if table.name not in tables:
+            missing.append(f"table {table.name}")
+            continue
+        have = {column["name"] for column in inspector.get_columns(table.name)}
+        missing += [f"column {table.name}.{c.name}" for c in table.columns if c.name not in have]
+    views = set(inspector.get_view_names())
+    missing += [f"view {name}" for name in schema.VIEWS if name not in views]
+    return missing
+
+
+def _check_schema(connection, location: str, *, initialize: bool) -> bool:
+    """Create the schema in an empty database, or check an existing one: its version,
+    then every table, column and view. False for an empty database left empty."""
+    tables = set(inspect(connection).get_table_names())
+    if "meta" not in tables:
+        if tables:
+            raise StoreError(f"{location} is a database but not a cnnviz run store")
+        if not initialize:
+            return False  # an empty file reads as an empty store
+        _create_schema(connection)
+        return True
+    _check_version(connection, location, tables)
+    missing = missing_schema_parts(connection)
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise StoreError(f"{location} is a damaged store: {missing[0]} is missing{more}")
+    return True
+
+
+def _probe_without_writing(path: Path, location: str) -> None:
+    """Refuse a SQLite file that is not a store before a `mode=ro` connection could
+    leave `-wal`/`-shm` beside it. Only when no WAL is in use: the file alone is then
+    the whole database, and an immutable connection reads it creating nothing."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    if path.with_name(path.name + "-wal").exists():
+        return
+    try:
+        conn = sqlite3.connect(_sqlite_uri(path, mode="ro", immutable="1"), uri=True)
+        try:
+            names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"cannot open {location}: {_one_line(exc)}") from exc
+    if names and "meta" not in names:
+        raise StoreError(f"{location} is a database but not a cnnviz run store")
+
+
+def _open(location: str, *, readonly: bool) -> tuple[Engine, bool]:
+    """An engine on a checked store, and whether the store has its schema yet."""
+    target = _target(location)
+    if readonly and target.path is not None:
+        _check_sqlite_path(target.path, create=False)
+        _probe_without_writing(target.path, location)
+    engine = _make_engine(target, readonly=readonly)
     try:
         with engine.begin() as connection:
-            _check_schema(connection, location, initialize=not readonly)
+            if connection.dialect.name == "postgresql" and not readonly:
+                # Two writers opening one empty database would both create the schema.
+                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(20261129)")
+            has_schema = _check_schema(connection, location, initialize=not readonly)
     except StoreError:
         engine.dispose()
         raise
     except (DatabaseError, OperationalError, sqlite3.DatabaseError) as exc:
         engine.dispose()
         raise StoreError(f"cannot open {location}: {_one_line(exc)}") from exc
-    return engine
+    except Exception as exc:  # a driver missing, a server unreachable: still one line
+        engine.dispose()
+        raise StoreError(f"cannot open {location}: {_one_line(exc)}") from exc
+    return engine, has_schema
+
+
+def open_engine(location: str | os.PathLike | None = None, *, readonly: bool = False) -> Engine:
+    """An engine on a checked store. Raises StoreError with a one-line message."""
+    location = str(location) if location is not None else default_db()
+    return _open(location, readonly=readonly)[0]
+
+
+# ---------------------------------------------------------------- liveness
+
+
+def process_host() -> str:
+    """This machine and pid namespace: pids are only comparable within one. Two
+    containers may share a host name (host networking) but never a pid namespace."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{platform.node()} {namespace}".strip()[:255]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    try:  # a zombie has exited: only its exit status is left
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        return True
+
+
+def stale_reason(row, now: dt.datetime, host: str) -> str | None:
+    """Why a `running` run's writer is taken for dead, or None while it may be alive."""
+    if row.status != RUN_RUNNING:
+        return None
+    if row.writer_pid and row.writer_host == host:
+        if _pid_alive(row.writer_pid):
+            return None
+        return f"its writer (pid {row.writer_pid}) has exited"
+    last = row.heartbeat_at or row.started_at
+    if last is not None and now - last > STALE_AFTER:
+        return f"no write since {last:%Y-%m-%d %H:%M:%S} UTC"
+    return None
 
 
 # ---------------------------------------------------------------- conversions
 
 
-def _run_info(row: schema.Run, with_layers: bool = False) -> RunInfo:
+def _run_info(row: schema.Run, with_layers: bool = False, *, host: str | None = None) -> RunInfo:
+    stale = stale_reason(row, _utcnow(), host or process_host())
     return RunInfo(
         id=row.id,
         name=row.name,
@@ -200,13 +453,17 @@ def _run_info(row: schema.Run, with_layers: bool = False) -> RunInfo:
         config=dict(row.config or {}),
         torch_version=row.torch_version,
         cnnviz_version=row.cnnviz_version,
-        status=row.status,
+        status=RUN_STALE if stale else row.status,
         started_at=row.started_at,
         finished_at=row.finished_at,
         final_loss=row.final_loss,
         num_iterations=row.num_iterations,
-        error=row.error,
+        error=stale if stale else row.error,
         layers=[_layer_info(layer) for layer in row.layers] if with_layers else [],
+        divergence=row.divergence,
+        writer_host=row.writer_host,
+        writer_pid=row.writer_pid,
+        heartbeat_at=row.heartbeat_at,
     )
 
 
@@ -244,6 +501,7 @@ def _tensor_record(row: schema.Tensor, with_data: bool) -> TensorRecord:
         shape=shape,
         summary=summary,
         id=row.id,
+        stored_numel=row.stored_numel,
     )
     return record
 
@@ -294,6 +552,21 @@ class RunWriter:
 
     @classmethod
     def begin(cls, engine: Engine, info: RunInfo) -> RunWriter:
+        check_lengths(
+            schema.Run,
+            dict(
+                name=info.name,
+                model_name=info.model_name,
+                optimizer=info.optimizer,
+                loss_name=info.loss_name,
+                torch_version=info.torch_version,
+                cnnviz_version=info.cnnviz_version,
+            ),
+            "run",
+        )
+        if info.seed is not None and not 0 <= info.seed < 2**63:
+            raise StoreError(f"seed {info.seed} does not fit the store (0 to 2^63 - 1)")
+        now = _utcnow()
         with Session(engine) as session, session.begin():
             row = schema.Run(
                 name=info.name,
@@ -309,8 +582,11 @@ class RunWriter:
                 torch_version=info.torch_version,
                 cnnviz_version=info.cnnviz_version,
                 status=RUN_RUNNING,
-                started_at=info.started_at or _utcnow(),
+                started_at=info.started_at or now,
                 num_iterations=0,
+                writer_host=process_host(),
+                writer_pid=os.getpid(),
+                heartbeat_at=now,
             )
             session.add(row)
             session.flush()
@@ -320,6 +596,8 @@ class RunWriter:
 
     def set_layers(self, layers: Sequence[LayerInfo]) -> None:
         """Record the model's layers (known after the first forward pass)."""
+        for layer in layers:
+            check_lengths(schema.Layer, dict(name=layer.name, type=layer.type), "layer")
         with Session(self.engine) as session, session.begin():
             session.execute(
                 schema.Layer.__table__.delete().where(schema.Layer.run_id == self.run_id)
@@ -414,13 +692,16 @@ class RunWriter:
                 for pos, name in enumerate(dict.fromkeys(step_names))
             ]
             insert(conn, schema.StepTensor.__table__, links, ids=False)
+            values = dict(
+                num_iterations=schema.Run.num_iterations + 1,
+                final_loss=_real(record.loss),
+                heartbeat_at=_utcnow(),
+            )
+            divergence = _divergence(record)
+            if divergence is not None:  # the first one stays
+                values["divergence"] = func.coalesce(schema.Run.divergence, divergence)
             conn.execute(
-                schema.Run.__table__.update()
-                .where(schema.Run.id == self.run_id)
-                .values(
-                    num_iterations=schema.Run.num_iterations + 1,
-                    final_loss=_real(record.loss),
-                )
+                schema.Run.__table__.update().where(schema.Run.id == self.run_id).values(**values)
             )
 
     def finish(self, status: str = RUN_COMPLETED, error: str | None = None) -> None:
@@ -428,8 +709,33 @@ class RunWriter:
             session.execute(
                 schema.Run.__table__.update()
                 .where(schema.Run.id == self.run_id)
-                .values(status=status, finished_at=_utcnow(), error=error)
+                .values(status=status, finished_at=_utcnow(), error=error, heartbeat_at=_utcnow())
             )
+
+
+def _storable_id(*ids: int) -> bool:
+    """Ids and indexes are 64-bit signed in every database: anything beyond names
+    nothing (and would overflow the driver), so readers answer "not found"."""
+    return all(isinstance(i, int) and -(2**63) <= i < 2**63 for i in ids)
+
+
+def check_lengths(table, values: dict, what: str) -> None:
+    """Text longer than its column holds is refused (SQLite would keep it whole,
+    PostgreSQL would fail mid-transaction): one line naming the field and the limit."""
+    for key, value in values.items():
+        limit = getattr(table.__table__.c[key].type, "length", None)
+        if limit and isinstance(value, str) and len(value) > limit:
+            raise StoreError(
+                f"{what} {key} is {len(value)} characters long; the store holds at most {limit}"
+            )
+
+
+def _divergence(record: IterationRecord) -> str | None:
+    loss = float(record.loss)
+    if math.isfinite(loss):
+        return None
+    kind = "NaN" if math.isnan(loss) else ("inf" if loss > 0 else "-inf")
+    return f"{kind} at iteration {record.index}"
 
 
 def _insert_core(conn, table, rows: list[dict], *, ids: bool = True) -> list[int]:
@@ -522,35 +828,67 @@ def _tensor_row(tensor: TensorRecord) -> tuple[dict, dict]:
 # ---------------------------------------------------------------- reading
 
 
-class RunStore:
-    """Read access to a store. `readonly=True` (the dashboard) never writes."""
+class Store:
+    """One store behind one facade: SQLite or PostgreSQL, opened for reading or writing.
+
+        with Store.open("runs.db") as store:             # mode="r": never writes
+            runs = store.list_runs()
+        with Store.open("postgresql+psycopg://host/db", mode="w") as store:
+            writer = store.begin_run(RunInfo(name="mine"))
+
+    Opening checks the store once: a special file is refused before it is opened,
+    the schema version must be this cnnviz's, and every table, column and view the
+    code needs must be there; anything else is a `StoreError` with one line and
+    nothing is written. Readers are read-only in the database itself: SQLite
+    `mode=ro` (`immutable=1` on read-only media), PostgreSQL read-only transactions.
+    A writer creates the schema in an empty database. Callers get records, never
+    sessions. `RunStore(location, readonly=True)` is the same class.
+    """
 
     def __init__(self, location: str | os.PathLike | None = None, *, readonly: bool = True):
         self.location = str(location) if location is not None else default_db()
-        self.engine = open_engine(self.location, readonly=readonly)
+        self.readonly = readonly
+        self.engine, self._schema_present = _open(self.location, readonly=readonly)
+
+    @classmethod
+    def open(cls, location: str | os.PathLike | None = None, mode: str = "r") -> Store:
+        if mode not in MODES:
+            raise ValueError(f"mode must be 'r' or 'w', not {mode!r}")
+        return cls(location, readonly=mode == "r")
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
 
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> RunStore:
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def begin_run(self, info: RunInfo) -> RunWriter:
+        """Start writing a run (mode "w" only); see `RunWriter`."""
+        if self.readonly:
+            raise StoreError(f"{self.location} is open read-only")
+        return RunWriter.begin(self.engine, info)
+
     def _session(self) -> Session:
         return Session(self.engine)
 
     def _has_schema(self) -> bool:
-        with self.engine.connect() as connection:
-            return "runs" in inspect(connection).get_table_names()
+        # Checked once at open: an empty SQLite file reads as an empty store.
+        return self._schema_present
 
     def list_runs(self) -> list[RunInfo]:
         if not self._has_schema():
             return []
         with self._session() as session:
             rows = session.scalars(select(schema.Run).order_by(schema.Run.id)).all()
-            return [_run_info(row) for row in rows]
+            host = process_host()
+            return [_run_info(row, host=host) for row in rows]
 
     def run_page(self, query: RunQuery) -> RunPage:
         """One page of runs, filtered and sorted in SQL (see storage.paging)."""
@@ -565,14 +903,14 @@ class RunStore:
         return paging.tensor_window(self.engine, run_id, index, name, **window)
 
     def get_run(self, run_id: int) -> RunInfo | None:
-        if not self._has_schema():
+        if not self._has_schema() or not _storable_id(run_id):
             return None
         with self._session() as session:
             row = session.get(schema.Run, run_id, options=[selectinload(schema.Run.layers)])
             return _run_info(row, with_layers=True) if row is not None else None
 
     def iterations(self, run_id: int) -> list[IterationSummary]:
-        if not self._has_schema():
+        if not self._has_schema() or not _storable_id(run_id):
             return []
         verified = func.sum(case((schema.Step.verified.is_(True), 1), else_=0), type_=Integer)
         checked = func.sum(case((schema.Step.verified.is_not(None), 1), else_=0), type_=Integer)
@@ -608,7 +946,7 @@ class RunStore:
     def load_iteration(
         self, run_id: int, index: int, *, with_data: bool = True
     ) -> IterationRecord | None:
-        if not self._has_schema():
+        if not self._has_schema() or not _storable_id(run_id, index):
             return None
         options = [
             selectinload(schema.Iteration.steps)
@@ -640,7 +978,7 @@ class RunStore:
             )
 
     def load_tensor(self, run_id: int, index: int, name: str) -> TensorRecord | None:
-        if not self._has_schema():
+        if not self._has_schema() or not _storable_id(run_id, index):
             return None
         stmt = (
             select(schema.Tensor)
@@ -684,9 +1022,34 @@ class RunStore:
         with self.engine.connect() as connection:
             return [dict(row._mapping) for row in connection.execute(stmt)]
 
+    def prune_stale(self) -> list[tuple[int, str]]:
+        """Mark every stale run `interrupted` (mode "w"); returns (run id, reason) of each."""
+        if self.readonly:
+            raise StoreError(f"{self.location} is open read-only")
+        if not self._has_schema():
+            return []
+        host, now, pruned = process_host(), _utcnow(), []
+        with Session(self.engine) as session, session.begin():
+            rows = session.scalars(select(schema.Run).where(schema.Run.status == RUN_RUNNING))
+            for row in rows:
+                reason = stale_reason(row, now, host)
+                if reason is not None:
+                    row.status, row.finished_at = RUN_INTERRUPTED, now
+                    row.error = f"stale: {reason}"
+                    pruned.append((row.id, reason))
+        return pruned
+
     def integrity_check(self) -> str:
+        """SQLite's integrity_check; on a server, the schema check (the server keeps its
+        own pages whole)."""
         with self.engine.connect() as connection:
-            return connection.execute(text("PRAGMA integrity_check")).scalar()
+            if self.dialect == "sqlite":
+                return connection.execute(text("PRAGMA integrity_check")).scalar()
+            missing = missing_schema_parts(connection)
+            return "ok" if not missing else "missing: " + ", ".join(missing)
+
+
+RunStore = Store  # the name every caller used before the facade
 
 
 def open_writer_engine(location: str | os.PathLike | None = None) -> Engine:
@@ -700,6 +1063,7 @@ __all__ = [
     "IterationSummary",
     "RunStore",
     "RunWriter",
+    "Store",
     "StoreError",
     "default_db",
     "open_engine",

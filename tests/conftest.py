@@ -41,3 +41,29 @@ def cli_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for this test session (see tests/pg_server.py).
+
+    Skipped where Debian's postgresql package is missing, except in CI, where
+    scripts/test.sh installs it and its absence is a failure."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import pg_server
+
+    if not pg_server.available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (scripts/test.sh installs it)")
+        pytest.skip("PostgreSQL is not installed: apt-get install postgresql")
+    server = pg_server.PgServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server) -> str:
+    """A fresh, empty PostgreSQL database: its SQLAlchemy URL."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)

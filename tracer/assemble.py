@@ -446,7 +446,9 @@ def _fan_out_sum(cap, name: str, users: set[str], contributions) -> list[StepRec
 
 def _grad_of_iteration(cap: CapturedIteration, qualified: str) -> np.ndarray | None:
     """What this iteration's backward added to .grad: PyTorch's reference for our dL/dW."""
-    if qualified in cap.grads_at_start:
+    if qualified in cap.grads_at_start or (
+        cap.grad_scale is not None and qualified in cap.grad_increments
+    ):
         return cap.grad_increments[qualified]
     return cap.param_grads.get(qualified)
 

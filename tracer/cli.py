@@ -11,7 +11,13 @@ import sys
 
 import click
 
-from storage.location import DB_ENV_VAR, StoreError, default_db
+from storage.location import DB_ENV_VAR, NAME_MAX, StoreError, default_db
+
+# torch's CPU generator (and the synthetic data's) seeds a Mersenne Twister with the
+# low 32 bits only: 2**32 and 0 draw the same numbers. Seeds outside are refused.
+SEED_MAX = 2**32 - 1
+# A trace projected to need more than this asks for --allow-large.
+LARGE_RUN_BYTES = 20 * 2**30
 
 
 class PositiveFloat(click.ParamType):
@@ -79,10 +85,11 @@ class MaxElements(click.ParamType):
 )
 @click.option(
     "--seed",
-    type=int,
+    type=click.IntRange(0, SEED_MAX),
     default=0,
     show_default=True,
-    help="Seeds the initial weights and the synthetic data.",
+    help="Seeds the initial weights and the synthetic data: 0 to 2^32 - 1, the seeds "
+    "torch's generator tells apart.",
 )
 @click.option(
     "--optimizer",
@@ -171,7 +178,18 @@ class MaxElements(click.ParamType):
     help="Explain and check every sample of every call; by default, under --max-elements, "
     "calls whose samples are independent are explained on the samples stored only.",
 )
-@click.option("--name", default=None, help="Run name [default: MODEL-seedSEED].")
+@click.option(
+    "--name",
+    default=None,
+    callback=lambda ctx, param, value: _check_name(value),
+    help=f"Run name, up to {NAME_MAX} characters [default: MODEL-seedSEED].",
+)
+@click.option(
+    "--allow-large",
+    is_flag=True,
+    help=f"Trace even when the store is projected to grow by more than "
+    f"{LARGE_RUN_BYTES // 2**30} GiB.",
+)
 @db_option
 @click.pass_context
 def trace(
@@ -193,6 +211,7 @@ def trace(
     queue_size,
     full_check,
     name,
+    allow_large,
     db,
 ) -> None:
     """Train a built-in model and store every step of every (k-th) iteration."""
@@ -216,7 +235,18 @@ def trace(
         max_elements=DEFAULT if source is click.core.ParameterSource.DEFAULT else max_elements,
         layers=layers,
     )
-    resolve(model_name=model_name, seed=seed, **options)
+    config = resolve(model_name=model_name, seed=seed, **options)
+    if not allow_large:
+        from .train import projected_bytes
+
+        size = projected_bytes(config)
+        if size > LARGE_RUN_BYTES:
+            raise click.BadParameter(
+                f"this run would store at least {size / 2**30:,.0f} GiB "
+                f"({config.iterations:,} iterations); lower --epochs/--iterations, raise --every, "
+                "or pass --allow-large",
+                param_hint="'--epochs'/'--iterations'",
+            )
     db = db or default_db()
     with warnings.catch_warnings():
         warnings.simplefilter("always", TraceWarning)
@@ -237,13 +267,30 @@ def trace(
     click.echo(f"run {run.run_id} '{run.info.name}' stored in {db}")
 
 
+def _check_name(value: str | None) -> str | None:
+    if value is not None and len(value) > NAME_MAX:
+        raise click.BadParameter(
+            f"the name is {len(value)} characters long; at most {NAME_MAX} fit the store"
+        )
+    return value
+
+
 @cli.command()
 @db_option
-def runs(db) -> None:
+@click.option(
+    "--prune-stale",
+    is_flag=True,
+    help="Mark runs whose writer died (stale) as interrupted, then list.",
+)
+def runs(db, prune_stale) -> None:
     """List the runs in a store."""
     from storage.store import RunStore  # the store loads only for the commands that read it
 
     db = db or default_db()
+    if prune_stale:
+        with RunStore(db, readonly=False) as store:
+            for run_id, reason in store.prune_stale():
+                click.echo(f"run {run_id}: marked interrupted ({reason})")
     with RunStore(db) as store:
         infos = store.list_runs()
     if not infos:
@@ -269,7 +316,7 @@ def runs(db) -> None:
             r.model_name,
             r.optimizer,
             "" if r.learning_rate is None else f"{r.learning_rate:g}",
-            r.status,
+            r.status_text,
             str(r.num_iterations),
             "" if r.final_loss is None else f"{r.final_loss:.6f}",
             r.started_at.strftime("%Y-%m-%d %H:%M:%S") if r.started_at else "",
@@ -538,6 +585,21 @@ def _serve(db: str, host: str, port: int, debug: bool) -> None:
     )
 
 
+@cli.group()
+def db() -> None:
+    """Manage the store itself."""
+
+
+@db.command()
+@db_option
+def upgrade(db) -> None:
+    """Upgrade a store to this cnnviz's schema (data kept and checked), or create the
+    schema in an empty database."""
+    from storage.migrate import upgrade as upgrade_store
+
+    click.echo(upgrade_store(db or default_db()).line())
+
+
 def _serving_line(db: str, url: str) -> str:
     return f"cnnviz dashboard for {db}: {url}  (Ctrl+C to stop)"
 
@@ -563,8 +625,25 @@ NO_TORCH = (
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so it ends like Ctrl-C: a trace marks
+    its run `interrupted` and keeps every committed iteration."""
+
+
+_TERMINATED = False
+
+
+def _on_sigterm(signum, frame):
+    global _TERMINATED
+    _TERMINATED = True
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: click's usage errors and store errors become one line and exit 2."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         cli.main(args=argv, prog_name="cnnviz", standalone_mode=False)
     except _NO_ARGS_IS_HELP as exc:  # bare `cnnviz`: the help text, not an error line
@@ -584,10 +663,16 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"cnnviz: error: {NO_TORCH}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
+        if _TERMINATED:  # click turns the KeyboardInterrupt we raised into Abort
+            click.echo("cnnviz: terminated; committed iterations are kept", err=True)
+            sys.exit(143)
         click.echo("cnnviz: aborted", err=True)
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except Terminated:
+        click.echo("cnnviz: terminated; committed iterations are kept", err=True)
+        sys.exit(143)
     except KeyboardInterrupt:
         click.echo("cnnviz: interrupted; committed iterations are kept", err=True)
         sys.exit(130)

@@ -11,6 +11,9 @@ traced. The loss is the `loss` the model returns (averaged over the micro-batche
 of a step under gradient accumulation). A loss computed inside the model's forward
 (`F.cross_entropy(logits, labels)`) is explained like `nn.CrossEntropyLoss`. Needs
 the `transformers` package with `accelerate` (`pip install transformers accelerate`).
+
+The Trainer has no event for a `train()` that raises: call `callback.close(error=exc)`
+in your `except` so that the run is marked failed and the model loses its hooks.
 """
 
 from __future__ import annotations
@@ -45,16 +48,10 @@ class CnnvizCallback(TrainerCallback):
         self._handle = None
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        criterion = self.options.pop("criterion", None)
+        options = {"model_name": type(model).__name__, "seed": args.seed, **self.options}
+        criterion = options.pop("criterion", None)
         self.trace = Trace(
-            model,
-            _torch_optimizer(optimizer),
-            criterion,
-            db=self.db,
-            every=self.every,
-            model_name=type(model).__name__,
-            seed=self.options.pop("seed", args.seed),
-            **self.options,
+            model, _torch_optimizer(optimizer), criterion, db=self.db, every=self.every, **options
         ).start()
         self._handle = model.register_forward_hook(self._take_loss)
 
@@ -82,8 +79,14 @@ class CnnvizCallback(TrainerCallback):
         self.trace.end(loss=loss)
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.close()
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Close the trace: `on_train_end` does; the Trainer has no event for a failed
+        `train()`, so call `callback.close(error=exc)` in your `except` (the run is
+        then marked failed and the model left without hooks)."""
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
         if self.trace is not None:
-            self.trace.close()
+            self.trace.close(error=error)

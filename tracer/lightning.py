@@ -59,8 +59,7 @@ class CnnvizCallback(pl.Callback):
             criterion,
             db=self.db,
             every=self.every,
-            model_name=type(pl_module).__name__,
-            **self.options,
+            **{"model_name": type(pl_module).__name__, **self.options},
         ).start()
         self._batches = 0
 

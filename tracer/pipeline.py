@@ -16,8 +16,12 @@ when the run closes (`raise_pending`). Nothing is swallowed.
 A thread, not a process: the worker's NumPy work releases the GIL in its large
 array operations, the captured arrays need no pickling or copying across a
 process boundary, and the explainers read module settings that a process would
-have to be sent. `bench/bench_pipeline.py` measures what the thread costs the
-training thread.
+have to be sent. Measured on the 2-core development machine: pickling a
+captured LeNet-5 iteration (9.2 MB, modules stripped) and sending it to another
+process through a pipe cost the training thread 31 + 44 ms, against 17-90 ms
+that the worker thread adds to the capture through the GIL and the shared cores
+(resnet18-cifar: 1.0 s + 0.3 s for 142 MB, against a 0.5 s step).
+`bench/bench_pipeline.py` measures what the thread costs the training thread.
 """
 
 from __future__ import annotations

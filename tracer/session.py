@@ -8,6 +8,17 @@
                 loss.backward()
                 optimizer.step()
 
+Or, like a logger, open and close it yourself and number the iterations with
+your own steps (notebooks, trainer callbacks: `tracer.lightning`,
+`tracer.huggingface`):
+
+    t = Trace(model, optimizer, criterion, db="runs.db").start()
+    for step, (x, y) in enumerate(batches, start=1):
+        t.begin(step)
+        ...  # zero_grad, forward, loss, backward, step
+        t.end()
+    t.close()
+
 The model is unchanged afterwards: hooks are removed and each module's
 train/eval mode is restored, also when the loop raises. Tracing never changes
 what the model computes: a traced and an untraced run from the same seed give

@@ -34,6 +34,7 @@ class _Default:
         return "DEFAULT"
 
 
+SEED_MAX = 2**32 - 1  # torch's CPU generator uses a seed's low 32 bits
 DEFAULT = _Default()  # "the model's default", where None already means something (no bound)
 
 
@@ -90,6 +91,9 @@ def resolve(
     spec = BUILTIN_MODELS[model_name]
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise _fail(f"{seed!r} is not an integer", "seed")
+    if not 0 <= seed <= SEED_MAX:
+        # torch's CPU generator keeps the low 32 bits: 2**32 would repeat seed 0.
+        raise _fail(f"{seed} is not in the range 0 to 2^32 - 1 that torch's generator uses", "seed")
     if optimizer not in OPTIMIZERS:
         raise _fail(
             f"unknown optimizer {optimizer!r}; choose from {', '.join(OPTIMIZERS)}", "optimizer"
@@ -165,6 +169,21 @@ def resolve(
         max_elements=max_elements,
         layers=layers,
     )
+
+
+def projected_bytes(config: TrainConfig) -> int:
+    """A lower bound on what a run adds to the store: per stored iteration, each
+    parameter three times (before, gradient, after), bounded by max-elements, as
+    float32. Activations, intermediates and steps come on top."""
+    with torch.device("meta"):
+        model = BUILTIN_MODELS[config.model].build()
+    bound = config.max_elements
+    per_iteration = sum(
+        3 * 4 * (min(p.numel(), bound) if bound is not None else p.numel())
+        for p in model.parameters()
+    )
+    stored = math.ceil(config.iterations / config.every)
+    return stored * per_iteration
 
 
 def layer_names(spec: BuiltinModel) -> list[str]:

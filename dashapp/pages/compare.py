@@ -29,25 +29,25 @@ from dashapp.data import (
 from dashapp.formatting import format_shape
 from dashapp.guard import page_layout
 from dashapp.tensorview import difference_view, matrix_view
-from storage import IterationRecord, RunInfo, RunStore, TensorRecord
+from storage import IterationRecord, RunInfo, RunStore, TensorRecord, names
 from storage.diverge import DivergeError, DivergenceReport, first_divergence
 
 dash.register_page(__name__, path=links.COMPARE, name="Compare", title="Compare · cnnviz", order=3)
 
 # The roles a comparison offers, in the order the control lists them.
 ROLE_ORDER = (
-    "param",
-    "param_grad",
-    "activation",
-    "activation_grad",
-    "update",
-    "param_next",
-    "intermediate",
-    "optimizer_state",
-    "output",
-    "input",
-    "input_grad",
-    "target",
+    names.ROLE_PARAM,
+    names.ROLE_PARAM_GRAD,
+    names.ROLE_ACTIVATION,
+    names.ROLE_ACTIVATION_GRAD,
+    names.ROLE_UPDATE,
+    names.ROLE_PARAM_NEXT,
+    names.ROLE_INTERMEDIATE,
+    names.ROLE_OPTIMIZER_STATE,
+    names.ROLE_OUTPUT,
+    names.ROLE_INPUT,
+    names.ROLE_INPUT_GRAD,
+    names.ROLE_TARGET,
 )
 MAX_DEFAULT_RUNS = 10
 # The layer entry of tensors that belong to no layer (input, labels, input gradient);
@@ -80,7 +80,7 @@ def choose(
         raise NotFound(f"run {run.id} iteration {record.index} has no layer tensors to compare")
     notes = []
     if layer is None:
-        layer = next((n for n in order if "param" in table[n]), order[0])
+        layer = next((n for n in order if names.ROLE_PARAM in table[n]), order[0])
     elif layer not in table:
         raise NotFound(f"run {run.id} has no layer {layer!r}")
     roles = [r for r in ROLE_ORDER if r in table[layer]]
@@ -91,13 +91,14 @@ def choose(
                 f"{layouts.ROLE_LABELS[roles[0]]} instead"
             )
         role = roles[0]
-    names = table[layer][role]
-    if tensor not in names:
+    candidates = table[layer][role]
+    if tensor not in candidates:
         if tensor is not None:
             notes.append(
-                f"{tensor} is not a {layouts.ROLE_LABELS[role]} of layer {layer}; showing {names[0]}"
+                f"{tensor} is not a {layouts.ROLE_LABELS[role]} of layer {layer}; "
+                f"showing {candidates[0]}"
             )
-        tensor = names[0]
+        tensor = candidates[0]
     return layer, role, tensor, notes
 
 
@@ -121,7 +122,7 @@ def zero_note(role: str, a_is_zero: bool, b_is_zero: bool) -> str | None:
     if not sides:
         return None
     text = f"{' and '.join(sides)} {'is' if len(sides) == 1 else 'are'} all zeros, so the cosine similarity is undefined."
-    if role in ("param_grad", "activation_grad", "input_grad"):
+    if role in names.GRADIENT_ROLES:
         text += (
             " A gradient that is exactly zero means nothing flowed back to this tensor in that iteration:"
             " for example, a ReLU that outputs 0 for the whole batch passes no gradient to the layers before"
@@ -201,7 +202,9 @@ def side_card(
     title = html.Div(
         [
             html.Span(label, className="side-label"),
-            dcc.Link(run.name, href=links.iteration(run.id, index), className="run-name"),
+            dcc.Link(
+                layouts.isolate(run.name), href=links.iteration(run.id, index), className="run-name"
+            ),
             html.Span(f" · iteration {index}", className="text-muted"),
         ]
     )
@@ -255,7 +258,7 @@ def history_section(store: RunStore, runs: list[RunInfo], chosen: list[int]) -> 
         loss_series.append(
             figures.Series(label, color, [i.index for i in its], [i.loss for i in its])
         )
-    rows = store.tensor_history(chosen, roles=["param", "param_grad"])
+    rows = store.tensor_history(chosen, roles=[names.ROLE_PARAM, names.ROLE_PARAM_GRAD])
     pairs = figures.norm_panels(rows, legend)
     picker = dcc.Dropdown(
         id="compare-runs",

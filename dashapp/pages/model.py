@@ -111,6 +111,13 @@ def run_facts(run: RunInfo) -> dbc.Card:
     )
 
 
+def validate(run=None, **_query) -> None:
+    """NotFound for an unknown run (dashapp.status: HTTP 404)."""
+    run_id = parse_int(run, "run")
+    if run_id is not None:
+        require_run(current_store(), run_id)
+
+
 @page_layout
 def layout(run=None, **_query):
     store = current_store()
@@ -122,14 +129,17 @@ def layout(run=None, **_query):
     header = layouts.page_header(
         "Model architecture",
         subtitle=[
-            html.Span(info.name, className="run-name"),
+            html.Span(layouts.isolate(info.name), className="run-name"),
             " · ",
             info.model_name,
             f" · {len(info.layers)} layers, {total} parameters",
         ],
         crumbs=[
             ("Runs", links.RUNS),
-            (info.name, links.iteration(info.id, 1) if info.num_iterations else None),
+            (
+                layouts.isolate(info.name),
+                links.iteration(info.id, 1) if info.num_iterations else None,
+            ),
             ("Model", None),
         ],
         actions=dcc.Link(

@@ -158,7 +158,7 @@ def runs_table(runs: list[RunInfo], view: dict) -> dbc.Table:
                     html.Td(str(run.id)),
                     html.Td(
                         dcc.Link(
-                            run.name,
+                            layouts.isolate(run.name),
                             href=links.iteration(run.id, 1) if last else links.model(run.id),
                             className="run-name",
                         )
@@ -166,7 +166,7 @@ def runs_table(runs: list[RunInfo], view: dict) -> dbc.Table:
                     html.Td("" if run.seed is None else str(run.seed)),
                     html.Td(run.model_name),
                     html.Td("" if run.learning_rate is None else f"{run.learning_rate:g}"),
-                    html.Td(layouts.status_badge(run.status)),
+                    html.Td(layouts.status_badge(run)),
                     html.Td(str(last), className="num"),
                     html.Td(format_scalar(run.final_loss), className="num"),
                     html.Td(run.started_at.strftime("%Y-%m-%d %H:%M:%S") if run.started_at else ""),
@@ -349,6 +349,11 @@ def compare_bar(view: dict) -> html.Div:
         ],
         className="compare-bar d-flex flex-wrap align-items-center justify-content-between gap-2 mb-2",
     )
+
+
+def validate(**query) -> None:
+    """NotFound for an address whose choices cannot be read (dashapp.status: HTTP 404)."""
+    parse_view(query)
 
 
 @page_layout

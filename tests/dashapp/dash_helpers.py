@@ -218,7 +218,7 @@ def graph_data(tab, selector: str) -> list[dict]:
 
     Heatmaps on the iteration page are drawn once they come near the viewport
     (assets/heatmap_queue.js): a locator is scrolled to first, and a lazy slot is
-    read only once it shows the figure its `data-figure` attribute holds now."""
+    read only once it shows the figure its `data-figure` (or `data-src`) names now."""
     if hasattr(tab, "scroll_into_view_if_needed"):
         tab.first.scroll_into_view_if_needed()
     graph = tab.locator(selector).first
@@ -228,7 +228,8 @@ def graph_data(tab, selector: str) -> list[dict]:
         """(el) => {
             const gd = el.classList.contains('js-plotly-plot') ? el : el.querySelector('.js-plotly-plot');
             if (!gd || !gd._fullData) return false;
-            return !gd.hasAttribute('data-figure') || gd._cnnvizShown === gd.getAttribute('data-figure');
+            const source = gd.getAttribute('data-figure') || gd.getAttribute('data-src');
+            return !source || gd._cnnvizShown === source;
         }""",
         arg=graph.element_handle(),
     )
@@ -241,6 +242,8 @@ def graph_data(tab, selector: str) -> list[dict]:
             const range = gd._fullLayout.yaxis ? gd._fullLayout.yaxis.range : null;
             return gd._fullData.map((t) => ({
                 z: toList(t.z), zmin: t.zmin, zmax: t.zmax, name: t.name, labels: labels,
+                x: toList(t.x), y: toList(t.y), text: toList(t.text),
+                scale: gd._fullLayout.meta ? gd._fullLayout.meta.scale : null,
                 row0_on_top: range ? range[0] > range[1] : null,
             }));
         }""",

@@ -182,3 +182,17 @@ def test_every_name_the_tracer_produces_downloads(client, dash_app, tmp_path):
         "head.weight.grad_before",
     ):
         assert expected in stored, (expected, sorted(stored))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/download/{2**64}/1/conv.weight.npy",
+        f"/download/1/{2**64 + 1}/conv.weight.npy",
+        f"/download/{10**40}/{10**40}/conv.weight.csv",
+        f"/download/{2**63}/1/conv.weight.npy",
+    ],
+)
+def test_ids_beyond_64_bits_are_not_found(client, path):
+    response = client.get(path)
+    assert response.status_code == 404

@@ -182,24 +182,29 @@ def test_iteration_shows_every_step_in_order_with_its_check(pages, store, reques
         "section-loss",
         "section-backward",
         "section-update",
+        "section-whatif",
     ]
     toc = [a.href for a in components(layout, html.A) if (a.href or "").startswith("#step-")]
     assert toc == [f"#step-{n}" for n in range(1, len(record.steps) + 1)]
     assert "Iteration 2 of 3" in text_of(layout)
 
 
-def test_iteration_heatmaps_hold_the_stored_values(pages, store, request_ctx):
+def test_iteration_heatmaps_hold_the_stored_values(pages, dash_app, store, request_ctx):
+    """The page reads no tensor bytes; each slot's figure address serves the stored values."""
     layout = pages.iteration.layout(run="2", it="3")
     record = store.load_iteration(2, 3)
     panels = components(layout, html.Div, "tensor-panel")
     assert panels
+    client = dash_app.server.test_client()
     for panel in panels:
         tensor = record.tensor(getattr(panel, "data-tensor"))
         slots = components(panel, html.Div, "heatmap-slot")
         if not slots:
             continue
+        response = client.get(getattr(slots[0], "data-src"))
+        assert response.status_code == 200
         expected = matrix_view(tensor.array, tensor.shape, role=tensor.role).values
-        np.testing.assert_array_equal(drawn_z(slots[0]), expected)
+        np.testing.assert_array_equal(drawn_z(response.get_data(as_text=True)), expected)
 
 
 def test_iteration_defaults_to_the_latest_run(pages, request_ctx):
@@ -250,32 +255,89 @@ def test_choosing_another_run_goes_to_its_first_iteration(pages):
     assert pages.iteration.choose_run(1, {"run": 1, "it": 3}) is not None  # dash.no_update
 
 
-def test_reslicing_redraws_the_chosen_plane(pages, dash_app, tmp_path, request_ctx):
+def test_a_panel_moves_its_window_and_plane(pages, dash_app, tmp_path, request_ctx):
+    from dashapp import tensorpanel
     from storage import RunInfo, RunWriter, TensorRecord, open_engine
     from storage.records import IterationRecord
 
     path = tmp_path / "nd.db"
     engine = open_engine(path)
     writer = RunWriter.begin(engine, RunInfo(name="nd"))
-    values = np.arange(4 * 3 * 2 * 2, dtype=np.float32).reshape(4, 3, 2, 2)
+    values = np.arange(4 * 3 * 100 * 90, dtype=np.float32).reshape(4, 3, 100, 90)
     writer.add_iteration(
         IterationRecord(1, 0.5, [TensorRecord("x.out", "activation", values, layer="x")], [])
     )
     writer.finish()
     engine.dispose()
-    inputs = [
-        {"id": {"type": "tensor-slice", "panel": "p", "axis": 0}, "property": "value", "value": 3},
-        {"id": {"type": "tensor-slice", "panel": "p", "axis": 1}, "property": "value", "value": 2},
+    ids = tensorpanel.TensorPanel.ids
+    lead = [
+        {"id": ids.lead("p", 0), "property": "value", "value": 3},
+        {"id": ids.lead("p", 1), "property": "value", "value": 2},
     ]
+
+    def offsets(row, col):
+        return [
+            {"id": ids.offset("p", "row"), "property": "value", "value": row},
+            {"id": ids.offset("p", "col"), "property": "value", "value": col},
+        ]
+
+    state = {
+        "run": 1,
+        "it": 1,
+        "name": "x.out",
+        "shape": [4, 3, 100, 90],
+        "role": "activation",
+        "stored": values.size,
+        "lead": [0, 0],
+        "row0": 0,
+        "col0": 0,
+    }
     with using_store(dash_app, path):
-        figure_json, caption = run_callback(
-            pages.iteration.reslice,
+        src, caption, shown, new = run_callback(
+            tensorpanel.change_view,
             [3, 2],
-            {"run": 1, "it": 1, "name": "x.out"},
-            inputs_list=[inputs],
+            [1, 1],
+            [0, 0, 0, 0],
+            None,
+            state,
+            triggered="lead",
+            inputs_list=[lead, offsets(1, 1)],
         )
-    np.testing.assert_array_equal(drawn_z(figure_json), values[2, 1])
-    assert caption == "sample 3 of 4; channel 2 of 3"
+        assert caption == "sample 3 of 4; channel 2 of 3; rows 1–64 of 100; columns 1–64 of 90"
+        z = drawn_z(dash_app.server.test_client().get(src).get_data(as_text=True))
+        np.testing.assert_array_equal(z, values[2, 1, :64, :64])
+        # rows from 80 is clamped so that the window stays inside the plane (rows 37-100)
+        src, caption, shown, new = run_callback(
+            tensorpanel.change_view,
+            [3, 2],
+            [80, 30],
+            [0, 0, 0, 0],
+            None,
+            new,
+            inputs_list=[lead, offsets(80, 30)],
+        )
+        assert shown == [37, 27] and (new["row0"], new["col0"]) == (36, 26)
+        z = drawn_z(dash_app.server.test_client().get(src).get_data(as_text=True))
+        np.testing.assert_array_equal(z, values[2, 1, 36:100, 26:90])
+
+
+def test_a_view_in_the_url_opens_that_window(pages, dash_app, store, request_ctx):
+    layout = pages.iteration.layout(run="1", it="1", **{"t.conv.out": "1,1@1,1"})
+    assert components(layout, html.Div, "tensor-panel")
+    assert_not_found(pages.iteration.layout(run="1", it="1", **{"t.nope": "@1,1"}), "nope")
+    assert_not_found(pages.iteration.layout(run="1", it="1", **{"t.conv.out": "x"}), "view")
+    client = dash_app.server.test_client()
+    assert client.get("/iteration?run=1&it=1").status_code == 200
+    for address in (
+        "/iteration?run=999",
+        "/iteration?run=1&it=99",
+        "/iteration?run=1&it=1&t.nope=@1,1",
+        "/model?run=999",
+        "/?seed=x",
+        "/no-such-page",
+        "/figure/1/1/nope.json",
+    ):
+        assert client.get(address).status_code == 404, address
 
 
 # ---------------------------------------------------------------- model
@@ -401,6 +463,29 @@ def test_compare_explains_a_gradient_that_vanished(pages, store, request_ctx):
     assert "all zeros" not in text_of(pages.compare.stats_block(grad, grad))
 
 
+def test_a_run_whose_writer_died_is_stale_and_not_polled(
+    pages, dash_app, dash_store, tmp_path, request_ctx
+):
+    import sqlite3
+    import subprocess
+
+    live = copy_store(dash_store, tmp_path / "dead.db")
+    run_id, writer = clone_run(live, 1, name="dead", seed=5, iterations=1, finish=False)
+    writer.engine.dispose()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that has exited (and been reaped): the writer is dead
+    with sqlite3.connect(live) as conn:
+        conn.execute("UPDATE runs SET writer_pid = ? WHERE id = ?", (gone.pid, run_id))
+    conn.close()
+    with using_store(dash_app, live) as store:
+        assert store.get_run(run_id).status == "stale"
+        layout = pages.iteration.layout(run=str(run_id))
+        assert "still being traced" not in text_of(layout)
+        assert components(layout, dcc.Interval)[0].disabled is True
+        _, status, stop = pages.iteration.poll(1, {"run": run_id, "it": None})
+        assert status.children == "stale" and stop is True
+
+
 def test_an_unexplained_iteration_shows_its_raw_tensors_and_says_how_to_explain(
     pages, dash_app, tmp_path, request_ctx
 ):
@@ -415,3 +500,19 @@ def test_an_unexplained_iteration_shows_its_raw_tensors_and_says_how_to_explain(
     assert "cnnviz trace --explain background" in text
     assert "conv.out" in text and "fc.weight.grad" in text  # the raw tensors are there
     assert "not explained; tensors as captured" in text
+
+
+def test_iteration_whatif_recomputes_the_update_for_another_learning_rate(pages, request_ctx):
+    layout = pages.iteration.layout(run="1", it="2")
+    assert [c for c in components(layout, html.Section) if c.id == "section-whatif"]
+    ref = {"run": 1, "it": 2, "count": 3}
+    result = run_callback(
+        pages.iteration.whatif, 1, 0.5, ref, triggered="iteration-whatif-go.n_clicks"
+    )
+    names = [c.children for c in components(result, html.Code)]
+    assert names == ["conv.weight.next", "conv.bias.next", "fc.weight.next", "fc.bias.next"]
+    assert len(components(result, dcc.Graph)) == 8
+    refused = run_callback(
+        pages.iteration.whatif, 1, -1, ref, triggered="iteration-whatif-go.n_clicks"
+    )
+    assert "positive number" in refused.children

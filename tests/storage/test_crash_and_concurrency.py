@@ -45,8 +45,9 @@ def test_sigkill_keeps_committed_iterations(db_path, cli_env):
     with RunStore(db_path) as store:
         assert store.integrity_check() == "ok"
         (run,) = store.list_runs()
-        # Unfinished and recognisable as such: still 'running', never finished.
-        assert run.status == "running" and run.finished_at is None
+        # Unfinished and recognisable as such: never finished, and its writer is gone.
+        assert run.status == "stale" and run.finished_at is None
+        assert f"pid {proc.pid}" in run.error
         summaries = store.iterations(run.id)
         assert len(summaries) >= 5 and run.num_iterations == len(summaries)
         assert [s.index for s in summaries] == list(range(1, len(summaries) + 1))
@@ -66,7 +67,48 @@ def test_sigkill_keeps_committed_iterations(db_path, cli_env):
     )
     assert done.returncode == 0, done.stderr
     with RunStore(db_path) as store:
-        assert [r.status for r in store.list_runs()] == ["running", "completed"]
+        assert [r.status for r in store.list_runs()] == ["stale", "completed"]
+    pruned = subprocess.run(
+        [sys.executable, "-m", "tracer.cli", "runs", "--prune-stale", "--db", str(db_path)],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert pruned.returncode == 0, pruned.stderr
+    assert pruned.stdout.startswith(f"run 1: marked interrupted (its writer (pid {proc.pid})")
+    with RunStore(db_path) as store:
+        first, second = store.list_runs()
+        assert (first.status, second.status) == ("interrupted", "completed")
+        assert first.finished_at is not None and first.error.startswith("stale: ")
+        assert store.integrity_check() == "ok"
+
+
+def test_sigterm_ends_a_trace_like_ctrl_c(db_path, cli_env):
+    proc = subprocess.Popen(
+        [*TRACE, "--db", str(db_path), "--epochs", "100000", "--seed", "5"],
+        env=cli_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while _committed_iterations(db_path) < 3:
+            assert proc.poll() is None, "the trace process ended before it was terminated"
+            assert time.monotonic() < deadline, "no iterations committed in time"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert err.splitlines()[-1] == "cnnviz: terminated; committed iterations are kept"
+    with RunStore(db_path) as store:
+        (run,) = store.list_runs()
+        assert run.status == "interrupted" and run.finished_at is not None
+        assert run.num_iterations == len(store.iterations(run.id)) >= 3
+        assert store.integrity_check() == "ok"
 
 
 def test_concurrent_writers_all_succeed(db_path, cli_env):
@@ -137,7 +179,8 @@ def test_sigkill_with_iterations_in_the_queue_keeps_committed_ones_whole(db_path
     with RunStore(db_path) as store:
         assert store.integrity_check() == "ok"
         (run,) = store.list_runs()
-        assert run.status == "running" and run.finished_at is None
+        # Never finished, and its writer is gone: it reads as stale.
+        assert run.status == "stale" and run.finished_at is None
         summaries = store.iterations(run.id)
         # The committed iterations are the first ones, in order; those in the queue are lost.
         assert 3 <= len(summaries) < handed

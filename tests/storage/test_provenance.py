@@ -100,3 +100,93 @@ def test_bad_cells_say_why(seed_run):
         _explain(run, records[0], "fc.out", (0, 9))
     with pytest.raises(NotExplained, match="not stored whole"):
         _explain(run, records[0], "no.such", (0,))
+
+
+def test_a_cell_that_reads_a_truncated_tensor_says_so(seed_run):
+    import copy
+
+    run, records = seed_run
+    record = copy.deepcopy(records[0])
+    weight = record.tensor("fc.weight")
+    weight.array = weight.array.reshape(-1)[:3]  # what a storage bound keeps: a prefix
+    with pytest.raises(NotExplained, match="reads fc.weight, which is not stored whole"):
+        _explain(run, record, "fc.out", (0, 1))
+    with pytest.raises(NotExplained, match="fc.weight is not stored whole"):
+        _explain(run, record, "fc.weight", (0, 0))
+
+
+def test_a_momentum_update_reads_the_stored_buffer(tmp_path):
+    from tracer.train import run_builtin
+
+    db = tmp_path / "momentum.db"
+    run_builtin(seed=0, db=db, optimizer="momentum", iterations=2)
+    with RunStore(db) as store:
+        run = store.get_run(1)
+        record = store.load_iteration(1, 2)
+    for tensor in record.tensors:
+        if not tensor.name.endswith(".next"):
+            continue
+        for index in itertools.product(*(range(d) for d in tensor.array.shape)):
+            prov = _explain(run, record, tensor.name, index)
+            assert prov.matches and "w - η v" in prov.formula, prov.formula
+            assert (
+                prov.terms[1].tensor == tensor.name.removesuffix(".next") + ".state.momentum_buffer"
+            )
+
+
+def test_long_sums_are_written_with_their_ends_and_computed_whole():
+    from storage.provenance import MAX_WRITTEN_TERMS, Term, _dot
+
+    a = [Term("x", (i,), float(i)) for i in range(400)]
+    b = [Term("w", (i,), 1.0) for i in range(400)]
+    total, text = _dot(a, b)
+    assert total == sum(range(400))
+    assert text.count(")(") == MAX_WRITTEN_TERMS  # products written out
+    assert "… (388 more terms)" in text and text.endswith("(398)(1) + (399)(1)")
+
+
+def test_small_cnn_batchnorm_and_dropout_cells_recompute(tmp_path):
+    """small-cnn adds BatchNorm2d and Dropout: 20 random cells of every tensor a step
+    computes (plus its first and last cell), recomputed and checked."""
+    import random
+
+    from tracer.train import run_builtin
+
+    db = tmp_path / "small.db"
+    run_builtin(
+        model_name="small-cnn",
+        seed=0,
+        db=db,
+        samples=4,
+        batch_size=4,
+        iterations=1,
+        max_elements=None,
+    )
+    with RunStore(db) as store:
+        run = store.get_run(1)
+        record = store.load_iteration(1, 1)
+    rng = random.Random(0)
+    givens = {"input", "target", "dropout.mask"} | {
+        t.name for t in record.tensors if t.role == "param" or t.name.endswith(".before")
+    }
+    kinds = set()
+    for tensor in record.tensors:
+        cells = list(itertools.product(*(range(d) for d in tensor.array.shape)))
+        picked = {cells[0], cells[-1], *rng.sample(cells, min(20, len(cells)))}
+        for index in picked:
+            if tensor.name in givens:
+                with pytest.raises(NotExplained):
+                    _explain(run, record, tensor.name, index)
+                continue
+            prov = _explain(run, record, tensor.name, index)
+            assert prov.matches, (tensor.name, index, prov.formula)
+            kinds.add(prov.kind)
+    assert {
+        "bn-mean",
+        "bn-var",
+        "bn-normalise",
+        "bn-affine",
+        "bn-running",
+        "bn-input-grad",
+    } <= kinds
+    assert {"dropout", "dropout-grad", "bn-weight-grad"} <= kinds

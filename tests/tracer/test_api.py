@@ -628,3 +628,35 @@ def test_gradient_accumulation_checks_this_iterations_contribution(tmp_path):
     total = record.tensor("0.weight.grad").array
     np.testing.assert_allclose(total, 2 * before, rtol=1e-6)  # the same batch twice
     assert any("grad_before" in w for w in record.warnings)
+
+
+def test_clipped_gradients_are_checked_unclipped_and_the_update_with_them(tmp_path):
+    """clip_grad_norm_ scales .grad between backward and step (a trainer's max_grad_norm):
+    the backward steps check what backward computed, the update uses the clipped .grad."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(8, 3) * 5, torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    with pytest.warns(TraceWarning, match="gradient clipping"):
+        with Trace(model, optimizer, criterion, db=tmp_path / "r.db", strict=True) as run:
+            with run.iteration():
+                optimizer.zero_grad()
+                criterion(model(x), y).backward()
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.01)
+                optimizer.step()
+    assert norm > 0.01  # it did clip
+    with RunStore(tmp_path / "r.db") as store:
+        record = store.load_iteration(run.run_id, 1)
+    checked = [s for s in record.steps if s.verified is not None]
+    assert {s.phase for s in checked} == {"forward", "backward", "update"}
+    assert all(s.verified for s in checked), [s.title for s in checked if not s.verified]
+    assert not any(t.name.endswith(".grad_before") for t in record.tensors)
+    clipped = np.sqrt(
+        sum(
+            np.sum(t.array.astype(np.float64) ** 2)
+            for t in record.tensors
+            if t.role == "param_grad"
+        )
+    )
+    assert clipped == pytest.approx(0.01, rel=1e-4)  # the stored .grad is the clipped one

@@ -27,7 +27,10 @@ def example(name: str) -> dict:
 
 
 def needs(module: str) -> None:
-    """Skip without the optional package, or fail under CI, where the extras are installed."""
+    """Skip without the optional package, or fail under CI, where scripts/test.sh installs
+    the extras (unless told to leave them out with CNNVIZ_SKIP_INTEGRATIONS=1)."""
+    if os.environ.get("CNNVIZ_SKIP_INTEGRATIONS") == "1":
+        pytest.skip("CNNVIZ_SKIP_INTEGRATIONS=1")
     if importlib.util.find_spec(module) is None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{module} is not installed (scripts/test.sh installs it)")
@@ -170,3 +173,47 @@ def test_huggingface_callback_traces_every_other_step(tmp_path):
         loss = record.tensor("cross_entropy.out").array
         assert record.loss == pytest.approx(float(np.asarray(loss).reshape(-1)[0]))
     assert_verified(records)
+
+
+def test_huggingface_callback_closes_a_failed_run(tmp_path):
+    needs("transformers")
+    needs("accelerate")
+    from transformers import Trainer, TrainingArguments
+
+    from tracer.huggingface import CnnvizCallback
+
+    module = example("huggingface_callback")
+
+    class Breaks(module["TinyClassifier"]):
+        calls = 0
+
+        def forward(self, features, labels=None):
+            Breaks.calls += 1
+            if Breaks.calls == 3:
+                raise RuntimeError("out of memory, say")
+            return super().forward(features, labels)
+
+    torch.manual_seed(0)
+    rows = [{"features": torch.randn(4), "labels": i % 3} for i in range(32)]
+    model, callback = Breaks(), CnnvizCallback(tmp_path / "runs.db", name="breaks")
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=5,
+        per_device_train_batch_size=8,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[callback])
+    with pytest.raises(RuntimeError, match="out of memory"):
+        try:
+            trainer.train()
+        except BaseException as exc:
+            callback.close(error=exc)
+            raise
+    info, records = stored(tmp_path / "runs.db", callback.trace.run_id)
+    assert info.status == "failed" and "out of memory" in info.error
+    assert [r.index for r in records] == [1, 2]
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())

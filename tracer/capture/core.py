@@ -134,6 +134,13 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
         for handle in self._tensor_handles:
             handle.remove()
         self._tensor_handles.clear()
+        grad_scale = self._grad_scale()
+        if grad_scale is not None:
+            self._problem(
+                "the gradients were scaled between backward and optimizer.step() (gradient "
+                "clipping): the update steps use the scaled .grad, the backward steps check "
+                "the gradient backward computed"
+            )
         captured = CapturedIteration(
             calls=self._calls,
             values=self._values,
@@ -141,7 +148,8 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
             params=self._params,
             param_grads=self._param_grads,
             grad_increments=self._grad_increments,
-            grads_at_start=self._grads_before(),
+            grads_at_start=self._grads_before(grad_scale),
+            grad_scale=grad_scale,
             params_after=self._params_after,
             state_before=self._state_before,
             state_after=self._state_after,

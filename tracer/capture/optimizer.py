@@ -31,14 +31,43 @@ class OptimizerHooks:
 
         return hook
 
-    def _grads_before(self) -> dict[str, np.ndarray]:
+    def _grad_scale(self) -> float | None:
+        """The factor 0 < c < 1 when, for every parameter, .grad at the step was c times
+        what this iteration's backward computed: the gradients were clipped
+        (clip_grad_norm_, a trainer's max_grad_norm) or scaled between backward and
+        optimizer.step(). None when they were not, or not all by one factor."""
+        factor = None
+        for name, increment in self._grad_increments.items():
+            total = self._param_grads.get(name)
+            if total is None or total.shape != increment.shape or increment.dtype.kind != "f":
+                return None
+            inc, tot = increment.astype(np.float64), total.astype(np.float64)
+            norm = float(np.sum(inc * inc))
+            if norm == 0.0:
+                continue
+            c = float(np.sum(tot * inc)) / norm
+            scale = max(float(np.max(np.abs(tot))), 1e-30)
+            if not np.allclose(tot, c * inc, rtol=1e-5, atol=1e-6 * scale):
+                return None
+            if factor is not None and not np.isclose(c, factor, rtol=1e-4):
+                return None
+            factor = c if factor is None else factor
+        if factor is None or not 0.0 < factor < 1.0 or np.isclose(factor, 1.0, rtol=1e-6):
+            return None  # clipping only shrinks; c > 1 is accumulation (the same batch twice)
+        return factor
+
+    def _grads_before(self, grad_scale: float | None = None) -> dict[str, np.ndarray]:
+        if grad_scale is not None:
+            return {}  # clipped, not accumulated: nothing was there before
         before = {}
         for name, increment in self._grad_increments.items():
             total = self._param_grads.get(name)
             if (
                 total is not None
                 and total.shape == increment.shape
-                and not np.array_equal(total, increment)
+                and not np.array_equal(
+                    total, increment, equal_nan=True
+                )  # NaN grads: diverged, not accumulated
             ):
                 before[name] = total - increment
         return before

@@ -87,6 +87,8 @@ class CapturedIteration:
     # the part that was there before.
     grad_increments: dict[str, np.ndarray] = field(default_factory=dict)
     grads_at_start: dict[str, np.ndarray] = field(default_factory=dict)
+    # .grad = grad_scale x this iteration's gradient at the step (gradient clipping)
+    grad_scale: float | None = None
     problems: list[str] = field(default_factory=list)  # what the hooks could not capture
 
 

@@ -1,0 +1,427 @@
+"""Benchmark: the store for a team (issue 9), on SQLite and on PostgreSQL.
+
+Three figures, each on a SQLite file and on a throwaway PostgreSQL server started
+from Debian's `postgresql` package (tests/pg_server.py):
+
+1. writers: `--writers` processes (default 8) each write `--iterations` (50)
+   iterations of one run into one store at once, through `Store.open(..., "w")`;
+   an iteration is 60 tensors and 23 steps, the shape of a seed-CNN iteration.
+   Reports iterations stored / expected (lost = expected - stored), lock errors
+   and wall time.
+2. kills: `--kills` times (default 30), a writer process is SIGKILLed at a random
+   moment 0.05-1.5 s after its run began; afterwards the store must pass the integrity check, and
+   every committed iteration must be whole: all its tensors and steps, bytes that
+   decode, `num_iterations` equal to the iterations stored. The dead run must read
+   as `stale`.
+3. load: `--clients` (default 50) HTTP clients for `--seconds` (default 60) against
+   gunicorn (`--server-settings`, default the documented production settings) while
+   `cnnviz trace` keeps writing into the same store. Each client loops over the runs
+   page, a seed-CNN iteration page and a LeNet-5 iteration page, POSTing the Dash
+   page-content callback (what a browser asks for when it opens the page). Reports
+   p50/p95 per page and errors.
+
+    .venv/bin/python bench/bench_store.py [--kills 30] [--seconds 60] [--only sqlite]
+
+Numbers are for the machine they run on: report the load figures with the core
+count and what else was running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+import numpy as np  # noqa: E402
+import pg_server  # noqa: E402
+
+from storage import RunInfo, Store  # noqa: E402
+from storage.records import IterationRecord, StepRecord, TensorRecord  # noqa: E402
+
+PYTHON = sys.executable
+# The default production settings documented in docs/team.md.
+DEFAULT_SERVER = "--workers 2 --threads 8 --timeout 120"
+TENSORS, STEPS = 60, 23
+
+
+def make_iteration(index: int, rng: np.random.Generator) -> IterationRecord:
+    tensors = [
+        TensorRecord(f"t{k}", "activation", rng.standard_normal(64 + 16 * k).astype(np.float32))
+        for k in range(TENSORS)
+    ]
+    steps = [
+        StepRecord(
+            "layer",
+            "forward",
+            f"step {k}",
+            "y = x",
+            "y = 1",
+            inputs=[f"t{k}"],
+            outputs=[f"t{k + 1}"],
+            reference="bench",
+            max_abs_diff=0.0,
+            verified=True,
+        )
+        for k in range(STEPS)
+    ]
+    return IterationRecord(index=index, loss=float(rng.random()), tensors=tensors, steps=steps)
+
+
+def writer_main(location: str, iterations: int, seed: int) -> None:
+    """One writer process: a run of `iterations` iterations (0 = until killed)."""
+    rng = np.random.default_rng(seed)
+    with Store.open(location, mode="w") as store:
+        writer = store.begin_run(RunInfo(name=f"writer-{seed}", seed=seed))
+        index = 0
+        while iterations == 0 or index < iterations:
+            index += 1
+            writer.add_iteration(make_iteration(index, rng))
+        writer.finish()
+
+
+def spawn_writer(location: str, iterations: int, seed: int) -> subprocess.Popen:
+    code = (
+        "import sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/bench']\n"
+        "from bench_store import writer_main\n"
+        "writer_main(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))\n"
+    )
+    return subprocess.Popen(
+        [PYTHON, "-c", code, str(REPO), location, str(iterations), str(seed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+# ---------------------------------------------------------------- 1. writers
+
+
+def bench_writers(location: str, writers: int, iterations: int) -> dict:
+    start = time.perf_counter()
+    procs = [spawn_writer(location, iterations, seed) for seed in range(writers)]
+    errors = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=1800)
+        if proc.returncode:
+            errors.append(
+                err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"
+            )
+    wall = time.perf_counter() - start
+    with Store.open(location) as store:
+        runs = store.list_runs()
+        stored = sum(len(store.iterations(r.id)) for r in runs)
+        whole = all(r.num_iterations == iterations and r.status == "completed" for r in runs)
+    expected = writers * iterations
+    return dict(
+        expected=expected,
+        stored=stored,
+        lost=expected - stored,
+        errors=errors,
+        runs_complete=whole,
+        wall_s=round(wall, 1),
+    )
+
+
+# ---------------------------------------------------------------- 2. kills
+
+
+def check_whole(location: str) -> tuple[bool, str]:
+    with Store.open(location) as store:
+        integrity = store.integrity_check()
+        if integrity != "ok":
+            return False, f"integrity: {integrity}"
+        for run in store.list_runs():
+            summaries = store.iterations(run.id)
+            if run.num_iterations != len(summaries):
+                return False, f"run {run.id}: {run.num_iterations} counted, {len(summaries)} stored"
+            if [s.index for s in summaries] != list(range(1, len(summaries) + 1)):
+                return False, f"run {run.id}: iterations not contiguous"
+            if run.status not in ("stale", "completed"):
+                return False, f"run {run.id}: status {run.status}"
+            for summary in summaries:
+                record = store.load_iteration(run.id, summary.index)
+                if len(record.tensors) != TENSORS or len(record.steps) != STEPS:
+                    return False, f"run {run.id} iteration {summary.index} is not whole"
+                for k, tensor in enumerate(record.tensors):
+                    if tensor.array.size != 64 + 16 * int(tensor.name[1:]):
+                        return False, f"run {run.id} tensor {k} has the wrong size"
+    return True, "ok"
+
+
+def _run_count(location: str) -> int:
+    with Store.open(location) as store:
+        return len(store.list_runs())
+
+
+def bench_kills(location: str, kills: int, rng: random.Random) -> dict:
+    intact, problems, committed = 0, [], []
+    Store.open(location, mode="w").close()  # the schema, so that a check can follow any kill
+    for k in range(kills):
+        proc = spawn_writer(location, 0, 1000 + k)
+        deadline = time.monotonic() + 120
+        while _run_count(location) <= k and proc.poll() is None:  # its run has begun
+            if time.monotonic() > deadline:
+                raise SystemExit("a writer did not begin its run within 120 s")
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.05, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        ok, why = check_whole(location)
+        intact += ok
+        if not ok:
+            problems.append(f"kill {k + 1}: {why}")
+    with Store.open(location) as store:
+        runs = store.list_runs()
+        committed = [r.num_iterations for r in runs]
+        stale = sum(r.status == "stale" for r in runs)
+    return dict(
+        kills=kills,
+        intact_after=intact,
+        problems=problems[:5],
+        stale_runs=stale,
+        committed_iterations_total=sum(committed),
+        runs_with_no_iteration=sum(c == 0 for c in committed),
+    )
+
+
+# ---------------------------------------------------------------- 3. load
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def cnnviz(*args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "-m", "tracer.cli", *args], cwd=REPO, env=env, capture_output=True, text=True
+    )
+
+
+def build_load_store(location: str) -> dict:
+    for args in (
+        ["--seed", "0"],
+        ["--seed", "1"],
+        ["--model", "lenet5", "--iterations", "3", "--seed", "0"],
+    ):
+        result = cnnviz("trace", "--db", location, *args)
+        if result.returncode:
+            raise SystemExit(f"tracing failed: {result.stderr[-2000:]}")
+    with Store.open(location) as store:
+        runs = store.list_runs()
+    seed = next(r for r in runs if r.model_name == "seed-cnn")
+    lenet = next(r for r in runs if r.model_name == "lenet5")
+    return {
+        "runs": ("/", ""),
+        "seed iteration": ("/iteration", f"?run={seed.id}&it=2"),
+        "lenet5 iteration": ("/iteration", f"?run={lenet.id}&it=2"),
+    }
+
+
+def page_bodies(base: str, pages: dict) -> dict[str, bytes]:
+    deps = json.loads(urllib.request.urlopen(f"{base}/_dash-dependencies", timeout=60).read())
+    dep = next(d for d in deps if "_pages_content.children" in d["output"])
+    outputs = [
+        {"id": o.rsplit(".", 1)[0], "property": o.rsplit(".", 1)[1]}
+        for o in dep["output"].strip(".").split("...")
+    ]
+    bodies = {}
+    for label, (path, search) in pages.items():
+        values = {"pathname": path, "search": search, "hash": "", "href": base + path + search}
+        body = dict(
+            output=dep["output"],
+            outputs=outputs,
+            inputs=[dict(i, value=values.get(i["property"])) for i in dep["inputs"]],
+            changedPropIds=[f"{dep['inputs'][0]['id']}.{dep['inputs'][0]['property']}"],
+            state=[dict(s, value=None) for s in dep.get("state", [])],
+        )
+        bodies[label] = json.dumps(body).encode()
+    return bodies
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def bench_load(location: str, clients: int, seconds: float, settings: str) -> dict:
+    pages = build_load_store(location)
+    port = free_port()
+    env = dict(os.environ, CNNVIZ_DB=location, PYTHONPATH=str(REPO))
+    gunicorn = Path(PYTHON).with_name("gunicorn")
+    server = subprocess.Popen(
+        [str(gunicorn), *settings.split(), "--bind", f"127.0.0.1:{port}", "dashapp.wsgi:server"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    trace = None
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(base + "/", timeout=10).read()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(
+                        f"gunicorn did not start: {server.stderr.read()[-2000:]}"
+                    ) from None
+                time.sleep(0.5)
+        bodies = page_bodies(base, pages)
+        # Warm every worker: each builds its app on its first request.
+        for _ in range(4):
+            for body in bodies.values():
+                _post(base, body)
+        trace = subprocess.Popen(
+            [PYTHON, "-m", "tracer.cli", "trace", "--db", location, "--epochs", "100000"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 180
+        while _writing(location) is None:  # the load starts once the trace writes
+            if trace.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the background trace did not start writing")
+            time.sleep(0.2)
+        written_before = _writing(location)
+        samples: dict[str, list[float]] = {label: [] for label in bodies}
+        errors: list[str] = []
+        stop_at = time.monotonic() + seconds
+        labels = list(bodies)
+
+        def client(k: int) -> None:
+            turn = k
+            while time.monotonic() < stop_at:
+                label = labels[turn % len(labels)]
+                turn += 1
+                start = time.perf_counter()
+                try:
+                    _post(base, bodies[label])
+                    samples[label].append(time.perf_counter() - start)
+                except Exception as exc:  # counted, not fatal
+                    errors.append(f"{label}: {type(exc).__name__}: {exc}"[:200])
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        written = (_writing(location) or 0) - written_before
+    finally:
+        if trace is not None:
+            trace.send_signal(signal.SIGTERM)
+            trace.wait(timeout=60)
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    return dict(
+        server=f"gunicorn {settings}",
+        clients=clients,
+        seconds=seconds,
+        trace_iterations_written_meanwhile=written,
+        errors=len(errors),
+        first_errors=errors[:3],
+        pages={
+            label: dict(
+                requests=len(times),
+                p50_ms=round(1000 * statistics.median(times), 1) if times else None,
+                p95_ms=round(1000 * percentile(times, 0.95), 1) if times else None,
+            )
+            for label, times in samples.items()
+        },
+    )
+
+
+def _writing(location: str) -> int | None:
+    """Iterations of the run being traced, once it has stored one."""
+    with Store.open(location) as store:
+        counts = [r.num_iterations for r in store.list_runs() if r.status == "running"]
+    return counts[0] if counts and counts[0] > 0 else None
+
+
+def _post(base: str, body: bytes) -> None:
+    request = urllib.request.Request(
+        f"{base}/_dash-update-component",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}")
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--writers", type=int, default=8)
+    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--kills", type=int, default=30)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--server-settings", default=DEFAULT_SERVER)
+    parser.add_argument("--only", choices=["sqlite", "postgresql"], default=None)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["writers", "kills", "load"])
+    parser.add_argument("--seed", type=int, default=0, help="seeds the kill times")
+    args = parser.parse_args()
+
+    rng = random.Random(args.seed)
+    report: dict = {"cores": os.cpu_count(), "load_average": os.getloadavg()}
+    server = None
+    tmp = Path(tempfile.mkdtemp(prefix="cnnviz-bench-store-"))
+    try:
+        backends = ["sqlite", "postgresql"] if args.only is None else [args.only]
+        if "postgresql" in backends:
+            server = pg_server.PgServer().start()
+
+        def location(name: str, backend: str) -> str:
+            if backend == "sqlite":
+                return str(tmp / f"{name}.db")
+            return server.create_database()
+
+        for backend in backends:
+            out = report.setdefault(backend, {})
+            if "writers" not in args.skip:
+                out["writers"] = bench_writers(
+                    location("writers", backend), args.writers, args.iterations
+                )
+                print(backend, "writers", json.dumps(out["writers"]), flush=True)
+            if "kills" not in args.skip:
+                out["kills"] = bench_kills(location("kills", backend), args.kills, rng)
+                print(backend, "kills", json.dumps(out["kills"]), flush=True)
+            if "load" not in args.skip:
+                out["load"] = bench_load(
+                    location("load", backend), args.clients, args.seconds, args.server_settings
+                )
+                print(backend, "load", json.dumps(out["load"]), flush=True)
+    finally:
+        if server is not None:
+            server.stop()
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""The store on a real PostgreSQL server (started by the suite, see tests/pg_server.py):
+the same tables and views, BYTEA tensors, read-only readers, the documented queries,
+concurrent writers and a killed writer."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, text
+
+from storage import RunInfo, Store, StoreError, TensorRecord, schema
+from storage.records import IterationRecord
+
+DOC = (Path(__file__).resolve().parents[2] / "docs" / "schema.md").read_text()
+QUERIES = re.findall(r"```sql\n(.*?)```", DOC, flags=re.S)
+TRACE = [sys.executable, "-m", "tracer.cli", "trace"]
+
+
+def _title(query: str) -> str:
+    return re.findall(r"^### (.+)$", DOC[: DOC.index(query)], flags=re.M)[-1]
+
+
+@pytest.fixture(scope="module")
+def pg_seed_store(postgres_server, seed_store):
+    """The seed CNN traced with seeds 0 and 1 into PostgreSQL, as `seed_store` is in SQLite."""
+    from tracer.train import run_builtin
+
+    url = postgres_server.create_database()
+    for seed in (0, 1):
+        run_builtin(seed=seed, db=url, strict=True)
+    yield url
+    postgres_server.drop_database(url)
+
+
+def _column_types(url: str) -> dict[tuple[str, str], str]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT table_name, column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema = 'public'"
+                )
+            )
+            return {(t, c): d for t, c, d in rows}
+    finally:
+        engine.dispose()
+
+
+def test_round_trip_with_bytea_and_64_bit_seeds(pg_url):
+    array = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    with Store.open(pg_url, mode="w") as store:
+        assert store.dialect == "postgresql"
+        writer = store.begin_run(RunInfo(name="pg", seed=2**32 - 1))
+        writer.add_iteration(
+            IterationRecord(
+                index=1, loss=0.25, tensors=[TensorRecord("w", "param", array)], steps=[]
+            )
+        )
+        writer.finish()
+    types = _column_types(pg_url)
+    assert types[("tensor_data", "data")] == "bytea"
+    assert types[("runs", "seed")] == "bigint"
+    with Store.open(pg_url) as store:
+        (run,) = store.list_runs()
+        assert (run.name, run.seed, run.status) == ("pg", 2**32 - 1, "completed")
+        np.testing.assert_array_equal(store.load_tensor(run.id, 1, "w").array, array)
+        assert store.load_tensor(2**64, 1, "w") is None
+        assert store.integrity_check() == "ok"
+
+
+def test_readers_get_read_only_transactions(pg_url):
+    with Store.open(pg_url, mode="w") as store:
+        store.begin_run(RunInfo(name="keep")).finish()
+    with Store.open(pg_url) as store:
+        with pytest.raises(Exception, match="read-only transaction"):
+            with store.engine.begin() as conn:
+                conn.exec_driver_sql("UPDATE runs SET name = 'changed'")
+        assert store.list_runs()[0].name == "keep"
+
+
+def test_an_empty_database_is_not_created_by_a_reader(pg_url):
+    with Store.open(pg_url) as store:
+        assert store.list_runs() == []
+    assert _column_types(pg_url) == {}
+
+
+def test_a_damaged_or_old_store_is_refused_in_one_line(pg_url):
+    with Store.open(pg_url, mode="w") as store:
+        store.begin_run(RunInfo(name="keep")).finish()
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP VIEW tensor_elements")
+    for mode in ("r", "w"):
+        with pytest.raises(StoreError, match="damaged store: view tensor_elements is missing"):
+            Store.open(pg_url, mode=mode)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE VIEW tensor_elements AS {schema.views('postgresql')['tensor_elements']}"
+        )
+        conn.exec_driver_sql(f"UPDATE {schema.VERSION_TABLE} SET version_num = '0001'")
+    engine.dispose()
+    for mode in ("r", "w"):
+        with pytest.raises(StoreError, match="upgrade it with `cnnviz db upgrade --db postgres"):
+            Store.open(pg_url, mode=mode)
+
+
+def test_db_upgrade_creates_the_schema_in_an_empty_database(pg_url, cli_env):
+    result = subprocess.run(
+        [sys.executable, "-m", "tracer.cli", "db", "upgrade", "--db", pg_url],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "created the store schema" in result.stdout
+    with Store.open(pg_url) as store:
+        assert store.list_runs() == []
+
+
+@pytest.mark.parametrize("query", QUERIES, ids=[_title(q) for q in QUERIES])
+def test_documented_queries_give_the_same_rows_on_both(pg_seed_store, seed_store, query):
+    lite = sqlite3.connect(f"file:{seed_store}?mode=ro", uri=True)
+    expected = lite.execute(query).fetchall()
+    lite.close()
+    engine = create_engine(pg_seed_store)
+    raw = engine.raw_connection()  # as psql would send it: no parameters, so '%' is modulo
+    try:
+        cursor = raw.cursor()
+        cursor.execute(query)
+        got = [tuple(row) for row in cursor.fetchall()]
+    finally:
+        raw.close()
+        engine.dispose()
+    assert len(got) == len(expected), _title(query)
+    if "LIMIT" in query:
+        # Ties in the sort key may come in either order: compare the numbers only.
+        got, expected = [_numbers(r) for r in got], [_numbers(r) for r in expected]
+    else:
+        got, expected = sorted(map(_normal, got)), sorted(map(_normal, expected))
+    assert got == expected, _title(query)
+
+
+def _numbers(row) -> tuple:
+    return tuple(_normal_value(v) for v in row if isinstance(v, float))
+
+
+def _normal(row) -> tuple:
+    return tuple(_normal_value(v) for v in row)
+
+
+def _normal_value(value):
+    """SQLite and PostgreSQL return the same facts typed differently: booleans as
+    0/1 or bool, JSON as text or lists, timestamps as text or datetimes."""
+    import datetime as dt
+    import json
+
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return float(f"{value:.12g}")
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    if isinstance(value, str) and value[:1] in "[{":
+        return json.dumps(json.loads(value), separators=(",", ":"))
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ")
+    return value
+
+
+def test_concurrent_writers_on_postgres(pg_url, cli_env):
+    procs = [
+        subprocess.Popen(
+            [*TRACE, "--db", pg_url, "--seed", str(seed), "--epochs", "8", "--samples", "2"],
+            env=cli_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(3)
+    ]
+    for proc in procs:
+        _out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    with Store.open(pg_url) as store:
+        runs = store.list_runs()
+        assert sorted(r.seed for r in runs) == [0, 1, 2]
+        for run in runs:
+            assert run.status == "completed"
+            assert [s.index for s in store.iterations(run.id)] == list(range(1, 9))
+
+
+def test_a_killed_writer_leaves_whole_iterations_and_reads_as_stale(pg_url, cli_env):
+    proc = subprocess.Popen(
+        [*TRACE, "--db", pg_url, "--epochs", "100000", "--seed", "3"],
+        env=cli_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    engine = create_engine(pg_url)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline
+            try:
+                with engine.connect() as conn:
+                    if conn.exec_driver_sql("SELECT count(*) FROM iterations").scalar() >= 4:
+                        break
+            except Exception:
+                pass  # the schema is not there yet
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        engine.dispose()
+    with Store.open(pg_url) as store:
+        (run,) = store.list_runs()
+        assert run.status == "stale" and f"pid {proc.pid}" in run.error
+        summaries = store.iterations(run.id)
+        assert run.num_iterations == len(summaries) >= 4
+        for summary in summaries:
+            assert (summary.num_steps, summary.num_verified) == (23, 23)
+    with Store.open(pg_url, mode="w") as store:
+        assert [run_id for run_id, _ in store.prune_stale()] == [run.id]
+    with Store.open(pg_url) as store:
+        assert store.list_runs()[0].status == "interrupted"
