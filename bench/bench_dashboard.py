@@ -360,14 +360,13 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     stores = build_stores()
-    db = stores[1000]
     trees = {"baseline": baseline_tree(args.baseline), "this": REPO}
-    urls = pages(db)
-    if args.only:
-        urls = {k: v for k, v in urls.items() if k in args.only.split(",")}
     dbs = {
         name: {n: store_for(tree, stores[n], name) for n in SCALES} for name, tree in trees.items()
     }
+    urls = pages(dbs["this"][1000])  # this tree's storage reads the store here
+    if args.only:
+        urls = {k: v for k, v in urls.items() if k in args.only.split(",")}
     servers = {name: serve(tree, dbs[name][1000]) for name, tree in trees.items()}
     results = {name: {page: [] for page in urls} for name in trees}
     try:
