@@ -731,7 +731,187 @@ def _update(ctx, step, name, index):
     )
 
 
+def _dropout(ctx, step, name, index):
+    a, layer = ctx.arrays, step.layer
+    out_n, mask_n = f"{layer}.out", f"{layer}.mask"
+    if name == mask_n:
+        raise NotExplained(f"{name} is drawn at random: a given of this iteration")
+    x_name = ctx.layer_input(step)
+    scale = _dropout_scale(a[x_name], a[mask_n], a[out_n])
+    if name == out_n:
+        x, m = _term(x_name, a, index), _term(mask_n, a, index)
+        value = np.float32(x.value) * np.float32(m.value) * np.float32(scale)
+        text = f"x·m/(1-p) = ({_f(x.value)})({_f(m.value)})({_f(scale)}) = {_f(value)}"
+        return _prov(name, index, value, "dropout", f"Y{list(index)} = {text}", [x, m])
+    if name == f"{x_name}.grad":
+        g, m = _term(f"{out_n}.grad", a, index), _term(mask_n, a, index)
+        value = np.float32(g.value) * np.float32(m.value) * np.float32(scale)
+        text = f"dL/dY·m/(1-p) = ({_f(g.value)})({_f(m.value)})({_f(scale)}) = {_f(value)}"
+        return _prov(name, index, value, "dropout-grad", f"dL/dX{list(index)} = {text}", [g, m])
+    raise NotExplained(f"no provenance for {name} in {step.title!r}")
+
+
+def _dropout_scale(x, mask, out) -> float:
+    """1/(1-p), recovered from the kept entries (p is not stored as a number)."""
+    kept = (mask != 0) & (x != 0)
+    if not kept.any():
+        return 1.0
+    return float(np.median(out[kept].astype(np.float64) / x[kept].astype(np.float64)))
+
+
+def _batchnorm(ctx, step, name, index):
+    a, layer = ctx.arrays, step.layer
+    mean_n, var_n, xhat_n, out_n = (f"{layer}.{k}" for k in ("mean", "var", "xhat", "out"))
+    w_n, b_n = f"{layer}.weight", f"{layer}.bias"
+    x_name = ctx.layer_input(step)
+    x = a[x_name]
+    c = index[1] if len(index) > 1 else index[0]
+    count = x.size // x.shape[1]  # M: the values each channel's statistics average over
+
+    def channel(tensor):
+        return [
+            _term(tensor, a, (n, c, *rest))
+            for n in range(x.shape[0])
+            for rest in np.ndindex(*x.shape[2:])
+        ]
+
+    if name == mean_n:
+        terms = channel(x_name)
+        total, text = _sum_terms(terms)
+        value = total / count
+        return _prov(
+            name,
+            index,
+            value,
+            "bn-mean",
+            f"μ[{c}] = (1/{count}) Σ x[:,{c}] = ({text})/{count} = {_f(value)}",
+            terms,
+        )
+    mu = _term(mean_n, a, (c,))
+    if name == var_n:
+        terms = channel(x_name)
+        values = np.array([t.value for t in terms]) - mu.value
+        value = float(np.mean(values**2))
+        return _prov(
+            name,
+            index,
+            value,
+            "bn-var",
+            f"σ²[{c}] = (1/{count}) Σ (x[:,{c}] - μ)² with μ = {_f(mu.value)} = {_f(value)}",
+            [*terms, mu],
+        )
+    var = _term(var_n, a, (c,))
+    if name in (f"{layer}.running_mean", f"{layer}.running_var"):
+        return _running(a, layer, name, c, count)
+    eps = _batchnorm_eps(x, a[mean_n], a[var_n], a[xhat_n])
+    root = float(np.sqrt(np.float64(var.value) + eps))
+    if name == xhat_n:
+        xi = _term(x_name, a, index)
+        value = (xi.value - mu.value) / root
+        return _prov(
+            name,
+            index,
+            value,
+            "bn-normalise",
+            f"x̂{list(index)} = (x - μ)/√(σ² + ε) = ({_f(xi.value)} - {_f(mu.value)})/√({_f(var.value)} + {eps:.3g}) = {_f(value)}",
+            [xi, mu, var],
+        )
+    if name == out_n:
+        xh, g, b = _term(xhat_n, a, index), _term(w_n, a, (c,)), _term(b_n, a, (c,))
+        value = g.value * xh.value + b.value
+        return _prov(
+            name,
+            index,
+            value,
+            "bn-affine",
+            f"y{list(index)} = γ x̂ + β = ({_f(g.value)})({_f(xh.value)}) + ({_f(b.value)}) = {_f(value)}",
+            [g, xh, b],
+        )
+    g_n = f"{out_n}.grad"
+    if name in (f"{w_n}.grad", f"{b_n}.grad"):
+        gs = channel(g_n)
+        if name == f"{b_n}.grad":
+            total, text = _sum_terms(gs)
+            return _prov(
+                name, index, total, "sum", f"dL/dβ[{c}] = Σ dL/dy[:,{c}] = {text} = {_f(total)}", gs
+            )
+        xs = channel(xhat_n)
+        total, text = _dot(gs, xs)
+        return _prov(
+            name,
+            index,
+            total,
+            "bn-weight-grad",
+            f"dL/dγ[{c}] = Σ dL/dy[:,{c}]·x̂[:,{c}] = {text} = {_f(total)}",
+            gs + xs,
+        )
+    if name == f"{x_name}.grad":
+        gs, xs = channel(g_n), channel(xhat_n)
+        gamma = _term(w_n, a, (c,))
+        dy, xh = _term(g_n, a, index), _term(xhat_n, a, index)
+        sum_dy = float(np.sum([t.value for t in gs]))
+        sum_dy_xhat = float(np.dot([t.value for t in gs], [t.value for t in xs]))
+        value = gamma.value / (count * root) * (count * dy.value - sum_dy - xh.value * sum_dy_xhat)
+        text = (
+            f"γ/(M√(σ²+ε)) (M dL/dy - Σ dL/dy - x̂ Σ dL/dy·x̂) = {_f(gamma.value)}/({count}·{_f(root)})"
+            f" ({count}·{_f(dy.value)} - {_f(sum_dy)} - {_f(xh.value)}·{_f(sum_dy_xhat)}) = {_f(value)}"
+        )
+        return _prov(
+            name,
+            index,
+            value,
+            "bn-input-grad",
+            f"dL/dx{list(index)} = {text}",
+            [gamma, dy, xh, *gs, *xs, var],
+        )
+    raise NotExplained(f"no provenance for {name} in {step.title!r}")
+
+
+def _running(a, layer, name, c, count) -> Provenance:
+    """running = (1 - m) running_before + m batch statistic (the variance unbiased, x M/(M-1))."""
+    stat_n = f"{layer}.mean" if name.endswith("mean") else f"{layer}.var"
+    before = _term(f"{name}.before", a, (c,))
+    stat = _term(stat_n, a, (c,))
+    # m is not stored as a number: recovered from the running means (and checked on each cell)
+    rm, rb, mu = (
+        a[f"{layer}.{k}"].astype(np.float64)
+        for k in ("running_mean", "running_mean.before", "mean")
+    )
+    moving = np.abs(mu - rb) > 1e-6
+    m = (
+        float(np.median((rm[moving] - rb[moving]) / (mu[moving] - rb[moving])))
+        if moving.any()
+        else 0.1
+    )
+    factor = count / (count - 1) if stat_n.endswith("var") and count > 1 else 1.0
+    value = (1 - m) * before.value + m * stat.value * factor
+    unbiased = f"·{count}/{count - 1}" if factor != 1.0 else ""
+    return _prov(
+        name,
+        (c,),
+        value,
+        "bn-running",
+        f"{name}[{c}] = (1 - m)·before + m·stat{unbiased} = (1 - {m:.3g})({_f(before.value)}) + {m:.3g}·{_f(stat.value)}{unbiased} = {_f(value)}",
+        [before, stat],
+    )
+
+
+def _batchnorm_eps(x, mean, var, xhat) -> float:
+    """ε, recovered from the stored normalised values (it is not stored as a number)."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    centred = x.astype(np.float64) - mean.reshape(shape)
+    usable = np.abs(xhat) > 0.5
+    if not usable.any():
+        return 1e-5  # PyTorch's default
+    estimate = (centred[usable] / xhat[usable].astype(np.float64)) ** 2
+    return float(
+        max(np.median(estimate - np.broadcast_to(var.reshape(shape), x.shape)[usable]), 0.0)
+    )
+
+
 _RULES = {
+    "Dropout": _dropout,
+    "BatchNorm2d": _batchnorm,
     "Conv2d": _conv,
     "ReLU": _relu,
     "MaxPool2d": _pool,

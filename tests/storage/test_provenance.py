@@ -143,3 +143,50 @@ def test_long_sums_are_written_with_their_ends_and_computed_whole():
     assert total == sum(range(400))
     assert text.count(")(") == MAX_WRITTEN_TERMS  # products written out
     assert "… (388 more terms)" in text and text.endswith("(398)(1) + (399)(1)")
+
+
+def test_small_cnn_batchnorm_and_dropout_cells_recompute(tmp_path):
+    """small-cnn adds BatchNorm2d and Dropout: 20 random cells of every tensor a step
+    computes (plus its first and last cell), recomputed and checked."""
+    import random
+
+    from tracer.train import run_builtin
+
+    db = tmp_path / "small.db"
+    run_builtin(
+        model_name="small-cnn",
+        seed=0,
+        db=db,
+        samples=4,
+        batch_size=4,
+        iterations=1,
+        max_elements=None,
+    )
+    with RunStore(db) as store:
+        run = store.get_run(1)
+        record = store.load_iteration(1, 1)
+    rng = random.Random(0)
+    givens = {"input", "target", "dropout.mask"} | {
+        t.name for t in record.tensors if t.role == "param" or t.name.endswith(".before")
+    }
+    kinds = set()
+    for tensor in record.tensors:
+        cells = list(itertools.product(*(range(d) for d in tensor.array.shape)))
+        picked = {cells[0], cells[-1], *rng.sample(cells, min(20, len(cells)))}
+        for index in picked:
+            if tensor.name in givens:
+                with pytest.raises(NotExplained):
+                    _explain(run, record, tensor.name, index)
+                continue
+            prov = _explain(run, record, tensor.name, index)
+            assert prov.matches, (tensor.name, index, prov.formula)
+            kinds.add(prov.kind)
+    assert {
+        "bn-mean",
+        "bn-var",
+        "bn-normalise",
+        "bn-affine",
+        "bn-running",
+        "bn-input-grad",
+    } <= kinds
+    assert {"dropout", "dropout-grad", "bn-weight-grad"} <= kinds
