@@ -20,7 +20,7 @@ from dash import html
 
 from storage import RunStore
 
-from . import downloads, health, layouts, links
+from . import bundle, downloads, formulafit, health, layouts, links, status, tensorpanel
 from .data import LOCATION_KEY, STORE_KEY
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -53,6 +53,10 @@ def create_app(store_location: str | os.PathLike) -> dash.Dash:
             dbc.Container(dash.page_container, fluid=True, className="page-container"),
         ]
     )
+    bundle.register(app.server, app.config.requests_pathname_prefix)
     downloads.register(app.server)
+    tensorpanel.register(app)
+    formulafit.register(app.server)
+    status.register(app.server)
     health.register(app.server)
     return app

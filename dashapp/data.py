@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 import flask
 import numpy as np
 
-from storage import IterationRecord, RunInfo, RunStore
+from storage import IterationRecord, RunInfo, RunQuery, RunStore
 
 STORE_KEY = "cnnviz.store"
 LOCATION_KEY = "CNNVIZ_STORE"
@@ -101,8 +101,20 @@ def require_iteration(
 
 def default_run(store: RunStore) -> RunInfo | None:
     """The run a page shows when the URL names none: the most recent one."""
-    runs = store.list_runs()
-    return store.get_run(runs[-1].id) if runs else None
+    latest = store.run_page(RunQuery(limit=1, sort="id", descending=True)).runs
+    return store.get_run(latest[0].id) if latest else None
+
+
+def require_stored(store: RunStore, run: RunInfo, index: int) -> None:
+    """NotFound unless the run stores iteration `index` (without loading it)."""
+    if not any(s.index == index for s in store.iterations(run.id)):
+        count = run.num_iterations
+        stored = (
+            f"it has {count} iteration{'s' if count != 1 else ''}"
+            if count
+            else "it has no iterations yet"
+        )
+        raise NotFound(f"run {run.id} has no iteration {index}: {stored}")
 
 
 @functools.lru_cache(maxsize=4)

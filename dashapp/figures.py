@@ -21,7 +21,7 @@ from plotly.subplots import make_subplots
 from storage import names
 
 from .formatting import format_matrix, format_shape
-from .tensorview import MatrixView
+from .tensorview import TEXT_MAX_COLS, TEXT_MAX_ROWS, MatrixView
 
 # Blue for negative, white for zero, red for positive: signs read at a glance.
 VALUE_SCALE = "RdBu_r"
@@ -69,53 +69,141 @@ def symmetric_range(*arrays: np.ndarray) -> tuple[float, float]:
     return -m, m
 
 
-def heatmap(
+# Non-negative tensors (probabilities, variances, masks, counts): light to dark.
+SEQUENTIAL_SCALE = "Viridis"
+# Labels: one colour per class (Plotly's D3 palette), never a gradient.
+CATEGORY_COLORS = RUN_COLORS
+# Cells whose stored value is not a number are drawn as such, in colours no scale uses.
+SPECIAL_CELLS = (("NaN", "#000000"), ("inf", "#ff1493"), ("-inf", "#00ced1"))
+
+
+def colour_scale(view: MatrixView) -> tuple[str, object, tuple[float, float]]:
+    """('diverging' | 'sequential' | 'categorical', Plotly colorscale, (zmin, zmax)).
+
+    Over the full tensor's range when the view knows it (a window pans without its
+    colours changing meaning), else over the values shown."""
+    low, high = view.full_range or _finite_range(view.values)
+    if view.role == "target" and view.style == "int" and high - low < len(CATEGORY_COLORS):
+        low, high = math.floor(low), math.floor(low) + len(CATEGORY_COLORS) - 1
+        steps = []
+        for k, color in enumerate(CATEGORY_COLORS):
+            steps += [[k / len(CATEGORY_COLORS), color], [(k + 1) / len(CATEGORY_COLORS), color]]
+        return "categorical", steps, (low - 0.5, high + 0.5)
+    if low >= 0:
+        return "sequential", SEQUENTIAL_SCALE, (low, high if high > low else low + 1.0)
+    return "diverging", VALUE_SCALE, symmetric_range(np.array([low, high]))
+
+
+def _finite_range(values: np.ndarray) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+
+
+def index_ticks(start: int, count: int) -> list[int]:
+    """Integer tick positions for `count` cells from `start`: all of them up to 16, else
+    about eight at a round step (1, 2, 5, 10, 20, ...)."""
+    if count <= 16:
+        return list(range(start, start + count))
+    step = 1
+    while count / step > 8:
+        for factor in (2, 2.5, 2):
+            step = int(step * factor)
+            if count / step <= 8:
+                break
+    first = -(-start // step) * step
+    return list(range(first, start + count, step))
+
+
+def heatmap_dict(
     view: MatrixView,
     *,
     zrange: tuple[float, float] | None = None,
-    colorscale: str = VALUE_SCALE,
+    colorscale: str | None = None,
     colorbar: bool | None = None,
     max_side: int = _PLOT_SIZE,
-) -> go.Figure:
-    """A heatmap of one matrix view, row 0 on top, values printed when they fit.
+) -> dict:
+    """A heatmap of one matrix view as a plain Plotly figure dict, row 0 on top.
 
-    Built from one dict: a page can hold dozens of these, and Plotly's
-    property-by-property updates cost ten times more than one validated dict.
+    Rows and columns are labelled with their indices in the full plane (a panned
+    window shows rows 64.., not 0..). Values are printed when they fit. The scale
+    says what the numbers are: diverging around 0 for signed tensors, sequential for
+    non-negative ones, one colour per class for labels (`colour_scale`). NaN and
+    infinite values are cells of their own colour, labelled; values not stored (a
+    size bound) are empty cells.
     """
     values = view.values
     rows, cols = values.shape
-    zmin, zmax = zrange or symmetric_range(values)
-    texts = format_matrix(values, view.style, view.missing) if view.show_text else None
+    row0, col0 = view.origin
+    kind, scale, (zmin, zmax) = colour_scale(view)
+    if zrange is not None:
+        zmin, zmax = zrange
+    if colorscale is not None:
+        scale = colorscale
+    special = ~np.isfinite(values) & ~view.missing
+    texts = format_matrix(values, view.style, view.missing | special) if view.show_text else None
     show_colorbar = (not view.show_text) if colorbar is None else colorbar
+    x = list(range(col0, col0 + cols))
+    y = list(range(row0, row0 + rows))
     trace = dict(
         type="heatmap",
-        z=values,
-        x=list(range(cols)),
-        y=list(range(rows)),
+        z=np.where(special, np.nan, values),
+        x=x,
+        y=y,
         zmin=zmin,
         zmax=zmax,
-        colorscale=colorscale,
+        colorscale=scale,
         showscale=show_colorbar,
         xgap=1,
         ygap=1,
         hovertemplate="row %{y}, column %{x}: %{z:.7g}<extra></extra>",
         colorbar=dict(thickness=10, outlinewidth=0, tickfont=dict(size=10)),
     )
+    if kind == "categorical":
+        trace["colorbar"].update(
+            tickmode="array", tickvals=list(range(int(zmin + 0.5), int(zmax + 0.5) + 1))
+        )
+    data = [trace]
+    if special.any():
+        codes = np.full(values.shape, np.nan)
+        codes[np.isnan(values)] = 0
+        codes[values == np.inf] = 1
+        codes[values == -np.inf] = 2
+        names = np.array([label for label, _ in SPECIAL_CELLS], dtype=object)
+        labels = np.where(special, names[np.nan_to_num(codes, nan=0).astype(int)], "")
+        n = len(SPECIAL_CELLS)
+        steps = []
+        for k, (_, color) in enumerate(SPECIAL_CELLS):
+            steps += [[k / n, color], [(k + 1) / n, color]]
+        data.append(
+            dict(
+                type="heatmap",
+                z=codes,
+                x=x,
+                y=y,
+                zmin=-0.5,
+                zmax=n - 0.5,
+                colorscale=steps,
+                showscale=False,
+                xgap=1,
+                ygap=1,
+                text=labels.tolist(),
+                texttemplate="%{text}" if view.show_text else "",
+                textfont=dict(size=11, color="white"),
+                hovertemplate="row %{y}, column %{x}: %{text}<extra></extra>",
+                name="not a number",
+            )
+        )
     if texts is not None:
         trace.update(text=texts, texttemplate="%{text}", textfont=dict(size=12))
         widest = max((len(t) for row in texts for t in row), default=1)
-        cell_w = max(30.0, widest * _CHAR_WIDTH + 14)
-        cell_h = float(_CELL_HEIGHT)
-    else:
-        cell_w = cell_h = max(3.0, min(24.0, max_side / max(rows, cols, 1)))
-    tick_step = 1 if max(rows, cols) <= 16 else None
+    cell_w, cell_h = _cell_size(rows, cols, None if texts is None else widest, max_side)
     margin = dict(l=34, r=8 + (60 if show_colorbar else 0), t=26, b=6)
     # A colour bar needs some height to be legible, even beside a 1-row matrix.
     plot_h = max(rows * cell_h, 120.0 if show_colorbar else 0.0)
     axis = dict(
         showgrid=False,
         zeroline=False,
-        dtick=tick_step,
+        tickmode="array",
         tickfont=dict(size=10),
         fixedrange=texts is not None,
     )
@@ -127,16 +215,44 @@ def heatmap(
         font=FONT,
         plot_bgcolor="#f1f3f5",  # shows through missing (not stored) cells
         paper_bgcolor="rgba(0,0,0,0)",
-        xaxis=dict(axis, side="top", range=[-0.5, cols - 0.5]),
-        yaxis=dict(axis, autorange="reversed"),
-        # Which plane this is, so a click on (row, column) names the tensor's full index.
-        meta=dict(lead=list(view.lead_index), ndim=len(view.shape)),
+        xaxis=dict(
+            axis,
+            side="top",
+            range=[col0 - 0.5, col0 + cols - 0.5],
+            tickvals=index_ticks(col0, cols),
+        ),
+        yaxis=dict(axis, range=[row0 + rows - 0.5, row0 - 0.5], tickvals=index_ticks(row0, rows)),
+        # Which plane and window this is, so a click on (row, column) names the
+        # tensor's full index (the axes carry the indices in the plane).
+        meta=dict(scale=kind, lead=list(view.lead_index), ndim=len(view.shape)),
     )
-    return go.Figure(dict(data=[trace], layout=layout))
+    return dict(data=data, layout=layout)
+
+
+def _cell_size(rows: int, cols: int, widest: int | None, max_side: int) -> tuple[float, float]:
+    """(width, height) of a cell: room for `widest` printed characters, else a square."""
+    if widest is not None:
+        return max(30.0, widest * _CHAR_WIDTH + 14), float(_CELL_HEIGHT)
+    side = max(3.0, min(24.0, max_side / max(rows, cols, 1)))
+    return side, side
+
+
+def heatmap_size(rows: int, cols: int) -> tuple[int, int]:
+    """About the size `heatmap_dict` gives a rows x cols window, before its values are
+    known (the slot keeps its place on the page until the figure arrives)."""
+    texts = rows <= TEXT_MAX_ROWS and cols <= TEXT_MAX_COLS
+    cell_w, cell_h = _cell_size(rows, cols, 7 if texts else None, _PLOT_SIZE)
+    right = 8 if texts else 68
+    return int(cols * cell_w + 34 + right), int(max(rows * cell_h, 0 if texts else 120) + 32)
+
+
+def heatmap(view: MatrixView, **options) -> go.Figure:
+    """`heatmap_dict` as a go.Figure (for dcc.Graph and tests)."""
+    return go.Figure(heatmap_dict(view, **options))
 
 
 def difference_heatmap(diff: MatrixView) -> go.Figure:
-    return heatmap(diff, colorscale=DIFF_SCALE, colorbar=True)
+    return heatmap(diff, colorscale=DIFF_SCALE, colorbar=True, zrange=symmetric_range(diff.values))
 
 
 # ---------------------------------------------------------------- comparisons

@@ -10,32 +10,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import dash_bootstrap_components as dbc
 from dash import dcc, html
 from plotly.utils import PlotlyJSONEncoder
 
-from storage import LayerInfo, RunInfo, StepRecord, TensorRecord, names
+from storage import LayerInfo, RunInfo, StepRecord, TensorRecord
 
-from . import figures, links
-from .formatting import format_diff, format_scalar, format_shape
-from .tensorview import MatrixView, matrix_view
+from . import formulafit, links
+from .formatting import format_diff
+from .tensorpanel import GRAPH_CONFIG, ROLE_LABELS, PanelView, TensorPanel  # noqa: F401 (re-exported)
+from .tensorview import MatrixView
 
-ROLE_LABELS = {
-    names.ROLE_INPUT: "input batch",
-    names.ROLE_TARGET: "labels",
-    names.ROLE_PARAM: "weight",
-    names.ROLE_PARAM_GRAD: "gradient",
-    names.ROLE_PARAM_NEXT: "weight after the update",
-    names.ROLE_UPDATE: "update",
-    names.ROLE_ACTIVATION: "activation",
-    names.ROLE_ACTIVATION_GRAD: "gradient of an activation",
-    names.ROLE_INPUT_GRAD: "gradient of the input",
-    names.ROLE_INTERMEDIATE: "intermediate",
-    names.ROLE_OPTIMIZER_STATE: "optimizer state",
-    names.ROLE_OUTPUT: "output",
-}
 PHASE_LABELS = {"forward": "Forward", "loss": "Loss", "backward": "Backward", "update": "Update"}
 STATUS_COLORS = {
     "running": "info",
@@ -45,7 +32,6 @@ STATUS_COLORS = {
     "stale": "warning",
 }
 
-GRAPH_CONFIG = {"displayModeBar": False, "responsive": False}
 
 # MathJax macros that make links, attach classes or styles, or load extensions: a
 # tracer never writes them, and a store handed around must not smuggle them in.
@@ -284,92 +270,22 @@ def slice_selectors(view: MatrixView, id_for) -> html.Div | None:
 
 
 def figure_json(figure) -> str:
-    """A figure as the JSON that Plotly.js reads (NaN, for a value not stored, as null)."""
-    return json.dumps(figure.to_plotly_json(), cls=PlotlyJSONEncoder)
+    """A figure (go.Figure or plain dict) as the JSON Plotly.js reads (NaN as null)."""
+    plain = figure if isinstance(figure, dict) else figure.to_plotly_json()
+    return json.dumps(plain, cls=PlotlyJSONEncoder)
 
 
-def lazy_tensor_figure_block(view: MatrixView, panel: str, tensor: str = "") -> html.Div:
-    """A heatmap drawn only when it comes near the viewport.
-
-    A LeNet-5 iteration page holds about 160 heatmaps; as dcc.Graph components
-    Plotly drew them all in one task that blocked the browser for seconds. Here
-    the figure waits as JSON in the `data-figure` attribute of an empty slot the
-    figure's size; assets/heatmap_queue.js draws it with Plotly when the slot
-    nears the viewport, a few at a time, and redraws it when the attribute
-    changes (a reslice in pages/iteration.py writes a new figure into it).
-    """
-    figure = figures.heatmap(view)
-    size = {"width": f"{figure.layout.width}px", "height": f"{figure.layout.height}px"}
-    return html.Div(
-        [
-            html.Div(
-                id={"type": "tensor-graph", "panel": panel},
-                className="heatmap heatmap-slot",
-                style=size,
-                **{
-                    "data-figure": figure_json(figure),
-                    "data-config": json.dumps(GRAPH_CONFIG),
-                    # provenance_click.js: which tensor a click on a cell asks about
-                    "data-tensor": tensor,
-                },
-            ),
-            html.Div(
-                view.caption,
-                id={"type": "tensor-caption", "panel": panel},
-                className="tensor-caption",
-            ),
-        ],
-        className="tensor-figure",
-    )
-
-
-def tensor_panel(record: TensorRecord, *, run_id: int, index: int, panel: str) -> html.Div:
-    """One tensor: name, shape, role, heatmap (or the number, for a scalar), downloads.
-
-    `panel` makes the component ids unique on the page; N-D tensors get selectors
-    whose callback (in the iteration page) redraws the heatmap."""
-    view = matrix_view(record.array, record.shape, role=record.role)
-    header = html.Div(
-        [
-            html.Code(record.name, className="tensor-name"),
-            html.Span(format_shape(record.shape), className="tensor-shape"),
-            html.Span(ROLE_LABELS.get(record.role, record.role), className="tensor-role"),
-        ],
-        className="tensor-header",
-    )
-    downloads = html.Div(
-        [
-            html.A(
-                f".{fmt}",
-                href=links.download(run_id, index, record.name, fmt),
-                download="",
-                className="download-link",
-                title=f"download all values as .{fmt}",
-            )
-            for fmt in links.DOWNLOAD_FORMATS
-        ],
-        className="tensor-downloads",
-    )
-    if len(record.shape) == 0 and record.array.size == 1:
-        body = html.Div(
-            format_scalar(record.array.reshape(-1)[0].item()), className="tensor-scalar"
-        )
-    else:
-        body = html.Div(
-            [
-                slice_selectors(
-                    view, lambda axis: {"type": "tensor-slice", "panel": panel, "axis": axis}
-                ),
-                lazy_tensor_figure_block(view, panel, record.name),
-                dcc.Store(
-                    id={"type": "tensor-ref", "panel": panel},
-                    data={"run": run_id, "it": index, "name": record.name},
-                ),
-            ]
-        )
-    return html.Div(
-        [header, body, downloads], className="tensor-panel", **{"data-tensor": record.name}
-    )
+def tensor_panel(
+    record: TensorRecord,
+    *,
+    run_id: int,
+    index: int,
+    panel: str,
+    view: PanelView | None = None,
+    scalar: float | None = None,
+) -> TensorPanel:
+    """One tensor as a TensorPanel (dashapp/tensorpanel.py); `panel` is its aio_id."""
+    return TensorPanel(record, run_id=run_id, index=index, aio_id=panel, view=view, scalar=scalar)
 
 
 def tensor_flow(inputs: Sequence[html.Div], outputs: Sequence[html.Div]) -> html.Div:
@@ -404,20 +320,20 @@ def tensor_flow(inputs: Sequence[html.Div], outputs: Sequence[html.Div]) -> html
 def step_card(
     number: int,
     step: StepRecord,
-    tensors: dict[str, TensorRecord],
+    panel: Callable[[str, str], html.Div | None],
     *,
-    run_id: int,
-    index: int,
     layer: LayerInfo | None = None,
+    full_formula_src: str | None = None,
 ) -> html.Section:
-    """One step: title, layer, general formula, formula with numbers, heatmaps, check, note."""
+    """One step: title, layer, general formula, formula with numbers, heatmaps, check, note.
+
+    `panel(tensor name, panel id)` gives a tensor's panel (None for a tensor not stored).
+    The formula with numbers is fitted to the page (dashapp/formulafit.py); when that
+    elided columns, a button fetches the formula as stored from `full_formula_src`."""
 
     def panels(names: Iterable[str], side: str) -> list[html.Div]:
-        return [
-            tensor_panel(tensors[name], run_id=run_id, index=index, panel=f"{number}-{side}-{k}")
-            for k, name in enumerate(names)
-            if name in tensors
-        ]
+        made = (panel(name, f"{number}-{side}-{k}") for k, name in enumerate(names))
+        return [p for p in made if p is not None]
 
     layer_text = step.layer if layer is None else f"{step.layer} · {layer.type}"
     header = html.Div(
@@ -442,7 +358,7 @@ def step_card(
         html.Div(
             [
                 html.Div("With this iteration's numbers", className="formula-label"),
-                formula(step.formula_values, "formula-values"),
+                fitted_formula(step.formula_values, full_formula_src),
             ],
             className="formula-row",
         ),
@@ -457,6 +373,25 @@ def step_card(
         id=f"step-{number}",
         className=f"step-card phase-{step.phase}",
         **{"data-verified": _verified_attr(step)},
+    )
+
+
+def fitted_formula(latex: str, full_src: str | None) -> html.Div:
+    """The formula with numbers, columns elided to fit; a button shows it as stored."""
+    fitted = formulafit.fit(latex)
+    if fitted == latex or full_src is None:
+        return formula(latex, "formula-values")
+    return html.Div(
+        [
+            formula(fitted, "formula-values"),
+            html.Button(
+                "show every stored entry",
+                className="btn btn-link btn-sm p-0 formula-expand",
+                **{"data-src": full_src, "aria-expanded": "false"},
+            ),
+            html.Div(className="formula-expanded", hidden=True),
+        ],
+        className="formula-fitted",
     )
 
 

@@ -51,6 +51,9 @@ class MatrixView:
     lead_index: tuple[int, ...]  # 0-based index into `lead`
     plane: tuple[int, int]  # (rows, cols) of the whole plane
     caption: str  # which piece this is, in words ('' for a whole small matrix)
+    origin: tuple[int, int] = (0, 0)  # 0-based (row, column) of the window's top-left cell
+    role: str = ""  # the tensor's role (labels get a categorical scale)
+    full_range: tuple[float, float] | None = None  # min, max over the full tensor (finite)
 
     @property
     def clipped(self) -> bool:
@@ -148,6 +151,54 @@ def matrix_view(
         lead_index=index,
         plane=(rows, cols),
         caption="; ".join(parts),
+    )
+
+
+def caption_of(lead, index, origin, shown, plane, gaps: int = 0, size: int = 0) -> str:
+    """Which piece of the tensor a window is, in words (1-based, as a reader counts)."""
+    parts = [
+        f"{d.label} {i + 1} of {d.size}" for d, i in zip(lead, index, strict=True) if d.size > 1
+    ]
+    for start, count, total, what in (
+        (origin[0], shown[0], plane[0], "rows"),
+        (origin[1], shown[1], plane[1], "columns"),
+    ):
+        if count < total:
+            parts.append(f"{what} {start + 1}–{start + count} of {total}")
+    if gaps:
+        parts.append(f"{gaps} of these {size} values not stored (store size bound)")
+    return "; ".join(parts)
+
+
+def window_view(window) -> MatrixView:
+    """A `storage.TensorWindow` as the view a heatmap draws (colours over the full tensor)."""
+    tensor = window.tensor
+    lead = lead_dims(tensor.shape, tensor.role)
+    missing = ~window.stored
+    kept = window.values[window.stored]
+    style = number_style(kept.astype(window.dtype) if kept.size else np.zeros(0, window.dtype))
+    summary = tensor.summary or {}
+    low, high = summary.get("min"), summary.get("max")
+    return MatrixView(
+        values=window.values,
+        missing=missing,
+        style=style,
+        shape=tuple(tensor.shape),
+        lead=lead,
+        lead_index=tuple(window.lead),
+        plane=tuple(window.plane),
+        caption=caption_of(
+            lead,
+            window.lead,
+            (window.row0, window.col0),
+            window.values.shape,
+            window.plane,
+            int(missing.sum()),
+            missing.size,
+        ),
+        origin=(window.row0, window.col0),
+        role=tensor.role,
+        full_range=(float(low), float(high)) if low is not None and high is not None else None,
     )
 
 

@@ -57,6 +57,7 @@ class TensorRecord:
     shape: tuple[int, ...] | None = None  # full shape; defaults to array.shape
     summary: dict[str, float] | None = None  # filled by storage when None
     id: int | None = None  # the database id once stored
+    stored_numel: int | None = None  # elements stored (fewer under a size bound); set on read
 
     def __post_init__(self) -> None:
         if self.shape is None:

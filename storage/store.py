@@ -501,6 +501,7 @@ def _tensor_record(row: schema.Tensor, with_data: bool) -> TensorRecord:
         shape=shape,
         summary=summary,
         id=row.id,
+        stored_numel=row.stored_numel,
     )
     return record
 

@@ -9,6 +9,12 @@
  * browser paints and reacts in between. When `data-figure` changes (another
  * sample or channel chosen, or React reusing the slot on the next page), a
  * drawn slot is drawn again with the new figure.
+ *
+ * A tensor panel's slot (dashapp/tensorpanel.py) holds no figure, only its address
+ * in `data-src`: the figure is fetched when the slot nears the viewport, so the page
+ * reads from the store only what is looked at; a new `data-src` (another window or
+ * plane) is fetched and drawn the same way. A click on a cell sets the `data` of the
+ * Dash component named in the slot's `data-click` to the cell's position and value.
  */
 (function () {
   "use strict";
@@ -36,13 +42,59 @@
     return plotly;
   }
 
+  function sourceOf(slot) {
+    return slot.getAttribute("data-figure") || slot.getAttribute("data-src");
+  }
+
   function stale(slot) {
-    return slot.getAttribute("data-figure") !== slot._cnnvizDrawn;
+    return sourceOf(slot) !== slot._cnnvizDrawn;
+  }
+
+  function figureOf(slot) {
+    var inline = slot.getAttribute("data-figure");
+    if (inline) {
+      return Promise.resolve([inline, JSON.parse(inline)]);
+    }
+    var src = slot.getAttribute("data-src");
+    return fetch(src, { credentials: "same-origin" }).then(function (response) {
+      if (!response.ok) {
+        throw new Error("HTTP " + response.status + " for " + src);
+      }
+      return response.json();
+    }).then(function (figure) {
+      return [src, figure];
+    });
+  }
+
+  function onClick(slot) {
+    return function (event) {
+      var target = slot.getAttribute("data-click");
+      var point = event && event.points && event.points[0];
+      if (!target || !point || !window.dash_clientside || !window.dash_clientside.set_props) {
+        return;
+      }
+      var src = slot.getAttribute("data-src") || "";
+      var parts = src.split("?")[0].split("/"); // /figure/<run>/<it>/<tensor>.json
+      var query = new URLSearchParams(src.split("?")[1] || "");
+      window.dash_clientside.set_props(JSON.parse(target), {
+        data: {
+          run: Number(parts[2]), it: Number(parts[3]),
+          tensor: decodeURIComponent((parts[4] || "").replace(/\.json$/, "")),
+          lead: (query.get("lead") || "").split(",").filter(String).map(Number),
+          row: point.y, col: point.x, value: point.z === undefined ? null : point.z,
+        },
+      });
+    };
   }
 
   function draw(Plotly, slot) {
-    var source = slot.getAttribute("data-figure");
-    var figure = JSON.parse(source);
+    slot._cnnvizDrawn = sourceOf(slot); // being fetched: not queued again meanwhile
+    return figureOf(slot).then(function (pair) {
+      return show(Plotly, slot, pair[0], pair[1]);
+    });
+  }
+
+  function show(Plotly, slot, source, figure) {
     var config = JSON.parse(slot.getAttribute("data-config") || "{}");
     var layout = figure.layout || {};
     if (layout.width && layout.height) {
@@ -53,6 +105,10 @@
     return Promise.resolve(Plotly.react(slot, figure.data || [], layout, config)).then(function () {
       slot._cnnvizShown = source; // what the slot shows now (tests wait for it)
       slot.dispatchEvent(new CustomEvent("cnnviz:drawn", { bubbles: true })); // provenance_click.js
+      if (!slot._cnnvizClick && slot.on) {
+        slot._cnnvizClick = true;
+        slot.on("plotly_click", onClick(slot));
+      }
     });
   }
 
@@ -98,7 +154,7 @@
   // drawn; one already drawn once (so it has been near the viewport) is redrawn.
   function scan() {
     scanning = false;
-    var slots = document.querySelectorAll(".heatmap-slot[data-figure]");
+    var slots = document.querySelectorAll(".heatmap-slot[data-figure], .heatmap-slot[data-src]");
     for (var i = 0; i < slots.length; i++) {
       var slot = slots[i];
       if (!stale(slot) || observed.has(slot) || queue.indexOf(slot) >= 0) {
@@ -120,6 +176,6 @@
       setTimeout(scan, 30);
     }
   }).observe(document.documentElement, {
-    childList: true, subtree: true, attributes: true, attributeFilter: ["data-figure"],
+    childList: true, subtree: true, attributes: true, attributeFilter: ["data-figure", "data-src"],
   });
 })();

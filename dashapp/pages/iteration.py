@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dash
 import dash_bootstrap_components as dbc
-from dash import ALL, MATCH, ClientsideFunction, Input, Output, State, ctx, dcc, html
+import numpy as np
+from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html
 
 from dashapp import figures, layouts, links
 from dashapp.data import (
@@ -28,13 +29,24 @@ from dashapp.data import (
     parse_int,
     require_iteration,
     require_run,
+    require_stored,
     store_location,
 )
 from dashapp.formatting import format_diff, format_scalar
+from dashapp.formulafit import formula_url
 from dashapp.guard import page_layout
 from dashapp.steps import Section, sections
+from dashapp.tensorpanel import PanelView, views_from_query
 from dashapp.tensorview import matrix_view
-from storage import RUN_RUNNING, IterationRecord, LayerInfo, RunInfo, StepRecord, names
+from storage import (
+    RUN_RUNNING,
+    IterationRecord,
+    LayerInfo,
+    RunInfo,
+    RunQuery,
+    StepRecord,
+    names,
+)
 from storage.provenance import NotExplained, Provenance, explain_cell
 from storage.whatif import NotAvailable, with_learning_rate
 
@@ -109,24 +121,54 @@ def _mark(step: StepRecord) -> str:
     return "none" if step.verified is None else ("yes" if step.verified else "no")
 
 
-def input_section(record: IterationRecord, run: RunInfo) -> html.Section:
-    """What goes in: the batch, its labels, the weights before this step, the learning rate."""
+def panel_maker(store, record: IterationRecord, run: RunInfo, views: dict[str, PanelView]):
+    """panel(tensor name, panel id) for this iteration: metadata only, the heatmap is
+    fetched by the browser when it comes into view; a scalar's one value is read here."""
     tensors = {t.name: t for t in record.tensors}
 
+    def panel(name: str, panel_id: str):
+        tensor = tensors.get(name)
+        if tensor is None:
+            return None
+        scalar = None
+        if len(tensor.shape) == 0:
+            window = store.tensor_window(run.id, record.index, name)
+            scalar = float(window.values[0, 0]) if window and window.stored.all() else None
+        return layouts.tensor_panel(
+            tensor,
+            run_id=run.id,
+            index=record.index,
+            panel=panel_id,
+            view=views.get(name),
+            scalar=scalar,
+        )
+
+    return panel
+
+
+def label_text(store, record: IterationRecord, run: RunInfo) -> str | None:
+    """ "Labels of the batch: 3, 1, 4" for a batch of up to 16 labels."""
+    for tensor in record.tensors:
+        if tensor.role == names.ROLE_TARGET and 0 < int(np.prod(tensor.shape)) <= 16:
+            window = store.tensor_window(run.id, record.index, tensor.name, rows=16, cols=16)
+            values = window.values[window.stored]
+            if window.dtype[1] in "iub":
+                values = values.astype(np.int64)
+            return "Labels of the batch: " + ", ".join(str(v) for v in values.tolist())
+    return None
+
+
+def input_section(record: IterationRecord, run: RunInfo, panel, labels_text) -> html.Section:
+    """What goes in: the batch, its labels, the weights before this step, the learning rate."""
+
     def panels(names, key):
-        return [
-            layouts.tensor_panel(tensors[n], run_id=run.id, index=record.index, panel=f"{key}-{i}")
-            for i, n in enumerate(names)
-        ]
+        made = (panel(n, f"{key}-{i}") for i, n in enumerate(names))
+        return [p for p in made if p is not None]
 
     inputs = [t.name for t in record.tensors if t.role == names.ROLE_INPUT]
     labels = [t.name for t in record.tensors if t.role == names.ROLE_TARGET]
     weights = [t.name for t in record.tensors if t.role == names.ROLE_PARAM]
-    label_text = None
-    for name in labels:
-        values = tensors[name].array.reshape(-1)
-        if 0 < values.size <= 16:
-            label_text = "Labels of the batch: " + ", ".join(str(v) for v in values.tolist())
+    label_text = labels_text
     lr = record.learning_rate if record.learning_rate is not None else run.learning_rate
     return html.Section(
         [
@@ -172,9 +214,8 @@ def input_section(record: IterationRecord, run: RunInfo) -> html.Section:
 
 
 def step_sections(
-    parts: list[Section], record: IterationRecord, run: RunInfo, layers: dict[str, LayerInfo]
+    parts: list[Section], panel, layers: dict[str, LayerInfo], run_id: int, index: int
 ) -> list[html.Section]:
-    tensors = {t.name: t for t in record.tensors}
     out = []
     for section in parts:
         children = [
@@ -196,7 +237,13 @@ def step_sections(
                 )
             )
             children += [
-                layouts.step_card(n, step, tensors, run_id=run.id, index=record.index, layer=info)
+                layouts.step_card(
+                    n,
+                    step,
+                    panel,
+                    layer=info,
+                    full_formula_src=formula_url(run_id, index, step.position),
+                )
                 for n, step in steps
             ]
         out.append(
@@ -232,6 +279,15 @@ def summary(record: IterationRecord, run: RunInfo) -> html.Div:
         ],
         className="metrics",
     )
+
+
+PICKER_RUNS = 50  # runs offered before typing; typing searches the store by name
+
+
+def picker_runs(store, current: RunInfo) -> list[RunInfo]:
+    """The run shown and the most recent runs (the menu searches the rest by name)."""
+    recent = store.run_page(RunQuery(limit=PICKER_RUNS, sort="id", descending=True)).runs
+    return [current, *(r for r in recent if r.id != current.id)]
 
 
 def run_picker(current: RunInfo, runs: list[RunInfo]) -> dcc.Dropdown:
@@ -317,15 +373,30 @@ def unexplained_note():
     )
 
 
+def validate(run=None, it=None, **query) -> None:
+    """NotFound for an unknown run, iteration or tensor (dashapp.status: HTTP 404)."""
+    store = current_store()
+    run_id, index = parse_int(run, "run"), parse_int(it, "iteration")
+    views = views_from_query(query)
+    info = require_run(store, run_id) if run_id is not None else default_run(store)
+    if info is None or (index is None and not views):
+        return
+    require_stored(store, info, index or 1)
+    for name in views:
+        if store.tensor_window(info.id, index or 1, name, rows=1, cols=1) is None:
+            raise NotFound(f"iteration {index or 1} of run {info.id} has no tensor {name!r}")
+
+
 @page_layout
-def layout(run=None, it=None, **_query):
+def layout(run=None, it=None, **query):
     store = current_store()
     run_id = parse_int(run, "run")
     index = parse_int(it, "iteration")
+    views = views_from_query(query)
     info = require_run(store, run_id) if run_id is not None else default_run(store)
     if info is None:
         return html.Div([layouts.page_header("Iteration"), layouts.empty_store(store_location())])
-    runs = store.list_runs()
+    runs = picker_runs(store, info)
     count = len(store.iterations(info.id))
     polling = [
         dcc.Store(id="iteration-ref", data={"run": info.id, "it": index, "count": count}),
@@ -342,8 +413,13 @@ def layout(run=None, it=None, **_query):
         )
         return html.Div([header(info, runs, None, 0), dbc.Alert(note, color="info"), *polling])
     index = index or 1
-    record = require_iteration(store, info, index)
+    record = require_iteration(store, info, index, with_data=False)
+    stored = {t.name for t in record.tensors}
+    for name in views:
+        if name not in stored:
+            raise NotFound(f"iteration {index} of run {info.id} has no tensor {name!r}")
     polling[0].data["it"] = index
+    panel = panel_maker(store, record, info, views)
     layers = {layer.name: layer for layer in info.layers}
     parts = sections(record.steps, layers)
     warnings = [
@@ -363,8 +439,8 @@ def layout(run=None, it=None, **_query):
                     dbc.Col(side_menu(parts), lg=3, xl=2, className="d-none d-lg-block toc-col"),
                     dbc.Col(
                         [
-                            input_section(record, info),
-                            *step_sections(parts, record, info, layers),
+                            input_section(record, info, panel, label_text(store, record, info)),
+                            *step_sections(parts, panel, layers, info.id, index),
                             whatif_section(record, info),
                         ],
                         lg=9,
@@ -378,6 +454,23 @@ def layout(run=None, it=None, **_query):
         ],
         className="iteration-page",
     )
+
+
+@dash.callback(
+    Output("iteration-run", "options"),
+    Input("iteration-run", "search_value"),
+    State("iteration-run", "value"),
+    prevent_initial_call=True,
+)
+def search_runs(text, current):
+    """Runs whose name contains what was typed (the shown run stays an option)."""
+    if not text:
+        return dash.no_update
+    store = current_store()
+    found = store.run_page(RunQuery(name=text, limit=PICKER_RUNS)).runs
+    shown = store.get_run(int(current)) if current is not None else None
+    runs = ([shown] if shown else []) + [r for r in found if not shown or r.id != shown.id]
+    return [{"label": layouts.run_label(r), "value": r.id} for r in runs]
 
 
 @dash.callback(
@@ -410,24 +503,6 @@ def poll(_n, ref):
     count = len(store.iterations(run.id))
     stepper = layouts.iteration_stepper(run.id, ref["it"] or 0, count)
     return stepper, layouts.status_badge(run), run.status != RUN_RUNNING
-
-
-@dash.callback(
-    Output({"type": "tensor-graph", "panel": MATCH}, "data-figure"),
-    Output({"type": "tensor-caption", "panel": MATCH}, "children"),
-    Input({"type": "tensor-slice", "panel": MATCH, "axis": ALL}, "value"),
-    State({"type": "tensor-ref", "panel": MATCH}, "data"),
-    prevent_initial_call=True,
-)
-def reslice(values, ref):
-    """Another sample or channel of an N-D tensor: its new figure (heatmap_queue.js redraws it)."""
-    record = current_store().load_tensor(ref["run"], ref["it"], ref["name"])
-    if record is None:
-        return dash.no_update, "this tensor is no longer in the store"
-    chosen = {item["id"]["axis"]: item.get("value") for item in ctx.inputs_list[0]}
-    index = [(chosen.get(axis) or 1) - 1 for axis in range(max(len(record.shape) - 2, 0))]
-    view = matrix_view(record.array, record.shape, role=record.role, lead_index=index)
-    return layouts.figure_json(figures.heatmap(view)), view.caption
 
 
 # ---------------------------------------------------------------- provenance on click

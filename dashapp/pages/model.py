@@ -111,6 +111,13 @@ def run_facts(run: RunInfo) -> dbc.Card:
     )
 
 
+def validate(run=None, **_query) -> None:
+    """NotFound for an unknown run (dashapp.status: HTTP 404)."""
+    run_id = parse_int(run, "run")
+    if run_id is not None:
+        require_run(current_store(), run_id)
+
+
 @page_layout
 def layout(run=None, **_query):
     store = current_store()

@@ -351,6 +351,11 @@ def compare_bar(view: dict) -> html.Div:
     )
 
 
+def validate(**query) -> None:
+    """NotFound for an address whose choices cannot be read (dashapp.status: HTTP 404)."""
+    parse_view(query)
+
+
 @page_layout
 def layout(**query):
     store = current_store()

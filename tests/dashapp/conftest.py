@@ -17,7 +17,7 @@ from dash_helpers import (
     CHROMIUM,
     CHROMIUM_FLAGS,
     INJECTION,
-    NET_TRACKER,
+    WAIT_MS,
     Problems,
     clone_run,
     copy_store,
@@ -54,8 +54,10 @@ def browser():
 def page(browser):
     """A fresh browser context and page that records everything that went wrong."""
     context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    # Every wait returns once its condition holds; the bound is for failures only, and
+    # Playwright's default of 30 s is too short for a LeNet-5 page on a loaded machine.
+    context.set_default_timeout(WAIT_MS)
     tab = context.new_page()
-    tab.add_init_script(NET_TRACKER)  # wait_ready/wait_quiet wait on the page's fetches
     problems = Problems()
     tab.on(
         "console",

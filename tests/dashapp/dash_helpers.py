@@ -181,40 +181,16 @@ class Problems(list):
     """Console errors, failed requests, uncaught exceptions and dialogs of one page."""
 
 
-# Counts the page's fetches (Dash's callbacks are fetches), so tests wait until the
-# page is quiet instead of on Playwright's "networkidle" (a 500 ms heuristic over all
-# traffic, and the wait that timed out at 30 s on a loaded machine).
-NET_TRACKER = """
-(() => {
-  const net = (window.__cnnvizNet = { pending: 0, last: performance.now() });
-  const fetch = window.fetch;
-  window.fetch = function (...args) {
-    net.pending++;
-    net.last = performance.now();
-    return fetch.apply(this, args).finally(() => {
-      net.pending--;
-      net.last = performance.now();
-    });
-  };
-})();
-"""
-# No fetch in flight or finished in the last 300 ms (a callback's answer can start the
-# next callback's fetch a moment later). True on a tab without the tracker.
-NET_QUIET = """() => {
-    const net = window.__cnnvizNet;
-    return !net || (net.pending === 0 && performance.now() - net.last > 300);
-}"""
 WAIT_MS = 90_000  # only a bound for failures: every wait returns once its condition holds
-
-
-def wait_quiet(tab, timeout: float = WAIT_MS) -> None:
-    tab.wait_for_function(NET_QUIET, timeout=timeout)
 
 
 def wait_ready(tab, selector: str | None = None, timeout: float = WAIT_MS) -> None:
     """Until Dash has rendered the page (and `selector`, an element of the expected
     page, is there: after an in-app navigation the old page stays until the new one
     arrives), no callback is pending and MathJax has typeset every formula."""
+    # No request for 500 ms: Dash's callbacks have settled (a callback's answer can
+    # start the next one a moment later, longer on a loaded machine).
+    tab.wait_for_load_state("networkidle", timeout=timeout)
     if selector is not None:
         tab.wait_for_selector(selector, timeout=timeout)
     tab.wait_for_function(
@@ -222,8 +198,6 @@ def wait_ready(tab, selector: str | None = None, timeout: float = WAIT_MS) -> No
             const content = document.getElementById('_pages_content');
             if (!content || content.children.length === 0) return false;
             if (document.querySelector('[data-dash-is-loading="true"]')) return false;
-            const net = window.__cnnvizNet;
-            if (net && (net.pending > 0 || performance.now() - net.last < 300)) return false;
             const formulas = document.querySelectorAll('.formula');
             for (const f of formulas) { if (!f.querySelector('mjx-container')) return false; }
             return true;
@@ -244,7 +218,7 @@ def graph_data(tab, selector: str) -> list[dict]:
 
     Heatmaps on the iteration page are drawn once they come near the viewport
     (assets/heatmap_queue.js): a locator is scrolled to first, and a lazy slot is
-    read only once it shows the figure its `data-figure` attribute holds now."""
+    read only once it shows the figure its `data-figure` (or `data-src`) names now."""
     if hasattr(tab, "scroll_into_view_if_needed"):
         tab.first.scroll_into_view_if_needed()
     graph = tab.locator(selector).first
@@ -254,7 +228,8 @@ def graph_data(tab, selector: str) -> list[dict]:
         """(el) => {
             const gd = el.classList.contains('js-plotly-plot') ? el : el.querySelector('.js-plotly-plot');
             if (!gd || !gd._fullData) return false;
-            return !gd.hasAttribute('data-figure') || gd._cnnvizShown === gd.getAttribute('data-figure');
+            const source = gd.getAttribute('data-figure') || gd.getAttribute('data-src');
+            return !source || gd._cnnvizShown === source;
         }""",
         arg=graph.element_handle(),
     )
@@ -267,6 +242,8 @@ def graph_data(tab, selector: str) -> list[dict]:
             const range = gd._fullLayout.yaxis ? gd._fullLayout.yaxis.range : null;
             return gd._fullData.map((t) => ({
                 z: toList(t.z), zmin: t.zmin, zmax: t.zmax, name: t.name, labels: labels,
+                x: toList(t.x), y: toList(t.y), text: toList(t.text),
+                scale: gd._fullLayout.meta ? gd._fullLayout.meta.scale : null,
                 row0_on_top: range ? range[0] > range[1] : null,
             }));
         }""",

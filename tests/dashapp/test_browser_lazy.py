@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dash_helpers import WAIT_MS, cnnviz_serve, graph_data, wait_quiet
+from dash_helpers import WAIT_MS, cnnviz_serve, graph_data
 
 from dashapp.tensorview import matrix_view
 from storage import RunStore
@@ -53,7 +53,7 @@ def open_lenet_page(tab, base: str) -> None:
     (waiting for all of them, as other tests do, would take most of a minute here)."""
     tab.goto(base + "/iteration?run=1&it=1")
     tab.wait_for_selector(".tensor-panel .heatmap", timeout=WAIT_MS)
-    wait_quiet(tab)
+    tab.wait_for_load_state("networkidle", timeout=WAIT_MS)
 
 
 def test_heatmaps_are_drawn_as_they_come_near_the_viewport(page, base):

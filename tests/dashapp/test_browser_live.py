@@ -36,18 +36,17 @@ def test_new_iterations_appear_and_polling_stops_when_the_run_ends(page, base, l
     assert stepper.get_by_role("link", name="2", exact=True).count() == 0
 
     writer.add_iteration(more[0])
-    stepper.get_by_role("link", name="2", exact=True).wait_for(timeout=15_000)
+    stepper.get_by_role("link", name="2", exact=True).wait_for()
 
     writer.add_iteration(more[1])
     writer.finish()
     page.wait_for_function(
-        "document.getElementById('iteration-status').textContent === 'completed'", timeout=15_000
+        "document.getElementById('iteration-status').textContent === 'completed'"
     )
     assert stepper.get_by_role("link", name="3", exact=True).count() == 1
 
     # No more polling: the page's interval is switched off (a condition, not a pause).
     page.wait_for_function(
         "window.dash_component_api.getLayout('iteration-poll').props.disabled === true",
-        timeout=15_000,
     )
     assert list(page.problems) == []

@@ -94,7 +94,9 @@ def test_torch_is_only_in_the_build_stage():
         "sqlite3.connect('/demo/runs.db').execute('PRAGMA journal_mode=DELETE').close()\"",
     ]
     runtime = stages["runtime"]
-    assert "pip install . && rm -rf /src" in [args for op, args in runtime if op == "RUN"]
+    assert 'pip install ".[postgres]" && rm -rf /src' in [
+        args for op, args in runtime if op == "RUN"
+    ]
     assert not any("torch" in args or "trace]" in args for op, args in runtime if op == "RUN")
     assert ("COPY", "--from=tracer /demo/runs.db /opt/cnnviz/demo.db") in runtime
     assert ("USER", "cnnviz") in runtime and ("EXPOSE", "8050") in runtime

@@ -189,18 +189,22 @@ def test_iteration_shows_every_step_in_order_with_its_check(pages, store, reques
     assert "Iteration 2 of 3" in text_of(layout)
 
 
-def test_iteration_heatmaps_hold_the_stored_values(pages, store, request_ctx):
+def test_iteration_heatmaps_hold_the_stored_values(pages, dash_app, store, request_ctx):
+    """The page reads no tensor bytes; each slot's figure address serves the stored values."""
     layout = pages.iteration.layout(run="2", it="3")
     record = store.load_iteration(2, 3)
     panels = components(layout, html.Div, "tensor-panel")
     assert panels
+    client = dash_app.server.test_client()
     for panel in panels:
         tensor = record.tensor(getattr(panel, "data-tensor"))
         slots = components(panel, html.Div, "heatmap-slot")
         if not slots:
             continue
+        response = client.get(getattr(slots[0], "data-src"))
+        assert response.status_code == 200
         expected = matrix_view(tensor.array, tensor.shape, role=tensor.role).values
-        np.testing.assert_array_equal(drawn_z(slots[0]), expected)
+        np.testing.assert_array_equal(drawn_z(response.get_data(as_text=True)), expected)
 
 
 def test_iteration_defaults_to_the_latest_run(pages, request_ctx):
@@ -251,32 +255,89 @@ def test_choosing_another_run_goes_to_its_first_iteration(pages):
     assert pages.iteration.choose_run(1, {"run": 1, "it": 3}) is not None  # dash.no_update
 
 
-def test_reslicing_redraws_the_chosen_plane(pages, dash_app, tmp_path, request_ctx):
+def test_a_panel_moves_its_window_and_plane(pages, dash_app, tmp_path, request_ctx):
+    from dashapp import tensorpanel
     from storage import RunInfo, RunWriter, TensorRecord, open_engine
     from storage.records import IterationRecord
 
     path = tmp_path / "nd.db"
     engine = open_engine(path)
     writer = RunWriter.begin(engine, RunInfo(name="nd"))
-    values = np.arange(4 * 3 * 2 * 2, dtype=np.float32).reshape(4, 3, 2, 2)
+    values = np.arange(4 * 3 * 100 * 90, dtype=np.float32).reshape(4, 3, 100, 90)
     writer.add_iteration(
         IterationRecord(1, 0.5, [TensorRecord("x.out", "activation", values, layer="x")], [])
     )
     writer.finish()
     engine.dispose()
-    inputs = [
-        {"id": {"type": "tensor-slice", "panel": "p", "axis": 0}, "property": "value", "value": 3},
-        {"id": {"type": "tensor-slice", "panel": "p", "axis": 1}, "property": "value", "value": 2},
+    ids = tensorpanel.TensorPanel.ids
+    lead = [
+        {"id": ids.lead("p", 0), "property": "value", "value": 3},
+        {"id": ids.lead("p", 1), "property": "value", "value": 2},
     ]
+
+    def offsets(row, col):
+        return [
+            {"id": ids.offset("p", "row"), "property": "value", "value": row},
+            {"id": ids.offset("p", "col"), "property": "value", "value": col},
+        ]
+
+    state = {
+        "run": 1,
+        "it": 1,
+        "name": "x.out",
+        "shape": [4, 3, 100, 90],
+        "role": "activation",
+        "stored": values.size,
+        "lead": [0, 0],
+        "row0": 0,
+        "col0": 0,
+    }
     with using_store(dash_app, path):
-        figure_json, caption = run_callback(
-            pages.iteration.reslice,
+        src, caption, shown, new = run_callback(
+            tensorpanel.change_view,
             [3, 2],
-            {"run": 1, "it": 1, "name": "x.out"},
-            inputs_list=[inputs],
+            [1, 1],
+            [0, 0, 0, 0],
+            None,
+            state,
+            triggered="lead",
+            inputs_list=[lead, offsets(1, 1)],
         )
-    np.testing.assert_array_equal(drawn_z(figure_json), values[2, 1])
-    assert caption == "sample 3 of 4; channel 2 of 3"
+        assert caption == "sample 3 of 4; channel 2 of 3; rows 1–64 of 100; columns 1–64 of 90"
+        z = drawn_z(dash_app.server.test_client().get(src).get_data(as_text=True))
+        np.testing.assert_array_equal(z, values[2, 1, :64, :64])
+        # rows from 80 is clamped so that the window stays inside the plane (rows 37-100)
+        src, caption, shown, new = run_callback(
+            tensorpanel.change_view,
+            [3, 2],
+            [80, 30],
+            [0, 0, 0, 0],
+            None,
+            new,
+            inputs_list=[lead, offsets(80, 30)],
+        )
+        assert shown == [37, 27] and (new["row0"], new["col0"]) == (36, 26)
+        z = drawn_z(dash_app.server.test_client().get(src).get_data(as_text=True))
+        np.testing.assert_array_equal(z, values[2, 1, 36:100, 26:90])
+
+
+def test_a_view_in_the_url_opens_that_window(pages, dash_app, store, request_ctx):
+    layout = pages.iteration.layout(run="1", it="1", **{"t.conv.out": "1,1@1,1"})
+    assert components(layout, html.Div, "tensor-panel")
+    assert_not_found(pages.iteration.layout(run="1", it="1", **{"t.nope": "@1,1"}), "nope")
+    assert_not_found(pages.iteration.layout(run="1", it="1", **{"t.conv.out": "x"}), "view")
+    client = dash_app.server.test_client()
+    assert client.get("/iteration?run=1&it=1").status_code == 200
+    for address in (
+        "/iteration?run=999",
+        "/iteration?run=1&it=99",
+        "/iteration?run=1&it=1&t.nope=@1,1",
+        "/model?run=999",
+        "/?seed=x",
+        "/no-such-page",
+        "/figure/1/1/nope.json",
+    ):
+        assert client.get(address).status_code == 404, address
 
 
 # ---------------------------------------------------------------- model

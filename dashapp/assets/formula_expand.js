@@ -1,0 +1,41 @@
+/* "show every stored entry" under a fitted formula (dashapp/formulafit.py).
+ *
+ * The page shows each formula with numbers with some matrix columns elided so that it
+ * fits; the button fetches the formula as the store holds it (already made safe for
+ * MathJax by the server, and put into the page as text, never as markup) and has
+ * MathJax typeset it in a scrollable box below; a second click hides it again.
+ */
+(function () {
+  "use strict";
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest && event.target.closest(".formula-expand");
+    if (!button) {
+      return;
+    }
+    var box = button.parentElement.querySelector(".formula-expanded");
+    var open = button.getAttribute("aria-expanded") === "true";
+    button.setAttribute("aria-expanded", open ? "false" : "true");
+    button.textContent = open ? "show every stored entry" : "hide the stored entries";
+    box.hidden = open;
+    if (open || box.getAttribute("data-loaded")) {
+      return;
+    }
+    box.setAttribute("data-loaded", "1");
+    fetch(button.getAttribute("data-src"), { credentials: "same-origin" })
+      .then(function (response) {
+        if (!response.ok) {
+          throw new Error("HTTP " + response.status);
+        }
+        return response.text();
+      })
+      .then(function (tex) {
+        box.textContent = tex;
+        if (window.MathJax && window.MathJax.typeset) {
+          window.MathJax.typeset([box]);
+        }
+      })
+      .catch(function (error) {
+        box.textContent = "The stored formula could not be loaded (" + error.message + ").";
+      });
+  });
+})();

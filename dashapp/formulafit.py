@@ -1,0 +1,229 @@
+"""Formulas that fit: elide matrix columns with ⋯ until an equation fits its box.
+
+The tracer prints each matrix with up to 12x10 entries. Several of them side by side
+(X_col W^T + b = Z) are far wider than the page, and what disappears past the right
+edge is the equation's result. `fit` estimates the typeset width of each line of a
+formula from its LaTeX (characters at MathJax's display size, column gaps, brackets)
+and, while a line is too wide, drops one more column from its widest matrix, next to
+a \\cdots column (kept: the first columns and the last one). The page shows the fitted
+formula and can expand the one the store holds (`fit` never changes a number that it
+keeps, only which entries are shown).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+# The formula box at a 1280 px wide window is 820 px (steps column minus the label
+# column); the estimate is calibrated on the LeNet-5 page (headless Chromium).
+BUDGET_PX = 740
+CHAR_PX = 11.7  # a digit or letter at MathJax's display size
+SMALL = 0.7  # sub- and superscripts
+COLUMN_GAP_PX = 23.0  # between matrix columns (2 x arraycolsep)
+BRACKETS_PX = 26.0
+MIN_COLUMNS = 2  # a matrix keeps at least its first column and the ⋯
+
+_MATRIX = re.compile(r"\\begin\{([bpvBV]?matrix)\}(.*?)\\end\{\1\}", re.S)
+_BLOCK = re.compile(r"\\begin\{(aligned|gathered)\}(.*?)\\end\{\1\}", re.S)
+_TOKEN = re.compile(r"\\cnnvizblock([0-9]+)")
+_ELIDED = {r"\cdots", r"\ddots", r"\vdots", r"\dots", r"\ldots"}
+# Where a line too wide even with its matrices elided may break (kept on the next line).
+_BREAKS = (r"\;\Rightarrow\;", r",\quad", r":\quad")
+# A term of a long sum, just before its "- \cdots" (cross-entropy's "- \log 0.1061").
+_TERM = re.compile(r"- \\log [-0-9.]+(?:\\times 10\^\{-?[0-9]+\})? (?=- \\cdots)")
+_TERMS = re.compile(r"- \\log [-0-9.]")
+
+
+def _cells(body: str) -> list[list[str]]:
+    return [[c.strip() for c in row.split("&")] for row in re.split(r"\\\\", body) if row.strip()]
+
+
+def _join(env: str, rows: list[list[str]]) -> str:
+    return rf"\begin{{{env}}}" + r" \\ ".join(" & ".join(r) for r in rows) + rf"\end{{{env}}}"
+
+
+@functools.lru_cache(maxsize=65536)
+def text_px(tex: str) -> float:
+    """About how wide a piece of LaTeX without matrices typesets, in px."""
+    tex = re.sub(r"\\(?:text|mathrm|operatorname|mathbf)\{([^{}]*)\}", r"\1", tex)
+    small = sum(len(m) for m in re.findall(r"[_^]\{([^{}]*)\}", tex))
+    small += len(re.findall(r"[_^][^{\\]", tex))
+    tex = re.sub(r"[_^]\{[^{}]*\}|[_^][^{\\]", "", tex)
+    tex = re.sub(r"\\t?frac\{([^{}]*)\}\{([^{}]*)\}", lambda m: max(m[1], m[2], key=len), tex)
+    tex = re.sub(r"\\quad", "MM", tex)
+    tex = re.sub(r"\\(log|ln|exp|max|min|tanh|sinh|cosh|sin|cos|arg|det)(?![A-Za-z])", r"\1", tex)
+    tex = re.sub(r"\\(?:left|right|big|Big|begin\{[a-z]*\}|end\{[a-z]*\}|[,;:! ])", "", tex)
+    tex = re.sub(r"\\[A-Za-z]+", "M", tex)
+    tex = re.sub(r"[{}&\s]", "", tex)
+    return CHAR_PX * (len(tex) + SMALL * small)
+
+
+def matrix_px(rows: list[list[str]]) -> float:
+    return _matrix_px(tuple(tuple(r) for r in rows))
+
+
+@functools.lru_cache(maxsize=16384)
+def _matrix_px(rows: tuple[tuple[str, ...], ...]) -> float:
+    columns = max((len(r) for r in rows), default=0)
+    widths = [max((text_px(r[c]) for r in rows if c < len(r)), default=0.0) for c in range(columns)]
+    return sum(widths) + COLUMN_GAP_PX * max(columns - 1, 0) + BRACKETS_PX
+
+
+def _split_lines(tex: str) -> list[str]:
+    """The lines of `tex`: split at \\\\ outside matrices and aligned blocks."""
+    hidden = _BLOCK.sub(lambda m: "B" * len(m[0]), _MATRIX.sub(lambda m: "M" * len(m[0]), tex))
+    parts, start = [], 0
+    for m in re.finditer(r"\\\\", hidden):
+        parts.append(tex[start : m.start()])
+        start = m.end()
+    return [*parts, tex[start:]]
+
+
+def _protect(line: str) -> tuple[str, list[tuple[str, float]]]:
+    """Aligned blocks replaced by tokens; each block (fitted) with its width."""
+    blocks: list[tuple[str, float]] = []
+
+    def keep(m) -> str:
+        body = r" \\ ".join(fit_line(part) for part in _split_lines(m[2]))
+        width = max(line_px(part) for part in _split_lines(body))
+        blocks.append((rf"\begin{{{m[1]}}}{body}\end{{{m[1]}}}", width))
+        return rf"\cnnvizblock{len(blocks) - 1} "
+
+    return _BLOCK.sub(keep, line), blocks
+
+
+def _restore(line: str, blocks) -> str:
+    return _TOKEN.sub(lambda m: blocks[int(m[1])][0], line)
+
+
+def line_px(line: str, blocks=()) -> float:
+    """The estimated width of one line (no \\\\ outside its blocks), px."""
+    if not blocks and _BLOCK.search(line):
+        line, blocks = _protect(line)
+    width = sum(blocks[int(k)][1] for k in _TOKEN.findall(line))
+    rest = _TOKEN.sub("", line)
+    width += text_px(_MATRIX.sub("", rest))
+    return width + sum(_body_px(m[2]) for m in _MATRIX.finditer(rest))
+
+
+@functools.lru_cache(maxsize=16384)
+def _body_px(body: str) -> float:
+    return matrix_px(_cells(body))
+
+
+def width_px(tex: str) -> float:
+    """The estimated typeset width of a formula: its widest line."""
+    return max(line_px(line) for line in _split_lines(tex))
+
+
+def _narrower(rows: list[list[str]], least: int = MIN_COLUMNS) -> list[list[str]] | None:
+    """The matrix with one column fewer (the one before the ⋯ column, or a new ⋯)."""
+    columns = max(len(r) for r in rows)
+    if columns <= least or any(len(r) != columns for r in rows):
+        return None
+    elided = [c for c in range(columns) if all(r[c] in _ELIDED for r in rows)]
+    if elided:
+        gap = elided[-1]
+        if gap == 0:
+            return None
+        # drop the column just before the ⋯ (the first and last columns stay while they can)
+        drop = gap - 1 if gap >= 2 else gap + 1
+        if drop >= columns:
+            return None
+        return [[c for i, c in enumerate(r) if i != drop] for r in rows]
+    # no ⋯ yet: the second-to-last column becomes one
+    return [r[:-2] + [r"\ddots" if r[-2] == r"\vdots" else r"\cdots"] + r[-1:] for r in rows]
+
+
+def _elide(protected: str, blocks, budget: float, least: int) -> str:
+    """Narrow the widest matrices (to `least` columns) until the line fits: the widest
+    loses columns until the line fits or it is no wider than the next one, and so on."""
+    for _ in range(200):  # each round narrows a matrix or stops
+        excess = line_px(protected, blocks) - budget
+        if excess <= 0:
+            break
+        found = sorted(((_body_px(m[2]), m) for m in _MATRIX.finditer(protected)), key=_first)
+        for k, (width, m) in enumerate(found):
+            runner_up = found[k + 1][0] if k + 1 < len(found) else 0.0
+            smaller, rows = None, _cells(m[2])
+            while (narrower := _narrower(rows, least)) is not None:
+                smaller = rows = narrower
+                now = matrix_px(rows)
+                if width - now >= excess or now <= runner_up:
+                    break
+            if smaller is not None:
+                protected = protected[: m.start()] + _join(m[1], smaller) + protected[m.end() :]
+                break
+        else:
+            term = _TERM.search(protected)
+            if term is None or len(_TERMS.findall(protected)) <= 2:
+                break
+            protected = protected[: term.start()] + protected[term.end() :]
+    return protected
+
+
+def _first(item) -> float:
+    return -item[0]
+
+
+def fit_line(line: str, budget: float = BUDGET_PX) -> str:
+    """One line with its widest matrices narrowed until it fits (to 4 columns); if that is
+    not enough, broken in two at a `\\Rightarrow` or `,\\quad`, else narrowed further."""
+    original, blocks = _protect(line)
+    protected = _elide(original, blocks, budget, least=4)
+    if line_px(protected, blocks) > budget:
+        for mark in _BREAKS:
+            at = original.find(mark)
+            if at > 0:
+                left = _restore(original[:at], blocks)
+                right = _restore(original[at + len(mark) :], blocks)
+                if mark.startswith((",", ":")):  # "a,\quad b": the comma stays with a
+                    left = left + mark[0]
+                else:  # "a \Rightarrow b": the arrow starts the next line
+                    right = mark + " " + right
+                parts = (fit_line(left, budget), fit_line(right, budget))
+                return r"\begin{gathered}" + r" \\ ".join(parts) + r"\end{gathered}"
+        protected = _elide(protected, blocks, budget, least=MIN_COLUMNS)
+    return _restore(protected, blocks)
+
+
+@functools.lru_cache(maxsize=4096)
+def fit(tex: str, budget: float = BUDGET_PX) -> str:
+    """`tex` with matrix columns elided until every line fits `budget` px (if it can)."""
+    if width_px(tex) <= budget:
+        return tex
+    return r" \\ ".join(fit_line(line, budget) for line in _split_lines(tex))
+
+
+FORMULA = "/formula"
+
+
+def formula_url(run_id: int, index: int, position: int) -> str:
+    """Where the page fetches a step's formula as stored (assets/formula_expand.js)."""
+    return f"{FORMULA}/{int(run_id)}/{int(index)}/{int(position)}.tex"
+
+
+def register(server) -> None:
+    import flask
+
+    from .data import current_store
+    from .layouts import math_markdown
+
+    def stored_formula(run_id: int, index: int, position: int):
+        record = current_store().load_iteration(run_id, index, with_data=False)
+        steps = [s for s in (record.steps if record else []) if s.position == position]
+        if not steps:
+            flask.abort(404)
+        body = math_markdown(steps[0].formula_values)  # the same sanitising as on the page
+        response = flask.Response(body, mimetype="text/plain")
+        response.headers["Cache-Control"] = "private, max-age=3600"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    server.add_url_rule(
+        f"{FORMULA}/<int:run_id>/<int:index>/<int:position>.tex",
+        endpoint="cnnviz_formula",
+        view_func=stored_formula,
+        methods=["GET"],
+    )

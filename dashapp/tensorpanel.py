@@ -1,0 +1,453 @@
+"""The tensor panel: one tensor as an All-in-One component that any page can place.
+
+A panel shows a tensor's name, shape, role and summary over the full tensor, and a
+heatmap of one window (at most 64x64) of one (rows, cols) plane: the sample and
+channel (or out/in channel of a kernel) pick the plane, the row and column offsets
+and the arrow buttons move the window, so any element of any tensor can be reached.
+
+Nothing is read when the page is built: the heatmap slot holds the address of its
+figure (`data-src`, GET /figure/<run>/<iteration>/<tensor>.json?lead=..&row=..&col=..,
+served from `Store.tensor_window`, which reads only that window's bytes), and
+assets/heatmap_queue.js fetches and draws it once the slot nears the viewport.
+
+The panel's view is in the URL as `t.<tensor>=<lead>@<row>,<col>` (1-based, e.g.
+`t.0.out=3,2@1,1`, `t.fc1.weight=@65,1`): a link opens exactly that view, and
+moving the window adds a history entry (assets/tensor_panel.js), so back and
+forward step through the views.
+
+Component ids derive from one `aio_id` (Dash's All-in-One pattern): other code can
+listen to `TensorPanel.ids.click(MATCH)` (`data`: run, it, tensor, lead, row, col of
+a clicked cell) without knowing how the panel is drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import flask
+import numpy as np
+from dash import ALL, MATCH, Input, Output, State, callback, ctx, dcc, html, no_update
+from plotly.utils import PlotlyJSONEncoder
+
+from storage import TensorRecord, names
+
+from . import figures, links
+from .data import NotFound, current_store
+from .formatting import format_scalar, format_shape
+from .tensorview import MAX_COLS, MAX_ROWS, caption_of, lead_dims, plane_shape, window_view
+
+FIGURE = "/figure"
+URL_PREFIX = "t."  # query keys of panel views: t.<tensor name>
+GRAPH_CONFIG = {"displayModeBar": False, "responsive": False}
+ROLE_LABELS = {
+    names.ROLE_INPUT: "input batch",
+    names.ROLE_TARGET: "labels",
+    names.ROLE_PARAM: "weight",
+    names.ROLE_PARAM_GRAD: "gradient",
+    names.ROLE_PARAM_NEXT: "weight after the update",
+    names.ROLE_UPDATE: "update",
+    names.ROLE_ACTIVATION: "activation",
+    names.ROLE_ACTIVATION_GRAD: "gradient of an activation",
+    names.ROLE_INPUT_GRAD: "gradient of the input",
+    names.ROLE_INTERMEDIATE: "intermediate",
+    names.ROLE_OPTIMIZER_STATE: "optimizer state",
+    names.ROLE_OUTPUT: "output",
+}
+_VIEW = re.compile(r"((?:[0-9]{1,9})(?:,[0-9]{1,9})*)?@([0-9]{1,9}),([0-9]{1,9})")
+_NAME = re.compile(r"[\w.#@\-]{1,300}")
+MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
+MOVE_ARROWS = (("left", "←"), ("up", "↑"), ("down", "↓"), ("right", "→"))
+
+
+@dataclass(frozen=True)
+class PanelView:
+    """Which window of which plane a panel shows (0-based)."""
+
+    lead: tuple[int, ...] = ()
+    row0: int = 0
+    col0: int = 0
+
+    def clamped(self, shape: tuple[int, ...], role: str = "") -> PanelView:
+        dims = lead_dims(shape, role)
+        rows, cols = plane_shape(shape)
+        lead = tuple(
+            min(max(self.lead[i] if i < len(self.lead) else 0, 0), d.size - 1)
+            for i, d in enumerate(dims)
+        )
+        return PanelView(
+            lead=lead,
+            row0=min(max(self.row0, 0), max(rows - MAX_ROWS, 0)),
+            col0=min(max(self.col0, 0), max(cols - MAX_COLS, 0)),
+        )
+
+    def to_url(self) -> str:
+        return ",".join(str(i + 1) for i in self.lead) + f"@{self.row0 + 1},{self.col0 + 1}"
+
+    @classmethod
+    def from_url(cls, text) -> PanelView:
+        if isinstance(text, list):
+            raise NotFound("the address gives a tensor's view more than once")
+        match = _VIEW.fullmatch(str(text).strip())
+        if not match or int(match.group(2)) < 1 or int(match.group(3)) < 1:
+            raise NotFound(
+                f"tensor view {text!r} is not of the form SAMPLE,CHANNEL@ROW,COLUMN, e.g. 1,2@1,1"
+            )
+        lead = tuple(int(p) - 1 for p in match.group(1).split(",")) if match.group(1) else ()
+        if any(i < 0 for i in lead):
+            raise NotFound(f"tensor view {text!r} counts from 1")
+        return cls(lead=lead, row0=int(match.group(2)) - 1, col0=int(match.group(3)) - 1)
+
+
+def views_from_query(query: dict) -> dict[str, PanelView]:
+    """{tensor name: view} from the `t.<name>` keys of a query string."""
+    return {
+        key[len(URL_PREFIX) :]: PanelView.from_url(value)
+        for key, value in query.items()
+        if key.startswith(URL_PREFIX)
+    }
+
+
+def figure_url(run_id: int, index: int, name: str, view: PanelView) -> str:
+    query = f"lead={','.join(str(i) for i in view.lead)}&row={view.row0}&col={view.col0}"
+    return f"{FIGURE}/{int(run_id)}/{int(index)}/{quote(name, safe='')}.json?{query}"
+
+
+def _gaps(tensor: TensorRecord, view: PanelView) -> tuple[int, int, int]:
+    """(cells not stored, cells shown, rows x cols shown) of a window, from the counts alone."""
+    rows, cols = plane_shape(tensor.shape)
+    shown = (min(rows, MAX_ROWS), min(cols, MAX_COLS))
+    stored = tensor.stored_numel
+    if stored is None:
+        return 0, shown[0] * shown[1], shown
+    dims = lead_dims(tensor.shape, tensor.role)
+    start = int(np.ravel_multi_index(view.lead, [d.size for d in dims])) if dims else 0
+    flat = (
+        start * rows * cols
+        + (view.row0 + np.arange(shown[0]))[:, None] * cols
+        + (view.col0 + np.arange(shown[1]))[None, :]
+    )
+    return int((flat >= stored).sum()), flat.size, shown
+
+
+def caption(tensor: TensorRecord, view: PanelView) -> str:
+    gaps, size, shown = _gaps(tensor, view)
+    dims = lead_dims(tensor.shape, tensor.role)
+    return caption_of(
+        dims, view.lead, (view.row0, view.col0), shown, plane_shape(tensor.shape), gaps, size
+    )
+
+
+def summary_line(tensor: TensorRecord) -> str:
+    """min, max, mean, ‖·‖₂ (and NaN/inf counts) over all the tensor's values."""
+    s = tensor.summary or {}
+    numel = int(np.prod(tensor.shape, dtype=np.int64))
+    integral = tensor.array.dtype.kind in "biu"
+    parts = [
+        f"{label} {s[key]:g}"
+        if integral and key in ("min", "max")
+        else f"{label} {format_scalar(s.get(key))}"
+        for label, key in (("min", "min"), ("max", "max"), ("mean", "mean"), ("‖·‖₂", "l2"))
+        if s.get(key) is not None
+    ]
+    for label, key in (("NaN", "nan_count"), ("inf", "inf_count")):
+        if s.get(key):
+            parts.append(f"{s[key]} {label}")
+    return " · ".join(parts) + f" (over all {numel:,} values)" if parts else ""
+
+
+def _stringified(component_id: dict) -> str:
+    """A dict id as Dash writes it in the page (keys sorted, compact)."""
+    return json.dumps(component_id, sort_keys=True, separators=(",", ":"))
+
+
+class TensorPanel(html.Div):
+    """One tensor: header, full-tensor summary, window controls, lazy heatmap, downloads."""
+
+    class ids:
+        @staticmethod
+        def part(name: str, aio_id):
+            return {"component": "TensorPanel", "subcomponent": name, "aio_id": aio_id}
+
+        @staticmethod
+        def lead(aio_id, axis):
+            return {
+                "component": "TensorPanel",
+                "subcomponent": "lead",
+                "axis": axis,
+                "aio_id": aio_id,
+            }
+
+        @staticmethod
+        def offset(aio_id, axis):
+            """The first row ("row") or column ("col") of the window, 1-based."""
+            return {
+                "component": "TensorPanel",
+                "subcomponent": "offset",
+                "axis": axis,
+                "aio_id": aio_id,
+            }
+
+        @staticmethod
+        def move(aio_id, direction):
+            return {
+                "component": "TensorPanel",
+                "subcomponent": "move",
+                "direction": direction,
+                "aio_id": aio_id,
+            }
+
+        graph = staticmethod(lambda aio_id: TensorPanel.ids.part("graph", aio_id))
+        caption = staticmethod(lambda aio_id: TensorPanel.ids.part("caption", aio_id))
+        state = staticmethod(lambda aio_id: TensorPanel.ids.part("state", aio_id))
+        nav = staticmethod(lambda aio_id: TensorPanel.ids.part("nav", aio_id))
+        click = staticmethod(lambda aio_id: TensorPanel.ids.part("click", aio_id))
+
+    def __init__(
+        self,
+        tensor: TensorRecord,
+        *,
+        run_id: int,
+        index: int,
+        aio_id: str,
+        view: PanelView | None = None,
+        scalar: float | None = None,
+    ):
+        view = (view or PanelView()).clamped(tensor.shape, tensor.role)
+        header = html.Div(
+            [
+                html.Code(tensor.name, className="tensor-name"),
+                html.Span(format_shape(tensor.shape), className="tensor-shape"),
+                html.Span(ROLE_LABELS.get(tensor.role, tensor.role), className="tensor-role"),
+            ],
+            className="tensor-header",
+        )
+        downloads = html.Div(
+            [
+                html.A(
+                    f".{fmt}",
+                    href=links.download(run_id, index, tensor.name, fmt),
+                    download="",
+                    className="download-link",
+                    title=f"download all values as .{fmt}",
+                )
+                for fmt in links.DOWNLOAD_FORMATS
+            ],
+            className="tensor-downloads",
+        )
+        if len(tensor.shape) == 0:
+            body = html.Div(format_scalar(scalar), className="tensor-scalar")
+            summary = None
+        else:
+            body = self._body(tensor, run_id, index, aio_id, view)
+            summary = html.Div(summary_line(tensor), className="tensor-summary")
+        super().__init__(
+            [header, summary, body, downloads],
+            className="tensor-panel",
+            **{"data-tensor": tensor.name, "data-aio": aio_id},
+        )
+
+    def _body(self, tensor, run_id, index, aio_id, view) -> html.Div:
+        ids = self.ids
+        rows, cols = plane_shape(tensor.shape)
+        dims = lead_dims(tensor.shape, tensor.role)
+        controls = []
+        for dim in dims:
+            if dim.size <= 1:
+                continue
+            controls.append(
+                _number(dim.label, ids.lead(aio_id, dim.axis), view.lead[dim.axis] + 1, dim.size)
+            )
+        if rows > MAX_ROWS:
+            controls.append(_number("rows from", ids.offset(aio_id, "row"), view.row0 + 1, rows))
+        if cols > MAX_COLS:
+            controls.append(_number("columns from", ids.offset(aio_id, "col"), view.col0 + 1, cols))
+        if rows > MAX_ROWS or cols > MAX_COLS:
+            controls.append(
+                html.Span(
+                    [
+                        html.Button(
+                            arrow,
+                            id=ids.move(aio_id, direction),
+                            n_clicks=0,
+                            className="btn btn-outline-secondary btn-sm pan-button",
+                            title=f"move the window {direction}",
+                            disabled=(rows <= MAX_ROWS)
+                            if direction in ("up", "down")
+                            else (cols <= MAX_COLS),
+                        )
+                        for direction, arrow in MOVE_ARROWS
+                    ],
+                    className="pan-buttons",
+                )
+            )
+        state = {
+            "run": run_id,
+            "it": index,
+            "name": tensor.name,
+            "shape": list(tensor.shape),
+            "role": tensor.role,
+            "stored": tensor.stored_numel,
+            "lead": list(view.lead),
+            "row0": view.row0,
+            "col0": view.col0,
+        }
+        width, height = figures.heatmap_size(min(rows, MAX_ROWS), min(cols, MAX_COLS))
+        # A panel whose whole plane is shown has no controls, so no state and no callback:
+        # a LeNet-5 page has 160 panels, and every pattern-matched component costs the
+        # browser time when Dash renders the page.
+        stateful = (
+            [dcc.Store(id=ids.state(aio_id), data=state), dcc.Store(id=ids.nav(aio_id))]
+            if controls
+            else []
+        )
+        return html.Div(
+            [
+                html.Div(controls, className="slice-controls") if controls else None,
+                html.Div(
+                    id=ids.graph(aio_id),
+                    className="heatmap heatmap-slot",
+                    style={"width": f"{width}px", "height": f"{height}px"},
+                    **{
+                        "data-src": figure_url(run_id, index, tensor.name, view),
+                        "data-config": json.dumps(GRAPH_CONFIG),
+                        "data-click": _stringified(ids.click(aio_id)),
+                        # provenance_click.js: which tensor a click on a cell asks about
+                        "data-tensor": tensor.name,
+                    },
+                ),
+                html.Div(caption(tensor, view), id=ids.caption(aio_id), className="tensor-caption"),
+                *stateful,
+                dcc.Store(id=ids.click(aio_id)),
+            ],
+            className="tensor-figure",
+        )
+
+
+def _number(label: str, component_id, value: int, size: int) -> html.Label:
+    return html.Label(
+        [
+            html.Span(label, className="me-1"),
+            dcc.Input(
+                id=component_id,
+                type="number",
+                min=1,
+                max=size,
+                step=1,
+                value=value,
+                debounce=True,
+                className="slice-input",
+            ),
+            html.Span(f"of {size}", className="ms-1 text-muted"),
+        ],
+        className="slice-control",
+    )
+
+
+def _record_of(state: dict) -> TensorRecord:
+    return TensorRecord(
+        name=state["name"],
+        role=state["role"],
+        array=np.empty(0),
+        shape=tuple(state["shape"]),
+        stored_numel=state.get("stored"),
+    )
+
+
+@callback(
+    Output(TensorPanel.ids.graph(MATCH), "data-src"),
+    Output(TensorPanel.ids.caption(MATCH), "children"),
+    Output(TensorPanel.ids.offset(MATCH, ALL), "value"),
+    Output(TensorPanel.ids.state(MATCH), "data"),
+    Input(TensorPanel.ids.lead(MATCH, ALL), "value"),
+    Input(TensorPanel.ids.offset(MATCH, ALL), "value"),
+    Input(TensorPanel.ids.move(MATCH, ALL), "n_clicks"),
+    Input(TensorPanel.ids.nav(MATCH), "data"),
+    State(TensorPanel.ids.state(MATCH), "data"),
+    prevent_initial_call=True,
+)
+def change_view(_lead, _offsets, _moves, nav, state):
+    """A new plane or window: the figure's address, the caption, the offsets (clamped).
+
+    assets/tensor_panel.js puts the new view into the URL when the address changes."""
+    tensor = _record_of(state)
+    trigger = ctx.triggered_id or {}
+    offsets = {item["id"]["axis"]: item.get("value") for item in ctx.inputs_list[1]}
+    if trigger.get("subcomponent") == "nav" and nav:
+        view = PanelView.from_url(nav["view"]) if nav.get("view") else PanelView()
+    else:
+        chosen = {item["id"]["axis"]: item.get("value") for item in ctx.inputs_list[0]}
+        lead = tuple(
+            (int(chosen[i]) - 1) if isinstance(chosen.get(i), (int, float)) else state["lead"][i]
+            for i in range(len(state["lead"]))
+        )
+
+        def start(axis: str, before: int) -> int:
+            value = offsets.get(axis)
+            return int(value) - 1 if isinstance(value, (int, float)) else before
+
+        row0, col0 = start("row", state["row0"]), start("col", state["col0"])
+        if trigger.get("subcomponent") == "move":
+            d_row, d_col = MOVES[trigger["direction"]]
+            row0 += d_row * (MAX_ROWS // 2)
+            col0 += d_col * (MAX_COLS // 2)
+        view = PanelView(lead=lead, row0=row0, col0=col0)
+    view = view.clamped(tensor.shape, tensor.role)
+    shown = [
+        view.row0 + 1 if item["id"]["axis"] == "row" else view.col0 + 1
+        for item in ctx.inputs_list[1]
+    ]
+    new_state = {**state, "lead": list(view.lead), "row0": view.row0, "col0": view.col0}
+    if all(new_state[k] == state[k] for k in ("lead", "row0", "col0")):
+        return no_update, no_update, shown, no_update
+    return (
+        figure_url(state["run"], state["it"], state["name"], view),
+        caption(tensor, view),
+        shown,
+        new_state,
+    )
+
+
+def register(app) -> None:
+    """The figure route (GET /figure/<run>/<it>/<tensor>.json)."""
+    app.server.add_url_rule(
+        f"{FIGURE}/<int:run_id>/<int:index>/<filename>",
+        endpoint="cnnviz_figure",
+        view_func=figure,
+        methods=["GET"],
+    )
+
+
+def _ints(text: str | None) -> tuple[int, ...]:
+    parts = [p for p in (text or "").split(",") if p != ""]
+    if not all(p.isdigit() and len(p) <= 9 for p in parts):
+        flask.abort(404)
+    return tuple(int(p) for p in parts)
+
+
+def figure(run_id: int, index: int, filename: str) -> flask.Response:
+    """GET /figure/<run>/<it>/<tensor>.json?lead=s,c&row=R&col=C: one window's heatmap."""
+    name, dot, ext = filename.rpartition(".")
+    if not dot or ext != "json" or not _NAME.fullmatch(name):
+        flask.abort(404)
+    args = flask.request.args
+    (row0,) = _ints(args.get("row", "0")) or (0,)
+    (col0,) = _ints(args.get("col", "0")) or (0,)
+    window = current_store().tensor_window(
+        run_id,
+        index,
+        name,
+        lead=_ints(args.get("lead")),
+        row0=row0,
+        col0=col0,
+        rows=MAX_ROWS,
+        cols=MAX_COLS,
+    )
+    if window is None:
+        flask.abort(404)
+    body = json.dumps(figures.heatmap_dict(window_view(window)), cls=PlotlyJSONEncoder)
+    response = flask.Response(body, mimetype="application/json")
+    response.headers["Cache-Control"] = "private, max-age=3600"  # a stored iteration never changes
+    return response
