@@ -53,9 +53,11 @@ def test_a_click_on_a_conv_output_shows_patch_times_kernel_plus_bias(page, base,
     assert text.startswith(f"conv.Y_col[4, 0] = {stored:.7g}")
     assert "Σ_k X_col[4,k]·W_flat[0,k] + b[0]" in text
     assert page.locator("#iteration-provenance-check").inner_text().startswith("✓ recomputed")
+    # a heatmap drawn later (it comes near the viewport) gets its outlines when drawn
+    page.locator('.heatmap-slot[data-tensor="conv.X_col"]').first.scroll_into_view_if_needed()
     page.wait_for_function(
         "() => { const s = document.querySelector(`.heatmap-slot[data-tensor='conv.X_col']`);"
-        " return s.layout.shapes && s.layout.shapes.length === 4; }"
+        " return s.layout && s.layout.shapes && s.layout.shapes.length === 4; }"
     )
     assert outlined(page, "conv.X_col") == [[4, k] for k in range(4)]
     assert outlined(page, "conv.W_flat") == [[0, k] for k in range(4)]
