@@ -188,6 +188,24 @@ def serve(tree: Path, db: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"cnnviz serve ({tree}) did not answer")
 
 
+def store_for(tree: Path, db: Path, name: str) -> Path:
+    """`db` as `tree` reads it: a copy upgraded with `cnnviz db upgrade` when the tree's
+    schema is newer than the store's (the stores are written once, by the first tree)."""
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    check = [sys.executable, "-c", f"from storage import RunStore; RunStore({str(db)!r}).close()"]
+    if subprocess.run(check, env=env, cwd=tree, capture_output=True).returncode == 0:
+        return db
+    copy = db.with_name(f"{db.stem}-{name}.db")
+    if not copy.exists():
+        import sqlite3
+
+        with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:
+            src.backup(dst)
+        upgrade = [sys.executable, "-m", "tracer.cli", "db", "upgrade", "--db", str(copy)]
+        subprocess.run(upgrade, env=env, cwd=tree, check=True, capture_output=True)
+    return copy
+
+
 def baseline_tree(rev: str) -> Path:
     tree = RESULTS / f"baseline-{rev.replace('/', '_')}"
     if not tree.exists():
@@ -342,12 +360,14 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     stores = build_stores()
-    db = stores[1000]
     trees = {"baseline": baseline_tree(args.baseline), "this": REPO}
-    urls = pages(db)
+    dbs = {
+        name: {n: store_for(tree, stores[n], name) for n in SCALES} for name, tree in trees.items()
+    }
+    urls = pages(dbs["this"][1000])  # this tree's storage reads the store here
     if args.only:
         urls = {k: v for k, v in urls.items() if k in args.only.split(",")}
-    servers = {name: serve(tree, db) for name, tree in trees.items()}
+    servers = {name: serve(tree, dbs[name][1000]) for name, tree in trees.items()}
     results = {name: {page: [] for page in urls} for name in trees}
     try:
         with sync_playwright() as playwright:
@@ -366,11 +386,11 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=10)
 
-    scale_dbs = [stores[n] for n in SCALES]
     callbacks = {}
     for name, tree in trees.items():
         requests = {page: results[name][page][0]["callbacks"] for page in urls}
-        callbacks[name] = replay(tree, db, scale_dbs, requests, args.replays)
+        scale_dbs = [dbs[name][n] for n in SCALES]
+        callbacks[name] = replay(tree, dbs[name][1000], scale_dbs, requests, args.replays)
 
     keys = (
         "content_ms",

@@ -55,7 +55,7 @@ from storage.records import IterationRecord, StepRecord, TensorRecord  # noqa: E
 
 PYTHON = sys.executable
 # The default production settings documented in docs/team.md.
-DEFAULT_SERVER = "--workers 2 --threads 8 --timeout 120"
+DEFAULT_SERVER = "--workers 2 --timeout 120"
 TENSORS, STEPS = 60, 23
 
 
@@ -265,12 +265,15 @@ def bench_load(location: str, clients: int, seconds: float, settings: str) -> di
     port = free_port()
     env = dict(os.environ, CNNVIZ_DB=location, PYTHONPATH=str(REPO))
     gunicorn = Path(PYTHON).with_name("gunicorn")
+    # The server's log goes to a file: a pipe nobody reads fills up and stalls it.
+    log_path = Path(tempfile.mkstemp(prefix="cnnviz-gunicorn-", suffix=".log")[1])
+    log = log_path.open("w")
     server = subprocess.Popen(
         [str(gunicorn), *settings.split(), "--bind", f"127.0.0.1:{port}", "dashapp.wsgi:server"],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -284,7 +287,7 @@ def bench_load(location: str, clients: int, seconds: float, settings: str) -> di
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(
-                        f"gunicorn did not start: {server.stderr.read()[-2000:]}"
+                        f"gunicorn did not start: {log_path.read_text()[-2000:]}"
                     ) from None
                 time.sleep(0.5)
         bodies = page_bodies(base, pages)
@@ -334,7 +337,11 @@ def bench_load(location: str, clients: int, seconds: float, settings: str) -> di
             trace.wait(timeout=60)
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
+        log.close()
+    worker_timeouts = log_path.read_text().count("WORKER TIMEOUT")
     return dict(
+        server_log=str(log_path),  # kept: what the server said about any errors
+        worker_timeouts=worker_timeouts,
         server=f"gunicorn {settings}",
         clients=clients,
         seconds=seconds,

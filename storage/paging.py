@@ -31,6 +31,8 @@ RUN_SORTS = {
     "created": schema.Run.started_at,
 }
 
+NULLABLE_SORTS = {"seed", "lr", "loss"}
+
 # At most this many rows and columns in one window read (a page never draws more).
 MAX_WINDOW = 256
 
@@ -55,27 +57,50 @@ def _filtered(stmt, query: RunQuery):
     return stmt
 
 
+# Per engine: (largest run id, number of runs) -> the model names. Listing them scans
+# every run row (model_name has no index); a run's model never changes, so the list
+# only changes when runs are added or deleted, which the id and the count show.
+_MODELS: dict[int, tuple[tuple[int, int], list[str]]] = {}
+
+
+def _model_names(engine: Engine, session) -> list[str]:
+    key = tuple(session.execute(select(func.max(schema.Run.id), func.count(schema.Run.id))).one())
+    cached = _MODELS.get(id(engine))
+    if cached is not None and cached[0] == key:
+        return list(cached[1])
+    names = list(
+        session.scalars(select(schema.Run.model_name).distinct().order_by(schema.Run.model_name))
+    )
+    _MODELS[id(engine)] = (key, names)
+    return names
+
+
 def run_page(engine: Engine, query: RunQuery, to_info) -> RunPage:
     """One page of runs (`to_info` turns an ORM row into a RunInfo) and the counts around it."""
     from sqlalchemy.orm import Session
 
     column = RUN_SORTS.get(query.sort, schema.Run.id)
     order = column.desc() if query.descending else column.asc()
-    stmt = (
-        _filtered(select(schema.Run), query)
-        .order_by(column.is_(None), order, schema.Run.id)  # ties: oldest first
+    # NULLs last only where a column has them: "ORDER BY id" alone walks the primary key.
+    keys = ([column.is_(None)] if query.sort in NULLABLE_SORTS else []) + [order]
+    if query.sort != "id":
+        keys.append(schema.Run.id)  # ties: oldest first
+    # Sort and cut the ids alone, then read the page's rows: the sort carries no JSON.
+    page_ids = (
+        _filtered(select(schema.Run.id), query)
+        .order_by(*keys)
         .offset(max(query.offset, 0))
         .limit(max(query.limit, 1))
     )
     count = _filtered(select(func.count(schema.Run.id)), query)
     with Session(engine) as session:
-        runs = [to_info(row) for row in session.scalars(stmt)]
+        ids = list(session.scalars(page_ids))
+        rows = {
+            row.id: row for row in session.scalars(select(schema.Run).where(schema.Run.id.in_(ids)))
+        }
+        runs = [to_info(rows[i]) for i in ids]
         total = session.execute(count).scalar_one()
-        models = list(
-            session.scalars(
-                select(schema.Run.model_name).distinct().order_by(schema.Run.model_name)
-            )
-        )
+        models = _model_names(engine, session)
         statuses = list(
             session.scalars(select(schema.Run.status).distinct().order_by(schema.Run.status))
         )

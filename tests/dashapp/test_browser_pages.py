@@ -146,7 +146,7 @@ def test_iteration_page_shows_every_step_typeset_and_checked(page, base, store):
         elif step.verified is None:
             assert badge == "no PyTorch counterpart (intermediate)"
     titles = page.locator(".section-title").all_inner_texts()
-    assert titles == ["Input", "Forward pass", "Loss", "Backward pass", "Weight update"]
+    assert titles == ["Input", "Forward pass", "Loss", "Backward pass", "Weight update", "What if"]
     assert_clean(page)
 
 

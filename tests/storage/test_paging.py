@@ -172,3 +172,13 @@ def test_a_truncated_tensor_reads_missing_elements_as_not_stored(db_path):
         assert window.stored.sum() == 25
         np.testing.assert_array_equal(window.values[window.stored], full.ravel()[:25])
         assert np.isnan(window.values[~window.stored]).all()
+
+
+def test_a_new_model_appears_in_the_filter_list(db_path):
+    engine = open_engine(db_path)
+    _run(engine, "a", 0, "lenet5", 1)
+    with RunStore(db_path) as store:
+        assert store.run_page(RunQuery()).models == ["lenet5"]
+        _run(engine, "b", 0, "resnet18", 2)  # written while the reader is open
+        assert store.run_page(RunQuery()).models == ["lenet5", "resnet18"]
+    engine.dispose()
