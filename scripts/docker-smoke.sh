@@ -141,6 +141,7 @@ docker run --rm --network host cnnviz-dashboard python -c \
 say "the runtime image has no torch"
 
 # ---------------------------------------------------------------- up
+logs() { docker logs "$(compose ps -q dashboard)" 2>&1; }  # this container's own output
 health() { docker inspect --format '{{.State.Health.Status}}' "$(compose ps -q dashboard)"; }
 wait_health() {  # wait_health WANT SECONDS
   local until=$((SECONDS + $2))
@@ -154,7 +155,7 @@ u0=$SECONDS
 compose up -d
 wait_health healthy 120
 say "healthy $((SECONDS - u0)) s after up"
-compose logs dashboard | grep -c "copied run" | grep -qx 3 || fail "the demo did not copy three runs"
+logs | grep -c "copied run" | grep -qx 3 || fail "the demo did not copy three runs"
 curl -fsS "$URL/healthz" | grep -q '"runs":3' || fail "/healthz does not count three runs"
 curl -fsS "$URL/" | grep -q '_dash-config' || fail "the dashboard page did not answer"
 curl -fsS "$URL/_dash-layout" | grep -q '_pages_content' || fail "the dashboard layout did not answer"
@@ -177,7 +178,7 @@ compose up -d
 wait_health healthy 120
 say "healthy $((SECONDS - u0)) s after down/up"
 curl -fsS "$URL/healthz" | grep -q '"runs":4' || fail "down/up lost runs"
-compose logs dashboard | grep -q "already holds the demo runs" || fail "the demo ran again"
+logs | grep -q "already holds the demo runs" || fail "the demo ran again"
 say "down/up kept the volume (4 runs) and did not copy the demo again"
 
 # ---------------------------------------------------------------- a broken store
@@ -199,7 +200,7 @@ u0=$SECONDS
 compose restart
 wait_health healthy 120
 curl -fsS "$URL/healthz" | grep -q '"runs":3' || fail "the restart did not fill up to three runs"
-[ "$(compose logs dashboard | grep -c "copied run")" = 2 ] || fail "not two copies after the restart"
+[ "$(logs | grep -c "copied run")" = 2 ] || fail "not two copies after the restart"
 say "after a start interrupted at one demo run: healthy $((SECONDS - u0)) s after restart, 3 runs"
 
 say "all checks passed in $(elapsed)"

@@ -24,6 +24,7 @@ from dashapp.data import (
     parse_selection,
     require_iteration,
     require_run,
+    require_stored,
     store_location,
 )
 from dashapp.formatting import format_shape
@@ -434,6 +435,16 @@ def controls(runs, store, a, b, layer, role, tensor, table, slice_lead) -> dbc.C
         ),
         className="mb-3 shadow-sm compare-controls",
     )
+
+
+def validate(a=None, b=None, runs=None, **_query) -> None:
+    """NotFound for a side that names an unknown run or iteration (dashapp.status: HTTP 404)."""
+    store = current_store()
+    parse_int_list(runs, "runs")
+    for value, what in ((a, "side A"), (b, "side B")):
+        selection = parse_selection(value, what)
+        if selection is not None:
+            require_stored(store, require_run(store, selection[0]), selection[1])
 
 
 @page_layout

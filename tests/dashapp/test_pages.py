@@ -328,11 +328,14 @@ def test_a_view_in_the_url_opens_that_window(pages, dash_app, store, request_ctx
     assert_not_found(pages.iteration.layout(run="1", it="1", **{"t.conv.out": "x"}), "view")
     client = dash_app.server.test_client()
     assert client.get("/iteration?run=1&it=1").status_code == 200
+    assert client.get("/compare?a=1:1&b=2:1").status_code == 200
     for address in (
         "/iteration?run=999",
         "/iteration?run=1&it=99",
         "/iteration?run=1&it=1&t.nope=@1,1",
         "/model?run=999",
+        "/compare?a=1:1&b=999:1",
+        "/compare?a=1:99",
         "/?seed=x",
         "/no-such-page",
         "/figure/1/1/nope.json",
