@@ -59,4 +59,19 @@ def create_app(store_location: str | os.PathLike) -> dash.Dash:
     formulafit.register(app.server)
     status.register(app.server)
     health.register(app.server)
+    _render_shell_once(app)
     return app
+
+
+def _render_shell_once(app: dash.Dash) -> None:
+    """Serve the page shell once, inside this process, before any real request.
+
+    Dash learns which of its component scripts may be served while it renders the
+    shell (`registered_paths`). Under gunicorn every worker builds its own app, and a
+    worker whose first request is a script rather than the page answered HTTP 500
+    ("dash is registered but the path requested is not valid"), so pages failed to
+    load at random with more than one worker.
+    """
+    response = app.server.test_client().get(app.config.requests_pathname_prefix)
+    if response.status_code != 200:
+        raise RuntimeError(f"the dashboard's page shell failed: HTTP {response.status_code}")

@@ -83,8 +83,15 @@ def status_badge(status: str | RunInfo) -> dbc.Badge:
 
 def isolate(text: str) -> str:
     """Store text set apart from the page's own direction (U+2068 FSI ... U+2069 PDI):
-    a name holding U+202E cannot reverse the words around it."""
+    a name holding U+202E cannot reverse the words around it. For plain-string places
+    (dropdown labels); in the page itself use `bdi`, which adds no characters."""
     return f"\u2068{text}\u2069"
+
+
+def bdi(text: str, **props) -> html.Bdi:
+    """Store text as an HTML <bdi> element: isolated from the surrounding direction, and
+    its text content (what is read, found and copied) is exactly the stored text."""
+    return html.Bdi(text, **props)
 
 
 def verified_badge(step: StepRecord) -> html.Span:

@@ -204,7 +204,7 @@ def side_card(
         [
             html.Span(label, className="side-label"),
             dcc.Link(
-                layouts.isolate(run.name), href=links.iteration(run.id, index), className="run-name"
+                layouts.bdi(run.name), href=links.iteration(run.id, index), className="run-name"
             ),
             html.Span(f" · iteration {index}", className="text-muted"),
         ]

@@ -307,7 +307,7 @@ def header(run: RunInfo, runs: list[RunInfo], index: int | None, count: int) -> 
             layouts.page_header(
                 title,
                 subtitle=[
-                    html.Span(layouts.isolate(run.name), className="run-name"),
+                    layouts.bdi(run.name, className="run-name"),
                     " · ",
                     run.model_name,
                     " · ",
@@ -315,7 +315,7 @@ def header(run: RunInfo, runs: list[RunInfo], index: int | None, count: int) -> 
                 ],
                 crumbs=[
                     ("Runs", links.RUNS),
-                    (layouts.isolate(run.name), links.model(run.id)),
+                    (layouts.bdi(run.name), links.model(run.id)),
                     (f"Iteration {index or ''}", None),
                 ],
                 actions=[

@@ -129,7 +129,7 @@ def layout(run=None, **_query):
     header = layouts.page_header(
         "Model architecture",
         subtitle=[
-            html.Span(layouts.isolate(info.name), className="run-name"),
+            layouts.bdi(info.name, className="run-name"),
             " · ",
             info.model_name,
             f" · {len(info.layers)} layers, {total} parameters",
@@ -137,7 +137,7 @@ def layout(run=None, **_query):
         crumbs=[
             ("Runs", links.RUNS),
             (
-                layouts.isolate(info.name),
+                layouts.bdi(info.name),
                 links.iteration(info.id, 1) if info.num_iterations else None,
             ),
             ("Model", None),

@@ -158,7 +158,7 @@ def runs_table(runs: list[RunInfo], view: dict) -> dbc.Table:
                     html.Td(str(run.id)),
                     html.Td(
                         dcc.Link(
-                            layouts.isolate(run.name),
+                            layouts.bdi(run.name),
                             href=links.iteration(run.id, 1) if last else links.model(run.id),
                             className="run-name",
                         )

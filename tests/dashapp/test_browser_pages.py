@@ -188,7 +188,8 @@ def test_iteration_stepper_anchors_and_back_forward(page, base):
 
     # another run from the picker
     page.locator("#iteration-run").click()
-    page.get_by_role("option", name="#1 seed-cnn-seed0, seed 0").click()
+    # dropdown labels are plain strings: the name sits between FSI and PDI (bidi isolation)
+    page.get_by_role("option", name=re.compile(r"^#1 \u2068seed-cnn-seed0\u2069, seed 0$")).click()
     page.wait_for_url(re.compile(r"\?run=1&it=1$"))
     wait_ready(page, ".page-subtitle:has-text('seed-cnn-seed0')")
     assert_clean(page)

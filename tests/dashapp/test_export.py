@@ -9,7 +9,6 @@ import re
 
 import numpy as np
 import pytest
-from dash_helpers import CHROMIUM, CHROMIUM_FLAGS, require
 
 from dashapp.export import EXPORT_COLS, EXPORT_ROWS
 from dashapp.tensorview import matrix_view
@@ -111,22 +110,16 @@ def test_selected_iterations_and_bad_input(seed_store, tmp_path, capsys):
 
 
 @pytest.mark.browser
-def test_opens_offline_from_disk_with_formulas_heatmaps_and_copy(exported, seed_store):
-    require(
-        CHROMIUM and __import__("pathlib").Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM}"
-    )
-    from playwright.sync_api import sync_playwright
-
+def test_opens_offline_from_disk_with_formulas_heatmaps_and_copy(exported, seed_store, browser):
+    # The session's Chromium (conftest): a second sync_playwright() in the same worker
+    # fails once the first one's event loop is running.
     path, _ = exported
     with RunStore(seed_store) as store:
         record = store.load_iteration(1, 3)
         run = store.get_run(1)
     problems, requests = [], []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
-        )
-        context = browser.new_context(viewport={"width": 1300, "height": 1000}, offline=True)
+    context = browser.new_context(viewport={"width": 1300, "height": 1000}, offline=True)
+    try:
         context.grant_permissions(["clipboard-read", "clipboard-write"])
         page = context.new_page()
         page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
@@ -155,8 +148,8 @@ def test_opens_offline_from_disk_with_formulas_heatmaps_and_copy(exported, seed_
         copied = page.evaluate("navigator.clipboard.readText()")
         assert copied == record.steps[-1].formula
         assert layer_formulas >= 1
+    finally:
         context.close()
-        browser.close()
     assert problems == []
     assert all(url.startswith("file://") for url in requests), requests
 
