@@ -42,6 +42,8 @@ class OptimizerHooks:
             if total is None or total.shape != increment.shape or increment.dtype.kind != "f":
                 return None
             inc, tot = increment.astype(np.float64), total.astype(np.float64)
+            if not (np.isfinite(inc).all() and np.isfinite(tot).all()):
+                return None  # a diverged gradient (NaN/inf) is no clipping factor
             norm = float(np.sum(inc * inc))
             if norm == 0.0:
                 continue
