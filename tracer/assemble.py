@@ -118,7 +118,7 @@ class _CallContext(StepContext):
         }
         self.input_parts: dict[str, np.ndarray] = {}
 
-    def step(self, title, formula, values, *, inputs, outputs, checks=(), note=""):
+    def step(self, title, formula, values, *, inputs, outputs, checks=(), note="", magnitude=0.0):
         kept, deferred = [], {}
         for ours, theirs, what in checks:
             hit = self.shared_refs.get(id(theirs)) if theirs is not None else None
@@ -132,7 +132,14 @@ class _CallContext(StepContext):
                 f"{what}: this call's part, checked in the sum over the {uses} uses of {name}"
             )
         record = super().step(
-            title, formula, values, inputs=inputs, outputs=outputs, checks=kept, note=note
+            title,
+            formula,
+            values,
+            inputs=inputs,
+            outputs=outputs,
+            checks=kept,
+            note=note,
+            magnitude=magnitude,
         )
         if deferred and record.reference:
             for old, new in deferred.items():

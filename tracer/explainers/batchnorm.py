@@ -263,6 +263,14 @@ class BatchNormExplainer(Explainer):
                 inputs=[call.grad_output_name, names.intermediate(call.name, "xhat")],
                 outputs=[call.grad_input_names[0]],
                 checks=[(dx, call.grad_inputs[0] if call.grad_inputs else None, "autograd dL/dx")],
+                # The three terms nearly cancel when a channel has few values (with two,
+                # dL/dx is 0 up to epsilon): PyTorch's float32 keeps rounding of the terms.
+                magnitude=float(
+                    np.max(
+                        np.abs(g * shift / m)
+                        * (m * np.abs(dy) + np.abs(sum_dy) + np.abs(xhat * sum_dy_xhat))
+                    )
+                ),
                 note="Every x of a channel moved that channel's mean and variance, so besides the direct "
                 "path gamma dy / sigma there are two corrections: the mean of dy is removed (shifting "
                 "all inputs equally changes nothing after normalisation) and so is the part of dy along "
