@@ -32,7 +32,7 @@ NAV_PAGES = (
 )
 
 
-def create_app(store_location: str | os.PathLike) -> dash.Dash:
+def create_app(store_location: str | os.PathLike, *, render_shell: bool = True) -> dash.Dash:
     location = os.fspath(store_location)
     store = RunStore(location, readonly=True)  # raises StoreError for a bad store
     app = dash.Dash(
@@ -59,7 +59,8 @@ def create_app(store_location: str | os.PathLike) -> dash.Dash:
     formulafit.register(app.server)
     status.register(app.server)
     health.register(app.server)
-    _render_shell_once(app)
+    if render_shell:  # not for Dash's dev server: its dev tools must come before any request
+        _render_shell_once(app)
     return app
 
 

@@ -576,7 +576,7 @@ def _serve(db: str, host: str, port: int, debug: bool) -> None:
         return
     from dashapp.app import create_app
 
-    app = create_app(db)  # a missing or invalid store: StoreError, one line, exit 2
+    app = create_app(db, render_shell=False)  # a bad store: StoreError, one line, exit 2
     click.echo(_serving_line(db, url))
     # No reloader: it would run this command again in a child process. No version
     # check: debug mode would otherwise ask a plotly.com server from the browser.
