@@ -262,7 +262,7 @@ def difference_heatmap(diff: MatrixView) -> go.Figure:
 class DifferenceStats:
     max_abs: float  # max |B - A|
     l2: float  # ||B - A||_2
-    cosine: float | None  # <A, B> / (||A|| ||B||); None when either is all zeros
+    cosine: float | None  # <A, B> / (||A|| ||B||); None when either is all zeros or not finite
     norm_a: float
     norm_b: float
     count: int  # how many elements were compared
@@ -277,7 +277,8 @@ def difference_stats(a: np.ndarray, b: np.ndarray) -> DifferenceStats:
     delta = b64 - a64
     norm_a = float(np.linalg.norm(a64))
     norm_b = float(np.linalg.norm(b64))
-    cosine = float(np.dot(a64, b64) / (norm_a * norm_b)) if norm_a > 0 and norm_b > 0 else None
+    usable = 0 < norm_a < np.inf and 0 < norm_b < np.inf  # not zero, NaN or inf
+    cosine = float(np.dot(a64, b64) / (norm_a * norm_b)) if usable else None
     return DifferenceStats(
         max_abs=float(np.max(np.abs(delta))) if delta.size else 0.0,
         l2=float(np.linalg.norm(delta)),

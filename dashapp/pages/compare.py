@@ -12,6 +12,8 @@ is a link and the browser's back button undoes a choice.
 
 from __future__ import annotations
 
+import math
+
 import dash
 import dash_bootstrap_components as dbc
 from dash import ALL, Input, Output, State, ctx, dcc, html
@@ -133,6 +135,13 @@ def zero_note(role: str, a_is_zero: bool, b_is_zero: bool) -> str | None:
     return text
 
 
+def cosine_undefined(stats: figures.DifferenceStats) -> str:
+    """Why there is no cosine: a side holds NaN or inf (a diverged run), or is all zeros."""
+    if not (math.isfinite(stats.norm_a) and math.isfinite(stats.norm_b)):
+        return "undefined (NaN or inf values)"
+    return "undefined (a zero tensor)"
+
+
 def stats_block(ta: TensorRecord, tb: TensorRecord) -> html.Div:
     if tuple(ta.shape) != tuple(tb.shape):
         return dbc.Alert(
@@ -147,7 +156,7 @@ def stats_block(ta: TensorRecord, tb: TensorRecord) -> html.Div:
         a, b = a[:n], b[:n]
         note = f"over the {n} stored values (a store size bound kept only the first ones)"
     stats = figures.difference_stats(a, b)
-    cosine = "undefined (a zero tensor)" if stats.cosine is None else f"{stats.cosine:.6f}"
+    cosine = f"{stats.cosine:.6f}" if stats.cosine is not None else cosine_undefined(stats)
     zero = zero_note(ta.role, stats.norm_a == 0, stats.norm_b == 0)
     metrics = html.Div(
         [

@@ -59,6 +59,7 @@ def test_difference_statistics():
     assert stats.norm_a == stats.norm_b == pytest.approx(3.0)
     assert figures.difference_stats(a, a).cosine == pytest.approx(1.0)
     assert figures.difference_stats(a, np.zeros(3)).cosine is None
+    assert figures.difference_stats(a, np.full(3, np.inf)).cosine is None  # not nan
     with pytest.raises(ValueError):
         figures.difference_stats(a, np.zeros(2))
     bars = figures.difference_bars(stats)

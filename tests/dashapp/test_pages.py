@@ -466,6 +466,21 @@ def test_compare_explains_a_gradient_that_vanished(pages, store, request_ctx):
     assert "all zeros" not in text_of(pages.compare.stats_block(grad, grad))
 
 
+def test_compare_does_not_call_a_diverged_tensor_zero(pages, store, request_ctx):
+    """inf against NaN (two diverged runs) has no cosine because the values are not
+    finite, not because a side is zero."""
+    import dataclasses
+
+    grad = store.load_tensor(1, 2, "conv.weight.grad")
+    inf = dataclasses.replace(grad, array=np.full_like(grad.array, np.inf))
+    nan = dataclasses.replace(grad, array=np.full_like(grad.array, np.nan))
+    for a, b in ((inf, nan), (grad, nan), (inf, grad)):
+        text = text_of(pages.compare.stats_block(a, b))
+        assert "undefined (NaN or inf values)" in text
+        assert "zero" not in text
+    assert "nan" not in text_of(pages.compare.stats_block(grad, grad)).lower().split()
+
+
 def test_a_run_whose_writer_died_is_stale_and_not_polled(
     pages, dash_app, dash_store, tmp_path, request_ctx
 ):
