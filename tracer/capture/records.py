@@ -1,6 +1,8 @@
-"""The record types one traced iteration is captured into: plain data (NumPy
-arrays and names) with no torch objects, so that a worker, `cnnviz explain` and
-tests can all take them; and `to_numpy`, the one way a tensor becomes an array.
+"""The record types one traced iteration is captured into: NumPy arrays and names,
+which the background worker takes; and `to_numpy`, the one way a tensor becomes
+an array. Each call still points at its module (`CapturedCall.module`) so that the
+explainers can read its settings: that is what keeps the record from being plain
+data that another process, or an explain-later command, could take.
 """
 
 from __future__ import annotations
