@@ -196,6 +196,14 @@ def fit(tex: str, budget: float = BUDGET_PX) -> str:
     return r" \\ ".join(fit_line(line, budget) for line in _split_lines(tex))
 
 
+_LAYOUT_ONLY = re.compile(r"\\begin\{gathered\}|\\end\{gathered\}|\\\\|\\quad|\s+")
+
+
+def elides(tex: str, fitted: str) -> bool:
+    """Whether `fitted` leaves entries of `tex` out, rather than only breaking its lines."""
+    return _LAYOUT_ONLY.sub("", tex) != _LAYOUT_ONLY.sub("", fitted)
+
+
 FORMULA = "/formula"
 
 

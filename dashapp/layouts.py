@@ -384,10 +384,11 @@ def step_card(
 
 
 def fitted_formula(latex: str, full_src: str | None) -> html.Div:
-    """The formula with numbers, columns elided to fit; a button shows it as stored."""
+    """The formula with numbers, columns elided to fit; a button shows it as stored when
+    entries were left out (not when the fit only broke a line)."""
     fitted = formulafit.fit(latex)
-    if fitted == latex or full_src is None:
-        return formula(latex, "formula-values")
+    if full_src is None or not formulafit.elides(latex, fitted):
+        return formula(fitted, "formula-values")  # whole, perhaps on two lines
     return html.Div(
         [
             formula(fitted, "formula-values"),

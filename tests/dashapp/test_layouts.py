@@ -173,3 +173,30 @@ def test_not_found_says_what_and_links_back():
 def test_empty_store_says_how_to_create_a_run():
     text = text_of(layouts.empty_store("/data/runs.db"))
     assert "cnnviz trace --db /data/runs.db" in text and "cnnviz demo --db /data/runs.db" in text
+
+
+def _matrix(rows: int, cols: int) -> str:
+    body = r" \\ ".join(" & ".join(f"{i + j / 10:.1f}" for j in range(cols)) for i in range(rows))
+    return rf"\begin{{bmatrix}}{body}\end{{bmatrix}}"
+
+
+def test_a_formula_only_broken_in_two_lines_offers_no_stored_entries(seed_store):
+    """The seed page's im2col: too wide for one line, whole on two. Nothing was left out,
+    so there is nothing more to show."""
+    from storage import RunStore
+
+    with RunStore(seed_store) as store:
+        step = store.load_iteration(1, 1, with_data=False).steps[0]
+    assert step.title.startswith("Unfold input patches")
+    block = layouts.fitted_formula(step.formula_values, "/formula/1/1/0.tex")
+    assert not components(block, html.Button)
+    assert r"\begin{gathered}" in text_of(block)  # broken in two, nothing elided
+    assert r"\cdots" not in text_of(block)
+
+
+def test_an_elided_formula_offers_every_stored_entry():
+    latex = rf"W = {_matrix(2, 60)}"
+    block = layouts.fitted_formula(latex, "/formula/1/1/3.tex")
+    (button,) = components(block, html.Button)
+    assert button.children == "show every stored entry"
+    assert r"\cdots" in text_of(block)
