@@ -237,8 +237,9 @@ def _formula_html(latex: str, label: str = "formula") -> str:
 
 def _json_script(element_id: str, payload) -> str:
     text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
-    # "</" would end the script element early; "<\/" is the same JSON string.
-    text = text.replace("</", "<\\/").replace("<!--", "<\\!--")
+    # "</script" would end the element early and "<!--" would change how it is parsed:
+    # "<" only occurs inside JSON strings, where "\u003c" is the same character.
+    text = text.replace("<", "\\u003c")
     return f'<script type="application/json" id="{element_id}">{text}</script>'
 
 

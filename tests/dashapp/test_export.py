@@ -162,3 +162,14 @@ def test_dashboard_formulas_have_a_copy_as_latex_button():
     block = formula(r"z = W x + b")
     (button,) = [c for c in block.children if isinstance(c, dcc.Clipboard)]
     assert button.content == r"z = W x + b" and button.title == "Copy as LaTeX"
+
+
+def test_store_text_in_the_embedded_data_stays_json_and_inside_its_script():
+    from dashapp.export import _json_script
+
+    payload = {"name": "</script><!-- <img src=x onerror=alert(1)> -->", "tex": r"a < b"}
+    element = _json_script("data-1", payload)
+    body = element.removeprefix('<script type="application/json" id="data-1">')
+    body = body.removesuffix("</script>")
+    assert "<" not in body  # nothing in it can end or comment out the element
+    assert json.loads(body) == payload
