@@ -58,6 +58,7 @@ ROLE_LABELS = {
 }
 _VIEW = re.compile(r"((?:[0-9]{1,9})(?:,[0-9]{1,9})*)?@([0-9]{1,9}),([0-9]{1,9})")
 _NAME = re.compile(r"[\w.#@\-]{1,300}")
+_INDEX = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() also takes "²"
 MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 MOVE_ARROWS = (("left", "←"), ("up", "↑"), ("down", "↓"), ("right", "→"))
 
@@ -420,9 +421,10 @@ def register(app) -> None:
     )
 
 
-def _ints(text: str | None) -> tuple[int, ...]:
+def _ints(text: str | None, *, most: int | None = None) -> tuple[int, ...]:
+    """Comma-separated indices from a query argument; anything else is a 404."""
     parts = [p for p in (text or "").split(",") if p != ""]
-    if not all(p.isdigit() and len(p) <= 9 for p in parts):
+    if not all(_INDEX.fullmatch(p) for p in parts) or (most is not None and len(parts) > most):
         flask.abort(404)
     return tuple(int(p) for p in parts)
 
@@ -433,8 +435,8 @@ def figure(run_id: int, index: int, filename: str) -> flask.Response:
     if not dot or ext != "json" or not _NAME.fullmatch(name):
         flask.abort(404)
     args = flask.request.args
-    (row0,) = _ints(args.get("row", "0")) or (0,)
-    (col0,) = _ints(args.get("col", "0")) or (0,)
+    (row0,) = _ints(args.get("row", "0"), most=1) or (0,)
+    (col0,) = _ints(args.get("col", "0"), most=1) or (0,)
     window = current_store().tensor_window(
         run_id,
         index,

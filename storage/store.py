@@ -898,7 +898,7 @@ class Store:
 
     def tensor_window(self, run_id: int, index: int, name: str, **window) -> TensorWindow | None:
         """A window of one plane of one tensor, read from its bytes alone (see storage.paging)."""
-        if not self._has_schema():
+        if not self._has_schema() or not _storable_id(run_id, index):
             return None
         return paging.tensor_window(self.engine, run_id, index, name, **window)
 

@@ -339,6 +339,13 @@ def test_a_view_in_the_url_opens_that_window(pages, dash_app, store, request_ctx
         "/?seed=x",
         "/no-such-page",
         "/figure/1/1/nope.json",
+        "/figure/1/1/conv.weight.json?row=1,2",
+        "/figure/1/1/conv.weight.json?col=%C2%B2",
+        "/figure/1/1/conv.weight.json?lead=0,x",
+        "/figure/18446744073709551616/1/conv.weight.json",
+        "/formula/18446744073709551616/1/0.tex",
+        "/formula/1/18446744073709551616/0.tex",
+        "/formula/1/1/18446744073709551616.tex",
     ):
         assert client.get(address).status_code == 404, address
 
