@@ -25,6 +25,7 @@ from .store import (
     _target,
     default_db,
     missing_schema_parts,
+    stored_version,
 )
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -99,21 +100,12 @@ def upgrade(location: str | os.PathLike | None = None) -> UpgradeReport:
                     raise StoreError(f"{location} is a database but not a cnnviz run store")
                 _create_schema(connection)
                 return UpgradeReport(location, None, schema.SCHEMA_VERSION, {})
-            version = connection.execute(
-                select(schema.Meta.value).where(schema.Meta.key == "schema_version")
-            ).scalar()
-            if version is None or not version.isdigit():
-                raise StoreError(f"{location} has no valid cnnviz schema version")
-            if int(version) > schema.SCHEMA_VERSION:
-                raise StoreError(
-                    f"{location} has store schema version {version}, newer than this cnnviz "
-                    f"({schema.SCHEMA_VERSION}); upgrade cnnviz instead"
-                )
+            version = stored_version(connection, location)
             before = _counts(connection)
             config = alembic_config(connection)
             if schema.VERSION_TABLE not in tables:
                 # Version 1 stores predate Alembic: they are exactly revision 0001.
-                command.stamp(config, f"{version.zfill(4)}")
+                command.stamp(config, f"{version:04d}")
             command.upgrade(config, "head")
             after = _counts(connection)
             if after != before:
@@ -130,7 +122,7 @@ def upgrade(location: str | os.PathLike | None = None) -> UpgradeReport:
                     raise StoreError(
                         f"upgrading {location} broke {len(problems)} references: rolled back"
                     )
-        return UpgradeReport(location, int(version), schema.SCHEMA_VERSION, after)
+        return UpgradeReport(location, version, schema.SCHEMA_VERSION, after)
     except StoreError:
         raise
     except Exception as exc:

@@ -276,9 +276,9 @@ def _upgrade_hint(location: str) -> str:
     return f"upgrade it with `cnnviz db upgrade --db {location}`"
 
 
-def _check_version(connection, location: str, tables: set[str]) -> None:
-    """The store's schema must be this cnnviz's: an older one names the command that
-    upgrades it (nobody migrates silently), a newer one asks for a newer cnnviz."""
+def stored_version(connection, location: str) -> int:
+    """The store's schema version from its `meta` table; one that is missing, not a
+    number, or newer than this cnnviz's is a StoreError (a newer cnnviz opens it)."""
     version = connection.execute(
         select(schema.Meta.value).where(schema.Meta.key == "schema_version")
     ).scalar()
@@ -289,7 +289,14 @@ def _check_version(connection, location: str, tables: set[str]) -> None:
             f"{location} has store schema version {version}, this cnnviz reads version "
             f"{schema.SCHEMA_VERSION}; upgrade cnnviz to open it"
         )
-    if int(version) < schema.SCHEMA_VERSION:
+    return int(version)
+
+
+def _check_version(connection, location: str, tables: set[str]) -> None:
+    """The store's schema must be this cnnviz's: an older one names the command that
+    upgrades it (nobody migrates silently), a newer one asks for a newer cnnviz."""
+    version = stored_version(connection, location)
+    if version < schema.SCHEMA_VERSION:
         raise StoreError(
             f"{location} has store schema version {version}, older than this cnnviz's "
             f"{schema.SCHEMA_VERSION}: {_upgrade_hint(location)}"
