@@ -14,16 +14,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .. import names
+from .. import names, npmath
 from .core import Context, NotExplained, cell, dot, fmt, layer_rule, prov, term, unknown
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
 def _sigmoid(z):
-    z = np.asarray(z, dtype=np.float64)
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return npmath.sigmoid(np.asarray(z, dtype=np.float64))
 
 
 def _gelu_inner(z):

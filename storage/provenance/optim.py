@@ -73,23 +73,25 @@ class Update:
                 return self.t(self.own(suffix))
         return self.t(names.grad(self.p))
 
+    def previous_state(self, key: str) -> Term | None:
+        """The state after the previous iteration's step, when that iteration is given."""
+        state_n = names.state(self.p, key)
+        try:
+            arr = self.ctx.previous[state_n] if self.ctx.previous is not None else None
+        except KeyError:
+            arr = None
+        if arr is None:
+            return None
+        return Term(state_n, self.index, float(arr[self.index]), iteration=self.ctx.iteration - 1)
+
     def before(
         self, key: str, initial: float, after: np.ndarray, recurrence
     ) -> tuple[Term | float, str]:
         """The state before the step: the previous iteration's, or the initial value
         when the stored state is exactly what the first step makes from it."""
-        previous = self.ctx.previous
-        state_n = names.state(self.p, key)
-        if previous is not None:
-            try:
-                arr = previous[state_n]
-            except KeyError:
-                arr = None
-            if arr is not None:
-                prev = Term(
-                    state_n, self.index, float(arr[self.index]), iteration=self.ctx.iteration - 1
-                )
-                return prev, f"{key} after iteration {self.ctx.iteration - 1}"
+        prev = self.previous_state(key)
+        if prev is not None:
+            return prev, f"{key} after iteration {self.ctx.iteration - 1}"
         first = recurrence(np.full(after.shape, initial, dtype=np.float64))
         if np.allclose(first, np.asarray(after, dtype=np.float64), rtol=1e-5, atol=1e-8):
             return initial, "its initial value: this is its first step"
@@ -179,7 +181,8 @@ def sgd(ctx: Context, u: Update, suffix, name, index):
         after = ctx.arrays[name]
         grads = np.asarray(ctx.arrays[g.tensor], dtype=np.float64)
         first_words = "the buffer starts as the gradient: this is its first step"
-        if ctx.previous is None and np.allclose(after, grads, rtol=1e-6, atol=1e-9):
+        first = u.previous_state("momentum_buffer") is None
+        if first and np.allclose(after, grads, rtol=1e-6, atol=1e-9):
             return prov(
                 name,
                 index,

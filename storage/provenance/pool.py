@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import names
+from ..npmath import adaptive_bounds
 from .core import (
     Context,
     NotExplained,
@@ -19,7 +20,7 @@ from .core import (
     term,
     unknown,
 )
-from .windows import adaptive_bounds, axis_windows, pool_window
+from .windows import axis_windows, pool_window
 
 
 def _batched(index, ndim: int) -> tuple[int, ...]:

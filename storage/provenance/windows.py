@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import npmath
+from ..npmath import adaptive_bounds
 from .core import NotExplained
 
 
@@ -51,19 +53,7 @@ def _candidates(h, w, oh, ow, kernel=None):
 
 def im2col(x: np.ndarray, window: Window, pad_value: float = 0.0) -> np.ndarray:
     """(N, C, H, W) -> (N*OH*OW, C*KH*KW), rows in (n, i, j) order, columns in (c, a, b)."""
-    n, c, h, w = x.shape
-    oh, ow = window.out_size(h, w)
-    ph, pw = window.padding
-    padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
-    kh, kw = window.kernel
-    sh, sw = window.stride
-    cols = np.empty((n, oh, ow, c, kh, kw), dtype=padded.dtype)
-    for a in range(kh):
-        for b in range(kw):
-            cols[:, :, :, :, a, b] = padded[
-                :, :, a : a + sh * (oh - 1) + 1 : sh, b : b + sw * (ow - 1) + 1 : sw
-            ].transpose(0, 2, 3, 1)
-    return cols.reshape(n * oh * ow, c * kh * kw)
+    return npmath.im2col(x, window.kernel, window.stride, window.padding, (1, 1), pad_value)[0]
 
 
 def conv_window(x: np.ndarray, x_col: np.ndarray, kernel: tuple[int, int], out_hw) -> Window:
@@ -83,11 +73,6 @@ def pool_window(x: np.ndarray, out: np.ndarray) -> Window:
         if np.array_equal(cols.max(axis=1).reshape(out.shape), out.astype(np.float64)):
             return window
     raise NotExplained("the pooling window could not be recovered")
-
-
-def adaptive_bounds(size: int, out: int) -> list[tuple[int, int]]:
-    """Adaptive pooling windows along one axis: [floor(i*H/OH), ceil((i+1)*H/OH))."""
-    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
 
 
 def axis_windows(size: int, membership: np.ndarray, adaptive: bool = False):
