@@ -5,6 +5,7 @@ concurrent writers and a killed writer."""
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
 from storage import RunInfo, Store, StoreError, TensorRecord, schema
 from storage.records import IterationRecord
@@ -233,3 +234,105 @@ def test_a_killed_writer_leaves_whole_iterations_and_reads_as_stale(pg_url, cli_
         assert [run_id for run_id, _ in store.prune_stale()] == [run.id]
     with Store.open(pg_url) as store:
         assert store.list_runs()[0].status == "interrupted"
+
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "store-v1.db"
+WIDE = {
+    ("runs", "id"), ("layers", "id"), ("layers", "run_id"), ("layers", "num_params"),
+    ("iterations", "id"), ("iterations", "run_id"), ("tensors", "id"),
+    ("tensors", "iteration_id"), ("tensors", "numel"), ("tensors", "stored_numel"),
+    ("tensors", "nan_count"), ("tensors", "inf_count"), ("tensor_data", "tensor_id"),
+    ("steps", "id"), ("steps", "iteration_id"), ("step_tensors", "step_id"),
+    ("step_tensors", "tensor_id"),
+}  # fmt: skip
+SERIAL_TABLES = ("runs", "layers", "iterations", "tensors", "steps")
+
+
+def _rows(engine) -> dict[str, list]:
+    """Every table's rows as Python values (JSON parsed, booleans as bool), by key."""
+    with engine.connect() as conn:
+        return {
+            table.name: [
+                tuple(row)
+                for row in conn.execute(select(table).order_by(*table.primary_key.columns))
+            ]
+            for table in schema.Base.metadata.sorted_tables
+            if table.name != "meta"
+        }
+
+
+def _sequence_types(conn) -> dict[str, str]:
+    rows = conn.execute(text("SELECT sequencename, data_type::text FROM pg_sequences"))
+    return dict(rows.all())
+
+
+def test_db_upgrade_widens_keys_to_64_bits_with_every_row_kept(pg_url, tmp_path, cli_env):
+    """The v1 fixture, upgraded and copied into PostgreSQL with its ids, taken back to
+    revision 0002 (32-bit keys, as 0002 stores are), then upgraded by the command."""
+    from alembic import command
+
+    from storage.migrate import alembic_config, upgrade
+
+    copy = tmp_path / "v1.db"
+    shutil.copy(FIXTURE, copy)
+    upgrade(copy)
+    source = create_engine(f"sqlite:///{copy}")
+    expected = _rows(source)
+    source.dispose()
+    Store.open(pg_url, mode="w").close()  # the schema, empty
+    engine = create_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            for table in schema.Base.metadata.sorted_tables:
+                if table.name != "meta":
+                    rows = [dict(zip(table.columns.keys(), row)) for row in expected[table.name]]
+                    conn.execute(table.insert(), rows)
+            for table in SERIAL_TABLES:
+                conn.execute(
+                    text(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id)) FROM {table}"
+                    )
+                )
+            command.downgrade(alembic_config(conn), "0002")
+        old_types = _column_types(pg_url)
+        assert {old_types[key] for key in WIDE} == {"integer"}
+        with engine.connect() as conn:
+            assert set(_sequence_types(conn).values()) == {"integer"}
+        result = subprocess.run(
+            [sys.executable, "-m", "tracer.cli", "db", "upgrade", "--db", pg_url],
+            env=cli_env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == (
+            f"upgraded {pg_url} from store schema version 2 to 3; "
+            "kept 2 runs, 6 iterations, 318 tensors"
+        )
+        new_types = _column_types(pg_url)
+        assert {new_types[key] for key in WIDE} == {"bigint"}
+        with engine.connect() as conn:
+            assert set(_sequence_types(conn).values()) == {"bigint"}
+        assert _rows(engine) == expected
+        # Ids past 2^31 are written and read back.
+        with engine.begin() as conn:
+            for table in SERIAL_TABLES:
+                conn.execute(
+                    text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), {2**31 + 7})")
+                )
+    finally:
+        engine.dispose()
+    array = np.arange(6, dtype=np.float32).reshape(2, 3)
+    with Store.open(pg_url, mode="w") as store:
+        writer = store.begin_run(RunInfo(name="wide"))
+        writer.add_iteration(
+            IterationRecord(
+                index=1, loss=0.5, tensors=[TensorRecord("w", "param", array)], steps=[]
+            )
+        )
+        writer.finish()
+    with Store.open(pg_url) as store:
+        run = store.list_runs()[-1]
+        assert run.id == 2**31 + 8
+        tensor = store.load_tensor(run.id, 1, "w")
+        assert tensor.id == 2**31 + 8
+        np.testing.assert_array_equal(tensor.array, array)
+        assert store.integrity_check() == "ok"
