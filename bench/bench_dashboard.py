@@ -469,7 +469,9 @@ def main() -> None:
             values = {
                 name: [r[key] for r in results[name][page_name] if key in r] for name in trees
             }
-            if not values["this"]:
+            if not values["this"] or not values["baseline"]:
+                if values["this"]:  # the baseline has no such step
+                    print(f"    {key:22s} {'-':>12s} -> {statistics.median(values['this']):12.0f}")
                 continue
             b = statistics.median(values["baseline"])
             t = statistics.median(values["this"])

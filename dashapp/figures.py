@@ -476,12 +476,15 @@ def norms_figure(pairs: Sequence[tuple[NormPanel, NormPanel]]) -> go.Figure:
     return fig
 
 
+MARKED_POINTS = 30  # longer lines get no markers: thousands of marker nodes cost the browser
+
+
 def _line(s: Series, hover: str, **extra) -> dict:
     return dict(
         type="scatter",
         x=s.x,
         y=s.y,
-        mode="lines+markers",
+        mode="lines+markers" if len(s.x) <= MARKED_POINTS else "lines",
         name=plotly_text(s.label),
         line=dict(color=s.color, width=2),
         hovertemplate=hover + "<extra>%{fullData.name}</extra>",

@@ -281,7 +281,10 @@ class TensorPanel(html.Div):
         super().__init__(
             [header, line, body, links_row if downloads else None],
             className="tensor-panel",
+            # data-follows: the window is another panel's, which keeps the URL
+            # (assets/tensor_panel.js leaves this one out).
             **{"data-tensor": tensor.name, "data-aio": aio_id},
+            **({} if controls else {"data-follows": "1"}),
         )
 
     def _body(self, tensor, run_id, index, aio_id, view, *, controls=True, extra=None) -> html.Div:

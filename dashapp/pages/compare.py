@@ -442,10 +442,12 @@ def panels(choice: Choice, view: PanelView, stats) -> list:
 
 
 @dash.callback(
-    Output(TensorPanel.ids.graph(PANEL_B), "data-src"),
-    Output(TensorPanel.ids.caption(PANEL_B), "children"),
-    Output(TensorPanel.ids.graph(PANEL_DIFF), "data-src"),
-    Output(TensorPanel.ids.caption(PANEL_DIFF), "children"),
+    # The panels' own callback (MATCH) may write these too; B and Δ have no controls,
+    # so it never does here.
+    Output(TensorPanel.ids.graph(PANEL_B), "data-src", allow_duplicate=True),
+    Output(TensorPanel.ids.caption(PANEL_B), "children", allow_duplicate=True),
+    Output(TensorPanel.ids.graph(PANEL_DIFF), "data-src", allow_duplicate=True),
+    Output(TensorPanel.ids.caption(PANEL_DIFF), "children", allow_duplicate=True),
     Input(TensorPanel.ids.state(PANEL_A), "data"),
     State("compare-ref", "data"),
     prevent_initial_call=True,
