@@ -292,16 +292,33 @@ def bench_load(
     location: str,
     clients: int,
     seconds: float,
-    settings: str,
+    settings: list[str],
     *,
     baseline_seconds: float = 15,
     think: float = 0.0,
+) -> list[dict]:
+    """One store, then each server setting in turn (in the order given: repeat them to
+    interleave), each under the same load (see `load_once`)."""
+    pages = build_load_store(location)
+    return [
+        load_once(location, pages, clients, seconds, one, baseline_seconds, think)
+        for one in settings
+    ]
+
+
+def load_once(
+    location: str,
+    pages: dict,
+    clients: int,
+    seconds: float,
+    settings: str,
+    baseline_seconds: float,
+    think: float,
 ) -> dict:
     """`clients` closed-loop clients (a request, its answer, `think` seconds, the next)
     for `seconds`, while a trace writes. Before them, one client alone for
     `baseline_seconds` under the same trace: each page's own cost on this machine,
     which bounds what 50 clients can get (they queue for the same cores)."""
-    pages = build_load_store(location)
     port = free_port()
     env = dict(os.environ, CNNVIZ_DB=location, PYTHONPATH=str(REPO))
     # The server's log goes to a file: a pipe nobody reads fills up and stalls it.
@@ -448,8 +465,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument(
         "--server-settings",
-        default=DEFAULT_SERVER,
-        help="'serve' (cnnviz serve as shipped) or gunicorn options, e.g. '--workers 2'",
+        nargs="+",
+        default=[DEFAULT_SERVER],
+        help="'serve' (cnnviz serve as shipped) or gunicorn options, e.g. '--workers 2'; "
+        "several are run in turn on one store",
     )
     parser.add_argument("--baseline-seconds", type=float, default=15)
     parser.add_argument(
@@ -493,7 +512,8 @@ def main() -> None:
                     baseline_seconds=args.baseline_seconds,
                     think=args.think,
                 )
-                print(backend, "load", json.dumps(out["load"]), flush=True)
+                for one in out["load"]:
+                    print(backend, "load", json.dumps(one), flush=True)
     finally:
         if server is not None:
             server.stop()

@@ -160,14 +160,19 @@ say "dashboard healthy $((SECONDS - u0)) s after up"
 curl -fsS "$URL/healthz" | grep -q '"runs":3' || fail "/healthz does not count three runs"
 [ "$(psql_count 'SELECT count(*) FROM runs')" = 3 ] ||
   fail "PostgreSQL does not hold three runs"
-curl -fsS "$URL/" | grep -q '_dash-config' || fail "the dashboard page did not answer"
+page=$(curl -fsS "$URL/")
+grep -q '_dash-config' <<<"$page" || fail "the dashboard page did not answer"
 curl -fsS -o /dev/null "$URL/download/1/1/conv.weight.npy" || fail "a download did not answer"
 say "demo: three runs in PostgreSQL (psql counts them); /, /healthz and a download answer"
 
 # ---------------------------------------------------------------- a trainer elsewhere
 .venv/bin/cnnviz trace --db "$DB" --seed 5 >/dev/null || fail "cnnviz trace into PostgreSQL"
 curl -fsS "$URL/healthz" | grep -q '"runs":4' || fail "/healthz does not count the traced run"
-compose exec -T dashboard cnnviz runs | grep -q "seed-cnn-seed5" || fail "the run is not listed"
+# Output into a variable before grep: `grep -q` quits early, and with pipefail the
+# writer's SIGPIPE would read as a failure.
+runs_here() { compose exec -T dashboard cnnviz runs "$@"; }
+listed=$(runs_here)
+grep -q "seed-cnn-seed5" <<<"$listed" || fail "the run is not listed"
 say "a trace from this machine landed in PostgreSQL; the dashboard lists 4 runs"
 
 # A writer killed outright: the dashboard's container has another pid namespace, so
@@ -179,16 +184,18 @@ for _ in $(seq 1 600); do
   [ "${n:-0}" -ge 2 ] 2>/dev/null && break
   sleep 0.2
 done
-compose exec -T dashboard cnnviz runs | grep "seed-cnn-seed6" | grep -q running ||
-  fail "the live trace does not read running from the dashboard's container"
+listed=$(runs_here)
+grep "seed-cnn-seed6" <<<"$listed" | grep -q running ||
+  fail "the live trace does not read running from the dashboard's container: $listed"
 kill -9 "$TRACE_PID"
 wait "$TRACE_PID" 2>/dev/null || true
 TRACE_PID=
 sleep 1
-compose exec -T dashboard cnnviz runs | grep "seed-cnn-seed6" | grep -q stale ||
-  fail "the killed trace does not read stale: $(compose exec -T dashboard cnnviz runs)"
-compose exec -T dashboard cnnviz runs --prune-stale | grep -q "marked interrupted" ||
-  fail "--prune-stale did not mark the killed run"
+listed=$(runs_here)
+grep "seed-cnn-seed6" <<<"$listed" | grep -q stale || fail "the killed trace does not read stale: $listed"
+pruned=$(runs_here --prune-stale)
+grep -q "marked interrupted" <<<"$pruned" || fail "--prune-stale did not mark the killed run: $pruned"
+say "$(head -1 <<<"$pruned")"
 say "a SIGKILLed trace read running, then stale from the dashboard's container; pruned"
 
 # ---------------------------------------------------------------- down / up
@@ -198,8 +205,8 @@ compose up -d
 wait_health dashboard healthy 180
 say "healthy $((SECONDS - u0)) s after down/up"
 curl -fsS "$URL/healthz" | grep -q '"runs":5' || fail "down/up lost runs: $(curl -sS "$URL/healthz")"
-docker logs "$(cid dashboard)" 2>&1 | grep -q "already holds the demo runs" ||
-  fail "the demo ran again"
+log=$(docker logs "$(cid dashboard)" 2>&1)
+grep -q "already holds the demo runs" <<<"$log" || fail "the demo ran again"
 say "down/up kept the database volume (5 runs) and did not copy the demo again"
 
 say "all checks passed in $(elapsed)"
