@@ -156,6 +156,7 @@ class WhatIf:
     tensors: list[Recomputed]  # every recomputed tensor, in execution order
     replay_max_diff: float  # the unedited replay against the store: the math reproduces it
     warnings: list[str] = field(default_factory=list)
+    roles: dict[str, str] = field(default_factory=dict)  # tensor name -> its stored role
 
     def tensor_named(self, name: str) -> Recomputed:
         for t in self.tensors:
@@ -235,6 +236,7 @@ def with_element(
         tensors=out,
         replay_max_diff=worst,
         warnings=warnings,
+        roles={t.name: t.role for t in record.tensors},
     )
 
 
