@@ -22,8 +22,16 @@ from dash import Input, Output, State, dcc, html
 
 from dashapp import figures, layouts
 from dashapp.data import cached_iteration, current_store
-from dashapp.formatting import format_diff, format_scalar
-from dashapp.tensorview import lead_dims, matrix_view, plane_shape
+from dashapp.formatting import format_diff, format_scalar, number_style
+from dashapp.tensorview import (
+    MAX_COLS,
+    MAX_ROWS,
+    MatrixView,
+    caption_of,
+    lead_dims,
+    matrix_view,
+    plane_shape,
+)
 from storage import names
 from storage.records import IterationRecord, RunInfo
 from storage.whatif import NotAvailable, WhatIf, editable, with_element, with_learning_rate
@@ -324,17 +332,46 @@ def changes_table(result: WhatIf) -> html.Details:
     )
 
 
-def _plane_of_first_change(shape: tuple[int, ...], role: str, changed: np.ndarray) -> tuple:
-    """The lead index (the leading dims the heatmap pages through) of the first changed cell."""
+def window_around_change(array, changed, role: str = "", focus: tuple | None = None):
+    """The heatmap window of the plane holding `focus` (or else the first changed number),
+    placed so that it shows that number: -> (view, changed cells of the window, changed
+    in the plane)."""
+    array = np.asarray(array, dtype=np.float64)
+    shape = tuple(array.shape)
     lead = lead_dims(shape, role)
-    if not lead or not changed.any():
-        return ()
-    first = np.unravel_index(int(np.flatnonzero(changed.reshape(-1))[0]), shape)
-    return tuple(int(i) for i in first[: len(lead)])
+    rows, cols = plane_shape(shape)
+    planes = array.reshape(-1, rows, cols)
+    marks = np.asarray(changed).reshape(-1, rows, cols)
+    hits = np.flatnonzero(marks.reshape(-1))
+    first = int(hits[0]) if hits.size else 0
+    if focus is not None and len(focus) == array.ndim:
+        first = int(np.ravel_multi_index(focus, shape)) if shape else 0
+    plane, rest = divmod(first, rows * cols)
+    r, c = divmod(rest, cols)
+    r0 = min(max(r - MAX_ROWS // 4, 0), max(rows - MAX_ROWS, 0))
+    c0 = min(max(c - MAX_COLS // 4, 0), max(cols - MAX_COLS, 0))
+    values = planes[plane, r0 : r0 + MAX_ROWS, c0 : c0 + MAX_COLS]
+    lead_index = (
+        tuple(int(i) for i in np.unravel_index(plane, tuple(d.size for d in lead))) if lead else ()
+    )
+    view = MatrixView(
+        values=values,
+        missing=np.zeros(values.shape, dtype=bool),
+        style=number_style(values),
+        shape=shape,
+        lead=lead,
+        lead_index=lead_index,
+        plane=(rows, cols),
+        caption=caption_of(lead, lead_index, (r0, c0), values.shape, (rows, cols)),
+        origin=(r0, c0),
+        role=role,
+    )
+    window = marks[plane, r0 : r0 + MAX_ROWS, c0 : c0 + MAX_COLS]
+    return view, window, int(marks[plane].sum())
 
 
-def _outlines(view, changed_plane: np.ndarray) -> list[dict]:
-    rows, cols = np.nonzero(changed_plane[: view.values.shape[0], : view.values.shape[1]])
+def _outlines(view, marks: np.ndarray) -> list[dict]:
+    rows, cols = np.nonzero(marks)
     if len(rows) > MAX_OUTLINES:
         return []
     row0, col0 = view.origin
@@ -359,25 +396,20 @@ def cards(result: WhatIf, shown: list[str]) -> html.Div:
             t = result.tensor_named(name)
         except KeyError:
             continue
-        value = np.asarray(t.value, dtype=np.float64)
-        shape = tuple(value.shape) if value.ndim else ()
-        changed = t.changed.reshape(shape) if shape else t.changed.reshape(())
         role = result.roles.get(t.name, "")
-        lead = _plane_of_first_change(shape, role, changed)
-        view = matrix_view(value, shape, role=role, lead_index=lead)
-        diff_view = matrix_view(t.difference.reshape(shape), shape, role=role, lead_index=lead)
-        rows, cols = plane_shape(shape)
-        plane = changed.reshape(-1, rows, cols)
-        offset = 0
-        if view.lead:
-            offset = int(np.ravel_multi_index(view.lead_index, tuple(d.size for d in view.lead)))
+        # The edited tensor and its update are drawn where the edit is.
+        edited = (result.tensor, names.next_value(result.tensor), names.update(result.tensor))
+        focus = result.index if t.name in edited else None
+        view, marks, in_plane = window_around_change(t.value, t.changed, role, focus)
+        diff_view, _, _ = window_around_change(t.difference, t.changed, role, focus)
         figure = figures.heatmap_dict(view)
-        outlines = _outlines(view, plane[offset])
+        outlines = _outlines(view, marks)
         figure["layout"]["shapes"] = outlines
-        in_plane = int(plane[offset].sum())
-        caption = f"{in_plane} changed here" + (
-            "" if outlines or not in_plane else " (too many to outline; see Δ)"
+        caption = f"{in_plane} changed in this plane" + (
+            f", {int(marks.sum())} in the window shown" if int(marks.sum()) != in_plane else ""
         )
+        if int(marks.sum()) > MAX_OUTLINES:
+            caption += " (too many to outline; see Δ)"
         if view.caption:
             caption = f"{view.caption}; {caption}"
         out.append(

@@ -224,8 +224,8 @@ def with_element(
                 name,
                 phase,
                 stored,
-                np.asarray(baseline[name][1]),
-                np.asarray(values[name][1]),
+                np.asarray(baseline[name][1]).reshape(stored.shape),
+                np.asarray(values[name][1]).reshape(stored.shape),
             )
         )
     return WhatIf(
