@@ -199,6 +199,28 @@ class StoredArrays(Mapping):
         return len(self._names)
 
 
+class PreviousArrays(Mapping):
+    """The tensors of the iteration before, read only when an answer needs one (an
+    optimizer's state before the step is that iteration's state after it)."""
+
+    def __init__(self, store: RunStore, run_id: int, index: int):
+        self._store, self._run, self._index = store, run_id, index
+
+    def _arrays(self) -> Mapping[str, np.ndarray]:
+        if self._index < 1:
+            return {}
+        return cached_arrays(self._store, self._run, self._index) or {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._arrays()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._arrays())
+
+    def __len__(self) -> int:
+        return len(self._arrays())
+
+
 @keep_found(maxsize=8)
 def cached_arrays(store: RunStore, run_id: int, index: int) -> StoredArrays | None:
     """The lazily read tensors of one iteration, shared by the clicks on its page."""

@@ -37,7 +37,8 @@ RUN_COMPLETED = "completed"
 RUN_FAILED = "failed"
 RUN_INTERRUPTED = "interrupted"
 # Never stored: how a reader shows a `running` run whose writer is gone (same host,
-# dead pid) or has not committed for `storage.store.STALE_AFTER`.
+# dead pid, PostgreSQL lease released) or whose heartbeat is older than
+# `storage.store.STALE_AFTER`.
 RUN_STALE = "stale"
 
 

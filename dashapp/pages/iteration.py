@@ -21,6 +21,7 @@ from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html
 from dashapp import figures, layouts, links
 from dashapp.data import (
     NotFound,
+    PreviousArrays,
     cached_arrays,
     cached_iteration,
     cached_steps,
@@ -738,6 +739,7 @@ def provenance(click, _close, ref):
             optimizer=run.optimizer,
             settings=run.optimizer_settings,
             arrays=cached_arrays(store, run.id, index),
+            previous=PreviousArrays(store, run.id, index - 1),
         )
     except (NotExplained, TypeError, ValueError) as exc:
         return html.P(str(exc), className="mb-0"), {}, closed + " open"
