@@ -52,8 +52,11 @@ def compare(
     runs: Iterable[int] | None = None,
     index: Iterable[int] | None = None,
     first: bool = False,
+    views: dict[str, str] | None = None,
 ) -> str:
-    """`first`: the page also says where the two runs first diverge (storage.diverge)."""
+    """`first`: the page also says where the two runs first diverge (storage.diverge).
+    `views`: tensor panel views, {tensor name: 'SAMPLE,CHANNEL@ROW,COLUMN'} (1-based),
+    written as the panels write them (`t.<tensor>` keys)."""
     params = {
         "a": selection(*a) if a else None,
         "b": selection(*b) if b else None,
@@ -63,6 +66,7 @@ def compare(
         "runs": ",".join(str(r) for r in runs) if runs else None,
         "slice": ",".join(str(i) for i in index) if index else None,
         "first": 1 if first else None,
+        **{f"t.{name}": view for name, view in (views or {}).items()},
     }
     return _with_query(COMPARE, params)
 

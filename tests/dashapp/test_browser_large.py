@@ -102,8 +102,8 @@ def test_compare_slices_both_sides_alike(page, base, store):
     channel = page.locator(".slice-control input[type=number]").nth(1)
     channel.fill("5")
     channel.press("Enter")
-    page.wait_for_url(re.compile(r"slice=2%2C5"))
-    wait_ready(page, ".tensor-caption:has-text('channel 5 of 6')")
-    (side_b,) = graph_data(page, "#compare-b-graph")
+    page.wait_for_url(re.compile(r"t\.1\.out=2%2C5%401%2C1"))  # the panel's view
+    wait_ready(page, "#compare-b-graph .tensor-caption:has-text('channel 5 of 6')")
+    (side_b,) = graph_data(page, "#compare-b-graph")  # B follows A's window
     np.testing.assert_array_equal(z_of(side_b), relu[1, 4])
     assert list(page.problems) == []

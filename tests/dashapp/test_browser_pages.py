@@ -262,8 +262,7 @@ def test_compare_choices_live_in_the_url(page, base, store):
 def test_unknown_addresses_get_the_not_found_page(page, base, path, message):
     response = page.goto(base + path)
     wait_ready(page)
-    # the address names nothing: HTTP 404 (the compare page checks its layer when it builds)
-    assert response.status == (200 if path.startswith("/compare") else 404)
+    assert response.status == 404  # the address names nothing
     expected = (
         "HTTP 404: " + base,
         "console error: Failed to load resource: the server responded with a status of 404",
