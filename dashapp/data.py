@@ -19,6 +19,7 @@ import flask
 import numpy as np
 
 from storage import IterationRecord, RunInfo, RunQuery, RunStore
+from storage.provenance import Prefix
 
 STORE_KEY = "cnnviz.store"
 LOCATION_KEY = "CNNVIZ_STORE"
@@ -172,7 +173,7 @@ class StoredArrays(Mapping):
 
     A provenance answer reads a few tensors of an iteration, not all of them: this
     keeps the first click on a LeNet-5 page from loading ~90 tensors. A tensor the
-    store holds truncated is absent, as `storage.provenance` expects."""
+    store holds truncated is a `storage.provenance.Prefix` of its kept elements."""
 
     def __init__(self, store: RunStore, run_id: int, index: int, names):
         self._store, self._run, self._index = store, run_id, index
@@ -185,12 +186,21 @@ class StoredArrays(Mapping):
             raise KeyError(name)
         if name not in self._loaded:
             record = self._store.load_tensor(self._run, self._index, name)
-            whole = record is not None and not record.truncated
-            self._loaded[name] = record.array if whole else None
+            if record is None:
+                self._loaded[name] = None
+            elif record.truncated:  # its kept cells still have an answer
+                self._loaded[name] = Prefix(name, record.array, record.shape)
+            else:
+                self._loaded[name] = record.array
         array = self._loaded[name]
         if array is None:
             raise KeyError(name)
         return array
+
+    def __contains__(self, name) -> bool:
+        """Known without reading it: every tensor the iteration lists is stored (whole,
+        or its first elements as a Prefix)."""
+        return name in self._known
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
