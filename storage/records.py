@@ -37,7 +37,8 @@ RUN_COMPLETED = "completed"
 RUN_FAILED = "failed"
 RUN_INTERRUPTED = "interrupted"
 # Never stored: how a reader shows a `running` run whose writer is gone (same host,
-# dead pid) or has not committed for `storage.store.STALE_AFTER`.
+# dead pid, PostgreSQL lease released) or whose heartbeat is older than
+# `storage.store.STALE_AFTER`.
 RUN_STALE = "stale"
 
 
@@ -184,6 +185,9 @@ class RunQuery:
     name: str | None = None
     started_from: dt.date | None = None
     started_to: dt.date | None = None
+    # What a run picker's user typed: the name or the model contains it (any case), or
+    # it is the run's id or seed.
+    text: str | None = None
 
 
 @dataclass

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, select, text
 
-from storage import RunInfo, Store, StoreError, TensorRecord, schema
+from storage import RunInfo, RunQuery, Store, StoreError, TensorRecord, schema
 from storage.records import IterationRecord
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "schema.md").read_text()
@@ -200,7 +200,9 @@ def test_concurrent_writers_on_postgres(pg_url, cli_env):
             assert [s.index for s in store.iterations(run.id)] == list(range(1, 9))
 
 
-def test_a_killed_writer_leaves_whole_iterations_and_reads_as_stale(pg_url, cli_env):
+def test_a_killed_writer_on_another_host_is_told_from_a_slow_one(pg_url, cli_env):
+    """The writer's lease (an advisory lock on its session) answers for it on any host:
+    alive however old its heartbeat looks, stale as soon as its process is gone."""
     proc = subprocess.Popen(
         [*TRACE, "--db", pg_url, "--epochs", "100000", "--seed", "3"],
         env=cli_env,
@@ -219,21 +221,72 @@ def test_a_killed_writer_leaves_whole_iterations_and_reads_as_stale(pg_url, cli_
             except Exception:
                 pass  # the schema is not there yet
             time.sleep(0.1)
+        # As a dashboard elsewhere sees it: another host, and no write for an hour.
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "UPDATE runs SET writer_host = 'elsewhere', heartbeat_at = now() - interval '1 hour'"
+            )
+        with Store.open(pg_url) as store:
+            (run,) = store.list_runs()
+            assert run.status == "running", run.error
+            assert store.run_page(RunQuery()).any_running
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         engine.dispose()
     with Store.open(pg_url) as store:
-        (run,) = store.list_runs()
-        assert run.status == "stale" and f"pid {proc.pid}" in run.error
+        deadline = time.monotonic() + 10  # the server ends the dead session at once
+        while (run := store.list_runs()[0]).status == "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert run.status == "stale"
+        assert (
+            run.error == f"its writer (pid {proc.pid} on elsewhere) no longer holds the run's lease"
+        )
+        assert not store.run_page(RunQuery()).any_running
         summaries = store.iterations(run.id)
         assert run.num_iterations == len(summaries) >= 4
         for summary in summaries:
             assert (summary.num_steps, summary.num_verified) == (23, 23)
-    with Store.open(pg_url, mode="w") as store:
-        assert [run_id for run_id, _ in store.prune_stale()] == [run.id]
+    pruned = subprocess.run(
+        [sys.executable, "-m", "tracer.cli", "runs", "--prune-stale", "--db", pg_url],
+        env=cli_env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert pruned.returncode == 0, pruned.stderr
+    assert pruned.stdout.startswith(f"run {run.id}: marked interrupted (its writer (pid {proc.pid}")
     with Store.open(pg_url) as store:
         assert store.list_runs()[0].status == "interrupted"
+
+
+def test_a_live_writer_holds_its_lease_and_beats_until_it_finishes(pg_url, monkeypatch):
+    from storage import store as store_module
+
+    monkeypatch.setattr(store_module, "HEARTBEAT_EVERY", 0.05)
+    with Store.open(pg_url, mode="w") as store:
+        writer = store.begin_run(RunInfo(name="slow"))
+        engine = create_engine(pg_url)
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("UPDATE runs SET heartbeat_at = '2000-01-01'")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the thread beats with the server's clock
+                with engine.connect() as conn:
+                    beat = conn.exec_driver_sql(
+                        "SELECT now() AT TIME ZONE 'utc' - heartbeat_at < interval '1 minute' "
+                        "FROM runs"
+                    ).scalar()
+                if beat:
+                    break
+                time.sleep(0.05)
+            assert beat
+            with engine.connect() as conn:
+                held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                assert conn.exec_driver_sql(held).scalar() == 1
+                writer.finish()
+                assert conn.exec_driver_sql(held).scalar() == 0
+        finally:
+            engine.dispose()
+    with Store.open(pg_url) as store:
+        assert store.list_runs()[0].status == "completed"
 
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "store-v1.db"
