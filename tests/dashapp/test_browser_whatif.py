@@ -36,7 +36,7 @@ def outlines(page, tensor: str) -> int:
 
 
 def test_editing_an_input_and_a_weight_recomputes_the_iteration(page, base):
-    open_page(page, base + "/iteration?run=1&it=2")
+    open_page(page, base + "/iteration?run=1&it=2&phase=whatif")
     page.locator("#section-whatif").scroll_into_view_if_needed()
     text = recompute(page, "0, 0, 1, 2", "5")
     assert "input[0, 0, 1, 2]:" in text and "→ 5." in text and "Loss " in text
