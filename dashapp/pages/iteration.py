@@ -693,6 +693,13 @@ def provenance_view(prov: Provenance) -> list:
         )
         for name, cells in prov.reads().items()
     ]
+    reads += [  # the optimizer's state before the step: the previous iteration's, not on this page
+        html.Li(
+            [html.Code(t.tensor), f" of iteration {t.iteration}: {list(t.index)} = {t.value:.7g}"]
+        )
+        for t in prov.terms
+        if t.iteration is not None
+    ]
     return [
         html.Div([html.Code(where), f" = {prov.stored:.7g}"], className="provenance-cell"),
         html.Pre(prov.formula, className="provenance-formula"),

@@ -683,3 +683,28 @@ def test_iteration_whatif_of_one_element_marks_what_changed(pages, request_ctx):
         assert words in text_of(refused)
     help_text, placeholder = run_callback(whatif.element_help, "fc.weight", "1, 3", ref)
     assert "shape (2, 4)" in help_text and "Stored value" in help_text and placeholder
+
+
+def test_provenance_panel_names_the_cells_read_from_the_previous_iteration(pages):
+    """An optimizer's state before the step is the previous iteration's: the panel lists
+    it with its iteration (it is not on this page, so it is not outlined)."""
+    from storage.provenance import Provenance, Term
+
+    prov = Provenance(
+        tensor="fc.weight.exp_avg",
+        index=(0, 1),
+        stored=0.5,
+        recomputed=0.5,
+        kind="adam-moment",
+        formula="m_t[0,1] = ...",
+        terms=[
+            Term("fc.weight.state.exp_avg", (0, 1), 0.25, iteration=1),
+            Term("fc.weight.grad", (0, 1), 2.75),
+        ],
+        step=3,
+    )
+    text = " ".join(text_of(html.Div(pages.iteration.provenance_view(prov))).split())
+    assert "fc.weight.grad : 1 cell [0, 1]" in text
+    assert "fc.weight.state.exp_avg of iteration 1: [0, 1] = 0.25" in text
+    assert "✓ recomputed 0.5 = stored 0.5" in text
+    assert list(prov.reads()) == ["fc.weight.grad"]
