@@ -3,7 +3,9 @@ bounded queue; errors from the worker raised in the training loop; Ctrl-C."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from torch import nn
 from storage import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED, RunStore
 from tracer.assemble import TraceError
 from tracer.explainers.base import Explainer, register
-from tracer.pipeline import WorkerError
+from tracer.pipeline import WORKER_NICENESS, Background, WorkerError
 from tracer.session import NOT_EXPLAINED, Trace
 from tracer.train import prepare, resolve, run_builtin
 
@@ -269,3 +271,16 @@ def test_numpy_runs_on_one_thread_in_builtin_runs():
         assert torch.get_num_threads() == 1
         assert all(pool["num_threads"] == 1 for pool in threadpool_info())
     assert np.ones(3).sum() == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no per-thread priorities here")
+def test_the_worker_thread_runs_nicer_than_the_training_thread():
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    seen: list[int] = []
+    worker = Background(lambda job: seen.append(niceness()))
+    worker.put(1)
+    worker.close()
+    assert WORKER_NICENESS > 0
+    assert seen == [min(19, niceness() + WORKER_NICENESS)]
