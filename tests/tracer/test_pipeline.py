@@ -284,3 +284,17 @@ def test_the_worker_thread_runs_nicer_than_the_training_thread():
     worker.close()
     assert WORKER_NICENESS > 0
     assert seen == [min(19, niceness() + WORKER_NICENESS)]
+
+
+def test_without_the_input_gradient_the_first_layer_is_not_checked_against_it(tmp_path):
+    model, optimizer, criterion, x, y = _seed_setup()
+    with Trace(model, optimizer, criterion, db=tmp_path / "r.db", input_grad=False) as run:
+        with run.iteration():
+            optimizer.zero_grad()
+            criterion(model(x), y).backward()
+            optimizer.step()
+    _, (record,) = _stored(tmp_path / "r.db")
+    assert not [t for t in record.tensors if t.role == "input_grad"]
+    checked = [s for s in record.steps if s.verified is not None]
+    assert checked and all(s.verified for s in checked)
+    assert any("not computed by autograd" in (s.reference or "") for s in record.steps)
