@@ -185,6 +185,9 @@ class RunQuery:
     name: str | None = None
     started_from: dt.date | None = None
     started_to: dt.date | None = None
+    # What a run picker's user typed: the name or the model contains it (any case), or
+    # it is the run's id or seed.
+    text: str | None = None
 
 
 @dataclass

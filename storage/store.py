@@ -1115,6 +1115,43 @@ class Store:
             return None
         return paging.tensor_window(self.engine, run_id, index, name, **window)
 
+    def find_runs(self, query: RunQuery) -> list[RunInfo]:
+        """One page of runs without the counts around it: a run picker's options
+        (`RunQuery.text` searches name, model, id and seed; see storage.paging)."""
+        if not self._has_schema():
+            return []
+        return paging.find_runs(self.engine, query, _run_info)
+
+    def iteration_indices(self, run_id: int) -> list[int]:
+        """The indices of a run's stored iterations, in order."""
+        if not self._has_schema() or not _storable_id(run_id):
+            return []
+        return paging.iteration_indices(self.engine, run_id)
+
+    def tensor_records(self, run_id: int, index: int) -> list[TensorRecord] | None:
+        """Every tensor of one iteration, without bytes or steps (names, shapes, summaries);
+        None when the run stores no such iteration."""
+        if not self._has_schema() or not _storable_id(run_id, index):
+            return None
+        return paging.tensor_records(self.engine, run_id, index)
+
+    def summary_history(
+        self, run_ids: Iterable[int], roles: Iterable[str], column: str = "l2"
+    ) -> list[tuple[int, int, str, str, float | None]]:
+        """(run, iteration, tensor, role, summary) rows in one query, for charts over
+        iterations (see storage.paging.summary_history)."""
+        ids = [i for i in run_ids if _storable_id(i)]
+        if not self._has_schema() or not ids:
+            return []
+        return paging.summary_history(self.engine, ids, list(roles), column)
+
+    def loss_history(self, run_ids: Iterable[int]) -> list[tuple[int, int, float | None]]:
+        """(run, iteration, loss) of these runs in run and iteration order."""
+        ids = [i for i in run_ids if _storable_id(i)]
+        if not self._has_schema() or not ids:
+            return []
+        return paging.loss_history(self.engine, ids)
+
     def get_run(self, run_id: int) -> RunInfo | None:
         if not self._has_schema() or not _storable_id(run_id):
             return None
