@@ -34,7 +34,14 @@ from dashapp.tensorview import (
 )
 from storage import names
 from storage.records import IterationRecord, RunInfo
-from storage.whatif import NotAvailable, WhatIf, editable, with_element, with_learning_rate
+from storage.whatif import (
+    NotAvailable,
+    Replay,
+    WhatIf,
+    editable,
+    with_element,
+    with_learning_rate,
+)
 
 MAX_SHOWN = 6  # changed tensors drawn by default
 MAX_OUTLINES = 400  # changed cells outlined in one plane; more are left to the Δ map
@@ -52,7 +59,7 @@ def whatif_section(record: IterationRecord, run: RunInfo) -> html.Section:
                 className="section-lead",
             ),
             element_controls(record, run),
-            html.Div(id="iteration-whatif-element-result"),
+            dcc.Loading(html.Div(id="iteration-whatif-element-result"), type="dot"),
             html.H3("Learning rate", className="h6 mt-4"),
             html.P(
                 "The forward pass, the loss and the gradients do not depend on η; only the "
@@ -147,6 +154,14 @@ def element_help(tensor, index, ref):
 
 
 _RESULTS: collections.OrderedDict = collections.OrderedDict()  # the last few answers
+_REPLAYS: collections.OrderedDict = collections.OrderedDict()  # and iterations replayed
+
+
+def _remember(cache: collections.OrderedDict, key, value, size: int):
+    cache[key] = value
+    while len(cache) > size:
+        cache.popitem(last=False)
+    return value
 
 
 def compute(store, run_id: int, it: int, tensor: str, index: str, value) -> WhatIf:
@@ -159,12 +174,13 @@ def compute(store, run_id: int, it: int, tensor: str, index: str, value) -> What
     record = cached_iteration(store, run_id, it) if run is not None else None
     if record is None:
         raise NotAvailable("this iteration is no longer in the store")
-    previous = cached_iteration(store, run_id, it - 1) if it > 1 else None
-    result = with_element(record, run, tensor, index, value, previous=previous)
-    _RESULTS[key] = result
-    while len(_RESULTS) > 8:
-        _RESULTS.popitem(last=False)
-    return result
+    replay = _REPLAYS.get(key[:3])
+    if replay is None or replay.record is not record:
+        previous = cached_iteration(store, run_id, it - 1) if it > 1 else None
+        replay = _remember(_REPLAYS, key[:3], Replay(record, run, previous), 2)
+    return _remember(
+        _RESULTS, key, with_element(record, run, tensor, index, value, replay=replay), 8
+    )
 
 
 @dash.callback(

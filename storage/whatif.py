@@ -185,12 +185,15 @@ def with_element(
     index,
     value: float,
     previous: IterationRecord | None = None,
+    replay: Replay | None = None,
 ) -> WhatIf:
     """The iteration recomputed with `tensor[index] = value` (forward, loss, backward, update).
 
     `previous`, the iteration before (when stored), gives the optimizer's state before
-    this step exactly; without it the state is recovered from the state after the step."""
-    replay = Replay(record, run, previous)
+    this step exactly; without it the state is recovered from the state after the step.
+    `replay`, a `Replay` of this iteration kept from an earlier call, saves its unedited
+    replay (a page asks for several edits of one iteration)."""
+    replay = replay if replay is not None else Replay(record, run, previous)
     if tensor not in replay.editable:
         raise NotAvailable(
             f"{tensor!r} cannot be edited: choose the input or a parameter "
@@ -204,8 +207,7 @@ def with_element(
         raise NotAvailable(f"the new value must be a number, not {value!r}") from None
     if not math.isfinite(new):
         raise NotAvailable(f"the new value must be a finite number, not {value!r}")
-    baseline, _ = replay.run({})
-    worst, where = replay.check(baseline)
+    baseline, worst, where = replay.baseline()
     if where is not None:
         raise NotAvailable(
             f"the NumPy recompute does not reproduce the stored {where} "
@@ -214,6 +216,7 @@ def with_element(
     edited_given = given.astype(np.float64).copy()
     edited_given[index] = new
     values, warnings = replay.run({tensor: edited_given})
+    record = replay.record
     out = []
     for name, (phase, _) in baseline.items():
         stored = replay.stored.get(name)
@@ -308,6 +311,7 @@ class Replay:
                 if t.role == "optimizer_state" and not t.truncated
             }
         self.notes: list[str] = []
+        self._baseline = None
         whole = {t.name: t for t in record.tensors}
         self.stored = {n: t.array for n, t in whole.items() if not t.truncated}
         self.partial = {n: t for n, t in whole.items() if t.truncated}
@@ -419,6 +423,14 @@ class Replay:
         return givens
 
     # -- the run
+
+    def baseline(self):
+        """The unedited replay, checked against the store (computed once):
+        -> (values, largest |Δ| to the store, the first tensor beyond tolerance or None)."""
+        if self._baseline is None:
+            values, _ = self.run({})
+            self._baseline = (values, *self.check(values))
+        return self._baseline
 
     def run(self, edits: Mapping[str, np.ndarray]):
         """-> ({name: (phase, value)} in execution order, warnings)."""
