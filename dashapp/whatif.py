@@ -21,7 +21,7 @@ import numpy as np
 from dash import Input, Output, State, dcc, html
 
 from dashapp import figures, layouts
-from dashapp.data import cached_iteration, current_store
+from dashapp.data import cached_arrays, cached_iteration, cached_steps, current_store
 from dashapp.formatting import format_diff, format_scalar, number_style
 from dashapp.tensorview import (
     MAX_COLS,
@@ -134,19 +134,22 @@ def element_controls(record: IterationRecord, run: RunInfo) -> html.Div:
 )
 def element_help(tensor, index, ref):
     """What the chosen element holds now, so the reader knows what they change."""
-    record = _record(ref)
-    if record is None or not tensor:
+    if not ref or not tensor:
         return "", "new value"
+    store, it = current_store(), ref["it"] or 1
+    record = cached_steps(store, ref["run"], it)  # metadata only: one tensor is read below
     try:
         stored = record.tensor(tensor)
-    except KeyError:
+    except (AttributeError, KeyError):
         return "", "new value"
     shape = tuple(stored.shape)
     words = f"{tensor} has shape {tuple(shape)}; indices start at 0."
     try:
         at = tuple(int(p) for p in str(index or "").replace("[", "").replace("]", "").split(","))
-        value = float(stored.array.reshape(shape)[at]) if not stored.truncated else None
-    except (ValueError, IndexError, TypeError):
+        array = cached_arrays(store, ref["run"], it)[tensor]
+        whole = isinstance(array, np.ndarray) and array.size == int(np.prod(shape))
+        value = float(array.reshape(shape)[at]) if whole and len(at) == len(shape) else None
+    except (ValueError, IndexError, TypeError, KeyError):
         return words + " Give one index per dimension.", "new value"
     if value is None:
         return words, "new value"
@@ -176,7 +179,8 @@ def compute(store, run_id: int, it: int, tensor: str, index: str, value) -> What
         raise NotAvailable("this iteration is no longer in the store")
     replay = _REPLAYS.get(key[:3])
     if replay is None or replay.record is not record:
-        previous = cached_iteration(store, run_id, it - 1) if it > 1 else None
+        # Only the optimizer's state is read from the iteration before, on demand.
+        previous = cached_arrays(store, run_id, it - 1) if it > 1 else None
         replay = _remember(_REPLAYS, key[:3], Replay(record, run, previous), 2)
     return _remember(
         _RESULTS, key, with_element(record, run, tensor, index, value, replay=replay), 8
@@ -245,12 +249,6 @@ def redraw(shown, tensor, index, value, ref):
     except NotAvailable as exc:
         return _refusal(f"Not available: {exc}.")
     return cards(result, shown or [])
-
-
-def _record(ref) -> IterationRecord | None:
-    if not ref:
-        return None
-    return cached_iteration(current_store(), ref["run"], ref["it"] or 1)
 
 
 def _refusal(text: str) -> dbc.Alert:
@@ -463,7 +461,12 @@ def cards(result: WhatIf, shown: list[str]) -> html.Div:
                                         "Δ = recomputed − stored", className="small text-muted"
                                     ),
                                     dcc.Graph(
-                                        figure=figures.difference_heatmap(diff_view),
+                                        figure=figures.heatmap_dict(
+                                            diff_view,
+                                            colorscale=figures.DIFF_SCALE,
+                                            colorbar=True,
+                                            zrange=figures.symmetric_range(diff_view.values),
+                                        ),
                                         config=layouts.GRAPH_CONFIG,
                                         className="whatif-difference",
                                     ),

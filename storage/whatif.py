@@ -184,7 +184,7 @@ def with_element(
     tensor: str,
     index,
     value: float,
-    previous: IterationRecord | None = None,
+    previous: IterationRecord | Mapping[str, np.ndarray] | None = None,
     replay: Replay | None = None,
 ) -> WhatIf:
     """The iteration recomputed with `tensor[index] = value` (forward, loss, backward, update).
@@ -299,17 +299,26 @@ class Replay:
     and `check` then proves them by replaying the iteration against the store."""
 
     def __init__(
-        self, record: IterationRecord, run: RunInfo, previous: IterationRecord | None = None
+        self,
+        record: IterationRecord,
+        run: RunInfo,
+        previous: IterationRecord | Mapping[str, np.ndarray] | None = None,
     ):
+        """`previous`: the iteration before, as a record or as a mapping from tensor name
+        to array (read lazily: only the optimizer's state is looked up in it)."""
         self.record = record
         self.run_info = run
-        self.before: dict[str, np.ndarray] = {}  # optimizer state after the previous iteration
-        if previous is not None and previous.index == record.index - 1:
-            self.before = {
-                t.name: t.array
-                for t in previous.tensors
-                if t.role == "optimizer_state" and not t.truncated
-            }
+        # The optimizer state after the previous iteration: the state before this one.
+        self.before: Mapping[str, np.ndarray] = {}
+        if isinstance(previous, IterationRecord):
+            if previous.index == record.index - 1:
+                self.before = {
+                    t.name: t.array
+                    for t in previous.tensors
+                    if t.role == "optimizer_state" and not t.truncated
+                }
+        elif previous is not None:
+            self.before = previous
         self.notes: list[str] = []
         self._baseline = None
         whole = {t.name: t for t in record.tensors}
@@ -745,7 +754,9 @@ class Replay:
         tensors, which matters where the state is tiny: Adam's step divides by sqrt(v))."""
         name = names.state(param, key)
         if name in self.before:
-            return self.before[name].astype(np.float64)
+            value = self.before[name]
+            if isinstance(value, np.ndarray) and value.shape == self.givens[param].shape:
+                return value.astype(np.float64)
         note = (
             f"iteration {self.record.index - 1} is not stored, so the optimizer state before "
             "this step is recovered from the state after it (to float32 rounding)"
