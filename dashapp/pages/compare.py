@@ -370,9 +370,24 @@ def side_card(label: str, run: RunInfo, index: int, body, side: str) -> dbc.Card
     )
 
 
-def panels(choice: Choice, view: PanelView, stats) -> list:
+def scalar_of(store: RunStore, selection: tuple[int, int], name: str) -> float | None:
+    """The value of a 0-D tensor (a loss), read as a one-element window."""
+    window = store.tensor_window(*selection, name, rows=1, cols=1)
+    if window is None or not window.stored.any():
+        return None
+    return float(window.values.reshape(-1)[0])
+
+
+def panels(store: RunStore, choice: Choice, view: PanelView, stats) -> list:
     (ra, ia), (rb, ib) = choice.sel_a, choice.sel_b
     same = choice.same_shape
+    scalars = {}
+    if len(choice.ta.shape) == 0:  # a panel shows a scalar's value itself
+        scalars["a"] = scalar_of(store, choice.sel_a, choice.name)
+        if same:
+            scalars["b"] = scalar_of(store, choice.sel_b, choice.name)
+            both = (scalars["a"], scalars["b"])
+            scalars["diff"] = None if None in both else both[1] - both[0]
     cards = [
         side_card(
             "A",
@@ -385,6 +400,7 @@ def panels(choice: Choice, view: PanelView, stats) -> list:
                 aio_id=PANEL_A,
                 view=view,
                 figure_query={"with": links.selection(rb, ib)} if same else None,
+                scalar=scalars.get("a"),
             ),
             "a",
         )
@@ -404,6 +420,7 @@ def panels(choice: Choice, view: PanelView, stats) -> list:
             view=view,
             controls=not same,
             figure_query={"with": links.selection(ra, ia)} if same else None,
+            scalar=scalars.get("b"),
         )
     cards.append(side_card("B", choice.run_b, ib, body, "b"))
     if same:
@@ -418,6 +435,7 @@ def panels(choice: Choice, view: PanelView, stats) -> list:
             figure_query={"minus": links.selection(ra, ia)},
             summary=difference_line(stats[0], numel) if stats is not None else "",
             downloads=False,
+            scalar=scalars.get("diff"),
         )
         cards.append(
             dbc.Card(
@@ -439,6 +457,9 @@ def panels(choice: Choice, view: PanelView, stats) -> list:
             )
         )
     return [dbc.Col(card, lg=4) for card in cards]
+
+
+_EMPTY = np.empty(0)  # the records of `follow_a` only carry a shape and a stored count
 
 
 @dash.callback(
@@ -474,9 +495,6 @@ def follow_a(state, ref):
         figure_url(rb, ib, name, view, {"minus": links.selection(ra, ia)}),
         caption(both, view),
     )
-
-
-_EMPTY = np.empty(0)  # the records of `follow_a` only carry a shape and a stored count
 
 
 # ---------------------------------------------------------------- choosing
@@ -873,7 +891,7 @@ def layout(
             "A's controls move the window of all three.",
             className="text-muted small",
         ),
-        dbc.Row(panels(choice, view, stats), className="g-3 mb-3"),
+        dbc.Row(panels(store, choice, view, stats), className="g-3 mb-3"),
         stats_block(choice.ta, choice.tb, stats) if choice.tb is not None else None,
         history_section(history),
         dcc.Location(id="compare-url", refresh="callback-nav"),
