@@ -413,8 +413,10 @@ def norm_panels(
         else:
             continue
         params[param] = None
-        label, color = style[run_id]
-        series = tables[quantity].setdefault(param, {}).setdefault(run_id, Series(label, color))
+        by_run = tables[quantity].setdefault(param, {})
+        series = by_run.get(run_id)
+        if series is None:
+            series = by_run[run_id] = Series(*style[run_id])
         series.x.append(int(index))
         series.y.append(float(l2))
 

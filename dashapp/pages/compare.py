@@ -168,9 +168,22 @@ def default_selections(store: RunStore, picked: list[int] | None):
     return a, b
 
 
+@functools.lru_cache(maxsize=32)
+def _tensor_records(store: RunStore, run_id: int, index: int) -> tuple[TensorRecord, ...]:
+    """A stored iteration's tensors never change once committed: kept for the next view.
+    KeyError (not kept) when the run does not store it yet."""
+    tensors = store.tensor_records(run_id, index)
+    if tensors is None:
+        raise KeyError(index)
+    return tuple(tensors)
+
+
 def require_tensors(store: RunStore, run: RunInfo, index: int) -> list[TensorRecord]:
     """The iteration's tensors without bytes; NotFound when the run does not store it."""
-    tensors = store.tensor_records(run.id, index)
+    try:
+        tensors = _tensor_records(store, run.id, index)
+    except KeyError:
+        tensors = None
     if tensors is None:
         count = run.num_iterations
         stored = (
@@ -179,7 +192,7 @@ def require_tensors(store: RunStore, run: RunInfo, index: int) -> list[TensorRec
             else "it has no iterations yet"
         )
         raise NotFound(f"run {run.id} has no iteration {index}: {stored}")
-    return tensors
+    return list(tensors)
 
 
 class Choice(NamedTuple):
@@ -693,20 +706,31 @@ def history_section(chosen: list[RunInfo]) -> html.Section:
     )
 
 
-def history_figures(store: RunStore, chosen: list[RunInfo]) -> tuple[dict, dict]:
-    """(loss, norms) over iterations of the chosen runs, from stored summaries alone:
-    one query for the losses and one for every weight's and gradient's L2 norm."""
-    ids = [r.id for r in chosen]
-    legend = [(r.id, layouts.run_label(r), figures.run_color(i)) for i, r in enumerate(chosen)]
-    loss = {r.id: figures.Series(label, color) for r, (_, label, color) in zip(chosen, legend)}
+def history_figures(store: RunStore, legend: list[tuple[int, str]]) -> tuple[dict, dict]:
+    """(loss, norms) over iterations of the runs of `legend` ((run id, label) in order),
+    from stored summaries alone: one query for the losses and one for every weight's and
+    gradient's L2 norm. The norms are kept per set of runs and their stored iterations:
+    they change only when a run stores another iteration."""
+    ids = [run_id for run_id, _ in legend]
+    styled = [(run_id, label, figures.run_color(i)) for i, (run_id, label) in enumerate(legend)]
+    loss = {run_id: figures.Series(label, color) for run_id, label, color in styled}
     for run_id, index, value in store.loss_history(ids):
         series = loss.get(run_id)
         if series is not None:
             series.x.append(int(index))
             series.y.append(figures.finite_or_none(value))
-    rows = store.summary_history(ids, [names.ROLE_PARAM, names.ROLE_PARAM_GRAD])
-    pairs = figures.norm_panels(rows, legend)
-    return figures.loss_dict(list(loss.values())), figures.norms_dict(pairs)
+    stored = tuple((run_id, tuple(s.x)) for run_id, s in loss.items())
+    norms = _norms(store, tuple(styled), stored)
+    return figures.loss_dict(list(loss.values())), norms
+
+
+@functools.lru_cache(maxsize=16)
+def _norms(store: RunStore, styled: tuple, stored: tuple) -> dict:
+    """The norms figure of these runs (`stored`: their stored iterations, the cache key)."""
+    rows = store.summary_history(
+        [r for r, _, _ in styled], [names.ROLE_PARAM, names.ROLE_PARAM_GRAD]
+    )
+    return figures.norms_dict(figures.norm_panels(rows, list(styled)))
 
 
 @dash.callback(
@@ -718,9 +742,7 @@ def draw_history(ref):
     """The charts over iterations, after the page is shown."""
     if not ref:
         raise dash.exceptions.PreventUpdate
-    store = current_store()
-    chosen = [r for r in (store.get_run(int(i)) for i in ref["history"]) if r is not None]
-    return history_figures(store, chosen)
+    return history_figures(current_store(), [tuple(item) for item in ref["history"]])
 
 
 def chosen_runs(store: RunStore, choice: Choice) -> list[RunInfo]:
@@ -904,7 +926,7 @@ def layout(
                 "role": choice.role,
                 "tensor": choice.name,
                 "runs": choice.picked,
-                "history": [r.id for r in history],
+                "history": [[r.id, layouts.run_label(r)] for r in history],
                 "stored_b": choice.tb.stored_numel if choice.tb is not None else None,
             },
         ),
