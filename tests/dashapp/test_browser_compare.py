@@ -143,6 +143,17 @@ def test_the_run_picker_searches_the_store(page, base):
     found.click()
     page.wait_for_url(re.compile(r"b=44%3A1"))
     wait_ready(page, ".compare-b .card-header:has-text('small-41')")
+    # B's fc.weight is 2x2: B keeps its own panel, no difference, A still pans alone
+    assert page.locator("#compare-diff-graph").count() == 0
+    page.locator(
+        '.tensor-panel[data-aio="compare-a"] button[title="move the window right"]'
+    ).click()
+    page.wait_for_url(re.compile(r"b=44%3A1.*t\.fc\.weight=%401%2C33"))
+    wait_ready(page)
+    (drawn,) = graph_data(page, "#compare-a-graph")
+    np.testing.assert_array_equal(z_of(drawn), weights(1, 3)[:64, 32:96])
+    page.go_back()
+    page.wait_for_url(lambda url: "b=44%3A1" in url and "t.fc.weight" not in url)
     # a seed finds its run too
     search(page, "#compare-a-run", "1007")
     page.get_by_role("option", name=re.compile(r"#10 .?small-7.?, seed 1007")).wait_for()
