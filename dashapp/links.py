@@ -32,8 +32,17 @@ def model(run_id: int) -> str:
     return _with_query(MODEL, {"run": run_id})
 
 
-def iteration(run_id: int, index: int, anchor: str | None = None) -> str:
-    url = _with_query(ITERATION, {"run": run_id, "it": index})
+def iteration(
+    run_id: int,
+    index: int,
+    anchor: str | None = None,
+    *,
+    phase: str | None = None,
+    layer: str | None = None,
+) -> str:
+    """One iteration; `phase` ("input", "forward", "loss", "backward", "update", "whatif")
+    and `layer` pick the part shown (none: the input)."""
+    url = _with_query(ITERATION, {"run": run_id, "it": index, "phase": phase, "layer": layer})
     return f"{url}#{anchor}" if anchor else url
 
 

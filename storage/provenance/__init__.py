@@ -40,7 +40,9 @@ from .core import (
     MAX_WRITTEN_TERMS,
     OPTIMIZER_RULES,
     Context,
+    Missing,
     NotExplained,
+    Prefix,
     Provenance,
     Term,
     cell,
@@ -56,6 +58,7 @@ __all__ = [
     "MAX_WRITTEN_TERMS",
     "OPTIMIZER_RULES",
     "NotExplained",
+    "Prefix",
     "Provenance",
     "Term",
     "Window",
@@ -94,10 +97,22 @@ def explain_cell(
     step is that iteration's state after it); without it only a first step's state
     is explained."""
     if arrays is None:
-        arrays = {t.name: t.array for t in record.tensors if not t.truncated}
+        arrays = {
+            t.name: Prefix(t.name, t.array, t.shape) if t.truncated else t.array
+            for t in record.tensors
+        }
     if name not in arrays:
-        raise NotExplained(f"{name} is not stored whole in this iteration")
+        raise NotExplained(f"{name} is not stored in this iteration")
     index = tuple(int(i) for i in index)
+    if isinstance(arrays[name], Prefix) and len(index) == arrays[name].ndim:
+        try:
+            arrays[name][index]
+        except Missing as exc:
+            raise NotExplained(
+                f"{name}{cell(index)} is not stored: a storage bound kept its first {exc.kept} elements"
+            ) from None
+        except ValueError:
+            pass  # out of range: said below
     if len(index) != np.ndim(arrays[name]) or any(
         not 0 <= i < d for i, d in zip(index, np.shape(arrays[name]))
     ):
@@ -119,9 +134,11 @@ def explain_cell(
         step, rule = _producer(ctx, name, parsed)
         try:
             answer = rule(ctx, step, name, index)
-        except KeyError as exc:  # a tensor it reads is truncated by a storage bound, or absent
+        except Missing as exc:  # a cell it reads was left out by a storage bound
+            raise NotExplained(f"{name}{cell(index)} {exc.reason()}") from None
+        except KeyError as exc:  # a tensor it reads is absent
             raise NotExplained(
-                f"{name}[{', '.join(map(str, index))}] reads {exc.args[0]}, which is not stored whole"
+                f"{name}{cell(index)} reads {exc.args[0]}, which is not stored"
             ) from None
         answer.step = step.position
     answer.stored = float(arrays[name][index])
@@ -132,24 +149,23 @@ def _producer(ctx: Context, name: str, parsed: names.TensorName):
     """The step that computed `name` and the rule that explains it."""
     if parsed.kind == names.KIND_GRAD_BEFORE or name.endswith(".before"):
         raise NotExplained(f"{name} is what the module held before this iteration: a given")
-    if parsed.kind == names.KIND_GRAD:
-        for step in ctx.steps:
+    writers = [step for step in ctx.steps if name in step.outputs]
+    if parsed.kind == names.KIND_GRAD:  # a tensor used more than once: the sum of its parts
+        for step in writers:
             if combine.is_sum_step(step, name):
                 return step, combine.sum_of_parts
     if parsed.kind == names.KIND_GRAD_PART:  # the part of a gradient through one use
-        for step in ctx.steps:
-            if step.layer == parsed.use and step.phase == "backward":
-                if name in step.outputs or names.grad(parsed.of) in step.outputs:
-                    return step, _layer_rule(ctx, step)
-    for step in ctx.steps:
-        if name in step.outputs:
-            return step, _rule(ctx, step)
+        whole = names.grad(parsed.of)
+        for step in ctx.layer_steps(parsed.use or ""):
+            if step.phase == "backward" and (name in step.outputs or whole in step.outputs):
+                return step, _layer_rule(ctx, step)
+    if writers:
+        return writers[0], _rule(ctx, writers[0])
     if parsed.kind == names.KIND_STATE:
         own = names.intermediate(parsed.of, parsed.key or "")
+        after = names.next_value(parsed.of)
         for step in ctx.steps:
-            if step.phase == "update" and (
-                own in step.outputs or names.next_value(parsed.of) in step.outputs
-            ):
+            if step.phase == "update" and (own in step.outputs or after in step.outputs):
                 return step, _rule(ctx, step)
     # A matrix an explainer built but that is only read (W_flat, dY_col, the one-hot
     # labels): the layer's first step that reads it has its rule.

@@ -9,6 +9,7 @@ import numpy as np
 from .. import names
 from .core import (
     Context,
+    Missing,
     cell,
     fmt,
     layer_rule,
@@ -35,25 +36,34 @@ def _recover_alpha(x, y, z) -> float:
     return 1.0 if abs(alpha - 1.0) < 1e-4 else alpha
 
 
+def _recover_form(a, out_n, x_n, y_n) -> tuple[str, float, float]:
+    """("two", α, _) for x + αy, ("same", α, _) for x + αx, ("constant", 1, c) for x + c,
+    recovered from the whole stored tensors (none of them is a stored number)."""
+    z = np.asarray(a[out_n], dtype=np.float64)
+    x = np.asarray(a[x_n], dtype=np.float64)
+    if y_n is not None:
+        return "two", _recover_alpha(x, a[y_n], z), 0.0
+    diff = z - np.broadcast_to(x, z.shape)
+    if np.allclose(diff, diff.reshape(-1)[0], rtol=1e-5, atol=1e-6):
+        return "constant", 1.0, float(np.median(diff))
+    return "same", _recover_alpha(x, x, z), 0.0  # x + αx: both operands are one tensor
+
+
 @layer_rule("Add")
 def add(ctx: Context, step, name, index):
     a, layer = ctx.arrays, step.layer
     out_n = names.output(layer)
     inputs = ctx.layer_inputs(layer)
     x_n = inputs[0]
-    z = np.asarray(a[out_n], dtype=np.float64)
-    x = np.asarray(a[x_n], dtype=np.float64)
-    if len(inputs) > 1:
-        y_n = inputs[1]
-        alpha = _recover_alpha(x, a[y_n], z)
+    y_n = inputs[1] if len(inputs) > 1 else None
+    constant = alpha = 1.0
+    try:
+        form, alpha, constant = _recover_form(a, out_n, x_n, y_n)
+    except Missing:  # truncated: the forward step's formula says whether α is 1
+        formulas = {s.formula for s in ctx.forward_steps(layer)}
+        if "Z = X + Y" not in formulas or y_n is None:
+            raise
         form = "two"
-    else:
-        y_n = None
-        diff = z - np.broadcast_to(x, z.shape)
-        if np.allclose(diff, diff.reshape(-1)[0], rtol=1e-5, atol=1e-6):
-            form, constant = "constant", float(np.median(diff))
-        else:  # x + αx: both operands are the same tensor
-            form, alpha = "same", _recover_alpha(x, x, z)
     out_grad = names.grad(out_n)
     scaled = lambda v: "" if v == 1.0 else f"{fmt(v)}·"  # noqa: E731
     if name == out_n:

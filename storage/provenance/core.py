@@ -8,6 +8,7 @@ within float32 rounding of the stored value, scaled by the size of the terms.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -19,6 +20,58 @@ from ..records import StepRecord
 
 class NotExplained(LookupError):
     """No provenance for this cell (a given, or a tensor it needs is not stored); says why."""
+
+
+class Missing(KeyError):
+    """A rule read a cell (or all) of a tensor that a storage bound truncated."""
+
+    def __init__(self, name: str, index: tuple[int, ...] | None = None, kept: int = 0):
+        super().__init__(name)
+        self.name, self.index, self.kept = name, index, kept
+
+    def reason(self) -> str:
+        if self.index is None:
+            return f"reads all of {self.name}, which is not stored whole"
+        return (
+            f"reads {self.name}{cell(self.index)}, beyond the first {self.kept} elements a "
+            "storage bound kept"
+        )
+
+
+class Prefix:
+    """A tensor a storage bound truncated: the store kept its first elements in C order.
+
+    A kept cell reads as in the whole array; another cell raises `Missing`, and so does
+    any use of the whole tensor (np.asarray, slices), so a rule explains every cell whose
+    terms were all kept and says which term was not for the others."""
+
+    def __init__(self, name: str, stored: np.ndarray, shape):
+        self.name = name
+        self.flat = np.asarray(stored).reshape(-1)
+        self.shape = tuple(int(d) for d in shape)
+        self.ndim = len(self.shape)
+        self.size = int(np.prod(self.shape, dtype=np.int64))
+        self.dtype = self.flat.dtype
+
+    def __getitem__(self, index):
+        index = index if isinstance(index, tuple) else (index,)
+        if len(index) != self.ndim or not all(isinstance(i, (int, np.integer)) for i in index):
+            raise Missing(self.name)
+        flat = int(np.ravel_multi_index(tuple(int(i) for i in index), self.shape))
+        if flat >= self.flat.size:
+            raise Missing(self.name, tuple(int(i) for i in index), self.flat.size)
+        return self.flat[flat]
+
+    def __array__(self, dtype=None, copy=None):
+        raise Missing(self.name)
+
+    def __getattr__(self, attr):  # reshape, astype, max...: whole-array uses
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        raise Missing(self.name)
+
+    def __len__(self) -> int:
+        return self.shape[0]
 
 
 @dataclass
@@ -84,8 +137,23 @@ class Context:
             return self.layer_types[layer]
         return self.layer_types.get(names.split_call(layer)[0], "")
 
+    @functools.cached_property
+    def _by_layer(self) -> dict[str, list[StepRecord]]:
+        out: dict[str, list[StepRecord]] = {}
+        for step in self.steps:
+            out.setdefault(step.layer, []).append(step)
+        return out
+
+    @functools.cached_property
+    def _mentioned(self) -> set[str]:
+        """Every tensor name some step reads or writes (kept or not)."""
+        return {n for step in self.steps for n in (*step.inputs, *step.outputs)}
+
+    def layer_steps(self, layer: str) -> list[StepRecord]:
+        return self._by_layer.get(layer, [])
+
     def forward_steps(self, layer: str) -> list[StepRecord]:
-        return [s for s in self.steps if s.layer == layer and s.phase == "forward"]
+        return [s for s in self.layer_steps(layer) if s.phase == "forward"]
 
     def layer_inputs(self, layer: str) -> list[str]:
         """The tensors the layer's forward pass read that are not its own (parameters,
@@ -113,8 +181,10 @@ class Context:
         out = {}
         for local in ("weight", "bias"):
             qualified = names.child(base, local)
-            if qualified in self.arrays or any(
-                qualified in s.inputs or names.grad(qualified) in s.outputs for s in self.steps
+            if (
+                qualified in self.arrays
+                or qualified in self._mentioned
+                or names.grad(qualified) in self._mentioned
             ):
                 out[local] = qualified
         return out

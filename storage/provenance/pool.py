@@ -10,6 +10,7 @@ from .. import names
 from ..npmath import adaptive_bounds
 from .core import (
     Context,
+    Missing,
     NotExplained,
     cell,
     fmt,
@@ -67,7 +68,10 @@ def max_pool(ctx: Context, step, name, index):
         n, c, i, j = _batched(index, ndim)
         winner = int(a[arg_n][index])
         best = term(x_name, a, _unbatched((n, c, *divmod(winner, width)), ndim))
-        window_of = _max_windows(ctx.kind(layer), x, a[out_n])
+        try:
+            window_of = _max_windows(ctx.kind(layer), x, a[out_n])
+        except Missing:  # the window is recovered from whole tensors; the winner is stored
+            window_of = None
         if window_of is None:  # dilation or ceil mode: the stored argmax names the winner
             value = best.value if name == out_n else winner
             what = (

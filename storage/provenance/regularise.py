@@ -125,10 +125,15 @@ def batchnorm(ctx: Context, step, name, index):
         names.intermediate(layer, "running_var"),
     ):
         return _running(a, layer, name, c, count)
-    eps = _batchnorm_eps(x, a[mean_n], a[var_n], a[xhat_n])
-    root = float(np.sqrt(np.float64(var.value) + eps))
+
+    def root_eps() -> tuple[float, float]:
+        """√(σ² + ε) and ε, recovered from the whole normalised tensor (not needed by γx̂ + β)."""
+        eps = _batchnorm_eps(x, a[mean_n], a[var_n], a[xhat_n])
+        return float(np.sqrt(np.float64(var.value) + eps)), eps
+
     if name == xhat_n or (name == out_n and w_n is None):
         xi = term(x_name, a, index)
+        root, eps = root_eps()
         value = (xi.value - mu.value) / root
         return prov(
             name,
@@ -173,6 +178,7 @@ def batchnorm(ctx: Context, step, name, index):
         gamma = term(w_n, a, (c,)) if w_n else None
         gv = gamma.value if gamma else 1.0
         dy = term(g_n, a, index)
+        root, _ = root_eps()
         if not batch_stats:
             value = gv * dy.value / root
             return prov(

@@ -62,7 +62,7 @@ def z_of(drawn) -> np.ndarray:
 
 
 def test_a_large_activation_shows_one_plane_and_switches_channel(page, base, store):
-    open_page(page, base + "/iteration?run=1&it=1")
+    open_page(page, base + "/iteration?run=1&it=1&phase=forward&layer=0")
     activation = store.load_tensor(1, 1, "0.out").array  # (64, 6, 28, 28)
     assert activation.shape == (64, 6, 28, 28)
     panel = page.locator('.tensor-panel[data-tensor="0.out"]').first
@@ -81,7 +81,7 @@ def test_a_large_activation_shows_one_plane_and_switches_channel(page, base, sto
 
 
 def test_a_tall_matrix_shows_its_first_rows(page, base, store):
-    open_page(page, base + "/iteration?run=1&it=1")
+    open_page(page, base + "/iteration?run=1&it=1&phase=forward&layer=0")
     x_col = store.load_tensor(1, 1, "0.X_col").array  # (50176, 25)
     panel = page.locator('.tensor-panel[data-tensor="0.X_col"]').first
     (drawn,) = graph_data(panel, ".js-plotly-plot")

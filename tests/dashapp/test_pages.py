@@ -20,7 +20,7 @@ from dash_helpers import (
     using_store,
 )
 
-from dashapp import links
+from dashapp import links, whatif
 from dashapp.tensorview import matrix_view
 from storage import RunStore
 
@@ -166,19 +166,52 @@ def test_runs_refresh_keeps_the_ticks_and_stops_when_nothing_runs(pages, request
 # ---------------------------------------------------------------- iteration
 
 
-def test_iteration_shows_every_step_in_order_with_its_check(pages, store, request_ctx):
-    layout = pages.iteration.layout(run="1", it="2")
+def query_of(href: str) -> dict:
+    from urllib.parse import parse_qsl, urlsplit
+
+    return dict(parse_qsl(urlsplit(href).query))
+
+
+def walk_views(pages, **query) -> list:
+    """Every view of an iteration, from the first, following each view's "next" link."""
+    shown = [pages.iteration.layout(**query)]
+    while nxt := [
+        c for c in components(shown[-1], dcc.Link) if getattr(c, "id", None) == "iteration-next"
+    ]:
+        shown.append(pages.iteration.layout(**query_of(nxt[0].href)))
+        assert len(shown) < 100
+    return shown
+
+
+def test_iteration_walks_every_step_in_order_with_its_check(pages, store, request_ctx):
+    """Input, then each layer of the forward pass, the loss, the backward pass and the
+    update, then what if: one view at a time, every step once, in order."""
     record = store.load_iteration(1, 2)
-    cards = components(layout, html.Section, "step-card")
+    shown = walk_views(pages, run="1", it="2")
+    views = [components(v, html.Div, "iteration-view")[0] for v in shown]
+    assert [getattr(v, "data-view") for v in views] == [
+        "input/",
+        *[f"forward/{layer}" for layer in ("conv", "relu", "pool", "flatten", "fc")],
+        "loss/loss",
+        *[f"backward/{layer}" for layer in ("loss", "fc", "flatten", "pool", "relu", "conv")],
+        "update/conv",
+        "update/fc",
+        "whatif/",
+    ]
+    cards = [c for v in shown for c in components(v, html.Section, "step-card")]
     assert [c.id for c in cards] == [f"step-{n}" for n in range(1, len(record.steps) + 1)]
     for card, step in zip(cards, record.steps, strict=True):
         assert step.title in text_of(card)
         mark = "none" if step.verified is None else ("yes" if step.verified else "no")
         assert getattr(card, "data-verified") == mark
+        assert len(components(card, dcc.Markdown)) == 2  # general formula, with numbers
     sections = [
-        s.id for s in components(layout, html.Section) if (s.id or "").startswith("section-")
+        s.id
+        for v in shown
+        for s in components(v, html.Section)
+        if (s.id or "").startswith("section-")
     ]
-    assert sections == [
+    assert list(dict.fromkeys(sections)) == [
         "section-input",
         "section-forward",
         "section-loss",
@@ -186,9 +219,31 @@ def test_iteration_shows_every_step_in_order_with_its_check(pages, store, reques
         "section-update",
         "section-whatif",
     ]
+    # previous goes back the same way; the menu links every layer of every phase
+    first_back = [
+        c for c in components(shown[1], dcc.Link) if getattr(c, "id", None) == "iteration-previous"
+    ]
+    assert first_back[0].href == "/iteration?run=1&it=2"
+    menu = [
+        c.href for c in components(shown[0], dcc.Link) if "toc-layer" in getattr(c, "className", "")
+    ]
+    layer_views = [getattr(v, "data-view").split("/") for v in views[1:-1]]
+    assert menu == [links.iteration(1, 2, phase=p, layer=name) for p, name in layer_views]
+    assert all("Iteration 2 of 3" in text_of(v) for v in shown)
+
+
+def test_iteration_shows_one_phase_and_its_steps_only(pages, store, request_ctx):
+    record = store.load_iteration(1, 1)
+    backward = [s for s in record.steps if s.phase == "backward"]
+    layout = pages.iteration.layout(run="1", it="1", phase="backward")
+    cards = components(layout, html.Section, "step-card")
+    assert [components(c, html.H4)[0].children for c in cards] == [s.title for s in backward]
     toc = [a.href for a in components(layout, html.A) if (a.href or "").startswith("#step-")]
-    assert toc == [f"#step-{n}" for n in range(1, len(record.steps) + 1)]
-    assert "Iteration 2 of 3" in text_of(layout)
+    assert toc == [c.id.replace("step-", "#step-") for c in cards]
+    nxt = [c for c in components(layout, dcc.Link) if getattr(c, "id", None) == "iteration-next"]
+    assert nxt[0].href == "/iteration?run=1&it=1&phase=update"  # phase by phase
+    stepper = [c.href for c in components(layout, dcc.Link) if c.children == "2"]
+    assert stepper == ["/iteration?run=1&it=2&phase=backward"]  # same phase, next iteration
 
 
 def test_iteration_heatmaps_hold_the_stored_values(pages, dash_app, store, request_ctx):
@@ -222,6 +277,10 @@ def test_iteration_defaults_to_the_latest_run(pages, request_ctx):
         (dict(run="1", it="0"), ["'0' is not a valid number"]),
         (dict(run="1", it="99"), ["run 1 has no iteration 99", "3 iterations"]),
         (dict(run=["1", "2"]), ["more than once"]),
+        (dict(run="1", it="1", phase="sideways"), ["no phase 'sideways'"]),
+        (dict(run="1", it="1", phase="forward", layer="nope"), ["no layer 'nope'"]),
+        (dict(run="1", it="1", layer="conv"), ["no layer 'conv' in its input phase"]),
+        (dict(run="1", it="1", phase=["loss", "update"]), ["more than once"]),
     ],
 )
 def test_iteration_unknown_things_are_not_found(pages, request_ctx, query, words):
@@ -335,6 +394,8 @@ def test_a_view_in_the_url_opens_that_window(pages, dash_app, store, request_ctx
         "/iteration?run=999",
         "/iteration?run=1&it=99",
         "/iteration?run=1&it=1&t.nope=@1,1",
+        "/iteration?run=1&it=1&phase=sideways",
+        "/iteration?run=1&phase=forward&layer=nope",
         "/model?run=999",
         "/compare?a=1:1&b=999:1",
         "/compare?a=1:99",
@@ -581,24 +642,79 @@ def test_an_unexplained_iteration_shows_its_raw_tensors_and_says_how_to_explain(
     run = run_builtin(seed=0, iterations=1, db=path, explain="off")
     with using_store(dash_app, path):
         layout = pages.iteration.layout(run=str(run.run_id), it="1")
+        forward = text_of(pages.iteration.layout(run=str(run.run_id), it="1", phase="forward"))
+        backward = text_of(pages.iteration.layout(run=str(run.run_id), it="1", phase="backward"))
     text = text_of(layout)
     assert "Not explained:" in text and "this run was traced with explanation off" in text
     assert "cnnviz trace --explain background" in text
-    assert "conv.out" in text and "fc.weight.grad" in text  # the raw tensors are there
-    assert "not explained; tensors as captured" in text
+    assert "Not explained:" in forward and "Not explained:" in backward  # on every view
+    assert "conv.out" in forward and "fc.weight.grad" in backward  # the raw tensors are there
+    assert "not explained; tensors as captured" in forward
 
 
 def test_iteration_whatif_recomputes_the_update_for_another_learning_rate(pages, request_ctx):
-    layout = pages.iteration.layout(run="1", it="2")
+    layout = pages.iteration.layout(run="1", it="2", phase="whatif")
     assert [c for c in components(layout, html.Section) if c.id == "section-whatif"]
     ref = {"run": 1, "it": 2, "count": 3}
     result = run_callback(
-        pages.iteration.whatif, 1, 0.5, ref, triggered="iteration-whatif-go.n_clicks"
+        whatif.learning_rate_whatif, 1, 0.5, ref, triggered="iteration-whatif-go.n_clicks"
     )
     names = [c.children for c in components(result, html.Code)]
     assert names == ["conv.weight.next", "conv.bias.next", "fc.weight.next", "fc.bias.next"]
     assert len(components(result, dcc.Graph)) == 8
     refused = run_callback(
-        pages.iteration.whatif, 1, -1, ref, triggered="iteration-whatif-go.n_clicks"
+        whatif.learning_rate_whatif, 1, -1, ref, triggered="iteration-whatif-go.n_clicks"
     )
     assert "positive number" in refused.children
+
+
+def test_iteration_whatif_of_one_element_marks_what_changed(pages, request_ctx):
+    ref = {"run": 1, "it": 2, "count": 3}
+    go = "iteration-whatif-element-go.n_clicks"
+    result = run_callback(whatif.element_whatif, 1, "input", "0, 0, 1, 2", 5.0, ref, triggered=go)
+    text = text_of(result)
+    assert "input[0, 0, 1, 2]:" in text and "→ 5." in text and "Loss " in text
+    assert "reproduces every stored tensor" in text
+    table = components(result, html.Tbody)[0]
+    phases = [row.children[0].children for row in table.children]
+    assert phases == sorted(phases, key=["forward", "backward", "update"].index)
+    changed = [row for row in table.children if row.className == "whatif-changed"]
+    assert len(changed) > 10  # through the loss and back to every update
+    shown = components(result, dcc.Dropdown)[0].value
+    assert "loss.value" in shown and len(components(result, dcc.Graph)) == 2 * len(shown)
+    # Every changed cell drawn is outlined: the edited input's consumer shows one box per cell.
+    first = components(result, dcc.Graph)[0].figure
+    assert first["layout"]["shapes"]
+    # Picking other tensors redraws from the cached answer.
+    redrawn = run_callback(whatif.redraw, ["fc.weight.next"], "input", "0, 0, 1, 2", 5.0, ref)
+    assert [c.children for c in components(redrawn, html.Code)] == ["fc.weight.next"]
+    for value, index, words in ((None, "0,0,1,2", "Type the new value"), (1.0, "0,9", "needs 4")):
+        refused = run_callback(whatif.element_whatif, 1, "input", index, value, ref, triggered=go)
+        assert words in text_of(refused)
+    help_text, placeholder = run_callback(whatif.element_help, "fc.weight", "1, 3", ref)
+    assert "shape (2, 4)" in help_text and "Stored value" in help_text and placeholder
+
+
+def test_provenance_panel_names_the_cells_read_from_the_previous_iteration(pages):
+    """An optimizer's state before the step is the previous iteration's: the panel lists
+    it with its iteration (it is not on this page, so it is not outlined)."""
+    from storage.provenance import Provenance, Term
+
+    prov = Provenance(
+        tensor="fc.weight.exp_avg",
+        index=(0, 1),
+        stored=0.5,
+        recomputed=0.5,
+        kind="adam-moment",
+        formula="m_t[0,1] = ...",
+        terms=[
+            Term("fc.weight.state.exp_avg", (0, 1), 0.25, iteration=1),
+            Term("fc.weight.grad", (0, 1), 2.75),
+        ],
+        step=3,
+    )
+    text = " ".join(text_of(html.Div(pages.iteration.provenance_view(prov))).split())
+    assert "fc.weight.grad : 1 cell [0, 1]" in text
+    assert "fc.weight.state.exp_avg of iteration 1: [0, 1] = 0.25" in text
+    assert "✓ recomputed 0.5 = stored 0.5" in text
+    assert list(prov.reads()) == ["fc.weight.grad"]
