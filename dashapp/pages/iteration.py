@@ -4,7 +4,14 @@ Input (batch, labels, weights, learning rate) -> forward pass layer by layer ->
 loss -> backward pass from dL/dz back to the first layer -> weight update.
 Every step is a card with its general formula, the formula with this
 iteration's numbers, heatmaps of what it reads and writes, and whether our
-NumPy result matched PyTorch's autograd. A side menu jumps between the steps.
+NumPy result matched PyTorch's autograd.
+
+The page shows one part at a time, named in the URL (dashapp/steps.py, View): the
+input (no `phase`), a whole phase (`&phase=backward`) or one layer of it
+(`&phase=backward&layer=conv`), or the what-if section (`&phase=whatif`). The
+stage bar and the side menu link those addresses, and previous/next walk them
+in order, so the page builds, reads and draws only what one view holds; the
+iteration's steps and tensor metadata are read once and kept (data.cached_steps).
 
 A click on any heatmap cell shows where that number came from (storage.provenance):
 the scalar computation with the real numbers, checked against the stored value,
@@ -219,6 +226,7 @@ def panel_maker(store, record: IterationRecord, run: RunInfo, views: dict[str, P
             panel=panel_id,
             view=views.get(name),
             scalar=scalar,
+            click_store=False,  # a click asks for the cell's provenance (provenance_click.js)
         )
 
     return panel
