@@ -412,6 +412,7 @@ def panels(store: RunStore, choice: Choice, view: PanelView, stats) -> list:
                 index=ia,
                 aio_id=PANEL_A,
                 view=view,
+                click_store=False,  # this page does not listen to clicks on cells
                 figure_query={"with": links.selection(rb, ib)} if same else None,
                 scalar=scalars.get("a"),
             ),
@@ -431,6 +432,7 @@ def panels(store: RunStore, choice: Choice, view: PanelView, stats) -> list:
             index=ib,
             aio_id=PANEL_B if same else PANEL_B_OWN,
             view=view,
+            click_store=False,
             controls=not same,
             figure_query={"with": links.selection(ra, ia)} if same else None,
             scalar=scalars.get("b"),
@@ -444,6 +446,7 @@ def panels(store: RunStore, choice: Choice, view: PanelView, stats) -> list:
             index=ib,
             aio_id=PANEL_DIFF,
             view=view,
+            click_store=False,
             controls=False,
             figure_query={"minus": links.selection(ra, ia)},
             summary=difference_line(stats[0], numel) if stats is not None else "",
