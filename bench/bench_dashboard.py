@@ -535,6 +535,8 @@ def main() -> None:
         print(f"\nIn-process callbacks ({name}), {args.replays} calls each: p95 / median ms")
         for label, times in callbacks[name].items():
             print(f"  {label:80s} {1000 * p95(times):8.1f} {1000 * statistics.median(times):8.1f}")
+    if "runs" not in urls:
+        return
     print("\nRuns page callback, median ms at 10 / 1,000 / 10,000 runs, and 10,000 / 10 ratio")
     for name in trees:
         med = [statistics.median(callbacks[name][f"runs page at {n} runs"]) for n in SCALES]
