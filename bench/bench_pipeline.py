@@ -100,9 +100,9 @@ def run_plain(work: Workload, block: int) -> tuple[float, float]:
 
 
 def run_traced(
-    work: Workload, block: int, db: Path, bound: int | None, mode: str
+    work: Workload, block: int, db: Path, bound: int | None, mode: str, **more
 ) -> tuple[float, float, Trace]:
-    options = {"explain": mode} if _trace_supports_explain() else {}
+    options = {"explain": mode, **more} if _trace_supports_explain() else {}
     started = time.perf_counter()
     inside = 0.0
     with Trace(
@@ -285,8 +285,9 @@ def main() -> None:
         "--variants",
         default=None,
         help="comma-separated: plain, floor, tensorboard, torchlens, BOUND/MODE with BOUND "
-        "default|full and MODE inline|background|off, optionally MODE:niceK for the worker "
-        "thread at niceness K (default: tracer.pipeline.WORKER_NICENESS) (default: all that apply)",
+        "default|full and MODE inline|background|off, optionally followed by :niceK (the "
+        "worker thread at niceness K; default tracer.pipeline.WORKER_NICENESS) and :noinput "
+        "(input_grad=False: autograd does not compute dL/d(input)) (default: all that apply)",
     )
     parser.add_argument("--writes", type=int, default=5, help="rounds of the write bench (0: skip)")
     parser.add_argument(
@@ -346,11 +347,13 @@ def main() -> None:
                     inside, total = run_torchlens(work, args.block, tmp)
                 else:
                     bound_name, mode = variant.split("/")
-                    mode, _, nice = mode.partition(":nice")
+                    mode, *flags = mode.split(":")
+                    nice = [int(f[4:]) for f in flags if f.startswith("nice")]
+                    more = {"input_grad": False} if "noinput" in flags else {}
                     bound = default_bound if bound_name == "default" else None
                     db = tmp / f"{variant.replace('/', '-').replace(':', '-')}.db"
-                    pipeline.WORKER_NICENESS = int(nice) if nice else niceness
-                    inside, total, run = run_traced(work, args.block, db, bound, mode)
+                    pipeline.WORKER_NICENESS = nice[0] if nice else niceness
+                    inside, total, run = run_traced(work, args.block, db, bound, mode, **more)
                     pipeline.WORKER_NICENESS = niceness
                     last_runs[variant] = run
                 training[variant].append(inside)

@@ -18,10 +18,11 @@ import math
 import dash
 import dash_bootstrap_components as dbc
 import numpy as np
+import plotly.colors
 from dash import Input, Output, State, dcc, html
 
 from dashapp import figures, layouts
-from dashapp.data import cached_iteration, current_store
+from dashapp.data import cached_arrays, cached_iteration, cached_steps, current_store
 from dashapp.formatting import format_diff, format_scalar, number_style
 from dashapp.tensorview import (
     MAX_COLS,
@@ -34,10 +35,20 @@ from dashapp.tensorview import (
 )
 from storage import names
 from storage.records import IterationRecord, RunInfo
-from storage.whatif import NotAvailable, WhatIf, editable, with_element, with_learning_rate
+from storage.whatif import (
+    NotAvailable,
+    Replay,
+    WhatIf,
+    editable,
+    with_element,
+    with_learning_rate,
+)
 
 MAX_SHOWN = 6  # changed tensors drawn by default
 MAX_OUTLINES = 400  # changed cells outlined in one plane; more are left to the Δ map
+MAX_LISTED = 8  # changed predictions spelled out
+# The difference colours as stops: plotly.js knows no "PuOr_r" (plotly.py expands names).
+DIFF_STOPS = plotly.colors.get_colorscale(figures.DIFF_SCALE)
 
 
 def whatif_section(record: IterationRecord, run: RunInfo) -> html.Section:
@@ -52,7 +63,7 @@ def whatif_section(record: IterationRecord, run: RunInfo) -> html.Section:
                 className="section-lead",
             ),
             element_controls(record, run),
-            html.Div(id="iteration-whatif-element-result"),
+            dcc.Loading(html.Div(id="iteration-whatif-element-result"), type="dot"),
             html.H3("Learning rate", className="h6 mt-4"),
             html.P(
                 "The forward pass, the loss and the gradients do not depend on η; only the "
@@ -127,19 +138,22 @@ def element_controls(record: IterationRecord, run: RunInfo) -> html.Div:
 )
 def element_help(tensor, index, ref):
     """What the chosen element holds now, so the reader knows what they change."""
-    record = _record(ref)
-    if record is None or not tensor:
+    if not ref or not tensor:
         return "", "new value"
+    store, it = current_store(), ref["it"] or 1
+    record = cached_steps(store, ref["run"], it)  # metadata only: one tensor is read below
     try:
         stored = record.tensor(tensor)
-    except KeyError:
+    except (AttributeError, KeyError):
         return "", "new value"
     shape = tuple(stored.shape)
     words = f"{tensor} has shape {tuple(shape)}; indices start at 0."
     try:
         at = tuple(int(p) for p in str(index or "").replace("[", "").replace("]", "").split(","))
-        value = float(stored.array.reshape(shape)[at]) if not stored.truncated else None
-    except (ValueError, IndexError, TypeError):
+        array = cached_arrays(store, ref["run"], it)[tensor]
+        whole = isinstance(array, np.ndarray) and array.size == int(np.prod(shape))
+        value = float(array.reshape(shape)[at]) if whole and len(at) == len(shape) else None
+    except (ValueError, IndexError, TypeError, KeyError):
         return words + " Give one index per dimension.", "new value"
     if value is None:
         return words, "new value"
@@ -147,6 +161,14 @@ def element_help(tensor, index, ref):
 
 
 _RESULTS: collections.OrderedDict = collections.OrderedDict()  # the last few answers
+_REPLAYS: collections.OrderedDict = collections.OrderedDict()  # and iterations replayed
+
+
+def _remember(cache: collections.OrderedDict, key, value, size: int):
+    cache[key] = value
+    while len(cache) > size:
+        cache.popitem(last=False)
+    return value
 
 
 def compute(store, run_id: int, it: int, tensor: str, index: str, value) -> WhatIf:
@@ -159,12 +181,14 @@ def compute(store, run_id: int, it: int, tensor: str, index: str, value) -> What
     record = cached_iteration(store, run_id, it) if run is not None else None
     if record is None:
         raise NotAvailable("this iteration is no longer in the store")
-    previous = cached_iteration(store, run_id, it - 1) if it > 1 else None
-    result = with_element(record, run, tensor, index, value, previous=previous)
-    _RESULTS[key] = result
-    while len(_RESULTS) > 8:
-        _RESULTS.popitem(last=False)
-    return result
+    replay = _REPLAYS.get(key[:3])
+    if replay is None or replay.record is not record:
+        # Only the optimizer's state is read from the iteration before, on demand.
+        previous = cached_arrays(store, run_id, it - 1) if it > 1 else None
+        replay = _remember(_REPLAYS, key[:3], Replay(record, run, previous), 2)
+    return _remember(
+        _RESULTS, key, with_element(record, run, tensor, index, value, replay=replay), 8
+    )
 
 
 @dash.callback(
@@ -231,12 +255,6 @@ def redraw(shown, tensor, index, value, ref):
     return cards(result, shown or [])
 
 
-def _record(ref) -> IterationRecord | None:
-    if not ref:
-        return None
-    return cached_iteration(current_store(), ref["run"], ref["it"] or 1)
-
-
 def _refusal(text: str) -> dbc.Alert:
     return dbc.Alert(text, color="warning", className="py-2", id="iteration-whatif-note")
 
@@ -276,9 +294,13 @@ def summary(result: WhatIf) -> html.Div:
                 )
             )
         if t.name.endswith(".predicted") and t.num_changed:
+            before, after = t.stored.reshape(-1), t.value.astype(np.int64).reshape(-1)
+            moved = np.flatnonzero(before != after)
+            listed = ", ".join(f"sample {i}: {before[i]} → {after[i]}" for i in moved[:MAX_LISTED])
+            more = f" and {len(moved) - MAX_LISTED} more" if len(moved) > MAX_LISTED else ""
             parts.append(
-                f"Predicted class{'es' if t.value.size > 1 else ''} "
-                f"{t.stored.tolist()} → {t.value.astype(np.int64).tolist()}. "
+                f"The predicted class changes for {len(moved)} of {before.size} "
+                f"sample{'s' if before.size > 1 else ''} ({listed}{more}). "
             )
     parts.append(
         html.Span(
@@ -447,7 +469,12 @@ def cards(result: WhatIf, shown: list[str]) -> html.Div:
                                         "Δ = recomputed − stored", className="small text-muted"
                                     ),
                                     dcc.Graph(
-                                        figure=figures.difference_heatmap(diff_view),
+                                        figure=figures.heatmap_dict(
+                                            diff_view,
+                                            colorscale=DIFF_STOPS,
+                                            colorbar=True,
+                                            zrange=figures.symmetric_range(diff_view.values),
+                                        ),
                                         config=layouts.GRAPH_CONFIG,
                                         className="whatif-difference",
                                     ),

@@ -184,13 +184,16 @@ def with_element(
     tensor: str,
     index,
     value: float,
-    previous: IterationRecord | None = None,
+    previous: IterationRecord | Mapping[str, np.ndarray] | None = None,
+    replay: Replay | None = None,
 ) -> WhatIf:
     """The iteration recomputed with `tensor[index] = value` (forward, loss, backward, update).
 
     `previous`, the iteration before (when stored), gives the optimizer's state before
-    this step exactly; without it the state is recovered from the state after the step."""
-    replay = Replay(record, run, previous)
+    this step exactly; without it the state is recovered from the state after the step.
+    `replay`, a `Replay` of this iteration kept from an earlier call, saves its unedited
+    replay (a page asks for several edits of one iteration)."""
+    replay = replay if replay is not None else Replay(record, run, previous)
     if tensor not in replay.editable:
         raise NotAvailable(
             f"{tensor!r} cannot be edited: choose the input or a parameter "
@@ -204,8 +207,7 @@ def with_element(
         raise NotAvailable(f"the new value must be a number, not {value!r}") from None
     if not math.isfinite(new):
         raise NotAvailable(f"the new value must be a finite number, not {value!r}")
-    baseline, _ = replay.run({})
-    worst, where = replay.check(baseline)
+    baseline, worst, where = replay.baseline()
     if where is not None:
         raise NotAvailable(
             f"the NumPy recompute does not reproduce the stored {where} "
@@ -214,6 +216,7 @@ def with_element(
     edited_given = given.astype(np.float64).copy()
     edited_given[index] = new
     values, warnings = replay.run({tensor: edited_given})
+    record = replay.record
     out = []
     for name, (phase, _) in baseline.items():
         stored = replay.stored.get(name)
@@ -296,18 +299,28 @@ class Replay:
     and `check` then proves them by replaying the iteration against the store."""
 
     def __init__(
-        self, record: IterationRecord, run: RunInfo, previous: IterationRecord | None = None
+        self,
+        record: IterationRecord,
+        run: RunInfo,
+        previous: IterationRecord | Mapping[str, np.ndarray] | None = None,
     ):
+        """`previous`: the iteration before, as a record or as a mapping from tensor name
+        to array (read lazily: only the optimizer's state is looked up in it)."""
         self.record = record
         self.run_info = run
-        self.before: dict[str, np.ndarray] = {}  # optimizer state after the previous iteration
-        if previous is not None and previous.index == record.index - 1:
-            self.before = {
-                t.name: t.array
-                for t in previous.tensors
-                if t.role == "optimizer_state" and not t.truncated
-            }
+        # The optimizer state after the previous iteration: the state before this one.
+        self.before: Mapping[str, np.ndarray] = {}
+        if isinstance(previous, IterationRecord):
+            if previous.index == record.index - 1:
+                self.before = {
+                    t.name: t.array
+                    for t in previous.tensors
+                    if t.role == "optimizer_state" and not t.truncated
+                }
+        elif previous is not None:
+            self.before = previous
         self.notes: list[str] = []
+        self._baseline = None
         whole = {t.name: t for t in record.tensors}
         self.stored = {n: t.array for n, t in whole.items() if not t.truncated}
         self.partial = {n: t for n, t in whole.items() if t.truncated}
@@ -419,6 +432,14 @@ class Replay:
         return givens
 
     # -- the run
+
+    def baseline(self):
+        """The unedited replay, checked against the store (computed once):
+        -> (values, largest |Δ| to the store, the first tensor beyond tolerance or None)."""
+        if self._baseline is None:
+            values, _ = self.run({})
+            self._baseline = (values, *self.check(values))
+        return self._baseline
 
     def run(self, edits: Mapping[str, np.ndarray]):
         """-> ({name: (phase, value)} in execution order, warnings)."""
@@ -733,7 +754,9 @@ class Replay:
         tensors, which matters where the state is tiny: Adam's step divides by sqrt(v))."""
         name = names.state(param, key)
         if name in self.before:
-            return self.before[name].astype(np.float64)
+            value = self.before[name]
+            if isinstance(value, np.ndarray) and value.shape == self.givens[param].shape:
+                return value.astype(np.float64)
         note = (
             f"iteration {self.record.index - 1} is not stored, so the optimizer state before "
             "this step is recovered from the state after it (to float32 rounding)"

@@ -34,15 +34,22 @@ EDITS = {  # (tensor, index, how much to add)
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("whatif") / "runs.db"
-    ids = {}
-    for model, options in RUNS.items():
-        run_builtin(model_name=model, db=path, strict=True, **options)
-        with Store.open(path) as st:
-            ids[model] = max(r.id for r in st.list_runs())
-    with Store.open(path) as st:
-        yield st, ids
+def traced(tmp_path_factory):
+    """model name -> (open store, run id), each model traced on first use only: the
+    tests of one model stay cheap whichever xdist worker runs them."""
+    stores = {}
+
+    def get(model: str):
+        if model not in stores:
+            path = tmp_path_factory.mktemp(f"whatif-{model}") / "runs.db"
+            run_builtin(model_name=model, db=path, strict=True, **RUNS[model])
+            stores[model] = Store.open(path)
+        st = stores[model]
+        return st, st.list_runs()[0].id
+
+    yield get
+    for st in stores.values():
+        st.close()
 
 
 def _givens(record):
@@ -50,9 +57,14 @@ def _givens(record):
 
 
 @pytest.mark.parametrize("model", list(RUNS))
-def test_unedited_replay_reproduces_every_stored_tensor(store, model):
-    st, ids = store
-    run = st.get_run(ids[model])
+def test_an_edited_element_recomputes_what_pytorch_computes(traced, model):
+    st, run_id = traced(model)
+    run = st.get_run(run_id)
+    _unedited_replay_reproduces_every_stored_tensor(st, run)
+    _edits_match_pytorch(st, run, model)
+
+
+def _unedited_replay_reproduces_every_stored_tensor(st, run):
     for index in (1, 2):
         record = st.load_iteration(run.id, index)
         replay = whatif.Replay(record, run)
@@ -164,10 +176,7 @@ def _torch_rerun(st, run, model_name, tensor, index, delta):
     return out
 
 
-@pytest.mark.parametrize("model", list(RUNS))
-def test_an_edited_element_recomputes_what_pytorch_computes(store, model):
-    st, ids = store
-    run = st.get_run(ids[model])
+def _edits_match_pytorch(st, run, model):
     record = st.load_iteration(run.id, 2)
     previous = st.load_iteration(run.id, 1)
     for tensor, index, delta in EDITS[model]:
@@ -206,9 +215,9 @@ def test_an_edited_element_recomputes_what_pytorch_computes(store, model):
         )
 
 
-def test_bad_edits_say_why(store):
-    st, ids = store
-    run = st.get_run(ids["seed-cnn"])
+def test_bad_edits_say_why(traced):
+    st, run_id = traced("seed-cnn")
+    run = st.get_run(run_id)
     record = st.load_iteration(run.id, 1)
     cases = [
         ("conv.out", "0,0,0,0", 1.0, "cannot be edited"),
