@@ -18,6 +18,7 @@ import math
 import dash
 import dash_bootstrap_components as dbc
 import numpy as np
+import plotly.colors
 from dash import Input, Output, State, dcc, html
 
 from dashapp import figures, layouts
@@ -45,6 +46,9 @@ from storage.whatif import (
 
 MAX_SHOWN = 6  # changed tensors drawn by default
 MAX_OUTLINES = 400  # changed cells outlined in one plane; more are left to the Δ map
+MAX_LISTED = 8  # changed predictions spelled out
+# The difference colours as stops: plotly.js knows no "PuOr_r" (plotly.py expands names).
+DIFF_STOPS = plotly.colors.get_colorscale(figures.DIFF_SCALE)
 
 
 def whatif_section(record: IterationRecord, run: RunInfo) -> html.Section:
@@ -290,9 +294,13 @@ def summary(result: WhatIf) -> html.Div:
                 )
             )
         if t.name.endswith(".predicted") and t.num_changed:
+            before, after = t.stored.reshape(-1), t.value.astype(np.int64).reshape(-1)
+            moved = np.flatnonzero(before != after)
+            listed = ", ".join(f"sample {i}: {before[i]} → {after[i]}" for i in moved[:MAX_LISTED])
+            more = f" and {len(moved) - MAX_LISTED} more" if len(moved) > MAX_LISTED else ""
             parts.append(
-                f"Predicted class{'es' if t.value.size > 1 else ''} "
-                f"{t.stored.tolist()} → {t.value.astype(np.int64).tolist()}. "
+                f"The predicted class changes for {len(moved)} of {before.size} "
+                f"sample{'s' if before.size > 1 else ''} ({listed}{more}). "
             )
     parts.append(
         html.Span(
@@ -463,7 +471,7 @@ def cards(result: WhatIf, shown: list[str]) -> html.Div:
                                     dcc.Graph(
                                         figure=figures.heatmap_dict(
                                             diff_view,
-                                            colorscale=figures.DIFF_SCALE,
+                                            colorscale=DIFF_STOPS,
                                             colorbar=True,
                                             zrange=figures.symmetric_range(diff_view.values),
                                         ),
