@@ -378,6 +378,30 @@ def _diverge(run_a: int, run_b: int, atol: float, db: str) -> int:
     return 0 if report.identical else 1
 
 
+@cli.command()
+@click.argument("run_id", metavar="RUN", type=click.IntRange(min=1))
+@db_option
+def explain(run_id, db) -> None:
+    """Explain a run traced with `--explain off`, from its stored raw tensors.
+
+    Every iteration gets the steps, formulas and checks a trace with explanation on
+    would have stored; one transaction per iteration, so an interrupted explain keeps
+    what it finished and a second one explains the rest.
+    """
+    from .explain import explain_run
+
+    db = db or default_db()
+
+    def progress(done: int, total: int) -> None:
+        click.echo(f"\rexplained {done}/{total} iterations", nl=done == total, err=True)
+
+    result = explain_run(db, run_id, progress=progress)
+    click.echo(
+        f"run {run_id}: explained {result.explained} iterations in {db}; "
+        f"{result.verified}/{result.checked} checked steps match PyTorch"
+    )
+
+
 @cli.command("export")
 @click.argument("run_id", metavar="RUN", type=click.IntRange(min=1))
 @click.option(

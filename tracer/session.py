@@ -54,18 +54,13 @@ from torch import nn
 from storage import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED, RunInfo, RunWriter, open_engine
 from storage.records import IterationRecord
 
-from .assemble import Bounds, TraceError, build_iteration, layer_infos
+from .assemble import NOT_EXPLAINED, Bounds, TraceError, build_record, layer_infos  # noqa: F401
 from .capture import Capture
 from .explainers import explainer_for
 from .pipeline import DEFAULT_QUEUE_SIZE, Background, Inline
 
 EXPLAIN_MODES = ("inline", "background", "off")
 DEFAULT_EXPLAIN = "background"
-# The note on the steps of an iteration traced with explain="off".
-NOT_EXPLAINED = (
-    "not explained: traced with explanation off (raw tensors only); "
-    "trace again with explanation on (`--explain background`, the default) to see it explained"
-)
 
 
 class TraceWarning(UserWarning):
@@ -411,24 +406,15 @@ class Trace:
         self._pending_loss = _as_float(loss)
 
     def _build(self, captured, index: int, loss) -> IterationRecord:
-        options = dict(
-            optimizer=self.optimizer, bounds=self.bounds, strict=self.strict, loss_value=loss
+        return build_record(
+            captured,
+            index,
+            loss,
+            bounds=self.bounds,
+            strict=self.strict,
+            explain=self.explain != "off",
+            optimizer=self.optimizer,
         )
-        if self.explain == "off":
-            return build_iteration(captured, index, explain=False, why=NOT_EXPLAINED, **options)
-        try:
-            return build_iteration(captured, index, **options)
-        except TraceError:
-            raise
-        except Exception as exc:
-            if self.strict:
-                raise
-            # Never let a bug in the matrix form cost the user's run: store the raw tensors.
-            record = build_iteration(captured, index, explain=False, **options)
-            record.warnings.insert(
-                0, f"building the matrix form failed ({type(exc).__name__}: {exc})"
-            )
-            return record
 
     def _warn(self, message: str) -> None:
         # One line per distinct message and run; the iteration's own list keeps them all.

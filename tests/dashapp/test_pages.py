@@ -522,9 +522,17 @@ def test_an_unexplained_iteration_shows_its_raw_tensors_and_says_how_to_explain(
         layout = pages.iteration.layout(run=str(run.run_id), it="1")
     text = text_of(layout)
     assert "Not explained:" in text and "this run was traced with explanation off" in text
-    assert "cnnviz trace --explain background" in text
+    assert f"cnnviz explain {run.run_id} --db {path}" in text
     assert "conv.out" in text and "fc.weight.grad" in text  # the raw tensors are there
     assert "not explained; tensors as captured" in text
+    # Explained, the note is gone and the steps are checked.
+    from tracer.explain import explain_run
+
+    explain_run(str(path), run.run_id)
+    with using_store(dash_app, path):
+        layout = pages.iteration.layout(run=str(run.run_id), it="1")
+    text = text_of(layout)
+    assert "Not explained:" not in text and "not explained; tensors as captured" not in text
 
 
 def test_iteration_whatif_recomputes_the_update_for_another_learning_rate(pages, request_ctx):

@@ -84,7 +84,7 @@ def test_off_stores_the_raw_tensors_and_says_how_to_explain(tmp_path):
         assert missing <= {"intermediate", "output"}  # X_col, masks, probabilities...
         assert bare.steps and all(s.verified is None for s in bare.steps)
         assert all(s.note.startswith(NOT_EXPLAINED.split(";")[0]) for s in bare.steps)
-        assert "--explain background" in bare.steps[0].note
+        assert "`cnnviz explain RUN --db STORE`" in bare.steps[0].note
 
 
 def test_traced_in_background_and_untraced_are_bitwise_identical(tmp_path):

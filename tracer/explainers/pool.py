@@ -34,6 +34,7 @@ from .base import (
     StepContext,
     Unsupported,
     build_like_module,
+    is_a,
     register,
 )
 from .common import f64, named, pair, sub
@@ -308,7 +309,7 @@ class AdaptiveMaxPool2dExplainer(MaxPoolExplainer):
 def _avg_matrices(module, x_shape):
     """R_h (OH, H), R_w (OW, W) window-membership matrices and the divisor map D (OH, OW)."""
     h, w = x_shape[2:]
-    if isinstance(module, nn.AdaptiveAvgPool2d):
+    if is_a(module, "AdaptiveAvgPool2d"):
         oh, ow = _adaptive_out(module, x_shape)
         axes = []
         for size, out in ((h, oh), (w, ow)):
