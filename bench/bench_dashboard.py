@@ -220,13 +220,42 @@ def baseline_tree(rev: str) -> Path:
 # ---------------------------------------------------------------- browser
 
 
-def measure_page(browser, url: str, *, heatmaps: bool, formulas: bool) -> dict:
+def compare_interactions(page, timeout: int) -> dict:
+    """What a reader does on the compare page after it loads: pan side A's window (B
+    and the difference follow), type into side B's run picker, go back. Each step
+    waits for its answer; a tree without the control (the baseline) skips the step."""
+    out = {}
+    right = page.locator(
+        '.tensor-panel[data-aio="compare-a"] button[title="move the window right"]'
+    )
+    if right.count():
+        start = time.perf_counter()
+        right.first.click()
+        page.wait_for_url(lambda url: "t." in url, timeout=timeout)
+        page.wait_for_load_state("networkidle", timeout=timeout)
+        out["pan_ms"] = 1000 * (time.perf_counter() - start)
+        page.go_back()
+        page.wait_for_load_state("networkidle", timeout=timeout)
+    picker = page.locator("#compare-b-run input")
+    if picker.count():
+        start = time.perf_counter()
+        picker.first.fill("lenet5-3")
+        page.wait_for_load_state("networkidle", timeout=timeout)
+        out["search_ms"] = 1000 * (time.perf_counter() - start)
+        page.keyboard.press("Escape")
+    return out
+
+
+def measure_page(browser, url: str, *, heatmaps: bool, formulas: bool, interact=None) -> dict:
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
     page.add_init_script(RECORD_LONG_TASKS)
     callbacks = []
+    figures = []
 
     def on_response(response):
+        if "/figure/" in response.url:
+            figures.append("/figure/" + response.url.split("/figure/", 1)[1])
         if "_dash-update-component" in response.url:
             try:
                 size = len(response.body())
@@ -258,11 +287,14 @@ def measure_page(browser, url: str, *, heatmaps: bool, formulas: bool) -> dict:
             ALL_DONE, arg=[".formula", "mjx-container"], timeout=timeout, polling=200
         ).json_value()
         out["formulas"] = page.evaluate(CUT_OFF)
+    if interact is not None:
+        out.update(interact(page, timeout))
     out["longest_task_ms"] = max(
         (t["ms"] for t in page.evaluate("window.cnnvizLongTasks")), default=0.0
     )
     out["callback_bytes"] = sum(c["bytes"] for c in callbacks)
     out["callbacks"] = [c["body"] for c in callbacks if c["body"]]
+    out["figures"] = figures
     out["height_px"] = page.evaluate("document.documentElement.scrollHeight")
     out["heatmap_count"] = page.evaluate("document.querySelectorAll('.heatmap').length")
     context.close()
@@ -284,6 +316,8 @@ def worker(args) -> None:
     client.get("/")  # the first request claims the pages' callbacks
     out = {}
     for label, bodies in requests.items():
+        if label == "_figures":
+            continue
         for k, body in enumerate(bodies):
             times = []
             for _ in range(args.replays):
@@ -293,8 +327,19 @@ def worker(args) -> None:
                 )
                 times.append(time.perf_counter() - start)
                 assert response.status_code in (200, 204), (label, response.status_code)
+            if isinstance(body, dict):  # a figure address (GET), not a callback
+                continue
             outputs = json.loads(body).get("output", "?")
             out[f"{label} #{k} {outputs[:60]}"] = sorted(times)
+    for label, addresses in requests.get("_figures", {}).items():
+        for k, address in enumerate(addresses):
+            times = []
+            for _ in range(args.replays):
+                start = time.perf_counter()
+                response = client.get(address)
+                times.append(time.perf_counter() - start)
+                assert response.status_code == 200, (label, address, response.status_code)
+            out[f"{label} figure #{k} {address.split('?')[0][-40:]}"] = sorted(times)
     runs_body = requests.get("runs")
     if runs_body:
         body = runs_body[0]
@@ -341,6 +386,8 @@ def pages(db: Path) -> dict[str, tuple[str, bool, bool]]:
         "lenet-iteration": (f"/iteration?run={lenet[0]}&it=50", True, True),
         "seed-iteration": (f"/iteration?run={seed[0]}&it=1", True, True),
         "compare": (f"/compare?a={lenet[0]}:100&b={lenet[1]}:100", True, False),
+        # a plane bigger than the window (fc1.weight, 120x400): panning, B and Δ following
+        "compare-fc1": (f"/compare?a={lenet[0]}:100&b={lenet[1]}:90&layer=fc1", True, False),
     }
 
 
@@ -378,7 +425,15 @@ def main() -> None:
                 for page_name, (path, heatmaps, formulas) in urls.items():
                     for name in trees:  # interleaved: baseline, this, baseline, this...
                         base = servers[name][1]
-                        r = measure_page(browser, base + path, heatmaps=heatmaps, formulas=formulas)
+                        r = measure_page(
+                            browser,
+                            base + path,
+                            heatmaps=heatmaps,
+                            formulas=formulas,
+                            interact=compare_interactions
+                            if page_name.startswith("compare")
+                            else None,
+                        )
                         results[name][page_name].append(r)
             browser.close()
     finally:
@@ -389,6 +444,7 @@ def main() -> None:
     callbacks = {}
     for name, tree in trees.items():
         requests = {page: results[name][page][0]["callbacks"] for page in urls}
+        requests["_figures"] = {page: results[name][page][0]["figures"] for page in urls}
         scale_dbs = [dbs[name][n] for n in SCALES]
         callbacks[name] = replay(tree, dbs[name][1000], scale_dbs, requests, args.replays)
 
@@ -398,6 +454,8 @@ def main() -> None:
         "heatmaps_in_view_ms",
         "formulas_all_ms",
         "longest_task_ms",
+        "pan_ms",
+        "search_ms",
         "callback_bytes",
         "height_px",
         "heatmap_count",
@@ -411,7 +469,9 @@ def main() -> None:
             values = {
                 name: [r[key] for r in results[name][page_name] if key in r] for name in trees
             }
-            if not values["this"]:
+            if not values["this"] or not values["baseline"]:
+                if values["this"]:  # the baseline has no such step
+                    print(f"    {key:22s} {'-':>12s} -> {statistics.median(values['this']):12.0f}")
                 continue
             b = statistics.median(values["baseline"])
             t = statistics.median(values["this"])

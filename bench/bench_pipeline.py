@@ -8,8 +8,15 @@ a busy machine slows every variant alike):
                  keeping the tensors, and nothing else)
   cnnviz B/E     a traced step at bound B (default: the model's max_elements, full: every
                  element) with explanation E (inline, background, off)
-  tensorboard    the step, then SummaryWriter.add_histogram of every parameter and gradient
-                 (only when the optional `tensorboard` package is installed)
+  tensorboard    the step, then SummaryWriter.add_histogram of every parameter and gradient,
+                 flushed (only when the optional `tensorboard` package is installed)
+  torchlens      the step through torchlens.trace with every activation and its gradient
+                 saved (save_grads=True), then torchlens.save of the trace with its
+                 activations and gradients (only when the optional `torchlens` package is
+                 installed; torch functions are unwrapped after each trace, so the other
+                 variants run unwrapped)
+
+The comparators are an optional extra: pip install -c constraints/cpu.txt -e ".[bench]".
 
 For each: the training-thread time per iteration (inside `trace.iteration()`, hand-off
 and backpressure included) and the end-to-end time per iteration (from opening the run
@@ -40,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from tracer import pipeline  # noqa: E402
 from tracer.models import BUILTIN_MODELS  # noqa: E402
 from tracer.session import Trace  # noqa: E402
 from tracer.train import prepare, resolve  # noqa: E402
@@ -156,6 +164,35 @@ def run_tensorboard(work: Workload, block: int, writer, counter: list[int]):
     return total / block, total / block
 
 
+def run_torchlens(work: Workload, block: int, folder: Path):
+    import warnings
+
+    import torchlens
+    from torchlens.options import CaptureOptions
+
+    options = CaptureOptions(save_grads=True, unwrap_when_done=True, verbose=False)
+    total = 0.0
+    for i in range(block):
+        xb, yb = work.next_batch()
+        started = time.perf_counter()
+        work.optimizer.zero_grad()
+        trace = torchlens.trace(work.model, xb, capture=options)
+        loss = work.criterion(trace[trace.output_layers[0]].out, yb)
+        trace.log_backward(loss)
+        work.optimizer.step()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "embeds a custom module attribute" notices
+            torchlens.save(
+                trace,
+                folder / f"torchlens{i}",
+                include_outs=True,
+                include_grads=True,
+                overwrite=True,
+            )
+        total += time.perf_counter() - started
+    return total / block, total / block
+
+
 def stats(samples: list[float]) -> tuple[float, float]:
     return 1000 * min(samples), 1000 * statistics.median(samples)
 
@@ -247,14 +284,16 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default=None,
-        help="comma-separated: plain, floor, tensorboard, BOUND/MODE with BOUND default|full "
-        "and MODE inline|background|off (default: all that apply)",
+        help="comma-separated: plain, floor, tensorboard, torchlens, BOUND/MODE with BOUND "
+        "default|full and MODE inline|background|off, optionally MODE:niceK for the worker "
+        "thread at niceness K (default: tracer.pipeline.WORKER_NICENESS) (default: all that apply)",
     )
     parser.add_argument("--writes", type=int, default=5, help="rounds of the write bench (0: skip)")
     parser.add_argument(
         "--memory", type=int, default=0, help="iterations per peak-memory subprocess (0: skip)"
     )
     args = parser.parse_args()
+    niceness = pipeline.WORKER_NICENESS
     torch.set_num_threads(1)
     try:
         from threadpoolctl import threadpool_limits
@@ -274,6 +313,12 @@ def main() -> None:
         SummaryWriter = None
     if SummaryWriter is not None:
         variants.append("tensorboard")
+    try:
+        import torchlens  # noqa: F401
+    except Exception:
+        pass
+    else:
+        variants.append("torchlens")
     if args.variants:
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
 
@@ -297,18 +342,34 @@ def main() -> None:
                     inside, total = run_floor(work, args.block, arrays, tmp)
                 elif variant == "tensorboard":
                     inside, total = run_tensorboard(work, args.block, writer, counter)
+                elif variant == "torchlens":
+                    inside, total = run_torchlens(work, args.block, tmp)
                 else:
                     bound_name, mode = variant.split("/")
+                    mode, _, nice = mode.partition(":nice")
                     bound = default_bound if bound_name == "default" else None
-                    db = tmp / f"{bound_name}-{mode}.db"
+                    db = tmp / f"{variant.replace('/', '-').replace(':', '-')}.db"
+                    pipeline.WORKER_NICENESS = int(nice) if nice else niceness
                     inside, total, run = run_traced(work, args.block, db, bound, mode)
+                    pipeline.WORKER_NICENESS = niceness
                     last_runs[variant] = run
                 training[variant].append(inside)
                 end_to_end[variant].append(total)
         sizes = {
-            v: sum(p.stat().st_size for p in tmp.glob(f"{v.replace('/', '-')}.db*"))
+            v: sum(
+                p.stat().st_size for p in tmp.glob(f"{v.replace('/', '-').replace(':', '-')}.db*")
+            )
             for v in last_runs
         }
+        if "tensorboard" in variants:
+            writer.flush()
+            sizes["tensorboard"] = sum(
+                p.stat().st_size for p in (tmp / "tb").rglob("*") if p.is_file()
+            )
+        if "torchlens" in variants:  # the last round's bundles, one per iteration of a block
+            sizes["torchlens"] = sum(
+                p.stat().st_size for p in tmp.glob("torchlens*/**/*") if p.is_file()
+            )
         if writer is not None:
             writer.close()
         full_record = next(
@@ -346,6 +407,12 @@ def main() -> None:
         split = ", ".join(f"{k} {1000 * v / stored:.1f} ms" for k, v in run.timings.items())
         per_iteration = sizes[variant] / (args.rounds * args.block)
         print(f"  {variant:20} per stored iteration: {split}; {per_iteration / 1e6:.2f} MB stored")
+    if "tensorboard" in sizes:
+        per_iteration = sizes["tensorboard"] / (args.rounds * args.block)
+        print(f"  {'tensorboard':20} {per_iteration / 1e6:.3f} MB of event file per iteration")
+    if "torchlens" in sizes:
+        per_iteration = sizes["torchlens"] / args.block
+        print(f"  {'torchlens':20} {per_iteration / 1e6:.2f} MB of bundle per iteration")
     if writes:
         print("store writes of one full-capture iteration:")
         for label, speed, megabytes in writes:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 
 import flask
 import numpy as np
 
 from storage import IterationRecord, RunInfo, RunQuery, RunStore
+from storage.provenance import Prefix
 
 STORE_KEY = "cnnviz.store"
 LOCATION_KEY = "CNNVIZ_STORE"
@@ -43,6 +46,11 @@ def _single(value, what: str) -> str | None:
     if isinstance(value, list):  # ?run=1&run=2 arrives as a list
         raise NotFound(f"the address gives {what} more than once")
     return str(value).strip()
+
+
+def parse_text(value, what: str) -> str | None:
+    """One word from the query string; None when absent or empty."""
+    return _single(value, what) or None
 
 
 def parse_int(value, what: str, *, minimum: int = 1) -> int | None:
@@ -117,7 +125,37 @@ def require_stored(store: RunStore, run: RunInfo, index: int) -> None:
         raise NotFound(f"run {run.id} has no iteration {index}: {stored}")
 
 
-@functools.lru_cache(maxsize=4)
+def keep_found(maxsize: int):
+    """Like functools.lru_cache, but None (not stored, or not yet) is not kept: the
+    iteration a running run commits next is found on the next call. Nor is an
+    iteration traced with explanation off and not explained yet (`unexplained`):
+    `cnnviz explain` replaces it, once."""
+
+    def decorate(load):
+        kept: OrderedDict = OrderedDict()
+        lock = threading.Lock()
+
+        @functools.wraps(load)
+        def cached(*args):
+            with lock:
+                if args in kept:
+                    kept.move_to_end(args)
+                    return kept[args]
+            value = load(*args)
+            if value is not None and not getattr(value, "unexplained", False):
+                with lock:
+                    kept[args] = value
+                    while len(kept) > maxsize:
+                        kept.popitem(last=False)
+            return value
+
+        cached.cache_clear = kept.clear
+        return cached
+
+    return decorate
+
+
+@keep_found(maxsize=4)
 def cached_iteration(store: RunStore, run_id: int, index: int) -> IterationRecord | None:
     """An iteration with its tensors, kept for the next clicks on the same page.
 
@@ -126,7 +164,7 @@ def cached_iteration(store: RunStore, run_id: int, index: int) -> IterationRecor
     return store.load_iteration(run_id, index)
 
 
-@functools.lru_cache(maxsize=8)
+@keep_found(maxsize=16)
 def cached_steps(store: RunStore, run_id: int, index: int) -> IterationRecord | None:
     """An iteration's steps and tensor metadata, without tensor bytes."""
     return store.load_iteration(run_id, index, with_data=False)
@@ -137,7 +175,7 @@ class StoredArrays(Mapping):
 
     A provenance answer reads a few tensors of an iteration, not all of them: this
     keeps the first click on a LeNet-5 page from loading ~90 tensors. A tensor the
-    store holds truncated is absent, as `storage.provenance` expects."""
+    store holds truncated is a `storage.provenance.Prefix` of its kept elements."""
 
     def __init__(self, store: RunStore, run_id: int, index: int, names):
         self._store, self._run, self._index = store, run_id, index
@@ -150,12 +188,21 @@ class StoredArrays(Mapping):
             raise KeyError(name)
         if name not in self._loaded:
             record = self._store.load_tensor(self._run, self._index, name)
-            whole = record is not None and not record.truncated
-            self._loaded[name] = record.array if whole else None
+            if record is None:
+                self._loaded[name] = None
+            elif record.truncated:  # its kept cells still have an answer
+                self._loaded[name] = Prefix(name, record.array, record.shape)
+            else:
+                self._loaded[name] = record.array
         array = self._loaded[name]
         if array is None:
             raise KeyError(name)
         return array
+
+    def __contains__(self, name) -> bool:
+        """Known without reading it: every tensor the iteration lists is stored (whole,
+        or its first elements as a Prefix)."""
+        return name in self._known
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
@@ -164,7 +211,29 @@ class StoredArrays(Mapping):
         return len(self._names)
 
 
-@functools.lru_cache(maxsize=8)
+class PreviousArrays(Mapping):
+    """The tensors of the iteration before, read only when an answer needs one (an
+    optimizer's state before the step is that iteration's state after it)."""
+
+    def __init__(self, store: RunStore, run_id: int, index: int):
+        self._store, self._run, self._index = store, run_id, index
+
+    def _arrays(self) -> Mapping[str, np.ndarray]:
+        if self._index < 1:
+            return {}
+        return cached_arrays(self._store, self._run, self._index) or {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._arrays()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._arrays())
+
+    def __len__(self) -> int:
+        return len(self._arrays())
+
+
+@keep_found(maxsize=8)
 def cached_arrays(store: RunStore, run_id: int, index: int) -> StoredArrays | None:
     """The lazily read tensors of one iteration, shared by the clicks on its page."""
     record = cached_steps(store, run_id, index)

@@ -383,27 +383,40 @@ def norm_panels(
 ) -> list[tuple[NormPanel, NormPanel]]:
     """(weight-norm panel, gradient-norm panel) per parameter tensor, in store order.
 
-    `rows` are storage `tensor_history` rows (roles param and param_grad);
+    `rows` are storage `tensor_history` rows (roles param and param_grad), or the
+    tuples of `summary_history`;
     `runs` are (run id, label, colour) in legend order.
     """
     tables: dict[str, dict[str, dict[int, Series]]] = {WEIGHT_NORM: {}, GRAD_NORM: {}}
     params: dict[str, None] = {}
     style = {run_id: (label, color) for run_id, label, color in runs}
+    grad_of: dict[str, str] = {}  # a name is parsed once, not once per iteration and run
     for row in rows:
-        run_id = row["run_id"]
-        if run_id not in style or row["l2"] is None:
+        if isinstance(row, tuple):  # RunStore.summary_history: (run, iteration, name, role, l2)
+            run_id, index, name, role, l2 = row
+        else:
+            run_id, index, name, role, l2 = (
+                row["run_id"],
+                row["index"],
+                row["name"],
+                row["role"],
+                row["l2"],
+            )
+        if run_id not in style or l2 is None:
             continue
-        if row["role"] == names.ROLE_PARAM:
-            quantity, param = WEIGHT_NORM, row["name"]
-        elif row["role"] == names.ROLE_PARAM_GRAD:
-            quantity, param = GRAD_NORM, names.parse(row["name"]).of
+        if role == names.ROLE_PARAM:
+            quantity, param = WEIGHT_NORM, name
+        elif role == names.ROLE_PARAM_GRAD:
+            if name not in grad_of:
+                grad_of[name] = names.parse(name).of
+            quantity, param = GRAD_NORM, grad_of[name]
         else:
             continue
         params[param] = None
         label, color = style[run_id]
         series = tables[quantity].setdefault(param, {}).setdefault(run_id, Series(label, color))
-        series.x.append(int(row["index"]))
-        series.y.append(float(row["l2"]))
+        series.x.append(int(index))
+        series.y.append(float(l2))
 
     def panel(quantity: str, param: str) -> NormPanel:
         by_run = tables[quantity].get(param, {})
@@ -461,6 +474,140 @@ def norms_figure(pairs: Sequence[tuple[NormPanel, NormPanel]]) -> go.Figure:
     for annotation in fig.layout.annotations:
         annotation.font = dict(size=12)
     return fig
+
+
+MARKED_POINTS = 30  # longer lines get no markers: thousands of marker nodes cost the browser
+
+
+def _line(s: Series, hover: str, **extra) -> dict:
+    return dict(
+        type="scatter",
+        x=s.x,
+        y=s.y,
+        mode="lines+markers" if len(s.x) <= MARKED_POINTS else "lines",
+        name=plotly_text(s.label),
+        line=dict(color=s.color, width=2),
+        hovertemplate=hover + "<extra>%{fullData.name}</extra>",
+        **extra,
+    )
+
+
+def loss_dict(series: Sequence[Series]) -> dict:
+    """`loss_figure` as a plain figure dict (no figure classes to build and validate)."""
+    axis = dict(gridcolor="#e9ecef")
+    return dict(
+        data=[_line(s, "iteration %{x}: loss %{y:.6f}", marker=dict(size=6)) for s in series],
+        layout=dict(
+            template="none",
+            height=320,
+            margin=dict(l=50, r=10, t=36, b=84),
+            font=FONT,
+            title=dict(text="Loss", x=0, font=dict(size=14)),
+            legend=dict(orientation="h", yanchor="top", y=-0.3),
+            plot_bgcolor="white",
+            paper_bgcolor="rgba(0,0,0,0)",
+            xaxis=dict(axis, title=dict(text="iteration"), dtick=_iteration_dtick(series)),
+            yaxis=axis,
+        ),
+    )
+
+
+def norms_dict(pairs: Sequence[tuple[NormPanel, NormPanel]]) -> dict:
+    """`norms_figure` as a plain figure dict: the same grid of small charts (weight norms
+    left, gradient norms right, a row per parameter tensor), laid out here instead of by
+    make_subplots, which cost most of the compare page's time on a LeNet-5 run."""
+    rows = max(len(pairs), 1)
+    h_space, v_space = 0.1, min(0.12, 0.5 / rows)
+    width = (1 - h_space) / 2
+    height = (1 - v_space * (rows - 1)) / rows
+    largest = max(
+        (max(s.x, default=0) for pair in pairs for p in pair for s in p.series), default=0
+    )
+    layout = dict(
+        template="none",
+        height=max(260, 210 * rows + 60),
+        margin=dict(l=50, r=10, t=40, b=40),
+        font=FONT,
+        legend=dict(orientation="h", y=-0.06, yanchor="top"),
+        plot_bgcolor="white",
+        paper_bgcolor="rgba(0,0,0,0)",
+        annotations=[],
+    )
+    data, seen = [], set()
+    for r in range(rows):
+        top = 1 - r * (height + v_space)
+        for c in range(2):
+            k = 2 * r + c + 1
+            suffix = "" if k == 1 else str(k)
+            left = c * (width + h_space)
+            layout[f"xaxis{suffix}"] = dict(
+                domain=[left, left + width],
+                anchor=f"y{suffix}",
+                gridcolor="#e9ecef",
+                dtick=1 if largest <= 20 else None,
+            )
+            layout[f"yaxis{suffix}"] = dict(
+                domain=[max(top - height, 0), top], anchor=f"x{suffix}", gridcolor="#e9ecef"
+            )
+            if r >= len(pairs):
+                continue
+            panel = pairs[r][c]
+            layout["annotations"].append(
+                dict(
+                    text=plotly_text(panel.title),
+                    x=left + width / 2,
+                    y=top,
+                    xref="paper",
+                    yref="paper",
+                    xanchor="center",
+                    yanchor="bottom",
+                    showarrow=False,
+                    font=dict(size=12),
+                )
+            )
+            for s in panel.series:
+                data.append(
+                    _line(
+                        s,
+                        "iteration %{x}: %{y:.6g}",
+                        marker=dict(size=5),
+                        legendgroup=plotly_text(s.label),
+                        showlegend=s.label not in seen,
+                        xaxis=f"x{suffix}",
+                        yaxis=f"y{suffix}",
+                    )
+                )
+                seen.add(s.label)
+    return dict(data=data, layout=layout)
+
+
+def difference_bars_dict(stats: DifferenceStats, label_a: str = "A", label_b: str = "B") -> dict:
+    """`difference_bars` as a plain figure dict."""
+    names_ = [f"‖{label_a}‖₂", f"‖{label_b}‖₂", "‖Δ‖₂", "max |Δ|"]
+    values = [stats.norm_a, stats.norm_b, stats.l2, stats.max_abs]
+    bar = dict(
+        type="bar",
+        x=[plotly_text(n) for n in names_],
+        y=[finite_or_none(v) for v in values],
+        marker=dict(color=["#6c757d", "#6c757d", "#8e44ad", "#8e44ad"]),
+        text=[f"{v:.4g}" for v in values],
+        textposition="outside",
+        cliponaxis=False,
+        hovertemplate="%{x}: %{y:.7g}<extra></extra>",
+    )
+    return dict(
+        data=[bar],
+        layout=dict(
+            template="none",
+            height=240,
+            margin=dict(l=40, r=10, t=24, b=30),
+            font=FONT,
+            showlegend=False,
+            plot_bgcolor="white",
+            paper_bgcolor="rgba(0,0,0,0)",
+            yaxis=dict(gridcolor="#e9ecef", rangemode="tozero"),
+        ),
+    )
 
 
 def _iteration_dtick(series: Sequence[Series]) -> int | None:

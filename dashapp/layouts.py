@@ -407,28 +407,37 @@ def _verified_attr(step: StepRecord) -> str:
     return "none" if step.verified is None else ("yes" if step.verified else "no")
 
 
-def iteration_stepper(run_id: int, current: int, count: int, *, window: int = 4) -> html.Nav:
-    """Links to iterations 1..count around `current`, with previous and next."""
+def iteration_stepper(
+    run_id: int,
+    current: int,
+    count: int,
+    *,
+    window: int = 4,
+    phase: str | None = None,
+    layer: str | None = None,
+) -> html.Nav:
+    """Links to iterations 1..count around `current`, with previous and next; each shows
+    the same `phase` and `layer` of its iteration."""
+
+    def link(i: int) -> str:
+        return links.iteration(run_id, i, phase=phase, layer=layer)
+
     if count <= 0:
         return html.Nav(
             html.Span("no iterations stored yet", className="text-muted"),
             className="iteration-stepper",
         )
     shown = sorted({1, count, *range(max(1, current - window), min(count, current + window) + 1)})
-    items = [
-        _page_item("‹ previous", links.iteration(run_id, current - 1) if current > 1 else None)
-    ]
+    items = [_page_item("‹ previous", link(current - 1) if current > 1 else None)]
     last = 0
     for i in shown:
         if i - last > 1:
             items.append(
                 html.Li(html.Span("…", className="page-link"), className="page-item disabled")
             )
-        items.append(_page_item(str(i), links.iteration(run_id, i), active=i == current))
+        items.append(_page_item(str(i), link(i), active=i == current))
         last = i
-    items.append(
-        _page_item("next ›", links.iteration(run_id, current + 1) if current < count else None)
-    )
+    items.append(_page_item("next ›", link(current + 1) if current < count else None))
     if current < 1:  # no iteration on screen yet: just the links
         items = items[1:-1]
     return html.Nav(

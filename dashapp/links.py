@@ -32,8 +32,17 @@ def model(run_id: int) -> str:
     return _with_query(MODEL, {"run": run_id})
 
 
-def iteration(run_id: int, index: int, anchor: str | None = None) -> str:
-    url = _with_query(ITERATION, {"run": run_id, "it": index})
+def iteration(
+    run_id: int,
+    index: int,
+    anchor: str | None = None,
+    *,
+    phase: str | None = None,
+    layer: str | None = None,
+) -> str:
+    """One iteration; `phase` ("input", "forward", "loss", "backward", "update", "whatif")
+    and `layer` pick the part shown (none: the input)."""
+    url = _with_query(ITERATION, {"run": run_id, "it": index, "phase": phase, "layer": layer})
     return f"{url}#{anchor}" if anchor else url
 
 
@@ -52,8 +61,11 @@ def compare(
     runs: Iterable[int] | None = None,
     index: Iterable[int] | None = None,
     first: bool = False,
+    views: dict[str, str] | None = None,
 ) -> str:
-    """`first`: the page also says where the two runs first diverge (storage.diverge)."""
+    """`first`: the page also says where the two runs first diverge (storage.diverge).
+    `views`: tensor panel views, {tensor name: 'SAMPLE,CHANNEL@ROW,COLUMN'} (1-based),
+    written as the panels write them (`t.<tensor>` keys)."""
     params = {
         "a": selection(*a) if a else None,
         "b": selection(*b) if b else None,
@@ -63,6 +75,7 @@ def compare(
         "runs": ",".join(str(r) for r in runs) if runs else None,
         "slice": ",".join(str(i) for i in index) if index else None,
         "first": 1 if first else None,
+        **{f"t.{name}": view for name, view in (views or {}).items()},
     }
     return _with_query(COMPARE, params)
 

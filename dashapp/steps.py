@@ -48,3 +48,75 @@ def sections(steps: list[StepRecord], layers: dict[str, LayerInfo]) -> list[Sect
         else:
             section.groups.append((step.layer, [(number, step)]))
     return [s for s in out.values() if s.groups]
+
+
+# ---------------------------------------------------------------- views of one iteration
+
+INPUT = "input"  # the batch, its labels and the weights before the step
+WHATIF = "whatif"  # the what-if section
+STAGE_TITLES = {INPUT: "Input", **SECTION_TITLES, WHATIF: "What if"}
+
+
+@dataclass(frozen=True)
+class View:
+    """What the iteration page shows: one phase, or one layer of a phase.
+
+    `phase` is "input", a section key ("forward", "loss", "backward", "update") or
+    "whatif"; `layer` narrows a section to that layer's steps (None: the whole phase)."""
+
+    phase: str = INPUT
+    layer: str | None = None
+
+    @property
+    def title(self) -> str:
+        title = STAGE_TITLES.get(self.phase, self.phase.title())
+        return f"{title} · {self.layer}" if self.layer is not None else title
+
+
+def layers_of(section: Section) -> list[str]:
+    """The layers of a section in the order they first act (a module called twice once)."""
+    return list(dict.fromkeys(layer for layer, _ in section.groups))
+
+
+def find_view(parts: list[Section], phase: str | None, layer: str | None) -> View | None:
+    """The view that `phase` and `layer` name, or None when this iteration has no such thing.
+
+    No phase is the input; a layer needs a phase that has it."""
+    phase = phase or INPUT
+    if phase in (INPUT, WHATIF):
+        return View(phase) if layer is None else None
+    section = next((s for s in parts if s.key == phase), None)
+    if section is None or (layer is not None and layer not in layers_of(section)):
+        return None
+    return View(phase, layer)
+
+
+def walk(parts: list[Section], *, by_layer: bool = True) -> list[View]:
+    """Every view in the student's order: input, each phase (or each layer of each phase),
+    what if."""
+    out = [View(INPUT)]
+    for section in parts:
+        if by_layer:
+            out += [View(section.key, layer) for layer in layers_of(section)]
+        else:
+            out.append(View(section.key))
+    return [*out, View(WHATIF)]
+
+
+def neighbours(parts: list[Section], view: View) -> tuple[View | None, View | None]:
+    """The views before and after `view`: layer by layer from a layer, the input or what
+    if; phase by phase from a whole phase."""
+    order = walk(parts, by_layer=view.layer is not None or view.phase in (INPUT, WHATIF))
+    at = order.index(view)
+    return (order[at - 1] if at > 0 else None, order[at + 1] if at + 1 < len(order) else None)
+
+
+def in_view(parts: list[Section], view: View) -> list[Section]:
+    """The sections (with only the view's layer's groups, for a layer) the view shows."""
+    shown = []
+    for section in parts:
+        if section.key != view.phase:
+            continue
+        groups = [g for g in section.groups if view.layer is None or g[0] == view.layer]
+        shown.append(Section(section.key, section.title, groups))
+    return shown

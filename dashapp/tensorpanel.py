@@ -22,10 +22,13 @@ a clicked cell) without knowing how the panel is drawn.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import flask
 import numpy as np
@@ -37,7 +40,15 @@ from storage import TensorRecord, names
 from . import figures, links
 from .data import NotFound, current_store
 from .formatting import format_scalar, format_shape
-from .tensorview import MAX_COLS, MAX_ROWS, caption_of, lead_dims, plane_shape, window_view
+from .tensorview import (
+    MAX_COLS,
+    MAX_ROWS,
+    caption_of,
+    difference_view,
+    lead_dims,
+    plane_shape,
+    window_view,
+)
 
 FIGURE = "/figure"
 URL_PREFIX = "t."  # query keys of panel views: t.<tensor name>
@@ -58,7 +69,10 @@ ROLE_LABELS = {
 }
 _VIEW = re.compile(r"((?:[0-9]{1,9})(?:,[0-9]{1,9})*)?@([0-9]{1,9}),([0-9]{1,9})")
 _NAME = re.compile(r"[\w.#@\-]{1,300}")
-_INDEX = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() also takes "²"
+_INDEX = re.compile(r"[0-9]{1,9}")
+_SELECTION = re.compile(
+    r"([0-9]{1,18}):([0-9]{1,18})"
+)  # ASCII digits only: str.isdigit() also takes "²"
 MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 MOVE_ARROWS = (("left", "←"), ("up", "↑"), ("down", "↓"), ("right", "→"))
 
@@ -111,8 +125,14 @@ def views_from_query(query: dict) -> dict[str, PanelView]:
     }
 
 
-def figure_url(run_id: int, index: int, name: str, view: PanelView) -> str:
+def figure_url(
+    run_id: int, index: int, name: str, view: PanelView, extra: Mapping[str, str] | None = None
+) -> str:
+    """The figure address of one window; `extra` adds query keys of the figure route
+    (`with`: share the colour scale with another run's tensor; `minus`: the difference)."""
     query = f"lead={','.join(str(i) for i in view.lead)}&row={view.row0}&col={view.col0}"
+    if extra:
+        query += "&" + urlencode(dict(extra))
     return f"{FIGURE}/{int(run_id)}/{int(index)}/{quote(name, safe='')}.json?{query}"
 
 
@@ -215,7 +235,16 @@ class TensorPanel(html.Div):
         aio_id: str,
         view: PanelView | None = None,
         scalar: float | None = None,
+        controls: bool = True,
+        figure_query: Mapping[str, str] | None = None,
+        summary: str | None = None,
+        downloads: bool = True,
     ):
+        """`controls=False`: no window controls; another panel's window is shown (the
+        page's callback sets this panel's figure address and caption, e.g. side B and
+        the difference following side A on the compare page). `figure_query`: extra
+        keys of the figure address (see `figure`). `summary`: a line to show instead of
+        the tensor's own summary. `downloads=False`: no download links."""
         view = (view or PanelView()).clamped(tensor.shape, tensor.role)
         header = html.Div(
             [
@@ -225,7 +254,7 @@ class TensorPanel(html.Div):
             ],
             className="tensor-header",
         )
-        downloads = html.Div(
+        links_row = html.Div(
             [
                 html.A(
                     f".{fmt}",
@@ -240,20 +269,34 @@ class TensorPanel(html.Div):
         )
         if len(tensor.shape) == 0:
             body = html.Div(format_scalar(scalar), className="tensor-scalar")
-            summary = None
+            line = None
         else:
-            body = self._body(tensor, run_id, index, aio_id, view)
-            summary = html.Div(summary_line(tensor), className="tensor-summary")
+            body = self._body(
+                tensor, run_id, index, aio_id, view, controls=controls, extra=figure_query
+            )
+            line = html.Div(
+                summary if summary is not None else summary_line(tensor),
+                className="tensor-summary",
+            )
         super().__init__(
-            [header, summary, body, downloads],
+            [header, line, body, links_row if downloads else None],
             className="tensor-panel",
+            # data-follows: the window is another panel's, which keeps the URL
+            # (assets/tensor_panel.js leaves this one out).
             **{"data-tensor": tensor.name, "data-aio": aio_id},
+            **({} if controls else {"data-follows": "1"}),
         )
 
-    def _body(self, tensor, run_id, index, aio_id, view) -> html.Div:
+    def _body(self, tensor, run_id, index, aio_id, view, *, controls=True, extra=None) -> html.Div:
         ids = self.ids
         rows, cols = plane_shape(tensor.shape)
-        dims = lead_dims(tensor.shape, tensor.role)
+        dims = lead_dims(tensor.shape, tensor.role) if controls else ()
+        shows_all = rows <= MAX_ROWS and cols <= MAX_COLS
+        if not controls:
+            rows_more = cols_more = False
+        else:
+            rows_more, cols_more = rows > MAX_ROWS, cols > MAX_COLS
+        extra = dict(extra or {})
         controls = []
         for dim in dims:
             if dim.size <= 1:
@@ -261,11 +304,11 @@ class TensorPanel(html.Div):
             controls.append(
                 _number(dim.label, ids.lead(aio_id, dim.axis), view.lead[dim.axis] + 1, dim.size)
             )
-        if rows > MAX_ROWS:
+        if rows_more:
             controls.append(_number("rows from", ids.offset(aio_id, "row"), view.row0 + 1, rows))
-        if cols > MAX_COLS:
+        if cols_more:
             controls.append(_number("columns from", ids.offset(aio_id, "col"), view.col0 + 1, cols))
-        if rows > MAX_ROWS or cols > MAX_COLS:
+        if not shows_all and (rows_more or cols_more):
             controls.append(
                 html.Span(
                     [
@@ -294,6 +337,7 @@ class TensorPanel(html.Div):
             "lead": list(view.lead),
             "row0": view.row0,
             "col0": view.col0,
+            "extra": extra,
         }
         width, height = figures.heatmap_size(min(rows, MAX_ROWS), min(cols, MAX_COLS))
         # A panel whose whole plane is shown has no controls, so no state and no callback:
@@ -312,7 +356,7 @@ class TensorPanel(html.Div):
                     className="heatmap heatmap-slot",
                     style={"width": f"{width}px", "height": f"{height}px"},
                     **{
-                        "data-src": figure_url(run_id, index, tensor.name, view),
+                        "data-src": figure_url(run_id, index, tensor.name, view, extra),
                         "data-config": json.dumps(GRAPH_CONFIG),
                         "data-click": _stringified(ids.click(aio_id)),
                         # provenance_click.js: which tensor a click on a cell asks about
@@ -404,7 +448,7 @@ def change_view(_lead, _offsets, _moves, nav, state):
     if all(new_state[k] == state[k] for k in ("lead", "row0", "col0")):
         return no_update, no_update, shown, no_update
     return (
-        figure_url(state["run"], state["it"], state["name"], view),
+        figure_url(state["run"], state["it"], state["name"], view, state.get("extra")),
         caption(tensor, view),
         shown,
         new_state,
@@ -429,27 +473,62 @@ def _ints(text: str | None, *, most: int | None = None) -> tuple[int, ...]:
     return tuple(int(p) for p in parts)
 
 
+def _selection(text: str) -> tuple[int, int]:
+    """'RUN:ITERATION' from a query argument; anything else is a 404."""
+    match = _SELECTION.fullmatch(text or "")
+    if not match:
+        flask.abort(404)
+    return int(match.group(1)), int(match.group(2))
+
+
+def shared_range(view, store, other: tuple[int, int], name: str):
+    """`view` coloured over its tensor's and the other run's tensor's full ranges, so
+    that two heatmaps share one scale (their summaries; one element of the other read)."""
+    found = store.tensor_window(*other, name, rows=1, cols=1)
+    summary = (found.tensor.summary or {}) if found is not None else {}
+    low, high = summary.get("min"), summary.get("max")
+    if view.full_range is None or low is None or high is None:
+        return view
+    ranges = [*view.full_range, low, high]
+    finite = [v for v in ranges if math.isfinite(v)]
+    if not finite:
+        return view
+    return dataclasses.replace(view, full_range=(min(finite), max(finite)))
+
+
 def figure(run_id: int, index: int, filename: str) -> flask.Response:
-    """GET /figure/<run>/<it>/<tensor>.json?lead=s,c&row=R&col=C: one window's heatmap."""
+    """GET /figure/<run>/<it>/<tensor>.json?lead=s,c&row=R&col=C: one window's heatmap.
+
+    `&with=RUN:IT` colours it on one scale with the same tensor of another iteration;
+    `&minus=RUN:IT` draws this window minus that iteration's (the compare page's B − A)."""
     name, dot, ext = filename.rpartition(".")
     if not dot or ext != "json" or not _NAME.fullmatch(name):
         flask.abort(404)
     args = flask.request.args
     (row0,) = _ints(args.get("row", "0"), most=1) or (0,)
     (col0,) = _ints(args.get("col", "0"), most=1) or (0,)
-    window = current_store().tensor_window(
-        run_id,
-        index,
-        name,
-        lead=_ints(args.get("lead")),
-        row0=row0,
-        col0=col0,
-        rows=MAX_ROWS,
-        cols=MAX_COLS,
-    )
+    store = current_store()
+    place = dict(lead=_ints(args.get("lead")), row0=row0, col0=col0, rows=MAX_ROWS, cols=MAX_COLS)
+    window = store.tensor_window(run_id, index, name, **place)
     if window is None:
         flask.abort(404)
-    body = json.dumps(figures.heatmap_dict(window_view(window)), cls=PlotlyJSONEncoder)
+    view = window_view(window)
+    if "minus" in args:  # B - A in this window, on its own diverging scale
+        other = store.tensor_window(*_selection(args["minus"]), name, **place)
+        if other is None or tuple(other.tensor.shape) != tuple(window.tensor.shape):
+            flask.abort(404)
+        diff = difference_view(window_view(other), view)
+        figure = figures.heatmap_dict(
+            diff,
+            colorscale=figures.DIFF_SCALE,
+            colorbar=True,
+            zrange=figures.symmetric_range(diff.values),
+        )
+    else:
+        if "with" in args:  # one colour scale over both tensors' full ranges
+            view = shared_range(view, store, _selection(args["with"]), name)
+        figure = figures.heatmap_dict(view)
+    body = json.dumps(figure, cls=PlotlyJSONEncoder)
     response = flask.Response(body, mimetype="application/json")
     response.headers["Cache-Control"] = "private, max-age=3600"  # a stored iteration never changes
     return response

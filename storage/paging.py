@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, or_, select
 
 from . import schema
 from .records import RUN_RUNNING, RunPage, RunQuery, TensorRecord, TensorWindow
@@ -37,6 +37,12 @@ NULLABLE_SORTS = {"seed", "lr", "loss"}
 MAX_WINDOW = 256
 
 
+def _contains(column, text: str):
+    """column contains `text`, any case; % and _ in `text` match themselves."""
+    text = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return func.lower(column).like(f"%{text}%", escape="\\")
+
+
 def _filtered(stmt, query: RunQuery):
     run = schema.Run
     if query.model:
@@ -47,8 +53,13 @@ def _filtered(stmt, query: RunQuery):
         stmt = stmt.where(run.status == query.status)
     if query.name:
         # A substring, not a pattern: % and _ in what the user typed match themselves.
-        text = query.name.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        stmt = stmt.where(func.lower(run.name).like(f"%{text}%", escape="\\"))
+        stmt = stmt.where(_contains(run.name, query.name))
+    if query.text and query.text.strip():
+        text = query.text.strip()
+        either = [_contains(run.name, text), _contains(run.model_name, text)]
+        if text.isascii() and text.isdigit() and len(text) <= 18:
+            either += [run.id == int(text), run.seed == int(text)]
+        stmt = stmt.where(or_(*either))
     if query.started_from is not None:
         stmt = stmt.where(run.started_at >= dt.datetime.combine(query.started_from, dt.time()))
     if query.started_to is not None:
@@ -219,3 +230,102 @@ def tensor_window(
         stored=stored,
         dtype=dtype.str,
     )
+
+
+def find_runs(engine: Engine, query: RunQuery, to_info) -> list:
+    """The runs of one page, without the counts `run_page` adds (a picker's options)."""
+    from sqlalchemy.orm import Session
+
+    column = RUN_SORTS.get(query.sort, schema.Run.id)
+    order = column.desc() if query.descending else column.asc()
+    keys = ([column.is_(None)] if query.sort in NULLABLE_SORTS else []) + [order]
+    if query.sort != "id":
+        keys.append(schema.Run.id)
+    page_ids = (
+        _filtered(select(schema.Run.id), query)
+        .order_by(*keys)
+        .offset(max(query.offset, 0))
+        .limit(max(query.limit, 1))
+    )
+    with Session(engine) as session:
+        ids = list(session.scalars(page_ids))
+        rows = {
+            row.id: row for row in session.scalars(select(schema.Run).where(schema.Run.id.in_(ids)))
+        }
+        return [to_info(rows[i]) for i in ids]
+
+
+def iteration_indices(engine: Engine, run_id: int) -> list[int]:
+    """The indices of a run's stored iterations, in order (one indexed read, no steps)."""
+    stmt = (
+        select(schema.Iteration.index)
+        .where(schema.Iteration.run_id == run_id)
+        .order_by(schema.Iteration.index)
+    )
+    with engine.connect() as connection:
+        return [int(i) for i in connection.scalars(stmt)]
+
+
+def tensor_records(engine: Engine, run_id: int, index: int) -> list[TensorRecord] | None:
+    """Every tensor of one iteration without its bytes: name, role, layer, shape, dtype
+    (as an empty array), the stored summaries and how many elements are stored.
+    None when the run stores no such iteration."""
+    iteration = select(schema.Iteration.id).where(
+        schema.Iteration.run_id == run_id, schema.Iteration.index == index
+    )
+    t = schema.Tensor
+    columns = (t.id, t.name, t.role, t.layer, t.dtype, t.shape, t.stored_numel)
+    summaries = (t.min, t.max, t.mean, t.std, t.l2, t.nan_count, t.inf_count)
+    with engine.connect() as connection:
+        iteration_id = connection.execute(iteration).scalar_one_or_none()
+        if iteration_id is None:
+            return None
+        rows = connection.execute(
+            select(*columns, *summaries).where(t.iteration_id == iteration_id).order_by(t.id)
+        ).all()
+    return [
+        TensorRecord(
+            name=row.name,
+            role=row.role,
+            array=np.empty((0,), dtype=np.dtype(row.dtype)),
+            layer=row.layer,
+            shape=tuple(int(d) for d in row.shape),
+            summary={c.key: getattr(row, c.key) for c in summaries},
+            id=row.id,
+            stored_numel=row.stored_numel,
+        )
+        for row in rows
+    ]
+
+
+def summary_history(
+    engine: Engine, run_ids, roles, column: str = "l2"
+) -> list[tuple[int, int, str, str, float | None]]:
+    """(run id, iteration, tensor name, role, stored summary) of every tensor of these
+    roles in these runs, in run, iteration and store order: one query over the summary
+    columns, no tensor bytes (the norms-over-iterations figure).
+
+    `role || ''` keeps SQLite from walking the role index, which holds every run's
+    tensors of that role; the few runs' iterations lead to their tensors instead."""
+    t, it = schema.Tensor, schema.Iteration
+    value = {"l2": t.l2, "mean": t.mean, "std": t.std, "min": t.min, "max": t.max}[column]
+    stmt = (
+        select(it.run_id, it.index, t.name, t.role, value)
+        .join(it, it.id == t.iteration_id)
+        .where(it.run_id.in_(list(run_ids)), (t.role + "").in_(list(roles)))
+        .order_by(it.run_id, it.index, t.id)
+    )
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(stmt)]
+
+
+def loss_history(engine: Engine, run_ids) -> list[tuple[int, int, float | None]]:
+    """(run id, iteration, loss) of these runs, in run and iteration order."""
+    it = schema.Iteration
+    stmt = (
+        select(it.run_id, it.index, it.loss)
+        .where(it.run_id.in_(list(run_ids)))
+        .order_by(it.run_id, it.index)
+    )
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(stmt)]

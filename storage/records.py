@@ -37,7 +37,8 @@ RUN_COMPLETED = "completed"
 RUN_FAILED = "failed"
 RUN_INTERRUPTED = "interrupted"
 # Never stored: how a reader shows a `running` run whose writer is gone (same host,
-# dead pid) or has not committed for `storage.store.STALE_AFTER`.
+# dead pid, PostgreSQL lease released) or whose heartbeat is older than
+# `storage.store.STALE_AFTER`.
 RUN_STALE = "stale"
 
 
@@ -114,6 +115,8 @@ class IterationRecord:
     created_at: dt.datetime | None = None
     # Traced with explanation off: what `cnnviz explain` needs to explain it later.
     capture: CaptureRecord | None = None
+    # Read back: the iteration keeps its raw truth, so `cnnviz explain` will replace it.
+    unexplained: bool = False
 
     def tensor(self, name: str) -> TensorRecord:
         for record in self.tensors:
@@ -196,6 +199,9 @@ class RunQuery:
     name: str | None = None
     started_from: dt.date | None = None
     started_to: dt.date | None = None
+    # What a run picker's user typed: the name or the model contains it (any case), or
+    # it is the run's id or seed.
+    text: str | None = None
 
 
 @dataclass

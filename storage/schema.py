@@ -32,9 +32,9 @@ from .location import NAME_MAX
 # Bump on any change to tables or views, with an Alembic revision under
 # storage/migrations/versions; `storage.store` refuses other versions and names
 # `cnnviz db upgrade` for older ones.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Alembic revisions, oldest first; the last is the one this code reads and writes.
-REVISIONS = ("0001", "0002", "0003")
+REVISIONS = ("0001", "0002", "0003", "0004")
 SCHEMA_REVISION = REVISIONS[-1]
 # Not `alembic_version`: other tools sharing a database use that name.
 VERSION_TABLE = "cnnviz_alembic_version"
@@ -46,6 +46,13 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# Keys and element counts are 64-bit everywhere. PostgreSQL's INTEGER is 32-bit (a
+# team store passes 2^31 tensors), so it gets BIGINT (BIGSERIAL for the keys);
+# SQLite's INTEGER is 64-bit already, and its rowid alias must be spelled INTEGER
+# PRIMARY KEY, so SQLite keeps INTEGER. Revision 0003 widens older PostgreSQL stores.
+BigKey = BigInteger().with_variant(Integer, "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -63,7 +70,7 @@ class Meta(Base):
 class Run(Base):
     __tablename__ = "runs"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BigKey, primary_key=True)
     name: Mapped[str] = mapped_column(String(NAME_MAX))
     seed: Mapped[int | None] = mapped_column(BigInteger)  # 0 .. 2**32 - 1
     model_name: Mapped[str] = mapped_column(String(200))
@@ -102,14 +109,16 @@ class Layer(Base):
     __tablename__ = "layers"
     __table_args__ = (UniqueConstraint("run_id", "position"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    id: Mapped[int] = mapped_column(BigKey, primary_key=True)
+    run_id: Mapped[int] = mapped_column(
+        BigKey, ForeignKey("runs.id", ondelete="CASCADE"), index=True
+    )
     position: Mapped[int]
     name: Mapped[str] = mapped_column(String(200))
     type: Mapped[str] = mapped_column(String(100))
     input_shape: Mapped[list | None] = mapped_column(JSON)
     output_shape: Mapped[list | None] = mapped_column(JSON)
-    num_params: Mapped[int] = mapped_column(Integer, default=0)
+    num_params: Mapped[int] = mapped_column(BigKey, default=0)
     description: Mapped[str] = mapped_column(Text, default="")
     formula: Mapped[str] = mapped_column(Text, default="")
     explained: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -121,8 +130,10 @@ class Iteration(Base):
     __tablename__ = "iterations"
     __table_args__ = (UniqueConstraint("run_id", "index"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    id: Mapped[int] = mapped_column(BigKey, primary_key=True)
+    run_id: Mapped[int] = mapped_column(
+        BigKey, ForeignKey("runs.id", ondelete="CASCADE"), index=True
+    )
     index: Mapped[int]  # 1-based
     loss: Mapped[float | None]  # NULL when the loss was NaN (SQLite stores no NaN)
     accuracy: Mapped[float | None]
@@ -145,24 +156,25 @@ class Tensor(Base):
     __tablename__ = "tensors"
     __table_args__ = (UniqueConstraint("iteration_id", "name"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BigKey, primary_key=True)
     iteration_id: Mapped[int] = mapped_column(
-        ForeignKey("iterations.id", ondelete="CASCADE"), index=True
+        BigKey, ForeignKey("iterations.id", ondelete="CASCADE"), index=True
     )
     name: Mapped[str] = mapped_column(String(300))
     layer: Mapped[str | None] = mapped_column(String(200), index=True)
     role: Mapped[str] = mapped_column(String(30), index=True)
     dtype: Mapped[str] = mapped_column(String(20))  # NumPy dtype string, little-endian: "<f4"
     shape: Mapped[list] = mapped_column(JSON)  # the full tensor's shape
-    numel: Mapped[int]  # elements of the full tensor
-    stored_numel: Mapped[int]  # elements stored (fewer when truncated by a bound)
+    numel: Mapped[int] = mapped_column(BigKey)  # elements of the full tensor
+    # elements stored (fewer when truncated by a bound)
+    stored_numel: Mapped[int] = mapped_column(BigKey)
     min: Mapped[float | None] = mapped_column(Float)
     max: Mapped[float | None] = mapped_column(Float)
     mean: Mapped[float | None] = mapped_column(Float)
     std: Mapped[float | None] = mapped_column(Float)
     l2: Mapped[float | None] = mapped_column(Float)
-    nan_count: Mapped[int] = mapped_column(Integer, default=0)
-    inf_count: Mapped[int] = mapped_column(Integer, default=0)
+    nan_count: Mapped[int] = mapped_column(BigKey, default=0)
+    inf_count: Mapped[int] = mapped_column(BigKey, default=0)
 
     iteration: Mapped[Iteration] = relationship(back_populates="tensors")
     data: Mapped[TensorData] = relationship(
@@ -181,7 +193,7 @@ class TensorData(Base):
     __tablename__ = "tensor_data"
 
     tensor_id: Mapped[int] = mapped_column(
-        ForeignKey("tensors.id", ondelete="CASCADE"), primary_key=True
+        BigKey, ForeignKey("tensors.id", ondelete="CASCADE"), primary_key=True
     )
     data: Mapped[bytes] = mapped_column(LargeBinary)
     elements: Mapped[str | None] = mapped_column(Text)
@@ -193,9 +205,9 @@ class Step(Base):
     __tablename__ = "steps"
     __table_args__ = (UniqueConstraint("iteration_id", "position"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BigKey, primary_key=True)
     iteration_id: Mapped[int] = mapped_column(
-        ForeignKey("iterations.id", ondelete="CASCADE"), index=True
+        BigKey, ForeignKey("iterations.id", ondelete="CASCADE"), index=True
     )
     position: Mapped[int]
     layer: Mapped[str] = mapped_column(String(200))
@@ -220,10 +232,10 @@ class StepTensor(Base):
     __tablename__ = "step_tensors"
 
     step_id: Mapped[int] = mapped_column(
-        ForeignKey("steps.id", ondelete="CASCADE"), primary_key=True
+        BigKey, ForeignKey("steps.id", ondelete="CASCADE"), primary_key=True
     )
     tensor_id: Mapped[int] = mapped_column(
-        ForeignKey("tensors.id", ondelete="CASCADE"), primary_key=True, index=True
+        BigKey, ForeignKey("tensors.id", ondelete="CASCADE"), primary_key=True, index=True
     )
     direction: Mapped[str] = mapped_column(String(3), primary_key=True)  # 'in' or 'out'
     position: Mapped[int]
@@ -241,7 +253,7 @@ class Capture(Base):
     __tablename__ = "captures"
 
     iteration_id: Mapped[int] = mapped_column(
-        ForeignKey("iterations.id", ondelete="CASCADE"), primary_key=True
+        BigKey, ForeignKey("iterations.id", ondelete="CASCADE"), primary_key=True
     )
     manifest: Mapped[str] = mapped_column(Text)  # JSON (tracer.rawtruth), never pickled
 
@@ -254,7 +266,7 @@ class CaptureArray(Base):
     __tablename__ = "capture_arrays"
 
     iteration_id: Mapped[int] = mapped_column(
-        ForeignKey("iterations.id", ondelete="CASCADE"), primary_key=True
+        BigKey, ForeignKey("iterations.id", ondelete="CASCADE"), primary_key=True
     )
     key: Mapped[str] = mapped_column(String(40), primary_key=True)  # as the manifest names it
     dtype: Mapped[str] = mapped_column(String(20))

@@ -10,12 +10,14 @@ read-only.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import os
 import platform
 import sqlite3
 import stat
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +72,18 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 MODES = ("r", "w")
 # A running run whose writer has not committed for this long reads as stale, when
 # its liveness cannot be asked directly (another host, another pid namespace).
-STALE_AFTER = dt.timedelta(minutes=10)
+# The PostgreSQL advisory lock that serialises creating the schema (run leases use
+# negative keys, see `lease_key`).
+SCHEMA_LOCK = 20261129
+# A writer refreshes its run's heartbeat this often, from a thread of its own.
+HEARTBEAT_EVERY = 15.0
+# A running run whose writer's liveness cannot be asked directly (another host or pid
+# namespace, on SQLite) reads as stale when its heartbeat is older than this.
+STALE_AFTER = dt.timedelta(minutes=2)
+# PostgreSQL's own TCP keepalives on a writer's lease session (these settings are
+# per session): a writer whose host or network died loses its lease in about a
+# minute instead of the kernel's two hours.
+_KEEPALIVES = {"tcp_keepalives_idle": 30, "tcp_keepalives_interval": 10, "tcp_keepalives_count": 3}
 
 
 def _utcnow() -> dt.datetime:
@@ -379,7 +392,7 @@ def _open(location: str, *, readonly: bool) -> tuple[Engine, bool]:
         with engine.begin() as connection:
             if connection.dialect.name == "postgresql" and not readonly:
                 # Two writers opening one empty database would both create the schema.
-                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(20261129)")
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
             has_schema = _check_schema(connection, location, initialize=not readonly)
     except StoreError:
         engine.dispose()
@@ -428,25 +441,177 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def stale_reason(row, now: dt.datetime, host: str) -> str | None:
-    """Why a `running` run's writer is taken for dead, or None while it may be alive."""
+def lease_key(run_id: int) -> int:
+    """The PostgreSQL advisory lock a run's writer holds on its own session while it
+    writes: the run id, negated (positive keys are left to others; the schema's
+    creation lock is `SCHEMA_LOCK`)."""
+    return -run_id
+
+
+# Run ids whose lease is held in this database: advisory locks on one bigint key
+# are listed with its high half in classid and its low half in objid, objsubid 1.
+_HELD_LEASES = text(
+    "SELECT -((classid::bigint << 32) | objid::bigint) FROM pg_locks "
+    "WHERE locktype = 'advisory' AND objsubid = 1 AND granted "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND ((classid::bigint << 32) | objid::bigint) < 0"
+)
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """What a reader knows to judge `running` runs at one moment: the time (the
+    server's clock on PostgreSQL, so writers' and readers' clocks need not agree),
+    this process's host, and on PostgreSQL the runs whose writer holds its lease."""
+
+    now: dt.datetime
+    host: str
+    leases: frozenset[int] | None = None  # None: no leases in this database (SQLite)
+
+
+def liveness(connection) -> Liveness:
+    if connection.dialect.name != "postgresql":
+        return Liveness(_utcnow(), process_host())
+    now = connection.execute(text("SELECT CAST(now() AT TIME ZONE 'utc' AS timestamp)")).scalar()
+    leases = frozenset(connection.execute(_HELD_LEASES).scalars())
+    return Liveness(now, process_host(), leases)
+
+
+def _writer(row) -> str:
+    where = f" on {row.writer_host.split(' ')[0]}" if row.writer_host else ""
+    return f"pid {row.writer_pid}{where}" if row.writer_pid else f"its writer{where}"
+
+
+def stale_reason(row, now: dt.datetime | Liveness, host: str | None = None) -> str | None:
+    """Why a `running` run's writer is taken for dead, or None while it may be alive.
+
+    On PostgreSQL the writer holds an advisory lock (its lease, `lease_key`) on its own
+    session from the moment the run exists: the server drops it when the session
+    ends, however the process died, and on any host. Elsewhere: the same host and
+    pid namespace asks the pid; otherwise the writer's heartbeat (every
+    `HEARTBEAT_EVERY` seconds, from a thread, however long an iteration takes) must
+    be younger than `STALE_AFTER`."""
+    live = now if isinstance(now, Liveness) else Liveness(now, host or process_host())
     if row.status != RUN_RUNNING:
         return None
-    if row.writer_pid and row.writer_host == host:
+    if live.leases is not None:
+        if row.id in live.leases:
+            return None
+        return f"its writer ({_writer(row)}) no longer holds the run's lease"
+    if row.writer_pid and row.writer_host == live.host:
         if _pid_alive(row.writer_pid):
             return None
         return f"its writer (pid {row.writer_pid}) has exited"
     last = row.heartbeat_at or row.started_at
-    if last is not None and now - last > STALE_AFTER:
-        return f"no write since {last:%Y-%m-%d %H:%M:%S} UTC"
+    if last is not None and live.now - last > STALE_AFTER:
+        return f"no heartbeat from its writer ({_writer(row)}) since {last:%Y-%m-%d %H:%M:%S} UTC"
     return None
+
+
+class _Heartbeat:
+    """Keeps a writer's run visibly alive from a daemon thread, on a connection of
+    its own: `heartbeat_at` every `HEARTBEAT_EVERY` seconds, and on PostgreSQL the
+    run's lease, an advisory lock held by that connection's session (taken in the
+    transaction that inserts the run, so no reader sees the run without it).
+
+    The server drops the lease when the session ends: at once when the process dies,
+    and within about a minute when its host or network does (the session's TCP
+    keepalives). A connection lost while the writer lives is made again and the lease
+    taken back. Stops when told, or when the run is no longer `running`."""
+
+    def __init__(self, engine: Engine, run_id: int, connection=None):
+        self.engine = engine
+        self.connection = connection
+        self.run_id = run_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"cnnviz-heartbeat-{run_id}", daemon=True
+        )
+        self._thread.start()
+
+    @staticmethod
+    def prepare(connection) -> None:
+        """Session settings for the lease's connection, before the run is inserted."""
+        for setting, value in _KEEPALIVES.items():
+            connection.exec_driver_sql(f"SET {setting} = {value}")
+
+    def _beat(self) -> bool:
+        update = schema.Run.__table__.update().where(
+            schema.Run.id == self.run_id, schema.Run.status == RUN_RUNNING
+        )
+        if self.connection is None:  # SQLite: this thread's own pooled connection
+            with self.engine.begin() as connection:
+                return connection.execute(update.values(heartbeat_at=_utcnow())).rowcount > 0
+        with self.connection.begin():  # the server's clock, as readers compare with it
+            now = text("CAST(now() AT TIME ZONE 'utc' AS timestamp)")
+            return self.connection.execute(update.values(heartbeat_at=now)).rowcount > 0
+
+    def _reconnect(self) -> None:
+        if self.connection is None:
+            return
+        try:
+            self.connection.invalidate()
+        except Exception:
+            pass
+        connection = self.engine.connect()
+        try:
+            with connection.begin():
+                self.prepare(connection)
+                taken = connection.execute(
+                    text("SELECT pg_try_advisory_lock(:key)"), {"key": lease_key(self.run_id)}
+                ).scalar()
+                if not taken:
+                    raise StoreError(f"the lease of run {self.run_id} is held elsewhere")
+        except BaseException:
+            connection.close()
+            raise
+        self.connection = connection
+
+    def _run(self) -> None:
+        broken = False
+        while not self._stop.wait(HEARTBEAT_EVERY):
+            try:
+                if broken:
+                    self._reconnect()
+                    broken = False
+                if not self._beat():
+                    return  # finished, or marked interrupted by someone else
+            except Exception:
+                broken = True  # the database is away: try again at the next beat
+
+    def stop(self) -> None:
+        """Stop beating and give the lease back (closing the session would too)."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=HEARTBEAT_EVERY + BUSY_TIMEOUT_MS / 1000)
+        if self.connection is None:
+            return
+        try:
+            with self.connection.begin():
+                self.connection.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": lease_key(self.run_id)}
+                )
+            self.connection.close()
+        except Exception:
+            try:
+                self.connection.invalidate()  # a session that is gone holds nothing
+            except Exception:
+                pass
 
 
 # ---------------------------------------------------------------- conversions
 
 
-def _run_info(row: schema.Run, with_layers: bool = False, *, host: str | None = None) -> RunInfo:
-    stale = stale_reason(row, _utcnow(), host or process_host())
+def _run_info(
+    row: schema.Run,
+    with_layers: bool = False,
+    *,
+    host: str | None = None,
+    live: Liveness | None = None,
+) -> RunInfo:
+    """A run row as a record; a `running` run whose writer is gone reads as `stale`
+    (`live`: the reader's `liveness()`, needed on PostgreSQL to see leases)."""
+    stale = stale_reason(row, live or Liveness(_utcnow(), host or process_host()))
     return RunInfo(
         id=row.id,
         name=row.name,
@@ -556,9 +721,13 @@ class RunWriter:
     def __init__(self, engine: Engine, run_id: int):
         self.engine = engine
         self.run_id = run_id
+        self._heartbeat: _Heartbeat | None = None
 
     @classmethod
-    def begin(cls, engine: Engine, info: RunInfo) -> RunWriter:
+    def begin(cls, engine: Engine, info: RunInfo, *, heartbeat: bool = True) -> RunWriter:
+        """Insert the run as `running`. With `heartbeat` (the default) a thread keeps
+        it visibly alive until `finish` (see `_Heartbeat`): readers on other hosts
+        tell a dead writer from a slow one by it."""
         check_lengths(
             schema.Run,
             dict(
@@ -574,32 +743,50 @@ class RunWriter:
         if info.seed is not None and not 0 <= info.seed < 2**63:
             raise StoreError(f"seed {info.seed} does not fit the store (0 to 2^63 - 1)")
         now = _utcnow()
-        with Session(engine) as session, session.begin():
-            row = schema.Run(
-                name=info.name,
-                seed=info.seed,
-                model_name=info.model_name,
-                model_description=info.model_description,
-                optimizer=info.optimizer,
-                optimizer_settings=info.optimizer_settings,
-                learning_rate=info.learning_rate,
-                loss_name=info.loss_name,
-                dataset=info.dataset,
-                config=info.config,
-                torch_version=info.torch_version,
-                cnnviz_version=info.cnnviz_version,
-                status=RUN_RUNNING,
-                started_at=info.started_at or now,
-                num_iterations=0,
-                writer_host=process_host(),
-                writer_pid=os.getpid(),
-                heartbeat_at=now,
-            )
-            session.add(row)
-            session.flush()
-            run_id = row.id
+        values = dict(
+            name=info.name,
+            seed=info.seed,
+            model_name=info.model_name,
+            model_description=info.model_description,
+            optimizer=info.optimizer,
+            optimizer_settings=info.optimizer_settings,
+            learning_rate=info.learning_rate,
+            loss_name=info.loss_name,
+            dataset=info.dataset,
+            config=info.config,
+            torch_version=info.torch_version,
+            cnnviz_version=info.cnnviz_version,
+            status=RUN_RUNNING,
+            started_at=info.started_at or now,
+            num_iterations=0,
+            writer_host=process_host(),
+            writer_pid=os.getpid(),
+            heartbeat_at=now,
+        )
+        insert = schema.Run.__table__.insert().returning(schema.Run.id)
+        lease = heartbeat and engine.dialect.name == "postgresql"
+        if not lease:
+            with engine.begin() as connection:
+                run_id = connection.execute(insert, values).scalar_one()
+        else:
+            # The run row and its lease in one transaction, on the connection that
+            # keeps the lease: no reader ever sees the running run without it.
+            connection = engine.connect()
+            try:
+                with connection.begin():
+                    _Heartbeat.prepare(connection)
+                    run_id = connection.execute(insert, values).scalar_one()
+                    connection.execute(
+                        text("SELECT pg_advisory_lock(:key)"), {"key": lease_key(run_id)}
+                    )
+            except BaseException:
+                connection.close()
+                raise
         info.id = run_id
-        return cls(engine, run_id)
+        writer = cls(engine, run_id)
+        if heartbeat:
+            writer._heartbeat = _Heartbeat(engine, run_id, connection if lease else None)
+        return writer
 
     def set_layers(self, layers: Sequence[LayerInfo]) -> None:
         """Record the model's layers (known after the first forward pass)."""
@@ -708,12 +895,25 @@ class RunWriter:
                 )
 
     def finish(self, status: str = RUN_COMPLETED, error: str | None = None) -> None:
-        with Session(self.engine) as session, session.begin():
-            session.execute(
-                schema.Run.__table__.update()
-                .where(schema.Run.id == self.run_id)
-                .values(status=status, finished_at=_utcnow(), error=error, heartbeat_at=_utcnow())
-            )
+        """Write the run's final status, then stop the heartbeat and give the lease back."""
+        try:
+            with Session(self.engine) as session, session.begin():
+                session.execute(
+                    schema.Run.__table__.update()
+                    .where(schema.Run.id == self.run_id)
+                    .values(
+                        status=status, finished_at=_utcnow(), error=error, heartbeat_at=_utcnow()
+                    )
+                )
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the heartbeat and release the lease without writing a status (`finish`
+        does both); the run then reads as stale once its writer is gone."""
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is not None:
+            heartbeat.stop()
 
 
 @dataclass
@@ -994,6 +1194,12 @@ class Store:
     def _session(self) -> Session:
         return Session(self.engine)
 
+    def _live(self) -> Liveness:
+        if self.dialect != "postgresql":
+            return Liveness(_utcnow(), process_host())
+        with self.engine.connect() as connection:
+            return liveness(connection)
+
     def _has_schema(self) -> bool:
         # Checked once at open: an empty SQLite file reads as an empty store.
         return self._schema_present
@@ -1002,15 +1208,15 @@ class Store:
         if not self._has_schema():
             return []
         with self._session() as session:
+            live = liveness(session.connection())
             rows = session.scalars(select(schema.Run).order_by(schema.Run.id)).all()
-            host = process_host()
-            return [_run_info(row, host=host) for row in rows]
+            return [_run_info(row, live=live) for row in rows]
 
     def run_page(self, query: RunQuery) -> RunPage:
         """One page of runs, filtered and sorted in SQL (see storage.paging)."""
         if not self._has_schema():
             return RunPage(runs=[], total=0, models=[], statuses=[], any_running=False)
-        return paging.run_page(self.engine, query, _run_info)
+        return paging.run_page(self.engine, query, functools.partial(_run_info, live=self._live()))
 
     def tensor_window(self, run_id: int, index: int, name: str, **window) -> TensorWindow | None:
         """A window of one plane of one tensor, read from its bytes alone (see storage.paging)."""
@@ -1018,12 +1224,52 @@ class Store:
             return None
         return paging.tensor_window(self.engine, run_id, index, name, **window)
 
+    def find_runs(self, query: RunQuery) -> list[RunInfo]:
+        """One page of runs without the counts around it: a run picker's options
+        (`RunQuery.text` searches name, model, id and seed; see storage.paging)."""
+        if not self._has_schema():
+            return []
+        return paging.find_runs(self.engine, query, _run_info)
+
+    def iteration_indices(self, run_id: int) -> list[int]:
+        """The indices of a run's stored iterations, in order."""
+        if not self._has_schema() or not _storable_id(run_id):
+            return []
+        return paging.iteration_indices(self.engine, run_id)
+
+    def tensor_records(self, run_id: int, index: int) -> list[TensorRecord] | None:
+        """Every tensor of one iteration, without bytes or steps (names, shapes, summaries);
+        None when the run stores no such iteration."""
+        if not self._has_schema() or not _storable_id(run_id, index):
+            return None
+        return paging.tensor_records(self.engine, run_id, index)
+
+    def summary_history(
+        self, run_ids: Iterable[int], roles: Iterable[str], column: str = "l2"
+    ) -> list[tuple[int, int, str, str, float | None]]:
+        """(run, iteration, tensor, role, summary) rows in one query, for charts over
+        iterations (see storage.paging.summary_history)."""
+        ids = [i for i in run_ids if _storable_id(i)]
+        if not self._has_schema() or not ids:
+            return []
+        return paging.summary_history(self.engine, ids, list(roles), column)
+
+    def loss_history(self, run_ids: Iterable[int]) -> list[tuple[int, int, float | None]]:
+        """(run, iteration, loss) of these runs in run and iteration order."""
+        ids = [i for i in run_ids if _storable_id(i)]
+        if not self._has_schema() or not ids:
+            return []
+        return paging.loss_history(self.engine, ids)
+
     def get_run(self, run_id: int) -> RunInfo | None:
         if not self._has_schema() or not _storable_id(run_id):
             return None
         with self._session() as session:
             row = session.get(schema.Run, run_id, options=[selectinload(schema.Run.layers)])
-            return _run_info(row, with_layers=True) if row is not None else None
+            if row is None:
+                return None
+            live = liveness(session.connection()) if row.status == RUN_RUNNING else None
+            return _run_info(row, with_layers=True, live=live)
 
     def iterations(self, run_id: int) -> list[IterationSummary]:
         if not self._has_schema() or not _storable_id(run_id):
@@ -1091,6 +1337,7 @@ class Store:
                 created_at=row.created_at,
                 tensors=[_tensor_record(t, with_data) for t in row.tensors],
                 steps=[_step_record(s) for s in row.steps],
+                unexplained=session.get(schema.Capture, row.id) is not None,
             )
 
     def load_tensor(self, run_id: int, index: int, name: str) -> TensorRecord | None:
@@ -1210,13 +1457,14 @@ class Store:
             raise StoreError(f"{self.location} is open read-only")
         if not self._has_schema():
             return []
-        host, now, pruned = process_host(), _utcnow(), []
+        pruned = []
         with Session(self.engine) as session, session.begin():
+            live = liveness(session.connection())
             rows = session.scalars(select(schema.Run).where(schema.Run.status == RUN_RUNNING))
             for row in rows:
-                reason = stale_reason(row, now, host)
+                reason = stale_reason(row, live)
                 if reason is not None:
-                    row.status, row.finished_at = RUN_INTERRUPTED, now
+                    row.status, row.finished_at = RUN_INTERRUPTED, live.now
                     row.error = f"stale: {reason}"
                     pruned.append((row.id, reason))
         return pruned

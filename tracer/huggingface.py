@@ -13,7 +13,9 @@ of a step under gradient accumulation). A loss computed inside the model's forwa
 the `transformers` package with `accelerate` (`pip install transformers accelerate`).
 
 The Trainer has no event for a `train()` that raises: call `callback.close(error=exc)`
-in your `except` so that the run is marked failed and the model loses its hooks.
+in your `except` so that the run is marked failed and the model loses its hooks
+(otherwise the run is closed as `interrupted` when the interpreter exits). SIGTERM
+ends the run `interrupted` and the process with status 143 (see `tracer.signals`).
 """
 
 from __future__ import annotations

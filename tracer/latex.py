@@ -7,6 +7,7 @@ ellipsis, and its last row/column; the full values stay in the stored tensor.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
@@ -49,6 +50,9 @@ def fmt(value: float, style: str = "fixed") -> str:
     return "0.0000" if text == "-0.0000" else text
 
 
+_FIXED = "{:.4f}"
+
+
 def scalar(value: float) -> str:
     """A single number, with the format chosen for its own magnitude."""
     return fmt(value, number_format(np.asarray([value], dtype=np.float64)))
@@ -77,24 +81,29 @@ def bmatrix(
         raise ValueError(f"bmatrix takes at most 2 dimensions, got shape {array.shape}")
     rows = _pick(array.shape[0], max_rows)
     cols = _pick(array.shape[1], max_cols)
+    row_at = [r for r in rows if r is not None]
+    col_at = [c for c in cols if c is not None]
+    # The shown cells as Python numbers, read once (indexing NumPy cell by cell costs
+    # more than formatting them).
+    shown = array[np.ix_(row_at, col_at)]
     if style is None:  # chosen from the cells shown: a large tensor is not scanned whole
-        shown = array[
-            np.ix_([r for r in rows if r is not None], [c for c in cols if c is not None])
-        ]
         style = number_format(shown)
+    if style == "fixed" and bool(np.isfinite(shown).all()):
+        cell = _FIXED.format  # then fmt(v, "fixed") is this, but for -0.0000
+    else:
+        cell = partial(fmt, style=style)
+    gap = cols.index(None) if None in cols else None  # where the row's \cdots goes
     lines = []
-    for r in rows:
-        cells = []
-        for c in cols:
-            if r is None and c is None:
-                cells.append(r"\ddots")
-            elif r is None:
-                cells.append(r"\vdots")
-            elif c is None:
-                cells.append(r"\cdots")
-            else:
-                cells.append(fmt(array[r, c], style))
-        lines.append(" & ".join(cells))
+    for row in shown.tolist():
+        texts = list(map(cell, row))
+        if "-0.0000" in texts:
+            texts = ["0.0000" if t == "-0.0000" else t for t in texts]
+        if gap is not None:
+            texts.insert(gap, r"\cdots")
+        lines.append(" & ".join(texts))
+    if None in rows:
+        dots = " & ".join(r"\ddots" if c is None else r"\vdots" for c in cols)
+        lines.insert(rows.index(None), dots)
     return r"\begin{bmatrix}" + r" \\ ".join(lines) + r"\end{bmatrix}"
 
 

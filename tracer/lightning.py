@@ -9,6 +9,10 @@ its forward is the traced forward. Each training batch is an iteration, stored
 under its number (1, 2, ...: Lightning's `global_step + 1` without gradient
 accumulation); every `every`-th one is traced, with the loss `training_step`
 returned. Needs the `lightning` package (`pip install lightning`).
+
+SIGTERM goes to Lightning's own handler, which stops after the current batch and
+raises its SIGTERMException; the run is then marked `interrupted` (see
+`tracer.signals`) and the process exits as Lightning decides (status 0).
 """
 
 from __future__ import annotations

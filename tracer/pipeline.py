@@ -26,6 +26,7 @@ that the worker thread adds to the capture through the GIL and the shared cores
 
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import threading
@@ -39,6 +40,11 @@ DEFAULT_QUEUE_SIZE = 2  # captured iterations waiting for the worker, at most
 # take it back, and with the default interval it can wait 5 ms for the worker's
 # Python (LaTeX, records) every time.
 _SWITCH_INTERVAL = 0.0005
+
+# The worker thread runs this much nicer than the training thread (Linux: a thread's
+# own priority), so that on a machine with no idle core the training thread gets the
+# CPU first and the worker takes what is left. 0: the same priority.
+WORKER_NICENESS = 10
 
 _STOP = object()
 
@@ -98,6 +104,7 @@ class Background:
         return self._queue.unfinished_tasks
 
     def _run(self) -> None:
+        _lower_priority()
         while True:
             job = self._queue.get()
             try:
@@ -150,6 +157,18 @@ class Background:
             self._thread.join()
         finally:
             sys.setswitchinterval(self._switch)
+
+
+def _lower_priority() -> None:
+    """Give the calling thread (the worker) a lower CPU priority than the training thread."""
+    niceness = WORKER_NICENESS
+    if not niceness or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + niceness)
+    except OSError:
+        pass
 
 
 def _describe(exc: BaseException) -> str:

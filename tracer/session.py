@@ -38,6 +38,7 @@ tensors only, in the worker. An error in the worker is raised at the next
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import os
 import platform
@@ -58,6 +59,7 @@ from .assemble import NOT_EXPLAINED, Bounds, TraceError, build_record, layer_inf
 from .capture import Capture
 from .explainers import explainer_for
 from .pipeline import DEFAULT_QUEUE_SIZE, Background, Inline
+from .signals import Terminated, unwatch, watch
 
 EXPLAIN_MODES = ("inline", "background", "off")
 DEFAULT_EXPLAIN = "background"
@@ -196,6 +198,8 @@ class Trace:
         self._layers_written = False
         self._pipeline: Inline | Background | None = None
         self._messages: list[str] = []  # warnings from the worker, issued on the training thread
+        self._terminated = False  # SIGTERM arrived while the trace was open (tracer.signals)
+        self._closing = False
 
     def __enter__(self) -> Trace:
         if self._entered:
@@ -231,9 +235,29 @@ class Trace:
             self._writer.finish(RUN_FAILED, f"could not attach to the model: {exc}".splitlines()[0])
             self._engine.dispose()
             raise
+        # SIGTERM ends the run `interrupted` (tracer.signals), and a trace still open
+        # when the interpreter exits is closed then (a Trainer that raised, a
+        # forgotten close()), so its run does not stay `running`.
+        watch(self)
+        atexit.register(self._close_at_exit)
         return self
 
+    def _on_sigterm(self) -> None:
+        self._terminated = True
+
+    def _close_at_exit(self) -> None:
+        if self._writer is None:
+            return
+        try:
+            if self._in_iteration:
+                self._abandon()
+            why = Terminated() if self._terminated else _ExitedOpen()
+            self.__exit__(type(why), why, None)
+        except BaseException as exc:  # the interpreter is going: one line, no traceback
+            print(f"cnnviz: could not close run {self.run_id} at exit: {exc}", file=sys.stderr)
+
     def __exit__(self, exc_type, exc, tb) -> bool:
+        self._closing = True
         worker_error = None
         try:
             self._capture.detach()
@@ -245,9 +269,9 @@ class Trace:
             try:
                 if self._pipeline is not None:
                     # Iterations already captured are whole: write them, unless the user
-                    # pressed Ctrl-C (then only the one in the worker's hands finishes).
-                    interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
-                    self._pipeline.close(drain=not interrupted)
+                    # pressed Ctrl-C or SIGTERM came (then only the one in the worker's
+                    # hands finishes: a scheduler's grace period is short).
+                    self._pipeline.close(drain=not self._stopped(exc_type))
                     worker_error = getattr(self._pipeline, "error", None)
                 self._flush_messages()
             finally:
@@ -256,13 +280,25 @@ class Trace:
             self._pipeline.raise_pending()
         return False
 
+    def _stopped(self, exc_type) -> bool:
+        """Whether the run ends because someone stopped it: Ctrl-C, or an exception
+        after SIGTERM (ours, Lightning's SIGTERMException, the user's handler's)."""
+        if exc_type is None:
+            return False
+        return issubclass(exc_type, (KeyboardInterrupt, Terminated)) or self._terminated
+
     def _finish(self, exc_type, exc, worker_error) -> None:
         try:
             if self._writer is not None:
                 if exc_type is None and worker_error is None:
                     self._writer.finish(RUN_COMPLETED)
-                elif exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-                    self._writer.finish(RUN_INTERRUPTED, "interrupted")
+                elif exc_type is not None and issubclass(exc_type, _ExitedOpen):
+                    self._writer.finish(RUN_INTERRUPTED, str(exc))
+                elif self._stopped(exc_type):
+                    terminated = self._terminated or issubclass(exc_type, Terminated)
+                    self._writer.finish(
+                        RUN_INTERRUPTED, "terminated (SIGTERM)" if terminated else "interrupted"
+                    )
                 elif exc_type is None or exc is worker_error:
                     why = f"{type(worker_error).__name__}: {worker_error}".splitlines()[0]
                     self._writer.finish(RUN_FAILED, f"tracing failed in the background: {why}")
@@ -273,6 +309,8 @@ class Trace:
                 self._engine.dispose()
             self._writer = None
             self._engine = None
+            atexit.unregister(self._close_at_exit)
+            unwatch(self)  # last: a SIGTERM held back while closing is sent again here
 
     # ------------------------------------------------ explicit open/close, like a logger
 
@@ -423,6 +461,13 @@ class Trace:
             return
         self.warned.append(key)
         warnings.warn(f"cnnviz: {message}", TraceWarning, stacklevel=_user_stacklevel())
+
+
+class _ExitedOpen(Exception):
+    """How a trace still open at interpreter exit is closed."""
+
+    def __init__(self) -> None:
+        super().__init__("the process exited with the trace still open (close() was not called)")
 
 
 def _as_float(loss) -> float:

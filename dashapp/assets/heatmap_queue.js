@@ -18,7 +18,8 @@
  */
 (function () {
   "use strict";
-  var NEAR = "600px"; // slots this close to the viewport are drawn
+  var MARGIN_PX = 600;
+  var NEAR = MARGIN_PX + "px"; // slots this close to the viewport are drawn
   var GAP_MS = 10; // pause between two drawings
 
   var observed = new WeakSet();
@@ -112,13 +113,42 @@
     });
   }
 
+  // A slot queued while near the viewport may have left it (the reader scrolled on, or
+  // formulas typeset above it pushed it down): the next one drawn is one near the
+  // viewport now; the others go back to the observer, so nothing waits for them.
+  function near(slot) {
+    var box = slot.getBoundingClientRect();
+    return box.bottom > -MARGIN_PX && box.top < window.innerHeight + MARGIN_PX;
+  }
+
+  function nextSlot() {
+    for (var i = 0; i < queue.length; i++) {
+      if (near(queue[i])) {
+        return queue.splice(i, 1)[0];
+      }
+    }
+    var redraw = null;
+    queue.splice(0).forEach(function (slot) {
+      if (slot._cnnvizDrawn !== undefined || !observer) {
+        redraw = redraw || slot; // shown once already, its figure changed: redraw it
+        if (redraw !== slot) {
+          queue.push(slot);
+        }
+      } else if (slot.isConnected && !observed.has(slot)) {
+        observed.add(slot);
+        observer.observe(slot);
+      }
+    });
+    return redraw;
+  }
+
   function pump() {
     if (timer !== null || !queue.length) {
       return;
     }
     timer = setTimeout(function () {
       loadPlotly().then(function (Plotly) {
-        var slot = queue.shift();
+        var slot = nextSlot();
         if (slot && slot.isConnected && stale(slot)) {
           return draw(Plotly, slot);
         }

@@ -33,8 +33,8 @@
     records.forEach(function (record) {
       var slot = record.target;
       var panel = slot.closest && slot.closest(".tensor-panel[data-aio]");
-      if (!panel || record.oldValue === null) {
-        return;
+      if (!panel || record.oldValue === null || panel.hasAttribute("data-follows")) {
+        return; // a panel that shows another panel's window leaves the URL to that one
       }
       var before = parts(record.oldValue);
       var now = parts(slot.getAttribute("data-src"));
@@ -48,7 +48,10 @@
       } else {
         url.searchParams.set(key, viewOf(now));
       }
-      if (url.href !== window.location.href) {
+      // Compared as parsed: an address typed as ?a=1:3 is the same as ?a=1%3A3, and a
+      // push there would drop the forward history.
+      var current = new URLSearchParams(window.location.search).toString();
+      if (url.searchParams.toString() !== current) {
         window.history.pushState(window.history.state, "", url.href);
       }
     });

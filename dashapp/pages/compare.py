@@ -3,6 +3,18 @@ one tensor of one layer in two (run, iteration) selections side by side, on one
 colour scale, with their difference; below, loss and per-layer weight and
 gradient norms over iterations with the runs overlaid (seed sensitivity).
 
+The page costs what it shows, at any number of runs and any tensor size:
+- the run pickers hold a few runs and search the store as one types (name, model,
+  id or seed; `RunStore.find_runs`), so no list of every run is built;
+- each side and the difference are tensor panels (dashapp.tensorpanel): the page
+  holds figure addresses, and only the window in view is read
+  (`RunStore.tensor_window`). Side A's controls move the window of all three, and
+  the window is in the URL (`t.<tensor>=SAMPLE,CHANNEL@ROW,COLUMN`);
+- the numbers over the full tensors (max |Δ|, ‖Δ‖₂, cosine) read that one tensor
+  of each side, never the rest of the iteration;
+- the charts over iterations come from the stored summaries in one query each, as
+  plain figure dicts, in their own callback after the page is shown.
+
 "First divergence" finds the first iteration and step where the two runs differ
 (storage.diverge) and opens the page there (&first=1 says so above the heatmaps).
 
@@ -12,10 +24,13 @@ is a link and the browser's back button undoes a choice.
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import NamedTuple
 
 import dash
 import dash_bootstrap_components as dbc
+import numpy as np
 from dash import ALL, Input, Output, State, ctx, dcc, html
 
 from dashapp import figures, layouts, links
@@ -24,15 +39,20 @@ from dashapp.data import (
     current_store,
     parse_int_list,
     parse_selection,
-    require_iteration,
     require_run,
-    require_stored,
     store_location,
 )
 from dashapp.formatting import format_shape
 from dashapp.guard import page_layout
-from dashapp.tensorview import difference_view, matrix_view
-from storage import IterationRecord, RunInfo, RunStore, TensorRecord, names
+from dashapp.tensorpanel import (
+    PanelView,
+    TensorPanel,
+    caption,
+    figure_url,
+    views_from_query,
+)
+from dashapp.tensorview import MAX_COLS, MAX_ROWS
+from storage import RunInfo, RunQuery, RunStore, TensorRecord, names
 from storage.diverge import DivergeError, DivergenceReport, first_divergence
 
 dash.register_page(__name__, path=links.COMPARE, name="Compare", title="Compare · cnnviz", order=3)
@@ -53,15 +73,25 @@ ROLE_ORDER = (
     names.ROLE_TARGET,
 )
 MAX_DEFAULT_RUNS = 10
+PICKER_RUNS = 20  # runs a picker offers for what was typed
+ITERATION_OPTIONS = 200  # a run with more iterations offers some and searches the rest
 # The layer entry of tensors that belong to no layer (input, labels, input gradient);
 # parentheses never occur in a module's qualified name.
 MODEL_LEVEL = "(model)"
+# Tensor panel ids: A has the window controls; B and the difference follow it when
+# the shapes agree ("compare-b"); a B of another shape has its own ("compare-b-own").
+PANEL_A, PANEL_B, PANEL_B_OWN, PANEL_DIFF = (
+    "compare-a",
+    "compare-b",
+    "compare-b-own",
+    "compare-diff",
+)
 
 
-def comparable(record: IterationRecord) -> dict[str, dict[str, list[str]]]:
+def comparable(tensors: list[TensorRecord]) -> dict[str, dict[str, list[str]]]:
     """layer -> role -> tensor names, for the tensors that belong to a layer."""
     table: dict[str, dict[str, list[str]]] = {}
-    for t in record.tensors:
+    for t in tensors:
         if t.role not in ROLE_ORDER:
             continue
         table.setdefault(t.layer or MODEL_LEVEL, {}).setdefault(t.role, []).append(t.name)
@@ -69,18 +99,30 @@ def comparable(record: IterationRecord) -> dict[str, dict[str, list[str]]]:
 
 
 def choose(
-    record: IterationRecord, run: RunInfo, layer: str | None, role: str | None, tensor: str | None
+    tensors: list[TensorRecord],
+    run: RunInfo,
+    index: int,
+    layer: str | None,
+    role: str | None,
+    tensor: str | None,
 ) -> tuple[str, str, str, list[str]]:
     """(layer, role, tensor name, notes): the URL's choice, or a sensible default.
 
-    An unknown layer is NotFound; a role or tensor the layer does not have falls
-    back to one it has, with a note saying so."""
-    table = comparable(record)
+    An unknown layer or tensor is NotFound; a role or tensor the layer does not have
+    falls back to one it has, with a note saying so."""
+    table = comparable(tensors)
     order = [layer.name for layer in run.layers if layer.name in table] + [
         n for n in table if n not in {x.name for x in run.layers}
     ]
     if not order:
-        raise NotFound(f"run {run.id} iteration {record.index} has no layer tensors to compare")
+        raise NotFound(f"run {run.id} iteration {index} has no layer tensors to compare")
+    named = next((t for t in tensors if t.name == tensor), None) if tensor is not None else None
+    if tensor is not None and named is None:
+        raise NotFound(f"run {run.id} iteration {index} has no tensor {tensor!r}")
+    if named is not None and named.role in ROLE_ORDER:
+        # A tensor named alone says its layer and role.
+        layer = layer or named.layer or MODEL_LEVEL
+        role = role or named.role
     notes = []
     if layer is None:
         layer = next((n for n in order if names.ROLE_PARAM in table[n]), order[0])
@@ -105,18 +147,86 @@ def choose(
     return layer, role, tensor, notes
 
 
-def default_selections(store: RunStore, runs: list[RunInfo], picked: list[int] | None):
+def last_iteration(store: RunStore, run: RunInfo) -> int:
+    indices = store.iteration_indices(run.id)
+    return indices[-1] if indices else 1
+
+
+def default_selections(store: RunStore, picked: list[int] | None):
     """A: the first picked run (or the first run), last iteration; B: the next one."""
-    by_id = {r.id: r for r in runs}
-    order = [i for i in (picked or []) if i in by_id] or [r.id for r in runs]
-    first = by_id[order[0]]
-    second = by_id[order[1]] if len(order) > 1 else first
-    a = (first.id, max(first.num_iterations, 1))
+    order = [run for run in (store.get_run(i) for i in (picked or [])[:2]) if run is not None]
+    if not order:
+        order = store.find_runs(RunQuery(limit=2))
+    first = order[0]
+    second = order[1] if len(order) > 1 else first
+    a = (first.id, last_iteration(store, first))
     if second.id == first.id:
-        b = (first.id, 1 if first.num_iterations > 1 else a[1])
+        indices = store.iteration_indices(first.id)
+        b = (first.id, indices[0] if len(indices) > 1 else a[1])
     else:
-        b = (second.id, max(second.num_iterations, 1))
+        b = (second.id, last_iteration(store, second))
     return a, b
+
+
+def require_tensors(store: RunStore, run: RunInfo, index: int) -> list[TensorRecord]:
+    """The iteration's tensors without bytes; NotFound when the run does not store it."""
+    tensors = store.tensor_records(run.id, index)
+    if tensors is None:
+        count = run.num_iterations
+        stored = (
+            f"it has {count} iteration{'s' if count != 1 else ''}"
+            if count
+            else "it has no iterations yet"
+        )
+        raise NotFound(f"run {run.id} has no iteration {index}: {stored}")
+    return tensors
+
+
+class Choice(NamedTuple):
+    """What the address compares, resolved against the store (no tensor bytes read).
+    (A NamedTuple: Dash Pages runs this module before it is in sys.modules, which
+    dataclasses need.)"""
+
+    run_a: RunInfo
+    run_b: RunInfo
+    sel_a: tuple[int, int]
+    sel_b: tuple[int, int]
+    tensors_a: list[TensorRecord]
+    layer: str
+    role: str
+    name: str
+    notes: list[str]
+    ta: TensorRecord
+    tb: TensorRecord | None
+    picked: list[int] | None
+
+    @property
+    def same_shape(self) -> bool:
+        return self.tb is not None and tuple(self.tb.shape) == tuple(self.ta.shape)
+
+
+def resolve(store: RunStore, a=None, b=None, layer=None, role=None, tensor=None, runs=None):
+    """The address's choice, or NotFound for anything it names that the store lacks."""
+    for name, value in (("layer", layer), ("role", role), ("tensor", tensor)):
+        if isinstance(value, list):
+            raise NotFound(f"the address gives {name} more than once")
+    picked = parse_int_list(runs, "runs")
+    sel_a, sel_b = parse_selection(a, "side A"), parse_selection(b, "side B")
+    if sel_a is None or sel_b is None:
+        default_a, default_b = default_selections(store, picked)
+        sel_a, sel_b = sel_a or default_a, sel_b or default_b
+    run_a, run_b = require_run(store, sel_a[0]), require_run(store, sel_b[0])
+    tensors_a = require_tensors(store, run_a, sel_a[1])
+    tensors_b = require_tensors(store, run_b, sel_b[1])
+    layer, role, name, notes = choose(
+        tensors_a, run_a, sel_a[1], layer or None, role or None, tensor or None
+    )
+    ta = next(t for t in tensors_a if t.name == name)
+    tb = next((t for t in tensors_b if t.name == name), None)
+    return Choice(run_a, run_b, sel_a, sel_b, tensors_a, layer, role, name, notes, ta, tb, picked)
+
+
+# ---------------------------------------------------------------- numbers over the full tensors
 
 
 def zero_note(role: str, a_is_zero: bool, b_is_zero: bool) -> str | None:
@@ -142,20 +252,40 @@ def cosine_undefined(stats: figures.DifferenceStats) -> str:
     return "undefined (a zero tensor)"
 
 
-def stats_block(ta: TensorRecord, tb: TensorRecord) -> html.Div:
-    if tuple(ta.shape) != tuple(tb.shape):
-        return dbc.Alert(
-            f"The shapes differ ({format_shape(ta.shape)} and {format_shape(tb.shape)}): "
-            "there is no element-wise difference.",
-            color="warning",
-        )
+def compared(ta: TensorRecord, tb: TensorRecord) -> tuple[figures.DifferenceStats, str | None]:
+    """The statistics over every stored value of two equally shaped tensors, and a note
+    when a store size bound kept only the first values."""
     a, b = ta.array.reshape(-1), tb.array.reshape(-1)
     note = None
     if a.size != b.size or ta.truncated or tb.truncated:
         n = min(a.size, b.size)
         a, b = a[:n], b[:n]
         note = f"over the {n} stored values (a store size bound kept only the first ones)"
-    stats = figures.difference_stats(a, b)
+    return figures.difference_stats(a, b), note
+
+
+@functools.lru_cache(maxsize=32)
+def stored_comparison(
+    store: RunStore, a: tuple[int, int], b: tuple[int, int], name: str
+) -> tuple[figures.DifferenceStats, str | None]:
+    """`compared` for the tensor `name` of two stored iterations: reads that one tensor's
+    bytes of each side (a committed iteration never changes, so it is kept)."""
+    ta, tb = store.load_tensor(*a, name), store.load_tensor(*b, name)
+    if ta is None or tb is None:
+        raise NotFound(f"tensor {name} is not stored in both iterations")
+    return compared(ta, tb)
+
+
+def stats_block(ta: TensorRecord, tb: TensorRecord, stats=None) -> html.Div:
+    """How far apart A and B are over the full tensors. `stats`: (DifferenceStats, note)
+    already computed; otherwise computed from the records' arrays."""
+    if tuple(ta.shape) != tuple(tb.shape):
+        return dbc.Alert(
+            f"The shapes differ ({format_shape(ta.shape)} and {format_shape(tb.shape)}): "
+            "there is no element-wise difference.",
+            color="warning",
+        )
+    stats, note = stats if stats is not None else compared(ta, tb)
     cosine = f"{stats.cosine:.6f}" if stats.cosine is not None else cosine_undefined(stats)
     zero = zero_note(ta.role, stats.norm_a == 0, stats.norm_b == 0)
     metrics = html.Div(
@@ -176,7 +306,7 @@ def stats_block(ta: TensorRecord, tb: TensorRecord) -> html.Div:
     )
     bars = dcc.Graph(
         id="compare-bars",
-        figure=figures.difference_bars(stats),
+        figure=figures.difference_bars_dict(stats),
         config=layouts.GRAPH_CONFIG,
         className="compare-bars",
     )
@@ -199,16 +329,32 @@ def stats_block(ta: TensorRecord, tb: TensorRecord) -> html.Div:
     )
 
 
-def side_card(
-    label: str,
-    run: RunInfo,
-    index: int,
-    tensor: TensorRecord | None,
-    view,
-    zrange,
-    missing_message: str | None,
-    side: str,
-) -> dbc.Card:
+def difference_line(stats: figures.DifferenceStats, numel: int) -> str:
+    return (
+        f"max |Δ| {stats.max_abs:.4g} · ‖Δ‖₂ {stats.l2:.4g} "
+        f"(over {'all ' if stats.count == numel else ''}{stats.count:,} values)"
+    )
+
+
+# ---------------------------------------------------------------- the three panels
+
+
+def _stored_min(ta: TensorRecord, tb: TensorRecord) -> TensorRecord:
+    """A record whose stored count is the smaller of both: a difference cell exists
+    where both sides store a value (size bounds keep a prefix)."""
+    counts = [n for n in (ta.stored_numel, tb.stored_numel) if n is not None]
+    return TensorRecord(
+        name=ta.name,
+        role=ta.role,
+        array=ta.array,
+        layer=ta.layer,
+        shape=tuple(ta.shape),
+        summary=ta.summary,
+        stored_numel=min(counts) if counts else None,
+    )
+
+
+def side_card(label: str, run: RunInfo, index: int, body, side: str) -> dbc.Card:
     title = html.Div(
         [
             html.Span(label, className="side-label"),
@@ -218,65 +364,293 @@ def side_card(
             html.Span(f" · iteration {index}", className="text-muted"),
         ]
     )
-    if tensor is None:
-        body = dbc.Alert(missing_message, color="warning", className="mb-0")
-    else:
-        body = html.Div(
-            [
-                html.Div(
-                    [
-                        html.Code(tensor.name),
-                        html.Span(format_shape(tensor.shape), className="tensor-shape"),
-                    ],
-                    className="tensor-header",
-                ),
-                dcc.Graph(
-                    id=f"compare-{side}-graph",
-                    figure=figures.heatmap(view, zrange=zrange, colorbar=True),
-                    config=layouts.GRAPH_CONFIG,
-                    className="heatmap",
-                ),
-                html.Div(view.caption, className="tensor-caption"),
-                html.Div(
-                    [
-                        html.A(
-                            f".{fmt}",
-                            href=links.download(run.id, index, tensor.name, fmt),
-                            download="",
-                            className="download-link",
-                        )
-                        for fmt in links.DOWNLOAD_FORMATS
-                    ],
-                    className="tensor-downloads",
-                ),
-            ]
-        )
     return dbc.Card(
-        [dbc.CardHeader(title), dbc.CardBody(body)],
+        [dbc.CardHeader(title), dbc.CardBody(body, id=f"compare-{side}-graph")],
         className=f"compare-side compare-{side} shadow-sm",
     )
 
 
-def history_section(store: RunStore, runs: list[RunInfo], chosen: list[int]) -> html.Div:
-    by_id = {r.id: r for r in runs}
-    legend = [
-        (rid, layouts.run_label(by_id[rid]), figures.run_color(i)) for i, rid in enumerate(chosen)
-    ]
-    loss_series = []
-    for rid, label, color in legend:
-        its = store.iterations(rid)
-        loss_series.append(
-            figures.Series(label, color, [i.index for i in its], [i.loss for i in its])
+def panels(choice: Choice, view: PanelView, stats) -> list:
+    (ra, ia), (rb, ib) = choice.sel_a, choice.sel_b
+    same = choice.same_shape
+    cards = [
+        side_card(
+            "A",
+            choice.run_a,
+            ia,
+            TensorPanel(
+                choice.ta,
+                run_id=ra,
+                index=ia,
+                aio_id=PANEL_A,
+                view=view,
+                figure_query={"with": links.selection(rb, ib)} if same else None,
+            ),
+            "a",
         )
-    rows = store.tensor_history(chosen, roles=[names.ROLE_PARAM, names.ROLE_PARAM_GRAD])
-    pairs = figures.norm_panels(rows, legend)
-    picker = dcc.Dropdown(
-        id="compare-runs",
-        options=[{"label": layouts.run_label(r), "value": r.id} for r in runs],
-        value=chosen,
-        multi=True,
-        className="runs-picker",
+    ]
+    if choice.tb is None:
+        body = dbc.Alert(
+            f"run {rb} iteration {ib} has no tensor {choice.name}",
+            color="warning",
+            className="mb-0",
+        )
+    else:
+        body = TensorPanel(
+            choice.tb,
+            run_id=rb,
+            index=ib,
+            aio_id=PANEL_B if same else PANEL_B_OWN,
+            view=view,
+            controls=not same,
+            figure_query={"with": links.selection(ra, ia)} if same else None,
+        )
+    cards.append(side_card("B", choice.run_b, ib, body, "b"))
+    if same:
+        numel = math.prod(int(d) for d in choice.ta.shape)
+        diff = TensorPanel(
+            _stored_min(choice.ta, choice.tb),
+            run_id=rb,
+            index=ib,
+            aio_id=PANEL_DIFF,
+            view=view,
+            controls=False,
+            figure_query={"minus": links.selection(ra, ia)},
+            summary=difference_line(stats[0], numel) if stats is not None else "",
+            downloads=False,
+        )
+        cards.append(
+            dbc.Card(
+                [
+                    dbc.CardHeader(
+                        html.Div(
+                            [
+                                html.Span("Δ = B − A", className="side-label"),
+                                html.Span(
+                                    " own colour scale, over this window",
+                                    className="text-muted small",
+                                ),
+                            ]
+                        )
+                    ),
+                    dbc.CardBody(diff, id="compare-diff-graph"),
+                ],
+                className="compare-side compare-diff shadow-sm",
+            )
+        )
+    return [dbc.Col(card, lg=4) for card in cards]
+
+
+@dash.callback(
+    # The panels' own callback (MATCH) may write these too; B and Δ have no controls,
+    # so it never does here.
+    Output(TensorPanel.ids.graph(PANEL_B), "data-src", allow_duplicate=True),
+    Output(TensorPanel.ids.caption(PANEL_B), "children", allow_duplicate=True),
+    Output(TensorPanel.ids.graph(PANEL_DIFF), "data-src", allow_duplicate=True),
+    Output(TensorPanel.ids.caption(PANEL_DIFF), "children", allow_duplicate=True),
+    Input(TensorPanel.ids.state(PANEL_A), "data"),
+    State("compare-ref", "data"),
+    prevent_initial_call=True,
+)
+def follow_a(state, ref):
+    """B and the difference show the window A's controls chose (same shapes only)."""
+    if not state:
+        raise dash.exceptions.PreventUpdate
+    view = PanelView(lead=tuple(state["lead"]), row0=state["row0"], col0=state["col0"])
+    (ra, ia), (rb, ib) = ref["a"], ref["b"]
+    shape, role, name = tuple(state["shape"]), state["role"], state["name"]
+    b = TensorRecord(name=name, role=role, array=_EMPTY, shape=shape, stored_numel=ref["stored_b"])
+    counts = [n for n in (state.get("stored"), ref["stored_b"]) if n is not None]
+    both = TensorRecord(
+        name=name,
+        role=role,
+        array=_EMPTY,
+        shape=shape,
+        stored_numel=min(counts) if counts else None,
     )
+    return (
+        figure_url(rb, ib, name, view, {"with": links.selection(ra, ia)}),
+        caption(b, view),
+        figure_url(rb, ib, name, view, {"minus": links.selection(ra, ia)}),
+        caption(both, view),
+    )
+
+
+_EMPTY = np.empty(0)  # the records of `follow_a` only carry a shape and a stored count
+
+
+# ---------------------------------------------------------------- choosing
+
+
+def run_option(run: RunInfo) -> dict:
+    model = f" · {run.model_name}" if run.model_name else ""
+    return {"label": layouts.run_label(run) + model, "value": run.id}
+
+
+def run_dropdown(component_id: str, runs: list[RunInfo], value, *, multi=False) -> dcc.Dropdown:
+    seen, options = set(), []
+    for run in runs:
+        if run.id not in seen:
+            seen.add(run.id)
+            options.append(run_option(run))
+    return dcc.Dropdown(
+        id=component_id,
+        options=options,
+        value=value,
+        multi=multi,
+        clearable=multi,
+        placeholder="type a name, model, seed or run id",
+        className="runs-picker" if multi else "run-picker",
+        debounce=False,
+    )
+
+
+def iteration_options(indices: list[int], current: int, text: str | None = None) -> list[dict]:
+    """Every stored iteration, or for a long run the first, the last and those around
+    the current one, plus those whose number starts with what was typed."""
+    if len(indices) <= ITERATION_OPTIONS and not text:
+        shown = indices
+    elif text:
+        typed = text.strip()
+        shown = [i for i in indices if str(i).startswith(typed)][:ITERATION_OPTIONS]
+    else:
+        at = indices.index(current) if current in indices else 0
+        near = indices[max(at - 50, 0) : at + 50]
+        shown = sorted({*indices[:50], *near, *indices[-50:]})
+    if current not in shown:
+        shown = sorted({*shown, current})
+    return [{"label": f"iteration {i}", "value": i} for i in shown]
+
+
+def controls(store: RunStore, choice: Choice, chosen_runs: list[RunInfo]) -> dbc.Card:
+    offered = [choice.run_a, choice.run_b, *chosen_runs]
+
+    def side(label, key, run, sel):
+        return dbc.Col(
+            [
+                html.Div(label, className="side-label mb-1"),
+                run_dropdown(f"compare-{key}-run", offered, sel[0]),
+                dcc.Dropdown(
+                    id=f"compare-{key}-it",
+                    options=iteration_options(store.iteration_indices(run.id), sel[1]),
+                    value=sel[1],
+                    clearable=False,
+                    className="mt-1",
+                ),
+            ],
+            md=4,
+        )
+
+    table = comparable(choice.tensors_a)
+    roles = [r for r in ROLE_ORDER if r in table[choice.layer]]
+    what = dbc.Col(
+        [
+            html.Div("Tensor on both sides", className="side-label mb-1"),
+            dcc.Dropdown(
+                id="compare-layer",
+                options=[{"label": n, "value": n} for n in table],
+                value=choice.layer,
+                clearable=False,
+            ),
+            dbc.RadioItems(
+                id="compare-role",
+                options=[{"label": layouts.ROLE_LABELS[r], "value": r} for r in roles],
+                value=choice.role,
+                inline=True,
+                className="mt-1 role-radio",
+            ),
+            dcc.Dropdown(
+                id="compare-tensor",
+                options=[{"label": n, "value": n} for n in table[choice.layer][choice.role]],
+                value=choice.name,
+                clearable=False,
+                className="mt-1",
+            ),
+        ],
+        md=4,
+    )
+    return dbc.Card(
+        dbc.CardBody(
+            [
+                dbc.Row(
+                    [
+                        side("A", "a", choice.run_a, choice.sel_a),
+                        side("B", "b", choice.run_b, choice.sel_b),
+                        what,
+                    ],
+                    className="g-3",
+                ),
+                divergence_entry(choice.run_a, choice.run_b),
+            ]
+        ),
+        className="mb-3 shadow-sm compare-controls",
+    )
+
+
+def search_runs(text, values) -> list[dict] | None:
+    """The chosen runs, then up to PICKER_RUNS runs whose name or model contains what
+    was typed, or whose id or seed it is; None when nothing was typed."""
+    if not text or not text.strip():
+        return None
+    store = current_store()
+    kept = [v for v in (values if isinstance(values, list) else [values]) if v is not None]
+    runs = [r for r in (store.get_run(int(v)) for v in kept) if r is not None]
+    runs += store.find_runs(RunQuery(text=text, limit=PICKER_RUNS))
+    seen, options = set(), []
+    for run in runs:
+        if run.id not in seen:
+            seen.add(run.id)
+            options.append(run_option(run))
+    return options
+
+
+def _search_callback(component_id: str):
+    @dash.callback(
+        Output(component_id, "options"),
+        Input(component_id, "search_value"),
+        State(component_id, "value"),
+        prevent_initial_call=True,
+    )
+    def search(text, value):
+        options = search_runs(text, value)
+        return dash.no_update if options is None else options
+
+    search.__name__ = f"search_{component_id.replace('-', '_')}"
+    return search
+
+
+search_a = _search_callback("compare-a-run")
+search_b = _search_callback("compare-b-run")
+search_history = _search_callback("compare-runs")
+
+
+def _iteration_search(side: str):
+    @dash.callback(
+        Output(f"compare-{side}-it", "options"),
+        Input(f"compare-{side}-it", "search_value"),
+        State(f"compare-{side}-it", "value"),
+        State("compare-ref", "data"),
+        prevent_initial_call=True,
+    )
+    def search(text, value, ref):
+        indices = current_store().iteration_indices(int(ref[side][0]))
+        if len(indices) <= ITERATION_OPTIONS or not text or not text.strip().isdigit():
+            return dash.no_update
+        return iteration_options(indices, value, text)
+
+    search.__name__ = f"search_iterations_{side}"
+    return search
+
+
+search_iterations_a = _iteration_search("a")
+search_iterations_b = _iteration_search("b")
+
+
+# ---------------------------------------------------------------- over iterations
+
+
+def history_section(chosen: list[RunInfo]) -> html.Section:
+    picker = run_dropdown("compare-runs", chosen, [r.id for r in chosen], multi=True)
     return html.Section(
         [
             html.H2("Across iterations", className="section-title"),
@@ -288,36 +662,93 @@ def history_section(store: RunStore, runs: list[RunInfo], chosen: list[int]) -> 
             html.Div(
                 [html.Span("Runs", className="control-label"), picker], className="control mb-2"
             ),
-            dcc.Graph(
-                id="compare-loss",
-                figure=figures.loss_figure(loss_series),
-                config=layouts.GRAPH_CONFIG,
-            ),
-            dcc.Graph(
-                id="compare-norms", figure=figures.norms_figure(pairs), config=layouts.GRAPH_CONFIG
+            dcc.Loading(
+                [
+                    dcc.Graph(id="compare-loss", config=layouts.GRAPH_CONFIG),
+                    dcc.Graph(id="compare-norms", config=layouts.GRAPH_CONFIG),
+                ],
+                type="dot",
+                delay_show=300,
             ),
         ],
         className="phase-section history-section",
     )
 
 
+def history_figures(store: RunStore, chosen: list[RunInfo]) -> tuple[dict, dict]:
+    """(loss, norms) over iterations of the chosen runs, from stored summaries alone:
+    one query for the losses and one for every weight's and gradient's L2 norm."""
+    ids = [r.id for r in chosen]
+    legend = [(r.id, layouts.run_label(r), figures.run_color(i)) for i, r in enumerate(chosen)]
+    loss = {r.id: figures.Series(label, color) for r, (_, label, color) in zip(chosen, legend)}
+    for run_id, index, value in store.loss_history(ids):
+        series = loss.get(run_id)
+        if series is not None:
+            series.x.append(int(index))
+            series.y.append(figures.finite_or_none(value))
+    rows = store.summary_history(ids, [names.ROLE_PARAM, names.ROLE_PARAM_GRAD])
+    pairs = figures.norm_panels(rows, legend)
+    return figures.loss_dict(list(loss.values())), figures.norms_dict(pairs)
+
+
+@dash.callback(
+    Output("compare-loss", "figure"),
+    Output("compare-norms", "figure"),
+    Input("compare-ref", "data"),
+)
+def draw_history(ref):
+    """The charts over iterations, after the page is shown."""
+    if not ref:
+        raise dash.exceptions.PreventUpdate
+    store = current_store()
+    chosen = [r for r in (store.get_run(int(i)) for i in ref["history"]) if r is not None]
+    return history_figures(store, chosen)
+
+
+def chosen_runs(store: RunStore, choice: Choice) -> list[RunInfo]:
+    """The runs of the charts over iterations: those the address picks, else up to
+    MAX_DEFAULT_RUNS runs of A's model; A and B always."""
+    if choice.picked:
+        runs = [r for r in (store.get_run(i) for i in choice.picked) if r is not None]
+    else:
+        query = RunQuery(model=choice.run_a.model_name, limit=MAX_DEFAULT_RUNS)
+        runs = store.find_runs(query)
+    ids = {r.id for r in runs}
+    for run in (choice.run_b, choice.run_a):
+        if run.id not in ids:
+            runs.insert(0, run)
+            ids.add(run.id)
+    return runs
+
+
+# ---------------------------------------------------------------- first divergence
+
+
 def divergence_link(report: DivergenceReport) -> str | None:
     """The compare page at a divergence (both runs, that iteration, that tensor, the
-    slice holding the largest difference), or None when there is nothing to open."""
+    window holding the largest difference), or None when there is nothing to open."""
     d = report.divergence
     if d is None or d.role not in ROLE_ORDER or d.tensor.startswith("("):
         return None
     if "only in run B" in d.reason:
         return None  # the page picks its tensors from side A
-    lead = len(d.index) - 2 if d.index is not None and len(d.index) > 2 else 0
+    views = None
+    if d.index:
+        index = list(d.index)
+        row, col = (index[-2], index[-1]) if len(index) >= 2 else (index[0], 0)
+        lead = index[:-2] if len(index) > 2 else []
+        view = PanelView(
+            lead=tuple(lead), row0=max(row - MAX_ROWS // 2, 0), col0=max(col - MAX_COLS // 2, 0)
+        )
+        views = {d.tensor: view.to_url()}
     return links.compare(
         (report.run_a, d.iteration),
         (report.run_b, d.iteration),
         layer=d.layer or MODEL_LEVEL,
         role=d.role,
         tensor=d.tensor,
-        index=[i + 1 for i in d.index[:lead]] if lead else None,
         first=True,
+        views=views,
     )
 
 
@@ -376,219 +807,102 @@ def divergence_entry(run_a: RunInfo, run_b: RunInfo) -> html.Div:
     )
 
 
-def controls(runs, store, a, b, layer, role, tensor, table, slice_lead) -> dbc.Card:
-    def iteration_options(run_id):
-        return [
-            {"label": f"iteration {i.index}", "value": i.index} for i in store.iterations(run_id)
-        ]
-
-    run_options = [{"label": layouts.run_label(r), "value": r.id} for r in runs]
-
-    def side(label, key, sel):
-        return dbc.Col(
-            [
-                html.Div(label, className="side-label mb-1"),
-                dcc.Dropdown(
-                    id=f"compare-{key}-run", options=run_options, value=sel[0], clearable=False
-                ),
-                dcc.Dropdown(
-                    id=f"compare-{key}-it",
-                    options=iteration_options(sel[0]),
-                    value=sel[1],
-                    clearable=False,
-                    className="mt-1",
-                ),
-            ],
-            md=4,
-        )
-
-    roles = [r for r in ROLE_ORDER if r in table[layer]]
-    what = dbc.Col(
-        [
-            html.Div("Tensor on both sides", className="side-label mb-1"),
-            dcc.Dropdown(
-                id="compare-layer",
-                options=[{"label": n, "value": n} for n in table],
-                value=layer,
-                clearable=False,
-            ),
-            dbc.RadioItems(
-                id="compare-role",
-                options=[{"label": layouts.ROLE_LABELS[r], "value": r} for r in roles],
-                value=role,
-                inline=True,
-                className="mt-1 role-radio",
-            ),
-            dcc.Dropdown(
-                id="compare-tensor",
-                options=[{"label": n, "value": n} for n in table[layer][role]],
-                value=tensor,
-                clearable=False,
-                className="mt-1",
-            ),
-            layouts.slice_selectors(
-                slice_lead, lambda axis: {"type": "compare-slice", "axis": axis}
-            )
-            if slice_lead is not None
-            else None,
-        ],
-        md=4,
-    )
-    by_id = {r.id: r for r in runs}
-    return dbc.Card(
-        dbc.CardBody(
-            [
-                dbc.Row([side("A", "a", a), side("B", "b", b), what], className="g-3"),
-                divergence_entry(by_id[a[0]], by_id[b[0]]),
-            ]
-        ),
-        className="mb-3 shadow-sm compare-controls",
-    )
+# ---------------------------------------------------------------- the page
 
 
-def validate(a=None, b=None, runs=None, **_query) -> None:
-    """NotFound for a side that names an unknown run or iteration (dashapp.status: HTTP 404)."""
+def panel_view(choice: Choice, query: dict, slice_text) -> PanelView:
+    """The window of the address: `t.<tensor>`, else the old `slice=` (a plane)."""
+    views = views_from_query(query)
+    if choice.name in views:
+        return views[choice.name]
+    lead = parse_int_list(slice_text, "slice") or []
+    return PanelView(lead=tuple(i - 1 for i in lead))
+
+
+def validate(a=None, b=None, layer=None, role=None, tensor=None, runs=None, slice=None, **query):
+    """NotFound for a side, layer, tensor or view the store does not hold (dashapp.status:
+    HTTP 404), checked as the page checks it, without reading tensor bytes."""
     store = current_store()
-    parse_int_list(runs, "runs")
-    for value, what in ((a, "side A"), (b, "side B")):
-        selection = parse_selection(value, what)
-        if selection is not None:
-            require_stored(store, require_run(store, selection[0]), selection[1])
+    if not store.find_runs(RunQuery(limit=1)):
+        return
+    choice = resolve(store, a, b, layer, role, tensor, runs)
+    views = views_from_query(query)
+    unknown = [n for n in views if n != choice.name]
+    if unknown:
+        raise NotFound(f"the compared tensor is {choice.name}, not {unknown[0]}")
+    panel_view(choice, query, slice)
 
 
 @page_layout
 def layout(
-    a=None, b=None, layer=None, role=None, tensor=None, runs=None, slice=None, first=None, **_query
+    a=None, b=None, layer=None, role=None, tensor=None, runs=None, slice=None, first=None, **query
 ):
     store = current_store()
-    all_runs = store.list_runs()
-    if not all_runs:
+    if not store.find_runs(RunQuery(limit=1)):
         return html.Div([layouts.page_header("Compare"), layouts.empty_store(store_location())])
-    for name, value in (("layer", layer), ("role", role), ("tensor", tensor)):
-        if isinstance(value, list):
-            raise NotFound(f"the address gives {name} more than once")
-    picked = parse_int_list(runs, "runs")
-    sel_a, sel_b = parse_selection(a, "side A"), parse_selection(b, "side B")
-    default_a, default_b = default_selections(store, all_runs, picked)
-    sel_a, sel_b = sel_a or default_a, sel_b or default_b
-    run_a, run_b = require_run(store, sel_a[0]), require_run(store, sel_b[0])
-    rec_a = require_iteration(store, run_a, sel_a[1])
-    rec_b = require_iteration(store, run_b, sel_b[1])
-    layer, role, name, notes = choose(rec_a, run_a, layer or None, role or None, tensor or None)
-    ta = rec_a.tensor(name)
-    try:
-        tb = rec_b.tensor(name)
-    except KeyError:
-        tb = None
-    lead_index = [i - 1 for i in (parse_int_list(slice, "slice") or [])]
-    view_a = matrix_view(ta.array, ta.shape, role=role, lead_index=lead_index)
-    same_shape = tb is not None and tuple(tb.shape) == tuple(ta.shape)
-    view_b = (
-        matrix_view(tb.array, tb.shape, role=role, lead_index=lead_index)
-        if tb is not None
+    choice = resolve(store, a, b, layer, role, tensor, runs)
+    view = panel_view(choice, query, slice)
+    unknown = [n for n in views_from_query(query) if n != choice.name]
+    if unknown:
+        raise NotFound(f"the compared tensor is {choice.name}, not {unknown[0]}")
+    stats = (
+        stored_comparison(store, tuple(choice.sel_a), tuple(choice.sel_b), choice.name)
+        if choice.same_shape
         else None
     )
-    zrange = figures.symmetric_range(view_a.values, *([view_b.values] if same_shape else []))
-    missing = f"run {run_b.id} iteration {sel_b[1]} has no tensor {name}" if tb is None else None
-
-    if picked:
-        chosen = [i for i in picked if i in {r.id for r in all_runs}]
-    else:
-        same_model = [r.id for r in all_runs if r.model_name == run_a.model_name]
-        chosen = same_model[:MAX_DEFAULT_RUNS]
-    for rid in (run_b.id, run_a.id):
-        if rid not in chosen:
-            chosen.insert(0, rid)
-
-    label = layouts.ROLE_LABELS.get(role, role)
-    heatmaps = [
-        dbc.Col(side_card("A", run_a, sel_a[1], ta, view_a, zrange, None, "a"), lg=4),
-        dbc.Col(
-            side_card(
-                "B", run_b, sel_b[1], tb, view_b, zrange if same_shape else None, missing, "b"
-            ),
-            lg=4,
-        ),
-    ]
-    if same_shape:
-        diff = difference_view(view_a, view_b)
-        heatmaps.append(
-            dbc.Col(
-                dbc.Card(
-                    [
-                        dbc.CardHeader(
-                            html.Div(
-                                [
-                                    html.Span("Δ = B − A", className="side-label"),
-                                    html.Span(" own colour scale", className="text-muted small"),
-                                ]
-                            )
-                        ),
-                        dbc.CardBody(
-                            [
-                                dcc.Graph(
-                                    id="compare-diff-graph",
-                                    figure=figures.difference_heatmap(diff),
-                                    config=layouts.GRAPH_CONFIG,
-                                    className="heatmap",
-                                ),
-                                html.Div(diff.caption, className="tensor-caption"),
-                            ]
-                        ),
-                    ],
-                    className="compare-side compare-diff shadow-sm",
-                ),
-                lg=4,
-            )
-        )
+    history = chosen_runs(store, choice)
+    label = layouts.ROLE_LABELS.get(choice.role, choice.role)
+    (ra, ia), (rb, ib) = choice.sel_a, choice.sel_b
     page = [
         layouts.page_header(
             "Compare",
             subtitle=[
-                html.Code(name),
-                f" ({label}, {format_shape(ta.shape)}): A = run {run_a.id} iteration {sel_a[1]}, "
-                f"B = run {run_b.id} iteration {sel_b[1]}",
+                html.Code(choice.name),
+                f" ({label}, {format_shape(choice.ta.shape)}): A = run {ra} iteration {ia}, "
+                f"B = run {rb} iteration {ib}",
             ],
             crumbs=[("Runs", links.RUNS), ("Compare", None)],
         ),
-        controls(
-            all_runs,
-            store,
-            sel_a,
-            sel_b,
-            layer,
-            role,
-            name,
-            comparable(rec_a),
-            view_a if view_a.lead else None,
-        ),
-        divergence_banner(first_divergence(store.engine, run_a.id, run_b.id))
-        if first == "1" and run_a.id != run_b.id
+        controls(store, choice, history),
+        divergence_banner(first_divergence(store.engine, ra, rb))
+        if first == "1" and ra != rb
         else None,
-        *[dbc.Alert(n, color="info", className="py-2") for n in notes],
+        *[dbc.Alert(n, color="info", className="py-2") for n in choice.notes],
         html.P(
-            "A and B share one colour scale (blue negative, white zero, red positive); the difference "
-            "has its own.",
+            "A and B share one colour scale over both full tensors; the difference has its own. "
+            "A's controls move the window of all three.",
             className="text-muted small",
         ),
-        dbc.Row(heatmaps, className="g-3 mb-3"),
-        stats_block(ta, tb) if tb is not None else None,
-        history_section(store, all_runs, chosen),
+        dbc.Row(panels(choice, view, stats), className="g-3 mb-3"),
+        stats_block(choice.ta, choice.tb, stats) if choice.tb is not None else None,
+        history_section(history),
         dcc.Location(id="compare-url", refresh="callback-nav"),
         dcc.Store(
             id="compare-ref",
             data={
-                "a": list(sel_a),
-                "b": list(sel_b),
-                "layer": layer,
-                "role": role,
-                "tensor": name,
-                "runs": chosen if picked else None,
-                "slice": [i + 1 for i in view_a.lead_index],
+                "a": list(choice.sel_a),
+                "b": list(choice.sel_b),
+                "layer": choice.layer,
+                "role": choice.role,
+                "tensor": choice.name,
+                "runs": choice.picked,
+                "history": [r.id for r in history],
+                "stored_b": choice.tb.stored_numel if choice.tb is not None else None,
             },
         ),
     ]
     return html.Div(page, className="compare-page")
+
+
+def _panel_view_now(states_list) -> str | None:
+    """A's window as the URL writes it, from A's panel state (the address bar's `t.` key
+    is written by the browser, which Dash does not see)."""
+    for item in states_list or []:
+        if item["id"].get("aio_id") == PANEL_A and item.get("value"):
+            state = item["value"]
+            view = PanelView(tuple(state["lead"]), state["row0"], state["col0"])
+            return None if view == PanelView(lead=tuple(0 for _ in view.lead)) else view.to_url()
+    return None
 
 
 @dash.callback(
@@ -601,30 +915,35 @@ def layout(
     Input("compare-role", "value"),
     Input("compare-tensor", "value"),
     Input("compare-runs", "value"),
-    Input({"type": "compare-slice", "axis": ALL}, "value"),
     State("compare-ref", "data"),
+    State(TensorPanel.ids.state(ALL), "data"),
     prevent_initial_call=True,
 )
-def navigate(a_run, a_it, b_run, b_it, layer, role, tensor, runs, slices, ref):
-    """Every control rewrites the query string; the page is rebuilt from it."""
+def navigate(a_run, a_it, b_run, b_it, layer, role, tensor, runs, ref, _panel_states):
+    """Every control rewrites the query string; the page is rebuilt from it. The window
+    stays where it was while the tensor stays the same."""
     trigger = ctx.triggered_id
     store = current_store()
+    if a_run is None or b_run is None:
+        raise dash.exceptions.PreventUpdate  # a cleared picker: wait for a choice
 
-    def last_iteration(run_id):
-        its = store.iterations(run_id)
-        return its[-1].index if its else 1
+    def last(run_id):
+        indices = store.iteration_indices(int(run_id))
+        return indices[-1] if indices else 1
 
     if trigger == "compare-a-run":
-        a_it = last_iteration(a_run)
+        a_it = last(a_run)
     if trigger == "compare-b-run":
-        b_it = last_iteration(b_run)
-    slice_index = [v for v in slices if v is not None] or None
+        b_it = last(b_run)
     if trigger in ("compare-layer", "compare-role"):
-        tensor, slice_index = None, None
+        tensor = None
     if trigger == "compare-layer":
         role = ref["role"]  # kept when the new layer has it, else the page picks one
-    if trigger == "compare-tensor":
-        slice_index = None
+    views = None
+    if tensor == ref["tensor"]:
+        states = ctx.states_list[-1] if ctx.states_list else []
+        shown = _panel_view_now(states)
+        views = {tensor: shown} if shown else None
     url = links.compare(
         (a_run, a_it),
         (b_run, b_it),
@@ -632,7 +951,7 @@ def navigate(a_run, a_it, b_run, b_it, layer, role, tensor, runs, slices, ref):
         role=role,
         tensor=tensor,
         runs=runs if (trigger == "compare-runs" or ref.get("runs")) else None,
-        index=[int(v) for v in slice_index] if slice_index else None,
+        views=views,
     )
     search = url.partition("?")[2]
     return f"?{search}" if search else ""

@@ -23,13 +23,14 @@ from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html
 from dashapp import figures, layouts, links
 from dashapp.data import (
     NotFound,
+    PreviousArrays,
     cached_arrays,
     cached_iteration,
     cached_steps,
     current_store,
     default_run,
     parse_int,
-    require_iteration,
+    parse_text,
     require_run,
     require_stored,
     store_location,
@@ -37,7 +38,17 @@ from dashapp.data import (
 from dashapp.formatting import format_diff, format_scalar
 from dashapp.formulafit import formula_url
 from dashapp.guard import page_layout
-from dashapp.steps import Section, sections
+from dashapp.steps import (
+    INPUT,
+    WHATIF,
+    Section,
+    View,
+    find_view,
+    in_view,
+    layers_of,
+    neighbours,
+    sections,
+)
 from dashapp.tensorpanel import PanelView, views_from_query
 from dashapp.tensorview import matrix_view
 from storage import (
@@ -69,54 +80,123 @@ SECTION_TEXT = {
 }
 
 
-def side_menu(parts: list[Section]) -> html.Nav:
-    """Anchor links: Input -> Forward (per layer) -> Loss -> Backward (per layer) -> Update."""
-    items = [
-        html.Li(html.A("Input, labels, weights", href="#section-input"), className="toc-section")
-    ]
-    for section in parts:
-        entries = []
-        for layer, steps in section.groups:
-            entries.append(html.Li(html.Span(layer, className="toc-layer")))
-            entries += [
-                html.Li(
-                    html.A(
-                        [html.Span(str(n), className="toc-num"), step.title],
-                        href=f"#step-{n}",
-                        className=f"toc-step verified-{_mark(step)}",
-                    )
-                )
-                for n, step in steps
-            ]
-        items.append(
-            html.Li(
-                [html.A(section.title, href=f"#section-{section.key}"), html.Ul(entries)],
-                className=f"toc-section toc-{section.key}",
-            )
-        )
-    return html.Nav(
-        [html.Div("On this page", className="toc-title"), html.Ul(items)], className="toc"
+def view_link(run_id: int, index: int, view: View) -> str:
+    """The address of one view of this iteration (the input's is the bare iteration)."""
+    return links.iteration(
+        run_id, index, phase=None if view.phase == INPUT else view.phase, layer=view.layer
     )
 
 
-def journey(parts: list[Section]) -> html.Nav:
-    """The iteration at a glance, one link per stage: Input -> Forward -> Loss -> Backward -> Update."""
-    stages = [("Input", "section-input", "input")]
+def side_menu(parts: list[Section], view: View, run_id: int, index: int) -> html.Nav:
+    """Input -> each phase and its layers -> what if, each a link to that view; the
+    steps of the view shown are listed under it, as anchors on this page."""
+
+    def link(target: View, label, class_name: str) -> dcc.Link:
+        here = " toc-current" if target == view else ""
+        return dcc.Link(
+            label,
+            href=view_link(run_id, index, target),
+            className=class_name + here,
+        )
+
+    items = [
+        html.Li(link(View(INPUT), "Input, labels, weights", "toc-view"), className="toc-section")
+    ]
+    for section in parts:
+        entries = []
+        for layer in layers_of(section):
+            steps = [(n, s) for name, group in section.groups if name == layer for n, s in group]
+            target = View(section.key, layer)
+            entries.append(
+                html.Li(
+                    link(
+                        target,
+                        [layer, html.Span(f" {len(steps)}", className="toc-count")],
+                        "toc-layer",
+                    )
+                )
+            )
+            if view.phase == section.key and view.layer in (None, layer):
+                entries += [
+                    html.Li(
+                        html.A(
+                            [html.Span(str(n), className="toc-num"), step.title],
+                            href=f"#step-{n}",
+                            className=f"toc-step verified-{_mark(step)}",
+                        )
+                    )
+                    for n, step in steps
+                ]
+        items.append(
+            html.Li(
+                [link(View(section.key), section.title, "toc-view"), html.Ul(entries)],
+                className=f"toc-section toc-{section.key}",
+            )
+        )
+    items.append(html.Li(link(View(WHATIF), "What if", "toc-view"), className="toc-section"))
+    return html.Nav(
+        [html.Div("This iteration", className="toc-title"), html.Ul(items)], className="toc"
+    )
+
+
+def journey(parts: list[Section], view: View, run_id: int, index: int) -> html.Nav:
+    """The iteration at a glance, one link per stage: Input -> Forward -> Loss -> Backward
+    -> Update (-> What if); the stage shown is marked."""
+    stages = [(View(INPUT), "Input")]
     for section in parts:
         count = sum(len(steps) for _, steps in section.groups)
         stages.append(
-            (
-                f"{section.title} · {count} step{'s' if count != 1 else ''}",
-                f"section-{section.key}",
-                section.key,
-            )
+            (View(section.key), f"{section.title} · {count} step{'s' if count != 1 else ''}")
         )
+    stages.append((View(WHATIF), "What if"))
     items = []
-    for i, (label, anchor, key) in enumerate(stages):
+    for i, (stage, label) in enumerate(stages):
         if i:
             items.append(html.Span("→", className="journey-arrow", **{"aria-hidden": "true"}))
-        items.append(html.A(label, href=f"#{anchor}", className=f"journey-stage journey-{key}"))
+        here = stage.phase == view.phase
+        items.append(
+            dcc.Link(
+                label,
+                href=view_link(run_id, index, stage),
+                className=f"journey-stage journey-{stage.phase}"
+                + (" journey-current" if here else ""),
+            )
+        )
     return html.Nav(items, className="journey", **{"aria-label": "stages of this iteration"})
+
+
+def walk_nav(parts: list[Section], view: View, run_id: int, index: int, *, ids: bool) -> html.Nav:
+    """Previous and next in the student's order (layer by layer from a layer; phase by
+    phase from a whole phase), and where this view stands."""
+    before, after = neighbours(parts, view)
+    numbers = [
+        n for section in in_view(parts, view) for _, steps in section.groups for n, _ in steps
+    ]
+    total = sum(len(steps) for section in parts for _, steps in section.groups)
+    where = view.title
+    if numbers:
+        span = f"step {numbers[0]}" if len(numbers) == 1 else f"steps {numbers[0]}–{numbers[-1]}"
+        where += f" · {span} of {total}"
+
+    def step(target: View | None, label: str, key: str):
+        if target is None:
+            return html.Span(className=f"walk-{key}")
+        return dcc.Link(
+            label.format(target.title),
+            href=view_link(run_id, index, target),
+            className=f"btn btn-outline-primary btn-sm walk-{key}",
+            **({"id": f"iteration-{key}"} if ids else {}),
+        )
+
+    return html.Nav(
+        [
+            step(before, "← {}", "previous"),
+            html.Span(where, className="walk-here"),
+            step(after, "{} →", "next"),
+        ],
+        className="walk",
+        **{"aria-label": "previous and next part of this iteration"},
+    )
 
 
 def _mark(step: StepRecord) -> str:
@@ -302,7 +382,9 @@ def run_picker(current: RunInfo, runs: list[RunInfo]) -> dcc.Dropdown:
     )
 
 
-def header(run: RunInfo, runs: list[RunInfo], index: int | None, count: int) -> html.Div:
+def header(
+    run: RunInfo, runs: list[RunInfo], index: int | None, count: int, view: View | None = None
+) -> html.Div:
     title = f"Iteration {index} of {count}" if index else "Iteration"
     return html.Div(
         [
@@ -343,7 +425,9 @@ def header(run: RunInfo, runs: list[RunInfo], index: int | None, count: int) -> 
                         [
                             html.Span("Iteration", className="control-label"),
                             html.Div(
-                                layouts.iteration_stepper(run.id, index or 0, count),
+                                layouts.iteration_stepper(
+                                    run.id, index or 0, count, **_view_query(view or View())
+                                ),
                                 id="iteration-stepper",
                             ),
                         ],
@@ -386,22 +470,56 @@ def unexplained_note(run_id: int | None = None, location: str | None = None):
     return dbc.Alert(shown + how, color="info", className="py-2 unexplained-note")
 
 
-def validate(run=None, it=None, **query) -> None:
-    """NotFound for an unknown run, iteration or tensor (dashapp.status: HTTP 404)."""
+def _view_query(view: View) -> dict:
+    """phase= and layer= of a view's address (none for the input)."""
+    return {"phase": None if view.phase == INPUT else view.phase, "layer": view.layer}
+
+
+def _stored_steps(store, run: RunInfo, index: int) -> IterationRecord:
+    """The iteration's steps and tensor metadata (no tensor bytes), read once per
+    iteration: a committed iteration never changes, so moving between its phases and
+    layers reads nothing again."""
+    record = cached_steps(store, run.id, index)
+    if record is None:
+        require_stored(store, run, index)  # NotFound, saying how many are stored
+        raise NotFound(f"run {run.id} has no iteration {index}")  # pragma: no cover
+    return record
+
+
+def _view_of(record: IterationRecord, run: RunInfo, phase, layer) -> tuple[list[Section], View]:
+    """The sections of the iteration and the view the address names (NotFound if none)."""
+    parts = sections(record.steps, {layer.name: layer for layer in run.layers})
+    phase_name, layer_name = parse_text(phase, "phase"), parse_text(layer, "layer")
+    view = find_view(parts, phase_name, layer_name)
+    if view is None:
+        what = (
+            f"layer {layer_name!r} in its {phase_name or INPUT} phase"
+            if layer_name
+            else (f"phase {phase_name!r}")
+        )
+        raise NotFound(f"iteration {record.index} of run {run.id} has no {what}")
+    return parts, view
+
+
+def validate(run=None, it=None, phase=None, layer=None, **query) -> None:
+    """NotFound for an unknown run, iteration, phase, layer or tensor (dashapp.status:
+    HTTP 404)."""
     store = current_store()
     run_id, index = parse_int(run, "run"), parse_int(it, "iteration")
     views = views_from_query(query)
     info = require_run(store, run_id) if run_id is not None else default_run(store)
-    if info is None or (index is None and not views):
+    if info is None or (index is None and not views and phase is None and layer is None):
         return
-    require_stored(store, info, index or 1)
+    record = _stored_steps(store, info, index or 1)
+    _view_of(record, info, phase, layer)
+    stored = {t.name for t in record.tensors}
     for name in views:
-        if store.tensor_window(info.id, index or 1, name, rows=1, cols=1) is None:
+        if name not in stored:
             raise NotFound(f"iteration {index or 1} of run {info.id} has no tensor {name!r}")
 
 
 @page_layout
-def layout(run=None, it=None, **query):
+def layout(run=None, it=None, phase=None, layer=None, **query):
     store = current_store()
     run_id = parse_int(run, "run")
     index = parse_int(it, "iteration")
@@ -410,7 +528,7 @@ def layout(run=None, it=None, **query):
     if info is None:
         return html.Div([layouts.page_header("Iteration"), layouts.empty_store(store_location())])
     runs = picker_runs(store, info)
-    count = len(store.iterations(info.id))
+    count = info.num_iterations
     polling = [
         dcc.Store(id="iteration-ref", data={"run": info.id, "it": index, "count": count}),
         dcc.Location(id="iteration-url", refresh="callback-nav"),
@@ -426,15 +544,15 @@ def layout(run=None, it=None, **query):
         )
         return html.Div([header(info, runs, None, 0), dbc.Alert(note, color="info"), *polling])
     index = index or 1
-    record = require_iteration(store, info, index, with_data=False)
+    record = _stored_steps(store, info, index)
+    parts, view = _view_of(record, info, phase, layer)
     stored = {t.name for t in record.tensors}
     for name in views:
         if name not in stored:
             raise NotFound(f"iteration {index} of run {info.id} has no tensor {name!r}")
-    polling[0].data["it"] = index
+    polling[0].data.update(it=index, **_view_query(view))
     panel = panel_maker(store, record, info, views)
     layers = {layer.name: layer for layer in info.layers}
-    parts = sections(record.steps, layers)
     warnings = [
         dbc.Alert([html.Strong("Tracer warning: "), w], color="warning", className="py-2")
         for w in record.warnings
@@ -445,21 +563,36 @@ def layout(run=None, it=None, **query):
             warnings.insert(0, unexplained_note(info.id, store_location()))
         elif not pending and not (info.config or {}).get("explained"):
             warnings.insert(0, unexplained_note())
+    if view.phase == INPUT:
+        shown = [input_section(record, info, panel, label_text(store, record, info))]
+    elif view.phase == WHATIF:
+        shown = [whatif_section(record, info)]
+    else:
+        shown = step_sections(in_view(parts, view), panel, layers, info.id, index)
     return html.Div(
         [
-            header(info, runs, index, count),
+            header(info, runs, index, count, view),
             summary(record, info),
-            journey(parts),
+            journey(parts, view, info.id, index),
             *warnings,
             dbc.Row(
                 [
-                    dbc.Col(side_menu(parts), lg=3, xl=2, className="d-none d-lg-block toc-col"),
                     dbc.Col(
-                        [
-                            input_section(record, info, panel, label_text(store, record, info)),
-                            *step_sections(parts, panel, layers, info.id, index),
-                            whatif_section(record, info),
-                        ],
+                        side_menu(parts, view, info.id, index),
+                        lg=3,
+                        xl=2,
+                        className="d-none d-lg-block toc-col",
+                    ),
+                    dbc.Col(
+                        html.Div(
+                            [
+                                walk_nav(parts, view, info.id, index, ids=False),
+                                *shown,
+                                walk_nav(parts, view, info.id, index, ids=True),
+                            ],
+                            className="iteration-view",
+                            **{"data-view": f"{view.phase}/{view.layer or ''}"},
+                        ),
                         lg=9,
                         xl=10,
                         className="steps-col",
@@ -518,7 +651,8 @@ def poll(_n, ref):
     if run is None:
         return dash.no_update, dash.no_update, True
     count = len(store.iterations(run.id))
-    stepper = layouts.iteration_stepper(run.id, ref["it"] or 0, count)
+    view = {"phase": ref.get("phase"), "layer": ref.get("layer")}
+    stepper = layouts.iteration_stepper(run.id, ref["it"] or 0, count, **view)
     return stepper, layouts.status_badge(run), run.status != RUN_RUNNING
 
 
@@ -622,6 +756,7 @@ def provenance(click, _close, ref):
             optimizer=run.optimizer,
             settings=run.optimizer_settings,
             arrays=cached_arrays(store, run.id, index),
+            previous=PreviousArrays(store, run.id, index - 1),
         )
     except (NotExplained, TypeError, ValueError) as exc:
         return html.P(str(exc), className="mb-0"), {}, closed + " open"

@@ -206,6 +206,21 @@ def wait_ready(tab, selector: str | None = None, timeout: float = WAIT_MS) -> No
     )
 
 
+VIEW_READY = """(view) => {
+    const shown = document.querySelector('.iteration-view');
+    if (!shown || shown.dataset.view !== view) return false;
+    if (document.querySelector('[data-dash-is-loading="true"]')) return false;
+    return [...shown.querySelectorAll('.formula')].every((f) => f.querySelector('mjx-container'));
+}"""
+
+
+def wait_view(tab, view: str, timeout: float = WAIT_MS) -> None:
+    """Until the iteration page shows `view` ("phase/layer", "backward/" for a whole
+    phase) with its formulas typeset: after a link within the page, one callback
+    builds the view (its heatmaps are drawn as they come into view)."""
+    tab.wait_for_function(VIEW_READY, arg=view, timeout=timeout)
+
+
 def open_page(tab, url: str, selector: str | None = None) -> None:
     tab.goto(url)
     wait_ready(tab, selector)

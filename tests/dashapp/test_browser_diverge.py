@@ -93,9 +93,13 @@ def test_divergence_link_picks_the_slice_of_the_largest_difference(dash_app):
         index=(3, 2, 10, 4),
     )
     report = DivergenceReport(run_a=1, run_b=2, atol=0, iterations=7, tensors=9, divergence=found)
+    # the window holding the largest difference: sample 4, channel 3, from row/column 1
     assert divergence_link(report) == (
-        "/compare?a=1%3A7&b=2%3A7&layer=conv1&role=activation&tensor=conv1.out&slice=4%2C3&first=1"
+        "/compare?a=1%3A7&b=2%3A7&layer=conv1&role=activation&tensor=conv1.out&first=1"
+        "&t.conv1.out=4%2C3%401%2C1"
     )
+    found.index = (3, 2, 100, 90)  # a window around the element in a bigger plane
+    assert divergence_link(report).endswith("&t.conv1.out=4%2C3%4069%2C59")
     found.layer, found.tensor, found.role, found.index = None, "input", "input", (0, 0, 1, 1)
     assert "layer=%28model%29&role=input&tensor=input" in divergence_link(report)
     found.reason = "is only in run B"

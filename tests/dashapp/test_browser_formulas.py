@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from dash_helpers import REPO, cnnviz_serve, copy_store, open_page, subprocess_env
+from dash_helpers import REPO, cnnviz_serve, copy_store, open_page, subprocess_env, wait_view
 
 from storage import RunStore
 
@@ -60,17 +60,23 @@ def narrow(browser):
     ("run", "model"), [(1, "seed-cnn"), (3, "lenet5"), (4, "small-cnn"), (5, "example")]
 )
 def test_no_formula_is_cut_off_at_1280_px(narrow, base, models_store, run, model):
+    """Every phase of the iteration, reached from the stage bar, formula by formula."""
     with RunStore(models_store) as store:
         info = store.get_run(run)
     assert model == "example" or info.model_name == model
-    open_page(narrow, f"{base}/iteration?run={run}&it=1", ".step-card")
-    assert narrow.locator(".step-card .formula mjx-container").count() >= 40
-    assert narrow.evaluate(CUT_OFF) == []
+    open_page(narrow, f"{base}/iteration?run={run}&it=1", ".iteration-view")
+    typeset = 0
+    for phase in ("forward", "loss", "backward", "update"):
+        narrow.locator(f".journey-stage.journey-{phase}").click()
+        wait_view(narrow, f"{phase}/")
+        typeset += narrow.locator(".step-card .formula mjx-container").count()
+        assert narrow.evaluate(CUT_OFF) == [], phase
+    assert typeset >= 40
     assert narrow.errors == []
 
 
 def test_an_elided_formula_expands_to_the_stored_one(narrow, base):
-    open_page(narrow, f"{base}/iteration?run=3&it=1", ".step-card")
+    open_page(narrow, f"{base}/iteration?run=3&it=1&phase=forward&layer=fc1", ".step-card")
     card = narrow.locator(".step-card:has(.formula-expand)").first
     fitted = card.locator(".formula-values mjx-container").inner_text()
     assert "⋯" in fitted

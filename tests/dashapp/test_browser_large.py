@@ -62,7 +62,7 @@ def z_of(drawn) -> np.ndarray:
 
 
 def test_a_large_activation_shows_one_plane_and_switches_channel(page, base, store):
-    open_page(page, base + "/iteration?run=1&it=1")
+    open_page(page, base + "/iteration?run=1&it=1&phase=forward&layer=0")
     activation = store.load_tensor(1, 1, "0.out").array  # (64, 6, 28, 28)
     assert activation.shape == (64, 6, 28, 28)
     panel = page.locator('.tensor-panel[data-tensor="0.out"]').first
@@ -81,7 +81,7 @@ def test_a_large_activation_shows_one_plane_and_switches_channel(page, base, sto
 
 
 def test_a_tall_matrix_shows_its_first_rows(page, base, store):
-    open_page(page, base + "/iteration?run=1&it=1")
+    open_page(page, base + "/iteration?run=1&it=1&phase=forward&layer=0")
     x_col = store.load_tensor(1, 1, "0.X_col").array  # (50176, 25)
     panel = page.locator('.tensor-panel[data-tensor="0.X_col"]').first
     (drawn,) = graph_data(panel, ".js-plotly-plot")
@@ -102,8 +102,8 @@ def test_compare_slices_both_sides_alike(page, base, store):
     channel = page.locator(".slice-control input[type=number]").nth(1)
     channel.fill("5")
     channel.press("Enter")
-    page.wait_for_url(re.compile(r"slice=2%2C5"))
-    wait_ready(page, ".tensor-caption:has-text('channel 5 of 6')")
-    (side_b,) = graph_data(page, "#compare-b-graph")
+    page.wait_for_url(re.compile(r"t\.1\.out=2%2C5%401%2C1"))  # the panel's view
+    wait_ready(page, "#compare-b-graph .tensor-caption:has-text('channel 5 of 6')")
+    (side_b,) = graph_data(page, "#compare-b-graph")  # B follows A's window
     np.testing.assert_array_equal(z_of(side_b), relu[1, 4])
     assert list(page.problems) == []

@@ -10,10 +10,18 @@ from __future__ import annotations
 
 import io
 import re
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
-from dash_helpers import INJECTION, cnnviz_serve, graph_data, open_page, wait_ready
+from dash_helpers import (
+    INJECTION,
+    cnnviz_serve,
+    graph_data,
+    open_page,
+    wait_ready,
+    wait_view,
+)
 
 from dashapp.formatting import format_diff, format_matrix
 from dashapp.tensorview import matrix_view
@@ -131,30 +139,60 @@ def test_model_page_typesets_every_layer_formula(page, base, store):
 # ---------------------------------------------------------------- iteration
 
 
-def test_iteration_page_shows_every_step_typeset_and_checked(page, base, store):
+def view_of(tab) -> str:
+    return tab.locator(".iteration-view").get_attribute("data-view")
+
+
+def test_iteration_walks_from_input_to_update_one_view_at_a_time(page, base, store):
+    """The student's path: from the input, "next" through every layer of the forward
+    pass, the loss, the backward pass and the update to what if; each view shows its
+    steps typeset and checked, and nothing else."""
     open_page(page, base + "/iteration?run=2&it=2")
     record = store.load_iteration(2, 2)
-    cards = page.locator("section.step-card")
-    assert cards.count() == len(record.steps)
-    assert_typeset(page, 2 * len(record.steps))
-    for number, step in enumerate(record.steps, start=1):
-        card = page.locator(f"#step-{number}")
-        assert step.title in card.locator(".step-title").inner_text()
-        badge = card.locator(".verify").inner_text()
-        if step.verified:
-            assert badge == f"✓ matches autograd, max |Δ| = {format_diff(step.max_abs_diff)}"
-        elif step.verified is None:
-            assert badge == "no PyTorch counterpart (intermediate)"
-    titles = page.locator(".section-title").all_inner_texts()
-    assert titles == ["Input", "Forward pass", "Loss", "Backward pass", "Weight update", "What if"]
+    seen, views, titles = [], [], []
+    while True:
+        views.append(view_of(page))
+        titles += page.locator(".section-title").all_inner_texts()
+        cards = page.locator("section.step-card")
+        assert_typeset(page, 2 * cards.count())
+        for k in range(cards.count()):
+            card = cards.nth(k)
+            number = int(card.get_attribute("id").removeprefix("step-"))
+            step = record.steps[number - 1]
+            assert step.title in card.locator(".step-title").inner_text()
+            badge = card.locator(".verify").inner_text()
+            if step.verified:
+                assert badge == f"✓ matches autograd, max |Δ| = {format_diff(step.max_abs_diff)}"
+            elif step.verified is None:
+                assert badge == "no PyTorch counterpart (intermediate)"
+            seen.append(number)
+        if page.locator("#iteration-next").count() == 0:
+            break
+        following = page.locator("#iteration-next").get_attribute("href")
+        page.locator("#iteration-next").click()
+        query = parse_qs(urlsplit(following).query)
+        wait_view(page, f"{query['phase'][0]}/{query.get('layer', [''])[0]}")
+    assert seen == list(range(1, len(record.steps) + 1))
+    assert views[0] == "input/" and views[1] == "forward/conv" and views[-1] == "whatif/"
+    assert list(dict.fromkeys(titles)) == [
+        "Input",
+        "Forward pass",
+        "Loss",
+        "Backward pass",
+        "Weight update",
+        "What if",
+    ]
+    page.go_back()  # back through the walk, view by view
+    page.wait_for_url(re.compile(r"phase=update&layer=fc$"))
+    wait_view(page, "update/fc")
     assert_clean(page)
 
 
 def test_iteration_heatmaps_show_the_stored_numbers(page, base, store):
-    open_page(page, base + "/iteration?run=1&it=3")
+    open_page(page, base + "/iteration?run=1&it=3&phase=backward")
     record = store.load_iteration(1, 3)
     panels = page.locator(".tensor-panel:has(.heatmap)")
-    assert panels.count() > 30
+    assert panels.count() > 20
     for i in range(panels.count()):
         panel = panels.nth(i)
         tensor = record.tensor(panel.get_attribute("data-tensor"))
@@ -163,28 +201,45 @@ def test_iteration_heatmaps_show_the_stored_numbers(page, base, store):
     assert_clean(page)
 
 
-def test_iteration_stepper_anchors_and_back_forward(page, base):
-    open_page(page, base + "/iteration?run=2&it=1")
+def test_iteration_views_stepper_menu_and_back_forward(page, base):
+    open_page(page, base + "/iteration?run=2&it=1&phase=backward")
     assert page.locator("h1").inner_text() == "Iteration 1 of 3"
+    # another iteration keeps the phase shown
     page.locator(".iteration-stepper").get_by_role("link", name="2", exact=True).click()
-    page.wait_for_url(re.compile(r"it=2$"))
+    page.wait_for_url(re.compile(r"it=2&phase=backward$"))
     wait_ready(page, "h1:text-is('Iteration 2 of 3')")
-    page.go_back()
-    wait_ready(page, "h1:text-is('Iteration 1 of 3')")
-    assert page.url.endswith("it=1")
+    # the menu opens one layer, the stage bar one phase
+    page.locator(".toc-backward .toc-layer", has_text="fc").click()
+    page.wait_for_url(re.compile(r"it=2&phase=backward&layer=fc$"))
+    wait_view(page, "backward/fc")
+    assert page.locator(".step-card .step-layer").all_inner_texts() == ["fc · Linear"] * 3
+    page.locator(".journey-stage", has_text="Loss").click()
+    page.wait_for_url(re.compile(r"it=2&phase=loss$"))
+    wait_view(page, "loss/")
+    for url, view in (
+        (r"phase=backward&layer=fc$", "backward/fc"),
+        (r"it=2&phase=backward$", "backward/"),
+        (r"it=1&phase=backward$", "backward/"),
+    ):
+        page.go_back()
+        page.wait_for_url(re.compile(url))
+        wait_view(page, view)
+    wait_ready(page, "h1:text-is('Iteration 1 of 3')")  # the same view of iteration 1
     page.go_forward()
     wait_ready(page, "h1:text-is('Iteration 2 of 3')")
-    assert page.url.endswith("it=2")
+    assert page.url.endswith("it=2&phase=backward")
 
-    # the side menu jumps within the page without rebuilding it
-    page.evaluate("document.getElementById('step-1').dataset.marker = 'kept'")
-    page.locator(".toc a[href='#step-15']").click()
-    page.wait_for_url(re.compile(r"#step-15$"))
+    # the steps of the view are anchors on the page: a jump does not rebuild it
+    page.evaluate("document.querySelector('.step-card').dataset.marker = 'kept'")
+    last = page.locator(".toc a.toc-step").last
+    target = last.get_attribute("href")
+    last.click()
+    page.wait_for_url(re.compile(target + "$"))
     # Bootstrap scrolls smoothly: wait until the card has arrived at the top
     page.wait_for_function(
-        "Math.abs(document.getElementById('step-15').getBoundingClientRect().top) < 100"
+        f"Math.abs(document.getElementById('{target[1:]}').getBoundingClientRect().top) < 100"
     )
-    assert page.evaluate("document.getElementById('step-1').dataset.marker") == "kept"
+    assert page.evaluate("document.querySelector('.step-card').dataset.marker") == "kept"
 
     # another run from the picker
     page.locator("#iteration-run").click()
@@ -262,8 +317,7 @@ def test_compare_choices_live_in_the_url(page, base, store):
 def test_unknown_addresses_get_the_not_found_page(page, base, path, message):
     response = page.goto(base + path)
     wait_ready(page)
-    # the address names nothing: HTTP 404 (the compare page checks its layer when it builds)
-    assert response.status == (200 if path.startswith("/compare") else 404)
+    assert response.status == 404  # the address names nothing
     expected = (
         "HTTP 404: " + base,
         "console error: Failed to load resource: the server responded with a status of 404",
@@ -281,7 +335,7 @@ def test_unknown_addresses_get_the_not_found_page(page, base, path, message):
 @pytest.mark.parametrize(
     ("path", "ready"),
     [
-        ("/iteration?run=3&it=1", ".step-card"),
+        ("/iteration?run=3&it=1", ".tensor-panel"),
         ("/model?run=3", "#model-diagram .js-plotly-plot"),
         ("/compare?a=3:1&b=1:1", "#compare-norms .js-plotly-plot"),
     ],
@@ -297,9 +351,11 @@ def test_formulas_are_typeset_a_few_at_a_time_without_blocking(page, base, store
     """MathJax.typeset from dcc.Markdown is queued (assets/formula_queue.js): the call
     returns at once, the formula is typeset in a later task, and every formula of the
     page still ends up typeset."""
-    open_page(page, base + "/iteration?run=1&it=1")
+    open_page(page, base + "/iteration?run=1&it=1&phase=forward")
     record = store.load_iteration(1, 1)
-    assert_typeset(page, 2 * len(record.steps))
+    assert_typeset(
+        page, 2 * sum(1 for s in record.steps if s.phase == "forward" and s.layer != "loss")
+    )
     typeset_in_the_call = page.evaluate(
         """() => {
             const el = document.createElement('div');

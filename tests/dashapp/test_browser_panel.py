@@ -123,14 +123,16 @@ def test_colour_scales_and_special_cells(page, base):
     special = weight[1]  # NaN and ±inf are cells of their own, labelled
     assert special["text"][0][1] == "NaN" and special["text"][1][0] == "inf"
     assert special["text"][2][2] == "-inf" and special["text"][0][0] == ""
+    labels = graph_data(page.locator('.tensor-panel[data-tensor="y"]').first, ".js-plotly-plot")[0]
+    assert labels["scale"] == "categorical"
+    assert labels["labels"] == [str(v) for v in LABELS]
+    page.locator(".journey-stage", has_text="Forward pass").click()  # the softmax's output
+    wait_ready(page, ".iteration-view[data-view='forward/'] .tensor-panel[data-tensor='p']")
     probs = graph_data(page.locator('.tensor-panel[data-tensor="p"]').first, ".js-plotly-plot")[0]
     assert probs["scale"] == "sequential"
     assert probs["zmin"] == pytest.approx(PROBS.min()) and probs["zmax"] == pytest.approx(
         PROBS.max()
     )
-    labels = graph_data(page.locator('.tensor-panel[data-tensor="y"]').first, ".js-plotly-plot")[0]
-    assert labels["scale"] == "categorical"
-    assert labels["labels"] == [str(v) for v in LABELS]
     assert list(page.problems) == []
 
 

@@ -46,7 +46,7 @@ def test_a_click_on_a_conv_output_shows_patch_times_kernel_plus_bias(page, base,
     with RunStore(dash_store) as store:
         record = store.load_iteration(1, 2)
     stored = float(record.tensor("conv.Y_col").array[4, 0])
-    open_page(page, base + "/iteration?run=1&it=2")
+    open_page(page, base + "/iteration?run=1&it=2&phase=forward&layer=conv")
     click_cell(page, "conv.Y_col", 4, 0)
     page.wait_for_selector("#iteration-provenance-check")
     text = page.locator("#iteration-provenance").inner_text()
@@ -65,7 +65,7 @@ def test_a_click_on_a_conv_output_shows_patch_times_kernel_plus_bias(page, base,
 
 
 def test_a_click_on_a_gradient_sums_its_paths_and_close_clears(page, base, dash_store):
-    open_page(page, base + "/iteration?run=1&it=1")
+    open_page(page, base + "/iteration?run=1&it=1&phase=backward&layer=fc")
     click_cell(page, "fc.weight.grad", 1, 2)
     page.wait_for_selector("#iteration-provenance-check")
     text = page.locator("#iteration-provenance").inner_text()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from urllib.parse import urlencode
 
 import numpy as np
 import pytest
@@ -164,19 +166,52 @@ def test_runs_refresh_keeps_the_ticks_and_stops_when_nothing_runs(pages, request
 # ---------------------------------------------------------------- iteration
 
 
-def test_iteration_shows_every_step_in_order_with_its_check(pages, store, request_ctx):
-    layout = pages.iteration.layout(run="1", it="2")
+def query_of(href: str) -> dict:
+    from urllib.parse import parse_qsl, urlsplit
+
+    return dict(parse_qsl(urlsplit(href).query))
+
+
+def walk_views(pages, **query) -> list:
+    """Every view of an iteration, from the first, following each view's "next" link."""
+    shown = [pages.iteration.layout(**query)]
+    while nxt := [
+        c for c in components(shown[-1], dcc.Link) if getattr(c, "id", None) == "iteration-next"
+    ]:
+        shown.append(pages.iteration.layout(**query_of(nxt[0].href)))
+        assert len(shown) < 100
+    return shown
+
+
+def test_iteration_walks_every_step_in_order_with_its_check(pages, store, request_ctx):
+    """Input, then each layer of the forward pass, the loss, the backward pass and the
+    update, then what if: one view at a time, every step once, in order."""
     record = store.load_iteration(1, 2)
-    cards = components(layout, html.Section, "step-card")
+    shown = walk_views(pages, run="1", it="2")
+    views = [components(v, html.Div, "iteration-view")[0] for v in shown]
+    assert [getattr(v, "data-view") for v in views] == [
+        "input/",
+        *[f"forward/{layer}" for layer in ("conv", "relu", "pool", "flatten", "fc")],
+        "loss/loss",
+        *[f"backward/{layer}" for layer in ("loss", "fc", "flatten", "pool", "relu", "conv")],
+        "update/conv",
+        "update/fc",
+        "whatif/",
+    ]
+    cards = [c for v in shown for c in components(v, html.Section, "step-card")]
     assert [c.id for c in cards] == [f"step-{n}" for n in range(1, len(record.steps) + 1)]
     for card, step in zip(cards, record.steps, strict=True):
         assert step.title in text_of(card)
         mark = "none" if step.verified is None else ("yes" if step.verified else "no")
         assert getattr(card, "data-verified") == mark
+        assert len(components(card, dcc.Markdown)) == 2  # general formula, with numbers
     sections = [
-        s.id for s in components(layout, html.Section) if (s.id or "").startswith("section-")
+        s.id
+        for v in shown
+        for s in components(v, html.Section)
+        if (s.id or "").startswith("section-")
     ]
-    assert sections == [
+    assert list(dict.fromkeys(sections)) == [
         "section-input",
         "section-forward",
         "section-loss",
@@ -184,9 +219,31 @@ def test_iteration_shows_every_step_in_order_with_its_check(pages, store, reques
         "section-update",
         "section-whatif",
     ]
+    # previous goes back the same way; the menu links every layer of every phase
+    first_back = [
+        c for c in components(shown[1], dcc.Link) if getattr(c, "id", None) == "iteration-previous"
+    ]
+    assert first_back[0].href == "/iteration?run=1&it=2"
+    menu = [
+        c.href for c in components(shown[0], dcc.Link) if "toc-layer" in getattr(c, "className", "")
+    ]
+    layer_views = [getattr(v, "data-view").split("/") for v in views[1:-1]]
+    assert menu == [links.iteration(1, 2, phase=p, layer=name) for p, name in layer_views]
+    assert all("Iteration 2 of 3" in text_of(v) for v in shown)
+
+
+def test_iteration_shows_one_phase_and_its_steps_only(pages, store, request_ctx):
+    record = store.load_iteration(1, 1)
+    backward = [s for s in record.steps if s.phase == "backward"]
+    layout = pages.iteration.layout(run="1", it="1", phase="backward")
+    cards = components(layout, html.Section, "step-card")
+    assert [components(c, html.H4)[0].children for c in cards] == [s.title for s in backward]
     toc = [a.href for a in components(layout, html.A) if (a.href or "").startswith("#step-")]
-    assert toc == [f"#step-{n}" for n in range(1, len(record.steps) + 1)]
-    assert "Iteration 2 of 3" in text_of(layout)
+    assert toc == [c.id.replace("step-", "#step-") for c in cards]
+    nxt = [c for c in components(layout, dcc.Link) if getattr(c, "id", None) == "iteration-next"]
+    assert nxt[0].href == "/iteration?run=1&it=1&phase=update"  # phase by phase
+    stepper = [c.href for c in components(layout, dcc.Link) if c.children == "2"]
+    assert stepper == ["/iteration?run=1&it=2&phase=backward"]  # same phase, next iteration
 
 
 def test_iteration_heatmaps_hold_the_stored_values(pages, dash_app, store, request_ctx):
@@ -220,6 +277,10 @@ def test_iteration_defaults_to_the_latest_run(pages, request_ctx):
         (dict(run="1", it="0"), ["'0' is not a valid number"]),
         (dict(run="1", it="99"), ["run 1 has no iteration 99", "3 iterations"]),
         (dict(run=["1", "2"]), ["more than once"]),
+        (dict(run="1", it="1", phase="sideways"), ["no phase 'sideways'"]),
+        (dict(run="1", it="1", phase="forward", layer="nope"), ["no layer 'nope'"]),
+        (dict(run="1", it="1", layer="conv"), ["no layer 'conv' in its input phase"]),
+        (dict(run="1", it="1", phase=["loss", "update"]), ["more than once"]),
     ],
 )
 def test_iteration_unknown_things_are_not_found(pages, request_ctx, query, words):
@@ -333,6 +394,8 @@ def test_a_view_in_the_url_opens_that_window(pages, dash_app, store, request_ctx
         "/iteration?run=999",
         "/iteration?run=1&it=99",
         "/iteration?run=1&it=1&t.nope=@1,1",
+        "/iteration?run=1&it=1&phase=sideways",
+        "/iteration?run=1&phase=forward&layer=nope",
         "/model?run=999",
         "/compare?a=1:1&b=999:1",
         "/compare?a=1:99",
@@ -369,43 +432,66 @@ def test_model_lists_layers_with_shapes_formulas_and_a_diagram(pages, store, req
 # ---------------------------------------------------------------- compare
 
 
-def test_compare_defaults_put_two_runs_side_by_side(pages, store, request_ctx):
+def panel_values(dash_app, layout, aio_id: str) -> tuple[np.ndarray, dict]:
+    """What a tensor panel of a layout draws: its figure address, fetched as the browser
+    fetches it (z, and the trace for the colour range)."""
+    (panel,) = [
+        c
+        for c in components(layout, html.Div, "tensor-panel")
+        if c.to_plotly_json()["props"].get("data-aio") == aio_id
+    ]
+    (slot,) = components(panel, html.Div, "heatmap-slot")
+    body = dash_app.server.test_client().get(getattr(slot, "data-src")).get_data(as_text=True)
+    return drawn_z(body), json.loads(body)["data"][0]
+
+
+def test_compare_defaults_put_two_runs_side_by_side(pages, dash_app, store, request_ctx):
     layout = pages.compare.layout()
-    graphs = {g.id: g.figure for g in components(layout, dcc.Graph)}
     a = store.load_tensor(1, 3, "conv.weight").array
     b = store.load_tensor(2, 3, "conv.weight").array
-    za = np.asarray(graphs["compare-a-graph"].data[0].z)
-    zb = np.asarray(graphs["compare-b-graph"].data[0].z)
+    za, trace_a = panel_values(dash_app, layout, "compare-a")
+    zb, trace_b = panel_values(dash_app, layout, "compare-b")
+    zd, _ = panel_values(dash_app, layout, "compare-diff")
     np.testing.assert_array_equal(za, a[0, 0])
     np.testing.assert_array_equal(zb, b[0, 0])
-    np.testing.assert_allclose(
-        np.asarray(graphs["compare-diff-graph"].data[0].z), b[0, 0].astype(np.float64) - a[0, 0]
-    )
-    # one colour scale for both sides
-    assert graphs["compare-a-graph"].data[0].zmax == graphs["compare-b-graph"].data[0].zmax
-    assert graphs["compare-a-graph"].data[0].zmax == pytest.approx(
-        max(np.abs(a).max(), np.abs(b).max())
-    )
+    np.testing.assert_allclose(zd, b[0, 0].astype(np.float64) - a[0, 0])
+    # one colour scale for both sides, over both full tensors
+    assert (trace_a["zmin"], trace_a["zmax"]) == (trace_b["zmin"], trace_b["zmax"])
+    assert trace_a["zmax"] == pytest.approx(max(np.abs(a).max(), np.abs(b).max()))
     delta = b.astype(np.float64) - a
     text = text_of(layout)
     assert f"{np.abs(delta).max():.4g}" in text and f"{np.linalg.norm(delta):.4g}" in text
     cosine = float(np.dot(a.ravel(), b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b)))
     assert f"{cosine:.6f}" in text
-    # the histories overlay every run of the same model
-    assert len(graphs["compare-loss"].data) == 3
+    # the histories overlay every run of the same model, drawn after the page
+    (ref,) = [c for c in components(layout, dcc.Store) if c.id == "compare-ref"]
+    loss, norms = pages.compare.draw_history(ref.data)
+    assert len(loss["data"]) == 3
+    assert {t["xaxis"] for t in norms["data"]} == {"x", "x2", "x3", "x4", "x5", "x6", "x7", "x8"}
 
 
-def test_compare_any_role_and_iteration(pages, store, request_ctx):
+def test_compare_any_role_and_iteration(pages, dash_app, store, request_ctx):
     layout = pages.compare.layout(a="1:1", b="1:3", layer="fc", role="param_grad")
-    graphs = {g.id: g.figure for g in components(layout, dcc.Graph)}
     np.testing.assert_array_equal(
-        np.asarray(graphs["compare-a-graph"].data[0].z),
+        panel_values(dash_app, layout, "compare-a")[0],
         store.load_tensor(1, 1, "fc.weight.grad").array,
     )
     np.testing.assert_array_equal(
-        np.asarray(graphs["compare-b-graph"].data[0].z),
+        panel_values(dash_app, layout, "compare-b")[0],
         store.load_tensor(1, 3, "fc.weight.grad").array,
     )
+
+
+def test_compare_reads_no_whole_iteration(pages, store, request_ctx, monkeypatch):
+    """The page reads tensor metadata and one tensor of each side, never an iteration."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the compare page loaded a whole iteration")
+
+    monkeypatch.setattr(type(store), "load_iteration", refuse)
+    pages.compare.stored_comparison.cache_clear()
+    text = text_of(pages.compare.layout(a="1:2", b="2:2", layer="fc", role="param"))
+    assert "max |Δ|" in text
 
 
 def test_compare_falls_back_to_a_role_the_layer_has(pages, request_ctx):
@@ -413,18 +499,28 @@ def test_compare_falls_back_to_a_role_the_layer_has(pages, request_ctx):
     assert "layer relu has no weight" in text and "relu.out" in text
 
 
+def test_compare_a_tensor_named_alone_says_its_layer(pages, request_ctx):
+    text = text_of(pages.compare.layout(a="1:1", b="2:1", tensor="fc.weight.grad"))
+    assert "fc.weight.grad" in text and "not a" not in text
+
+
 @pytest.mark.parametrize(
     ("query", "words"),
     [
         (dict(a="1:1", b="2:1", layer="nope"), ["no layer 'nope'"]),
+        (dict(a="1:1", b="2:1", tensor="nope"), ["no tensor 'nope'"]),
+        (dict(a="1:1", b="2:1", **{"t.fc.bias": "@1,1"}), ["not fc.bias"]),
+        (dict(a="1:1", b="2:1", **{"t.conv.weight": "x"}), ["view"]),
         (dict(a="1-1"), ["RUN:ITERATION"]),
         (dict(a="1:99"), ["run 1 has no iteration 99"]),
         (dict(b="77:1"), ["no run 77"]),
         (dict(runs="1,x"), ["comma-separated"]),
     ],
 )
-def test_compare_unknown_things_are_not_found(pages, request_ctx, query, words):
+def test_compare_unknown_things_are_not_found(pages, dash_app, request_ctx, query, words):
     assert_not_found(pages.compare.layout(**query), *words)
+    address = links.compare() + "?" + urlencode(query)
+    assert dash_app.server.test_client().get(address).status_code == 404, address
 
 
 def test_compare_controls_write_the_url(pages, request_ctx):
@@ -435,21 +531,37 @@ def test_compare_controls_write_the_url(pages, request_ctx):
         "role": "param",
         "tensor": "conv.weight",
         "runs": None,
-        "slice": [],
     }
-    args = [1, 3, 2, 3, "conv", "param", "conv.weight", [2, 1, 3], []]
+    args = [1, 3, 2, 3, "conv", "param", "conv.weight", [2, 1, 3]]
     search = run_callback(
-        pages.compare.navigate, *[*args[:2], 3, 2, *args[4:]], ref, triggered="compare-b-run.value"
+        pages.compare.navigate,
+        *[*args[:2], 3, 2, *args[4:]],
+        ref,
+        [],
+        triggered="compare-b-run.value",
     )
     assert search == "?a=1%3A3&b=3%3A3&layer=conv&role=param&tensor=conv.weight"
     search = run_callback(
-        pages.compare.navigate, *[*args[:4], "fc", *args[5:]], ref, triggered="compare-layer.value"
+        pages.compare.navigate,
+        *[*args[:4], "fc", *args[5:]],
+        ref,
+        [],
+        triggered="compare-layer.value",
     )
     assert search == "?a=1%3A3&b=2%3A3&layer=fc&role=param"  # the tensor is the new layer's
     search = run_callback(
-        pages.compare.navigate, *args[:7], [1, 2], [], ref, triggered="compare-runs.value"
+        pages.compare.navigate, *args[:7], [1, 2], ref, [], triggered="compare-runs.value"
     )
     assert search.endswith("&runs=1%2C2")
+
+
+def test_compare_run_search_finds_name_model_seed_and_id(pages, request_ctx):
+    labels = lambda text: [o["label"] for o in pages.compare.search_runs(text, [1])]  # noqa: E731
+    assert labels("seed-cnn")[0].startswith("#1 ")  # the chosen run comes first
+    assert any("seed 7" in label for label in labels("7"))  # run 3 has seed 7
+    assert [label.split()[0] for label in labels("2")] == ["#1", "#2"]  # id 2
+    assert labels("no such run") == [labels("seed-cnn")[0]]
+    assert pages.compare.search_runs("", [1]) is None
 
 
 def test_not_found_page(pages, request_ctx):
@@ -520,23 +632,25 @@ def test_an_unexplained_iteration_shows_its_raw_tensors_and_says_how_to_explain(
     run = run_builtin(seed=0, iterations=1, db=path, explain="off")
     with using_store(dash_app, path):
         layout = pages.iteration.layout(run=str(run.run_id), it="1")
+        forward = text_of(pages.iteration.layout(run=str(run.run_id), it="1", phase="forward"))
+        backward = text_of(pages.iteration.layout(run=str(run.run_id), it="1", phase="backward"))
     text = text_of(layout)
     assert "Not explained:" in text and "this run was traced with explanation off" in text
     assert f"cnnviz explain {run.run_id} --db {path}" in text
-    assert "conv.out" in text and "fc.weight.grad" in text  # the raw tensors are there
-    assert "not explained; tensors as captured" in text
+    assert "Not explained:" in forward and "Not explained:" in backward  # on every view
+    assert "conv.out" in forward and "fc.weight.grad" in backward  # the raw tensors are there
+    assert "not explained; tensors as captured" in forward
     # Explained, the note is gone and the steps are checked.
     from tracer.explain import explain_run
 
     explain_run(str(path), run.run_id)
     with using_store(dash_app, path):
-        layout = pages.iteration.layout(run=str(run.run_id), it="1")
-    text = text_of(layout)
-    assert "Not explained:" not in text and "not explained; tensors as captured" not in text
+        forward = text_of(pages.iteration.layout(run=str(run.run_id), it="1", phase="forward"))
+    assert "Not explained:" not in forward and "not explained; tensors as captured" not in forward
 
 
 def test_iteration_whatif_recomputes_the_update_for_another_learning_rate(pages, request_ctx):
-    layout = pages.iteration.layout(run="1", it="2")
+    layout = pages.iteration.layout(run="1", it="2", phase="whatif")
     assert [c for c in components(layout, html.Section) if c.id == "section-whatif"]
     ref = {"run": 1, "it": 2, "count": 3}
     result = run_callback(

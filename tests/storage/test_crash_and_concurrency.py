@@ -189,3 +189,37 @@ def test_sigkill_with_iterations_in_the_queue_keeps_committed_ones_whole(db_path
         for summary in summaries:
             assert (summary.num_steps, summary.num_checked, summary.num_verified) == (23, 23, 23)
             assert len(store.load_iteration(run.id, summary.index).tensors) > 40
+
+
+def test_a_writer_seen_from_another_host_is_alive_while_it_beats(db_path, monkeypatch):
+    """A dashboard in another container (another pid namespace) cannot ask the pid: the
+    writer's heartbeat thread keeps the run alive however long an iteration takes, and
+    a writer that stopped beating reads as stale once its heartbeat is STALE_AFTER old."""
+    from storage import RunInfo, Store
+    from storage import store as store_module
+
+    monkeypatch.setattr(store_module, "HEARTBEAT_EVERY", 0.05)
+    elsewhere = "UPDATE runs SET writer_host = 'elsewhere', heartbeat_at = ?"
+    with Store.open(db_path, mode="w") as store:
+        writer = store.begin_run(RunInfo(name="slow"))
+        with sqlite3.connect(db_path) as conn:
+            conn.execute(elsewhere, ("2000-01-01 00:00:00.000000",))
+        conn.close()
+        deadline = time.monotonic() + 10
+        while (run := RunStore(db_path).list_runs()[0]).status != "running":
+            assert time.monotonic() < deadline, run.error
+            time.sleep(0.05)
+        writer.close()  # stops beating, as a dead writer would
+        old = (
+            store_module._utcnow() - store_module.STALE_AFTER - store_module.dt.timedelta(seconds=1)
+        )
+        with sqlite3.connect(db_path) as conn:
+            conn.execute(elsewhere, (f"{old:%Y-%m-%d %H:%M:%S.%f}",))
+        conn.close()
+        (run,) = store.list_runs()
+        assert run.status == "stale"
+        assert run.error.startswith(
+            f"no heartbeat from its writer (pid {os.getpid()} on elsewhere)"
+        )
+        assert [run_id for run_id, _ in store.prune_stale()] == [run.id]
+    assert RunStore(db_path).list_runs()[0].status == "interrupted"

@@ -182,3 +182,49 @@ def test_a_new_model_appears_in_the_filter_list(db_path):
         _run(engine, "b", 0, "resnet18", 2)  # written while the reader is open
         assert store.run_page(RunQuery()).models == ["lenet5", "resnet18"]
     engine.dispose()
+
+
+def test_picker_search_matches_name_model_id_or_seed(many_runs):
+    def found(text, limit=50):
+        return [r.id for r in many_runs.find_runs(RunQuery(text=text, limit=limit))]
+
+    assert found("RUN_1") == [2, 12, 14, 16, 18, 20]  # run_1, run_11, run_13 ... (_ literal)
+    assert found("%") == [i for i in range(1, 31) if i % 2]  # "Run%0", "Run%2" ...: literal %
+    assert found("lenet") == [i for i in range(1, 31) if (i - 1) % 3 == 0]
+    # digits: the id, a seed, or the digits in a name
+    assert 3 in found("3") and {r.seed for r in many_runs.find_runs(RunQuery(text="4"))} >= {4}
+    assert found("3", limit=2) == found("3")[:2]
+    assert found("no such run") == []
+
+
+def test_an_iteration_without_bytes_and_its_history(db_path):
+    engine = open_engine(db_path)
+    writer = RunWriter.begin(engine, RunInfo(name="r", model_name="m"))
+    arrays = {}
+    for index in (1, 2, 5):  # not every iteration is stored
+        w = np.arange(12, dtype=np.float32).reshape(3, 4) * index
+        arrays[index] = w
+        tensors = [
+            TensorRecord("fc.weight", "param", w, layer="fc"),
+            TensorRecord("fc.weight.grad", "param_grad", -w, layer="fc"),
+            TensorRecord("fc.out", "activation", w[:1], layer="fc"),
+        ]
+        writer.add_iteration(IterationRecord(index, 1.0 / index, tensors, []))
+    writer.finish()
+    engine.dispose()
+    with RunStore(db_path) as store:
+        assert store.iteration_indices(1) == [1, 2, 5]
+        assert store.iteration_indices(99) == []
+        records = store.tensor_records(1, 5)
+        assert [t.name for t in records] == ["fc.weight", "fc.weight.grad", "fc.out"]
+        weight = records[0]
+        assert weight.shape == (3, 4) and weight.array.size == 0 and weight.array.dtype == "<f4"
+        assert weight.summary["max"] == 55.0 and weight.stored_numel == 12
+        assert store.tensor_records(1, 3) is None
+        history = store.summary_history([1], ["param", "param_grad"])
+        assert [(run, it, name) for run, it, name, _, _ in history] == [
+            (1, i, n) for i in (1, 2, 5) for n in ("fc.weight", "fc.weight.grad")
+        ]
+        expected = [float(np.linalg.norm(arrays[i].astype(np.float64))) for i in (1, 2, 5)]
+        np.testing.assert_allclose([row[4] for row in history[::2]], expected, rtol=1e-6)
+        assert store.loss_history([1, 2]) == [(1, 1, 1.0), (1, 2, 0.5), (1, 5, 0.2)]

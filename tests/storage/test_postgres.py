@@ -5,6 +5,7 @@ concurrent writers and a killed writer."""
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
-from storage import RunInfo, Store, StoreError, TensorRecord, schema
+from storage import RunInfo, RunQuery, Store, StoreError, TensorRecord, schema
 from storage.records import IterationRecord
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "schema.md").read_text()
@@ -199,7 +200,9 @@ def test_concurrent_writers_on_postgres(pg_url, cli_env):
             assert [s.index for s in store.iterations(run.id)] == list(range(1, 9))
 
 
-def test_a_killed_writer_leaves_whole_iterations_and_reads_as_stale(pg_url, cli_env):
+def test_a_killed_writer_on_another_host_is_told_from_a_slow_one(pg_url, cli_env):
+    """The writer's lease (an advisory lock on its session) answers for it on any host:
+    alive however old its heartbeat looks, stale as soon as its process is gone."""
     proc = subprocess.Popen(
         [*TRACE, "--db", pg_url, "--epochs", "100000", "--seed", "3"],
         env=cli_env,
@@ -218,18 +221,171 @@ def test_a_killed_writer_leaves_whole_iterations_and_reads_as_stale(pg_url, cli_
             except Exception:
                 pass  # the schema is not there yet
             time.sleep(0.1)
+        # As a dashboard elsewhere sees it: another host, and no write for an hour.
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "UPDATE runs SET writer_host = 'elsewhere', heartbeat_at = now() - interval '1 hour'"
+            )
+        with Store.open(pg_url) as store:
+            (run,) = store.list_runs()
+            assert run.status == "running", run.error
+            assert store.run_page(RunQuery()).any_running
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         engine.dispose()
     with Store.open(pg_url) as store:
-        (run,) = store.list_runs()
-        assert run.status == "stale" and f"pid {proc.pid}" in run.error
+        deadline = time.monotonic() + 10  # the server ends the dead session at once
+        while (run := store.list_runs()[0]).status == "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert run.status == "stale"
+        assert (
+            run.error == f"its writer (pid {proc.pid} on elsewhere) no longer holds the run's lease"
+        )
+        assert not store.run_page(RunQuery()).any_running
         summaries = store.iterations(run.id)
         assert run.num_iterations == len(summaries) >= 4
         for summary in summaries:
             assert (summary.num_steps, summary.num_verified) == (23, 23)
-    with Store.open(pg_url, mode="w") as store:
-        assert [run_id for run_id, _ in store.prune_stale()] == [run.id]
+    pruned = subprocess.run(
+        [sys.executable, "-m", "tracer.cli", "runs", "--prune-stale", "--db", pg_url],
+        env=cli_env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert pruned.returncode == 0, pruned.stderr
+    assert pruned.stdout.startswith(f"run {run.id}: marked interrupted (its writer (pid {proc.pid}")
     with Store.open(pg_url) as store:
         assert store.list_runs()[0].status == "interrupted"
+
+
+def test_a_live_writer_holds_its_lease_and_beats_until_it_finishes(pg_url, monkeypatch):
+    from storage import store as store_module
+
+    monkeypatch.setattr(store_module, "HEARTBEAT_EVERY", 0.05)
+    with Store.open(pg_url, mode="w") as store:
+        writer = store.begin_run(RunInfo(name="slow"))
+        engine = create_engine(pg_url)
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("UPDATE runs SET heartbeat_at = '2000-01-01'")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the thread beats with the server's clock
+                with engine.connect() as conn:
+                    beat = conn.exec_driver_sql(
+                        "SELECT now() AT TIME ZONE 'utc' - heartbeat_at < interval '1 minute' "
+                        "FROM runs"
+                    ).scalar()
+                if beat:
+                    break
+                time.sleep(0.05)
+            assert beat
+            with engine.connect() as conn:
+                held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                assert conn.exec_driver_sql(held).scalar() == 1
+                writer.finish()
+                assert conn.exec_driver_sql(held).scalar() == 0
+        finally:
+            engine.dispose()
+    with Store.open(pg_url) as store:
+        assert store.list_runs()[0].status == "completed"
+
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "store-v1.db"
+WIDE = {
+    ("runs", "id"), ("layers", "id"), ("layers", "run_id"), ("layers", "num_params"),
+    ("iterations", "id"), ("iterations", "run_id"), ("tensors", "id"),
+    ("tensors", "iteration_id"), ("tensors", "numel"), ("tensors", "stored_numel"),
+    ("tensors", "nan_count"), ("tensors", "inf_count"), ("tensor_data", "tensor_id"),
+    ("steps", "id"), ("steps", "iteration_id"), ("step_tensors", "step_id"),
+    ("step_tensors", "tensor_id"),
+}  # fmt: skip
+SERIAL_TABLES = ("runs", "layers", "iterations", "tensors", "steps")
+
+
+def _rows(engine) -> dict[str, list]:
+    """Every table's rows as Python values (JSON parsed, booleans as bool), by key."""
+    with engine.connect() as conn:
+        return {
+            table.name: [
+                tuple(row)
+                for row in conn.execute(select(table).order_by(*table.primary_key.columns))
+            ]
+            for table in schema.Base.metadata.sorted_tables
+            if table.name != "meta"
+        }
+
+
+def _sequence_types(conn) -> dict[str, str]:
+    rows = conn.execute(text("SELECT sequencename, data_type::text FROM pg_sequences"))
+    return dict(rows.all())
+
+
+def test_db_upgrade_widens_keys_to_64_bits_with_every_row_kept(pg_url, tmp_path, cli_env):
+    """The v1 fixture, upgraded and copied into PostgreSQL with its ids, taken back to
+    revision 0002 (32-bit keys, as 0002 stores are), then upgraded by the command."""
+    from alembic import command
+
+    from storage.migrate import alembic_config, upgrade
+
+    copy = tmp_path / "v1.db"
+    shutil.copy(FIXTURE, copy)
+    upgrade(copy)
+    source = create_engine(f"sqlite:///{copy}")
+    expected = _rows(source)
+    source.dispose()
+    Store.open(pg_url, mode="w").close()  # the schema, empty
+    engine = create_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            for table in schema.Base.metadata.sorted_tables:
+                if table.name != "meta":
+                    rows = [dict(zip(table.columns.keys(), row)) for row in expected[table.name]]
+                    conn.execute(table.insert(), rows)
+            for table in SERIAL_TABLES:
+                conn.execute(
+                    text(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id)) FROM {table}"
+                    )
+                )
+            command.downgrade(alembic_config(conn), "0002")
+        old_types = _column_types(pg_url)
+        assert {old_types[key] for key in WIDE} == {"integer"}
+        with engine.connect() as conn:
+            assert set(_sequence_types(conn).values()) == {"integer"}
+        result = subprocess.run(
+            [sys.executable, "-m", "tracer.cli", "db", "upgrade", "--db", pg_url],
+            env=cli_env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == (
+            f"upgraded {pg_url} from store schema version 2 to 3; "
+            "kept 2 runs, 6 iterations, 318 tensors"
+        )
+        new_types = _column_types(pg_url)
+        assert {new_types[key] for key in WIDE} == {"bigint"}
+        with engine.connect() as conn:
+            assert set(_sequence_types(conn).values()) == {"bigint"}
+        assert _rows(engine) == expected
+        # Ids past 2^31 are written and read back.
+        with engine.begin() as conn:
+            for table in SERIAL_TABLES:
+                conn.execute(
+                    text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), {2**31 + 7})")
+                )
+    finally:
+        engine.dispose()
+    array = np.arange(6, dtype=np.float32).reshape(2, 3)
+    with Store.open(pg_url, mode="w") as store:
+        writer = store.begin_run(RunInfo(name="wide"))
+        writer.add_iteration(
+            IterationRecord(
+                index=1, loss=0.5, tensors=[TensorRecord("w", "param", array)], steps=[]
+            )
+        )
+        writer.finish()
+    with Store.open(pg_url) as store:
+        run = store.list_runs()[-1]
+        assert run.id == 2**31 + 8
+        tensor = store.load_tensor(run.id, 1, "w")
+        assert tensor.id == 2**31 + 8
+        np.testing.assert_array_equal(tensor.array, array)
+        assert store.integrity_check() == "ok"

@@ -98,21 +98,43 @@ def test_bad_cells_say_why(seed_run):
     run, records = seed_run
     with pytest.raises(NotExplained, match="has no cell"):
         _explain(run, records[0], "fc.out", (0, 9))
-    with pytest.raises(NotExplained, match="not stored whole"):
+    with pytest.raises(NotExplained, match="no.such is not stored in this iteration"):
         _explain(run, records[0], "no.such", (0,))
 
 
-def test_a_cell_that_reads_a_truncated_tensor_says_so(seed_run):
+def test_a_truncated_tensor_explains_the_cells_it_kept_and_says_which_it_did_not(seed_run):
+    """A storage bound keeps a tensor's first elements (C order): a cell whose terms were
+    all kept is explained; one that reads beyond them names the missing cell."""
     import copy
+
+    from storage.records import TensorRecord
 
     run, records = seed_run
     record = copy.deepcopy(records[0])
-    weight = record.tensor("fc.weight")
-    weight.array = weight.array.reshape(-1)[:3]  # what a storage bound keeps: a prefix
-    with pytest.raises(NotExplained, match="reads fc.weight, which is not stored whole"):
+    whole = record.tensor("fc.weight").array
+    kept = whole.shape[1]  # the first row: what fc.out[:, 0] reads
+    record.tensors = [
+        TensorRecord(t.name, t.role, whole.reshape(-1)[:kept], t.layer, shape=whole.shape)
+        if t.name == "fc.weight"
+        else t
+        for t in record.tensors
+    ]
+    assert record.tensor("fc.weight").truncated
+    prov = _explain(run, record, "fc.out", (0, 0))
+    assert prov.matches and prov.reads()["fc.weight"] == [(0, k) for k in range(kept)]
+    with pytest.raises(NotExplained, match=r"reads fc.weight\[1,0\], beyond the first"):
         _explain(run, record, "fc.out", (0, 1))
-    with pytest.raises(NotExplained, match="fc.weight is not stored whole"):
-        _explain(run, record, "fc.weight", (0, 0))
+    with pytest.raises(NotExplained, match=r"fc.weight\[1,0\] is not stored: a storage bound kept"):
+        _explain(run, record, "fc.weight", (1, 0))
+    assert _explain(run, record, "fc.weight.next", (0, 1)).matches
+    with pytest.raises(NotExplained, match=r"reads fc.weight\[1,1\], beyond the first"):
+        _explain(run, record, "fc.weight.next", (1, 1))
+    # a rule that needs the whole tensor (to recover a window, say) is told so
+    from storage.provenance.core import Missing, Prefix
+
+    with pytest.raises(Missing) as missing:
+        np.asarray(Prefix("fc.weight", whole.reshape(-1)[:kept], whole.shape))
+    assert missing.value.reason() == "reads all of fc.weight, which is not stored whole"
 
 
 def test_a_momentum_update_reads_the_stored_buffer(tmp_path):
@@ -129,9 +151,8 @@ def test_a_momentum_update_reads_the_stored_buffer(tmp_path):
         for index in itertools.product(*(range(d) for d in tensor.array.shape)):
             prov = _explain(run, record, tensor.name, index)
             assert prov.matches and "w - η v" in prov.formula, prov.formula
-            assert (
-                prov.terms[1].tensor == tensor.name.removesuffix(".next") + ".state.momentum_buffer"
-            )
+            # the buffer the update step reads: ours, checked against PyTorch's state
+            assert prov.terms[1].tensor == tensor.name.removesuffix(".next") + ".momentum_buffer"
 
 
 def test_long_sums_are_written_with_their_ends_and_computed_whole():

@@ -29,11 +29,12 @@ from torch import nn
 
 from storage import names
 
+from .copies import HostCopies
 from .custom import CustomFunctionHooks
 from .functional import FunctionalHooks, _FunctionRecorder
 from .modules import ModuleHooks
 from .optimizer import OptimizerHooks
-from .records import CapturedCall, CapturedIteration, CapturedValue, to_numpy
+from .records import CapturedCall, CapturedIteration, CapturedValue
 from .spec import OptimizerSpec
 
 
@@ -64,6 +65,9 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
             name or type(m).__name__.lower() for name, m in model.named_modules()
         } | {loss_name}
         self._recorder = _FunctionRecorder(self) if functional else None
+        # Host copies: synchronous on CPU; on CUDA non_blocking into pinned memory on a
+        # side stream, waited for in finish() before the iteration is handed off.
+        self._copies = HostCopies()
         self._handles: list[Any] = []
         self._tensor_handles: list[Any] = []
         self.active = False
@@ -135,6 +139,7 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
         for handle in self._tensor_handles:
             handle.remove()
         self._tensor_handles.clear()
+        self._copies.wait()  # every copy is in host memory before anything reads it
         grad_scale = self._grad_scale()
         if grad_scale is not None:
             self._problem(
@@ -251,13 +256,17 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
         self._keep.append(tensor)
         if tensor.grad_fn is not None:
             self._node_names[(id(tensor.grad_fn), getattr(tensor, "output_nr", 0))] = name
-        array = to_numpy(tensor)
+        array = self._copy(tensor)
         if array is not None:
             self._values[name] = CapturedValue(name, array, role, layer)
         else:
             self._problem(f"{name}: a {tensor.dtype} tensor is not stored")
         self._hook_grad(tensor, name)
         return name
+
+    def _copy(self, tensor: torch.Tensor) -> np.ndarray | None:
+        """The host copy of a tensor (see `copies`): filled once `finish()` has waited."""
+        return self._copies.copy(tensor)
 
     def _array(self, name: str) -> np.ndarray | None:
         value = self._values.get(name)
@@ -272,7 +281,7 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
         def save(grad: torch.Tensor) -> None:
             self._backward_seen = True
             if self.active and grad is not None:
-                array = to_numpy(grad)
+                array = self._copy(grad)
                 if array is not None:
                     self._grads[name] = array
 

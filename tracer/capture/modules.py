@@ -14,7 +14,7 @@ from storage import names
 from storage.names import ROLE_ACTIVATION, ROLE_INPUT, ROLE_OUTPUT, ROLE_TARGET
 
 from . import torchapi
-from .records import CapturedCall, iter_tensors, to_numpy
+from .records import CapturedCall, iter_tensors
 from .spec import module_spec
 
 
@@ -165,7 +165,7 @@ class ModuleHooks:
         call.buffers = {
             local: a
             for local, b in module.named_buffers(recurse=False)
-            if b is not None and (a := to_numpy(b)) is not None
+            if b is not None and (a := self._copy(b)) is not None
         }
         call.module = module_spec(module, call.buffers)
 
@@ -174,7 +174,7 @@ class ModuleHooks:
         call.param_names[local] = qualified
         self._param_calls[qualified] += 1
         if qualified not in self._params:
-            array = to_numpy(p)
+            array = self._copy(p)
             if array is not None:
                 self._params[qualified] = array
 
@@ -186,7 +186,7 @@ class ModuleHooks:
         call.buffers_after = {
             local: a
             for local, b in module.named_buffers(recurse=False)
-            if b is not None and (a := to_numpy(b)) is not None
+            if b is not None and (a := self._copy(b)) is not None
         }
         is_loss = module is self.criterion
         self._name_outputs(

@@ -24,10 +24,12 @@ class OptimizerHooks:
             self._backward_in_step = self._backward_in_step or self._stepping
             if not self.active:
                 return
-            array = to_numpy(grad)
+            array = self._copy(grad)
             if array is None:
                 return
             previous = self._grad_increments.get(name)
+            if previous is not None:
+                self._copies.wait()  # the sum reads both copies
             self._grad_increments[name] = array if previous is None else previous + array
 
         return hook
@@ -42,16 +44,24 @@ class OptimizerHooks:
             total = self._param_grads.get(name)
             if total is None or total.shape != increment.shape or increment.dtype.kind != "f":
                 return None
-            inc, tot = increment.astype(np.float64), total.astype(np.float64)
-            if not (np.isfinite(inc).all() and np.isfinite(tot).all()):
-                return None  # a diverged gradient (NaN/inf) is no clipping factor
-            norm = float(np.sum(inc * inc))
-            if norm == 0.0:
-                continue
-            c = float(np.sum(tot * inc)) / norm
-            scale = max(float(np.max(np.abs(tot))), 1e-30)
-            if not np.allclose(tot, c * inc, rtol=1e-5, atol=1e-6 * scale):
-                return None
+            if np.array_equal(total, increment):
+                # The common case, .grad as backward left it: c = 1 without a float64 pass.
+                if not np.isfinite(total).all():
+                    return None  # a diverged gradient (NaN/inf) is no clipping factor
+                if not total.any():
+                    continue
+                c = 1.0
+            else:
+                inc, tot = increment.astype(np.float64), total.astype(np.float64)
+                if not (np.isfinite(inc).all() and np.isfinite(tot).all()):
+                    return None  # a diverged gradient (NaN/inf) is no clipping factor
+                norm = float(np.sum(inc * inc))
+                if norm == 0.0:
+                    continue
+                c = float(np.sum(tot * inc)) / norm
+                scale = max(float(np.max(np.abs(tot))), 1e-30)
+                if not np.allclose(tot, c * inc, rtol=1e-5, atol=1e-6 * scale):
+                    return None
             if factor is not None and not np.isclose(c, factor, rtol=1e-4):
                 return None
             factor = c if factor is None else factor
@@ -76,7 +86,7 @@ class OptimizerHooks:
         return before
 
     def _store_param_grad(self, name: str, grad: torch.Tensor) -> None:
-        array = to_numpy(grad)
+        array = self._copy(grad)
         if array is not None:
             self._param_grads[name] = array
 
@@ -99,9 +109,9 @@ class OptimizerHooks:
                     self._param_groups[name] = settings
                     if p.grad is not None:
                         self._store_param_grad(name, p.grad)
-                    if name not in self._params and (array := to_numpy(p)) is not None:
+                    if name not in self._params and (array := self._copy(p)) is not None:
                         self._params[name] = array
-                    self._state_before[name] = _state(optimizer, p)
+                    self._state_before[name] = _state(optimizer, p, self._copy)
 
     def _step_post_hook(self, optimizer, args, kwargs):
         if not self.active:
@@ -118,17 +128,19 @@ class OptimizerHooks:
                         continue
                     if regrad and p.grad is not None:
                         self._store_param_grad(name, p.grad)
-                    array = to_numpy(p)
+                    array = self._copy(p)
                     if array is not None:
                         self._params_after[name] = array
-                    self._state_after[name] = _state(optimizer, p)
+                    self._state_after[name] = _state(optimizer, p, self._copy)
 
 
-def _state(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> dict[str, np.ndarray]:
+def _state(
+    optimizer: torch.optim.Optimizer, p: torch.Tensor, copy: Callable = to_numpy
+) -> dict[str, np.ndarray]:
     state = {}
     for key, value in optimizer.state.get(p, {}).items():
         if torch.is_tensor(value):
-            array = to_numpy(value)
+            array = copy(value)
         elif isinstance(value, (bool, int, float)):
             array = np.asarray(value)
         else:

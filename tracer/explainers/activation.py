@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from storage import names
+from storage.npmath import relu_backward, relu_forward, sigmoid
 
 from .. import latex
 from .base import Explainer, Functional, LayerCall, StepContext, is_a, one_tensor, register
@@ -64,16 +65,6 @@ def _build_prelu(module_type, a, out):
     return nn.PReLU(weight.numel(), device="meta"), [a["input"]], {"weight": weight}
 
 
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    # Two branches so that exp never overflows: for z < 0, e^z / (1 + e^z).
-    out = np.empty_like(z)
-    pos = z >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
-    e = np.exp(z[~pos])
-    out[~pos] = e / (1.0 + e)
-    return out
-
-
 @register(
     nn.ReLU,
     functional=[
@@ -97,8 +88,7 @@ class ReLUExplainer(Explainer):
 
     def forward(self, call: LayerCall, ctx: StepContext) -> None:
         z = f64(call.x)
-        mask = (z > 0).astype(np.int8)  # 0/1, stored as integers like the formula shows them
-        a = np.maximum(z, 0.0)
+        a, mask = relu_forward(z)  # mask: 0/1 int8, stored as integers like the formula shows them
         mask_name = ctx.tensor("mask", mask)
         z_view, where = latex.as_matrix(z)
         ctx.step(
@@ -117,7 +107,7 @@ class ReLUExplainer(Explainer):
         z = f64(call.x)
         mask = (z > 0).astype(np.float64)
         da = f64(call.grad_output)
-        dz = da * mask
+        dz = relu_backward(z, da)
         zeros = int((z == 0).sum())
         ctx.step(
             "ReLU backward",

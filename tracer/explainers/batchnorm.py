@@ -24,19 +24,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from storage import names
+from storage.npmath import (
+    batch_norm_affine,
+    batch_norm_eval_input_grad,
+    batch_norm_input_grad,
+    batch_norm_normalise,
+    batch_norm_param_grads,
+    batch_norm_running,
+    batch_stats,
+    channel_axes,
+    per_channel,
+)
 
 from .. import latex
 from .base import Explainer, LayerCall, StepContext, Unsupported, register
 from .common import channel_vector, f64, mat, named
-
-
-def _axes(x: np.ndarray) -> tuple[int, ...]:
-    return (0,) + tuple(range(2, x.ndim))
-
-
-def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
-    """(C,) -> (1, C, 1, ...) to broadcast against the input."""
-    return v.reshape((1, -1) + (1,) * (ndim - 2))
 
 
 class BatchNormExplainer(Explainer):
@@ -63,18 +65,16 @@ class BatchNormExplainer(Explainer):
         if x.ndim < 2:
             raise Unsupported(f"{x.ndim}-D input")
         has_running = "running_mean" in call.buffers and "running_var" in call.buffers
-        batch_stats = call.training or not has_running
-        axes = _axes(x)
-        m = int(np.prod([x.shape[a] for a in axes]))
-        if batch_stats:
-            mu = x.mean(axis=axes)
-            var = ((x - _per_channel(mu, x.ndim)) ** 2).mean(axis=axes)  # biased
+        use_batch = call.training or not has_running
+        axes = channel_axes(x)
+        if use_batch:
+            mu, var, m = batch_stats(x)  # (C,), (C,) biased, values per channel
         else:
             mu = f64(call.buffers["running_mean"])
             var = f64(call.buffers["running_var"])
-        invstd = 1.0 / np.sqrt(var + module.eps)
-        xhat = (x - _per_channel(mu, x.ndim)) * _per_channel(invstd, x.ndim)
-        return x, axes, m, batch_stats, mu, var, invstd, xhat
+            m = int(np.prod([x.shape[a] for a in axes]))
+        invstd, xhat = batch_norm_normalise(x, mu, var, module.eps)  # (C,), like x
+        return x, axes, m, use_batch, mu, var, invstd, xhat
 
     def forward(self, call: LayerCall, ctx: StepContext) -> None:
         module = call.module
@@ -146,9 +146,7 @@ class BatchNormExplainer(Explainer):
             + ("" if gamma is not None else " With affine=False this is the output."),
         )
         if gamma is not None:
-            y = xhat * _per_channel(gamma, x.ndim) + (
-                _per_channel(beta, x.ndim) if beta is not None else 0.0
-            )
+            y = batch_norm_affine(xhat, gamma, beta)
             ctx.step(
                 "Scale and shift",
                 r"y = \gamma_c\, \hat x + \beta_c",
@@ -177,10 +175,8 @@ class BatchNormExplainer(Explainer):
             f_words = f"The momentum is f = {factor:g}"
         if m < 2:
             raise Unsupported("a channel with a single value has no unbiased variance")
-        unbiased = var * m / (m - 1)
         rm0, rv0 = f64(call.buffers["running_mean"]), f64(call.buffers["running_var"])
-        rm = (1 - factor) * rm0 + factor * mu
-        rv = (1 - factor) * rv0 + factor * unbiased
+        rm, rv, unbiased = batch_norm_running(rm0, rv0, mu, var, m, factor)
         after = call.buffers_after
         checks = [
             (rm, after.get("running_mean"), "running_mean buffer after the call"),
@@ -224,10 +220,9 @@ class BatchNormExplainer(Explainer):
         x, axes, m, batch_stats, mu, var, invstd, xhat = self._state(call)
         dy = f64(call.grad_output)
         gamma = f64(call.params["weight"]) if "weight" in call.params else np.ones_like(mu)
-        g = _per_channel(gamma, x.ndim)
+        g = per_channel(gamma, x.ndim)
         if "weight" in call.params:
-            dgamma = (dy * xhat).sum(axis=axes)
-            dbeta = dy.sum(axis=axes)
+            dgamma, dbeta = batch_norm_param_grads(dy, xhat)
             checks = [ctx.param_grad("weight", dgamma)]
             outputs = [call.param_grad_names.get("weight")]
             if "bias" in call.params:
@@ -245,11 +240,9 @@ class BatchNormExplainer(Explainer):
                 note="gamma multiplies x̂ and beta is added at every position of its channel, so their "
                 "gradients sum over the batch and the positions.",
             )
-        shift = _per_channel(invstd, x.ndim)
+        shift = per_channel(invstd, x.ndim)
         if batch_stats:
-            sum_dy = dy.sum(axis=axes, keepdims=True)
-            sum_dy_xhat = (dy * xhat).sum(axis=axes, keepdims=True)
-            dx = g * shift / m * (m * dy - sum_dy - xhat * sum_dy_xhat)
+            dx, sum_dy, sum_dy_xhat = batch_norm_input_grad(dy, xhat, invstd, gamma, m)
             ctx.step(
                 "Gradient of the input through the batch statistics",
                 r"\frac{\partial L}{\partial x} = \frac{\gamma_c}{M \sqrt{\sigma_c^2 + \epsilon}}"
@@ -277,7 +270,7 @@ class BatchNormExplainer(Explainer):
                 "x̂ (scaling all inputs changes nothing either). Sums run over the batch and positions.",
             )
         else:
-            dx = dy * g * shift
+            dx = batch_norm_eval_input_grad(dy, invstd, gamma)
             ctx.step(
                 "Gradient of the input (running statistics are constants)",
                 r"\frac{\partial L}{\partial x} = \frac{\gamma_c}{\sqrt{\hat\sigma_c^2 + \epsilon}}\, \frac{\partial L}{\partial y}",

@@ -14,45 +14,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from storage.npmath import (
+    NP_PAD_MODES,
+    conv2d_backward,
+    conv2d_bias_grad,
+    conv2d_forward,
+    pad_index,
+    pad_input,
+    unpad_grad,
+)
+
 from .. import latex
 from .base import Explainer, Functional, LayerCall, StepContext, Unsupported, register
 from .common import named, sub
-
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def im2col(x, kernel, stride, padding, dilation, pad_value=0.0):
-    """(N, C, H, W) -> (N*OH*OW, C*KH*KW) patch matrix, columns ordered (c, kh, kw)."""
-    n, c, h, w = x.shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    oh = conv_output_size(h, kh, sh, ph, dh)
-    ow = conv_output_size(w, kw, sw, pw, dw)
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
-    cols = np.empty((n, oh, ow, c, kh, kw), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            window = xp[:, :, i * dh : i * dh + sh * oh : sh, j * dw : j * dw + sw * ow : sw]
-            cols[:, :, :, :, i, j] = window[:, :, :oh, :ow].transpose(0, 2, 3, 1)
-    return cols.reshape(n * oh * ow, c * kh * kw), (oh, ow)
-
-
-def col2im(cols, x_shape, kernel, stride, padding, dilation):
-    """Adjoint of im2col: adds every patch entry back onto the input position it came
-    from, so positions covered by several patches (overlapping windows) accumulate."""
-    n, c, h, w = x_shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    oh = conv_output_size(h, kh, sh, ph, dh)
-    ow = conv_output_size(w, kw, sw, pw, dw)
-    cols = cols.reshape(n, oh, ow, c, kh, kw)
-    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            xp[:, :, i * dh : i * dh + sh * oh : sh, j * dw : j * dw + sw * ow : sw] += cols[
-                :, :, :, :, i, j
-            ].transpose(0, 3, 1, 2)
-    return xp[:, :, ph : ph + h, pw : pw + w]
 
 
 def _torch_unfold(x, kernel, stride, pads, dilation, mode="zeros") -> np.ndarray:
@@ -65,10 +39,6 @@ def _torch_unfold(x, kernel, stride, pads, dilation, mode="zeros") -> np.ndarray
         t = F.pad(t, (left, right, top, bottom), mode="constant" if mode == "zeros" else mode)
     cols = F.unfold(t, kernel, dilation=dilation, padding=0, stride=stride)
     return cols.transpose(1, 2).reshape(-1, cols.shape[1]).numpy()
-
-
-# PyTorch's padding modes and NumPy's names for the same rule.
-_NP_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
 def _settings(module: nn.Conv2d):
@@ -85,36 +55,9 @@ def _settings(module: nn.Conv2d):
     else:
         ph, pw = module.padding
         pads = (ph, ph, pw, pw)
-    if module.padding_mode != "zeros" and module.padding_mode not in _NP_PAD_MODES:
+    if module.padding_mode != "zeros" and module.padding_mode not in NP_PAD_MODES:
         raise Unsupported(f"padding_mode={module.padding_mode!r}")
     return kernel, tuple(module.stride), pads, dilation, module.padding_mode
-
-
-def pad_index(h: int, w: int, pads, mode: str) -> np.ndarray:
-    """(H+top+bottom, W+left+right) map: the flat input index each padded position
-    copies, or -1 for a zero. One map serves the forward gather and its adjoint."""
-    top, bottom, left, right = pads
-    index = np.arange(h * w).reshape(h, w)
-    width = ((top, bottom), (left, right))
-    if mode == "zeros":
-        return np.pad(index, width, constant_values=-1)
-    return np.pad(index, width, mode=_NP_PAD_MODES[mode])
-
-
-def pad_input(x: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """(N, C, H, W) -> (N, C, H', W') following `pad_index`."""
-    n, c = x.shape[:2]
-    flat = x.reshape(n, c, -1)
-    return np.where(index >= 0, flat[:, :, np.maximum(index, 0)], 0.0)
-
-
-def unpad_grad(dxp: np.ndarray, x_shape, index: np.ndarray) -> np.ndarray:
-    """Adjoint of `pad_input`: the gradient of every padded copy goes back to its source."""
-    n, c, h, w = x_shape
-    dx = np.zeros((n, c, h * w), dtype=dxp.dtype)
-    valid = index >= 0
-    np.add.at(dx, (slice(None), slice(None), index[valid]), dxp[:, :, valid])
-    return dx.reshape(x_shape)
 
 
 def _batched(x: np.ndarray) -> np.ndarray:
@@ -186,19 +129,9 @@ class Conv2dExplainer(Explainer):
         b = call.params["bias"].astype(np.float64) if "bias" in call.params else None
         n, groups, oc = x.shape[0], module.groups, w.shape[0]
         cg, ocg = x.shape[1] // groups, oc // groups
-
-        cols, ycols = [], []
-        for g in range(groups):
-            x_col, (oh, ow) = im2col(xp[:, g * cg : (g + 1) * cg], *geometry)
-            w_flat = w[g * ocg : (g + 1) * ocg].reshape(ocg, -1)  # (OC/G, C/G*KH*KW)
-            cols.append(x_col)
-            ycols.append(x_col @ w_flat.T)  # (N*OH*OW, OC/G)
-        y_col = np.concatenate(ycols, axis=1)  # (N*OH*OW, OC)
-        if b is not None:
-            y_col = y_col + b
-        y = y_col.reshape(n, oh, ow, oc).transpose(0, 3, 1, 2)  # -> (N, OC, OH, OW)
-
-        x_col = cols[0] if groups == 1 else np.concatenate(cols, axis=1)
+        # (N, C, H', W') -> X_col (N*OH*OW, C*KH*KW), Y_col (N*OH*OW, OC), Y (N, OC, OH, OW)
+        x_col, y_col, y = conv2d_forward(xp, w, b, geometry, groups)
+        oh, ow = y.shape[2:]
         x_col_name = ctx.tensor("X_col", x_col)
         w_flat_all = w.reshape(oc, -1)
         w_flat_name = ctx.tensor("W_flat", w_flat_all)
@@ -299,22 +232,10 @@ class Conv2dExplainer(Explainer):
         x, xp, index, geometry, pads, mode = self._padded(call)
         w = call.params["weight"].astype(np.float64)
         n, groups, oc = x.shape[0], module.groups, w.shape[0]
-        cg, ocg = x.shape[1] // groups, oc // groups
         dy = call.grad_output.astype(np.float64)
         dy = dy.reshape((n,) + dy.shape[-3:])  # (N, OC, OH, OW)
-        dy_col = dy.transpose(0, 2, 3, 1).reshape(-1, oc)  # (N*OH*OW, OC)
-
-        dw = np.empty_like(w)
-        dxp = np.empty_like(xp)
-        dx_cols = []
-        for g in range(groups):
-            x_col, _ = im2col(xp[:, g * cg : (g + 1) * cg], *geometry)
-            w_flat = w[g * ocg : (g + 1) * ocg].reshape(ocg, -1)
-            dy_g = dy_col[:, g * ocg : (g + 1) * ocg]
-            dw[g * ocg : (g + 1) * ocg] = (dy_g.T @ x_col).reshape(w_flat.shape[0], *w.shape[1:])
-            dx_col = dy_g @ w_flat  # (N*OH*OW, C/G*KH*KW)
-            dx_cols.append(dx_col)
-            dxp[:, g * cg : (g + 1) * cg] = col2im(dx_col, (n, cg, *xp.shape[2:]), *geometry)
+        # -> dY_col (N*OH*OW, OC), dW (OC, C/G, KH, KW), dX_col, dL/dX_pad (N, C, H', W')
+        dy_col, dw, dx_col, dxp = conv2d_backward(xp, w, dy, geometry, groups)
         dx = unpad_grad(dxp, x.shape, index) if any(pads) else dxp
         x_col_name = f"{call.name}.X_col"
         dy_col_name = ctx.tensor("dY_col", dy_col)
@@ -336,7 +257,7 @@ class Conv2dExplainer(Explainer):
             ),
         )
         if "bias" in call.params:
-            db = dy.sum(axis=(0, 2, 3))
+            db = conv2d_bias_grad(dy)
             ctx.step(
                 "Gradient of the bias",
                 r"\frac{\partial L}{\partial b_o} = \sum_{n,i,j} \frac{\partial L}{\partial Y_{n,o,i,j}}",
@@ -346,7 +267,6 @@ class Conv2dExplainer(Explainer):
                 checks=[ctx.param_grad("bias", db)],
                 note="The bias is added at every output position, so its gradient is the sum of the upstream gradient over them.",
             )
-        dx_col = dx_cols[0] if groups == 1 else np.concatenate(dx_cols, axis=1)
         dx_col_name = ctx.tensor("dX_col", dx_col)
         dx_view, dx_where = latex.as_matrix(dx)
         unpad = ""

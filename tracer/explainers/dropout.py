@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from storage import names
+from storage.npmath import dropout_backward, dropout_forward
 
 from .. import latex
 from .base import Explainer, LayerCall, StepContext, Unsupported, register
@@ -89,13 +90,10 @@ class DropoutExplainer(Explainer):
             return
         mask, known, from_grad = self._mask(call)
         full = np.broadcast_to(mask, x.shape)
-        if p >= 1:
-            y = np.zeros_like(x) * x  # PyTorch multiplies by 0 (so -0 and NaN propagate alike)
-            scale_tex, scale = r"0", 0.0
-        else:
-            scale = 1.0 / (1.0 - p)
-            y = x * full * scale
-            scale_tex = latex.scalar(scale)
+        # p = 1: PyTorch multiplies by 0 (so -0 and NaN propagate alike)
+        y = dropout_forward(x, mask, p)
+        scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
+        scale_tex = r"0" if p >= 1 else latex.scalar(scale)
         mask_name = ctx.tensor(
             "mask",
             np.asarray(mask, dtype=np.float32).reshape(
@@ -154,7 +152,7 @@ class DropoutExplainer(Explainer):
         mask, known, from_grad = self._mask(call)
         full = np.broadcast_to(mask, dy.shape)
         scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
-        dx = dy * full * scale
+        dx = dropout_backward(dy, mask, p)
         check = (dx, theirs, "autograd dL/dX")
         if theirs is not None and from_grad.any():
             # Entries whose mask came from autograd's gradient would check it against itself.

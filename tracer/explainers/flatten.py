@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from storage.npmath import flatten
+
 from .. import latex
 from .base import Explainer, Functional, LayerCall, StepContext, register
 from .common import sub
@@ -67,7 +69,7 @@ class FlattenExplainer(Explainer):
     def forward(self, call: LayerCall, ctx: StepContext) -> None:
         shape, start, end = self._shapes(call)
         new_shape = shape[:start] + (int(np.prod(shape[start : end + 1])),) + shape[end + 1 :]
-        out = call.x.reshape(new_shape)
+        out = flatten(call.x, start, end)  # the same values, shape new_shape
         inner = shape[start : end + 1]
         index_rule = {
             1: r"k = i",

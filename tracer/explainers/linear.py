@@ -10,6 +10,8 @@ import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
+from storage.npmath import linear_backward, linear_forward
+
 from .. import latex
 from .base import Explainer, Functional, LayerCall, StepContext, register
 
@@ -46,7 +48,7 @@ class LinearExplainer(Explainer):
         x = self._flat(call)
         w = call.params["weight"].astype(np.float64)  # (out, in)
         b = call.params["bias"].astype(np.float64) if "bias" in call.params else None
-        z = x @ w.T + (b if b is not None else 0.0)  # (N, out)
+        z = linear_forward(x, w, b)  # (N, in) -> (N, out)
         bias_names = [call.param_names.get("bias")]
         if x.shape[0] == 1:
             formula = r"z = W x" + (" + b" if b is not None else "")
@@ -78,8 +80,7 @@ class LinearExplainer(Explainer):
         x = self._flat(call)
         w = call.params["weight"].astype(np.float64)
         dz = call.grad_output.astype(np.float64).reshape(-1, w.shape[0])  # (N, out)
-        dw = dz.T @ x
-        dx = dz @ w
+        dw, db, dx = linear_backward(x, w, dz)  # (out, in), (out,), (N, in)
         single = x.shape[0] == 1
         if single:
             dw_formula = rf"\frac{{{d}}}{{\partial W}} = \frac{{{d}}}{{\partial z}}\, x^{{\top}}"
@@ -100,7 +101,6 @@ class LinearExplainer(Explainer):
             + ("." if single else ", summed over the samples of the batch."),
         )
         if "bias" in call.params:
-            db = dz.sum(axis=0)
             ctx.step(
                 "Gradient of the bias",
                 rf"\frac{{{d}}}{{\partial b}} = "

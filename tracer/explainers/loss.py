@@ -23,6 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from storage import names
+from storage.npmath import (
+    class_coefficients,
+    cross_entropy_grad,
+    cross_entropy_rows,
+    probability_coefficients,
+    sigmoid,
+    softmax,
+)
 from storage.records import ROLE_OUTPUT
 
 from .. import latex
@@ -37,14 +45,6 @@ from .base import (
     register,
 )
 from .common import f64, mat, named
-from .softmax import log_softmax
-from .softmax import softmax as _softmax
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (N, C) logits."""
-    return _softmax(z, axis=1)
-
 
 # ---------------------------------------------------------------- classification
 
@@ -91,8 +91,7 @@ class Classification:
             if target.shape != x.shape:
                 raise Unsupported("probability targets of a different shape than the input")
             t = np.moveaxis(f64(target), self.class_dim, -1).reshape(r, c)
-            self.smoothed = t * (1 - eps) + eps / c
-            self.coef = self.smoothed * w  # (R, C)
+            self.coef = probability_coefficients(t, self.weight, eps)  # (R, C)
             self.valid = np.ones(r, dtype=bool)
             self.labels = None
             self.denominator = float(r)
@@ -101,16 +100,14 @@ class Classification:
             if labels.size != r:
                 raise Unsupported(f"target shape {target.shape} for input shape {x.shape}")
             self.labels = labels
-            self.valid = labels != module.ignore_index
-            safe = np.where(self.valid, labels, 0)
+            safe = np.where(labels != module.ignore_index, labels, 0)
             if ((safe < 0) | (safe >= c)).any():
                 raise Unsupported("a target class outside [0, C)")
-            self.onehot = np.eye(c)[safe] * self.valid[:, None]
+            # (R, C) coefficients and one-hot rows, (R,) counted rows, the mean's D
+            self.coef, self.onehot, self.valid, self.denominator = class_coefficients(
+                labels, c, self.weight, eps, module.ignore_index
+            )
             self.picked_weight = w[safe] * self.valid  # w_{y_n}, 0 where ignored
-            self.coef = (1 - eps) * self.onehot * w[safe][:, None] + (eps / c) * w[
-                None, :
-            ] * self.valid[:, None]
-            self.denominator = float(self.picked_weight.sum())
         self.output_shape = call.output.shape
         self.target_shape = target.shape
 
@@ -208,8 +205,7 @@ class CrossEntropyExplainer(Explainer):
         cls = Classification(call)
         z = cls.rows  # (R, C) logits
         n = z.shape[0]
-        p = softmax(z)
-        logp = log_softmax(z, axis=1)
+        p, logp, per_row = cross_entropy_rows(z, cls.coef)  # (R, C), (R, C), (R,)
         probs = cls.back_to_input(p)
         probs_name = ctx.tensor("probs", probs, role=ROLE_OUTPUT)
         predicted = probs.argmax(axis=cls.class_dim)
@@ -232,7 +228,6 @@ class CrossEntropyExplainer(Explainer):
                 else ""
             ),
         )
-        per_row = -(cls.coef * logp).sum(axis=1)
         loss = cls.reduce(per_row)
         mean = cls.reduction == "mean"
         if cls.plain:
@@ -296,11 +291,10 @@ class CrossEntropyExplainer(Explainer):
         cls = Classification(call)
         z = cls.rows
         n = z.shape[0]
-        p = softmax(z)
+        p = softmax(z, axis=1)
         g = cls.upstream(call.grad_output)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dz_rows = (p * cls.coef.sum(axis=1, keepdims=True) - cls.coef) * cls.scale() * g
-        dz_rows[~cls.valid] = 0.0  # ignored rows get no gradient, even when the mean is 0/0
+        # ignored rows get no gradient, even when the mean is 0/0
+        dz_rows = cross_entropy_grad(p, cls.coef, cls.scale(), g, cls.valid)
         dz = cls.back_to_input(dz_rows)
         mean = cls.reduction == "mean"
         upstream = float(g.reshape(-1)[0]) if cls.reduction != "none" else None
@@ -655,7 +649,6 @@ class BCEWithLogitsExplainer(PointwiseLossExplainer):
         return w * (pw * t * sp + (1 - t) * (x + sp))  # -log(1 - sigma(x)) = x + softplus(-x)
 
     def grad_x(self, x, t, call):
-        from .activation import sigmoid
 
         w, pw, _ = self._parts(x, call)
         return w * ((1 - t + pw * t) * sigmoid(x) - pw * t)

@@ -13,6 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from storage.npmath import (
+    adam_moments,
+    adam_update,
+    momentum_buffer,
+    sgd_update,
+    weight_decay_grad,
+)
 from storage.records import ROLE_OPTIMIZER_STATE
 
 from .. import latex
@@ -66,14 +73,15 @@ class SGDExplainer(Explainer):
         direction = _weight_decay(call, ctx, grad, w, wd, inputs)
         if mu:
             prev = call.state_before.get("momentum_buffer")
+            buf = momentum_buffer(
+                None if prev is None else prev.astype(np.float64), direction, mu, damp
+            )
             if prev is None:
-                buf = direction.copy()
                 formula, values = (
                     r"v = g \quad\text{(first step: the buffer starts as the gradient)}",
                     (rf"v = {latex.bmatrix(latex.as_matrix(buf)[0])}"),
                 )
             else:
-                buf = mu * prev.astype(np.float64) + (1 - damp) * direction
                 formula = r"v = \mu v_{\text{prev}} + (1 - \tau)\, g"
                 values = (
                     rf"{latex.scalar(mu)}\,{latex.bmatrix(latex.as_matrix(prev)[0])} + {latex.scalar(1 - damp)}\,"
@@ -91,7 +99,7 @@ class SGDExplainer(Explainer):
             )
             direction = direction + mu * buf if nesterov else buf
             inputs = [call.value_name, vname]
-        new = w - lr * direction
+        new = sgd_update(w, direction, lr)
         symbol = (
             r"\nabla_W L"
             if not (mu or wd)
@@ -140,7 +148,7 @@ def _weight_decay(
     """L2 weight decay folded into the gradient, g = grad + lambda W (inputs updated in place)."""
     if not wd:
         return grad
-    decayed = grad + wd * w
+    decayed = weight_decay_grad(grad, w, wd)
     name = ctx.tensor("decayed_grad", decayed)
     ctx.step(
         f"Weight decay on {call.name}",
@@ -234,7 +242,7 @@ class AdamExplainer(Explainer):
             )
             w = shrunk
         elif wd:
-            grad = grad + wd * w
+            grad = weight_decay_grad(grad, w, wd)
             name_g = ctx.tensor("decayed_grad", grad)
             ctx.step(
                 f"L2 weight decay on {sym}",
@@ -248,8 +256,7 @@ class AdamExplainer(Explainer):
             inputs = [call.value_name, name_g]
         m0 = _state(call, "exp_avg", w)
         v0 = _state(call, "exp_avg_sq", w)
-        m = b1 * m0 + (1 - b1) * grad
-        v = b2 * v0 + (1 - b2) * grad**2
+        m, v = adam_moments(m0, v0, grad, b1, b2)
         first = t == 1
         m_name = ctx.tensor("exp_avg", m, role=ROLE_OPTIMIZER_STATE)
         ctx.step(
@@ -295,11 +302,9 @@ class AdamExplainer(Explainer):
             )
             v_used = vmax
         bc1, bc2 = 1 - b1**t, 1 - b2**t
-        m_hat, v_hat = m / bc1, v_used / bc2
+        m_hat, v_hat, new = adam_update(w, m, v_used, lr, b1, b2, eps, t)
         m_hat_name = ctx.tensor("m_hat", m_hat)
         v_hat_name = ctx.tensor("v_hat", v_hat)
-        step = lr * m_hat / (np.sqrt(v_hat) + eps)
-        new = w - step
         ctx.step(
             f"{name} update of {sym}",
             r"\hat m = \frac{m_t}{1 - \beta_1^t},\ \hat v = \frac{v_t}{1 - \beta_2^t},\quad"

@@ -17,14 +17,23 @@ The transpose in the backward is where overlapping windows accumulate.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from storage import names
+from storage.npmath import (
+    adaptive_avg_matrices,
+    adaptive_bounds,
+    adaptive_max_pool2d,
+    avg_pool_backward,
+    avg_pool_forward,
+    avg_pool_matrices,
+    max_pool2d,
+    max_pool_backward,
+    pool_output_size,
+)
 
 from .. import latex
 from .base import (
@@ -38,15 +47,6 @@ from .base import (
     register,
 )
 from .common import f64, named, pair, sub
-from .conv import im2col
-
-
-def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode) -> int:
-    span = size + 2 * padding - dilation * (kernel - 1) - 1
-    out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1  # the last window must start inside the input or its left padding
-    return out
 
 
 def as_batched(x: np.ndarray) -> np.ndarray:
@@ -72,42 +72,6 @@ def _max_settings(module: nn.MaxPool2d, x_shape):
         for i in range(2)
     )
     return kernel, stride, padding, dilation, out
-
-
-def windows(x, kernel, stride, padding, dilation, out_hw, pad_value):
-    """(N, C, H, W) -> (N, C, OH, OW, KH*KW) window values and (OH, OW, KH*KW) flat input index.
-
-    Extra rows/columns beyond the padded input (ceil_mode) are filled with pad_value,
-    and their index is -1 so that nothing is ever routed there.
-    """
-    n, c, h, w = x.shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    oh, ow = out_hw
-    need_h = (oh - 1) * sh + dh * (kh - 1) + 1
-    need_w = (ow - 1) * sw + dw * (kw - 1) + 1
-    extra_h = max(0, need_h - (h + 2 * ph))
-    extra_w = max(0, need_w - (w + 2 * pw))
-    planes = x.reshape(n * c, 1, h, w)
-    padded = np.pad(
-        planes, ((0, 0), (0, 0), (ph, ph + extra_h), (pw, pw + extra_w)), constant_values=pad_value
-    )
-    cols, _ = im2col(padded, kernel, stride, (0, 0), dilation)  # (N*C*OH'*OW', KH*KW)
-    oh_all = (padded.shape[2] - dh * (kh - 1) - 1) // sh + 1
-    ow_all = (padded.shape[3] - dw * (kw - 1) - 1) // sw + 1
-    vals = cols.reshape(n, c, oh_all, ow_all, kh * kw)[:, :, :oh, :ow]
-    # The same unfolding of the positions tells which input element each window entry is.
-    index = np.arange(h * w, dtype=np.float64).reshape(1, 1, h, w)
-    index = np.pad(
-        index, ((0, 0), (0, 0), (ph, ph + extra_h), (pw, pw + extra_w)), constant_values=-1
-    )
-    idx_cols, _ = im2col(index, kernel, stride, (0, 0), dilation)
-    idx = idx_cols.reshape(oh_all, ow_all, kh * kw)[:oh, :ow].astype(np.int64)
-    return vals, idx
-
-
-def adaptive_bounds(size: int, out: int) -> list[tuple[int, int]]:
-    """Adaptive pooling windows along one axis: [floor(i*H/OH), ceil((i+1)*H/OH))."""
-    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
 
 
 def _adaptive_out(module, x_shape) -> tuple[int, int]:
@@ -171,18 +135,9 @@ class MaxPoolExplainer(Explainer):
         y, src, _ = self.route(x, call.module)
         oh, ow = y.shape[2:]
         dy = f64(call.grad_output).reshape(y.shape)
-        n, c, h, w = x.shape
-        dx = np.zeros((n * c, h * w))
-        count = np.zeros((n * c, h * w))
-        flat_src = src.reshape(n * c, -1)
-        flat_dy = dy.reshape(n * c, -1)
-        for plane in range(n * c):
-            # np.add.at accumulates repeated indices: overlapping windows that chose
-            # the same input element all send their gradient there.
-            np.add.at(dx[plane], flat_src[plane], flat_dy[plane])
-            np.add.at(count[plane], flat_src[plane], 1.0)
-        dx = dx.reshape(n, c, h, w)
-        count = count.reshape(n, c, h, w)
+        w = x.shape[3]
+        # Each window's gradient goes to its argmax; overlapping windows accumulate.
+        dx, count = max_pool_backward(dy, src, x.shape)  # (N, C, H, W) each
         count_name = ctx.tensor("route_count", count.reshape(call.x.shape).astype(np.int32))
         # Spell out the sums for the first plane: which windows feed which input element.
         terms: dict[int, list[tuple[int, int]]] = {}
@@ -261,10 +216,8 @@ class MaxPool2dExplainer(MaxPoolExplainer):
 
     def route(self, x, module):
         kernel, stride, padding, dilation, out_hw = _max_settings(module, x.shape)
-        vals, idx = windows(x, kernel, stride, padding, dilation, out_hw, -np.inf)
-        arg = np.argmax(vals, axis=-1)  # first maximum in row-major window order, as PyTorch
-        y = np.take_along_axis(vals, arg[..., None], axis=-1)[..., 0]
-        src = np.take_along_axis(np.broadcast_to(idx, vals.shape), arg[..., None], axis=-1)[..., 0]
+        # first maximum in row-major window order, as PyTorch
+        y, src, vals = max_pool2d(x, kernel, stride, padding, dilation, out_hw)
         return y, src, lambda i, j: vals[0, 0, i, j].reshape(kernel)
 
 
@@ -292,56 +245,26 @@ class AdaptiveMaxPool2dExplainer(MaxPoolExplainer):
     def route(self, x, module):
         if getattr(module, "return_indices", False):
             raise Unsupported("return_indices=True")
-        n, c, h, w = x.shape
+        h, w = x.shape[2:]
         oh, ow = _adaptive_out(module, x.shape)
         rows, cols = adaptive_bounds(h, oh), adaptive_bounds(w, ow)
-        y = np.empty((n, c, oh, ow))
-        src = np.empty((n, c, oh, ow), dtype=np.int64)
-        for i, (h0, h1) in enumerate(rows):
-            for j, (w0, w1) in enumerate(cols):
-                win = x[:, :, h0:h1, w0:w1].reshape(n, c, -1)
-                arg = win.argmax(axis=-1)  # first maximum, as PyTorch
-                y[:, :, i, j] = np.take_along_axis(win, arg[..., None], axis=-1)[..., 0]
-                src[:, :, i, j] = (h0 + arg // (w1 - w0)) * w + (w0 + arg % (w1 - w0))
+        y, src = adaptive_max_pool2d(x, (oh, ow))
         return y, src, lambda i, j: x[0, 0, rows[i][0] : rows[i][1], cols[j][0] : cols[j][1]]
 
 
 def _avg_matrices(module, x_shape):
     """R_h (OH, H), R_w (OW, W) window-membership matrices and the divisor map D (OH, OW)."""
-    h, w = x_shape[2:]
     if is_a(module, "AdaptiveAvgPool2d"):
-        oh, ow = _adaptive_out(module, x_shape)
-        axes = []
-        for size, out in ((h, oh), (w, ow)):
-            r = np.zeros((out, size))
-            for i, (a, b) in enumerate(adaptive_bounds(size, out)):
-                r[i, a:b] = 1.0
-            axes.append((r, r.sum(axis=1)))
-        (rh, nh), (rw, nw) = axes
-        return rh, rw, np.outer(nh, nw)
-    kernel = pair(module.kernel_size)
-    stride = pair(module.stride if module.stride is not None else module.kernel_size)
-    padding = pair(module.padding)
-    axes = []
-    for a, size in enumerate((h, w)):
-        k, s, p = kernel[a], stride[a], padding[a]
-        out = pool_output_size(size, k, s, p, 1, module.ceil_mode)
-        r = np.zeros((out, size))
-        with_pad = np.zeros(out)
-        for i in range(out):
-            start = i * s - p
-            end = min(start + k, size + p)  # windows past the right padding are cut (ceil_mode)
-            with_pad[i] = end - start  # the window's size counting padding, as PyTorch's pool_size
-            r[i, max(start, 0) : min(end, size)] = 1.0
-        axes.append((r, with_pad))
-    (rh, ph_), (rw, pw_) = axes
-    if module.divisor_override:
-        divisor = np.full((rh.shape[0], rw.shape[0]), float(module.divisor_override))
-    elif module.count_include_pad:
-        divisor = np.outer(ph_, pw_)
-    else:
-        divisor = np.outer(rh.sum(axis=1), rw.sum(axis=1))
-    return rh, rw, divisor
+        return adaptive_avg_matrices(x_shape, _adaptive_out(module, x_shape))
+    return avg_pool_matrices(
+        x_shape,
+        pair(module.kernel_size),
+        pair(module.stride if module.stride is not None else module.kernel_size),
+        pair(module.padding),
+        module.ceil_mode,
+        module.count_include_pad,
+        module.divisor_override,
+    )
 
 
 class AvgPoolExplainer(Explainer):
@@ -356,8 +279,7 @@ class AvgPoolExplainer(Explainer):
     def forward(self, call: LayerCall, ctx: StepContext) -> None:
         x = as_batched(f64(call.x))
         rh, rw, divisor = _avg_matrices(call.module, x.shape)
-        sums = np.einsum("ih,nchw,jw->ncij", rh, x, rw)  # R_h X R_w^T per plane
-        y = sums / np.where(divisor == 0, 1.0, divisor)
+        y = avg_pool_forward(x, rh, rw, divisor)  # (R_h X R_w^T) ⊘ D per plane
         # All three hold whole numbers (memberships, window sizes, divisor_override).
         rh_i, rw_i, d_i = rh.astype(np.int32), rw.astype(np.int32), divisor.astype(np.int32)
         rh_name = ctx.tensor("R_h", rh_i)
@@ -385,8 +307,7 @@ class AvgPoolExplainer(Explainer):
         x = as_batched(f64(call.x))
         rh, rw, divisor = _avg_matrices(call.module, x.shape)
         dy = f64(call.grad_output).reshape(x.shape[:2] + divisor.shape)
-        scaled = dy / np.where(divisor == 0, 1.0, divisor)
-        dx = np.einsum("ih,ncij,jw->nchw", rh, scaled, rw)  # R_h^T (dY ⊘ D) R_w per plane
+        scaled, dx = avg_pool_backward(dy, rh, rw, divisor)  # R_h^T (dY ⊘ D) R_w per plane
         shared = int(((rh.sum(axis=0) > 1)[:, None] | (rw.sum(axis=0) > 1)[None, :]).sum())
         ctx.step(
             "Average pooling backward",

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from storage.npmath import log_softmax, softmax  # noqa: F401 (re-exported)
+
 from .. import latex
 from .base import Explainer, Functional, LayerCall, StepContext, register
 from .common import f64
@@ -26,17 +28,6 @@ def softmax_dim(module, ndim: int) -> int:
     if module.dim is not None:
         return module.dim % max(ndim, 1)
     return 0 if ndim in (0, 1, 3) else 1
-
-
-def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
-    shifted = z - z.max(axis=axis, keepdims=True)  # the max changes nothing but overflow
-    e = np.exp(shifted)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def log_softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
-    shifted = z - z.max(axis=axis, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
 def rows(array: np.ndarray, dim: int) -> np.ndarray:

@@ -5,21 +5,24 @@
   captured array is stored).
 - `capture_arrays`: the captured arrays that `tensors` does not hold whole (tensors
   a storage bound truncated, optimizer state before the step, module buffers).
-- `meta.schema_version` becomes 3.
+- `meta.schema_version` becomes 4.
 
 Runs traced with explanation off before this revision have no manifest: `cnnviz
 explain` says so and leaves them as they are. No view reads these tables.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-29
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+# BIGINT on PostgreSQL, as every key since 0003; SQLite's INTEGER is 64-bit already.
+BigKey = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
@@ -37,7 +40,7 @@ def upgrade() -> None:
         "captures",
         sa.Column(
             "iteration_id",
-            sa.Integer(),
+            BigKey,
             sa.ForeignKey(
                 "iterations.id",
                 ondelete="CASCADE",
@@ -52,7 +55,7 @@ def upgrade() -> None:
         "capture_arrays",
         sa.Column(
             "iteration_id",
-            sa.Integer(),
+            BigKey,
             sa.ForeignKey(
                 "iterations.id",
                 ondelete="CASCADE",
@@ -66,10 +69,10 @@ def upgrade() -> None:
         sa.Column("data", sa.LargeBinary(), nullable=False),
         sa.PrimaryKeyConstraint("iteration_id", "key", name="pk_capture_arrays"),
     )
-    _set_version(3)
+    _set_version(4)
 
 
 def downgrade() -> None:
     op.drop_table("capture_arrays")
     op.drop_table("captures")
-    _set_version(2)
+    _set_version(3)

@@ -1,0 +1,121 @@
+"""Host copies of captured tensors, made without stalling the training loop on CUDA.
+
+On CPU a copy is `to_numpy`: a synchronous memcpy, as before.
+
+On CUDA, `HostCopies.copy(t)` returns at once with a NumPy view of pinned host
+memory that the copy has not filled yet:
+
+    current stream:  ... op -> t -> snapshot = t.clone() -> next op (may change t in place) ...
+    side stream:                      wait ---------> snapshot -> pinned host (non_blocking) -> event
+
+- the snapshot is a device copy taken on the stream that produced `t`, so an
+  in-place op queued after the hook (ReLU(inplace=True), the optimizer's update)
+  cannot change what is copied, and the compute stream never waits for the host copy;
+- the side stream waits for the snapshot, then copies it into a pinned buffer
+  with `non_blocking=True` (an asynchronous DMA that overlaps the kernels that follow);
+- `snapshot.record_stream(side)` keeps its device memory from being reused before
+  the side stream has read it;
+- `wait()` synchronises on the events recorded after the copies: `Capture.finish()`
+  calls it before the iteration is handed off (and anything that reads a copy
+  during the iteration calls it first), so no array is read before it is filled.
+  Pinned buffers come from PyTorch's caching host allocator: a buffer goes back to
+  it when the worker drops the array, and the allocator reuses it only after the
+  copies recorded on it are done, so the next iteration never writes into memory
+  the worker still reads.
+
+Everything here is public torch API. A copy that cannot be made this way (a dtype
+NumPy lacks, a quantized tensor...) falls back to the synchronous `to_numpy`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from .records import to_numpy
+
+# dtypes copied as they are; other floating types are widened to float32 on the device
+# first, as `to_numpy` does on the host.
+_DIRECT = {
+    torch.float32,
+    torch.float64,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.uint8,
+    torch.bool,
+}
+
+
+class HostCopies:
+    """Makes the host copies of one capture; asynchronous for CUDA tensors."""
+
+    def __init__(self, *, asynchronous: bool = True):
+        self.asynchronous = asynchronous
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}
+        self._events: list[torch.cuda.Event] = []
+        self._lock = threading.Lock()  # backward hooks run on autograd's device threads
+        self.pending = 0  # copies issued since the last wait()
+
+    def copy(self, tensor: torch.Tensor) -> np.ndarray | None:
+        """A host copy of `tensor` (never a view of live memory), or None for a tensor a
+        store cannot hold. For a CUDA tensor the array is filled once `wait()` returned."""
+        if not (self.asynchronous and tensor.is_cuda):
+            return to_numpy(tensor)
+        try:
+            return self._copy_async(tensor)
+        except Exception:
+            return to_numpy(tensor)
+
+    def _copy_async(self, tensor: torch.Tensor) -> np.ndarray | None:
+        t = tensor.detach()
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        if t.is_quantized:
+            return to_numpy(tensor)
+        if t.is_complex():
+            return None
+        if t.dtype not in _DIRECT:
+            if not t.dtype.is_floating_point:
+                return to_numpy(tensor)
+            t = t.float()  # float16, bfloat16, float8: NumPy has no (or no exact) dtype
+        device = t.device
+        current = torch.cuda.current_stream(device)
+        snapshot = t.clone(memory_format=torch.contiguous_format)  # (on `current`)
+        host = torch.empty(snapshot.shape, dtype=snapshot.dtype, pin_memory=True)
+        side = self._side_stream(device)
+        event = torch.cuda.Event()
+        with self._lock:
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                host.copy_(snapshot, non_blocking=True)
+            snapshot.record_stream(side)
+            event.record(side)
+            self._events.append(event)
+            self.pending += 1
+        return host.numpy()  # the array keeps `host` (and its pinned block) alive
+
+    def _side_stream(self, device: torch.device) -> torch.cuda.Stream:
+        stream = self._streams.get(device)
+        if stream is None:
+            with self._lock:
+                stream = self._streams.get(device)
+                if stream is None:
+                    stream = self._streams[device] = torch.cuda.Stream(device)
+        return stream
+
+    def wait(self) -> None:
+        """Block until every copy issued so far is in host memory."""
+        with self._lock:
+            events, self._events = self._events, []
+            self.pending = 0
+        for event in events:
+            event.synchronize()
+
+    @property
+    def streams(self) -> int:
+        """Side streams created (0 on CPU: the synchronous path never makes one)."""
+        return len(self._streams)
