@@ -118,6 +118,32 @@ def run_traced(
     return inside / block, total / block, run
 
 
+def run_traced_in_process(
+    work: Workload, block: int, db: Path, bound: int | None, mode: str
+) -> tuple[float, float, Trace]:
+    """`run_traced` with the worker as a process of its own (`worker="process"`): the
+    captured iterations are pickled to it, and it explains and writes them."""
+    started = time.perf_counter()
+    inside = 0.0
+    with Trace(
+        work.model,
+        work.optimizer,
+        work.criterion,
+        db=db,
+        max_elements=bound,
+        explain=mode,
+        worker="process",
+    ) as run:
+        for _ in range(block):
+            xb, yb = work.next_batch()
+            t0 = time.perf_counter()
+            with run.iteration():
+                step(work.model, work.optimizer, work.criterion, xb, yb)
+            inside += time.perf_counter() - t0
+    total = time.perf_counter() - started
+    return inside / block, total / block, run
+
+
 def raw_arrays(work: Workload) -> list[np.ndarray]:
     """The arrays a full raw capture keeps: every captured tensor, no explainer intermediates."""
     from tracer.assemble import build_iteration
@@ -286,7 +312,8 @@ def main() -> None:
         default=None,
         help="comma-separated: plain, floor, tensorboard, torchlens, BOUND/MODE with BOUND "
         "default|full and MODE inline|background|off, optionally MODE:niceK for the worker "
-        "thread at niceness K (default: tracer.pipeline.WORKER_NICENESS) (default: all that apply)",
+        "thread at niceness K (default: tracer.pipeline.WORKER_NICENESS), or MODE@process for "
+        "the worker process (background, off) (default: all that apply)",
     )
     parser.add_argument("--writes", type=int, default=5, help="rounds of the write bench (0: skip)")
     parser.add_argument(
@@ -346,11 +373,13 @@ def main() -> None:
                     inside, total = run_torchlens(work, args.block, tmp)
                 else:
                     bound_name, mode = variant.split("/")
+                    mode, _, worker = mode.partition("@")
                     mode, _, nice = mode.partition(":nice")
                     bound = default_bound if bound_name == "default" else None
                     db = tmp / f"{variant.replace('/', '-').replace(':', '-')}.db"
                     pipeline.WORKER_NICENESS = int(nice) if nice else niceness
-                    inside, total, run = run_traced(work, args.block, db, bound, mode)
+                    traced = run_traced_in_process if worker == "process" else run_traced
+                    inside, total, run = traced(work, args.block, db, bound, mode)
                     pipeline.WORKER_NICENESS = niceness
                     last_runs[variant] = run
                 training[variant].append(inside)

@@ -162,8 +162,17 @@ class MaxElements(click.ParamType):
     type=click.Choice(["background", "inline", "off"]),
     default="background",
     show_default=True,
-    help="Where each iteration is explained and verified: in a worker thread while training "
-    "goes on, inline on the training thread, or off (raw tensors only, nothing checked).",
+    help="Where each iteration is explained and verified: in a worker while training "
+    "goes on, inline on the training thread, or off (raw tensors and what `cnnviz explain` "
+    "needs to explain them later).",
+)
+@click.option(
+    "--worker",
+    type=click.Choice(["thread", "process"]),
+    default="thread",
+    show_default=True,
+    help="The worker of --explain background/off: a thread of this process, or a process "
+    "of its own (the captured iterations are sent to it).",
 )
 @click.option(
     "--queue-size",
@@ -208,6 +217,7 @@ def trace(
     max_elements,
     layers,
     explain,
+    worker,
     queue_size,
     full_check,
     name,
@@ -261,6 +271,7 @@ def trace(
             progress=True,
             explain=explain,
             queue_size=queue_size,
+            worker=worker,
             full_check=full_check,
             **options,
         )
