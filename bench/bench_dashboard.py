@@ -201,6 +201,9 @@ def store_for(tree: Path, db: Path, name: str) -> Path:
 
         with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:
             src.backup(dst)
+    check[-1] = f"from storage import RunStore; RunStore({str(copy)!r}).close()"
+    if subprocess.run(check, env=env, cwd=tree, capture_output=True).returncode != 0:
+        # a new copy, or one upgraded for an older schema of this tree
         upgrade = [sys.executable, "-m", "tracer.cli", "db", "upgrade", "--db", str(copy)]
         subprocess.run(upgrade, env=env, cwd=tree, check=True, capture_output=True)
     return copy
@@ -243,6 +246,37 @@ def compare_interactions(page, timeout: int) -> dict:
         page.wait_for_load_state("networkidle", timeout=timeout)
         out["search_ms"] = 1000 * (time.perf_counter() - start)
         page.keyboard.press("Escape")
+    return out
+
+
+NEXT_VIEW_SHOWN = """(before) => {
+    const view = document.querySelector('.iteration-view');
+    if (!view || view.dataset.view === before) return false;
+    const near = (e) => {
+        const box = e.getBoundingClientRect();
+        return box.height > 0 && box.bottom > 0 && box.top < window.innerHeight;
+    };
+    const formulas = [...view.querySelectorAll('.formula')].filter(near);
+    const heatmaps = [...view.querySelectorAll('.heatmap')].filter(near);
+    return formulas.every((f) => f.querySelector('mjx-container'))
+        && heatmaps.every((h) => h.querySelector('.main-svg')) ? performance.now() : false;
+}"""
+
+
+def iteration_interactions(page, timeout: int) -> dict:
+    """A student's "next" on the iteration page: from the click until the next view's
+    formulas and heatmaps in view are typeset and drawn (a tree without it skips this)."""
+    out = {}
+    following = page.locator("#iteration-next")
+    if following.count():
+        before = page.locator(".iteration-view").get_attribute("data-view")
+        start = page.evaluate("performance.now()")
+        following.click()
+        shown = page.wait_for_function(
+            NEXT_VIEW_SHOWN, arg=before, timeout=timeout, polling="raf"
+        ).json_value()
+        out["next_view_ms"] = shown - start
+        page.wait_for_load_state("networkidle", timeout=timeout)
     return out
 
 
@@ -383,8 +417,13 @@ def pages(db: Path) -> dict[str, tuple[str, bool, bool]]:
     seed = [r.id for r in runs if r.model_name == "seed-cnn"]
     return {
         "runs": ("/", False, False),
-        "lenet-iteration": (f"/iteration?run={lenet[0]}&it=50", True, True),
-        "seed-iteration": (f"/iteration?run={seed[0]}&it=1", True, True),
+        # the iteration page opens on the input (heatmaps, no formulas); a layer view is what
+        # "next" shows (conv1's forward steps); the backward pass is the longest phase. The
+        # baseline shows the whole iteration at each of these addresses.
+        "lenet-iteration": (f"/iteration?run={lenet[0]}&it=50", True, False),
+        "lenet-layer": (f"/iteration?run={lenet[0]}&it=50&phase=forward&layer=conv1", True, True),
+        "lenet-backward": (f"/iteration?run={lenet[0]}&it=50&phase=backward", True, True),
+        "seed-iteration": (f"/iteration?run={seed[0]}&it=1&phase=forward", True, True),
         "compare": (f"/compare?a={lenet[0]}:100&b={lenet[1]}:100", True, False),
         # a plane bigger than the window (fc1.weight, 120x400): panning, B and Δ following
         "compare-fc1": (f"/compare?a={lenet[0]}:100&b={lenet[1]}:90&layer=fc1", True, False),
@@ -408,12 +447,13 @@ def main() -> None:
 
     stores = build_stores()
     trees = {"baseline": baseline_tree(args.baseline), "this": REPO}
-    dbs = {
-        name: {n: store_for(tree, stores[n], name) for n in SCALES} for name, tree in trees.items()
-    }
+    dbs = {name: {1000: store_for(tree, stores[1000], name)} for name, tree in trees.items()}
     urls = pages(dbs["this"][1000])  # this tree's storage reads the store here
     if args.only:
         urls = {k: v for k, v in urls.items() if k in args.only.split(",")}
+    if "runs" in urls:  # the runs page is also measured at 10 and 10,000 runs
+        for name, tree in trees.items():
+            dbs[name].update({n: store_for(tree, stores[n], name) for n in SCALES})
     servers = {name: serve(tree, dbs[name][1000]) for name, tree in trees.items()}
     results = {name: {page: [] for page in urls} for name in trees}
     try:
@@ -432,6 +472,8 @@ def main() -> None:
                             formulas=formulas,
                             interact=compare_interactions
                             if page_name.startswith("compare")
+                            else iteration_interactions
+                            if page_name == "lenet-layer"
                             else None,
                         )
                         results[name][page_name].append(r)
@@ -439,13 +481,18 @@ def main() -> None:
     finally:
         for proc, _ in servers.values():
             proc.terminate()
-            proc.wait(timeout=10)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # a loaded machine: the measurements are kept
+                proc.kill()
+                proc.wait()
+    (RESULTS / "dashboard-pages.json").write_text(json.dumps(results))
 
     callbacks = {}
     for name, tree in trees.items():
         requests = {page: results[name][page][0]["callbacks"] for page in urls}
         requests["_figures"] = {page: results[name][page][0]["figures"] for page in urls}
-        scale_dbs = [dbs[name][n] for n in SCALES]
+        scale_dbs = [dbs[name].get(n, dbs[name][1000]) for n in SCALES]
         callbacks[name] = replay(tree, dbs[name][1000], scale_dbs, requests, args.replays)
 
     keys = (
@@ -456,6 +503,7 @@ def main() -> None:
         "longest_task_ms",
         "pan_ms",
         "search_ms",
+        "next_view_ms",
         "callback_bytes",
         "height_px",
         "heatmap_count",

@@ -100,9 +100,9 @@ def run_plain(work: Workload, block: int) -> tuple[float, float]:
 
 
 def run_traced(
-    work: Workload, block: int, db: Path, bound: int | None, mode: str
+    work: Workload, block: int, db: Path, bound: int | None, mode: str, **more
 ) -> tuple[float, float, Trace]:
-    options = {"explain": mode} if _trace_supports_explain() else {}
+    options = {"explain": mode, **more} if _trace_supports_explain() else {}
     started = time.perf_counter()
     inside = 0.0
     with Trace(
@@ -119,7 +119,7 @@ def run_traced(
 
 
 def run_traced_in_process(
-    work: Workload, block: int, db: Path, bound: int | None, mode: str
+    work: Workload, block: int, db: Path, bound: int | None, mode: str, **more
 ) -> tuple[float, float, Trace]:
     """`run_traced` with the worker as a process of its own (`worker="process"`): the
     captured iterations are pickled to it, and it explains and writes them."""
@@ -133,6 +133,7 @@ def run_traced_in_process(
         max_elements=bound,
         explain=mode,
         worker="process",
+        **more,
     ) as run:
         for _ in range(block):
             xb, yb = work.next_batch()
@@ -311,9 +312,10 @@ def main() -> None:
         "--variants",
         default=None,
         help="comma-separated: plain, floor, tensorboard, torchlens, BOUND/MODE with BOUND "
-        "default|full and MODE inline|background|off, optionally MODE:niceK for the worker "
-        "thread at niceness K (default: tracer.pipeline.WORKER_NICENESS), or MODE@process for "
-        "the worker process (background, off) (default: all that apply)",
+        "default|full and MODE inline|background|off, optionally followed by :niceK (the "
+        "worker thread at niceness K; default tracer.pipeline.WORKER_NICENESS) and :noinput "
+        "(input_grad=False: autograd does not compute dL/d(input)), or MODE@process for the "
+        "worker process (background, off) (default: all that apply)",
     )
     parser.add_argument("--writes", type=int, default=5, help="rounds of the write bench (0: skip)")
     parser.add_argument(
@@ -374,12 +376,14 @@ def main() -> None:
                 else:
                     bound_name, mode = variant.split("/")
                     mode, _, worker = mode.partition("@")
-                    mode, _, nice = mode.partition(":nice")
+                    mode, *flags = mode.split(":")
+                    nice = [int(f[4:]) for f in flags if f.startswith("nice")]
+                    more = {"input_grad": False} if "noinput" in flags else {}
                     bound = default_bound if bound_name == "default" else None
                     db = tmp / f"{variant.replace('/', '-').replace(':', '-')}.db"
-                    pipeline.WORKER_NICENESS = int(nice) if nice else niceness
+                    pipeline.WORKER_NICENESS = nice[0] if nice else niceness
                     traced = run_traced_in_process if worker == "process" else run_traced
-                    inside, total, run = traced(work, args.block, db, bound, mode)
+                    inside, total, run = traced(work, args.block, db, bound, mode, **more)
                     pipeline.WORKER_NICENESS = niceness
                     last_runs[variant] = run
                 training[variant].append(inside)

@@ -14,11 +14,13 @@ from Debian's `postgresql` package (tests/pg_server.py):
    decode, `num_iterations` equal to the iterations stored. The dead run must read
    as `stale`.
 3. load: `--clients` (default 50) HTTP clients for `--seconds` (default 60) against
-   gunicorn (`--server-settings`, default the documented production settings) while
-   `cnnviz trace` keeps writing into the same store. Each client loops over the runs
-   page, a seed-CNN iteration page and a LeNet-5 iteration page, POSTing the Dash
-   page-content callback (what a browser asks for when it opens the page). Reports
-   p50/p95 per page and errors.
+   the dashboard (`--server-settings`: default `cnnviz serve` as shipped, or gunicorn
+   options) while `cnnviz trace` keeps writing into the same store. Each client loops
+   over the runs page, a seed-CNN iteration page and a LeNet-5 iteration page,
+   POSTing the Dash page-content callback (what a browser asks for when it opens the
+   page). Reports p50/p95 per page, answers per second, errors, the 1-minute load
+   average during the run, and each page's cost for one client alone (measured first,
+   under the same trace): on a machine with few cores, 50 clients queue behind that.
 
     .venv/bin/python bench/bench_store.py [--kills 30] [--seconds 60] [--only sqlite]
 
@@ -54,8 +56,8 @@ from storage import RunInfo, Store  # noqa: E402
 from storage.records import IterationRecord, StepRecord, TensorRecord  # noqa: E402
 
 PYTHON = sys.executable
-# The default production settings documented in docs/team.md.
-DEFAULT_SERVER = "--workers 2 --timeout 120"
+# `cnnviz serve` as shipped: the default production settings (docs/team.md).
+DEFAULT_SERVER = "serve"
 TENSORS, STEPS = 60, 23
 
 
@@ -260,19 +262,73 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def bench_load(location: str, clients: int, seconds: float, settings: str) -> dict:
+def _server_command(settings: str, port: int) -> list[str]:
+    """`serve`: `cnnviz serve` as shipped (its gunicorn settings in dashapp/server.py);
+    anything else: gunicorn with those options on the same WSGI app."""
+    if settings == "serve":
+        return [PYTHON, "-m", "tracer.cli", "serve", "--port", str(port)]
+    gunicorn = Path(PYTHON).with_name("gunicorn")
+    return [str(gunicorn), *settings.split(), "--bind", f"127.0.0.1:{port}", "dashapp.wsgi:server"]
+
+
+def _timed(base: str, body: bytes) -> float:
+    start = time.perf_counter()
+    _post(base, body)
+    return time.perf_counter() - start
+
+
+def _page_figures(samples: dict[str, list[float]]) -> dict:
+    return {
+        label: dict(
+            requests=len(times),
+            p50_ms=round(1000 * statistics.median(times), 1) if times else None,
+            p95_ms=round(1000 * percentile(times, 0.95), 1) if times else None,
+        )
+        for label, times in samples.items()
+    }
+
+
+def bench_load(
+    location: str,
+    clients: int,
+    seconds: float,
+    settings: list[str],
+    *,
+    baseline_seconds: float = 15,
+    think: float = 0.0,
+) -> list[dict]:
+    """One store, then each server setting in turn (in the order given: repeat them to
+    interleave), each under the same load (see `load_once`)."""
     pages = build_load_store(location)
+    return [
+        load_once(location, pages, clients, seconds, one, baseline_seconds, think)
+        for one in settings
+    ]
+
+
+def load_once(
+    location: str,
+    pages: dict,
+    clients: int,
+    seconds: float,
+    settings: str,
+    baseline_seconds: float,
+    think: float,
+) -> dict:
+    """`clients` closed-loop clients (a request, its answer, `think` seconds, the next)
+    for `seconds`, while a trace writes. Before them, one client alone for
+    `baseline_seconds` under the same trace: each page's own cost on this machine,
+    which bounds what 50 clients can get (they queue for the same cores)."""
     port = free_port()
     env = dict(os.environ, CNNVIZ_DB=location, PYTHONPATH=str(REPO))
-    gunicorn = Path(PYTHON).with_name("gunicorn")
     # The server's log goes to a file: a pipe nobody reads fills up and stalls it.
     log_path = Path(tempfile.mkstemp(prefix="cnnviz-gunicorn-", suffix=".log")[1])
     log = log_path.open("w")
     server = subprocess.Popen(
-        [str(gunicorn), *settings.split(), "--bind", f"127.0.0.1:{port}", "dashapp.wsgi:server"],
+        _server_command(settings, port),
         cwd=REPO,
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=log,
         stderr=log,
         text=True,
     )
@@ -287,7 +343,7 @@ def bench_load(location: str, clients: int, seconds: float, settings: str) -> di
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(
-                        f"gunicorn did not start: {log_path.read_text()[-2000:]}"
+                        f"the server did not start: {log_path.read_text()[-2000:]}"
                     ) from None
                 time.sleep(0.5)
         bodies = page_bodies(base, pages)
@@ -307,29 +363,43 @@ def bench_load(location: str, clients: int, seconds: float, settings: str) -> di
             if trace.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("the background trace did not start writing")
             time.sleep(0.2)
+        labels = list(bodies)
+        alone: dict[str, list[float]] = {label: [] for label in bodies}
+        stop_at = time.monotonic() + baseline_seconds
+        while time.monotonic() < stop_at:
+            for label in labels:
+                alone[label].append(_timed(base, bodies[label]))
         written_before = _writing(location)
         samples: dict[str, list[float]] = {label: [] for label in bodies}
         errors: list[str] = []
-        stop_at = time.monotonic() + seconds
-        labels = list(bodies)
+        loads: list[float] = []
+        started = time.monotonic()
+        stop_at = started + seconds
 
         def client(k: int) -> None:
             turn = k
             while time.monotonic() < stop_at:
                 label = labels[turn % len(labels)]
                 turn += 1
-                start = time.perf_counter()
                 try:
-                    _post(base, bodies[label])
-                    samples[label].append(time.perf_counter() - start)
+                    samples[label].append(_timed(base, bodies[label]))
                 except Exception as exc:  # counted, not fatal
                     errors.append(f"{label}: {type(exc).__name__}: {exc}"[:200])
+                if think:
+                    time.sleep(think)
+
+        def sample_load() -> None:
+            while time.monotonic() < stop_at:
+                loads.append(os.getloadavg()[0])
+                time.sleep(5)
 
         threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+        threads.append(threading.Thread(target=sample_load))
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+        elapsed = time.monotonic() - started
         written = (_writing(location) or 0) - written_before
     finally:
         if trace is not None:
@@ -339,23 +409,27 @@ def bench_load(location: str, clients: int, seconds: float, settings: str) -> di
         server.wait(timeout=60)
         log.close()
     worker_timeouts = log_path.read_text().count("WORKER TIMEOUT")
+    answered = sum(len(times) for times in samples.values())
     return dict(
         server_log=str(log_path),  # kept: what the server said about any errors
         worker_timeouts=worker_timeouts,
-        server=f"gunicorn {settings}",
+        server="cnnviz serve" if settings == "serve" else f"gunicorn {settings}",
         clients=clients,
         seconds=seconds,
+        think_s=think,
+        load_average_1min=dict(
+            min=round(min(loads), 1),
+            mean=round(statistics.mean(loads), 1),
+            max=round(max(loads), 1),
+        )
+        if loads
+        else None,
         trace_iterations_written_meanwhile=written,
+        answers_per_s=round(answered / elapsed, 1),
         errors=len(errors),
         first_errors=errors[:3],
-        pages={
-            label: dict(
-                requests=len(times),
-                p50_ms=round(1000 * statistics.median(times), 1) if times else None,
-                p95_ms=round(1000 * percentile(times, 0.95), 1) if times else None,
-            )
-            for label, times in samples.items()
-        },
+        one_client_alone=_page_figures(alone),
+        pages=_page_figures(samples),
     )
 
 
@@ -389,7 +463,17 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=30)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--server-settings", default=DEFAULT_SERVER)
+    parser.add_argument(
+        "--server-settings",
+        nargs="+",
+        default=[DEFAULT_SERVER],
+        help="'serve' (cnnviz serve as shipped) or gunicorn options, e.g. '--workers 2'; "
+        "several are run in turn on one store",
+    )
+    parser.add_argument("--baseline-seconds", type=float, default=15)
+    parser.add_argument(
+        "--think", type=float, default=0.0, help="seconds between a client's requests"
+    )
     parser.add_argument("--only", choices=["sqlite", "postgresql"], default=None)
     parser.add_argument("--skip", nargs="*", default=[], choices=["writers", "kills", "load"])
     parser.add_argument("--seed", type=int, default=0, help="seeds the kill times")
@@ -421,9 +505,15 @@ def main() -> None:
                 print(backend, "kills", json.dumps(out["kills"]), flush=True)
             if "load" not in args.skip:
                 out["load"] = bench_load(
-                    location("load", backend), args.clients, args.seconds, args.server_settings
+                    location("load", backend),
+                    args.clients,
+                    args.seconds,
+                    args.server_settings,
+                    baseline_seconds=args.baseline_seconds,
+                    think=args.think,
                 )
-                print(backend, "load", json.dumps(out["load"]), flush=True)
+                for one in out["load"]:
+                    print(backend, "load", json.dumps(one), flush=True)
     finally:
         if server is not None:
             server.stop()

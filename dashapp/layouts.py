@@ -65,7 +65,13 @@ def formula(latex: str, class_name: str = "") -> html.Div:
     return html.Div(
         [
             dcc.Markdown(math_markdown(latex), mathjax=True),
-            dcc.Clipboard(content=str(latex), title="Copy as LaTeX", className="copy-latex"),
+            # assets/copy_latex.js copies the LaTeX MathJax typeset here
+            html.Button(
+                title="Copy as LaTeX",
+                className="copy-latex",
+                type="button",
+                **{"aria-label": "Copy as LaTeX"},
+            ),
         ],
         className=f"formula {class_name}".strip(),
     )
@@ -290,9 +296,18 @@ def tensor_panel(
     panel: str,
     view: PanelView | None = None,
     scalar: float | None = None,
+    click_store: bool = True,
 ) -> TensorPanel:
     """One tensor as a TensorPanel (dashapp/tensorpanel.py); `panel` is its aio_id."""
-    return TensorPanel(record, run_id=run_id, index=index, aio_id=panel, view=view, scalar=scalar)
+    return TensorPanel(
+        record,
+        run_id=run_id,
+        index=index,
+        aio_id=panel,
+        view=view,
+        scalar=scalar,
+        click_store=click_store,
+    )
 
 
 def tensor_flow(inputs: Sequence[html.Div], outputs: Sequence[html.Div]) -> html.Div:

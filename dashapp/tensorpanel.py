@@ -239,12 +239,15 @@ class TensorPanel(html.Div):
         figure_query: Mapping[str, str] | None = None,
         summary: str | None = None,
         downloads: bool = True,
+        click_store: bool = True,
     ):
         """`controls=False`: no window controls; another panel's window is shown (the
         page's callback sets this panel's figure address and caption, e.g. side B and
         the difference following side A on the compare page). `figure_query`: extra
         keys of the figure address (see `figure`). `summary`: a line to show instead of
-        the tensor's own summary. `downloads=False`: no download links."""
+        the tensor's own summary. `downloads=False`: no download links.
+        `click_store=False`: no `ids.click` store (a page that listens to clicks its
+        own way, as the iteration page's provenance does, saves a component per panel)."""
         view = (view or PanelView()).clamped(tensor.shape, tensor.role)
         header = html.Div(
             [
@@ -272,7 +275,14 @@ class TensorPanel(html.Div):
             line = None
         else:
             body = self._body(
-                tensor, run_id, index, aio_id, view, controls=controls, extra=figure_query
+                tensor,
+                run_id,
+                index,
+                aio_id,
+                view,
+                controls=controls,
+                extra=figure_query,
+                click_store=click_store,
             )
             line = html.Div(
                 summary if summary is not None else summary_line(tensor),
@@ -287,7 +297,9 @@ class TensorPanel(html.Div):
             **({} if controls else {"data-follows": "1"}),
         )
 
-    def _body(self, tensor, run_id, index, aio_id, view, *, controls=True, extra=None) -> html.Div:
+    def _body(
+        self, tensor, run_id, index, aio_id, view, *, controls=True, extra=None, click_store=True
+    ) -> html.Div:
         ids = self.ids
         rows, cols = plane_shape(tensor.shape)
         dims = lead_dims(tensor.shape, tensor.role) if controls else ()
@@ -358,14 +370,14 @@ class TensorPanel(html.Div):
                     **{
                         "data-src": figure_url(run_id, index, tensor.name, view, extra),
                         "data-config": json.dumps(GRAPH_CONFIG),
-                        "data-click": _stringified(ids.click(aio_id)),
+                        **({"data-click": _stringified(ids.click(aio_id))} if click_store else {}),
                         # provenance_click.js: which tensor a click on a cell asks about
                         "data-tensor": tensor.name,
                     },
                 ),
                 html.Div(caption(tensor, view), id=ids.caption(aio_id), className="tensor-caption"),
                 *stateful,
-                dcc.Store(id=ids.click(aio_id)),
+                dcc.Store(id=ids.click(aio_id)) if click_store else None,
             ],
             className="tensor-figure",
         )

@@ -14,6 +14,12 @@ possible leaves the database:
 3. only pairs whose bytes differ are decoded, to find the largest difference
    (and, with a tolerance, whether it is beyond it).
 
+Two stores (two machines each writing its own, a SQLite file against a PostgreSQL
+store): `first_divergence(engine_a, run_a, run_b, engine_b=...)` reads each side's
+metadata with the same query and pairs it here, and compares the stored bytes of
+the pairs up to the bound in chunks (bytes equality, still a memcmp) instead of
+inside one database.
+
 Execution order inside an iteration is the order of the steps: a tensor ranks
 where the first step that reads or produces it stands (read before the step's
 outputs, so a changed weight ranks before the output it changes). Tensors no
@@ -22,6 +28,7 @@ step names come last, in the order they were captured.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -77,6 +84,9 @@ class DivergenceReport:
     tensors: int  # tensor pairs compared
     divergence: Divergence | None
     notes: list[str] = field(default_factory=list)
+    # Where each run is stored, when the two are in different stores (for the summary).
+    store_a: str | None = None
+    store_b: str | None = None
 
     @property
     def identical(self) -> bool:
@@ -85,6 +95,8 @@ class DivergenceReport:
     def summary(self) -> str:
         """The one-line answer."""
         runs = f"runs {self.run_a} and {self.run_b}"
+        if self.store_a is not None or self.store_b is not None:
+            runs = f"run {self.run_a} of {self.store_a} and run {self.run_b} of {self.store_b}"
         if self.divergence is None:
             how = "are bitwise identical" if self.atol == 0 else f"agree within atol {self.atol:g}"
             return (
@@ -196,6 +208,86 @@ def _bytes_differ(engine: Engine, run_b: int, ids_a: list[int]) -> set[int]:
         return set(connection.execute(stmt).scalars())
 
 
+_META = ("dtype", "numel", "stored_numel", *_SUMMARY, "nan_count", "inf_count")
+
+
+def _metadata(engine: Engine, iteration_ids: list[int]) -> dict[tuple[int, str], dict]:
+    """(iteration index, tensor name) -> id, role, layer, shape (as JSON text) and the
+    summary columns of one store's tensors in these iterations (no bytes)."""
+    if not iteration_ids:
+        return {}
+    t, it = schema.Tensor, schema.Iteration
+    stmt = (
+        select(it.index, t.id, t.name, t.role, t.layer, t.shape, *(getattr(t, c) for c in _META))
+        .join(it, it.id == t.iteration_id)
+        .where(t.iteration_id.in_(iteration_ids))
+    )
+    out = {}
+    with engine.connect() as connection:
+        for row in connection.execute(stmt):
+            index, tensor_id, name, role, layer, shape, *meta = row
+            # One spelling of the shape on both sides, whatever each database returns.
+            out[(index, name)] = dict(
+                id=tensor_id,
+                role=role,
+                layer=layer,
+                shape=json.dumps([int(d) for d in shape]),
+                **dict(zip(_META, meta, strict=True)),
+            )
+    return out
+
+
+def _pair_across(engine_a: Engine, ids_a: list[int], engine_b: Engine, ids_b: list[int]):
+    """`_pair_query` and `_names_only_in` for runs in two stores: each side's metadata is
+    read with one query and the pairs are made here."""
+    side_a, side_b = _metadata(engine_a, ids_a), _metadata(engine_b, ids_b)
+    rows = []
+    for (index, name), a in side_a.items():
+        b = side_b.get((index, name))
+        row = dict(
+            iteration=index,
+            a_id=a["id"],
+            b_id=b["id"] if b else None,
+            name=name,
+            role=a["role"],
+            layer=a["layer"],
+            a_shape=a["shape"],
+            b_shape=b["shape"] if b else None,
+        )
+        for c in _META:
+            row[f"a_{c}"] = a[c]
+            row[f"b_{c}"] = b[c] if b else None
+        rows.append(row)
+    extra_b = [
+        (index, b["id"], name, b["role"], b["layer"])
+        for (index, name), b in side_b.items()
+        if (index, name) not in side_a
+    ]
+    return rows, extra_b
+
+
+def _blobs(engine: Engine, tensor_ids: list[int]) -> dict[int, bytes]:
+    stmt = select(schema.TensorData.tensor_id, schema.TensorData.data).where(
+        schema.TensorData.tensor_id.in_(tensor_ids)
+    )
+    with engine.connect() as connection:
+        return {i: bytes(data) for i, data in connection.execute(stmt)}
+
+
+def _bytes_differ_across(
+    engine_a: Engine, engine_b: Engine, pairs: list[tuple[int, int]], chunk: int = 256
+) -> set[int]:
+    """Ids of A's tensors whose stored bytes differ from their pair's in the other store,
+    read a chunk of pairs at a time (bounded memory, one query per side and chunk)."""
+    out = set()
+    for start in range(0, len(pairs), chunk):
+        part = pairs[start : start + chunk]
+        a = _blobs(engine_a, [i for i, _ in part])
+        b = _blobs(engine_b, [j for _, j in part])
+        out.update(i for i, j in part if a.get(i) != b.get(j))
+    return out
+
+
 def _load(engine: Engine, tensor_id: int) -> tuple[np.ndarray, tuple[int, ...], bool]:
     stmt = (
         select(
@@ -284,12 +376,21 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, atol: float) -> dict | None:
 
 
 def first_divergence(
-    engine: Engine, run_a: int, run_b: int, *, atol: float = 0.0
+    engine: Engine,
+    run_a: int,
+    run_b: int,
+    *,
+    atol: float = 0.0,
+    engine_b: Engine | None = None,
 ) -> DivergenceReport:
-    """Compare two runs of one store iteration by iteration; see the module docstring."""
+    """Compare two runs iteration by iteration; see the module docstring. Run B is in
+    `engine_b`'s store when given (two stores), else in the same store as run A."""
     if not (isinstance(atol, (int, float)) and math.isfinite(atol) and atol >= 0):
         raise DivergeError(f"atol must be a number >= 0, not {atol!r}")
-    its_a, its_b = _iterations(engine, run_a), _iterations(engine, run_b)
+    across = engine_b is not None and engine_b is not engine
+    engine_a = engine
+    engine_b = engine_b if across else engine
+    its_a, its_b = _iterations(engine_a, run_a), _iterations(engine_b, run_b)
     for run_id, its in ((run_a, its_a), (run_b, its_b)):
         if not its:
             raise DivergeError(f"run {run_id} has no stored iterations")
@@ -309,9 +410,12 @@ def first_divergence(
         common = [i for i in common if i < first]
     ids_a = [its_a[i] for i in common]
     ids_b = [its_b[i] for i in common]
-    rows = _pair_query(engine, run_b, ids_a) if ids_a else []
-    extra_b = _names_only_in(engine, run_b, run_a, ids_b) if ids_b else []
-    ranks = _tensor_ranks(engine, ids_a) if ids_a else {}
+    if across:
+        rows, extra_b = _pair_across(engine_a, ids_a, engine_b, ids_b)
+    else:
+        rows = _pair_query(engine, run_b, ids_a) if ids_a else []
+        extra_b = _names_only_in(engine, run_b, run_a, ids_b) if ids_b else []
+    ranks = _tensor_ranks(engine_a, ids_a) if ids_a else {}
 
     def rank_of(tensor_id: int, ranks_map: dict[int, int]) -> int:
         return ranks_map.get(tensor_id, _UNLINKED_RANK + tensor_id)
@@ -323,7 +427,7 @@ def first_divergence(
             (row["iteration"], rank_of(row["a_id"], ranks), row, _metadata_reason(row, atol))
         )
     if extra_b:
-        ranks_b = _tensor_ranks(engine, ids_b)
+        ranks_b = _tensor_ranks(engine_b, ids_b)
         for index, tensor_id, name, role, layer in extra_b:
             row = dict(
                 iteration=index, a_id=None, b_id=tensor_id, name=name, role=role, layer=layer
@@ -334,16 +438,29 @@ def first_divergence(
     bound = (proven[0][0], proven[0][1]) if proven else None
     # Bytes are compared only up to the first proven divergence's iteration.
     last = bound[0] if bound is not None else (common[-1] if common else 0)
-    differ = _bytes_differ(engine, run_b, [its_a[i] for i in common if i <= last])
+    if across:
+        differ = _bytes_differ_across(
+            engine_a,
+            engine_b,
+            [
+                (row["a_id"], row["b_id"])
+                for iteration, rank, row, reason in candidates
+                if reason is None
+                and row["a_id"] is not None
+                and (bound is None or (iteration, rank) <= bound)
+            ],
+        )
+    else:
+        differ = _bytes_differ(engine, run_b, [its_a[i] for i in common if i <= last])
     found: Divergence | None = None
     for iteration, rank, row, reason in candidates:
         if bound is not None and (iteration, rank) > bound:
             break
         if reason is not None:
-            found = _divergence(engine, row, reason, atol)
+            found = _divergence(engine_a, engine_b, row, reason, atol)
         elif row["a_id"] in differ:
-            a, shape, whole_a = _load(engine, row["a_id"])
-            b, _, whole_b = _load(engine, row["b_id"])
+            a, shape, whole_a = _load(engine_a, row["a_id"])
+            b, _, whole_b = _load(engine_b, row["b_id"])
             result = compare_arrays(a, b, atol)
             if result is None:
                 continue
@@ -360,7 +477,7 @@ def first_divergence(
         else:
             continue
         found.iteration = iteration
-        _attach_step(engine, found, its_a.get(iteration), its_b.get(iteration), rank)
+        _attach_step(engine_a, engine_b, found, its_a.get(iteration), its_b.get(iteration), rank)
         break
     if found is None and structural is not None:
         found = structural
@@ -381,7 +498,9 @@ def _differs(atol: float) -> str:
     return "differs" if atol == 0 else f"differs by more than {atol:g}"
 
 
-def _divergence(engine: Engine, row: dict, reason: str, atol: float) -> Divergence:
+def _divergence(
+    engine_a: Engine, engine_b: Engine, row: dict, reason: str, atol: float
+) -> Divergence:
     found = Divergence(
         iteration=row["iteration"],
         tensor=row["name"],
@@ -391,8 +510,8 @@ def _divergence(engine: Engine, row: dict, reason: str, atol: float) -> Divergen
     )
     if row.get("a_id") is not None and row.get("b_id") is not None:
         if row["a_dtype"] == row["b_dtype"] and row["a_shape"] == row["b_shape"]:
-            a, _, whole_a = _load(engine, row["a_id"])
-            b, _, whole_b = _load(engine, row["b_id"])
+            a, _, whole_a = _load(engine_a, row["a_id"])
+            b, _, whole_b = _load(engine_b, row["b_id"])
             if a.shape == b.shape:
                 result = compare_arrays(a, b, atol)
                 if result is not None:
@@ -407,10 +526,14 @@ def _divergence(engine: Engine, row: dict, reason: str, atol: float) -> Divergen
     return found
 
 
-def _attach_step(engine, found: Divergence, iteration_a, iteration_b, rank: int) -> None:
+def _attach_step(
+    engine_a, engine_b, found: Divergence, iteration_a, iteration_b, rank: int
+) -> None:
     if rank >= _UNLINKED_RANK:
         return
-    iteration_id = iteration_a if found.reason != "is only in run B" else iteration_b
+    only_b = found.reason == "is only in run B"
+    iteration_id = iteration_b if only_b else iteration_a
+    engine = engine_b if only_b else engine_a
     step = _step(engine, iteration_id, rank // 2) if iteration_id is not None else None
     if step is not None:
         found.step_position = rank // 2

@@ -252,3 +252,73 @@ def test_cli_tolerance_and_bad_input(store_path, capsys):
         assert code == 2, (args, out, err)
         assert out == "" and len(err.splitlines()) == 1 and message in err
     assert store_path.read_bytes() == before
+
+
+# ---------------------------------------------------------------- two stores
+
+
+@pytest.fixture(scope="module")
+def other_store(store_path, tmp_path_factory):
+    """Another SQLite file: the same six runs copied (same ids), plus run 7, the seed-0
+    run traced again into this file by its own process-less Trace, as a second machine would."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("diverge_b") / "b.db"
+    shutil.copyfile(store_path, path)
+    assert _trace(path, name="elsewhere") == 7
+    with RunStore(path) as other:
+        yield other
+
+
+def _key(report):
+    d = report.divergence
+    if d is None:
+        return None
+    return (d.iteration, d.tensor, d.reason, d.step_position, d.max_abs_diff, d.index, d.differing)
+
+
+@pytest.mark.parametrize("atol", [0.0, 1e-4])
+def test_two_stores_answer_as_one_store_does(store, other_store, atol):
+    for run_a, run_b in ((1, 2), (1, 3), (3, 1), (1, 4), (1, 5), (1, 6), (6, 1)):
+        one = first_divergence(store.engine, run_a, run_b, atol=atol)
+        two = first_divergence(store.engine, run_a, run_b, atol=atol, engine_b=other_store.engine)
+        assert _key(two) == _key(one), (run_a, run_b, atol, two.summary(), one.summary())
+        assert (two.iterations, two.tensors) == (one.iterations, one.tensors)
+    # Traced into its own file, the same seed is bitwise the same run.
+    again = first_divergence(store.engine, 1, 7, engine_b=other_store.engine)
+    assert again.identical, again.summary()
+
+
+def test_cli_two_stores(store_path, other_store, capsys):
+    b = str(other_store.location)
+    args = ["--db", str(store_path), "--db-b", b]
+    code, out, _ = _main(["1", "7", *args], capsys)
+    assert code == 0
+    assert out.strip() == (
+        f"run 1 of {store_path} and run 7 of {b} are bitwise identical over "
+        f"{ITERATIONS} iterations ({out.split('(')[1].split(')')[0]})"
+    )
+    code, out, _ = _main(["1", "3", *args], capsys)
+    assert code == 1 and len(out.splitlines()) == 1
+    assert out.startswith(f"run 1 of {store_path} and run 3 of {b} first diverge at iteration 5")
+    for extra, message in (
+        (["1", "99"], f"there is no run 99 in {b}"),
+        (["1", "2", "--db-b", str(store_path.parent / "none.db")], "no store at"),
+    ):
+        argv = [*extra, "--db", str(store_path)]
+        argv += [] if "--db-b" in extra else ["--db-b", b]
+        code, out, err = _main(argv, capsys)
+        assert code == 2 and out == "" and message in err and len(err.splitlines()) == 1
+
+
+def test_a_postgresql_store_against_a_sqlite_file(store, pg_url):
+    from storage.transfer import copy_run
+
+    same, nudged = copy_run(store, 2, pg_url), copy_run(store, 3, pg_url)
+    with RunStore(pg_url) as pg:
+        identical = first_divergence(store.engine, 1, same, engine_b=pg.engine)
+        assert identical.identical, identical.summary()
+        found = first_divergence(store.engine, 1, nudged, engine_b=pg.engine)
+        assert _key(found) == _key(first_divergence(store.engine, 1, 3))
+        back = first_divergence(pg.engine, nudged, 1, engine_b=store.engine)
+        assert _key(back) == _key(first_divergence(store.engine, 3, 1))

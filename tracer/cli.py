@@ -6,6 +6,7 @@ store is touched.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 
@@ -365,28 +366,56 @@ def models() -> None:
     help="Largest element-wise difference still counted as equal; 0 compares bit for bit.",
 )
 @db_option
-def diverge(run_a, run_b, atol, db) -> None:
+@click.option(
+    "--db-b",
+    "db_b",
+    default=None,
+    metavar="PATH|URL",
+    help="The store that holds run B, when it is not --db's (two machines, two stores; "
+    "SQLite or PostgreSQL, in any mix) [default: --db].",
+)
+def diverge(run_a, run_b, atol, db, db_b) -> None:
     """Where runs A and B first differ: iteration, step, tensor.
 
-    Exit status 0 when identical (within --atol), 1 when they diverge, 2 on bad input.
+    Run A is in --db; run B too, or in --db-b. Exit status 0 when identical (within
+    --atol), 1 when they diverge, 2 on bad input.
     """
-    sys.exit(_diverge(run_a, run_b, atol, db or default_db()))
+    sys.exit(_diverge(run_a, run_b, atol, db or default_db(), db_b))
 
 
-def _diverge(run_a: int, run_b: int, atol: float, db: str) -> int:
+def _diverge(run_a: int, run_b: int, atol: float, db: str, db_b: str | None = None) -> int:
     from storage.diverge import DivergeError, first_divergence
     from storage.store import RunStore
 
-    with RunStore(db, readonly=True) as store:
-        for run_id in (run_a, run_b):
+    with contextlib.ExitStack() as stack:
+        store_a = stack.enter_context(RunStore(db, readonly=True))
+        store_b = store_a if db_b is None else stack.enter_context(RunStore(db_b, readonly=True))
+        for run_id, store, where in ((run_a, store_a, db), (run_b, store_b, db_b or db)):
             if store.get_run(run_id) is None:
-                raise click.UsageError(f"there is no run {run_id} in {db}")
+                raise click.UsageError(f"there is no run {run_id} in {where}")
         try:
-            report = first_divergence(store.engine, run_a, run_b, atol=atol)
+            report = first_divergence(
+                store_a.engine,
+                run_a,
+                run_b,
+                atol=atol,
+                engine_b=None if db_b is None else store_b.engine,
+            )
         except DivergeError as exc:
             raise click.UsageError(str(exc)) from exc
+        if db_b is not None:
+            report.store_a, report.store_b = _display_location(db), _display_location(db_b)
     click.echo(report.summary())
     return 0 if report.identical else 1
+
+
+def _display_location(location: str) -> str:
+    """A store as the summary names it: the file's path, or the URL without its password."""
+    if "://" not in str(location):
+        return str(location)
+    from sqlalchemy.engine import make_url
+
+    return make_url(str(location)).render_as_string(hide_password=True)
 
 
 @cli.command()
@@ -408,7 +437,7 @@ def explain(run_id, db) -> None:
 
     result = explain_run(db, run_id, progress=progress)
     click.echo(
-        f"run {run_id}: explained {result.explained} iterations in {db}; "
+        f"run {run_id}: explained {result.explained} iterations in {_display_location(db)}; "
         f"{result.verified}/{result.checked} checked steps match PyTorch"
     )
 

@@ -124,6 +124,7 @@ class Trace:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         full_check: bool = False,
         worker: str = DEFAULT_WORKER,
+        input_grad: bool = True,
     ):
         if explain not in EXPLAIN_MODES:
             raise ValueError(f"explain must be one of {', '.join(EXPLAIN_MODES)}, not {explain!r}")
@@ -177,6 +178,7 @@ class Trace:
                 "explain": explain,
                 "worker": worker,
                 "full_check": bool(full_check),
+                "input_grad": bool(input_grad),
                 "host": platform.node(),
                 "pid": os.getpid(),
             },
@@ -201,7 +203,10 @@ class Trace:
         self._started = 0.0
         self._pending_loss: float | None = None
         self._entered = False
-        self._capture = Capture(model, optimizer, criterion)
+        # input_grad: autograd also computes dL/d(input), the reference for the first
+        # layer's input-gradient step. It is not free: PyTorch's CPU convolution
+        # backward for the input is the largest single cost of tracing LeNet-5.
+        self._capture = Capture(model, optimizer, criterion, input_grad=bool(input_grad))
         self._writer: RunWriter | None = None
         self._engine = None
         self._modes: list[tuple[nn.Module, bool]] = []

@@ -4,7 +4,14 @@ Input (batch, labels, weights, learning rate) -> forward pass layer by layer ->
 loss -> backward pass from dL/dz back to the first layer -> weight update.
 Every step is a card with its general formula, the formula with this
 iteration's numbers, heatmaps of what it reads and writes, and whether our
-NumPy result matched PyTorch's autograd. A side menu jumps between the steps.
+NumPy result matched PyTorch's autograd.
+
+The page shows one part at a time, named in the URL (dashapp/steps.py, View): the
+input (no `phase`), a whole phase (`&phase=backward`) or one layer of it
+(`&phase=backward&layer=conv`), or the what-if section (`&phase=whatif`). The
+stage bar and the side menu link those addresses, and previous/next walk them
+in order, so the page builds, reads and draws only what one view holds; the
+iteration's steps and tensor metadata are read once and kept (data.cached_steps).
 
 A click on any heatmap cell shows where that number came from (storage.provenance):
 the scalar computation with the real numbers, checked against the stored value,
@@ -20,12 +27,11 @@ import dash_bootstrap_components as dbc
 import numpy as np
 from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html
 
-from dashapp import figures, layouts, links
+from dashapp import layouts, links
 from dashapp.data import (
     NotFound,
     PreviousArrays,
     cached_arrays,
-    cached_iteration,
     cached_steps,
     current_store,
     default_run,
@@ -50,7 +56,7 @@ from dashapp.steps import (
     sections,
 )
 from dashapp.tensorpanel import PanelView, views_from_query
-from dashapp.tensorview import matrix_view
+from dashapp.whatif import whatif_section
 from storage import (
     RUN_RUNNING,
     IterationRecord,
@@ -61,7 +67,6 @@ from storage import (
     names,
 )
 from storage.provenance import NotExplained, Provenance, explain_cell
-from storage.whatif import NotAvailable, with_learning_rate
 
 dash.register_page(
     __name__, path=links.ITERATION, name="Iteration", title="Iteration · cnnviz", order=2
@@ -223,6 +228,7 @@ def panel_maker(store, record: IterationRecord, run: RunInfo, views: dict[str, P
             panel=panel_id,
             view=views.get(name),
             scalar=scalar,
+            click_store=False,  # a click asks for the cell's provenance (provenance_click.js)
         )
 
     return panel
@@ -712,6 +718,13 @@ def provenance_view(prov: Provenance) -> list:
         )
         for name, cells in prov.reads().items()
     ]
+    reads += [  # the optimizer's state before the step: the previous iteration's, not on this page
+        html.Li(
+            [html.Code(t.tensor), f" of iteration {t.iteration}: {list(t.index)} = {t.value:.7g}"]
+        )
+        for t in prov.terms
+        if t.iteration is not None
+    ]
     return [
         html.Div([html.Code(where), f" = {prov.stored:.7g}"], className="provenance-cell"),
         html.Pre(prov.formula, className="provenance-formula"),
@@ -771,117 +784,3 @@ dash.clientside_callback(
     Input("iteration-provenance-reads", "data"),
     prevent_initial_call=True,
 )
-
-
-# ---------------------------------------------------------------- what if
-
-
-def whatif_section(record: IterationRecord, run: RunInfo) -> html.Section:
-    """Edit the learning rate and see this iteration's update recomputed (storage.whatif)."""
-    lr = record.learning_rate if record.learning_rate is not None else run.learning_rate
-    return html.Section(
-        [
-            html.H2("What if", className="section-title"),
-            html.P(
-                "Change the learning rate and see this iteration's update recomputed in NumPy: the "
-                "forward pass, the loss and the gradients stay as stored (they do not depend on "
-                "η); the weights after the update change, and each is shown with its difference "
-                "to the stored run.",
-                className="section-lead",
-            ),
-            html.Div(
-                [
-                    html.Span("learning rate η =", className="me-1"),
-                    dcc.Input(
-                        id="iteration-whatif-lr",
-                        type="number",
-                        value=lr,
-                        min=0,
-                        step="any",
-                        debounce=True,
-                        className="form-control form-control-sm whatif-lr",
-                        style={"width": "9rem"},
-                    ),
-                    dbc.Button(
-                        "Recompute",
-                        id="iteration-whatif-go",
-                        size="sm",
-                        color="primary",
-                        outline=True,
-                    ),
-                ],
-                className="control mb-2",
-            ),
-            html.Div(id="iteration-whatif-result"),
-        ],
-        id="section-whatif",
-        className="phase-section section-whatif",
-    )
-
-
-@dash.callback(
-    Output("iteration-whatif-result", "children"),
-    Input("iteration-whatif-go", "n_clicks"),
-    State("iteration-whatif-lr", "value"),
-    State("iteration-ref", "data"),
-    prevent_initial_call=True,
-)
-def whatif(_clicks, lr, ref):
-    store = current_store()
-    run = store.get_run(ref["run"])
-    record = cached_iteration(store, ref["run"], ref["it"] or 1) if run is not None else None
-    if record is None:
-        return dbc.Alert("This iteration is no longer in the store.", color="warning")
-    try:
-        changed = with_learning_rate(record, run.optimizer, run.optimizer_settings, float(lr))
-    except (NotAvailable, TypeError, ValueError) as exc:
-        return dbc.Alert(str(exc), color="warning", className="py-2", id="iteration-whatif-note")
-    cards = []
-    for item in changed:
-        if not item.name.endswith(".next"):
-            continue
-        new = matrix_view(item.recomputed, item.recomputed.shape, role="param_next")
-        diff = matrix_view(item.difference, item.difference.shape, role="param_next")
-        cards.append(
-            html.Div(
-                [
-                    html.Div(
-                        [
-                            html.Code(item.name),
-                            html.Span(
-                                f" with η = {float(lr):g}: max |Δ| to the stored run "
-                                f"{format_diff(item.max_abs_diff)}",
-                                className="text-muted",
-                            ),
-                        ],
-                        className="tensor-header",
-                    ),
-                    html.Div(
-                        [
-                            html.Div(
-                                [
-                                    html.Div("w′ recomputed", className="small text-muted"),
-                                    dcc.Graph(
-                                        figure=figures.heatmap(new), config=layouts.GRAPH_CONFIG
-                                    ),
-                                ]
-                            ),
-                            html.Div(
-                                [
-                                    html.Div(
-                                        "Δ = recomputed − stored", className="small text-muted"
-                                    ),
-                                    dcc.Graph(
-                                        figure=figures.difference_heatmap(diff),
-                                        config=layouts.GRAPH_CONFIG,
-                                    ),
-                                ]
-                            ),
-                        ],
-                        className="flow-items",
-                    ),
-                ],
-                className="tensor-panel whatif-item",
-            )
-        )
-    return html.Div(cards, className="flow-items", id="iteration-whatif-items")

@@ -111,30 +111,10 @@ def cross_entropy(ctx: Context, step, name, index):
     if name == value_n:
         coef = np.asarray(a[coef_n], dtype=np.float64)
         logp = np.log(np.asarray(probs, dtype=np.float64))
-        per_row = -(coef * logp).sum(axis=dim)
-        denominator = float(coef.sum())
-        reduction = _reduction(per_row, a[value_n], denominator)
-        picked = [c for c in np.ndindex(*coef.shape) if coef[c] != 0]
-        if reduction == "none":
-            picked = [c for c in picked if _squeeze(c, dim) == tuple(index)]
-        ps = [term(probs_n, a, c) for c in picked]
-        cs = [term(coef_n, a, c) for c in picked]
-        total = -float(
-            sum(np.float64(c.value) * np.log(np.float64(p.value)) for c, p in zip(cs, ps))
+        reduction = _reduction(-(coef * logp).sum(axis=dim), a[value_n], float(coef.sum()))
+        return _weighted_sum(
+            ctx, name, index, coef_n, probs_n, dim, reduction, np.log, "log p", "cross-entropy"
         )
-        logs = joined(
-            [
-                f"log {fmt(p.value)}" if c.value == 1 else f"{fmt(c.value)}·log {fmt(p.value)}"
-                for c, p in zip(cs, ps)
-            ]
-        )
-        if reduction == "mean":
-            value = total / denominator
-            text = f"L = -(1/{fmt(denominator)}) Σ_n log p[n, y_n] = -({logs})/{fmt(denominator)} = {fmt(value)}"
-        else:
-            value = total
-            text = f"L{cell(index)} = -Σ log p[n, y_n] = -({logs}) = {fmt(value)}"
-        return prov(name, index, value, "cross-entropy", text, ps + cs)
     if ctx.is_grad_of(name, z_name, layer):
         coef = np.asarray(a[coef_n], dtype=np.float64)
         logp = np.log(np.asarray(probs, dtype=np.float64))
@@ -158,6 +138,37 @@ def cross_entropy(ctx: Context, step, name, index):
             text = f"dL/dz{cell(index)} = (p ΣA - A){n_text}{g_text} = ({fmt(p.value)}·{fmt(row_weight)} - {fmt(y.value)}){n_text}{g_text} = {fmt(value)}"
         return prov(name, index, value, "softmax-grad", text, [p, y, *gt])
     raise unknown(name, step)
+
+
+def _weighted_sum(ctx, name, index, coef_n, of_n, dim, reduction, f, symbol, kind):
+    """L = -(1/D) Σ A·f(x) over the rows' target entries (or one row's, reduction='none'):
+    cross-entropy with f = log on the probabilities, NLL with f = identity."""
+    a = ctx.arrays
+    coef = np.asarray(a[coef_n], dtype=np.float64)
+    picked = [c for c in np.ndindex(*coef.shape) if coef[c] != 0]
+    if reduction == "none":
+        picked = [c for c in picked if _squeeze(c, dim) == tuple(index)]
+    xs = [term(of_n, a, c) for c in picked]
+    cs = [term(coef_n, a, c) for c in picked]
+    apply = f or (lambda v: v)
+    total = -float(sum(np.float64(c.value) * apply(np.float64(t.value)) for c, t in zip(cs, xs)))
+    written = "log " if f is not None else ""  # how f is written before each number
+    parts = joined(
+        [
+            f"{written}{fmt(t.value)}"
+            if c.value == 1
+            else f"{fmt(c.value)}·{written}{fmt(t.value)}"
+            for c, t in zip(cs, xs)
+        ]
+    )
+    if reduction == "mean":
+        d = float(coef.sum())
+        value = total / d
+        text = f"L = -(1/{fmt(d)}) Σ_n {symbol}[n, y_n] = -({parts})/{fmt(d)} = {fmt(value)}"
+    else:
+        value = total
+        text = f"L{cell(index)} = -Σ {symbol}[n, y_n] = -({parts}) = {fmt(value)}"
+    return prov(name, index, value, kind, text, xs + cs)
 
 
 def _squeeze(index, dim):
@@ -210,26 +221,7 @@ def nll(ctx: Context, step, name, index):
     per_row = -(coef * np.asarray(x, dtype=np.float64)).sum(axis=dim)
     reduction = _reduction(per_row, a[value_n], float(coef.sum())) if ctx.has(value_n) else "mean"
     if name == value_n:
-        picked = [c for c in np.ndindex(*coef.shape) if coef[c] != 0]
-        if reduction == "none":
-            picked = [c for c in picked if _squeeze(c, dim) == tuple(index)]
-        xs = [term(x_name, a, c) for c in picked]
-        cs = [term(coef_n, a, c) for c in picked]
-        total = -float(sum(np.float64(c.value) * t.value for c, t in zip(cs, xs)))
-        parts = joined(
-            [
-                fmt(t.value) if c.value == 1 else f"{fmt(c.value)}·{fmt(t.value)}"
-                for c, t in zip(cs, xs)
-            ]
-        )
-        if reduction == "mean":
-            d = float(coef.sum())
-            value = total / d
-            text = f"L = -(1/{fmt(d)}) Σ_n x[n, y_n] = -({parts})/{fmt(d)} = {fmt(value)}"
-        else:
-            value = total
-            text = f"L{cell(index)} = -Σ x[n, y_n] = -({parts}) = {fmt(value)}"
-        return prov(name, index, value, "nll", text, xs + cs)
+        return _weighted_sum(ctx, name, index, coef_n, x_name, dim, reduction, None, "x", "nll")
     if ctx.is_grad_of(name, x_name, layer):
         c = term(coef_n, a, index)
         scale = 1.0 / float(coef.sum()) if reduction == "mean" else 1.0

@@ -250,6 +250,22 @@ def test_iteration_views_stepper_menu_and_back_forward(page, base):
     assert_clean(page)
 
 
+def test_copy_as_latex_copies_the_typeset_formula(browser, base, store):
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    try:
+        tab = context.new_page()
+        open_page(tab, base + "/iteration?run=1&it=1&phase=backward&layer=fc")
+        card = tab.locator("section.step-card").first
+        number = int(card.get_attribute("id").removeprefix("step-"))
+        step = store.load_iteration(1, 1).steps[number - 1]
+        card.locator(".formula-row").first.locator(".copy-latex").click()
+        card.locator(".copy-latex.copied").wait_for()
+        assert tab.evaluate("navigator.clipboard.readText()") == " ".join(step.formula.splitlines())
+    finally:
+        context.close()
+
+
 def test_downloads_from_the_page_are_the_stored_tensors(page, base, store):
     open_page(page, base + "/iteration?run=1&it=1")
     link = page.locator(

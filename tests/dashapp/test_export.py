@@ -154,16 +154,6 @@ def test_opens_offline_from_disk_with_formulas_heatmaps_and_copy(exported, seed_
     assert all(url.startswith("file://") for url in requests), requests
 
 
-def test_dashboard_formulas_have_a_copy_as_latex_button():
-    from dash import dcc
-
-    from dashapp.layouts import formula
-
-    block = formula(r"z = W x + b")
-    (button,) = [c for c in block.children if isinstance(c, dcc.Clipboard)]
-    assert button.content == r"z = W x + b" and button.title == "Copy as LaTeX"
-
-
 def test_store_text_in_the_embedded_data_stays_json_and_inside_its_script():
     from dashapp.export import _json_script
 

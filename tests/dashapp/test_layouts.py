@@ -180,6 +180,11 @@ def _matrix(rows: int, cols: int) -> str:
     return rf"\begin{{bmatrix}}{body}\end{{bmatrix}}"
 
 
+def expand_buttons(block) -> list:
+    """The "show every stored entry" buttons (each formula also has its copy button)."""
+    return [b for b in components(block, html.Button) if "formula-expand" in b.className]
+
+
 def test_a_formula_only_broken_in_two_lines_offers_no_stored_entries(seed_store):
     """The seed page's im2col: too wide for one line, whole on two. Nothing was left out,
     so there is nothing more to show."""
@@ -189,7 +194,7 @@ def test_a_formula_only_broken_in_two_lines_offers_no_stored_entries(seed_store)
         step = store.load_iteration(1, 1, with_data=False).steps[0]
     assert step.title.startswith("Unfold input patches")
     block = layouts.fitted_formula(step.formula_values, "/formula/1/1/0.tex")
-    assert not components(block, html.Button)
+    assert not expand_buttons(block)
     assert r"\begin{gathered}" in text_of(block)  # broken in two, nothing elided
     assert r"\cdots" not in text_of(block)
 
@@ -197,6 +202,6 @@ def test_a_formula_only_broken_in_two_lines_offers_no_stored_entries(seed_store)
 def test_an_elided_formula_offers_every_stored_entry():
     latex = rf"W = {_matrix(2, 60)}"
     block = layouts.fitted_formula(latex, "/formula/1/1/3.tex")
-    (button,) = components(block, html.Button)
+    (button,) = expand_buttons(block)
     assert button.children == "show every stored entry"
     assert r"\cdots" in text_of(block)

@@ -20,7 +20,7 @@ from dash_helpers import (
     using_store,
 )
 
-from dashapp import links
+from dashapp import links, whatif
 from dashapp.tensorview import matrix_view
 from storage import RunStore
 
@@ -654,12 +654,64 @@ def test_iteration_whatif_recomputes_the_update_for_another_learning_rate(pages,
     assert [c for c in components(layout, html.Section) if c.id == "section-whatif"]
     ref = {"run": 1, "it": 2, "count": 3}
     result = run_callback(
-        pages.iteration.whatif, 1, 0.5, ref, triggered="iteration-whatif-go.n_clicks"
+        whatif.learning_rate_whatif, 1, 0.5, ref, triggered="iteration-whatif-go.n_clicks"
     )
     names = [c.children for c in components(result, html.Code)]
     assert names == ["conv.weight.next", "conv.bias.next", "fc.weight.next", "fc.bias.next"]
     assert len(components(result, dcc.Graph)) == 8
     refused = run_callback(
-        pages.iteration.whatif, 1, -1, ref, triggered="iteration-whatif-go.n_clicks"
+        whatif.learning_rate_whatif, 1, -1, ref, triggered="iteration-whatif-go.n_clicks"
     )
     assert "positive number" in refused.children
+
+
+def test_iteration_whatif_of_one_element_marks_what_changed(pages, request_ctx):
+    ref = {"run": 1, "it": 2, "count": 3}
+    go = "iteration-whatif-element-go.n_clicks"
+    result = run_callback(whatif.element_whatif, 1, "input", "0, 0, 1, 2", 5.0, ref, triggered=go)
+    text = text_of(result)
+    assert "input[0, 0, 1, 2]:" in text and "→ 5." in text and "Loss " in text
+    assert "reproduces every stored tensor" in text
+    table = components(result, html.Tbody)[0]
+    phases = [row.children[0].children for row in table.children]
+    assert phases == sorted(phases, key=["forward", "backward", "update"].index)
+    changed = [row for row in table.children if row.className == "whatif-changed"]
+    assert len(changed) > 10  # through the loss and back to every update
+    shown = components(result, dcc.Dropdown)[0].value
+    assert "loss.value" in shown and len(components(result, dcc.Graph)) == 2 * len(shown)
+    # Every changed cell drawn is outlined: the edited input's consumer shows one box per cell.
+    first = components(result, dcc.Graph)[0].figure
+    assert first["layout"]["shapes"]
+    # Picking other tensors redraws from the cached answer.
+    redrawn = run_callback(whatif.redraw, ["fc.weight.next"], "input", "0, 0, 1, 2", 5.0, ref)
+    assert [c.children for c in components(redrawn, html.Code)] == ["fc.weight.next"]
+    for value, index, words in ((None, "0,0,1,2", "Type the new value"), (1.0, "0,9", "needs 4")):
+        refused = run_callback(whatif.element_whatif, 1, "input", index, value, ref, triggered=go)
+        assert words in text_of(refused)
+    help_text, placeholder = run_callback(whatif.element_help, "fc.weight", "1, 3", ref)
+    assert "shape (2, 4)" in help_text and "Stored value" in help_text and placeholder
+
+
+def test_provenance_panel_names_the_cells_read_from_the_previous_iteration(pages):
+    """An optimizer's state before the step is the previous iteration's: the panel lists
+    it with its iteration (it is not on this page, so it is not outlined)."""
+    from storage.provenance import Provenance, Term
+
+    prov = Provenance(
+        tensor="fc.weight.exp_avg",
+        index=(0, 1),
+        stored=0.5,
+        recomputed=0.5,
+        kind="adam-moment",
+        formula="m_t[0,1] = ...",
+        terms=[
+            Term("fc.weight.state.exp_avg", (0, 1), 0.25, iteration=1),
+            Term("fc.weight.grad", (0, 1), 2.75),
+        ],
+        step=3,
+    )
+    text = " ".join(text_of(html.Div(pages.iteration.provenance_view(prov))).split())
+    assert "fc.weight.grad : 1 cell [0, 1]" in text
+    assert "fc.weight.state.exp_avg of iteration 1: [0, 1] = 0.25" in text
+    assert "✓ recomputed 0.5 = stored 0.5" in text
+    assert list(prov.reads()) == ["fc.weight.grad"]

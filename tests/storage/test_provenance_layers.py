@@ -165,6 +165,13 @@ CASES = {
         lambda n, gen: torch.rand(n, 3, generator=gen).round(),
         lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1),
     ),
+    "volumes-eval-mse-sgd": (  # evaluation mode: BatchNorm's running statistics, dropout off
+        lambda: Volumes().eval(),
+        (4, 2, 2, 2, 2),
+        nn.MSELoss(),
+        lambda n, gen: torch.randn(n, 3, generator=gen),
+        lambda p: torch.optim.SGD(p, lr=0.1),
+    ),
     "volumes-sigmoid-mse-sgd": (
         lambda: Volumes(3, nn.Sigmoid()),
         (4, 1 + 1, 2, 2, 2),
@@ -204,12 +211,19 @@ def _givens(run, record) -> set[str]:
     """The batch, the labels, the weights at the start, buffers before the call, and
     dropout's random masks."""
     dropouts = {layer.name for layer in run.layers if layer.type.startswith("Dropout")}
+    norms = {layer.name for layer in run.layers if layer.type.startswith("BatchNorm")}
+    batch_stats = {n for s in record.steps for n in s.outputs}
     return {
         t.name
         for t in record.tensors
         if t.role in ("input", "target", "param")
         or t.name.endswith((".before", ".grad_before"))
         or t.name in {f"{d}.mask" for d in dropouts}
+        # in evaluation mode BatchNorm normalises with its running statistics: buffers
+        or (
+            t.name in {f"{b}.{k}" for b in norms for k in ("mean", "var")}
+            and t.name not in batch_stats
+        )
     }
 
 

@@ -3,7 +3,9 @@ bounded queue; errors from the worker raised in the training loop; Ctrl-C."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from torch import nn
 from storage import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED, RunStore
 from tracer.assemble import TraceError
 from tracer.explainers.base import Explainer, register
-from tracer.pipeline import WorkerError
+from tracer.pipeline import WORKER_NICENESS, Background, WorkerError
 from tracer.session import NOT_EXPLAINED, Trace
 from tracer.train import prepare, resolve, run_builtin
 
@@ -327,3 +329,30 @@ def test_numpy_runs_on_one_thread_in_builtin_runs():
         assert torch.get_num_threads() == 1
         assert all(pool["num_threads"] == 1 for pool in threadpool_info())
     assert np.ones(3).sum() == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no per-thread priorities here")
+def test_the_worker_thread_runs_nicer_than_the_training_thread():
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    seen: list[int] = []
+    worker = Background(lambda job: seen.append(niceness()))
+    worker.put(1)
+    worker.close()
+    assert WORKER_NICENESS > 0
+    assert seen == [min(19, niceness() + WORKER_NICENESS)]
+
+
+def test_without_the_input_gradient_the_first_layer_is_not_checked_against_it(tmp_path):
+    model, optimizer, criterion, x, y = _seed_setup()
+    with Trace(model, optimizer, criterion, db=tmp_path / "r.db", input_grad=False) as run:
+        with run.iteration():
+            optimizer.zero_grad()
+            criterion(model(x), y).backward()
+            optimizer.step()
+    _, (record,) = _stored(tmp_path / "r.db")
+    assert not [t for t in record.tensors if t.role == "input_grad"]
+    checked = [s for s in record.steps if s.verified is not None]
+    assert checked and all(s.verified for s in checked)
+    assert any("not computed by autograd" in (s.reference or "") for s in record.steps)
