@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -27,6 +28,10 @@ from .tensorview import TEXT_MAX_COLS, TEXT_MAX_ROWS, MatrixView
 VALUE_SCALE = "RdBu_r"
 # Differences get their own scale, so a difference map is never mistaken for values.
 DIFF_SCALE = "PuOr_r"
+# ... as explicit stops for plain figure dicts: plotly.js knows no "_r" names (plotly.py
+# expands them when it builds a go.Figure).
+DIFF_STOPS = plotly.colors.get_colorscale(DIFF_SCALE)
+VALUE_STOPS = plotly.colors.get_colorscale(VALUE_SCALE)
 RUN_COLORS = (
     "#1f77b4",
     "#d62728",
@@ -91,7 +96,7 @@ def colour_scale(view: MatrixView) -> tuple[str, object, tuple[float, float]]:
         return "categorical", steps, (low - 0.5, high + 0.5)
     if low >= 0:
         return "sequential", SEQUENTIAL_SCALE, (low, high if high > low else low + 1.0)
-    return "diverging", VALUE_SCALE, symmetric_range(np.array([low, high]))
+    return "diverging", VALUE_STOPS, symmetric_range(np.array([low, high]))
 
 
 def _finite_range(values: np.ndarray) -> tuple[float, float]:
@@ -413,8 +418,10 @@ def norm_panels(
         else:
             continue
         params[param] = None
-        label, color = style[run_id]
-        series = tables[quantity].setdefault(param, {}).setdefault(run_id, Series(label, color))
+        by_run = tables[quantity].setdefault(param, {})
+        series = by_run.get(run_id)
+        if series is None:
+            series = by_run[run_id] = Series(*style[run_id])
         series.x.append(int(index))
         series.y.append(float(l2))
 

@@ -532,7 +532,7 @@ def figure(run_id: int, index: int, filename: str) -> flask.Response:
         diff = difference_view(window_view(other), view)
         figure = figures.heatmap_dict(
             diff,
-            colorscale=figures.DIFF_SCALE,
+            colorscale=figures.DIFF_STOPS,
             colorbar=True,
             zrange=figures.symmetric_range(diff.values),
         )

@@ -219,4 +219,5 @@ def difference_view(a: MatrixView, b: MatrixView) -> MatrixView:
         lead_index=a.lead_index,
         plane=a.plane,
         caption=a.caption,
+        origin=a.origin,  # a panned window's indices, not 0..
     )

@@ -509,27 +509,39 @@ port_option = click.option(
     show_envvar=True,
     help="TCP port of the dashboard.",
 )
+workers_option = click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=2,  # dashapp.server.WORKERS, without importing gunicorn here
+    envvar="CNNVIZ_WORKERS",
+    show_default=True,
+    show_envvar=True,
+    help="gunicorn worker processes, each with 4 threads: about one per core "
+    "(docs/team.md has the figures).",
+)
 
 
 @cli.command()
 @db_option
 @host_option
 @port_option
+@workers_option
 @click.option(
     "--debug",
     is_flag=True,
     help="Dash's development server with its dev tools and the Werkzeug debugger, instead of "
     "gunicorn. Never on a network you do not trust.",
 )
-def serve(db, host, port, debug) -> None:
+def serve(db, host, port, workers, debug) -> None:
     """Serve the dashboard for a store (opened read-only) with gunicorn."""
-    _serve(db or default_db(), host, port, debug)
+    _serve(db or default_db(), host, port, debug, workers=workers)
 
 
 @cli.command()
 @db_option
 @host_option
 @port_option
+@workers_option
 @click.option("--no-serve", is_flag=True, help="Only add the demo runs, then exit.")
 @click.option(
     "--from",
@@ -539,7 +551,7 @@ def serve(db, host, port, debug) -> None:
     help="Copy the demo runs the store lacks from this store instead of tracing them "
     "(no torch needed; the Docker image does this).",
 )
-def demo(db, host, port, no_serve, source) -> None:
+def demo(db, host, port, workers, no_serve, source) -> None:
     """Add the seed CNN's runs with seeds 0, 1 and 2 that the store lacks, then serve it."""
     db = db or default_db()
     if not no_serve:
@@ -559,7 +571,7 @@ def demo(db, host, port, no_serve, source) -> None:
                 f"loss {run.losses[0]:.4f} -> {run.losses[-1]:.4f}"
             )
     if not no_serve:
-        _serve(db, host, port, debug=False)
+        _serve(db, host, port, debug=False, workers=workers)
 
 
 def _demo_run_ids(db: str) -> dict[int, int]:
@@ -627,7 +639,7 @@ def _require_free_port(host: str, port: int) -> None:
             ) from exc
 
 
-def _serve(db: str, host: str, port: int, debug: bool) -> None:
+def _serve(db: str, host: str, port: int, debug: bool, *, workers: int = 2) -> None:
     _require_free_port(host, port)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     shown = f"[{shown}]" if ":" in shown else shown
@@ -636,7 +648,7 @@ def _serve(db: str, host: str, port: int, debug: bool) -> None:
         from dashapp.server import serve  # gunicorn; Dash loads only for the commands that serve
 
         # A missing or invalid store: StoreError, one line, exit 2, before gunicorn starts.
-        serve(db, host, port, on_ready=lambda: click.echo(_serving_line(db, url)))
+        serve(db, host, port, workers=workers, on_ready=lambda: click.echo(_serving_line(db, url)))
         return
     from dashapp.app import create_app
 

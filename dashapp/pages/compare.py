@@ -168,9 +168,22 @@ def default_selections(store: RunStore, picked: list[int] | None):
     return a, b
 
 
+@functools.lru_cache(maxsize=32)
+def _tensor_records(store: RunStore, run_id: int, index: int) -> tuple[TensorRecord, ...]:
+    """A stored iteration's tensors never change once committed: kept for the next view.
+    KeyError (not kept) when the run does not store it yet."""
+    tensors = store.tensor_records(run_id, index)
+    if tensors is None:
+        raise KeyError(index)
+    return tuple(tensors)
+
+
 def require_tensors(store: RunStore, run: RunInfo, index: int) -> list[TensorRecord]:
     """The iteration's tensors without bytes; NotFound when the run does not store it."""
-    tensors = store.tensor_records(run.id, index)
+    try:
+        tensors = _tensor_records(store, run.id, index)
+    except KeyError:
+        tensors = None
     if tensors is None:
         count = run.num_iterations
         stored = (
@@ -179,7 +192,7 @@ def require_tensors(store: RunStore, run: RunInfo, index: int) -> list[TensorRec
             else "it has no iterations yet"
         )
         raise NotFound(f"run {run.id} has no iteration {index}: {stored}")
-    return tensors
+    return list(tensors)
 
 
 class Choice(NamedTuple):
@@ -370,9 +383,24 @@ def side_card(label: str, run: RunInfo, index: int, body, side: str) -> dbc.Card
     )
 
 
-def panels(choice: Choice, view: PanelView, stats) -> list:
+def scalar_of(store: RunStore, selection: tuple[int, int], name: str) -> float | None:
+    """The value of a 0-D tensor (a loss), read as a one-element window."""
+    window = store.tensor_window(*selection, name, rows=1, cols=1)
+    if window is None or not window.stored.any():
+        return None
+    return float(window.values.reshape(-1)[0])
+
+
+def panels(store: RunStore, choice: Choice, view: PanelView, stats) -> list:
     (ra, ia), (rb, ib) = choice.sel_a, choice.sel_b
     same = choice.same_shape
+    scalars = {}
+    if len(choice.ta.shape) == 0:  # a panel shows a scalar's value itself
+        scalars["a"] = scalar_of(store, choice.sel_a, choice.name)
+        if same:
+            scalars["b"] = scalar_of(store, choice.sel_b, choice.name)
+            both = (scalars["a"], scalars["b"])
+            scalars["diff"] = None if None in both else both[1] - both[0]
     cards = [
         side_card(
             "A",
@@ -384,7 +412,9 @@ def panels(choice: Choice, view: PanelView, stats) -> list:
                 index=ia,
                 aio_id=PANEL_A,
                 view=view,
+                click_store=False,  # this page does not listen to clicks on cells
                 figure_query={"with": links.selection(rb, ib)} if same else None,
+                scalar=scalars.get("a"),
             ),
             "a",
         )
@@ -402,8 +432,10 @@ def panels(choice: Choice, view: PanelView, stats) -> list:
             index=ib,
             aio_id=PANEL_B if same else PANEL_B_OWN,
             view=view,
+            click_store=False,
             controls=not same,
             figure_query={"with": links.selection(ra, ia)} if same else None,
+            scalar=scalars.get("b"),
         )
     cards.append(side_card("B", choice.run_b, ib, body, "b"))
     if same:
@@ -414,10 +446,12 @@ def panels(choice: Choice, view: PanelView, stats) -> list:
             index=ib,
             aio_id=PANEL_DIFF,
             view=view,
+            click_store=False,
             controls=False,
             figure_query={"minus": links.selection(ra, ia)},
             summary=difference_line(stats[0], numel) if stats is not None else "",
             downloads=False,
+            scalar=scalars.get("diff"),
         )
         cards.append(
             dbc.Card(
@@ -439,6 +473,9 @@ def panels(choice: Choice, view: PanelView, stats) -> list:
             )
         )
     return [dbc.Col(card, lg=4) for card in cards]
+
+
+_EMPTY = np.empty(0)  # the records of `follow_a` only carry a shape and a stored count
 
 
 @dash.callback(
@@ -474,9 +511,6 @@ def follow_a(state, ref):
         figure_url(rb, ib, name, view, {"minus": links.selection(ra, ia)}),
         caption(both, view),
     )
-
-
-_EMPTY = np.empty(0)  # the records of `follow_a` only carry a shape and a stored count
 
 
 # ---------------------------------------------------------------- choosing
@@ -675,20 +709,31 @@ def history_section(chosen: list[RunInfo]) -> html.Section:
     )
 
 
-def history_figures(store: RunStore, chosen: list[RunInfo]) -> tuple[dict, dict]:
-    """(loss, norms) over iterations of the chosen runs, from stored summaries alone:
-    one query for the losses and one for every weight's and gradient's L2 norm."""
-    ids = [r.id for r in chosen]
-    legend = [(r.id, layouts.run_label(r), figures.run_color(i)) for i, r in enumerate(chosen)]
-    loss = {r.id: figures.Series(label, color) for r, (_, label, color) in zip(chosen, legend)}
+def history_figures(store: RunStore, legend: list[tuple[int, str]]) -> tuple[dict, dict]:
+    """(loss, norms) over iterations of the runs of `legend` ((run id, label) in order),
+    from stored summaries alone: one query for the losses and one for every weight's and
+    gradient's L2 norm. The norms are kept per set of runs and their stored iterations:
+    they change only when a run stores another iteration."""
+    ids = [run_id for run_id, _ in legend]
+    styled = [(run_id, label, figures.run_color(i)) for i, (run_id, label) in enumerate(legend)]
+    loss = {run_id: figures.Series(label, color) for run_id, label, color in styled}
     for run_id, index, value in store.loss_history(ids):
         series = loss.get(run_id)
         if series is not None:
             series.x.append(int(index))
             series.y.append(figures.finite_or_none(value))
-    rows = store.summary_history(ids, [names.ROLE_PARAM, names.ROLE_PARAM_GRAD])
-    pairs = figures.norm_panels(rows, legend)
-    return figures.loss_dict(list(loss.values())), figures.norms_dict(pairs)
+    stored = tuple((run_id, tuple(s.x)) for run_id, s in loss.items())
+    norms = _norms(store, tuple(styled), stored)
+    return figures.loss_dict(list(loss.values())), norms
+
+
+@functools.lru_cache(maxsize=16)
+def _norms(store: RunStore, styled: tuple, stored: tuple) -> dict:
+    """The norms figure of these runs (`stored`: their stored iterations, the cache key)."""
+    rows = store.summary_history(
+        [r for r, _, _ in styled], [names.ROLE_PARAM, names.ROLE_PARAM_GRAD]
+    )
+    return figures.norms_dict(figures.norm_panels(rows, list(styled)))
 
 
 @dash.callback(
@@ -700,9 +745,7 @@ def draw_history(ref):
     """The charts over iterations, after the page is shown."""
     if not ref:
         raise dash.exceptions.PreventUpdate
-    store = current_store()
-    chosen = [r for r in (store.get_run(int(i)) for i in ref["history"]) if r is not None]
-    return history_figures(store, chosen)
+    return history_figures(current_store(), [tuple(item) for item in ref["history"]])
 
 
 def chosen_runs(store: RunStore, choice: Choice) -> list[RunInfo]:
@@ -873,7 +916,7 @@ def layout(
             "A's controls move the window of all three.",
             className="text-muted small",
         ),
-        dbc.Row(panels(choice, view, stats), className="g-3 mb-3"),
+        dbc.Row(panels(store, choice, view, stats), className="g-3 mb-3"),
         stats_block(choice.ta, choice.tb, stats) if choice.tb is not None else None,
         history_section(history),
         dcc.Location(id="compare-url", refresh="callback-nav"),
@@ -886,7 +929,7 @@ def layout(
                 "role": choice.role,
                 "tensor": choice.name,
                 "runs": choice.picked,
-                "history": [r.id for r in history],
+                "history": [[r.id, layouts.run_label(r)] for r in history],
                 "stored_b": choice.tb.stored_numel if choice.tb is not None else None,
             },
         ),

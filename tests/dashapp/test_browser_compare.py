@@ -143,6 +143,17 @@ def test_the_run_picker_searches_the_store(page, base):
     found.click()
     page.wait_for_url(re.compile(r"b=44%3A1"))
     wait_ready(page, ".compare-b .card-header:has-text('small-41')")
+    # B's fc.weight is 2x2: B keeps its own panel, no difference, A still pans alone
+    assert page.locator("#compare-diff-graph").count() == 0
+    page.locator(
+        '.tensor-panel[data-aio="compare-a"] button[title="move the window right"]'
+    ).click()
+    page.wait_for_url(re.compile(r"b=44%3A1.*t\.fc\.weight=%401%2C33"))
+    wait_ready(page)
+    (drawn,) = graph_data(page, "#compare-a-graph")
+    np.testing.assert_array_equal(z_of(drawn), weights(1, 3)[:64, 32:96])
+    page.go_back()
+    page.wait_for_url(lambda url: "b=44%3A1" in url and "t.fc.weight" not in url)
     # a seed finds its run too
     search(page, "#compare-a-run", "1007")
     page.get_by_role("option", name=re.compile(r"#10 .?small-7.?, seed 1007")).wait_for()
@@ -164,10 +175,10 @@ def test_unknown_layer_tensor_or_view_is_404(page, base):
 def test_norms_over_iterations_come_from_the_stored_summaries(dash_app, compare_store):
     compare = sys.modules["dashapp.pages.compare"]  # page modules load with an app
     with using_store(dash_app, compare_store), dash_app.server.test_request_context():
-        ref = {"history": [1, 2]}
+        ref = {"history": [[1, "wide-a"], [2, "wide-b"]]}
         loss, norms = run_callback(compare.draw_history, ref)
-    traces = {(t["xaxis"], t["legendgroup"].split(",")[0]): t for t in norms["data"]}
-    for run, label in ((1, "#1 \u2068wide-a\u2069"), (2, "#2 \u2068wide-b\u2069")):
+    traces = {(t["xaxis"], t["legendgroup"]): t for t in norms["data"]}
+    for run, label in ((1, "wide-a"), (2, "wide-b")):
         expected = [float(np.linalg.norm(weights(run, i).astype(np.float64))) for i in (1, 2, 3)]
         weight = traces[("x", label)]
         assert weight["x"] == [1, 2, 3]

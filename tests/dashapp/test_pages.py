@@ -494,6 +494,16 @@ def test_compare_reads_no_whole_iteration(pages, store, request_ctx, monkeypatch
     assert "max |Δ|" in text
 
 
+def test_compare_shows_a_scalar_and_its_difference(pages, store, request_ctx):
+    from dashapp.formatting import format_scalar
+
+    layout = pages.compare.layout(a="1:1", b="2:1", tensor="loss.value")
+    a = float(store.load_tensor(1, 1, "loss.value").array)
+    b = float(store.load_tensor(2, 1, "loss.value").array)
+    scalars = [c.children for c in components(layout, html.Div, "tensor-scalar")]
+    assert scalars == [format_scalar(a), format_scalar(b), format_scalar(b - a)]
+
+
 def test_compare_falls_back_to_a_role_the_layer_has(pages, request_ctx):
     text = text_of(pages.compare.layout(a="1:1", b="2:1", layer="relu", role="param"))
     assert "layer relu has no weight" in text and "relu.out" in text
