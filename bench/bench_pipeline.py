@@ -131,6 +131,41 @@ def run_traced(
     return inside / block, total / block, run
 
 
+def run_traced_in_process(
+    work: Workload,
+    block: int,
+    db: Path,
+    bound: int | None,
+    mode: str,
+    synchronous_copies: bool = False,
+    **more,
+) -> tuple[float, float, Trace]:
+    """`run_traced` with the worker as a process of its own (`worker="process"`): the
+    captured iterations are pickled to it, and it explains and writes them."""
+    started = time.perf_counter()
+    inside = 0.0
+    with Trace(
+        work.model,
+        work.optimizer,
+        work.criterion,
+        db=db,
+        max_elements=bound,
+        explain=mode,
+        worker="process",
+        **more,
+    ) as run:
+        if synchronous_copies:
+            run._capture._copies.asynchronous = False
+        for _ in range(block):
+            xb, yb = work.next_batch()
+            t0 = time.perf_counter()
+            with run.iteration():
+                step(work.model, work.optimizer, work.criterion, xb, yb)
+            inside += time.perf_counter() - t0
+    total = time.perf_counter() - started
+    return inside / block, total / block, run
+
+
 def raw_arrays(work: Workload) -> list[np.ndarray]:
     """The arrays a full raw capture keeps: every captured tensor, no explainer intermediates."""
     from tracer.assemble import build_iteration
@@ -302,7 +337,8 @@ def main() -> None:
         "default|full and MODE inline|background|off, optionally followed by :niceK (the "
         "worker thread at niceness K; default tracer.pipeline.WORKER_NICENESS) and :noinput "
         "(input_grad=False: autograd does not compute dL/d(input)) and :synccopies (on CUDA, "
-        "synchronous host copies instead of the side stream's) (default: all that apply)",
+        "synchronous host copies instead of the side stream's), and MODE@process for the "
+        "worker process (background, off) (default: all that apply)",
     )
     parser.add_argument("--writes", type=int, default=5, help="rounds of the write bench (0: skip)")
     parser.add_argument(
@@ -362,6 +398,7 @@ def main() -> None:
                     inside, total = run_torchlens(work, args.block, tmp)
                 else:
                     bound_name, mode = variant.split("/")
+                    mode, _, worker = mode.partition("@")
                     mode, *flags = mode.split(":")
                     nice = [int(f[4:]) for f in flags if f.startswith("nice")]
                     more = {"input_grad": False} if "noinput" in flags else {}
@@ -369,7 +406,8 @@ def main() -> None:
                     bound = default_bound if bound_name == "default" else None
                     db = tmp / f"{variant.replace('/', '-').replace(':', '-')}.db"
                     pipeline.WORKER_NICENESS = nice[0] if nice else niceness
-                    inside, total, run = run_traced(work, args.block, db, bound, mode, **more)
+                    traced = run_traced_in_process if worker == "process" else run_traced
+                    inside, total, run = traced(work, args.block, db, bound, mode, **more)
                     pipeline.WORKER_NICENESS = niceness
                     last_runs[variant] = run
                 training[variant].append(inside)
