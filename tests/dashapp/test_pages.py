@@ -659,10 +659,17 @@ def test_an_unexplained_iteration_shows_its_raw_tensors_and_says_how_to_explain(
         backward = text_of(pages.iteration.layout(run=str(run.run_id), it="1", phase="backward"))
     text = text_of(layout)
     assert "Not explained:" in text and "this run was traced with explanation off" in text
-    assert "cnnviz trace --explain background" in text
+    assert f"cnnviz explain {run.run_id} --db {path}" in text
     assert "Not explained:" in forward and "Not explained:" in backward  # on every view
     assert "conv.out" in forward and "fc.weight.grad" in backward  # the raw tensors are there
     assert "not explained; tensors as captured" in forward
+    # Explained, the note is gone and the steps are checked.
+    from tracer.explain import explain_run
+
+    explain_run(str(path), run.run_id)
+    with using_store(dash_app, path):
+        forward = text_of(pages.iteration.layout(run=str(run.run_id), it="1", phase="forward"))
+    assert "Not explained:" not in forward and "not explained; tensors as captured" not in forward
 
 
 def test_iteration_whatif_recomputes_the_update_for_another_learning_rate(pages, request_ctx):
