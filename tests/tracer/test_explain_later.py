@@ -311,3 +311,34 @@ def test_a_module_with_no_explainer_is_named_and_never_imported():
     assert explainer_for(ModuleSpec(type="os.system", lineage=("x",))) is None
     assert explainer_for(ModuleSpec(type="LSTM", lineage=("LSTM",))) is None
     assert explainer_for(ModuleSpec(type="Conv2d", lineage=("Conv2d",))) is not None
+
+
+def test_explain_later_on_postgresql(pg_url, tmp_path):
+    """The same on a PostgreSQL store: BYTEA raw truth, 64-bit keys, Core inserts."""
+    options = dict(model_name="small-cnn", seed=0, iterations=2, samples=16, batch_size=8)
+    run_builtin(db=tmp_path / "inline.db", explain="inline", **options)
+    off = run_builtin(db=pg_url, explain="off", **options)
+    with Store.open(pg_url) as store:
+        assert store.captured_indexes(off.run_id) == [1, 2]
+    result = explain_run(pg_url, off.run_id)
+    assert result.explained == 2 and result.verified == result.checked > 0
+    with Store.open(tmp_path / "inline.db") as a, Store.open(pg_url) as b:
+        assert b.captured_indexes(off.run_id) == []
+        layers = [(x.name, x.description, x.explained) for x in a.get_run(1).layers]
+        assert layers == [
+            (x.name, x.description, x.explained) for x in b.get_run(off.run_id).layers
+        ]
+        for index in (1, 2):
+            left, right = a.load_iteration(1, index), b.load_iteration(off.run_id, index)
+            assert (left.loss, left.warnings) == (right.loss, right.warnings)
+            assert [t.name for t in left.tensors] == [t.name for t in right.tensors]
+            for x, y in zip(left.tensors, right.tensors, strict=True):
+                assert x.array.tobytes() == y.array.tobytes() and x.summary == y.summary
+            steps = [
+                (s.title, s.formula_values, s.reference, s.max_abs_diff, s.verified, s.note)
+                for s in left.steps
+            ]
+            assert steps == [
+                (s.title, s.formula_values, s.reference, s.max_abs_diff, s.verified, s.note)
+                for s in right.steps
+            ]
