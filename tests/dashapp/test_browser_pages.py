@@ -213,9 +213,9 @@ def test_iteration_views_stepper_menu_and_back_forward(page, base):
     page.wait_for_url(re.compile(r"it=2&phase=backward&layer=fc$"))
     wait_view(page, "backward/fc")
     assert page.locator(".step-card .step-layer").all_inner_texts() == ["fc · Linear"] * 3
-    page.locator(".journey-stage", has_text="Loss").click()
-    page.wait_for_url(re.compile(r"it=2&phase=loss$"))
-    wait_view(page, "loss/")
+    page.locator(".journey-stage", has_text="Loss").click()  # a phase opens on its first layer
+    page.wait_for_url(re.compile(r"it=2&phase=loss&layer=loss$"))
+    wait_view(page, "loss/loss")
     for url, view in (
         (r"phase=backward&layer=fc$", "backward/fc"),
         (r"it=2&phase=backward$", "backward/"),

@@ -242,6 +242,19 @@ def test_iteration_shows_one_phase_and_its_steps_only(pages, store, request_ctx)
     assert toc == [c.id.replace("step-", "#step-") for c in cards]
     nxt = [c for c in components(layout, dcc.Link) if getattr(c, "id", None) == "iteration-next"]
     assert nxt[0].href == "/iteration?run=1&it=1&phase=update"  # phase by phase
+    stages = [
+        c.href
+        for c in components(layout, dcc.Link)
+        if "journey-stage" in getattr(c, "className", "")
+    ]
+    assert stages == [
+        "/iteration?run=1&it=1",
+        "/iteration?run=1&it=1&phase=forward&layer=conv",  # a phase opens on its first layer
+        "/iteration?run=1&it=1&phase=loss&layer=loss",
+        "/iteration?run=1&it=1&phase=backward&layer=loss",
+        "/iteration?run=1&it=1&phase=update&layer=conv",
+        "/iteration?run=1&it=1&phase=whatif",
+    ]
     stepper = [c.href for c in components(layout, dcc.Link) if c.children == "2"]
     assert stepper == ["/iteration?run=1&it=2&phase=backward"]  # same phase, next iteration
 

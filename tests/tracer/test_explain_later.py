@@ -223,16 +223,22 @@ def test_a_read_only_store_is_refused(traced, tmp_path, capsys):
             media.chmod(0o755)
 
 
-def test_an_interrupted_explain_keeps_every_iteration_whole(traced, tmp_path):
+def test_a_killed_explain_keeps_every_iteration_whole(traced, tmp_path, cli_env):
     off = tmp_path / "off.db"
     off.write_bytes((traced / "off.db").read_bytes())
-
-    def interrupt(done, total):
-        raise KeyboardInterrupt  # after the first iteration's transaction
-
-    with pytest.raises(KeyboardInterrupt):
-        explain_run(str(off), 3, progress=interrupt)
+    # SIGKILL, in another process, once the first iteration's transaction committed.
+    script = (
+        "import os, signal\n"
+        "from tracer.explain import explain_run\n"
+        f"explain_run({str(off)!r}, 3, progress=lambda done, total: "
+        "os.kill(os.getpid(), signal.SIGKILL))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=cli_env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == -9, result.stderr
     with Store.open(off) as store:
+        assert store.integrity_check() == "ok"
         assert store.captured_indexes(3) == [2]  # the first explained, the second still raw
         first, second = store.load_iteration(3, 1), store.load_iteration(3, 2)
         assert all(s.verified is not False for s in first.steps)
@@ -311,3 +317,34 @@ def test_a_module_with_no_explainer_is_named_and_never_imported():
     assert explainer_for(ModuleSpec(type="os.system", lineage=("x",))) is None
     assert explainer_for(ModuleSpec(type="LSTM", lineage=("LSTM",))) is None
     assert explainer_for(ModuleSpec(type="Conv2d", lineage=("Conv2d",))) is not None
+
+
+def test_explain_later_on_postgresql(pg_url, tmp_path):
+    """The same on a PostgreSQL store: BYTEA raw truth, 64-bit keys, Core inserts."""
+    options = dict(model_name="small-cnn", seed=0, iterations=2, samples=16, batch_size=8)
+    run_builtin(db=tmp_path / "inline.db", explain="inline", **options)
+    off = run_builtin(db=pg_url, explain="off", **options)
+    with Store.open(pg_url) as store:
+        assert store.captured_indexes(off.run_id) == [1, 2]
+    result = explain_run(pg_url, off.run_id)
+    assert result.explained == 2 and result.verified == result.checked > 0
+    with Store.open(tmp_path / "inline.db") as a, Store.open(pg_url) as b:
+        assert b.captured_indexes(off.run_id) == []
+        layers = [(x.name, x.description, x.explained) for x in a.get_run(1).layers]
+        assert layers == [
+            (x.name, x.description, x.explained) for x in b.get_run(off.run_id).layers
+        ]
+        for index in (1, 2):
+            left, right = a.load_iteration(1, index), b.load_iteration(off.run_id, index)
+            assert (left.loss, left.warnings) == (right.loss, right.warnings)
+            assert [t.name for t in left.tensors] == [t.name for t in right.tensors]
+            for x, y in zip(left.tensors, right.tensors, strict=True):
+                assert x.array.tobytes() == y.array.tobytes() and x.summary == y.summary
+            steps = [
+                (s.title, s.formula_values, s.reference, s.max_abs_diff, s.verified, s.note)
+                for s in left.steps
+            ]
+            assert steps == [
+                (s.title, s.formula_values, s.reference, s.max_abs_diff, s.verified, s.note)
+                for s in right.steps
+            ]
