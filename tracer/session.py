@@ -32,7 +32,9 @@ Only the capture runs on the training thread: hooks, NumPy copies, and a hand-of
 With `explain="background"` (the default) a worker thread explains, verifies,
 summarises and writes each iteration (see `tracer.pipeline`); `"inline"` does all
 of it on the training thread before the block returns; `"off"` writes the raw
-tensors only, in the worker. An error in the worker is raised at the next
+tensors only, in the worker, with the raw truth `cnnviz explain` explains them
+from later (`tracer.explain`). `worker="process"` makes the worker a process of
+its own instead of a thread. An error in the worker is raised at the next
 `iteration()` or when the `with` block ends.
 """
 

@@ -223,16 +223,22 @@ def test_a_read_only_store_is_refused(traced, tmp_path, capsys):
             media.chmod(0o755)
 
 
-def test_an_interrupted_explain_keeps_every_iteration_whole(traced, tmp_path):
+def test_a_killed_explain_keeps_every_iteration_whole(traced, tmp_path, cli_env):
     off = tmp_path / "off.db"
     off.write_bytes((traced / "off.db").read_bytes())
-
-    def interrupt(done, total):
-        raise KeyboardInterrupt  # after the first iteration's transaction
-
-    with pytest.raises(KeyboardInterrupt):
-        explain_run(str(off), 3, progress=interrupt)
+    # SIGKILL, in another process, once the first iteration's transaction committed.
+    script = (
+        "import os, signal\n"
+        "from tracer.explain import explain_run\n"
+        f"explain_run({str(off)!r}, 3, progress=lambda done, total: "
+        "os.kill(os.getpid(), signal.SIGKILL))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=cli_env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == -9, result.stderr
     with Store.open(off) as store:
+        assert store.integrity_check() == "ok"
         assert store.captured_indexes(3) == [2]  # the first explained, the second still raw
         first, second = store.load_iteration(3, 1), store.load_iteration(3, 2)
         assert all(s.verified is not False for s in first.steps)
