@@ -163,8 +163,17 @@ class MaxElements(click.ParamType):
     type=click.Choice(["background", "inline", "off"]),
     default="background",
     show_default=True,
-    help="Where each iteration is explained and verified: in a worker thread while training "
-    "goes on, inline on the training thread, or off (raw tensors only, nothing checked).",
+    help="Where each iteration is explained and verified: in a worker while training "
+    "goes on, inline on the training thread, or off (raw tensors and what `cnnviz explain` "
+    "needs to explain them later).",
+)
+@click.option(
+    "--worker",
+    type=click.Choice(["thread", "process"]),
+    default="thread",
+    show_default=True,
+    help="The worker of --explain background/off: a thread of this process, or a process "
+    "of its own (the captured iterations are sent to it).",
 )
 @click.option(
     "--queue-size",
@@ -209,6 +218,7 @@ def trace(
     max_elements,
     layers,
     explain,
+    worker,
     queue_size,
     full_check,
     name,
@@ -262,6 +272,7 @@ def trace(
             progress=True,
             explain=explain,
             queue_size=queue_size,
+            worker=worker,
             full_check=full_check,
             **options,
         )
@@ -405,6 +416,30 @@ def _display_location(location: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(str(location)).render_as_string(hide_password=True)
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN", type=click.IntRange(min=1))
+@db_option
+def explain(run_id, db) -> None:
+    """Explain a run traced with `--explain off`, from its stored raw tensors.
+
+    Every iteration gets the steps, formulas and checks a trace with explanation on
+    would have stored; one transaction per iteration, so an interrupted explain keeps
+    what it finished and a second one explains the rest.
+    """
+    from .explain import explain_run
+
+    db = db or default_db()
+
+    def progress(done: int, total: int) -> None:
+        click.echo(f"\rexplained {done}/{total} iterations", nl=done == total, err=True)
+
+    result = explain_run(db, run_id, progress=progress)
+    click.echo(
+        f"run {run_id}: explained {result.explained} iterations in {_display_location(db)}; "
+        f"{result.verified}/{result.checked} checked steps match PyTorch"
+    )
 
 
 @cli.command("export")
