@@ -279,7 +279,10 @@ def test_a_live_writer_holds_its_lease_and_beats_until_it_finishes(pg_url, monke
                 time.sleep(0.05)
             assert beat
             with engine.connect() as conn:
-                held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                held = (
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                )
                 assert conn.exec_driver_sql(held).scalar() == 1
                 writer.finish()
                 assert conn.exec_driver_sql(held).scalar() == 0
