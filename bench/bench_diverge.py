@@ -12,7 +12,9 @@ process:
   difference.
 
 on the identical pair (1, 2: every byte must be read) and the late divergence (1, 3).
-Prints min and median seconds and the ratios baseline / ours.
+A third variant searches across two stores: run B read from a copy of the store
+file (`--db-b`, two machines' stores), where the bytes are compared here instead
+of inside SQLite. Prints min and median seconds and the ratios baseline / ours.
 
     .venv/bin/python bench/bench_diverge.py [--store /tmp/lenet_diverge.db] [--repeats 5]
 
@@ -95,16 +97,22 @@ def main() -> None:
     if not args.store.exists():
         build(args.store)
     size = args.store.stat().st_size
-    with RunStore(args.store) as store:
+    other = args.store.with_suffix(".b.db")
+    if not other.exists():
+        import shutil
+
+        shutil.copyfile(args.store, other)
+    with RunStore(args.store) as store, RunStore(other) as store_b:
         print(f"store {args.store}: {size / 1e6:.0f} MB, runs {[r.id for r in store.list_runs()]}")
         times: dict[str, list[float]] = {}
         answers = {}
         for _ in range(args.repeats):
             for pair in ((1, 2), (1, 3)):
-                for method in ("sql", "baseline"):
+                for method in ("sql", "two stores", "baseline"):
                     start = time.perf_counter()
-                    if method == "sql":
-                        report = first_divergence(store.engine, *pair)
+                    if method != "baseline":
+                        engine_b = store_b.engine if method == "two stores" else None
+                        report = first_divergence(store.engine, *pair, engine_b=engine_b)
                         answer = (
                             None
                             if report.identical
@@ -118,13 +126,16 @@ def main() -> None:
             print(f"runs {pair}: first divergence {found}")
             assert len(found) == 1, "the two searches disagree"
         for pair in ((1, 2), (1, 3)):
-            sql, base = times[f"{pair} sql"], times[f"{pair} baseline"]
-            print(
-                f"runs {pair}: ours min {min(sql):.3f} s median {statistics.median(sql):.3f} s; "
-                f"baseline min {min(base):.3f} s median {statistics.median(base):.3f} s; "
-                f"baseline/ours min {min(base) / min(sql):.1f}x "
-                f"median {statistics.median(base) / statistics.median(sql):.1f}x"
-            )
+            base = times[f"{pair} baseline"]
+            for method in ("sql", "two stores"):
+                ours = times[f"{pair} {method}"]
+                print(
+                    f"runs {pair} {method}: ours min {min(ours):.3f} s median "
+                    f"{statistics.median(ours):.3f} s; baseline min {min(base):.3f} s median "
+                    f"{statistics.median(base):.3f} s; baseline/ours min "
+                    f"{min(base) / min(ours):.1f}x median "
+                    f"{statistics.median(base) / statistics.median(ours):.1f}x"
+                )
 
 
 if __name__ == "__main__":

@@ -60,16 +60,21 @@ def step(model, optimizer, criterion, x, y) -> None:
     loss = criterion(model(x), y)
     loss.backward()
     optimizer.step()
+    if x.is_cuda:
+        torch.cuda.synchronize()  # a step is timed until its kernels are done
 
 
 class Workload:
     """One model, optimizer and data, stepping through batches in order forever."""
 
-    def __init__(self, model_name: str, batch: int | None):
+    def __init__(self, model_name: str, batch: int | None, device: str = "cpu"):
         options = {"batch_size": batch} if batch else {}
         config = resolve(model_name=model_name, **options)
         self.config = config
         self.model, self.optimizer, self.criterion, self.x, self.y = prepare(config)
+        if device != "cpu":  # the parameters move in place: the optimizer keeps them
+            self.model.to(device)
+            self.x, self.y = self.x.to(device), self.y.to(device)
         self.batch = config.batch_size
         self.position = 0
 
@@ -100,7 +105,13 @@ def run_plain(work: Workload, block: int) -> tuple[float, float]:
 
 
 def run_traced(
-    work: Workload, block: int, db: Path, bound: int | None, mode: str, **more
+    work: Workload,
+    block: int,
+    db: Path,
+    bound: int | None,
+    mode: str,
+    synchronous_copies: bool = False,
+    **more,
 ) -> tuple[float, float, Trace]:
     options = {"explain": mode, **more} if _trace_supports_explain() else {}
     started = time.perf_counter()
@@ -108,6 +119,43 @@ def run_traced(
     with Trace(
         work.model, work.optimizer, work.criterion, db=db, max_elements=bound, **options
     ) as run:
+        if synchronous_copies:  # the CPU path's copies on CUDA too, to compare
+            run._capture._copies.asynchronous = False
+        for _ in range(block):
+            xb, yb = work.next_batch()
+            t0 = time.perf_counter()
+            with run.iteration():
+                step(work.model, work.optimizer, work.criterion, xb, yb)
+            inside += time.perf_counter() - t0
+    total = time.perf_counter() - started
+    return inside / block, total / block, run
+
+
+def run_traced_in_process(
+    work: Workload,
+    block: int,
+    db: Path,
+    bound: int | None,
+    mode: str,
+    synchronous_copies: bool = False,
+    **more,
+) -> tuple[float, float, Trace]:
+    """`run_traced` with the worker as a process of its own (`worker="process"`): the
+    captured iterations are pickled to it, and it explains and writes them."""
+    started = time.perf_counter()
+    inside = 0.0
+    with Trace(
+        work.model,
+        work.optimizer,
+        work.criterion,
+        db=db,
+        max_elements=bound,
+        explain=mode,
+        worker="process",
+        **more,
+    ) as run:
+        if synchronous_copies:
+            run._capture._copies.asynchronous = False
         for _ in range(block):
             xb, yb = work.next_batch()
             t0 = time.perf_counter()
@@ -278,6 +326,7 @@ def peak_memory(model: str, iterations: int, modes: list[str]) -> list[tuple[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="lenet5")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the model and data on it)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the model's)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--block", type=int, default=3, help="iterations per variant per round")
@@ -287,7 +336,9 @@ def main() -> None:
         help="comma-separated: plain, floor, tensorboard, torchlens, BOUND/MODE with BOUND "
         "default|full and MODE inline|background|off, optionally followed by :niceK (the "
         "worker thread at niceness K; default tracer.pipeline.WORKER_NICENESS) and :noinput "
-        "(input_grad=False: autograd does not compute dL/d(input)) (default: all that apply)",
+        "(input_grad=False: autograd does not compute dL/d(input)) and :synccopies (on CUDA, "
+        "synchronous host copies instead of the side stream's), and MODE@process for the "
+        "worker process (background, off) (default: all that apply)",
     )
     parser.add_argument("--writes", type=int, default=5, help="rounds of the write bench (0: skip)")
     parser.add_argument(
@@ -323,7 +374,7 @@ def main() -> None:
     if args.variants:
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
 
-    work = Workload(args.model, args.batch)
+    work = Workload(args.model, args.batch, args.device)
     training: dict[str, list[float]] = {v: [] for v in variants}
     end_to_end: dict[str, list[float]] = {v: [] for v in variants}
     last_runs: dict[str, Trace] = {}
@@ -347,13 +398,16 @@ def main() -> None:
                     inside, total = run_torchlens(work, args.block, tmp)
                 else:
                     bound_name, mode = variant.split("/")
+                    mode, _, worker = mode.partition("@")
                     mode, *flags = mode.split(":")
                     nice = [int(f[4:]) for f in flags if f.startswith("nice")]
                     more = {"input_grad": False} if "noinput" in flags else {}
+                    more["synchronous_copies"] = "synccopies" in flags
                     bound = default_bound if bound_name == "default" else None
                     db = tmp / f"{variant.replace('/', '-').replace(':', '-')}.db"
                     pipeline.WORKER_NICENESS = nice[0] if nice else niceness
-                    inside, total, run = run_traced(work, args.block, db, bound, mode, **more)
+                    traced = run_traced_in_process if worker == "process" else run_traced
+                    inside, total, run = traced(work, args.block, db, bound, mode, **more)
                     pipeline.WORKER_NICENESS = niceness
                     last_runs[variant] = run
                 training[variant].append(inside)

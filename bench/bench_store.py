@@ -35,6 +35,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -517,6 +518,7 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # the SQLite stores: tens of MB per run
     print(json.dumps(report, indent=1))
 
 

@@ -127,7 +127,9 @@ def require_stored(store: RunStore, run: RunInfo, index: int) -> None:
 
 def keep_found(maxsize: int):
     """Like functools.lru_cache, but None (not stored, or not yet) is not kept: the
-    iteration a running run commits next is found on the next call."""
+    iteration a running run commits next is found on the next call. Nor is an
+    iteration traced with explanation off and not explained yet (`unexplained`):
+    `cnnviz explain` replaces it, once."""
 
     def decorate(load):
         kept: OrderedDict = OrderedDict()
@@ -140,7 +142,7 @@ def keep_found(maxsize: int):
                     kept.move_to_end(args)
                     return kept[args]
             value = load(*args)
-            if value is not None:
+            if value is not None and not getattr(value, "unexplained", False):
                 with lock:
                     kept[args] = value
                     while len(kept) > maxsize:

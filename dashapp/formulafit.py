@@ -13,6 +13,7 @@ keeps, only which entries are shown).
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 
 # The formula box at a 1280 px wide window is 820 px (steps column minus the label
@@ -27,6 +28,7 @@ MIN_COLUMNS = 2  # a matrix keeps at least its first column and the ⋯
 _MATRIX = re.compile(r"\\begin\{([bpvBV]?matrix)\}(.*?)\\end\{\1\}", re.S)
 _BLOCK = re.compile(r"\\begin\{(aligned|gathered)\}(.*?)\\end\{\1\}", re.S)
 _TOKEN = re.compile(r"\\cnnvizblock([0-9]+)")
+_ROW = re.compile(r"\\\\")
 _ELIDED = {r"\cdots", r"\ddots", r"\vdots", r"\dots", r"\ldots"}
 # Where a line too wide even with its matrices elided may break (kept on the next line).
 _BREAKS = (r"\;\Rightarrow\;", r",\quad", r":\quad")
@@ -35,8 +37,11 @@ _TERM = re.compile(r"- \\log [-0-9.]+(?:\\times 10\^\{-?[0-9]+\})? (?=- \\cdots)
 _TERMS = re.compile(r"- \\log [-0-9.]")
 
 
-def _cells(body: str) -> list[list[str]]:
-    return [[c.strip() for c in row.split("&")] for row in re.split(r"\\\\", body) if row.strip()]
+@functools.lru_cache(maxsize=16384)
+def _cells(body: str) -> tuple[tuple[str, ...], ...]:
+    return tuple(
+        tuple(c.strip() for c in row.split("&")) for row in _ROW.split(body) if row.strip()
+    )
 
 
 def _join(env: str, rows: list[list[str]]) -> str:
@@ -59,15 +64,18 @@ def text_px(tex: str) -> float:
     return CHAR_PX * (len(tex) + SMALL * small)
 
 
-def matrix_px(rows: list[list[str]]) -> float:
-    return _matrix_px(tuple(tuple(r) for r in rows))
+def column_px(rows) -> list[float]:
+    """The estimated width of each column of a matrix, px."""
+    cells = [[text_px(c) for c in r] for r in rows]
+    return [max(column) for column in itertools.zip_longest(*cells, fillvalue=0.0)]
 
 
-@functools.lru_cache(maxsize=16384)
-def _matrix_px(rows: tuple[tuple[str, ...], ...]) -> float:
-    columns = max((len(r) for r in rows), default=0)
-    widths = [max((text_px(r[c]) for r in rows if c < len(r)), default=0.0) for c in range(columns)]
-    return sum(widths) + COLUMN_GAP_PX * max(columns - 1, 0) + BRACKETS_PX
+def _columns_total(widths: list[float]) -> float:
+    return sum(widths) + COLUMN_GAP_PX * max(len(widths) - 1, 0) + BRACKETS_PX
+
+
+def matrix_px(rows) -> float:
+    return _columns_total(column_px(rows))
 
 
 def _split_lines(tex: str) -> list[str]:
@@ -117,11 +125,13 @@ def width_px(tex: str) -> float:
     return max(line_px(line) for line in _split_lines(tex))
 
 
-def _narrower(rows: list[list[str]], least: int = MIN_COLUMNS) -> list[list[str]] | None:
-    """The matrix with one column fewer (the one before the ⋯ column, or a new ⋯)."""
+def _narrower(rows, least: int = MIN_COLUMNS, widths: list[float] | None = None):
+    """The matrix with one column fewer (the one before the ⋯ column, or a new ⋯), and
+    its column widths (`widths`: those of `rows`); None when it cannot narrow."""
     columns = max(len(r) for r in rows)
     if columns <= least or any(len(r) != columns for r in rows):
         return None
+    widths = column_px(rows) if widths is None else widths
     elided = [c for c in range(columns) if all(r[c] in _ELIDED for r in rows)]
     if elided:
         gap = elided[-1]
@@ -131,9 +141,12 @@ def _narrower(rows: list[list[str]], least: int = MIN_COLUMNS) -> list[list[str]
         drop = gap - 1 if gap >= 2 else gap + 1
         if drop >= columns:
             return None
-        return [[c for i, c in enumerate(r) if i != drop] for r in rows]
+        kept = [r[:drop] + r[drop + 1 :] for r in rows]
+        return kept, widths[:drop] + widths[drop + 1 :]
     # no ⋯ yet: the second-to-last column becomes one
-    return [r[:-2] + [r"\ddots" if r[-2] == r"\vdots" else r"\cdots"] + r[-1:] for r in rows]
+    dots = [(r"\ddots" if r[-2] == r"\vdots" else r"\cdots",) for r in rows]
+    kept = [r[:-2] + d + r[-1:] for r, d in zip(rows, dots, strict=True)]
+    return kept, widths[:-2] + [max(text_px(d[0]) for d in dots)] + widths[-1:]
 
 
 def _elide(protected: str, blocks, budget: float, least: int) -> str:
@@ -147,9 +160,11 @@ def _elide(protected: str, blocks, budget: float, least: int) -> str:
         for k, (width, m) in enumerate(found):
             runner_up = found[k + 1][0] if k + 1 < len(found) else 0.0
             smaller, rows = None, _cells(m[2])
-            while (narrower := _narrower(rows, least)) is not None:
-                smaller = rows = narrower
-                now = matrix_px(rows)
+            widths = column_px(rows)
+            while (narrower := _narrower(rows, least, widths)) is not None:
+                rows, widths = narrower
+                smaller = rows
+                now = _columns_total(widths)
                 if width - now >= excess or now <= runner_up:
                     break
             if smaller is not None:

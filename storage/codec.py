@@ -67,7 +67,8 @@ def summarize(array: np.ndarray) -> dict[str, float | int | None]:
     count, mean, m2, sumsq = 0, 0.0, 0.0, 0.0
     low, high = math.inf, -math.inf
     for start in range(0, flat.size, _SUMMARY_CHUNK):
-        chunk = flat[start : start + _SUMMARY_CHUNK].astype(np.float64)
+        raw = flat[start : start + _SUMMARY_CHUNK]
+        chunk = raw.astype(np.float64)
         n = chunk.size
         chunk_mean = float(chunk.sum()) / n
         if not math.isfinite(chunk_mean):  # a NaN or Inf in this chunk
@@ -75,8 +76,10 @@ def summarize(array: np.ndarray) -> dict[str, float | int | None]:
         deviation = chunk - chunk_mean
         chunk_m2 = float(np.dot(deviation, deviation))
         sumsq += float(np.dot(chunk, chunk))
-        low = min(low, float(chunk.min()))
-        high = max(high, float(chunk.max()))
+        # Extremes of the original values: the same numbers (the conversion to float64
+        # keeps order), read at the original width.
+        low = min(low, float(raw.min()))
+        high = max(high, float(raw.max()))
         total = count + n
         delta = chunk_mean - mean
         mean += delta * n / total

@@ -70,9 +70,12 @@ def head_revision() -> str:
 
 
 def _counts(connection) -> dict[str, int]:
+    """Rows per table (of those the database has: a revision may add tables) and bytes."""
+    present = set(inspect(connection).get_table_names())
     counts = {
         table.name: connection.execute(select(func.count()).select_from(table)).scalar_one()
         for table in schema.Base.metadata.sorted_tables
+        if table.name in present
     }
     data = schema.TensorData.__table__.c.data
     counts["tensor bytes"] = int(
@@ -108,8 +111,8 @@ def upgrade(location: str | os.PathLike | None = None) -> UpgradeReport:
                 command.stamp(config, f"{version:04d}")
             command.upgrade(config, "head")
             after = _counts(connection)
-            if after != before:
-                changed = [k for k in before if before[k] != after.get(k)]
+            changed = [k for k in after if before.get(k, 0) != after[k]]
+            if changed:
                 raise StoreError(
                     f"upgrading {location} would change {', '.join(changed)}: rolled back"
                 )

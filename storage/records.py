@@ -94,6 +94,16 @@ class StepRecord:
 
 
 @dataclass
+class CaptureRecord:
+    """The raw truth of an unexplained iteration (see `tracer.rawtruth`): the capture
+    manifest, plain JSON-ready data, and the captured arrays that the iteration's
+    tensors do not hold whole, by the keys the manifest uses."""
+
+    manifest: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
 class IterationRecord:
     index: int  # 1-based
     loss: float
@@ -103,6 +113,10 @@ class IterationRecord:
     accuracy: float | None = None
     warnings: list[str] = field(default_factory=list)
     created_at: dt.datetime | None = None
+    # Traced with explanation off: what `cnnviz explain` needs to explain it later.
+    capture: CaptureRecord | None = None
+    # Read back: the iteration keeps its raw truth, so `cnnviz explain` will replace it.
+    unexplained: bool = False
 
     def tensor(self, name: str) -> TensorRecord:
         for record in self.tensors:

@@ -32,9 +32,9 @@ from .location import NAME_MAX
 # Bump on any change to tables or views, with an Alembic revision under
 # storage/migrations/versions; `storage.store` refuses other versions and names
 # `cnnviz db upgrade` for older ones.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Alembic revisions, oldest first; the last is the one this code reads and writes.
-REVISIONS = ("0001", "0002", "0003")
+REVISIONS = ("0001", "0002", "0003", "0004")
 SCHEMA_REVISION = REVISIONS[-1]
 # Not `alembic_version`: other tools sharing a database use that name.
 VERSION_TABLE = "cnnviz_alembic_version"
@@ -242,6 +242,36 @@ class StepTensor(Base):
 
     step: Mapped[Step] = relationship(back_populates="tensor_links")
     tensor: Mapped[Tensor] = relationship()
+
+
+class Capture(Base):
+    """The raw truth of an iteration traced with explanation off, kept until `cnnviz
+    explain` explains it: the capture manifest (the calls in order with their module
+    specs, the optimizer's spec, and where each captured array is), as JSON text.
+    The row is deleted when the iteration is explained."""
+
+    __tablename__ = "captures"
+
+    iteration_id: Mapped[int] = mapped_column(
+        BigKey, ForeignKey("iterations.id", ondelete="CASCADE"), primary_key=True
+    )
+    manifest: Mapped[str] = mapped_column(Text)  # JSON (tracer.rawtruth), never pickled
+
+
+class CaptureArray(Base):
+    """A captured array of an unexplained iteration that `tensors` does not hold whole:
+    tensors a storage bound truncated, the optimizer's state before the step, module
+    buffers before and after a call. Raw bytes as in `tensor_data`."""
+
+    __tablename__ = "capture_arrays"
+
+    iteration_id: Mapped[int] = mapped_column(
+        BigKey, ForeignKey("iterations.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(40), primary_key=True)  # as the manifest names it
+    dtype: Mapped[str] = mapped_column(String(20))
+    shape: Mapped[list] = mapped_column(JSON)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 # Views for people who query the file with the sqlite3 shell. docs/schema.md

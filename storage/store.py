@@ -792,29 +792,43 @@ class RunWriter:
         """Record the model's layers (known after the first forward pass)."""
         for layer in layers:
             check_lengths(schema.Layer, dict(name=layer.name, type=layer.type), "layer")
-        with Session(self.engine) as session, session.begin():
-            session.execute(
-                schema.Layer.__table__.delete().where(schema.Layer.run_id == self.run_id)
+        with self.engine.begin() as conn:
+            self._write_layers(conn, layers)
+
+    def _write_layers(self, conn, layers: Sequence[LayerInfo]) -> None:
+        conn.execute(schema.Layer.__table__.delete().where(schema.Layer.run_id == self.run_id))
+        if layers:
+            conn.execute(
+                schema.Layer.__table__.insert(),
+                [
+                    dict(
+                        run_id=self.run_id,
+                        position=layer.position,
+                        name=layer.name,
+                        type=layer.type,
+                        input_shape=list(layer.input_shape) if layer.input_shape else None,
+                        output_shape=list(layer.output_shape) if layer.output_shape else None,
+                        num_params=layer.num_params,
+                        description=layer.description,
+                        formula=layer.formula,
+                        explained=layer.explained,
+                    )
+                    for layer in layers
+                ],
             )
-            session.add_all(
-                schema.Layer(
-                    run_id=self.run_id,
-                    position=layer.position,
-                    name=layer.name,
-                    type=layer.type,
-                    input_shape=list(layer.input_shape) if layer.input_shape else None,
-                    output_shape=list(layer.output_shape) if layer.output_shape else None,
-                    num_params=layer.num_params,
-                    description=layer.description,
-                    formula=layer.formula,
-                    explained=layer.explained,
-                )
-                for layer in layers
+        # The run's description gains the layer list, readable without a join.
+        run = schema.Run.__table__
+        description = conn.execute(
+            select(run.c.model_description).where(run.c.id == self.run_id)
+        ).scalar()
+        header = (description or "").split("\n")[0]
+        conn.execute(
+            run.update()
+            .where(run.c.id == self.run_id)
+            .values(
+                model_description="\n".join([header, *(_layer_line(layer) for layer in layers)])
             )
-            # The run's description gains the layer list, readable without a join.
-            run = session.get(schema.Run, self.run_id)
-            header = (run.model_description or "").split("\n")[0]
-            run.model_description = "\n".join([header, *(_layer_line(layer) for layer in layers)])
+        )
 
     def add_iteration(self, record: IterationRecord) -> None:
         """Write one iteration in one immediate transaction.
@@ -822,70 +836,13 @@ class RunWriter:
         Core executemany inserts rather than ORM objects: the unit of work costs
         more than SQLite itself for the hundreds of rows an iteration has.
         """
-        tensor_names = [names.check(tensor.name) for tensor in record.tensors]
-        if len(set(tensor_names)) != len(tensor_names):
-            raise ValueError(f"iteration {record.index} has duplicate tensor names")
-        known = set(tensor_names)
-        for step in record.steps:
-            for name in (*step.inputs, *step.outputs):
-                if name not in known:
-                    raise ValueError(f"step {step.title!r} names unknown tensor {name!r}")
-        tensor_rows, data_rows = [], []
-        for tensor in record.tensors:
-            row, data = _tensor_row(tensor)
-            tensor_rows.append(row)
-            data_rows.append(data)
-        step_rows = [
-            dict(
-                position=position,
-                layer=step.layer,
-                phase=step.phase,
-                title=step.title,
-                formula=step.formula,
-                formula_values=step.formula_values,
-                reference=step.reference,
-                max_abs_diff=step.max_abs_diff,
-                verified=step.verified,
-                note=step.note,
-            )
-            for position, step in enumerate(record.steps)
-        ]
+        rows = _iteration_rows(record)
         with self.engine.begin() as conn:
             iteration_id = conn.execute(
                 schema.Iteration.__table__.insert().returning(schema.Iteration.id),
-                dict(
-                    run_id=self.run_id,
-                    index=record.index,
-                    loss=_real(record.loss),
-                    accuracy=record.accuracy,
-                    learning_rate=record.learning_rate,
-                    warnings=list(record.warnings),
-                    created_at=record.created_at or _utcnow(),
-                ),
+                dict(run_id=self.run_id, **rows.iteration),
             ).scalar_one()
-            for row in tensor_rows:
-                row["iteration_id"] = iteration_id
-            for row in step_rows:
-                row["iteration_id"] = iteration_id
-            insert = _insert_sqlite if conn.dialect.name == "sqlite" else _insert_core
-            ids = insert(conn, schema.Tensor.__table__, tensor_rows)
-            tensor_ids = dict(zip(tensor_names, ids))
-            for data, tensor_id in zip(data_rows, ids):
-                data["tensor_id"] = tensor_id
-            insert(conn, schema.TensorData.__table__, data_rows, ids=False)
-            step_ids = insert(conn, schema.Step.__table__, step_rows)
-            links = [
-                dict(
-                    step_id=step_id,
-                    tensor_id=tensor_ids[name],
-                    direction=direction,
-                    position=pos,
-                )
-                for step, step_id in zip(record.steps, step_ids)
-                for direction, step_names in (("in", step.inputs), ("out", step.outputs))
-                for pos, name in enumerate(dict.fromkeys(step_names))
-            ]
-            insert(conn, schema.StepTensor.__table__, links, ids=False)
+            _write_iteration_rows(conn, iteration_id, rows)
             values = dict(
                 num_iterations=schema.Run.num_iterations + 1,
                 final_loss=_real(record.loss),
@@ -897,6 +854,45 @@ class RunWriter:
             conn.execute(
                 schema.Run.__table__.update().where(schema.Run.id == self.run_id).values(**values)
             )
+
+    def replace_iteration(
+        self,
+        record: IterationRecord,
+        *,
+        layers: Sequence[LayerInfo] | None = None,
+        config: dict | None = None,
+    ) -> None:
+        """Replace a stored iteration's tensors, steps and raw truth with `record`, in
+        one immediate transaction (`cnnviz explain`): the iteration keeps its row, its
+        index and when it was traced. `layers`: the run's layers, rewritten in the same
+        transaction; `config`: the run's new config."""
+        rows = _iteration_rows(record)
+        if layers is not None:
+            for layer in layers:
+                check_lengths(schema.Layer, dict(name=layer.name, type=layer.type), "layer")
+        iterations = schema.Iteration.__table__
+        with self.engine.begin() as conn:
+            iteration_id = conn.execute(
+                select(iterations.c.id).where(
+                    iterations.c.run_id == self.run_id, iterations.c.index == record.index
+                )
+            ).scalar()
+            if iteration_id is None:
+                raise StoreError(f"run {self.run_id} has no iteration {record.index}")
+            _delete_iteration_rows(conn, iteration_id)
+            rows.iteration.pop("created_at")
+            conn.execute(
+                iterations.update().where(iterations.c.id == iteration_id).values(**rows.iteration)
+            )
+            _write_iteration_rows(conn, iteration_id, rows)
+            if layers is not None:
+                self._write_layers(conn, layers)
+            if config is not None:
+                conn.execute(
+                    schema.Run.__table__.update()
+                    .where(schema.Run.id == self.run_id)
+                    .values(config=config)
+                )
 
     def finish(self, status: str = RUN_COMPLETED, error: str | None = None) -> None:
         """Write the run's final status, then stop the heartbeat and give the lease back."""
@@ -918,6 +914,119 @@ class RunWriter:
         heartbeat, self._heartbeat = self._heartbeat, None
         if heartbeat is not None:
             heartbeat.stop()
+
+
+@dataclass
+class _IterationRows:
+    """The rows of one iteration, made before its transaction opens."""
+
+    iteration: dict
+    tensor_names: list[str]
+    tensors: list[dict]
+    data: list[dict]
+    steps: list[dict]
+    step_names: list[tuple[list[str], list[str]]]  # (inputs, outputs) of each step
+    capture: dict | None
+    capture_arrays: list[dict]
+
+
+def _iteration_rows(record: IterationRecord) -> _IterationRows:
+    tensor_names = [names.check(tensor.name) for tensor in record.tensors]
+    if len(set(tensor_names)) != len(tensor_names):
+        raise ValueError(f"iteration {record.index} has duplicate tensor names")
+    known = set(tensor_names)
+    for step in record.steps:
+        for name in (*step.inputs, *step.outputs):
+            if name not in known:
+                raise ValueError(f"step {step.title!r} names unknown tensor {name!r}")
+    tensor_rows, data_rows = [], []
+    for tensor in record.tensors:
+        row, data = _tensor_row(tensor)
+        tensor_rows.append(row)
+        data_rows.append(data)
+    step_rows = [
+        dict(
+            position=position,
+            layer=step.layer,
+            phase=step.phase,
+            title=step.title,
+            formula=step.formula,
+            formula_values=step.formula_values,
+            reference=step.reference,
+            max_abs_diff=step.max_abs_diff,
+            verified=step.verified,
+            note=step.note,
+        )
+        for position, step in enumerate(record.steps)
+    ]
+    capture, capture_arrays = None, []
+    if record.capture is not None:
+        # allow_nan=False: the manifest says inf and NaN its own way (JSON has neither).
+        capture = dict(manifest=json.dumps(record.capture.manifest, allow_nan=False))
+        for key, array in record.capture.arrays.items():
+            data, dtype = codec.encode(np.asarray(array))
+            capture_arrays.append(
+                dict(key=key, dtype=dtype, shape=[int(d) for d in np.shape(array)], data=data)
+            )
+    return _IterationRows(
+        iteration=dict(
+            index=record.index,
+            loss=_real(record.loss),
+            accuracy=record.accuracy,
+            learning_rate=record.learning_rate,
+            warnings=list(record.warnings),
+            created_at=record.created_at or _utcnow(),
+        ),
+        tensor_names=tensor_names,
+        tensors=tensor_rows,
+        data=data_rows,
+        steps=step_rows,
+        step_names=[(step.inputs, step.outputs) for step in record.steps],
+        capture=capture,
+        capture_arrays=capture_arrays,
+    )
+
+
+def _write_iteration_rows(conn, iteration_id: int, rows: _IterationRows) -> None:
+    for row in rows.tensors:
+        row["iteration_id"] = iteration_id
+    for row in rows.steps:
+        row["iteration_id"] = iteration_id
+    insert = _insert_sqlite if conn.dialect.name == "sqlite" else _insert_core
+    ids = insert(conn, schema.Tensor.__table__, rows.tensors)
+    tensor_ids = dict(zip(rows.tensor_names, ids))
+    for data, tensor_id in zip(rows.data, ids):
+        data["tensor_id"] = tensor_id
+    insert(conn, schema.TensorData.__table__, rows.data, ids=False)
+    step_ids = insert(conn, schema.Step.__table__, rows.steps)
+    links = [
+        dict(step_id=step_id, tensor_id=tensor_ids[name], direction=direction, position=pos)
+        for (inputs, outputs), step_id in zip(rows.step_names, step_ids)
+        for direction, step_names in (("in", inputs), ("out", outputs))
+        for pos, name in enumerate(dict.fromkeys(step_names))
+    ]
+    insert(conn, schema.StepTensor.__table__, links, ids=False)
+    if rows.capture is not None:
+        conn.execute(
+            schema.Capture.__table__.insert(), dict(iteration_id=iteration_id, **rows.capture)
+        )
+        for row in rows.capture_arrays:
+            row["iteration_id"] = iteration_id
+        insert(conn, schema.CaptureArray.__table__, rows.capture_arrays, ids=False)
+
+
+def _delete_iteration_rows(conn, iteration_id: int) -> None:
+    """Everything of an iteration but its own row: links, steps, bytes, tensors, capture."""
+    steps = select(schema.Step.id).where(schema.Step.iteration_id == iteration_id)
+    tensors = select(schema.Tensor.id).where(schema.Tensor.iteration_id == iteration_id)
+    conn.execute(schema.StepTensor.__table__.delete().where(schema.StepTensor.step_id.in_(steps)))
+    conn.execute(schema.Step.__table__.delete().where(schema.Step.iteration_id == iteration_id))
+    conn.execute(
+        schema.TensorData.__table__.delete().where(schema.TensorData.tensor_id.in_(tensors))
+    )
+    conn.execute(schema.Tensor.__table__.delete().where(schema.Tensor.iteration_id == iteration_id))
+    for table in (schema.Capture, schema.CaptureArray):
+        conn.execute(table.__table__.delete().where(table.iteration_id == iteration_id))
 
 
 def _storable_id(*ids: int) -> bool:
@@ -1228,6 +1337,7 @@ class Store:
                 created_at=row.created_at,
                 tensors=[_tensor_record(t, with_data) for t in row.tensors],
                 steps=[_step_record(s) for s in row.steps],
+                unexplained=session.get(schema.Capture, row.id) is not None,
             )
 
     def load_tensor(self, run_id: int, index: int, name: str) -> TensorRecord | None:
@@ -1274,6 +1384,72 @@ class Store:
             stmt = stmt.where(schema.Tensor.role.in_(list(roles)))
         with self.engine.connect() as connection:
             return [dict(row._mapping) for row in connection.execute(stmt)]
+
+    def captured_indexes(self, run_id: int) -> list[int]:
+        """The indexes of a run's iterations that keep their raw truth to be explained
+        later (traced with explanation off, not explained yet), in order."""
+        if not self._has_schema() or not _storable_id(run_id):
+            return []
+        stmt = (
+            select(schema.Iteration.index)
+            .join(schema.Capture, schema.Capture.iteration_id == schema.Iteration.id)
+            .where(schema.Iteration.run_id == run_id)
+            .order_by(schema.Iteration.index)
+        )
+        with self.engine.connect() as connection:
+            return list(connection.execute(stmt).scalars())
+
+    def load_capture(self, run_id: int, index: int) -> tuple[dict, dict, dict] | None:
+        """(manifest, arrays by key, the iteration's tensors stored whole by name) of an
+        iteration traced with explanation off, or None when it keeps no raw truth."""
+        if not self._has_schema() or not _storable_id(run_id, index):
+            return None
+        iterations = schema.Iteration.__table__
+        with self.engine.connect() as connection:
+            iteration_id = connection.execute(
+                select(iterations.c.id).where(
+                    iterations.c.run_id == run_id, iterations.c.index == index
+                )
+            ).scalar()
+            manifest = connection.execute(
+                select(schema.Capture.manifest).where(schema.Capture.iteration_id == iteration_id)
+            ).scalar()
+            if iteration_id is None or manifest is None:
+                return None
+            arrays = {
+                key: codec.decode(data, dtype, tuple(shape))
+                for key, dtype, shape, data in connection.execute(
+                    select(
+                        schema.CaptureArray.key,
+                        schema.CaptureArray.dtype,
+                        schema.CaptureArray.shape,
+                        schema.CaptureArray.data,
+                    ).where(schema.CaptureArray.iteration_id == iteration_id)
+                )
+            }
+            tensors = {
+                name: codec.decode(data, dtype, tuple(shape))
+                for name, dtype, shape, data in connection.execute(
+                    select(
+                        schema.Tensor.name,
+                        schema.Tensor.dtype,
+                        schema.Tensor.shape,
+                        schema.TensorData.data,
+                    )
+                    .join(schema.TensorData, schema.TensorData.tensor_id == schema.Tensor.id)
+                    .where(
+                        schema.Tensor.iteration_id == iteration_id,
+                        schema.Tensor.stored_numel == schema.Tensor.numel,
+                    )
+                )
+            }
+        return json.loads(manifest), arrays, tensors
+
+    def writer(self, run_id: int) -> RunWriter:
+        """A writer of an existing run (mode "w"): `cnnviz explain` replaces its iterations."""
+        if self.readonly:
+            raise StoreError(f"{self.location} is open read-only")
+        return RunWriter(self.engine, run_id)
 
     def prune_stale(self) -> list[tuple[int, str]]:
         """Mark every stale run `interrupted` (mode "w"); returns (run id, reason) of each."""

@@ -668,6 +668,7 @@ class Replay:
             w = g[param]
             if settings.get("maximize"):
                 grad = -grad
+                put("update", names.intermediate(param, "ascent_grad"), grad)
             if kind == "SGD":
                 new, state = self._sgd(param, w, grad, settings)
             else:
@@ -681,7 +682,7 @@ class Replay:
         lr, mu = float(s["lr"]), float(s.get("momentum") or 0.0)
         wd, damp = float(s.get("weight_decay") or 0.0), float(s.get("dampening") or 0.0)
         direction = npmath.weight_decay_grad(grad, w, wd) if wd else grad
-        state = []
+        state = [(names.intermediate(param, "decayed_grad"), direction)] if wd else []
         if mu:
             stored_buf = self._state_after(param, "momentum_buffer")
             stored_grad = self._stored_direction(param, wd)
@@ -694,7 +695,7 @@ class Replay:
                     lambda: (stored_buf - (1 - damp) * stored_grad) / mu,
                 )
             buf = npmath.momentum_buffer(prev, direction, mu, damp)
-            state = [
+            state += [
                 (names.intermediate(param, "momentum_buffer"), buf),
                 (names.state(param, "momentum_buffer"), buf),
             ]
@@ -730,6 +731,7 @@ class Replay:
             state.append((names.intermediate(param, "decayed"), w))
         elif wd:
             grad = npmath.weight_decay_grad(grad, w, wd)
+            state.append((names.intermediate(param, "decayed_grad"), grad))
         m, v = npmath.adam_moments(m0, v0, grad, b1, b2)
         m_hat, v_hat, new = npmath.adam_update(w, m, v, lr, b1, b2, eps, t)
         state += [

@@ -1,7 +1,7 @@
 """What-if of one element (storage.whatif.with_element) against PyTorch itself.
 
-Three real traces (seed CNN with momentum, small-cnn with BatchNorm and Dropout,
-LeNet-5 with Adam). Unedited, the NumPy replay must reproduce every stored
+Three real traces (seed CNN with momentum and weight decay, small-cnn with BatchNorm
+and Dropout and plain SGD, LeNet-5 with AdamW). Unedited, the NumPy replay must reproduce every stored
 tensor. Edited, every tensor PyTorch can show (layer outputs and their gradients,
 the loss, the parameter gradients, the weights after the step, the optimizer
 state, BatchNorm's running statistics) must equal a PyTorch re-run of the same
@@ -22,9 +22,10 @@ from tracer.models import BUILTIN_MODELS
 from tracer.train import run_builtin
 
 RUNS = {
-    "seed-cnn": dict(optimizer="momentum", iterations=2),
+    "seed-cnn": dict(optimizer="momentum", weight_decay=0.01, iterations=2),
     "small-cnn": dict(samples=4, batch_size=2, iterations=2, max_elements=None),
-    "lenet5": dict(samples=2, batch_size=1, iterations=2, optimizer="adam", max_elements=None),
+    # AdamW: Adam's moments and update, and decoupled weight decay (0.01 by default)
+    "lenet5": dict(samples=2, batch_size=1, iterations=2, optimizer="adamw", max_elements=None),
 }
 EDITS = {  # (tensor, index, how much to add)
     "seed-cnn": [("input", (0, 0, 1, 2), 0.7), ("conv.weight", (0, 0, 1, 0), -0.4)],
@@ -112,10 +113,16 @@ def _torch_rerun(st, run, model_name, tensor, index, delta):
             )
     s = run.optimizer_settings
     if run.optimizer == "SGD":
-        opt = torch.optim.SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"])
+        opt = torch.optim.SGD(
+            model.parameters(), lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"]
+        )
     else:
-        opt = torch.optim.Adam(
-            model.parameters(), lr=s["lr"], betas=tuple(s["betas"]), eps=s["eps"]
+        opt = getattr(torch.optim, run.optimizer)(
+            model.parameters(),
+            lr=s["lr"],
+            betas=tuple(s["betas"]),
+            eps=s["eps"],
+            weight_decay=s["weight_decay"],
         )
     masks = {}
     for name, module in model.named_modules():

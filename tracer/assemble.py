@@ -27,14 +27,24 @@ from storage.records import (
 )
 
 from .capture import CapturedCall, CapturedIteration
+from .capture.spec import OptimizerSpec, optimizer_spec
 from .explainers import LayerCall, StepContext, Unsupported, UpdateCall, explainer_for
-from .explainers.base import NotCompared, samples_note
+from .explainers.base import NotCompared, class_name, samples_note
 
 log = logging.getLogger("cnnviz")
 
 
 class TraceError(RuntimeError):
     """An explainer failed in strict mode; the message names the layer."""
+
+
+# The note on the steps of an iteration traced with explain="off", until `cnnviz
+# explain` explains it.
+NOT_EXPLAINED = (
+    "not explained yet: traced with explanation off (raw tensors only); "
+    "`cnnviz explain RUN --db STORE` explains it later from the stored raw tensors, "
+    "with the same steps and checks as tracing with explanation on"
+)
 
 
 @dataclass
@@ -373,6 +383,39 @@ def build_iteration(
     )
 
 
+def build_record(
+    cap: CapturedIteration,
+    index: int,
+    loss: float | None,
+    *,
+    bounds: Bounds | None = None,
+    strict: bool = False,
+    explain: bool = True,
+    optimizer=None,
+) -> IterationRecord:
+    """The record a trace stores for one captured iteration, inline, in the worker, or
+    later in `cnnviz explain`. `explain=False`: the raw tensors, with the raw truth to
+    explain them later (`record.capture`). A bug in the matrix form never costs the
+    iteration: it is stored as raw tensors with a warning (`strict` raises instead)."""
+    options = dict(optimizer=optimizer, bounds=bounds, strict=strict, loss_value=loss)
+    if not explain:
+        from .rawtruth import pack
+
+        record = build_iteration(cap, index, explain=False, why=NOT_EXPLAINED, **options)
+        record.capture = pack(cap, record.tensors, loss)
+        return record
+    try:
+        return build_iteration(cap, index, **options)
+    except TraceError:
+        raise
+    except Exception as exc:
+        if strict:
+            raise
+        record = build_iteration(cap, index, explain=False, **options)
+        record.warnings.insert(0, f"building the matrix form failed ({type(exc).__name__}: {exc})")
+        return record
+
+
 def _shared_inputs(cap: CapturedIteration) -> dict[str, set[str]]:
     """Tensors with a gradient that two or more calls read: name -> the calls.
 
@@ -488,9 +531,16 @@ def _param_sum(
 
 
 def _update_steps(cap, optimizer, tensors, warn, strict, explain=True, raw_reason=None):
+    """`optimizer`: the spec captured at the step (`cap.optimizer`); a live optimizer
+    given instead (an older caller) is read as its spec."""
+    if cap.optimizer is not None:
+        optimizer = cap.optimizer
+    elif optimizer is not None and not isinstance(optimizer, OptimizerSpec):
+        optimizer = optimizer_spec(optimizer)
     if optimizer is None or not cap.stepped:
         return []
     explainer = explainer_for(optimizer)
+    kind = class_name(optimizer)
     steps: list[StepRecord] = []
     for name in cap.params_after:
         if name not in cap.param_grads:
@@ -519,7 +569,7 @@ def _update_steps(cap, optimizer, tensors, warn, strict, explain=True, raw_reaso
                 "the stored update spans all of them"
             )
         elif explainer is None or not hasattr(explainer, "update"):
-            why = f"no explainer is registered for {type(optimizer).__name__}"
+            why = f"no explainer is registered for {kind}"
         else:
             ctx = StepContext(
                 LayerCall(
@@ -550,12 +600,12 @@ def _update_steps(cap, optimizer, tensors, warn, strict, explain=True, raw_reaso
                 steps.extend(ctx.steps)
                 continue
         if explain or not raw_reason:
-            warn(f"{name} ({type(optimizer).__name__}): {why}; update stored as raw tensors")
+            warn(f"{name} ({kind}): {why}; update stored as raw tensors")
         steps.append(
             StepRecord(
                 layer=layer or name,
                 phase="update",
-                title=f"{type(optimizer).__name__} update of {name} "
+                title=f"{kind} update of {name} "
                 + ("(not explained)" if not explain and raw_reason else "(no matrix form)"),
                 formula=r"W' = \operatorname{step}(W, \nabla_W L, \text{state})",
                 formula_values=r"\text{see the stored tensors}",

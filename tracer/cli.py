@@ -163,8 +163,17 @@ class MaxElements(click.ParamType):
     type=click.Choice(["background", "inline", "off"]),
     default="background",
     show_default=True,
-    help="Where each iteration is explained and verified: in a worker thread while training "
-    "goes on, inline on the training thread, or off (raw tensors only, nothing checked).",
+    help="Where each iteration is explained and verified: in a worker while training "
+    "goes on, inline on the training thread, or off (raw tensors and what `cnnviz explain` "
+    "needs to explain them later).",
+)
+@click.option(
+    "--worker",
+    type=click.Choice(["thread", "process"]),
+    default="thread",
+    show_default=True,
+    help="The worker of --explain background/off: a thread of this process, or a process "
+    "of its own (the captured iterations are sent to it).",
 )
 @click.option(
     "--queue-size",
@@ -209,6 +218,7 @@ def trace(
     max_elements,
     layers,
     explain,
+    worker,
     queue_size,
     full_check,
     name,
@@ -262,6 +272,7 @@ def trace(
             progress=True,
             explain=explain,
             queue_size=queue_size,
+            worker=worker,
             full_check=full_check,
             **options,
         )
@@ -407,6 +418,30 @@ def _display_location(location: str) -> str:
     return make_url(str(location)).render_as_string(hide_password=True)
 
 
+@cli.command()
+@click.argument("run_id", metavar="RUN", type=click.IntRange(min=1))
+@db_option
+def explain(run_id, db) -> None:
+    """Explain a run traced with `--explain off`, from its stored raw tensors.
+
+    Every iteration gets the steps, formulas and checks a trace with explanation on
+    would have stored; one transaction per iteration, so an interrupted explain keeps
+    what it finished and a second one explains the rest.
+    """
+    from .explain import explain_run
+
+    db = db or default_db()
+
+    def progress(done: int, total: int) -> None:
+        click.echo(f"\rexplained {done}/{total} iterations", nl=done == total, err=True)
+
+    result = explain_run(db, run_id, progress=progress)
+    click.echo(
+        f"run {run_id}: explained {result.explained} iterations in {_display_location(db)}; "
+        f"{result.verified}/{result.checked} checked steps match PyTorch"
+    )
+
+
 @cli.command("export")
 @click.argument("run_id", metavar="RUN", type=click.IntRange(min=1))
 @click.option(
@@ -474,27 +509,39 @@ port_option = click.option(
     show_envvar=True,
     help="TCP port of the dashboard.",
 )
+workers_option = click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=2,  # dashapp.server.WORKERS, without importing gunicorn here
+    envvar="CNNVIZ_WORKERS",
+    show_default=True,
+    show_envvar=True,
+    help="gunicorn worker processes, each with 4 threads: about one per core "
+    "(docs/team.md has the figures).",
+)
 
 
 @cli.command()
 @db_option
 @host_option
 @port_option
+@workers_option
 @click.option(
     "--debug",
     is_flag=True,
     help="Dash's development server with its dev tools and the Werkzeug debugger, instead of "
     "gunicorn. Never on a network you do not trust.",
 )
-def serve(db, host, port, debug) -> None:
+def serve(db, host, port, workers, debug) -> None:
     """Serve the dashboard for a store (opened read-only) with gunicorn."""
-    _serve(db or default_db(), host, port, debug)
+    _serve(db or default_db(), host, port, debug, workers=workers)
 
 
 @cli.command()
 @db_option
 @host_option
 @port_option
+@workers_option
 @click.option("--no-serve", is_flag=True, help="Only add the demo runs, then exit.")
 @click.option(
     "--from",
@@ -504,7 +551,7 @@ def serve(db, host, port, debug) -> None:
     help="Copy the demo runs the store lacks from this store instead of tracing them "
     "(no torch needed; the Docker image does this).",
 )
-def demo(db, host, port, no_serve, source) -> None:
+def demo(db, host, port, workers, no_serve, source) -> None:
     """Add the seed CNN's runs with seeds 0, 1 and 2 that the store lacks, then serve it."""
     db = db or default_db()
     if not no_serve:
@@ -524,7 +571,7 @@ def demo(db, host, port, no_serve, source) -> None:
                 f"loss {run.losses[0]:.4f} -> {run.losses[-1]:.4f}"
             )
     if not no_serve:
-        _serve(db, host, port, debug=False)
+        _serve(db, host, port, debug=False, workers=workers)
 
 
 def _demo_run_ids(db: str) -> dict[int, int]:
@@ -592,7 +639,7 @@ def _require_free_port(host: str, port: int) -> None:
             ) from exc
 
 
-def _serve(db: str, host: str, port: int, debug: bool) -> None:
+def _serve(db: str, host: str, port: int, debug: bool, *, workers: int = 2) -> None:
     _require_free_port(host, port)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     shown = f"[{shown}]" if ":" in shown else shown
@@ -601,7 +648,7 @@ def _serve(db: str, host: str, port: int, debug: bool) -> None:
         from dashapp.server import serve  # gunicorn; Dash loads only for the commands that serve
 
         # A missing or invalid store: StoreError, one line, exit 2, before gunicorn starts.
-        serve(db, host, port, on_ready=lambda: click.echo(_serving_line(db, url)))
+        serve(db, host, port, workers=workers, on_ready=lambda: click.echo(_serving_line(db, url)))
         return
     from dashapp.app import create_app
 

@@ -13,15 +13,23 @@ Errors travel back: the first exception in the worker is kept, every iteration
 after it is dropped, and the training thread raises it at its next hand-off or
 when the run closes (`raise_pending`). Nothing is swallowed.
 
-A thread, not a process: the worker's NumPy work releases the GIL in its large
-array operations, the captured arrays need no pickling or copying across a
-process boundary, and the explainers read module settings that a process would
-have to be sent. Measured on the 2-core development machine: pickling a
-captured LeNet-5 iteration (9.2 MB, modules stripped) and sending it to another
-process through a pipe cost the training thread 31 + 44 ms, against 17-90 ms
-that the worker thread adds to the capture through the GIL and the shared cores
-(resnet18-cifar: 1.0 s + 0.3 s for 142 MB, against a 0.5 s step).
-`bench/bench_pipeline.py` measures what the thread costs the training thread.
+The worker is a thread (`Background`, the default) or a process of its own
+(`ProcessWorker`, `Trace(worker="process")`, `cnnviz trace --worker process`).
+The captured iteration is plain data (arrays, names, module and optimizer specs),
+so either can take it; the process gets it pickled through a bounded
+multiprocessing queue and writes through its own connection to the store.
+
+The thread stays the default because it cost less, measured with
+`bench/bench_pipeline.py` (LeNet-5, batch 64, variants interleaved, 4 rounds x 3
+iterations, medians, on the shared 2-core machine at load 12): on the training
+thread, x the np.save + fsync floor, thread / process: default bound background
+2.19 / 4.88, off 2.33 / 6.07; full capture background 2.08 / 3.14, off 1.78 / 3.24;
+end to end 18.96 / 26.94, 26.25 / 29.39, 63.89 / 86.30, 15.09 / 19.76. Pickling a
+10 MB captured iteration into the queue holds the training process's GIL (77-600 ms
+of hand-off per iteration measured there), and on a machine with no idle core the
+process gains no CPU the thread did not have. On a machine with idle cores a
+process escapes the GIL that the worker thread's Python (LaTeX, records) holds;
+measure there with `--variants default/background,default/background@process`.
 """
 
 from __future__ import annotations
@@ -174,3 +182,198 @@ def _lower_priority() -> None:
 def _describe(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------- the process worker
+
+
+class ProcessWorker:
+    """The worker as a separate process: the captured iteration (plain data: arrays,
+    names, specs) is pickled into a bounded multiprocessing queue, and the process
+    explains, verifies, summarises and writes it through its own connection to the
+    store, one transaction per iteration. What the training loop needs back (loss,
+    checks, warnings, timings) comes back per iteration, to `on_result`.
+
+    `work` is a picklable `ProcessJob`; it runs in the child. Errors travel back as
+    with the thread: the first one is raised at the next hand-off or at the end; a
+    child that dies (killed, out of memory) is a `WorkerError`.
+    """
+
+    def __init__(
+        self,
+        work: ProcessJob,
+        on_result: Callable[[Any], None],
+        *,
+        maxsize: int = DEFAULT_QUEUE_SIZE,
+        passthrough: tuple[type[BaseException], ...] = (),
+    ):
+        import multiprocessing as mp
+
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
+            raise ValueError(f"queue_size must be a positive integer, not {maxsize!r}")
+        # fork where there is one: the child starts at once with the tracer imported
+        # (spawn would import torch again); it touches no torch tensor, only NumPy.
+        methods = mp.get_all_start_methods()
+        context = mp.get_context("fork" if "fork" in methods else "spawn")
+        self._jobs = context.Queue(maxsize)
+        self._results = context.Queue()
+        self._drop = context.Event()
+        self._on_result = on_result
+        self._passthrough = passthrough
+        self._sent = 0
+        self._done = 0
+        self._closed = False
+        self._error: BaseException | None = None
+        self._error_raised = False
+        self._process = context.Process(
+            target=_process_main,
+            args=(work, self._jobs, self._results, self._drop),
+            name="cnnviz-worker-process",
+            daemon=True,
+        )
+        self._process.start()
+
+    @property
+    def in_flight(self) -> int:
+        return self._sent - self._done
+
+    @property
+    def error(self) -> BaseException | None:
+        self._collect()
+        return self._error
+
+    def _collect(self, block: bool = False, timeout: float = 0.05) -> None:
+        """Take every result the child has sent (waiting up to `timeout` for one if `block`)."""
+        while not self._closed:
+            try:
+                message = self._results.get(block=block, timeout=timeout if block else None)
+            except queue.Empty:
+                return
+            block = False
+            kind, payload = message
+            self._done += 1
+            if kind == "ok":
+                self._on_result(payload)
+            elif kind == "error" and self._error is None:
+                self._error = payload
+
+    def put(self, job: Any) -> None:
+        self.raise_pending()
+        while True:
+            try:
+                self._jobs.put(job, timeout=0.05)
+            except queue.Full:
+                pass
+            else:
+                self._sent += 1
+                self._collect()
+                self.raise_pending()
+                return
+            self._collect()
+            self.raise_pending()
+            if not self._process.is_alive():
+                raise WorkerError(
+                    f"the cnnviz worker process stopped (exit code {self._process.exitcode})"
+                )
+
+    def raise_pending(self) -> None:
+        self._collect()
+        if self._error is not None and not self._error_raised:
+            self._error_raised = True
+            error = self._error
+            if isinstance(error, self._passthrough):
+                raise error
+            raise WorkerError(f"tracing failed in the background: {_describe(error)}") from error
+
+    def close(self, *, drain: bool = True) -> None:
+        """Stop the child: after the queued jobs (`drain`), or after the one in hand."""
+        if self._closed:
+            return
+        if not drain:
+            self._drop.set()
+        if self._process.is_alive():
+            try:
+                self._jobs.put(_STOP_MESSAGE)
+            except Exception:  # noqa: BLE001 - the queue is gone with the child
+                pass
+        while self._process.is_alive() or self.in_flight > 0:
+            before = self._done
+            self._collect(block=True, timeout=0.1)
+            if not self._process.is_alive() and self._done == before:
+                self._collect()
+                break
+        self._process.join()
+        if self._error is None and self._process.exitcode not in (0, None) and self.in_flight:
+            self._error = WorkerError(
+                f"the cnnviz worker process stopped (exit code {self._process.exitcode}) "
+                f"with {self.in_flight} iteration(s) not written"
+            )
+        self._closed = True
+        # Jobs a dead child never took would keep the queue's feeder thread (and so
+        # the interpreter's exit) waiting on a full pipe: drop them.
+        self._jobs.cancel_join_thread()
+        self._jobs.close()
+        self._results.close()
+
+
+_STOP_MESSAGE = "stop"
+
+
+class ProcessJob:
+    """What the worker process does with each job; subclassed by the tracer (picklable)."""
+
+    def start(self) -> None:
+        """Runs once in the child before the first job (open the store...)."""
+
+    def handle(self, job: Any) -> Any:
+        """Handle one job; the result goes back to the training process."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Runs once in the child at the end."""
+
+
+def _process_main(work: ProcessJob, jobs, results, drop) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's
+    _lower_priority()  # as the worker thread: the training process gets the CPU first
+    failed = False
+    try:
+        work.start()
+    except BaseException as exc:  # noqa: BLE001 - sent to the training process
+        results.put(("error", _portable(exc)))
+        failed = True
+    try:
+        while True:
+            job = jobs.get()
+            if isinstance(job, str) and job == _STOP_MESSAGE:
+                return
+            if failed or drop.is_set():
+                results.put(("dropped", None))
+                continue
+            try:
+                results.put(("ok", work.handle(job)))
+            except BaseException as exc:  # noqa: BLE001 - sent to the training process
+                failed = True
+                results.put(("error", _portable(exc)))
+    finally:
+        try:
+            work.stop()
+        finally:
+            results.close()
+            results.join_thread()
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """The exception if it pickles (its type is importable and takes its message),
+    else a WorkerError carrying its type and message."""
+    import pickle
+
+    try:
+        copy = pickle.loads(pickle.dumps(exc))
+        if type(copy) is type(exc):
+            return exc
+    except Exception:  # noqa: BLE001 - replaced by a plain one below
+        pass
+    return WorkerError(_describe(exc))

@@ -32,7 +32,9 @@ Only the capture runs on the training thread: hooks, NumPy copies, and a hand-of
 With `explain="background"` (the default) a worker thread explains, verifies,
 summarises and writes each iteration (see `tracer.pipeline`); `"inline"` does all
 of it on the training thread before the block returns; `"off"` writes the raw
-tensors only, in the worker. An error in the worker is raised at the next
+tensors only, in the worker, with the raw truth `cnnviz explain` explains them
+from later (`tracer.explain`). `worker="process"` makes the worker a process of
+its own instead of a thread. An error in the worker is raised at the next
 `iteration()` or when the `with` block ends.
 """
 
@@ -47,6 +49,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -55,19 +58,18 @@ from torch import nn
 from storage import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED, RunInfo, RunWriter, open_engine
 from storage.records import IterationRecord
 
-from .assemble import Bounds, TraceError, build_iteration, layer_infos
+from .assemble import NOT_EXPLAINED, Bounds, TraceError, build_record, layer_infos  # noqa: F401
 from .capture import Capture
 from .explainers import explainer_for
-from .pipeline import DEFAULT_QUEUE_SIZE, Background, Inline
+from .pipeline import DEFAULT_QUEUE_SIZE, Background, Inline, ProcessJob, ProcessWorker
 from .signals import Terminated, unwatch, watch
 
 EXPLAIN_MODES = ("inline", "background", "off")
 DEFAULT_EXPLAIN = "background"
-# The note on the steps of an iteration traced with explain="off".
-NOT_EXPLAINED = (
-    "not explained: traced with explanation off (raw tensors only); "
-    "trace again with explanation on (`--explain background`, the default) to see it explained"
-)
+# Where `background` and `off` do their work: a thread of this process, or a process
+# of its own (see `tracer.pipeline`; the bench measures both).
+WORKERS = ("thread", "process")
+DEFAULT_WORKER = "thread"
 
 
 class TraceWarning(UserWarning):
@@ -123,10 +125,13 @@ class Trace:
         explain: str = DEFAULT_EXPLAIN,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         full_check: bool = False,
+        worker: str = DEFAULT_WORKER,
         input_grad: bool = True,
     ):
         if explain not in EXPLAIN_MODES:
             raise ValueError(f"explain must be one of {', '.join(EXPLAIN_MODES)}, not {explain!r}")
+        if worker not in WORKERS:
+            raise ValueError(f"worker must be one of {', '.join(WORKERS)}, not {worker!r}")
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
             raise ValueError(f"queue_size must be a positive integer, not {queue_size!r}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -155,6 +160,7 @@ class Trace:
         )
         self.strict = strict
         self.explain = explain
+        self.worker = worker
         self.queue_size = queue_size
         optimizer_name, settings = describe_optimizer(optimizer)
         self.info = RunInfo(
@@ -172,6 +178,7 @@ class Trace:
                 "max_elements": max_elements,
                 "layers": layers,
                 "explain": explain,
+                "worker": worker,
                 "full_check": bool(full_check),
                 "input_grad": bool(input_grad),
                 "host": platform.node(),
@@ -224,6 +231,11 @@ class Trace:
         self.run_id = self._writer.run_id
         if self.explain == "inline":
             self._pipeline = Inline(self._handle)
+        elif self.worker == "process":
+            job = _StoreJob(self.db, self.run_id, self.bounds, self.strict, self.explain != "off")
+            self._pipeline = ProcessWorker(
+                job, self._on_result, maxsize=self.queue_size, passthrough=(TraceError,)
+            )
         else:
             self._pipeline = Background(
                 self._handle, maxsize=self.queue_size, passthrough=(TraceError,)
@@ -425,22 +437,30 @@ class Trace:
         self.end(loss)
 
     def _handle(self, job) -> None:
-        """Build and write one captured iteration (in the worker, or inline)."""
+        """Build and write one captured iteration (in the worker thread, or inline)."""
         captured, index, loss = job
         started = time.perf_counter()
         record = self._build(captured, index, loss)
         if not self._layers_written:
             self._writer.set_layers(layer_infos(captured, explained=self.explain != "off"))
             self._layers_written = True
-        self.timings["explain"] += time.perf_counter() - started
-        started = time.perf_counter()
+        explained = time.perf_counter()
         self._writer.add_iteration(record)
-        self.timings["write"] += time.perf_counter() - started
-        self.stored += 1
-        self.losses.append(record.loss)
         self.records = [record]
-        self.rows.append(_row(record))
-        self._messages.extend(record.warnings)
+        self._on_result(
+            _Written(
+                _row(record), record.warnings, explained - started, time.perf_counter() - explained
+            )
+        )
+
+    def _on_result(self, written: _Written) -> None:
+        """An iteration is written (inline, by the worker thread, or by the worker process)."""
+        self.timings["explain"] += written.explain_s
+        self.timings["write"] += written.write_s
+        self.stored += 1
+        self.losses.append(written.row[1])
+        self.rows.append(written.row)
+        self._messages.extend(written.warnings)
 
     def _flush_messages(self) -> None:
         while self._messages:
@@ -454,24 +474,15 @@ class Trace:
         self._pending_loss = _as_float(loss)
 
     def _build(self, captured, index: int, loss) -> IterationRecord:
-        options = dict(
-            optimizer=self.optimizer, bounds=self.bounds, strict=self.strict, loss_value=loss
+        return build_record(
+            captured,
+            index,
+            loss,
+            bounds=self.bounds,
+            strict=self.strict,
+            explain=self.explain != "off",
+            optimizer=self.optimizer,
         )
-        if self.explain == "off":
-            return build_iteration(captured, index, explain=False, why=NOT_EXPLAINED, **options)
-        try:
-            return build_iteration(captured, index, **options)
-        except TraceError:
-            raise
-        except Exception as exc:
-            if self.strict:
-                raise
-            # Never let a bug in the matrix form cost the user's run: store the raw tensors.
-            record = build_iteration(captured, index, explain=False, **options)
-            record.warnings.insert(
-                0, f"building the matrix form failed ({type(exc).__name__}: {exc})"
-            )
-            return record
 
     def _warn(self, message: str) -> None:
         # One line per distinct message and run; the iteration's own list keeps them all.
@@ -487,6 +498,55 @@ class _ExitedOpen(Exception):
 
     def __init__(self) -> None:
         super().__init__("the process exited with the trace still open (close() was not called)")
+
+
+@dataclass
+class _Written:
+    """What the training loop learns of an iteration once it is written."""
+
+    row: tuple  # (index, loss, accuracy, checked, verified, worst difference)
+    warnings: list[str]
+    explain_s: float
+    write_s: float
+
+
+class _StoreJob(ProcessJob):
+    """The worker process's work: build each captured iteration's record and write it
+    through the process's own connection to the store (see `pipeline.ProcessWorker`)."""
+
+    def __init__(self, db, run_id: int, bounds: Bounds, strict: bool, explain: bool):
+        self.db, self.run_id, self.bounds = db, run_id, bounds
+        self.strict, self.explain = strict, explain
+
+    def start(self) -> None:
+        from threadpoolctl import threadpool_limits
+
+        # One BLAS thread, as on the training side (`train.one_torch_thread`): the
+        # float64 sums then come out as the thread worker's, to the bit.
+        self._limits = threadpool_limits(limits=1)
+        self._engine = open_engine(self.db)
+        self._writer = RunWriter(self._engine, self.run_id)
+        self._layers_written = False
+
+    def handle(self, job) -> _Written:
+        captured, index, loss = job
+        started = time.perf_counter()
+        record = build_record(
+            captured, index, loss, bounds=self.bounds, strict=self.strict, explain=self.explain
+        )
+        if not self._layers_written:
+            self._writer.set_layers(layer_infos(captured, explained=self.explain))
+            self._layers_written = True
+        explained = time.perf_counter()
+        self._writer.add_iteration(record)
+        return _Written(
+            _row(record), record.warnings, explained - started, time.perf_counter() - explained
+        )
+
+    def stop(self) -> None:
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            engine.dispose()
 
 
 def _as_float(loss) -> float:

@@ -283,6 +283,7 @@ def run_builtin(
     explain: str = DEFAULT_EXPLAIN,
     queue_size: int = DEFAULT_QUEUE_SIZE,
     full_check: bool = False,
+    worker: str = "thread",
     **options,
 ) -> Trace:
     """Train a built-in model and trace it; returns the finished Trace.
@@ -310,6 +311,7 @@ def run_builtin(
         strict=strict,
         explain=explain,
         queue_size=queue_size,
+        worker=worker,
         full_check=full_check,
     )
     show_bar = progress and config.iterations > 10

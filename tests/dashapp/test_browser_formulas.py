@@ -60,14 +60,14 @@ def narrow(browser):
     ("run", "model"), [(1, "seed-cnn"), (3, "lenet5"), (4, "small-cnn"), (5, "example")]
 )
 def test_no_formula_is_cut_off_at_1280_px(narrow, base, models_store, run, model):
-    """Every phase of the iteration, reached from the stage bar, formula by formula."""
+    """Every phase of the iteration on one page (the side menu's phase links)."""
     with RunStore(models_store) as store:
         info = store.get_run(run)
     assert model == "example" or info.model_name == model
     open_page(narrow, f"{base}/iteration?run={run}&it=1", ".iteration-view")
     typeset = 0
     for phase in ("forward", "loss", "backward", "update"):
-        narrow.locator(f".journey-stage.journey-{phase}").click()
+        narrow.locator(f".toc-{phase} > a.toc-view").click()
         wait_view(narrow, f"{phase}/")
         typeset += narrow.locator(".step-card .formula mjx-container").count()
         assert narrow.evaluate(CUT_OFF) == [], phase

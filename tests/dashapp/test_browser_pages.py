@@ -139,8 +139,24 @@ def test_model_page_typesets_every_layer_formula(page, base, store):
 # ---------------------------------------------------------------- iteration
 
 
-def view_of(tab) -> str:
-    return tab.locator(".iteration-view").get_attribute("data-view")
+# What a view of the iteration page shows: its steps (number, title, check), its section
+# titles, how many formulas are typeset, and where "next" leads.
+VIEW_SHOWN = """() => {
+    const view = document.querySelector('.iteration-view');
+    const next = document.getElementById('iteration-next');
+    return {
+        view: view.dataset.view,
+        titles: [...view.querySelectorAll('.section-title')].map((t) => t.innerText),
+        cards: [...view.querySelectorAll('section.step-card')].map((c) => [
+            Number(c.id.replace('step-', '')),
+            c.querySelector('.step-title').innerText,
+            c.querySelector('.verify').innerText,
+        ]),
+        typeset: view.querySelectorAll('.step-card .formula mjx-container').length,
+        text: document.body.innerText,
+        next: next ? next.getAttribute('href') : null,
+    };
+}"""
 
 
 def test_iteration_walks_from_input_to_update_one_view_at_a_time(page, base, store):
@@ -151,26 +167,22 @@ def test_iteration_walks_from_input_to_update_one_view_at_a_time(page, base, sto
     record = store.load_iteration(2, 2)
     seen, views, titles = [], [], []
     while True:
-        views.append(view_of(page))
-        titles += page.locator(".section-title").all_inner_texts()
-        cards = page.locator("section.step-card")
-        assert_typeset(page, 2 * cards.count())
-        for k in range(cards.count()):
-            card = cards.nth(k)
-            number = int(card.get_attribute("id").removeprefix("step-"))
+        shown = page.evaluate(VIEW_SHOWN)  # one round trip per view
+        views.append(shown["view"])
+        titles += shown["titles"]
+        assert shown["typeset"] == 2 * len(shown["cards"]) and "$$" not in shown["text"]
+        for number, title, badge in shown["cards"]:
             step = record.steps[number - 1]
-            assert step.title in card.locator(".step-title").inner_text()
-            badge = card.locator(".verify").inner_text()
+            assert step.title in title
             if step.verified:
                 assert badge == f"✓ matches autograd, max |Δ| = {format_diff(step.max_abs_diff)}"
             elif step.verified is None:
                 assert badge == "no PyTorch counterpart (intermediate)"
             seen.append(number)
-        if page.locator("#iteration-next").count() == 0:
+        if shown["next"] is None:
             break
-        following = page.locator("#iteration-next").get_attribute("href")
         page.locator("#iteration-next").click()
-        query = parse_qs(urlsplit(following).query)
+        query = parse_qs(urlsplit(shown["next"]).query)
         wait_view(page, f"{query['phase'][0]}/{query.get('layer', [''])[0]}")
     assert seen == list(range(1, len(record.steps) + 1))
     assert views[0] == "input/" and views[1] == "forward/conv" and views[-1] == "whatif/"
@@ -213,9 +225,9 @@ def test_iteration_views_stepper_menu_and_back_forward(page, base):
     page.wait_for_url(re.compile(r"it=2&phase=backward&layer=fc$"))
     wait_view(page, "backward/fc")
     assert page.locator(".step-card .step-layer").all_inner_texts() == ["fc · Linear"] * 3
-    page.locator(".journey-stage", has_text="Loss").click()
-    page.wait_for_url(re.compile(r"it=2&phase=loss$"))
-    wait_view(page, "loss/")
+    page.locator(".journey-stage", has_text="Loss").click()  # a phase opens on its first layer
+    page.wait_for_url(re.compile(r"it=2&phase=loss&layer=loss$"))
+    wait_view(page, "loss/loss")
     for url, view in (
         (r"phase=backward&layer=fc$", "backward/fc"),
         (r"it=2&phase=backward$", "backward/"),

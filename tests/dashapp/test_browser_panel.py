@@ -127,7 +127,7 @@ def test_colour_scales_and_special_cells(page, base):
     assert labels["scale"] == "categorical"
     assert labels["labels"] == [str(v) for v in LABELS]
     page.locator(".journey-stage", has_text="Forward pass").click()  # the softmax's output
-    wait_ready(page, ".iteration-view[data-view='forward/'] .tensor-panel[data-tensor='p']")
+    wait_ready(page, ".iteration-view[data-view='forward/softmax'] .tensor-panel[data-tensor='p']")
     probs = graph_data(page.locator('.tensor-panel[data-tensor="p"]').first, ".js-plotly-plot")[0]
     assert probs["scale"] == "sequential"
     assert probs["zmin"] == pytest.approx(PROBS.min()) and probs["zmax"] == pytest.approx(

@@ -242,6 +242,19 @@ def test_iteration_shows_one_phase_and_its_steps_only(pages, store, request_ctx)
     assert toc == [c.id.replace("step-", "#step-") for c in cards]
     nxt = [c for c in components(layout, dcc.Link) if getattr(c, "id", None) == "iteration-next"]
     assert nxt[0].href == "/iteration?run=1&it=1&phase=update"  # phase by phase
+    stages = [
+        c.href
+        for c in components(layout, dcc.Link)
+        if "journey-stage" in getattr(c, "className", "")
+    ]
+    assert stages == [
+        "/iteration?run=1&it=1",
+        "/iteration?run=1&it=1&phase=forward&layer=conv",  # a phase opens on its first layer
+        "/iteration?run=1&it=1&phase=loss&layer=loss",
+        "/iteration?run=1&it=1&phase=backward&layer=loss",
+        "/iteration?run=1&it=1&phase=update&layer=conv",
+        "/iteration?run=1&it=1&phase=whatif",
+    ]
     stepper = [c.href for c in components(layout, dcc.Link) if c.children == "2"]
     assert stepper == ["/iteration?run=1&it=2&phase=backward"]  # same phase, next iteration
 
@@ -646,10 +659,17 @@ def test_an_unexplained_iteration_shows_its_raw_tensors_and_says_how_to_explain(
         backward = text_of(pages.iteration.layout(run=str(run.run_id), it="1", phase="backward"))
     text = text_of(layout)
     assert "Not explained:" in text and "this run was traced with explanation off" in text
-    assert "cnnviz trace --explain background" in text
+    assert f"cnnviz explain {run.run_id} --db {path}" in text
     assert "Not explained:" in forward and "Not explained:" in backward  # on every view
     assert "conv.out" in forward and "fc.weight.grad" in backward  # the raw tensors are there
     assert "not explained; tensors as captured" in forward
+    # Explained, the note is gone and the steps are checked.
+    from tracer.explain import explain_run
+
+    explain_run(str(path), run.run_id)
+    with using_store(dash_app, path):
+        forward = text_of(pages.iteration.layout(run=str(run.run_id), it="1", phase="forward"))
+    assert "Not explained:" not in forward and "not explained; tensors as captured" not in forward
 
 
 def test_iteration_whatif_recomputes_the_update_for_another_learning_rate(pages, request_ctx):

@@ -70,6 +70,15 @@ def test_serve_refuses_bad_ports(dash_store, port):
     )
 
 
+@pytest.mark.parametrize("workers", ["0", "65", "many"])
+def test_serve_refuses_bad_worker_counts(dash_store, workers):
+    assert_usage_error(
+        cnnviz_here("serve", "--db", dash_store, "--workers", workers),
+        "cnnviz serve: error:",
+        "--workers",
+    )
+
+
 def test_serve_says_when_the_port_is_taken(dash_store):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -117,7 +126,7 @@ def test_serve_listens_on_loopback_with_debug_off(dash_store):
 def test_serve_is_gunicorn_and_healthz_reads_the_store(dash_store, tmp_path):
     db = copy_store(dash_store, tmp_path / "runs.db")
     port = free_port()
-    argv = [*CNNVIZ, "serve", "--db", str(db), "--port", str(port)]
+    argv = [*CNNVIZ, "serve", "--db", str(db), "--port", str(port), "--workers", "1"]
     with serving(argv, port) as served:
         with urllib.request.urlopen(served.url + "/healthz") as response:
             assert json.load(response) == {"status": "ok", "runs": 3}
@@ -132,6 +141,7 @@ def test_serve_is_gunicorn_and_healthz_reads_the_store(dash_store, tmp_path):
         with urllib.request.urlopen(served.url + "/") as response:
             assert response.status == 200  # the page shell alone would still look healthy
     assert "Starting gunicorn" in served.output and "Using worker: gthread" in served.output
+    assert served.output.count("Booting worker") == 1  # --workers
 
 
 def _status(url: str) -> int:

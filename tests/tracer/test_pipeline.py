@@ -86,7 +86,7 @@ def test_off_stores_the_raw_tensors_and_says_how_to_explain(tmp_path):
         assert missing <= {"intermediate", "output"}  # X_col, masks, probabilities...
         assert bare.steps and all(s.verified is None for s in bare.steps)
         assert all(s.note.startswith(NOT_EXPLAINED.split(";")[0]) for s in bare.steps)
-        assert "--explain background" in bare.steps[0].note
+        assert "`cnnviz explain RUN --db STORE`" in bare.steps[0].note
 
 
 def test_traced_in_background_and_untraced_are_bitwise_identical(tmp_path):
@@ -174,7 +174,6 @@ class Doubling(nn.Module):
         return 2 * x
 
 
-@register(Doubling)
 class _BrokenExplainer(Explainer):
     """An explainer with a bug, as a new layer type might have one."""
 
@@ -184,6 +183,19 @@ class _BrokenExplainer(Explainer):
     backward = forward
 
 
+@pytest.fixture
+def broken_explainer():
+    """Doubling registered with the broken explainer for one test, then unregistered
+    (other tests check that every registered type has what a layer type needs)."""
+    from tracer.explainers import base
+
+    register(Doubling)(_BrokenExplainer)
+    yield
+    base._REGISTRY.pop(Doubling, None)
+    base._BY_NAME.pop("Doubling", None)
+
+
+@pytest.mark.usefixtures("broken_explainer")
 def test_strict_explainer_failure_in_the_worker_reaches_the_loop_as_trace_error(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 2), Doubling())
@@ -199,6 +211,46 @@ def test_strict_explainer_failure_in_the_worker_reaches_the_loop_as_trace_error(
         with Trace(model, optimizer, nn.CrossEntropyLoss(), db=tmp_path / "s.db") as run:
             _loop(run, model, optimizer, nn.CrossEntropyLoss(), x, y, 2)
     assert run.stored == 2
+
+
+def test_the_worker_process_stores_what_the_thread_stores(tmp_path):
+    options = dict(model_name="small-cnn", seed=2, iterations=2, samples=8, batch_size=4)
+    thread = run_builtin(db=tmp_path / "thread.db", worker="thread", **options)
+    process = run_builtin(db=tmp_path / "process.db", worker="process", **options)
+    assert thread.losses == process.losses and thread.rows == process.rows
+    assert process.stored == 2 and process.timings["explain"] > 0
+    run_a, records_a = _stored(tmp_path / "thread.db")
+    run_b, records_b = _stored(tmp_path / "process.db")
+    assert run_a.status == run_b.status == RUN_COMPLETED
+    assert [layer.description for layer in run_a.layers] == [
+        layer.description for layer in run_b.layers
+    ]
+    _same_records(records_a, records_b)
+
+
+@pytest.mark.usefixtures("broken_explainer")
+def test_worker_process_errors_reach_the_loop(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), Doubling())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
+    criterion = nn.CrossEntropyLoss()
+    with pytest.raises(TraceError, match="layer 1 .*a bug in the explainer"):
+        with Trace(
+            model, optimizer, criterion, db=tmp_path / "r.db", strict=True, worker="process"
+        ) as run:
+            _loop(run, model, optimizer, criterion, x, y, 20)
+    # A worker process that dies (killed, out of memory) fails the run with the reason.
+    path = tmp_path / "killed.db"
+    with pytest.raises(WorkerError, match="worker process stopped"):
+        with Trace(model, optimizer, criterion, db=path, worker="process") as run:
+            _loop(run, model, optimizer, criterion, x, y, 1)
+            run._pipeline._process.kill()
+            run._pipeline._process.join()
+            _loop(run, model, optimizer, criterion, x, y, 20)
+    with sqlite3.connect(path) as conn:
+        status, error = conn.execute("SELECT status, error FROM runs").fetchone()
+    assert status == RUN_FAILED and "worker process stopped" in error
 
 
 def test_the_queue_bounds_iterations_in_flight(tmp_path):
@@ -253,7 +305,13 @@ def test_an_exception_in_the_loop_writes_the_captured_iterations_first(tmp_path)
 
 @pytest.mark.parametrize(
     "options",
-    [dict(explain="later"), dict(explain=None), dict(queue_size=0), dict(queue_size=True)],
+    [
+        dict(explain="later"),
+        dict(explain=None),
+        dict(queue_size=0),
+        dict(queue_size=True),
+        dict(worker="fiber"),
+    ],
 )
 def test_bad_pipeline_options_are_rejected_before_the_store_is_touched(tmp_path, options):
     model, optimizer, criterion, _, _ = _seed_setup()

@@ -35,6 +35,7 @@ from .functional import FunctionalHooks, _FunctionRecorder
 from .modules import ModuleHooks
 from .optimizer import OptimizerHooks
 from .records import CapturedCall, CapturedIteration, CapturedValue
+from .spec import OptimizerSpec
 
 
 class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks):
@@ -169,6 +170,7 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
             stepped=self._stepped,
             steps_taken=self._steps_taken,
             problems=self._problems,
+            optimizer=self._optimizer_spec,
         )
         self._reset()
         return captured
@@ -194,6 +196,7 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
         self._problems: list[str] = []
         self._stepped = False
         self._steps_taken = 0
+        self._optimizer_spec: OptimizerSpec | None = None  # at the first optimizer.step()
         self._leaf_depth = 0
         self._root_depth = 0
         self._scopes = []

@@ -19,6 +19,7 @@ from storage.names import ROLE_ACTIVATION
 from ..explainers import functional_form
 from . import torchapi
 from .records import CapturedCall, iter_tensors
+from .spec import module_spec
 
 if TYPE_CHECKING:
     from .core import Capture
@@ -140,7 +141,7 @@ class FunctionalHooks:
         if equivalent is not None:
             module, inputs, params, training = equivalent
             by_id = {id(t): n for t, n in zip(_data(self, found), call.input_names, strict=True)}
-            call.module = module
+            call.module = module_spec(module)
             call.kind = type(module).__name__
             call.training = training
             call.input_names = [by_id[id(t)] for t in inputs]  # in the module's argument order

@@ -15,6 +15,7 @@ from storage.names import ROLE_ACTIVATION, ROLE_INPUT, ROLE_OUTPUT, ROLE_TARGET
 
 from . import torchapi
 from .records import CapturedCall, iter_tensors
+from .spec import module_spec
 
 
 class ModuleHooks:
@@ -140,7 +141,7 @@ class ModuleHooks:
         tensors = [t for _, t in iter_tensors(args)] + [t for _, t in iter_tensors(kwargs)]
         self._function_outputs(tensors)  # a custom Function's output, taken by this call
         call = CapturedCall(
-            name=name, module=module, kind=type(module).__name__, input_names=[], inputs=[]
+            name=name, module=None, kind=type(module).__name__, input_names=[], inputs=[]
         )
         # Registered before anything can fail, so that the post hook finds it.
         self._pending.setdefault(id(module), []).append(call)
@@ -166,6 +167,7 @@ class ModuleHooks:
             for local, b in module.named_buffers(recurse=False)
             if b is not None and (a := self._copy(b)) is not None
         }
+        call.module = module_spec(module, call.buffers)
 
     def _use_param(self, call: CapturedCall, local: str, p: torch.Tensor) -> None:
         qualified = self.param_names.get(id(p), names.child(call.name, local))

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .records import to_numpy
+from .spec import optimizer_spec, plain_group
 
 
 class OptimizerHooks:
@@ -98,8 +99,9 @@ class OptimizerHooks:
                 return  # a second step in one iteration: keep the values before the first
             self._stepped = True
             self._stepping = True
+            self._optimizer_spec = optimizer_spec(optimizer)
             for group in optimizer.param_groups:
-                settings = {k: v for k, v in group.items() if k != "params"}
+                settings = plain_group(group)
                 for p in group["params"]:
                     name = self.param_names.get(id(p))
                     if name is None:

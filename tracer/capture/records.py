@@ -1,8 +1,10 @@
-"""The record types one traced iteration is captured into: NumPy arrays and names,
-which the background worker takes; and `to_numpy`, the one way a tensor becomes
-an array. Each call still points at its module (`CapturedCall.module`) so that the
-explainers can read its settings: that is what keeps the record from being plain
-data that another process, or an explain-later command, could take.
+"""The record types one traced iteration is captured into, and `to_numpy`, the one
+way a tensor becomes an array.
+
+A captured iteration is plain data: NumPy arrays, names, numbers, and plain specs
+of the modules and the optimizer (`tracer.capture.spec`), with no torch object in
+it. So the background worker, a worker process, `cnnviz explain` (which reads it
+back from a store, `tracer.rawtruth`) and tests all take the same record.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+
+from .spec import ModuleSpec, OptimizerSpec
 
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray | None:
@@ -40,9 +43,9 @@ class CapturedCall:
     """One call of a leaf module, of the criterion, or of a functional op in a forward."""
 
     name: str  # "conv1", "conv1#2" for a second call, "block.add" for a functional call
-    module: (
-        nn.Module | None
-    )  # the module, or the module equivalent to a functional call; None: no equivalent
+    # The spec of the module, or of the module equivalent to a functional call (its
+    # settings and buffers, as plain data); None: no equivalent.
+    module: ModuleSpec | None
     kind: str  # what is shown as the layer's type: "Conv2d", "ReLU", or the op, "torch.cat"
     input_names: list[str]
     inputs: list[np.ndarray | None]
@@ -92,6 +95,7 @@ class CapturedIteration:
     # .grad = grad_scale x this iteration's gradient at the step (gradient clipping)
     grad_scale: float | None = None
     problems: list[str] = field(default_factory=list)  # what the hooks could not capture
+    optimizer: OptimizerSpec | None = None  # at the first optimizer.step() of the iteration
 
 
 def iter_tensors(obj, path: str = "", depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:

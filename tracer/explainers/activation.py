@@ -24,7 +24,7 @@ from storage import names
 from storage.npmath import relu_backward, relu_forward, sigmoid
 
 from .. import latex
-from .base import Explainer, Functional, LayerCall, StepContext, one_tensor, register
+from .base import Explainer, Functional, LayerCall, StepContext, is_a, one_tensor, register
 from .common import f64, mat, named, sub
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
@@ -226,7 +226,7 @@ class HardtanhExplainer(ElementwiseExplainer):
     why_backward = "Where the input was clipped (including exactly at a or b) the gradient is 0, as in PyTorch."
 
     def describe(self, module) -> str:
-        name = "ReLU6" if isinstance(module, nn.ReLU6) else "hard tanh"
+        name = "ReLU6" if is_a(module, "ReLU6") else "hard tanh"
         return f"{name}, clip to [{module.min_val:g}, {module.max_val:g}]"
 
     def settings(self, module) -> str:

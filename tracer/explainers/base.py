@@ -215,6 +215,8 @@ class Explainer:
 
 
 _REGISTRY: dict[type, Explainer] = {}
+# The same, by type name: how a plain spec (`tracer.capture.spec`) finds its explainer.
+_BY_NAME: dict[str, type] = {}
 
 
 @dataclass(frozen=True, eq=False)
@@ -315,9 +317,14 @@ def register(*module_types: type, functional: Iterable[Callable | Functional] = 
                     raise ValueError(
                         f"{func} is already the functional form of {_FUNCTIONAL[func][0]}"
                     )
+        for module_type in module_types:
+            known = _BY_NAME.get(module_type.__name__)
+            if known is not None and known is not module_type:
+                raise ValueError(f"{known} is registered under the name {module_type.__name__}")
         instance = cls()
         for module_type in module_types:
             _REGISTRY[module_type] = instance
+            _BY_NAME[module_type.__name__] = module_type
         for form in forms:
             for func in form.funcs:
                 _FUNCTIONAL[func] = (module_types[0], form)
@@ -346,16 +353,52 @@ class Unsupported(Exception):
     """
 
 
-def explainer_for(obj) -> Explainer | None:
-    """The explainer of the object's type, or of a registered base class whose
-    forward it does not override (a subclass with its own forward is unknown math)."""
+def registered_class(obj) -> type | None:
+    """The registered type whose explainer explains the object: its own type, or a
+    registered base class whose forward it does not override (a subclass with its own
+    forward is unknown math)."""
     own = type(obj)
     for cls in own.__mro__:
         if cls in _REGISTRY:
             if cls is own or getattr(own, "forward", None) is getattr(cls, "forward", None):
-                return _REGISTRY[cls]
+                return cls
             return None
     return None
+
+
+def explainer_for(obj) -> Explainer | None:
+    """The explainer of a module or optimizer, or of its plain spec (looked up by the
+    registered type's name: nothing named by a spec is imported)."""
+    from ..capture.spec import Spec
+
+    if isinstance(obj, Spec):
+        registered = _BY_NAME.get(obj.type) if isinstance(obj.type, str) else None
+        return _REGISTRY.get(registered) if registered is not None else None
+    registered = registered_class(obj)
+    return _REGISTRY[registered] if registered is not None else None
+
+
+def class_name(obj) -> str:
+    """The class name of a module, an optimizer, or of the object a spec describes."""
+    from ..capture.spec import Spec
+
+    return obj.cls if isinstance(obj, Spec) else type(obj).__name__
+
+
+def is_a(obj, name: str) -> bool:
+    """isinstance by class name, for live objects and specs alike."""
+    from ..capture.spec import Spec
+
+    if isinstance(obj, Spec):
+        return obj.is_a(name)
+    return any(cls.__name__ == name for cls in type(obj).__mro__)
+
+
+def as_array(value):
+    """A buffer read from a module (a tensor) or from its spec (already an array)."""
+    if value is None or isinstance(value, np.ndarray):
+        return value
+    return value.detach().cpu().numpy()
 
 
 def registered_types() -> list[type]:

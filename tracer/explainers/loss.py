@@ -40,6 +40,7 @@ from .base import (
     LayerCall,
     StepContext,
     Unsupported,
+    as_array,
     build_like_module,
     register,
 )
@@ -79,7 +80,7 @@ class Classification:
         self.num_classes = c
         weight = call.buffers.get("weight")
         if weight is None and getattr(module, "weight", None) is not None:
-            weight = module.weight.detach().cpu().numpy()
+            weight = as_array(module.weight)
         self.weight = f64(weight) if weight is not None else None
         w = self.weight if self.weight is not None else np.ones(c)
         eps = float(getattr(module, "label_smoothing", 0.0))
@@ -618,7 +619,7 @@ class HuberLossExplainer(PointwiseLossExplainer):
 def _buffer(call: LayerCall, name: str):
     value = call.buffers.get(name)
     if value is None and getattr(call.module, name, None) is not None:
-        value = getattr(call.module, name).detach().cpu().numpy()
+        value = as_array(getattr(call.module, name))
     return None if value is None else f64(value)
 
 

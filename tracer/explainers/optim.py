@@ -23,7 +23,7 @@ from storage.npmath import (
 from storage.records import ROLE_OPTIMIZER_STATE
 
 from .. import latex
-from .base import Explainer, StepContext, Unsupported, register
+from .base import Explainer, StepContext, Unsupported, class_name, is_a, register
 
 
 @dataclass
@@ -207,17 +207,17 @@ class AdamExplainer(Explainer):
             )
         if g.get("amsgrad"):
             parts.append("amsgrad")
-        return f"{type(optimizer).__name__}(" + ", ".join(parts) + ")"
+        return f"{class_name(optimizer)}(" + ", ".join(parts) + ")"
 
     @staticmethod
     def _decoupled(optimizer, group) -> bool:
         if "decoupled_weight_decay" in group:
             return bool(group["decoupled_weight_decay"])
-        return isinstance(optimizer, torch.optim.AdamW)
+        return is_a(optimizer, "AdamW")
 
     def update(self, call: UpdateCall, ctx: StepContext) -> None:
         g = call.group
-        name = type(call.optimizer).__name__ if call.optimizer is not None else "Adam"
+        name = class_name(call.optimizer) if call.optimizer is not None else "Adam"
         lr, eps, wd = float(g["lr"]), float(g["eps"]), float(g.get("weight_decay", 0.0))
         b1, b2 = (float(b) for b in g["betas"])
         amsgrad = bool(g.get("amsgrad", False))

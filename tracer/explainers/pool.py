@@ -43,6 +43,7 @@ from .base import (
     StepContext,
     Unsupported,
     build_like_module,
+    is_a,
     register,
 )
 from .common import f64, named, pair, sub
@@ -253,7 +254,7 @@ class AdaptiveMaxPool2dExplainer(MaxPoolExplainer):
 
 def _avg_matrices(module, x_shape):
     """R_h (OH, H), R_w (OW, W) window-membership matrices and the divisor map D (OH, OW)."""
-    if isinstance(module, nn.AdaptiveAvgPool2d):
+    if is_a(module, "AdaptiveAvgPool2d"):
         return adaptive_avg_matrices(x_shape, _adaptive_out(module, x_shape))
     return avg_pool_matrices(
         x_shape,
