@@ -35,6 +35,7 @@ import argparse
 import json
 import math
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -244,7 +245,7 @@ def compare_interactions(page, timeout: int) -> dict:
         picker.click()
         start = time.perf_counter()
         page.get_by_placeholder("Search").first.fill("lenet5-3")
-        page.wait_for_load_state("networkidle", timeout=timeout)
+        page.get_by_role("option", name=re.compile("lenet5-3")).first.wait_for(timeout=timeout)
         out["search_ms"] = 1000 * (time.perf_counter() - start)
         page.keyboard.press("Escape")
     return out
