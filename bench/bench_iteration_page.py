@@ -1,4 +1,5 @@
-"""Benchmark: how long a LeNet-5 iteration page (about 160 heatmaps) blocks the browser.
+"""Benchmark: how long the heaviest LeNet-5 iteration view, the whole backward pass
+(`&phase=backward`, the most heatmaps on one page), blocks the browser.
 
 Traces one LeNet-5 iteration (the `cnnviz trace --model lenet5` defaults), serves
 it with `cnnviz serve`, and opens the iteration page in headless Chromium
@@ -173,7 +174,7 @@ def main() -> None:
                     executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
                 )
                 results = [
-                    measure(browser, f"http://127.0.0.1:{port}/iteration?run=1&it=1")
+                    measure(browser, f"http://127.0.0.1:{port}/iteration?run=1&it=1&phase=backward")
                     for _ in range(args.repeats)
                 ]
                 browser.close()
