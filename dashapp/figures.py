@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from storage import names
 
@@ -294,35 +293,6 @@ def difference_stats(a: np.ndarray, b: np.ndarray) -> DifferenceStats:
     )
 
 
-def difference_bars(stats: DifferenceStats, label_a: str = "A", label_b: str = "B") -> go.Figure:
-    """The sizes side by side: ||A||, ||B||, ||B - A|| and max |B - A|."""
-    names = [f"‖{label_a}‖₂", f"‖{label_b}‖₂", "‖Δ‖₂", "max |Δ|"]
-    values = [stats.norm_a, stats.norm_b, stats.l2, stats.max_abs]
-    colors = ["#6c757d", "#6c757d", "#8e44ad", "#8e44ad"]
-    fig = go.Figure(
-        go.Bar(
-            x=[plotly_text(n) for n in names],
-            y=values,
-            marker_color=colors,
-            text=[f"{v:.4g}" for v in values],
-            textposition="outside",
-            cliponaxis=False,
-            hovertemplate="%{x}: %{y:.7g}<extra></extra>",
-        )
-    )
-    fig.update_layout(
-        template="none",
-        height=240,
-        margin=dict(l=40, r=10, t=24, b=30),
-        font=FONT,
-        showlegend=False,
-        plot_bgcolor="white",
-        paper_bgcolor="rgba(0,0,0,0)",
-    )
-    fig.update_yaxes(gridcolor="#e9ecef", rangemode="tozero")
-    return fig
-
-
 # ---------------------------------------------------------------- histories
 
 
@@ -334,36 +304,6 @@ class Series:
     color: str
     x: list[int] = field(default_factory=list)
     y: list[float] = field(default_factory=list)
-
-
-def loss_figure(series: Sequence[Series]) -> go.Figure:
-    fig = go.Figure()
-    for s in series:
-        fig.add_trace(
-            go.Scatter(
-                x=s.x,
-                y=s.y,
-                mode="lines+markers",
-                name=plotly_text(s.label),
-                line=dict(color=s.color, width=2),
-                marker=dict(size=6),
-                hovertemplate="iteration %{x}: loss %{y:.6f}<extra>%{fullData.name}</extra>",
-            )
-        )
-    fig.update_layout(
-        template="none",
-        height=320,
-        margin=dict(l=50, r=10, t=36, b=84),
-        font=FONT,
-        title=dict(text="Loss", x=0, font=dict(size=14)),
-        # below the axis title "iteration", not on top of it
-        legend=dict(orientation="h", yanchor="top", y=-0.3),
-        plot_bgcolor="white",
-        paper_bgcolor="rgba(0,0,0,0)",
-    )
-    fig.update_xaxes(title_text="iteration", gridcolor="#e9ecef", dtick=_iteration_dtick(series))
-    fig.update_yaxes(gridcolor="#e9ecef")
-    return fig
 
 
 @dataclass
@@ -432,57 +372,6 @@ def norm_panels(
     return [(panel(WEIGHT_NORM, p), panel(GRAD_NORM, p)) for p in params]
 
 
-def norms_figure(pairs: Sequence[tuple[NormPanel, NormPanel]]) -> go.Figure:
-    """Weight norms (left) and gradient norms (right) over iterations, one row per
-    parameter tensor, every run overlaid in its own colour."""
-    rows = max(len(pairs), 1)
-    titles = [plotly_text(panel.title) for pair in pairs for panel in pair]
-    fig = make_subplots(
-        rows=rows,
-        cols=2,
-        subplot_titles=titles or ["", ""],
-        horizontal_spacing=0.1,
-        vertical_spacing=min(0.12, 0.5 / rows),
-    )
-    seen: set[str] = set()
-    for r, pair in enumerate(pairs, start=1):
-        for c, panel in enumerate(pair, start=1):
-            for s in panel.series:
-                fig.add_trace(
-                    go.Scatter(
-                        x=s.x,
-                        y=s.y,
-                        mode="lines+markers",
-                        name=plotly_text(s.label),
-                        legendgroup=s.label,
-                        showlegend=s.label not in seen,
-                        line=dict(color=s.color, width=2),
-                        marker=dict(size=5),
-                        hovertemplate="iteration %{x}: %{y:.6g}<extra>%{fullData.name}</extra>",
-                    ),
-                    row=r,
-                    col=c,
-                )
-                seen.add(s.label)
-    largest = max(
-        (max(s.x, default=0) for pair in pairs for p in pair for s in p.series), default=0
-    )
-    fig.update_layout(
-        template="none",
-        height=max(260, 210 * rows + 60),
-        margin=dict(l=50, r=10, t=40, b=40),
-        font=FONT,
-        legend=dict(orientation="h", y=-0.06, yanchor="top"),
-        plot_bgcolor="white",
-        paper_bgcolor="rgba(0,0,0,0)",
-    )
-    fig.update_xaxes(gridcolor="#e9ecef", dtick=1 if largest <= 20 else None)
-    fig.update_yaxes(gridcolor="#e9ecef")
-    for annotation in fig.layout.annotations:
-        annotation.font = dict(size=12)
-    return fig
-
-
 MARKED_POINTS = 30  # longer lines get no markers: thousands of marker nodes cost the browser
 
 
@@ -500,7 +389,7 @@ def _line(s: Series, hover: str, **extra) -> dict:
 
 
 def loss_dict(series: Sequence[Series]) -> dict:
-    """`loss_figure` as a plain figure dict (no figure classes to build and validate)."""
+    """The loss of each run over its iterations, as a plain figure dict."""
     axis = dict(gridcolor="#e9ecef")
     return dict(
         data=[_line(s, "iteration %{x}: loss %{y:.6f}", marker=dict(size=6)) for s in series],
@@ -520,9 +409,9 @@ def loss_dict(series: Sequence[Series]) -> dict:
 
 
 def norms_dict(pairs: Sequence[tuple[NormPanel, NormPanel]]) -> dict:
-    """`norms_figure` as a plain figure dict: the same grid of small charts (weight norms
-    left, gradient norms right, a row per parameter tensor), laid out here instead of by
-    make_subplots, which cost most of the compare page's time on a LeNet-5 run."""
+    """The norms over iterations as a plain figure dict: a grid of small charts (weight
+    norms left, gradient norms right, a row per parameter tensor), laid out here instead
+    of by make_subplots, which cost most of the compare page's time on a LeNet-5 run."""
     rows = max(len(pairs), 1)
     h_space, v_space = 0.1, min(0.12, 0.5 / rows)
     width = (1 - h_space) / 2
@@ -589,7 +478,7 @@ def norms_dict(pairs: Sequence[tuple[NormPanel, NormPanel]]) -> dict:
 
 
 def difference_bars_dict(stats: DifferenceStats, label_a: str = "A", label_b: str = "B") -> dict:
-    """`difference_bars` as a plain figure dict."""
+    """‖A‖₂, ‖B‖₂, ‖Δ‖₂ and max |Δ| as bars, a plain figure dict."""
     names_ = [f"‖{label_a}‖₂", f"‖{label_b}‖₂", "‖Δ‖₂", "max |Δ|"]
     values = [stats.norm_a, stats.norm_b, stats.l2, stats.max_abs]
     bar = dict(

@@ -62,8 +62,8 @@ def test_difference_statistics():
     assert figures.difference_stats(a, np.full(3, np.inf)).cosine is None  # not nan
     with pytest.raises(ValueError):
         figures.difference_stats(a, np.zeros(2))
-    bars = figures.difference_bars(stats)
-    assert list(bars.data[0].y) == pytest.approx([3.0, 3.0, 6.0, 4.0])
+    bars = figures.difference_bars_dict(stats)
+    assert list(bars["data"][0]["y"]) == pytest.approx([3.0, 3.0, 6.0, 4.0])
 
 
 def history_rows():
@@ -99,14 +99,14 @@ def test_norm_panels_pair_each_weight_with_its_gradient():
     assert [s.label for s in weight.series] == ["run two", INJECTION]  # legend order
     assert weight.series[1].x == [1, 2, 3] and weight.series[1].y == pytest.approx([1.1, 1.2, 1.3])
     assert grad.series[0].y == pytest.approx([0.01, 0.02, 0.03])
-    fig = figures.norms_figure(pairs)
-    assert len(fig.data) == 4
-    assert {t.name for t in fig.data} == {"run two", "&lt;img src=x onerror=alert(1)&gt;"}
+    fig = figures.norms_dict(pairs)
+    assert len(fig["data"]) == 4
+    assert {t["name"] for t in fig["data"]} == {"run two", "&lt;img src=x onerror=alert(1)&gt;"}
 
 
 def test_store_text_is_escaped_in_every_figure():
-    loss = figures.loss_figure([figures.Series(INJECTION, "#000", [1, 2], [0.5, 0.4])])
-    assert loss.data[0].name == "&lt;img src=x onerror=alert(1)&gt;"
+    loss = figures.loss_dict([figures.Series(INJECTION, "#000", [1, 2], [0.5, 0.4])])
+    assert loss["data"][0]["name"] == "&lt;img src=x onerror=alert(1)&gt;"
     diagram = figures.architecture_diagram([figures.DiagramBox(INJECTION, "Conv2d", (1, 2), 5)])
     texts = " ".join(a.text for a in diagram.layout.annotations)
     assert "<img" not in texts and "&lt;img src=x onerror=alert(1)&gt;" in texts
@@ -129,10 +129,11 @@ def test_architecture_diagram_has_a_box_per_layer_and_an_arrow_between():
 
 def test_loss_legend_sits_below_the_axis_title():
     """The legend hangs from below the x-axis title ("iteration") and fits in the bottom margin."""
-    fig = figures.loss_figure([figures.Series("run", "#000", [1, 2, 3], [0.5, 0.4, 0.3])])
-    layout = fig.layout
-    plot_height = layout.height - layout.margin.t - layout.margin.b
-    legend_top = -layout.legend.y * plot_height  # pixels below the plot area
-    assert layout.legend.yanchor == "top"
+    fig = figures.loss_dict([figures.Series("run", "#000", [1, 2, 3], [0.5, 0.4, 0.3])])
+    layout = fig["layout"]
+    margin, legend = layout["margin"], layout["legend"]
+    plot_height = layout["height"] - margin["t"] - margin["b"]
+    legend_top = -legend["y"] * plot_height  # pixels below the plot area
+    assert legend["yanchor"] == "top"
     assert legend_top >= 50  # tick labels and the axis title take about 45 px
-    assert layout.margin.b >= legend_top + 20  # one legend row fits inside the figure
+    assert margin["b"] >= legend_top + 20  # one legend row fits inside the figure
