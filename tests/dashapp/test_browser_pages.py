@@ -159,14 +159,31 @@ VIEW_SHOWN = """() => {
 }"""
 
 
+# Every step card of the view shown has both its formulas typeset (a view's formulas can
+# be typeset again just after it is first ready, when a formula's markdown re-renders).
+VIEW_TYPESET = """() => {
+    const view = document.querySelector('.iteration-view');
+    if (!view) return false;
+    const cards = view.querySelectorAll('section.step-card').length;
+    const typeset = view.querySelectorAll('.step-card .formula mjx-container').length;
+    return typeset === 2 * cards && !document.body.innerText.includes('$$');
+}"""
+
+
 def test_iteration_walks_from_input_to_update_one_view_at_a_time(page, base, store):
     """The student's path: from the input, "next" through every layer of the forward
     pass, the loss, the backward pass and the update to what if; each view shows its
     steps typeset and checked, and nothing else."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     open_page(page, base + "/iteration?run=2&it=2")
     record = store.load_iteration(2, 2)
     seen, views, titles = [], [], []
     while True:
+        try:
+            page.wait_for_function(VIEW_TYPESET, timeout=30_000)
+        except PlaywrightTimeout:
+            pass  # the assertion below says what was shown
         shown = page.evaluate(VIEW_SHOWN)  # one round trip per view
         views.append(shown["view"])
         titles += shown["titles"]
