@@ -110,9 +110,11 @@ def el(cls: type, children: Any = None, **props: Any) -> Node:
     always has them (None when not given), as Dash's classes do, and props passed as
     None are kept, as there. Components given as children or props become plain."""
     kind, namespace, has_children = _check(cls, frozenset(props))
-    props = {key: tree(value) for key, value in props.items()}
+    for key, value in props.items():
+        if type(value) not in _LEAVES:
+            props[key] = tree(value)
     if has_children:
-        props = {"children": tree(children), **props}
+        props = {"children": children if type(children) in _LEAVES else tree(children), **props}
     elif children is not None:
         raise TypeError(f"{cls.__module__}.{cls.__name__} has no children")
     return Node(props=props, type=kind, namespace=namespace)
