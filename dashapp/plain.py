@@ -55,7 +55,8 @@ def _props_of(cls: type) -> tuple[frozenset[str], tuple[str, ...]]:
 
 
 class Node(dict):
-    """A plain node made by `el`: already all plain inside, so `tree` keeps it as it is."""
+    """A plain node made by `el` or `tree`: all plain inside, so `tree` keeps it as it is
+    (a kept part of a page is not walked again when the page around it is)."""
 
     __slots__ = ()
 
@@ -88,7 +89,7 @@ def tree(node: Any) -> Any:
             for key, value in node.__dict__.items()
             if key not in _INTERNAL and (key in names or key.startswith(wildcards))
         }
-        return {"props": props, "type": node._type, "namespace": node._namespace}
+        return Node(props=props, type=node._type, namespace=node._namespace)
     if kind is list or kind is tuple:
         return [tree(child) for child in node]
     if isinstance(node, dict):

@@ -288,6 +288,15 @@ def find_runs(engine: Engine, query: RunQuery, to_info) -> list:
         return [to_info(rows[i]) for i in ids]
 
 
+def recent_runs(engine: Engine, limit: int) -> list:
+    """(id, name, seed) of the `limit` most recent runs: what a run picker labels, read
+    without the rest of each run."""
+    run = schema.Run
+    stmt = select(run.id, run.name, run.seed).order_by(run.id.desc()).limit(max(limit, 1))
+    with engine.connect() as connection:
+        return list(connection.execute(stmt))
+
+
 def iteration_indices(engine: Engine, run_id: int) -> list[int]:
     """The indices of a run's stored iterations, in order (one indexed read, no steps)."""
     stmt = (
