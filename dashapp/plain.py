@@ -41,7 +41,7 @@ _INTERNAL = frozenset(
 @functools.cache
 def _props_of(cls: type) -> tuple[frozenset[str], tuple[str, ...]]:
     """(prop names, wildcard prefixes such as "data-") of a component class."""
-    given: dict[str, None] = {}
+    given: dict[str, str | None] = {}
     while True:
         try:
             sample = cls(**given)
@@ -50,7 +50,7 @@ def _props_of(cls: type) -> tuple[frozenset[str], tuple[str, ...]]:
             missing = re.search(r"Required argument `(\w+)`", str(exc))
             if missing is None or missing.group(1) in given:
                 raise
-            given[missing.group(1)] = None
+            given[missing.group(1)] = "x" if missing.group(1) == "id" else None
     return frozenset(sample._prop_names), tuple(sample._valid_wildcard_attributes) or ("\0",)
 
 
