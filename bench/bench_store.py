@@ -676,7 +676,7 @@ def print_load_summary(report: dict) -> None:
             print(
                 f"  {one['tree']:8s} {one['arrivals']:12s} {one['pages_asked']:6s} think {one['think_s']}s"
                 f" [load {one['load_average_1min']}]: "
-                f"50 clients p50 {cells(one['pages'], 'p50_ms')}, "
+                f"{one['clients']} clients p50 {cells(one['pages'], 'p50_ms')}, "
                 f"p95 {cells(one['pages'], 'p95_ms')}; {one['answers_per_s']} answers/s, "
                 f"{one['errors']} errors; alone p50 {cells(alone, 'p50_ms')}, "
                 f"first visit p50 {cells(first, 'p50_ms')}"
