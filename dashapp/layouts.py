@@ -80,11 +80,18 @@ def formula(latex: str, class_name: str = "") -> html.Div:
 def status_badge(status: str | RunInfo) -> dbc.Badge:
     """A run's status; given the run, as people should read it ("stale",
     "diverged (NaN at iteration 4)")."""
+    text, color = status_shown(status)
+    return dbc.Badge(text, color=color, className="status-badge")
+
+
+def status_shown(status: str | RunInfo) -> tuple[str, str]:
+    """(text, Bootstrap colour) of a status badge."""
     if isinstance(status, RunInfo):
         run = status
-        color = "danger" if run.divergence else STATUS_COLORS.get(run.status, "secondary")
-        return dbc.Badge(run.status_text, color=color, className="status-badge")
-    return dbc.Badge(status, color=STATUS_COLORS.get(status, "secondary"), className="status-badge")
+        return run.status_text, "danger" if run.divergence else STATUS_COLORS.get(
+            run.status, "secondary"
+        )
+    return status, STATUS_COLORS.get(status, "secondary")
 
 
 def isolate(text: str) -> str:

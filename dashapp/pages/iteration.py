@@ -388,7 +388,8 @@ PICKER_RUNS = 50  # runs offered before typing; typing searches the store by nam
 
 def picker_runs(store, current: RunInfo) -> list[RunInfo]:
     """The run shown and the most recent runs (the menu searches the rest by name)."""
-    recent = store.run_page(RunQuery(limit=PICKER_RUNS, sort="id", descending=True)).runs
+    # find_runs: the page of runs without the counts run_page adds (labels need no status)
+    recent = store.find_runs(RunQuery(limit=PICKER_RUNS, sort="id", descending=True))
     return [current, *(r for r in recent if r.id != current.id)]
 
 
