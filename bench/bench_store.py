@@ -324,6 +324,8 @@ def _page_figures(samples: dict[str, list[float]]) -> dict:
             requests=len(times),
             p50_ms=round(1000 * statistics.median(times), 1) if times else None,
             p95_ms=round(1000 * percentile(times, 0.95), 1) if times else None,
+            p99_ms=round(1000 * percentile(times, 0.99), 1) if times else None,
+            max_ms=round(1000 * max(times), 1) if times else None,
         )
         for label, times in samples.items()
     }
