@@ -346,12 +346,13 @@ def bench_load(
 ) -> list[dict]:
     """One store, then each server setting in turn (in the order given: repeat them to
     interleave) and, for each, each tree (this checkout and a baseline: the same load
-    on the same store, one after the other), each under the same load (`load_once`)."""
+    on the same store, one after the other, in turns ABBA...: the first run on a new
+    store meets colder caches), each under the same load (`load_once`)."""
     pages = build_load_store(location)
     trees = trees or {"this": REPO}
     out = []
-    for one in settings:
-        for name, tree in trees.items():
+    for turn, one in enumerate(settings):
+        for name, tree in list(trees.items())[:: -1 if turn % 2 else 1]:
             result = load_once(
                 location,
                 pages,
