@@ -489,6 +489,7 @@ def metric(label: str, value, *, hint: str | None = None, class_name: str = "") 
     )
 
 
-def run_label(run: RunInfo) -> str:
+def run_label(run) -> str:
+    """ "#4 name, seed 1" for a RunInfo or any row with id, name and seed."""
     seed = "" if run.seed is None else f", seed {run.seed}"
     return f"#{run.id} {isolate(run.name)}{seed}"

@@ -608,9 +608,11 @@ def _run_info(
     *,
     host: str | None = None,
     live: Liveness | None = None,
+    layer_rows=None,
 ) -> RunInfo:
-    """A run row as a record; a `running` run whose writer is gone reads as `stale`
-    (`live`: the reader's `liveness()`, needed on PostgreSQL to see leases)."""
+    """A run row (ORM object or table row) as a record; a `running` run whose writer is
+    gone reads as `stale` (`live`: the reader's `liveness()`, needed on PostgreSQL to
+    see leases). `layer_rows`: the run's layer rows in order, when `row` has none."""
     stale = stale_reason(row, live or Liveness(_utcnow(), host or process_host()))
     return RunInfo(
         id=row.id,
@@ -631,7 +633,9 @@ def _run_info(
         final_loss=row.final_loss,
         num_iterations=row.num_iterations,
         error=stale if stale else row.error,
-        layers=[_layer_info(layer) for layer in row.layers] if with_layers else [],
+        layers=[_layer_info(layer) for layer in (row.layers if layer_rows is None else layer_rows)]
+        if with_layers
+        else [],
         divergence=row.divergence,
         writer_host=row.writer_host,
         writer_pid=row.writer_pid,
@@ -1234,6 +1238,13 @@ class Store:
             return []
         return paging.find_runs(self.engine, query, _run_info)
 
+    def recent_runs(self, limit: int) -> list:
+        """(id, name, seed) rows of the `limit` most recent runs, newest first (a run
+        picker's labels), read without the rest of each run."""
+        if not self._has_schema():
+            return []
+        return paging.recent_runs(self.engine, limit)
+
     def iteration_indices(self, run_id: int) -> list[int]:
         """The indices of a run's stored iterations, in order."""
         if not self._has_schema() or not _storable_id(run_id):
@@ -1267,12 +1278,20 @@ class Store:
     def get_run(self, run_id: int) -> RunInfo | None:
         if not self._has_schema() or not _storable_id(run_id):
             return None
+        # Table rows, not ORM objects: every page asks for its run (a third of the cost).
+        run_row = select(schema.Run.__table__).where(schema.Run.id == run_id)
+        layer_rows = (
+            select(schema.Layer.__table__)
+            .where(schema.Layer.run_id == run_id)
+            .order_by(schema.Layer.position)
+        )
         with self._session() as session:
-            row = session.get(schema.Run, run_id, options=[selectinload(schema.Run.layers)])
+            row = session.execute(run_row).one_or_none()
             if row is None:
                 return None
+            layers = session.execute(layer_rows).all()
             live = liveness(session.connection()) if row.status == RUN_RUNNING else None
-            return _run_info(row, with_layers=True, live=live)
+            return _run_info(row, with_layers=True, live=live, layer_rows=layers)
 
     def iterations(self, run_id: int) -> list[IterationSummary]:
         if not self._has_schema() or not _storable_id(run_id):
