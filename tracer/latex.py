@@ -50,7 +50,6 @@ def fmt(value: float, style: str = "fixed") -> str:
     return "0.0000" if text == "-0.0000" else text
 
 
-_FIXED = "{:.4f}"
 _POWERS: dict[str, str] = {}
 
 
@@ -110,13 +109,20 @@ def bmatrix(
     if style is None:  # chosen from the cells shown: a large tensor is not scanned whole
         style = number_format(shown)
     finite = style == "int" or bool(np.isfinite(shown).all())
+    gap = cols.index(None) if None in cols else None  # where the row's \cdots goes
     if style == "fixed" and finite:
-        cells = partial(map, _FIXED.format)  # then fmt(v, "fixed") is this, but for -0.0000
-    elif style == "sci" and finite:
+        # One format call per row; then fmt(v, "fixed") is each cell, but for -0.0000
+        # (a cell of its own: every cell is -?digits.4 digits, so the text only matches whole).
+        cells = ["{:.4f}"] * shown.shape[1]
+        if gap is not None:
+            cells.insert(gap, r"\cdots")
+        row_format = " & ".join(cells).format
+        lines = [row_format(*row).replace("-0.0000", "0.0000") for row in shown.tolist()]
+        return _assemble(lines, rows, cols)
+    if style == "sci" and finite:
         cells = _sci_cells
     else:
         cells = partial(map, partial(fmt, style=style))
-    gap = cols.index(None) if None in cols else None  # where the row's \cdots goes
     lines = []
     for row in shown.tolist():
         texts = list(cells(row))
@@ -125,6 +131,11 @@ def bmatrix(
         if gap is not None:
             texts.insert(gap, r"\cdots")
         lines.append(" & ".join(texts))
+    return _assemble(lines, rows, cols)
+
+
+def _assemble(lines: list[str], rows: list[int | None], cols: list[int | None]) -> str:
+    """The bmatrix of the shown rows' lines, with the row of dots where rows are left out."""
     if None in rows:
         dots = " & ".join(r"\ddots" if c is None else r"\vdots" for c in cols)
         lines.insert(rows.index(None), dots)
