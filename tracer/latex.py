@@ -7,6 +7,7 @@ ellipsis, and its last row/column; the full values stay in the stored tensor.
 from __future__ import annotations
 
 import math
+import re
 from functools import partial
 
 import numpy as np
@@ -61,16 +62,11 @@ def _power(exponent: str) -> str:
     return power
 
 
-def _sci_cells(row: list[float]) -> list[str]:
-    """`fmt(v, "sci")` of finite cells, without its per-cell checks."""
-    texts = []
-    for value in row:
-        if value == 0.0:
-            texts.append("0.0000")
-            continue
-        mantissa, _, exponent = f"{value:.3e}".partition("e")
-        texts.append(mantissa + _power(exponent))
-    return texts
+_EXPONENT = re.compile(r"e([+-][0-9]+)")
+
+
+def _power_of(match: re.Match) -> str:
+    return _power(match.group(1))
 
 
 def scalar(value: float) -> str:
@@ -120,9 +116,22 @@ def bmatrix(
         lines = [row_format(*row).replace("-0.0000", "0.0000") for row in shown.tolist()]
         return _assemble(lines, rows, cols)
     if style == "sci" and finite:
-        cells = _sci_cells
-    else:
-        cells = partial(map, partial(fmt, style=style))
+        # The same, with "{:.3e}" cells: then zeros (written 0.0000 by fmt) and
+        # exponents (e-05 -> \times 10^{-5}) are rewritten in the row's text. A zero
+        # is the only cell whose mantissa starts 0 or -0, so those match whole cells.
+        cells = ["{:.3e}"] * shown.shape[1]
+        if gap is not None:
+            cells.insert(gap, r"\cdots")
+        row_format = " & ".join(cells).format
+        lines = [
+            _EXPONENT.sub(
+                _power_of,
+                row_format(*row).replace("-0.000e+00", "0.0000").replace("0.000e+00", "0.0000"),
+            )
+            for row in shown.tolist()
+        ]
+        return _assemble(lines, rows, cols)
+    cells = partial(map, partial(fmt, style=style))
     lines = []
     for row in shown.tolist():
         texts = list(cells(row))
