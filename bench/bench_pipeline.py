@@ -119,6 +119,7 @@ def run_traced(
     with Trace(
         work.model, work.optimizer, work.criterion, db=db, max_elements=bound, **options
     ) as run:
+        run.keep_last_record = True  # the write bench takes a full-capture record
         if synchronous_copies:  # the CPU path's copies on CUDA too, to compare
             run._capture._copies.asynchronous = False
         for _ in range(block):

@@ -20,7 +20,7 @@ from dash import html
 
 from storage import RunStore
 
-from . import bundle, downloads, formulafit, health, layouts, links, status, tensorpanel
+from . import bundle, downloads, formulafit, health, layouts, links, plain, status, tensorpanel
 from .data import LOCATION_KEY, STORE_KEY
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -46,6 +46,8 @@ def create_app(store_location: str | os.PathLike, *, render_shell: bool = True) 
         update_title=None,
     )
     app.server.config[LOCATION_KEY] = location
+    for page in dash.page_registry.values():  # the page-content callback sends plain trees
+        page["layout"] = plain.serve_plain(page["layout"])
     app.server.extensions[STORE_KEY] = store
     app.layout = html.Div(
         [

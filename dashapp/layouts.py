@@ -88,11 +88,18 @@ def formula(latex: str, class_name: str = "") -> html.Div:
 def status_badge(status: str | RunInfo) -> dbc.Badge:
     """A run's status; given the run, as people should read it ("stale",
     "diverged (NaN at iteration 4)")."""
+    text, color = status_shown(status)
+    return dbc.Badge(text, color=color, className="status-badge")
+
+
+def status_shown(status: str | RunInfo) -> tuple[str, str]:
+    """(text, Bootstrap colour) of a status badge."""
     if isinstance(status, RunInfo):
         run = status
-        color = "danger" if run.divergence else STATUS_COLORS.get(run.status, "secondary")
-        return dbc.Badge(run.status_text, color=color, className="status-badge")
-    return dbc.Badge(status, color=STATUS_COLORS.get(status, "secondary"), className="status-badge")
+        return run.status_text, "danger" if run.divergence else STATUS_COLORS.get(
+            run.status, "secondary"
+        )
+    return status, STATUS_COLORS.get(status, "secondary")
 
 
 def isolate(text: str) -> str:
@@ -490,6 +497,7 @@ def metric(label: str, value, *, hint: str | None = None, class_name: str = "") 
     )
 
 
-def run_label(run: RunInfo) -> str:
+def run_label(run) -> str:
+    """ "#4 name, seed 1" for a RunInfo or any row with id, name and seed."""
     seed = "" if run.seed is None else f", seed {run.seed}"
     return f"#{run.id} {isolate(run.name)}{seed}"

@@ -216,3 +216,5 @@ def test_trace_explain_modes_and_full_check(tmp_path):
     assert bad.returncode == 2 and "'later' is not one of" in bad.stderr
     bad = cnnviz("trace", "--db", db, "--queue-size", "0")
     assert bad.returncode == 2 and "--queue-size" in bad.stderr
+    bad = cnnviz("trace", "--db", db, "--queue-bytes", "lots")
+    assert bad.returncode == 2 and "--queue-bytes" in bad.stderr and "512MiB" in bad.stderr

@@ -56,6 +56,20 @@ def cli() -> None:
     """cnnviz: backpropagation with real numbers, verified against PyTorch autograd."""
 
 
+class ByteSize(click.ParamType):
+    """A size in bytes: 512MiB, 1GiB, 500MB, 100000000 (`tracer.pipeline.parse_bytes`)."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        from .pipeline import parse_bytes
+
+        try:
+            return parse_bytes(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 class MaxElements(click.ParamType):
     """A positive integer, or "all" for no bound."""
 
@@ -183,6 +197,15 @@ class MaxElements(click.ParamType):
     help="Captured iterations that may wait for the worker before training waits for it.",
 )
 @click.option(
+    "--queue-bytes",
+    type=ByteSize(),
+    default="512MiB",
+    show_default=True,
+    help="Host memory for captured iterations not yet written (the one being captured, "
+    "those waiting, the one being written); training waits for room. An iteration larger "
+    "than this is captured alone, once everything before it is written.",
+)
+@click.option(
     "--full-check",
     is_flag=True,
     help="Explain and check every sample of every call; by default, under --max-elements, "
@@ -220,6 +243,7 @@ def trace(
     explain,
     worker,
     queue_size,
+    queue_bytes,
     full_check,
     name,
     allow_large,
@@ -272,6 +296,7 @@ def trace(
             progress=True,
             explain=explain,
             queue_size=queue_size,
+            queue_bytes=queue_bytes,
             worker=worker,
             full_check=full_check,
             **options,

@@ -44,13 +44,34 @@ def fmt(value: float, style: str = "fixed") -> str:
     if math.isinf(value):
         return r"\infty" if value > 0 else r"-\infty"
     if style == "sci" and value != 0.0:
-        mantissa, exponent = f"{value:.3e}".split("e")
-        return rf"{mantissa}\times 10^{{{int(exponent)}}}"
+        mantissa, _, exponent = f"{value:.3e}".partition("e")
+        return mantissa + _power(exponent)
     text = f"{value:.4f}"
     return "0.0000" if text == "-0.0000" else text
 
 
 _FIXED = "{:.4f}"
+_POWERS: dict[str, str] = {}
+
+
+def _power(exponent: str) -> str:
+    """'-06' -> \\times 10^{-6}: the exponents of a matrix repeat, so each is built once."""
+    power = _POWERS.get(exponent)
+    if power is None:
+        power = _POWERS[exponent] = rf"\times 10^{{{int(exponent)}}}"
+    return power
+
+
+def _sci_cells(row: list[float]) -> list[str]:
+    """`fmt(v, "sci")` of finite cells, without its per-cell checks."""
+    texts = []
+    for value in row:
+        if value == 0.0:
+            texts.append("0.0000")
+            continue
+        mantissa, _, exponent = f"{value:.3e}".partition("e")
+        texts.append(mantissa + _power(exponent))
+    return texts
 
 
 def scalar(value: float) -> str:
@@ -81,21 +102,24 @@ def bmatrix(
         raise ValueError(f"bmatrix takes at most 2 dimensions, got shape {array.shape}")
     rows = _pick(array.shape[0], max_rows)
     cols = _pick(array.shape[1], max_cols)
-    row_at = [r for r in rows if r is not None]
-    col_at = [c for c in cols if c is not None]
     # The shown cells as Python numbers, read once (indexing NumPy cell by cell costs
     # more than formatting them).
-    shown = array[np.ix_(row_at, col_at)]
+    shown = array if None not in rows else array[[r for r in rows if r is not None]]
+    if None in cols:
+        shown = shown[:, [c for c in cols if c is not None]]
     if style is None:  # chosen from the cells shown: a large tensor is not scanned whole
         style = number_format(shown)
-    if style == "fixed" and bool(np.isfinite(shown).all()):
-        cell = _FIXED.format  # then fmt(v, "fixed") is this, but for -0.0000
+    finite = style == "int" or bool(np.isfinite(shown).all())
+    if style == "fixed" and finite:
+        cells = partial(map, _FIXED.format)  # then fmt(v, "fixed") is this, but for -0.0000
+    elif style == "sci" and finite:
+        cells = _sci_cells
     else:
-        cell = partial(fmt, style=style)
+        cells = partial(map, partial(fmt, style=style))
     gap = cols.index(None) if None in cols else None  # where the row's \cdots goes
     lines = []
     for row in shown.tolist():
-        texts = list(map(cell, row))
+        texts = list(cells(row))
         if "-0.0000" in texts:
             texts = ["0.0000" if t == "-0.0000" else t for t in texts]
         if gap is not None:

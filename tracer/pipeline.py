@@ -9,6 +9,16 @@ bounded and the loop is slowed to what the worker sustains. The worker handles
 the iterations one at a time, in order, through one writer: one transaction per
 iteration, as before.
 
+The bound is in bytes (`queue_bytes`, default `DEFAULT_QUEUE_BYTES`): the host
+copies of every captured iteration not yet written -- the one being captured,
+those waiting, the one in the worker's hands -- stay within it. The training
+thread reserves room for an iteration before capturing it (as much as the last
+one took; `reserve`) and waits while there is none, so peak memory is the
+untraced run's plus the bound (plus the worker's own working memory), whatever
+the model. An iteration larger than the whole bound is not refused: it waits
+until everything before it is written and is then captured alone. `queue_size`
+caps, in addition, how many captured iterations wait in the queue.
+
 Errors travel back: the first exception in the worker is kept, every iteration
 after it is dropped, and the training thread raises it at its next hand-off or
 when the run closes (`raise_pending`). Nothing is swallowed.
@@ -36,12 +46,15 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
 DEFAULT_QUEUE_SIZE = 2  # captured iterations waiting for the worker, at most
+# Bytes of host copies of captured iterations not yet written, at most (see above).
+DEFAULT_QUEUE_BYTES = 512 * 2**20
 
 # While the worker runs, the interpreter hands the GIL over every 0.5 ms instead
 # of every 5 ms: each torch call of the training thread releases the GIL and must
@@ -61,13 +74,88 @@ class WorkerError(RuntimeError):
     """The background worker failed on an iteration; the cause is chained."""
 
 
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?)\s*(?:([kmgt])(i?)b|([kmgtb]?))?\s*", re.IGNORECASE)
+
+
+def parse_bytes(value) -> int:
+    """A size in bytes: a positive integer, or a string such as "512MiB", "512M" (both
+    2**20 bytes per M), "500MB" (10**6), "1.5GiB", "4096"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and (match := _SIZE.fullmatch(value)):
+        digits, unit, binary, bare = match.groups()
+        if unit and not binary:  # KB, MB, GB, TB: powers of 1000
+            scale = 1000 ** (1 + "kmgt".index(unit.lower()))
+        else:
+            scale = _UNITS[(unit or bare or "").lower()]
+        number = int(float(digits) * scale)
+    else:
+        raise ValueError(f"{value!r} is not a size in bytes (e.g. 512MiB, 1GiB, 100000000)")
+    if number < 1:
+        raise ValueError(f"{value!r} is not a positive size in bytes")
+    return number
+
+
+def check_queue_options(queue_size, queue_bytes) -> int:
+    """Check the queue's bounds; returns `queue_bytes` in bytes (see `parse_bytes`)."""
+    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+        raise ValueError(f"queue_size must be a positive integer, not {queue_size!r}")
+    try:
+        return parse_bytes(queue_bytes)
+    except ValueError as exc:
+        raise ValueError(f"queue_bytes: {exc}") from None
+
+
+class Budget:
+    """The bytes of captured iterations not yet written (reserved, queued, in hand),
+    held within `limit`; one over the limit alone is let through."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+        self.peak = 0  # the most held at once
+        self._changed = threading.Condition()
+
+    def acquire(self, nbytes: int, check: Callable[[], None]) -> int:
+        """Take `nbytes`, waiting while they do not fit (`check` runs every 50 ms and
+        may raise: the worker failed or stopped)."""
+        with self._changed:
+            while self.held and self.held + nbytes > self.limit:
+                self._changed.wait(0.05)
+                check()
+            self._take(nbytes)
+        return nbytes
+
+    def add(self, nbytes: int) -> None:
+        """Take (or, negative, give back) `nbytes` without waiting."""
+        with self._changed:
+            self._take(nbytes)
+            if nbytes < 0:
+                self._changed.notify_all()
+
+    def release(self, nbytes: int) -> None:
+        self.add(-nbytes)
+
+    def _take(self, nbytes: int) -> None:
+        self.held += nbytes
+        self.peak = max(self.peak, self.held)
+
+
 class Inline:
     """No worker: each iteration is handled on the training thread as it is handed off."""
 
     def __init__(self, handle: Callable[[Any], None]):
         self._handle = handle
+        self.budget = Budget(0)
 
-    def put(self, job: Any) -> None:
+    def reserve(self, nbytes: int) -> int:
+        return 0
+
+    def release(self, nbytes: int) -> None:
+        pass
+
+    def put(self, job: Any, nbytes: int = 0, reserved: int = 0) -> None:
         self._handle(job)
 
     def raise_pending(self) -> None:
@@ -89,12 +177,13 @@ class Background:
         handle: Callable[[Any], None],
         *,
         maxsize: int = DEFAULT_QUEUE_SIZE,
+        max_bytes: int = DEFAULT_QUEUE_BYTES,
         name: str = "",
         passthrough: tuple[type[BaseException], ...] = (),
     ):
-        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
-            raise ValueError(f"queue_size must be a positive integer, not {maxsize!r}")
+        max_bytes = check_queue_options(maxsize, max_bytes)
         self._handle = handle
+        self.budget = Budget(max_bytes)
         self._passthrough = passthrough  # raised as they are, not wrapped in WorkerError
         self._queue: queue.Queue = queue.Queue(maxsize)
         self._error: BaseException | None = None
@@ -114,31 +203,57 @@ class Background:
     def _run(self) -> None:
         _lower_priority()
         while True:
-            job = self._queue.get()
+            item = self._queue.get()
+            if item is _STOP:
+                self._queue.task_done()
+                return
+            job, nbytes = item
+            item = None
             try:
-                if job is _STOP:
-                    return
                 if self._error is None and not self._drop:
                     self._handle(job)
             except BaseException as exc:  # noqa: BLE001 - handed to the training thread
                 self._error = exc
             finally:
+                job = None  # the iteration's arrays go before its bytes are given back
+                self.budget.release(nbytes)
                 self._queue.task_done()
 
-    def put(self, job: Any) -> None:
-        """Queue a job; waits while the queue is full. Raises the worker's error, if any."""
+    def _check(self) -> None:
         self.raise_pending()
-        while True:
-            try:
-                self._queue.put(job, timeout=0.05)
-            except queue.Full:
-                pass
-            else:
-                self.raise_pending()  # failed while we waited: this job will be dropped
-                return
+        if not self._thread.is_alive():
+            raise WorkerError("the cnnviz worker thread stopped")
+
+    def reserve(self, nbytes: int) -> int:
+        """Room for the next captured iteration (`nbytes`, estimated): waits until
+        it fits the byte bound, or nothing is held. Returns what was reserved."""
+        self.raise_pending()
+        return self.budget.acquire(nbytes, self._check)
+
+    def release(self, nbytes: int) -> None:
+        """Give back a reservation that was not used (the iteration was dropped)."""
+        self.budget.release(nbytes)
+
+    def put(self, job: Any, nbytes: int = 0, reserved: int = 0) -> None:
+        """Queue a job of `nbytes` (replacing the `reserved` bytes); waits while the
+        queue is full. Raises the worker's error, if any."""
+        self.budget.add(nbytes - reserved)
+        queued = False
+        try:
             self.raise_pending()
-            if not self._thread.is_alive():
-                raise WorkerError("the cnnviz worker thread stopped")
+            while True:
+                try:
+                    self._queue.put((job, nbytes), timeout=0.05)
+                except queue.Full:
+                    pass
+                else:
+                    queued = True  # the worker gives its bytes back, handled or dropped
+                    self.raise_pending()  # failed while we waited: this job will be dropped
+                    return
+                self._check()
+        finally:
+            if not queued:
+                self.budget.release(nbytes)
 
     def raise_pending(self) -> None:
         """Raise the worker's first error in the calling thread (once)."""
@@ -205,12 +320,15 @@ class ProcessWorker:
         on_result: Callable[[Any], None],
         *,
         maxsize: int = DEFAULT_QUEUE_SIZE,
+        max_bytes: int = DEFAULT_QUEUE_BYTES,
         passthrough: tuple[type[BaseException], ...] = (),
     ):
         import multiprocessing as mp
+        from collections import deque
 
-        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
-            raise ValueError(f"queue_size must be a positive integer, not {maxsize!r}")
+        max_bytes = check_queue_options(maxsize, max_bytes)
+        self.budget = Budget(max_bytes)
+        self._sizes: deque[int] = deque()  # the bytes of each job sent, in order
         # fork where there is one: the child starts at once with the tracer imported
         # (spawn would import torch again); it touches no torch tensor, only NumPy.
         methods = mp.get_all_start_methods()
@@ -251,30 +369,59 @@ class ProcessWorker:
                 return
             block = False
             kind, payload = message
+            if kind == "start":  # the child could not start (no job of ours)
+                self._error = self._error or payload
+                continue
             self._done += 1
+            if self._sizes:
+                self.budget.release(self._sizes.popleft())
             if kind == "ok":
                 self._on_result(payload)
             elif kind == "error" and self._error is None:
                 self._error = payload
 
-    def put(self, job: Any) -> None:
+    def _check(self) -> None:
+        self._collect()
         self.raise_pending()
-        while True:
-            try:
-                self._jobs.put(job, timeout=0.05)
-            except queue.Full:
-                pass
-            else:
-                self._sent += 1
-                self._collect()
-                self.raise_pending()
-                return
-            self._collect()
+        if not self._process.is_alive():
+            raise WorkerError(
+                f"the cnnviz worker process stopped (exit code {self._process.exitcode})"
+            )
+
+    def reserve(self, nbytes: int) -> int:
+        """As `Background.reserve`: the bytes come back as the child's results do."""
+        self.raise_pending()
+        budget = self.budget
+        while budget.held and budget.held + nbytes > budget.limit:
+            self._collect(block=True, timeout=0.05)
+            self._check()
+        budget.add(nbytes)
+        return nbytes
+
+    def release(self, nbytes: int) -> None:
+        self.budget.release(nbytes)
+
+    def put(self, job: Any, nbytes: int = 0, reserved: int = 0) -> None:
+        self.budget.add(nbytes - reserved)
+        sent = False
+        try:
             self.raise_pending()
-            if not self._process.is_alive():
-                raise WorkerError(
-                    f"the cnnviz worker process stopped (exit code {self._process.exitcode})"
-                )
+            while True:
+                try:
+                    self._jobs.put(job, timeout=0.05)
+                except queue.Full:
+                    pass
+                else:
+                    self._sent += 1
+                    self._sizes.append(nbytes)
+                    sent = True
+                    self._collect()
+                    self.raise_pending()
+                    return
+                self._check()
+        finally:
+            if not sent:
+                self.budget.release(nbytes)
 
     def raise_pending(self) -> None:
         self._collect()
@@ -342,7 +489,7 @@ def _process_main(work: ProcessJob, jobs, results, drop) -> None:
     try:
         work.start()
     except BaseException as exc:  # noqa: BLE001 - sent to the training process
-        results.put(("error", _portable(exc)))
+        results.put(("start", _portable(exc)))
         failed = True
     try:
         while True:
@@ -353,10 +500,12 @@ def _process_main(work: ProcessJob, jobs, results, drop) -> None:
                 results.put(("dropped", None))
                 continue
             try:
-                results.put(("ok", work.handle(job)))
+                result = ("ok", work.handle(job))
             except BaseException as exc:  # noqa: BLE001 - sent to the training process
                 failed = True
-                results.put(("error", _portable(exc)))
+                result = ("error", _portable(exc))
+            job = None  # its arrays go before the training process counts its bytes back
+            results.put(result)
     finally:
         try:
             work.stop()

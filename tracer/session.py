@@ -61,7 +61,15 @@ from storage.records import IterationRecord
 from .assemble import NOT_EXPLAINED, Bounds, TraceError, build_record, layer_infos  # noqa: F401
 from .capture import Capture
 from .explainers import explainer_for
-from .pipeline import DEFAULT_QUEUE_SIZE, Background, Inline, ProcessJob, ProcessWorker
+from .pipeline import (
+    DEFAULT_QUEUE_BYTES,
+    DEFAULT_QUEUE_SIZE,
+    Background,
+    Inline,
+    ProcessJob,
+    ProcessWorker,
+    check_queue_options,
+)
 from .signals import Terminated, unwatch, watch
 
 EXPLAIN_MODES = ("inline", "background", "off")
@@ -127,13 +135,13 @@ class Trace:
         full_check: bool = False,
         worker: str = DEFAULT_WORKER,
         input_grad: bool = True,
+        queue_bytes: int | str = DEFAULT_QUEUE_BYTES,
     ):
         if explain not in EXPLAIN_MODES:
             raise ValueError(f"explain must be one of {', '.join(EXPLAIN_MODES)}, not {explain!r}")
         if worker not in WORKERS:
             raise ValueError(f"worker must be one of {', '.join(WORKERS)}, not {worker!r}")
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-            raise ValueError(f"queue_size must be a positive integer, not {queue_size!r}")
+        queue_bytes = check_queue_options(queue_size, queue_bytes)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive integer, not {every!r}")
         if max_elements is not None and (
@@ -162,6 +170,7 @@ class Trace:
         self.explain = explain
         self.worker = worker
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
         optimizer_name, settings = describe_optimizer(optimizer)
         self.info = RunInfo(
             name=name or f"{model_name or type(model).__name__}-{dt.datetime.now():%Y%m%d-%H%M%S}",
@@ -190,7 +199,10 @@ class Trace:
         self.index = 0  # iterations seen
         self.stored = 0  # iterations written
         self.losses: list[float] = []
-        self.records: list[IterationRecord] = []  # the last stored record only, to bound memory
+        # The last stored record, only when `keep_last_record` is set (benches): it holds
+        # an iteration's arrays after they are written, outside the queue's bound.
+        self.keep_last_record = False
+        self.records: list[IterationRecord] = []
         # One (index, loss, accuracy, checked, verified, worst difference) per stored iteration.
         self.rows: list[tuple] = []
         self.warned: list[str] = []  # every distinct warning of the run, in order
@@ -204,6 +216,8 @@ class Trace:
         self._traced = False  # whether the open iteration is traced (every `every`-th)
         self._started = 0.0
         self._pending_loss: float | None = None
+        self._reserved = 0  # bytes of the queue's bound taken for the open iteration
+        self._estimate = 0  # bytes the last captured iteration took
         self._entered = False
         # input_grad: autograd also computes dL/d(input), the reference for the first
         # layer's input-gradient step. It is not free: PyTorch's CPU convolution
@@ -234,11 +248,18 @@ class Trace:
         elif self.worker == "process":
             job = _StoreJob(self.db, self.run_id, self.bounds, self.strict, self.explain != "off")
             self._pipeline = ProcessWorker(
-                job, self._on_result, maxsize=self.queue_size, passthrough=(TraceError,)
+                job,
+                self._on_result,
+                maxsize=self.queue_size,
+                max_bytes=self.queue_bytes,
+                passthrough=(TraceError,),
             )
         else:
             self._pipeline = Background(
-                self._handle, maxsize=self.queue_size, passthrough=(TraceError,)
+                self._handle,
+                maxsize=self.queue_size,
+                max_bytes=self.queue_bytes,
+                passthrough=(TraceError,),
             )
         self._modes = [(m, m.training) for m in self.model.modules()]
         if isinstance(self.criterion, nn.Module):
@@ -378,8 +399,15 @@ class Trace:
         index = self._next_index(step)
         self._pipeline.raise_pending()  # the worker failed on an earlier iteration
         self._flush_messages()
+        traced = (index - 1) % self.every == 0
+        if traced:
+            # Room in the queue's byte bound for this iteration's copies (as many as the
+            # last one's): the loop waits here, before the step, while there is none.
+            waited = time.perf_counter()
+            self._reserved = self._pipeline.reserve(self._estimate)
+            self.timings["handoff"] += time.perf_counter() - waited
         self.index = index
-        self._traced = (index - 1) % self.every == 0
+        self._traced = traced
         self._in_iteration = True
         if self._traced:
             self._pending_loss = None
@@ -403,7 +431,10 @@ class Trace:
             loss_value = _as_float(loss) if loss is not None else None
         handed = time.perf_counter()
         self.timings["capture"] += handed - self._started
-        self._pipeline.put((captured, self.index, loss_value))
+        reserved, self._reserved = self._reserved, 0
+        self._estimate = captured.nbytes
+        self._pipeline.put((captured, self.index, loss_value), captured.nbytes, reserved)
+        del captured  # the worker's now: its bytes are given back once it is written
         if self.explain != "inline":
             self.timings["handoff"] += time.perf_counter() - handed
         self._flush_messages()
@@ -413,6 +444,8 @@ class Trace:
         self._in_iteration = False
         if self._traced:
             self._capture.finish()
+            reserved, self._reserved = self._reserved, 0
+            self._pipeline.release(reserved)
 
     def _next_index(self, step) -> int:
         if step is None:
@@ -446,7 +479,7 @@ class Trace:
             self._layers_written = True
         explained = time.perf_counter()
         self._writer.add_iteration(record)
-        self.records = [record]
+        self.records = [record] if self.keep_last_record else []
         self._on_result(
             _Written(
                 _row(record), record.warnings, explained - started, time.perf_counter() - explained

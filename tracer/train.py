@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .models import BUILTIN_MODELS, BuiltinModel
-from .pipeline import DEFAULT_QUEUE_SIZE
+from .pipeline import DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_SIZE
 from .session import DEFAULT_EXPLAIN, Trace
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
@@ -282,6 +282,7 @@ def run_builtin(
     strict: bool = False,
     explain: str = DEFAULT_EXPLAIN,
     queue_size: int = DEFAULT_QUEUE_SIZE,
+    queue_bytes: int | str = DEFAULT_QUEUE_BYTES,
     full_check: bool = False,
     worker: str = "thread",
     **options,
@@ -290,7 +291,8 @@ def run_builtin(
 
     `options` are those of `resolve` (lr, epochs, iterations, samples, batch_size,
     optimizer, momentum, weight_decay, every, max_elements, layers); each defaults
-    to the model's own. `explain`, `queue_size` and `full_check` are those of `Trace`.
+    to the model's own. `explain`, `queue_size`, `queue_bytes` and `full_check` are those
+    of `Trace`.
     """
     config = resolve(model_name=model_name, seed=seed, **options)
     spec = BUILTIN_MODELS[config.model]
@@ -311,6 +313,7 @@ def run_builtin(
         strict=strict,
         explain=explain,
         queue_size=queue_size,
+        queue_bytes=queue_bytes,
         worker=worker,
         full_check=full_check,
     )

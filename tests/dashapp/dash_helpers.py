@@ -284,8 +284,34 @@ def drawn_z(slot) -> np.ndarray:
     return np.array([[np.nan if v is None else v for v in row] for row in z], dtype=np.float64)
 
 
+def as_component(node):
+    """A plain node (dashapp.plain: {"type", "namespace", "props"}) as the Dash component
+    it stands for, built by its class, which checks every prop as Dash does; anything
+    else as it is."""
+    if not (isinstance(node, dict) and node.keys() == {"type", "namespace", "props"}):
+        return node
+    import dash_bootstrap_components as dbc
+    from dash import dcc, html
+
+    module = {
+        "dash_html_components": html,
+        "dash_core_components": dcc,
+        "dash_bootstrap_components": dbc,
+    }[node["namespace"]]
+
+    def convert(value):
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return as_component(value)
+
+    props = {key: convert(value) for key, value in node["props"].items()}
+    return getattr(module, node["type"])(**props)
+
+
 def walk(node):
-    """Every component and every string of a Dash layout tree, depth first."""
+    """Every component and every string of a Dash layout tree, depth first (plain nodes
+    are walked as the components they stand for)."""
+    node = as_component(node)
     yield node
     if isinstance(node, (str, int, float)) or node is None:
         return
@@ -357,3 +383,24 @@ def run_callback(function, *args, triggered: str | None = None, inputs_list=None
         return function(*args)
 
     return copy_context().run(call)
+
+
+def page_content(client, path: str, search: str = "") -> dict:
+    """What the browser gets when it opens `path?search`: the Dash Pages callback's
+    answer for the page container (status 200 and the JSON of its children)."""
+    deps = json.loads(client.get("/_dash-dependencies").data)
+    dep = next(d for d in deps if "_pages_content.children" in d["output"])
+    values = {"pathname": path, "search": search, "hash": "", "href": f"http://x{path}{search}"}
+    body = {
+        "output": dep["output"],
+        "outputs": [
+            {"id": o.rsplit(".", 1)[0], "property": o.rsplit(".", 1)[1]}
+            for o in dep["output"].strip(".").split("...")
+        ],
+        "inputs": [dict(i, value=values.get(i["property"])) for i in dep["inputs"]],
+        "changedPropIds": [f"{dep['inputs'][0]['id']}.{dep['inputs'][0]['property']}"],
+        "state": [dict(s, value=None) for s in dep.get("state", [])],
+    }
+    response = client.post("/_dash-update-component", json=body)
+    assert response.status_code == 200, response.data[:500]
+    return json.loads(response.data)["response"]["_pages_content"]["children"]

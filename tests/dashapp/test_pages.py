@@ -775,3 +775,29 @@ def test_the_page_loads_regenerator_runtime_where_dash_loads_babel_polyfill(dash
     assert "regeneratorRuntime = runtime" in response.get_data(as_text=True)
     react = re.findall(r'src="([^"]*/deps/react@[^"]*)"', shell)[0]
     assert "X-Cnnviz-Bundle" not in client.get(react).headers  # everything else is Dash's own
+
+
+def test_a_kept_view_is_never_out_of_date(pages, dash_app, dash_store, tmp_path, request_ctx):
+    """The body of a view is kept for the next reader (its iteration never changes); the
+    header around it, the count, the status and the run picker, is read anew."""
+    live = copy_store(dash_store, tmp_path / "live.db")
+    run_id, writer = clone_run(live, 1, name="live", seed=5, iterations=1, finish=False)
+    with RunStore(dash_store) as source:
+        second = source.load_iteration(1, 2)
+    with using_store(dash_app, live) as store:
+        first = pages.iteration.layout(run=str(run_id), it="1", phase="forward")
+        assert "Iteration 1 of 1" in text_of(first)
+        assert components(first, dcc.Interval)[0].disabled is False  # polled while traced
+        assert len(pages.iteration._kept_views[store]) == 1
+        writer.add_iteration(second)
+        clone_run(live, 2, name="newer", seed=6)  # a new run, offered by the picker
+        writer.finish()
+        again = pages.iteration.layout(run=str(run_id), it="1", phase="forward")
+        text = text_of(again)
+        assert "Iteration 1 of 2" in text and "completed" in text
+        assert components(again, dcc.Interval)[0].disabled is True
+        picker = components(again, dcc.Dropdown)[0]
+        assert any("newer" in o["label"] for o in picker.options)
+        body = text_of(first).split("Loss", 1)[1]
+        assert text.split("Loss", 1)[1] == body  # the same steps, numbers and checks
+        assert len(pages.iteration._kept_views[store]) == 1

@@ -271,6 +271,58 @@ def test_the_queue_bounds_iterations_in_flight(tmp_path):
     assert max(seen) <= 2 and run.stored == 8
 
 
+def test_the_byte_bound_holds_what_is_captured_and_not_yet_written(tmp_path):
+    model, optimizer, criterion, x, y = _seed_setup()
+    with Trace(model, optimizer, criterion, db=tmp_path / "alone.db", queue_bytes=1) as run:
+        _loop(run, model, optimizer, criterion, x, y, 4)
+    one = run._estimate  # the bytes of one captured iteration
+    assert one > 0 and run.stored == 4
+    # A bound under one iteration: each goes through alone, after the one before it
+    # is written (nothing waits in the queue, nothing deadlocks).
+    assert run._pipeline.budget.peak == one and run._pipeline.budget.held == 0
+    model, optimizer, criterion, x, y = _seed_setup()  # the same run again
+    seen = []
+    bound = int(2.5 * one)  # room for two iterations: one in the worker, one captured
+    with Trace(model, optimizer, criterion, db=tmp_path / "two.db", queue_bytes=bound) as run:
+        count = lambda i: seen.append(run._pipeline.in_flight)  # noqa: E731
+        _loop(run, model, optimizer, criterion, x, y, 8, count)
+    assert run.stored == 8 and one <= run._pipeline.budget.peak <= 2 * one <= bound
+    assert max(seen) <= 2
+    _same_records(_stored(tmp_path / "alone.db")[1][:4], _stored(tmp_path / "two.db")[1][:4])
+
+
+def test_the_byte_bound_waits_for_the_worker_and_lets_a_large_job_through_alone():
+    handled, held = [], []
+
+    def handle(job):
+        held.append(pipeline.budget.held)  # what is held while the worker is busy
+        threading.Event().wait(0.02)  # a worker slower than the loop
+        handled.append(job)
+
+    pipeline = Background(handle, maxsize=10, max_bytes=250)
+    try:
+        for job, size in enumerate([100, 100, 100, 1000, 100, 100]):
+            reserved = pipeline.reserve(size)
+            pipeline.put(job, size, reserved)
+    finally:
+        pipeline.close()
+    assert handled == [0, 1, 2, 3, 4, 5]
+    assert pipeline.budget.peak == 1000 and pipeline.budget.held == 0
+    assert held[3] == 1000  # the large job alone: the ones before it were written first
+    assert max(held[:3] + held[4:]) <= 250
+
+
+def test_queue_bytes_reads_sizes():
+    from tracer.pipeline import parse_bytes
+
+    assert parse_bytes("512MiB") == parse_bytes("512M") == 512 * 2**20
+    assert parse_bytes("1.5GiB") == 3 * 2**29 and parse_bytes("500MB") == 500 * 10**6
+    assert parse_bytes(4096) == parse_bytes("4096") == parse_bytes("4 KiB") == 4096
+    for bad in ("0", 0, -1, "lots", "5 MiB more", True, 1.5, ""):
+        with pytest.raises(ValueError):
+            parse_bytes(bad)
+
+
 def test_ctrl_c_marks_the_run_interrupted_and_keeps_whole_iterations(tmp_path):
     model, optimizer, criterion, x, y = _seed_setup()
 
@@ -310,6 +362,8 @@ def test_an_exception_in_the_loop_writes_the_captured_iterations_first(tmp_path)
         dict(explain=None),
         dict(queue_size=0),
         dict(queue_size=True),
+        dict(queue_bytes=0),
+        dict(queue_bytes="a lot"),
         dict(worker="fiber"),
     ],
 )

@@ -59,16 +59,26 @@ class HostCopies:
         self._events: list[torch.cuda.Event] = []
         self._lock = threading.Lock()  # backward hooks run on autograd's device threads
         self.pending = 0  # copies issued since the last wait()
+        self.nbytes = 0  # host bytes copied since the last `take_nbytes()` (the queue's bound)
 
     def copy(self, tensor: torch.Tensor) -> np.ndarray | None:
         """A host copy of `tensor` (never a view of live memory), or None for a tensor a
         store cannot hold. For a CUDA tensor the array is filled once `wait()` returned."""
-        if not (self.asynchronous and tensor.is_cuda):
-            return to_numpy(tensor)
-        try:
-            return self._copy_async(tensor)
-        except Exception:
-            return to_numpy(tensor)
+        if self.asynchronous and tensor.is_cuda:
+            try:
+                array = self._copy_async(tensor)
+            except Exception:
+                array = to_numpy(tensor)
+        else:
+            array = to_numpy(tensor)
+        if array is not None:
+            self.nbytes += array.nbytes  # (a lost update under threads only undercounts a copy)
+        return array
+
+    def take_nbytes(self) -> int:
+        """The bytes copied since the last call, and start counting again."""
+        nbytes, self.nbytes = self.nbytes, 0
+        return nbytes
 
     def _copy_async(self, tensor: torch.Tensor) -> np.ndarray | None:
         t = tensor.detach()

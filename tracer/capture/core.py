@@ -125,6 +125,7 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
 
     def start(self) -> None:
         self._reset()
+        self._copies.take_nbytes()  # count this iteration's copies from here
         self.active = True
 
     def finish(self) -> CapturedIteration:
@@ -171,6 +172,7 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
             steps_taken=self._steps_taken,
             problems=self._problems,
             optimizer=self._optimizer_spec,
+            nbytes=self._copies.take_nbytes(),
         )
         self._reset()
         return captured

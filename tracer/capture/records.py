@@ -96,6 +96,7 @@ class CapturedIteration:
     grad_scale: float | None = None
     problems: list[str] = field(default_factory=list)  # what the hooks could not capture
     optimizer: OptimizerSpec | None = None  # at the first optimizer.step() of the iteration
+    nbytes: int = 0  # the host copies taken for it, in bytes (what the queue's bound counts)
 
 
 def iter_tensors(obj, path: str = "", depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
