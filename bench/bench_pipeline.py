@@ -42,7 +42,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# CNNVIZ_BENCH_TREE=DIR measures the tracer and store of another checkout (a baseline
+# commit: git worktree add /tmp/base 8a39736) with this bench, so that both are measured
+# the same way; alternate the two runs.
+TREE = os.environ.get("CNNVIZ_BENCH_TREE") or str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, TREE)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -365,7 +369,7 @@ print(int(hwm.split()[1]) / 1024)
 
 
 def peak_memory(model: str, iterations: int, modes: list[str]) -> list[tuple[str, float]]:
-    script = _MEMORY_CHILD.format(root=str(Path(__file__).resolve().parents[1]))
+    script = _MEMORY_CHILD.format(root=TREE)
     out = []
     for mode in modes:
         result = subprocess.run(
@@ -504,6 +508,7 @@ def main() -> None:
 
     plain = statistics.median(end_to_end["plain"]) if "plain" in variants else None
     floor = statistics.median(end_to_end["floor"]) if "floor" in variants else None
+    print(f"code measured: {TREE}")
     print(
         f"{args.model}, batch {work.batch}, 1 torch thread, {args.rounds} rounds x {args.block} "
         f"iterations per variant, interleaved; ms per iteration (min / median over rounds)"
