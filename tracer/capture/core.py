@@ -119,6 +119,7 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
             handle.remove()
         self._handles.clear()
         self._tensor_handles.clear()
+        self._copies.buffers.clear()  # (arrays still in use keep their own buffers)
         self._exit_mode()
         self.active = False
         self._reset()
@@ -126,6 +127,7 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
     def start(self) -> None:
         self._reset()
         self._copies.take_nbytes()  # count this iteration's copies from here
+        self._copies.buffers.next_iteration()
         self.active = True
 
     def finish(self) -> CapturedIteration:
