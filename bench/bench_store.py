@@ -18,11 +18,18 @@ from Debian's `postgresql` package (tests/pg_server.py):
    options) while `cnnviz trace` keeps writing into the same store. Each client loops
    over the runs page, a seed-CNN iteration page and a LeNet-5 iteration page,
    POSTing the Dash page-content callback (what a browser asks for when it opens the
-   page). Reports p50/p95 per page, answers per second, errors, the 1-minute load
-   average during the run, and each page's cost for one client alone (measured first,
-   under the same trace): on a machine with few cores, 50 clients queue behind that.
+   page). By default clients start at random moments, pause exponentially
+   distributed times (`--think` is the mean) and ask for any view of any iteration
+   (`--arrivals synchronised`: all at once with fixed pauses; `--pages hot`: the same
+   three pages). Reports p50/p95 per page, answers per second, errors, the 1-minute
+   load average during the run, and each page's cost for one client alone (measured
+   first, under the same trace; first visits apart): on a machine with few cores, 50
+   clients queue behind that. `--baseline REV` serves that revision too, under the
+   same load on the same store, right after this tree.
 
     .venv/bin/python bench/bench_store.py [--kills 30] [--seconds 60] [--only sqlite]
+    .venv/bin/python bench/bench_store.py --skip writers kills --baseline 8a39736 \
+        [--think 5] [--arrivals synchronised] [--pages hot]
 
 Numbers are for the machine they run on: report the load figures with the core
 count and what else was running.
@@ -217,7 +224,12 @@ def cnnviz(*args: str, env=None) -> subprocess.CompletedProcess:
     )
 
 
-def build_load_store(location: str) -> dict:
+def build_load_store(location: str) -> dict[str, list[tuple[str, str]]]:
+    """The store the dashboard serves under load, and the addresses of each kind of page
+    the clients ask for: the runs page (a few sorts and filters), and every view of every
+    iteration (input, each layer of each phase, what if) of the seed-CNN runs and of
+    the LeNet-5 run, as the student's "next" walks them. The first address of each
+    kind is the one a `--pages hot` client asks for every time."""
     for args in (
         ["--seed", "0"],
         ["--seed", "1"],
@@ -226,18 +238,41 @@ def build_load_store(location: str) -> dict:
         result = cnnviz("trace", "--db", location, *args)
         if result.returncode:
             raise SystemExit(f"tracing failed: {result.stderr[-2000:]}")
+    from dashapp.steps import INPUT, sections, walk
+
+    def views(store, run) -> list[tuple[str, str]]:
+        layers = {layer.name: layer for layer in run.layers}
+        out = []
+        for it in range(1, run.num_iterations + 1):
+            parts = sections(store.load_iteration(run.id, it, with_data=False).steps, layers)
+            for view in walk(parts):
+                search = f"?run={run.id}&it={it}"
+                if view.phase != INPUT:
+                    search += f"&phase={view.phase}" + (
+                        f"&layer={view.layer}" if view.layer else ""
+                    )
+                out.append(("/iteration", search))
+        return out
+
     with Store.open(location) as store:
-        runs = store.list_runs()
-    seed = next(r for r in runs if r.model_name == "seed-cnn")
-    lenet = next(r for r in runs if r.model_name == "lenet5")
+        runs = [store.get_run(r.id) for r in store.list_runs()]
+        seeds = [r for r in runs if r.model_name == "seed-cnn"]
+        lenet = next(r for r in runs if r.model_name == "lenet5")
+        seed_views = [v for run in seeds for v in views(store, run)]
+        # the hot address first: iteration 2's input view, as before
+        hot = ("/iteration", f"?run={seeds[0].id}&it=2")
+        lenet_views = views(store, lenet)
+        lenet_hot = ("/iteration", f"?run={lenet.id}&it=2")
+    runs_pages = ["", "?sort=loss&order=desc", "?sort=name", "?model=seed-cnn", "?per=25"]
     return {
-        "runs": ("/", ""),
-        "seed iteration": ("/iteration", f"?run={seed.id}&it=2"),
-        "lenet5 iteration": ("/iteration", f"?run={lenet.id}&it=2"),
+        "runs": [("/", search) for search in runs_pages],
+        "seed iteration": [hot, *(v for v in seed_views if v != hot)],
+        "lenet5 iteration": [lenet_hot, *(v for v in lenet_views if v != lenet_hot)],
     }
 
 
-def page_bodies(base: str, pages: dict) -> dict[str, bytes]:
+def page_bodies(base: str, pages: dict) -> dict[str, list[bytes]]:
+    """The POST body of the Dash page-content callback for each address of each kind."""
     deps = json.loads(urllib.request.urlopen(f"{base}/_dash-dependencies", timeout=60).read())
     dep = next(d for d in deps if "_pages_content.children" in d["output"])
     outputs = [
@@ -245,16 +280,18 @@ def page_bodies(base: str, pages: dict) -> dict[str, bytes]:
         for o in dep["output"].strip(".").split("...")
     ]
     bodies = {}
-    for label, (path, search) in pages.items():
-        values = {"pathname": path, "search": search, "hash": "", "href": base + path + search}
-        body = dict(
-            output=dep["output"],
-            outputs=outputs,
-            inputs=[dict(i, value=values.get(i["property"])) for i in dep["inputs"]],
-            changedPropIds=[f"{dep['inputs'][0]['id']}.{dep['inputs'][0]['property']}"],
-            state=[dict(s, value=None) for s in dep.get("state", [])],
-        )
-        bodies[label] = json.dumps(body).encode()
+    for label, addresses in pages.items():
+        bodies[label] = []
+        for path, search in addresses:
+            values = {"pathname": path, "search": search, "hash": "", "href": base + path + search}
+            body = dict(
+                output=dep["output"],
+                outputs=outputs,
+                inputs=[dict(i, value=values.get(i["property"])) for i in dep["inputs"]],
+                changedPropIds=[f"{dep['inputs'][0]['id']}.{dep['inputs'][0]['property']}"],
+                state=[dict(s, value=None) for s in dep.get("state", [])],
+            )
+            bodies[label].append(json.dumps(body).encode())
     return bodies
 
 
@@ -295,16 +332,59 @@ def bench_load(
     seconds: float,
     settings: list[str],
     *,
+    trees: dict[str, Path] | None = None,
     baseline_seconds: float = 15,
     think: float = 0.0,
+    arrivals: str = "random",
+    pages_mode: str = "spread",
+    seed: int = 0,
 ) -> list[dict]:
     """One store, then each server setting in turn (in the order given: repeat them to
-    interleave), each under the same load (see `load_once`)."""
+    interleave) and, for each, each tree (this checkout and a baseline: the same load
+    on the same store, one after the other), each under the same load (`load_once`)."""
     pages = build_load_store(location)
-    return [
-        load_once(location, pages, clients, seconds, one, baseline_seconds, think)
-        for one in settings
-    ]
+    trees = trees or {"this": REPO}
+    out = []
+    for one in settings:
+        for name, tree in trees.items():
+            result = load_once(
+                location,
+                pages,
+                clients,
+                seconds,
+                one,
+                baseline_seconds,
+                think,
+                tree=tree,
+                arrivals=arrivals,
+                pages_mode=pages_mode,
+                seed=seed,
+            )
+            out.append({"tree": name, **result})
+    return out
+
+
+def _start_server(tree: Path, settings: str, location: str) -> tuple:
+    port = free_port()
+    env = dict(os.environ, CNNVIZ_DB=location, PYTHONPATH=str(tree))
+    # The server's log goes to a file: a pipe nobody reads fills up and stalls it.
+    log_path = Path(tempfile.mkstemp(prefix="cnnviz-gunicorn-", suffix=".log")[1])
+    log = log_path.open("w")
+    server = subprocess.Popen(
+        _server_command(settings, port), cwd=tree, env=env, stdout=log, stderr=log, text=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(base + "/", timeout=10).read()
+            return server, base, log, log_path
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(
+                    f"the server did not start: {log_path.read_text()[-2000:]}"
+                ) from None
+            time.sleep(0.5)
 
 
 def load_once(
@@ -315,47 +395,45 @@ def load_once(
     settings: str,
     baseline_seconds: float,
     think: float,
+    *,
+    tree: Path = REPO,
+    arrivals: str = "random",
+    pages_mode: str = "spread",
+    seed: int = 0,
 ) -> dict:
-    """`clients` closed-loop clients (a request, its answer, `think` seconds, the next)
-    for `seconds`, while a trace writes. Before them, one client alone for
-    `baseline_seconds` under the same trace: each page's own cost on this machine,
-    which bounds what 50 clients can get (they queue for the same cores)."""
-    port = free_port()
-    env = dict(os.environ, CNNVIZ_DB=location, PYTHONPATH=str(REPO))
-    # The server's log goes to a file: a pipe nobody reads fills up and stalls it.
-    log_path = Path(tempfile.mkstemp(prefix="cnnviz-gunicorn-", suffix=".log")[1])
-    log = log_path.open("w")
-    server = subprocess.Popen(
-        _server_command(settings, port),
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=log,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    """`clients` closed-loop clients (a request, its answer, a pause, the next) for
+    `seconds`, while a trace writes. Each client asks for the runs page, a seed-CNN
+    iteration page and a LeNet-5 iteration page in turn.
+
+    - `arrivals="random"` (what load generators such as Locust's `between` or wrk2 do):
+      each client starts at a random moment within the first pause (or second) and
+      pauses an exponentially distributed time of mean `think` between requests.
+      `"synchronised"`: every client starts at once and pauses exactly `think`, so with a
+      pause they arrive in waves of `clients` requests at the same instant.
+    - `pages_mode="spread"`: each request is a random address of its kind (every view of
+      every iteration, a few runs-page sorts), from a fixed-seed generator per client,
+      so a server-side cache is measured on many pages; `"hot"`: always the first
+      address of each kind (the same three pages).
+
+    Before them, one client alone for `baseline_seconds` under the same trace, walking
+    each kind's addresses in order (its first visit of an address is reported apart:
+    nothing is kept yet): each page's own cost on this machine, which bounds what 50
+    clients can get (they queue for the same cores)."""
+    server, base, log, log_path = _start_server(tree, settings, location)
     trace = None
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(base + "/", timeout=10).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(
-                        f"the server did not start: {log_path.read_text()[-2000:]}"
-                    ) from None
-                time.sleep(0.5)
         bodies = page_bodies(base, pages)
-        # Warm every worker: each builds its app on its first request.
-        for _ in range(4):
-            for body in bodies.values():
-                _post(base, body)
+        if pages_mode == "hot":
+            bodies = {label: addresses[:1] for label, addresses in bodies.items()}
+        # Every worker builds its app on its first request: warm them on other pages
+        # than those measured (the not-found page), so that nothing measured is kept.
+        warm = page_bodies(base, {"warm": [("/nowhere", "")]})["warm"][0]
+        for _ in range(8):
+            _post(base, warm)
         trace = subprocess.Popen(
             [PYTHON, "-m", "tracer.cli", "trace", "--db", location, "--epochs", "100000"],
             cwd=REPO,
-            env=env,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -366,28 +444,39 @@ def load_once(
             time.sleep(0.2)
         labels = list(bodies)
         alone: dict[str, list[float]] = {label: [] for label in bodies}
+        alone_first: dict[str, list[float]] = {label: [] for label in bodies}
         stop_at = time.monotonic() + baseline_seconds
+        turn = 0
         while time.monotonic() < stop_at:
             for label in labels:
-                alone[label].append(_timed(base, bodies[label]))
+                addresses = bodies[label]
+                timed = _timed(base, addresses[turn % len(addresses)])
+                (alone_first if turn < len(addresses) else alone)[label].append(timed)
+            turn += 1
         written_before = _writing(location)
         samples: dict[str, list[float]] = {label: [] for label in bodies}
+        asked: dict[str, set[int]] = {label: set() for label in bodies}
         errors: list[str] = []
         loads: list[float] = []
         started = time.monotonic()
         stop_at = started + seconds
 
         def client(k: int) -> None:
-            turn = k
+            rng = random.Random(seed * 100_003 + k)
+            turn = k if arrivals == "synchronised" else rng.randrange(len(labels))
+            if arrivals == "random":
+                time.sleep(rng.uniform(0, think or 1.0))
             while time.monotonic() < stop_at:
                 label = labels[turn % len(labels)]
                 turn += 1
+                pick = rng.randrange(len(bodies[label]))
+                asked[label].add(pick)
                 try:
-                    samples[label].append(_timed(base, bodies[label]))
+                    samples[label].append(_timed(base, bodies[label][pick]))
                 except Exception as exc:  # counted, not fatal
                     errors.append(f"{label}: {type(exc).__name__}: {exc}"[:200])
                 if think:
-                    time.sleep(think)
+                    time.sleep(rng.expovariate(1 / think) if arrivals == "random" else think)
 
         def sample_load() -> None:
             while time.monotonic() < stop_at:
@@ -407,7 +496,11 @@ def load_once(
             trace.send_signal(signal.SIGTERM)
             trace.wait(timeout=60)
         server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # a loaded machine: the figures are kept
+            server.kill()
+            server.wait()
         log.close()
     worker_timeouts = log_path.read_text().count("WORKER TIMEOUT")
     answered = sum(len(times) for times in samples.values())
@@ -415,9 +508,14 @@ def load_once(
         server_log=str(log_path),  # kept: what the server said about any errors
         worker_timeouts=worker_timeouts,
         server="cnnviz serve" if settings == "serve" else f"gunicorn {settings}",
+        tree_path=str(tree),
         clients=clients,
         seconds=seconds,
         think_s=think,
+        arrivals=arrivals,
+        pages_asked=pages_mode,
+        addresses={label: len(addresses) for label, addresses in bodies.items()},
+        addresses_asked={label: len(picked) for label, picked in asked.items()},
         load_average_1min=dict(
             min=round(min(loads), 1),
             mean=round(statistics.mean(loads), 1),
@@ -430,6 +528,7 @@ def load_once(
         errors=len(errors),
         first_errors=errors[:3],
         one_client_alone=_page_figures(alone),
+        one_client_alone_first_visit=_page_figures(alone_first),
         pages=_page_figures(samples),
     )
 
@@ -473,7 +572,26 @@ def main() -> None:
     )
     parser.add_argument("--baseline-seconds", type=float, default=15)
     parser.add_argument(
-        "--think", type=float, default=0.0, help="seconds between a client's requests"
+        "--think", type=float, default=0.0, help="seconds between a client's requests (mean)"
+    )
+    parser.add_argument(
+        "--arrivals",
+        choices=["random", "synchronised"],
+        default="random",
+        help="random: random start, exponential pauses (Locust/wrk2-like); synchronised: "
+        "every client at once, fixed pauses (waves of --clients requests)",
+    )
+    parser.add_argument(
+        "--pages",
+        choices=["spread", "hot"],
+        default="spread",
+        help="spread: any view of any iteration, a few runs-page sorts; hot: the same 3 pages",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="git revision also served, after this tree, under the same load (a worktree "
+        "under bench/results/), e.g. 8a39736",
     )
     parser.add_argument("--only", choices=["sqlite", "postgresql"], default=None)
     parser.add_argument("--skip", nargs="*", default=[], choices=["writers", "kills", "load"])
@@ -481,6 +599,9 @@ def main() -> None:
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
+    trees = {"this": REPO}
+    if args.baseline:
+        trees["baseline"] = baseline_tree(args.baseline)
     report: dict = {"cores": os.cpu_count(), "load_average": os.getloadavg()}
     server = None
     tmp = Path(tempfile.mkdtemp(prefix="cnnviz-bench-store-"))
@@ -510,8 +631,12 @@ def main() -> None:
                     args.clients,
                     args.seconds,
                     args.server_settings,
+                    trees=trees,
                     baseline_seconds=args.baseline_seconds,
                     think=args.think,
+                    arrivals=args.arrivals,
+                    pages_mode=args.pages,
+                    seed=args.seed,
                 )
                 for one in out["load"]:
                     print(backend, "load", json.dumps(one), flush=True)
@@ -520,6 +645,42 @@ def main() -> None:
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)  # the SQLite stores: tens of MB per run
     print(json.dumps(report, indent=1))
+    print_load_summary(report)
+
+
+def baseline_tree(rev: str) -> Path:
+    """A worktree of `rev` under bench/results/ (made once, as bench_dashboard.py does)."""
+    tree = REPO / "bench" / "results" / f"baseline-{rev.replace('/', '_')}"
+    if not tree.exists():
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), rev],
+            check=True,
+            capture_output=True,
+        )
+    return tree
+
+
+def print_load_summary(report: dict) -> None:
+    """One line per load run: p50 / p95 ms of runs, seed iteration, LeNet-5 iteration."""
+    for backend in ("sqlite", "postgresql"):
+        runs = report.get(backend, {}).get("load", [])
+        if runs:
+            print(f"\n{backend}: p50 / p95 ms (runs, seed iteration, LeNet-5 iteration)")
+        for one in runs:
+
+            def cells(figures: dict, key: str) -> str:
+                return " / ".join(f"{figures[k][key]}" for k in figures)
+
+            alone = one["one_client_alone"]
+            first = one["one_client_alone_first_visit"]
+            print(
+                f"  {one['tree']:8s} {one['arrivals']:12s} {one['pages_asked']:6s} think {one['think_s']}s"
+                f" [load {one['load_average_1min']}]: "
+                f"{one['clients']} clients p50 {cells(one['pages'], 'p50_ms')}, "
+                f"p95 {cells(one['pages'], 'p95_ms')}; {one['answers_per_s']} answers/s, "
+                f"{one['errors']} errors; alone p50 {cells(alone, 'p50_ms')}, "
+                f"first visit p50 {cells(first, 'p50_ms')}"
+            )
 
 
 if __name__ == "__main__":

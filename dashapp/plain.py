@@ -41,7 +41,7 @@ _INTERNAL = frozenset(
 @functools.cache
 def _props_of(cls: type) -> tuple[frozenset[str], tuple[str, ...]]:
     """(prop names, wildcard prefixes such as "data-") of a component class."""
-    given: dict[str, None] = {}
+    given: dict[str, str | None] = {}
     while True:
         try:
             sample = cls(**given)
@@ -50,12 +50,13 @@ def _props_of(cls: type) -> tuple[frozenset[str], tuple[str, ...]]:
             missing = re.search(r"Required argument `(\w+)`", str(exc))
             if missing is None or missing.group(1) in given:
                 raise
-            given[missing.group(1)] = None
+            given[missing.group(1)] = "x" if missing.group(1) == "id" else None
     return frozenset(sample._prop_names), tuple(sample._valid_wildcard_attributes) or ("\0",)
 
 
 class Node(dict):
-    """A plain node made by `el`: already all plain inside, so `tree` keeps it as it is."""
+    """A plain node made by `el` or `tree`: all plain inside, so `tree` keeps it as it is
+    (a kept part of a page is not walked again when the page around it is)."""
 
     __slots__ = ()
 
@@ -88,7 +89,7 @@ def tree(node: Any) -> Any:
             for key, value in node.__dict__.items()
             if key not in _INTERNAL and (key in names or key.startswith(wildcards))
         }
-        return {"props": props, "type": node._type, "namespace": node._namespace}
+        return Node(props=props, type=node._type, namespace=node._namespace)
     if kind is list or kind is tuple:
         return [tree(child) for child in node]
     if isinstance(node, dict):
@@ -110,9 +111,11 @@ def el(cls: type, children: Any = None, **props: Any) -> Node:
     always has them (None when not given), as Dash's classes do, and props passed as
     None are kept, as there. Components given as children or props become plain."""
     kind, namespace, has_children = _check(cls, frozenset(props))
-    props = {key: tree(value) for key, value in props.items()}
+    for key, value in props.items():
+        if type(value) not in _LEAVES:
+            props[key] = tree(value)
     if has_children:
-        props = {"children": tree(children), **props}
+        props = {"children": children if type(children) in _LEAVES else tree(children), **props}
     elif children is not None:
         raise TypeError(f"{cls.__module__}.{cls.__name__} has no children")
     return Node(props=props, type=kind, namespace=namespace)

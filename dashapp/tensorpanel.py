@@ -40,6 +40,7 @@ from storage import TensorRecord, names
 from . import figures, links
 from .data import NotFound, current_store
 from .formatting import format_scalar, format_shape
+from .plain import el
 from .tensorview import (
     MAX_COLS,
     MAX_ROWS,
@@ -249,17 +250,20 @@ class TensorPanel(html.Div):
         `click_store=False`: no `ids.click` store (a page that listens to clicks its
         own way, as the iteration page's provenance does, saves a component per panel)."""
         view = (view or PanelView()).clamped(tensor.shape, tensor.role)
-        header = html.Div(
+        header = el(
+            html.Div,
             [
-                html.Code(tensor.name, className="tensor-name"),
-                html.Span(format_shape(tensor.shape), className="tensor-shape"),
-                html.Span(ROLE_LABELS.get(tensor.role, tensor.role), className="tensor-role"),
+                el(html.Code, tensor.name, className="tensor-name"),
+                el(html.Span, format_shape(tensor.shape), className="tensor-shape"),
+                el(html.Span, ROLE_LABELS.get(tensor.role, tensor.role), className="tensor-role"),
             ],
             className="tensor-header",
         )
-        links_row = html.Div(
+        links_row = el(
+            html.Div,
             [
-                html.A(
+                el(
+                    html.A,
                     f".{fmt}",
                     href=links.download(run_id, index, tensor.name, fmt),
                     download="",
@@ -271,7 +275,7 @@ class TensorPanel(html.Div):
             className="tensor-downloads",
         )
         if len(tensor.shape) == 0:
-            body = html.Div(format_scalar(scalar), className="tensor-scalar")
+            body = el(html.Div, format_scalar(scalar), className="tensor-scalar")
             line = None
         else:
             body = self._body(
@@ -284,7 +288,8 @@ class TensorPanel(html.Div):
                 extra=figure_query,
                 click_store=click_store,
             )
-            line = html.Div(
+            line = el(
+                html.Div,
                 summary if summary is not None else summary_line(tensor),
                 className="tensor-summary",
             )
@@ -299,7 +304,7 @@ class TensorPanel(html.Div):
 
     def _body(
         self, tensor, run_id, index, aio_id, view, *, controls=True, extra=None, click_store=True
-    ) -> html.Div:
+    ) -> dict:
         ids = self.ids
         rows, cols = plane_shape(tensor.shape)
         dims = lead_dims(tensor.shape, tensor.role) if controls else ()
@@ -322,9 +327,11 @@ class TensorPanel(html.Div):
             controls.append(_number("columns from", ids.offset(aio_id, "col"), view.col0 + 1, cols))
         if not shows_all and (rows_more or cols_more):
             controls.append(
-                html.Span(
+                el(
+                    html.Span,
                     [
-                        html.Button(
+                        el(
+                            html.Button,
                             arrow,
                             id=ids.move(aio_id, direction),
                             n_clicks=0,
@@ -356,14 +363,16 @@ class TensorPanel(html.Div):
         # a LeNet-5 page has 160 panels, and every pattern-matched component costs the
         # browser time when Dash renders the page.
         stateful = (
-            [dcc.Store(id=ids.state(aio_id), data=state), dcc.Store(id=ids.nav(aio_id))]
+            [el(dcc.Store, id=ids.state(aio_id), data=state), el(dcc.Store, id=ids.nav(aio_id))]
             if controls
             else []
         )
-        return html.Div(
+        return el(
+            html.Div,
             [
-                html.Div(controls, className="slice-controls") if controls else None,
-                html.Div(
+                el(html.Div, controls, className="slice-controls") if controls else None,
+                el(
+                    html.Div,
                     id=ids.graph(aio_id),
                     className="heatmap heatmap-slot",
                     style={"width": f"{width}px", "height": f"{height}px"},
@@ -375,19 +384,26 @@ class TensorPanel(html.Div):
                         "data-tensor": tensor.name,
                     },
                 ),
-                html.Div(caption(tensor, view), id=ids.caption(aio_id), className="tensor-caption"),
+                el(
+                    html.Div,
+                    caption(tensor, view),
+                    id=ids.caption(aio_id),
+                    className="tensor-caption",
+                ),
                 *stateful,
-                dcc.Store(id=ids.click(aio_id)) if click_store else None,
+                el(dcc.Store, id=ids.click(aio_id)) if click_store else None,
             ],
             className="tensor-figure",
         )
 
 
-def _number(label: str, component_id, value: int, size: int) -> html.Label:
-    return html.Label(
+def _number(label: str, component_id, value: int, size: int) -> dict:
+    return el(
+        html.Label,
         [
-            html.Span(label, className="me-1"),
-            dcc.Input(
+            el(html.Span, label, className="me-1"),
+            el(
+                dcc.Input,
                 id=component_id,
                 type="number",
                 min=1,
@@ -397,7 +413,7 @@ def _number(label: str, component_id, value: int, size: int) -> html.Label:
                 debounce=True,
                 className="slice-input",
             ),
-            html.Span(f"of {size}", className="ms-1 text-muted"),
+            el(html.Span, f"of {size}", className="ms-1 text-muted"),
         ],
         className="slice-control",
     )

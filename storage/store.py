@@ -608,9 +608,11 @@ def _run_info(
     *,
     host: str | None = None,
     live: Liveness | None = None,
+    layer_rows=None,
 ) -> RunInfo:
-    """A run row as a record; a `running` run whose writer is gone reads as `stale`
-    (`live`: the reader's `liveness()`, needed on PostgreSQL to see leases)."""
+    """A run row (ORM object or table row) as a record; a `running` run whose writer is
+    gone reads as `stale` (`live`: the reader's `liveness()`, needed on PostgreSQL to
+    see leases). `layer_rows`: the run's layer rows in order, when `row` has none."""
     stale = stale_reason(row, live or Liveness(_utcnow(), host or process_host()))
     return RunInfo(
         id=row.id,
@@ -631,7 +633,9 @@ def _run_info(
         final_loss=row.final_loss,
         num_iterations=row.num_iterations,
         error=stale if stale else row.error,
-        layers=[_layer_info(layer) for layer in row.layers] if with_layers else [],
+        layers=[_layer_info(layer) for layer in (row.layers if layer_rows is None else layer_rows)]
+        if with_layers
+        else [],
         divergence=row.divergence,
         writer_host=row.writer_host,
         writer_pid=row.writer_pid,
@@ -964,7 +968,7 @@ def _iteration_rows(record: IterationRecord) -> _IterationRows:
         # allow_nan=False: the manifest says inf and NaN its own way (JSON has neither).
         capture = dict(manifest=json.dumps(record.capture.manifest, allow_nan=False))
         for key, array in record.capture.arrays.items():
-            data, dtype = codec.encode(np.asarray(array))
+            data, dtype = codec.encode_buffer(np.asarray(array))
             capture_arrays.append(
                 dict(key=key, dtype=dtype, shape=[int(d) for d in np.shape(array)], data=data)
             )
@@ -1058,6 +1062,9 @@ def _insert_core(conn, table, rows: list[dict], *, ids: bool = True) -> list[int
     """executemany through SQLAlchemy Core; the new ids in the rows' order."""
     if not rows:
         return []
+    rows = [  # the byte views of `codec.encode_buffer` as bytes, for every driver
+        {k: bytes(v) if isinstance(v, memoryview) else v for k, v in row.items()} for row in rows
+    ]
     if not ids:
         conn.execute(table.insert(), rows)
         return []
@@ -1123,7 +1130,7 @@ def _shape(shape) -> str:
 def _tensor_row(tensor: TensorRecord) -> tuple[dict, dict]:
     """Column values for `tensors` and `tensor_data` (summaries of the full tensor)."""
     array = np.asarray(tensor.array)
-    data, dtype = codec.encode(array)
+    data, dtype = codec.encode_buffer(array)  # the bytes are read once, by the insert
     summary = tensor.summary or codec.summarize(array)
     row = dict(
         name=tensor.name,
@@ -1231,6 +1238,13 @@ class Store:
             return []
         return paging.find_runs(self.engine, query, _run_info)
 
+    def recent_runs(self, limit: int) -> list:
+        """(id, name, seed) rows of the `limit` most recent runs, newest first (a run
+        picker's labels), read without the rest of each run."""
+        if not self._has_schema():
+            return []
+        return paging.recent_runs(self.engine, limit)
+
     def iteration_indices(self, run_id: int) -> list[int]:
         """The indices of a run's stored iterations, in order."""
         if not self._has_schema() or not _storable_id(run_id):
@@ -1264,12 +1278,20 @@ class Store:
     def get_run(self, run_id: int) -> RunInfo | None:
         if not self._has_schema() or not _storable_id(run_id):
             return None
+        # Table rows, not ORM objects: every page asks for its run (a third of the cost).
+        run_row = select(schema.Run.__table__).where(schema.Run.id == run_id)
+        layer_rows = (
+            select(schema.Layer.__table__)
+            .where(schema.Layer.run_id == run_id)
+            .order_by(schema.Layer.position)
+        )
         with self._session() as session:
-            row = session.get(schema.Run, run_id, options=[selectinload(schema.Run.layers)])
+            row = session.execute(run_row).one_or_none()
             if row is None:
                 return None
+            layers = session.execute(layer_rows).all()
             live = liveness(session.connection()) if row.status == RUN_RUNNING else None
-            return _run_info(row, with_layers=True, live=live)
+            return _run_info(row, with_layers=True, live=live, layer_rows=layers)
 
     def iterations(self, run_id: int) -> list[IterationSummary]:
         if not self._has_schema() or not _storable_id(run_id):

@@ -28,12 +28,26 @@
   var scanning = false;
   var plotly = null; // a promise of window.Plotly
 
-  // The same plotly.js that dcc.Graph uses, loaded the way dcc.Graph loads it.
+  // The same plotly.js that dcc.Graph uses, loaded the way dcc.Graph loads it (Dash's
+  // renderer sets _dashPlotlyJSURL once it runs, to this address: dashapp/bundle.py).
+  function plotlyURL() {
+    if (window._dashPlotlyJSURL) {
+      return window._dashPlotlyJSURL;
+    }
+    var prefix = "/";
+    try {
+      prefix = JSON.parse(document.getElementById("_dash-config").textContent).requests_pathname_prefix;
+    } catch (error) {
+      // no Dash configuration: the app is served at the root
+    }
+    return prefix + "_dash-component-suites/plotly/package_data/plotly.min.js";
+  }
+
   function loadPlotly() {
     if (!plotly) {
       plotly = window.Plotly ? Promise.resolve(window.Plotly) : new Promise(function (resolve, reject) {
         var script = document.createElement("script");
-        script.src = window._dashPlotlyJSURL;
+        script.src = plotlyURL();
         script.async = true;
         script.onload = function () { resolve(window.Plotly); };
         script.onerror = function (error) { plotly = null; reject(error); };
@@ -198,6 +212,15 @@
       }
     }
     pump();
+  }
+
+  // Every view of the iteration page has heatmaps: plotly.js loads while Dash fetches
+  // the page (it is compiled off the main thread as it streams in, see
+  // scripts/plotly-bundle/build.js), not once the first heatmap comes near the viewport.
+  if (/\/iteration$/.test(window.location.pathname)) {
+    loadPlotly().catch(function (error) {
+      console.error("cnnviz could not load plotly.js", error);
+    });
   }
 
   new MutationObserver(function () {

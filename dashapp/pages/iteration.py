@@ -21,13 +21,16 @@ and the cells it read outlined in the heatmaps (assets/provenance_click.js).
 from __future__ import annotations
 
 import shlex
+import threading
+import weakref
+from collections import OrderedDict
 
 import dash
 import dash_bootstrap_components as dbc
 import numpy as np
 from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html
 
-from dashapp import layouts, links
+from dashapp import layouts, links, plain
 from dashapp.data import (
     NotFound,
     PreviousArrays,
@@ -386,14 +389,14 @@ def summary(record: IterationRecord, run: RunInfo) -> html.Div:
 PICKER_RUNS = 50  # runs offered before typing; typing searches the store by name
 
 
-def picker_runs(store, current: RunInfo) -> list[RunInfo]:
-    """The run shown and the most recent runs (the menu searches the rest by name)."""
-    # find_runs: the page of runs without the counts run_page adds (labels need no status)
-    recent = store.find_runs(RunQuery(limit=PICKER_RUNS, sort="id", descending=True))
+def picker_runs(store, current: RunInfo) -> list:
+    """The run shown and the most recent runs (the menu searches the rest by name); the
+    recent ones as (id, name, seed) rows, all a label shows."""
+    recent = store.recent_runs(PICKER_RUNS)
     return [current, *(r for r in recent if r.id != current.id)]
 
 
-def run_picker(current: RunInfo, runs: list[RunInfo]) -> dcc.Dropdown:
+def run_picker(current: RunInfo, runs: list) -> dcc.Dropdown:
     return dcc.Dropdown(
         id="iteration-run",
         options=[{"label": layouts.run_label(r), "value": r.id} for r in runs],
@@ -572,6 +575,21 @@ def layout(run=None, it=None, phase=None, layer=None, **query):
         if name not in stored:
             raise NotFound(f"iteration {index} of run {info.id} has no tensor {name!r}")
     polling[0].data.update(it=index, **_view_query(view))
+    return html.Div(
+        [
+            header(info, runs, index, count, view),
+            *_view_body(store, record, info, parts, view, views, query),
+            *polling,
+            *_provenance_frame(),
+        ],
+        className="iteration-page",
+    )
+
+
+def _build_view_body(store, record, info, parts, view, views) -> list:
+    """Everything below the header: what the iteration and the view hold, nothing that
+    changes while the run is traced (its status, its iteration count, other runs)."""
+    index = record.index
     panel = panel_maker(store, record, info, views)
     layers = {layer.name: layer for layer in info.layers}
     warnings = [
@@ -590,41 +608,80 @@ def layout(run=None, it=None, phase=None, layer=None, **query):
         shown = [whatif_section(record, info)]
     else:
         shown = step_sections(in_view(parts, view), panel, layers, info.id, index)
-    return html.Div(
-        [
-            header(info, runs, index, count, view),
-            summary(record, info),
-            journey(parts, view, info.id, index),
-            *warnings,
-            dbc.Row(
-                [
-                    dbc.Col(
-                        side_menu(parts, view, info.id, index),
-                        lg=3,
-                        xl=2,
-                        className="d-none d-lg-block toc-col",
+    return [
+        summary(record, info),
+        journey(parts, view, info.id, index),
+        *warnings,
+        dbc.Row(
+            [
+                dbc.Col(
+                    side_menu(parts, view, info.id, index),
+                    lg=3,
+                    xl=2,
+                    className="d-none d-lg-block toc-col",
+                ),
+                dbc.Col(
+                    html.Div(
+                        [
+                            walk_nav(parts, view, info.id, index, ids=False),
+                            *shown,
+                            walk_nav(parts, view, info.id, index, ids=True),
+                        ],
+                        className="iteration-view",
+                        **{"data-view": f"{view.phase}/{view.layer or ''}"},
                     ),
-                    dbc.Col(
-                        html.Div(
-                            [
-                                walk_nav(parts, view, info.id, index, ids=False),
-                                *shown,
-                                walk_nav(parts, view, info.id, index, ids=True),
-                            ],
-                            className="iteration-view",
-                            **{"data-view": f"{view.phase}/{view.layer or ''}"},
-                        ),
-                        lg=9,
-                        xl=10,
-                        className="steps-col",
-                    ),
-                ],
-            ),
-            *polling,
-            *provenance_frame(),
-        ],
-        className="iteration-page",
+                    lg=9,
+                    xl=10,
+                    className="steps-col",
+                ),
+            ],
+        ),
+    ]
+
+
+# A view's body, as the plain tree Dash sends (dashapp.plain), kept per store for the
+# next reader of the same view: a committed iteration never changes. Kept only for an
+# explained iteration of a run traced with explanation on (`cnnviz explain` replaces
+# an unexplained one), keyed by the run's unchanging facts, the iteration, the view
+# and its tensor windows; the header (status, count, the run picker) is built anew.
+VIEWS_KEPT = 32
+_kept_views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_kept_lock = threading.Lock()
+
+
+def _view_key(record, info, view, query) -> tuple | None:
+    if getattr(record, "unexplained", False) or (info.config or {}).get("explain") == "off":
+        return None
+    facts = (
+        info.id,
+        info.started_at,
+        info.name,
+        info.model_name,
+        info.optimizer,
+        info.learning_rate,
+        repr(info.optimizer_settings),
+        repr(info.config),
+        repr(info.layers),
     )
+    windows = tuple(sorted((k, str(v)) for k, v in query.items() if k.startswith("t.")))
+    return (facts, record.index, view.phase, view.layer, windows)
+
+
+def _view_body(store, record, info, parts, view, views, query) -> list:
+    key = _view_key(record, info, view, query)
+    if key is None:
+        return plain.tree(_build_view_body(store, record, info, parts, view, views))
+    with _kept_lock:
+        kept = _kept_views.setdefault(store, OrderedDict())
+        if key in kept:
+            kept.move_to_end(key)
+            return kept[key]
+    body = plain.tree(_build_view_body(store, record, info, parts, view, views))
+    with _kept_lock:
+        kept[key] = body
+        while len(kept) > VIEWS_KEPT:
+            kept.popitem(last=False)
+    return body
 
 
 @dash.callback(
@@ -678,6 +735,17 @@ def poll(_n, ref):
 
 
 # ---------------------------------------------------------------- provenance on click
+
+
+def _provenance_frame() -> list:
+    """provenance_frame() as a plain tree, built once: it never changes."""
+    global _PROVENANCE_FRAME
+    if _PROVENANCE_FRAME is None:
+        _PROVENANCE_FRAME = plain.tree(provenance_frame())
+    return _PROVENANCE_FRAME
+
+
+_PROVENANCE_FRAME = None
 
 
 def provenance_frame() -> list:

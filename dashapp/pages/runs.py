@@ -10,6 +10,7 @@ Refreshes while a run is still being traced.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 
 import dash
@@ -150,9 +151,30 @@ def runs_table(runs: list[RunInfo], view: dict) -> dbc.Table:
 
 def run_row(run: RunInfo, checked: bool) -> dict:
     """One run's row, built as the plain tree Dash sends (dashapp.plain: a page of 50
-    rows is about 1,000 components, which Dash's classes build and encode 10x slower)."""
-    last = run.num_iterations
+    rows is about 1,000 components, which Dash's classes build and encode 10x slower).
+    A row is kept, keyed by everything it shows: the same row is not built again
+    while its run is unchanged, and a changed run (a new iteration, a new status) is
+    a new key, so a kept row is never out of date."""
     badge, color = layouts.status_shown(run)
+    key = (
+        run.id,
+        run.name,
+        run.seed,
+        run.model_name,
+        run.learning_rate,
+        badge,
+        color,
+        run.num_iterations,
+        run.final_loss,
+        run.started_at,
+        checked,
+    )
+    return _kept_row(key)
+
+
+@functools.lru_cache(maxsize=1024)
+def _kept_row(key: tuple) -> dict:
+    run_id, name, seed, model, lr, badge, color, last, loss, started, checked = key
     return el(
         html.Tr,
         [
@@ -160,42 +182,42 @@ def run_row(run: RunInfo, checked: bool) -> dict:
                 html.Td,
                 el(
                     dbc.Checkbox,
-                    id={"type": "runs-pick", "run": run.id},
+                    id={"type": "runs-pick", "run": run_id},
                     value=checked,
                     class_name="m-0",
                 ),
                 className="pick",
             ),
-            el(html.Td, str(run.id)),
+            el(html.Td, str(run_id)),
             el(
                 html.Td,
                 el(
                     dcc.Link,
-                    el(html.Bdi, run.name),  # store text, direction-isolated (layouts.bdi)
-                    href=links.iteration(run.id, 1) if last else links.model(run.id),
+                    el(html.Bdi, name),  # store text, direction-isolated (layouts.bdi)
+                    href=links.iteration(run_id, 1) if last else links.model(run_id),
                     className="run-name",
                 ),
             ),
-            el(html.Td, "" if run.seed is None else str(run.seed)),
-            el(html.Td, run.model_name),
-            el(html.Td, "" if run.learning_rate is None else f"{run.learning_rate:g}"),
+            el(html.Td, "" if seed is None else str(seed)),
+            el(html.Td, model),
+            el(html.Td, "" if lr is None else f"{lr:g}"),
             el(html.Td, el(dbc.Badge, badge, color=color, className="status-badge")),
             el(html.Td, str(last), className="num"),
-            el(html.Td, format_scalar(run.final_loss), className="num"),
-            el(html.Td, run.started_at.strftime("%Y-%m-%d %H:%M:%S") if run.started_at else ""),
+            el(html.Td, format_scalar(loss), className="num"),
+            el(html.Td, started.strftime("%Y-%m-%d %H:%M:%S") if started else ""),
             el(
                 html.Td,
                 [
-                    el(dcc.Link, "model", href=links.model(run.id)),
+                    el(dcc.Link, "model", href=links.model(run_id)),
                     " · ",
-                    el(dcc.Link, "last iteration", href=links.iteration(run.id, last))
+                    el(dcc.Link, "last iteration", href=links.iteration(run_id, last))
                     if last
                     else "no iterations",
                 ],
                 className="open-links",
             ),
         ],
-        **{"data-run": str(run.id)},
+        **{"data-run": str(run_id)},
     )
 
 

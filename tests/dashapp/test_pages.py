@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from urllib.parse import urlencode
 
@@ -15,6 +16,7 @@ from dash_helpers import (
     components,
     copy_store,
     drawn_z,
+    formulas_in,
     run_callback,
     text_of,
     using_store,
@@ -204,7 +206,7 @@ def test_iteration_walks_every_step_in_order_with_its_check(pages, store, reques
         assert step.title in text_of(card)
         mark = "none" if step.verified is None else ("yes" if step.verified else "no")
         assert getattr(card, "data-verified") == mark
-        assert len(components(card, dcc.Markdown)) == 2  # general formula, with numbers
+        assert len(formulas_in(card)) == 2  # general formula, with numbers
     sections = [
         s.id
         for v in shown
@@ -422,8 +424,29 @@ def test_a_view_in_the_url_opens_that_window(pages, dash_app, store, request_ctx
         "/formula/18446744073709551616/1/0.tex",
         "/formula/1/18446744073709551616/0.tex",
         "/formula/1/1/18446744073709551616.tex",
+        "/_cnnviz/mathjax/nope.js",
+        "/_cnnviz/mathjax/../bundle.py",
+        "/_cnnviz/mathjax/%2e%2e/%2e%2e/bundle.py",
+        "/_cnnviz/mathjax/LICENSE",
     ):
         assert client.get(address).status_code == 404, address
+
+
+def test_the_mathjax_worker_and_every_component_it_loads_are_served(dash_app):
+    """Formulas are typeset by MathJax in a worker (assets/formula_queue.js) that loads
+    its components from the dashboard itself: each one it names must be there."""
+    client = dash_app.server.test_client()
+    worker = client.get("/_cnnviz/mathjax/worker.js")
+    assert worker.status_code == 200 and worker.mimetype == "application/javascript"
+    source = worker.get_data(as_text=True)
+    load = re.search(r"load: \[(.*?)\],\n", source, re.S).group(1)  # the components it loads
+    names = re.findall(r'"([^"]+)"', load)
+    assert "core" in names and "[tex]/ams" in names and "output/svg" in names
+    for name in ["startup", "output/svg/fonts/tex", *names]:
+        path = name.replace("[tex]/", "input/tex/extensions/") + ".js"
+        response = client.get("/_cnnviz/mathjax/" + path)
+        assert response.status_code == 200, path
+        assert response.mimetype == "application/javascript" and len(response.get_data()) > 1000
 
 
 # ---------------------------------------------------------------- model
@@ -434,8 +457,7 @@ def test_model_lists_layers_with_shapes_formulas_and_a_diagram(pages, store, req
     run = store.get_run(2)
     rows = components(layout, html.Tr)[1:]
     assert [getattr(r, "data-layer") for r in rows] == [layer.name for layer in run.layers]
-    formulas = [m.children for m in components(layout, dcc.Markdown)]
-    assert formulas == [f"$$\n{layer.formula}\n$$" for layer in run.layers if layer.formula]
+    assert formulas_in(layout) == [layer.formula for layer in run.layers if layer.formula]
     diagram = components(layout, dcc.Graph)[0].figure
     assert len(diagram.layout.shapes) == len(run.layers) + 1  # + the input
     assert f"{sum(layer.num_params for layer in run.layers)} parameters" in text_of(layout)
@@ -738,3 +760,44 @@ def test_provenance_panel_names_the_cells_read_from_the_previous_iteration(pages
     assert "fc.weight.state.exp_avg of iteration 1: [0, 1] = 0.25" in text
     assert "✓ recomputed 0.5 = stored 0.5" in text
     assert list(prov.reads()) == ["fc.weight.grad"]
+
+
+def test_the_page_loads_regenerator_runtime_where_dash_loads_babel_polyfill(dash_app):
+    """Dash's first script, @babel/polyfill (a long task to evaluate), is answered with
+    regenerator-runtime, the one part of it Dash's own scripts call (dashapp/bundle.py);
+    every browser test then runs the pages on it."""
+    client = dash_app.server.test_client()
+    shell = client.get("/").get_data(as_text=True)
+    (src,) = re.findall(r'src="([^"]*/deps/polyfill@[^"]*)"', shell)
+    response = client.get(src)
+    assert response.status_code == 200 and response.mimetype == "application/javascript"
+    assert response.headers["X-Cnnviz-Bundle"] == "regenerator-runtime"
+    assert "regeneratorRuntime = runtime" in response.get_data(as_text=True)
+    react = re.findall(r'src="([^"]*/deps/react@[^"]*)"', shell)[0]
+    assert "X-Cnnviz-Bundle" not in client.get(react).headers  # everything else is Dash's own
+
+
+def test_a_kept_view_is_never_out_of_date(pages, dash_app, dash_store, tmp_path, request_ctx):
+    """The body of a view is kept for the next reader (its iteration never changes); the
+    header around it, the count, the status and the run picker, is read anew."""
+    live = copy_store(dash_store, tmp_path / "live.db")
+    run_id, writer = clone_run(live, 1, name="live", seed=5, iterations=1, finish=False)
+    with RunStore(dash_store) as source:
+        second = source.load_iteration(1, 2)
+    with using_store(dash_app, live) as store:
+        first = pages.iteration.layout(run=str(run_id), it="1", phase="forward")
+        assert "Iteration 1 of 1" in text_of(first)
+        assert components(first, dcc.Interval)[0].disabled is False  # polled while traced
+        assert len(pages.iteration._kept_views[store]) == 1
+        writer.add_iteration(second)
+        clone_run(live, 2, name="newer", seed=6)  # a new run, offered by the picker
+        writer.finish()
+        again = pages.iteration.layout(run=str(run_id), it="1", phase="forward")
+        text = text_of(again)
+        assert "Iteration 1 of 2" in text and "completed" in text
+        assert components(again, dcc.Interval)[0].disabled is True
+        picker = components(again, dcc.Dropdown)[0]
+        assert any("newer" in o["label"] for o in picker.options)
+        body = text_of(first).split("Loss", 1)[1]
+        assert text.split("Loss", 1)[1] == body  # the same steps, numbers and checks
+        assert len(pages.iteration._kept_views[store]) == 1

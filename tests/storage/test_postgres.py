@@ -78,6 +78,26 @@ def test_round_trip_with_bytea_and_64_bit_seeds(pg_url):
         assert store.integrity_check() == "ok"
 
 
+def test_a_page_of_runs_lists_statuses_models_and_counts(pg_url):
+    """run_page's skip scan of the status index and its counts, on PostgreSQL."""
+    with Store.open(pg_url, mode="w") as store:
+        for name, model, status in [
+            ("a", "seed-cnn", "completed"),
+            ("b", "lenet5", "failed"),
+            ("c", "seed-cnn", "interrupted"),
+            ("d", "seed-cnn", "completed"),
+        ]:
+            store.begin_run(RunInfo(name=name, model_name=model)).finish(status)
+    with Store.open(pg_url) as store:
+        page = store.run_page(RunQuery(limit=2, sort="name", descending=True))
+        assert [r.name for r in page.runs] == ["d", "c"] and page.total == 4
+        assert page.statuses == ["completed", "failed", "interrupted"]
+        assert page.models == ["lenet5", "seed-cnn"]
+        narrowed = store.run_page(RunQuery(model="lenet5"))
+        assert [r.name for r in narrowed.runs] == ["b"] and narrowed.total == 1
+        assert narrowed.models == ["lenet5", "seed-cnn"]
+
+
 def test_readers_get_read_only_transactions(pg_url):
     with Store.open(pg_url, mode="w") as store:
         store.begin_run(RunInfo(name="keep")).finish()
