@@ -19,6 +19,8 @@ from MATHJAX_PATH, so nothing is fetched from elsewhere.
 
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
 
 import flask
@@ -34,6 +36,25 @@ DASH_POLYFILL = ("dash", "deps/polyfill@7.12.1.min.js")
 REGENERATOR = PACKAGE / "vendor" / "regenerator-runtime" / "runtime.js"
 
 
+_CACHED = {"Cache-Control": "public, max-age=86400"}
+
+
+@functools.lru_cache(maxsize=4)
+def _mathjax_components(names: tuple[str, ...]) -> bytes:
+    """The MathJax components named ("core", "[tex]/ams", ...) as one script, each file
+    as it is in vendor/mathjax/; 404 for a name that is not a component there."""
+    parts = []
+    for name in names:
+        path = name.replace("[tex]/", "input/tex/extensions/") + ".js"
+        file = (MATHJAX_DIR / path).resolve()
+        if not re.fullmatch(r"[\w/-]+\.js", path) or MATHJAX_DIR not in file.parents:
+            flask.abort(404)
+        if not file.is_file():
+            flask.abort(404)
+        parts.append(file.read_bytes())
+    return b"\n;\n".join(parts)
+
+
 def register(server: flask.Flask, prefix: str = "/") -> None:
     def plotly_js() -> flask.Response:
         response = flask.send_file(BUNDLE, mimetype="application/javascript", max_age=86400)
@@ -41,6 +62,10 @@ def register(server: flask.Flask, prefix: str = "/") -> None:
         return response
 
     def mathjax_js(name: str) -> flask.Response:
+        if name == "components.js":  # several components as one script, in the order asked
+            load = flask.request.args.get("load", "")
+            body = _mathjax_components(tuple(load.split(",")))
+            return flask.Response(body, mimetype="application/javascript", headers=_CACHED)
         if not name.endswith(".js"):
             flask.abort(404)
         # send_from_directory refuses paths that leave MATHJAX_DIR (404)

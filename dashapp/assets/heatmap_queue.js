@@ -217,8 +217,36 @@
   // Every view of the iteration page has heatmaps: plotly.js loads while Dash fetches
   // the page (it is compiled off the main thread as it streams in, see
   // scripts/plotly-bundle/build.js), not once the first heatmap comes near the viewport.
+  // Then one tiny heatmap is drawn off screen and thrown away: plotly.js's first plot
+  // adds its stylesheet (a style recalculation of the whole document) and sets itself up,
+  // which cost the first real heatmap a few hundred milliseconds more than the next ones
+  // once formulas and panels filled the page; now it happens while the page is small.
+  function warmUp(Plotly) {
+    if (document.querySelector(".heatmap-slot .main-svg")) {
+      return; // a heatmap is drawn already
+    }
+    var box = document.createElement("div");
+    box.setAttribute("aria-hidden", "true");
+    box.style.cssText = "position:fixed;left:-10000px;top:0;width:60px;height:60px;";
+    document.body.appendChild(box);
+    var layout = { width: 60, height: 60, margin: { l: 0, r: 0, t: 0, b: 0 } };
+    var trace = { type: "heatmap", z: [[0, 1], [1, 0]], showscale: false };
+    Promise.resolve(Plotly.newPlot(box, [trace], layout, { displayModeBar: false }))
+      .then(function () {
+        Plotly.purge(box);
+      })
+      .catch(function () {
+        // only a warm-up: a real heatmap that fails says so
+      })
+      .then(function () {
+        box.remove();
+      });
+  }
+
   if (/\/iteration$/.test(window.location.pathname)) {
-    loadPlotly().catch(function (error) {
+    loadPlotly().then(function (Plotly) {
+      setTimeout(function () { warmUp(Plotly); }, 0);
+    }).catch(function (error) {
       console.error("cnnviz could not load plotly.js", error);
     });
   }

@@ -434,19 +434,27 @@ def test_a_view_in_the_url_opens_that_window(pages, dash_app, store, request_ctx
 
 def test_the_mathjax_worker_and_every_component_it_loads_are_served(dash_app):
     """Formulas are typeset by MathJax in a worker (assets/formula_queue.js) that loads
-    its components from the dashboard itself: each one it names must be there."""
+    its components from the dashboard itself, all in one script: each one it names must
+    be there, in the order asked."""
     client = dash_app.server.test_client()
     worker = client.get("/_cnnviz/mathjax/worker.js")
     assert worker.status_code == 200 and worker.mimetype == "application/javascript"
     source = worker.get_data(as_text=True)
-    load = re.search(r"load: \[(.*?)\],\n", source, re.S).group(1)  # the components it loads
+    load = re.search(r"COMPONENTS = \[(.*?)\];", source, re.S).group(1)  # what it loads
     names = re.findall(r'"([^"]+)"', load)
     assert "core" in names and "[tex]/ams" in names and "output/svg" in names
-    for name in ["startup", "output/svg/fonts/tex", *names]:
+    files = []
+    for name in ["startup", *names]:
         path = name.replace("[tex]/", "input/tex/extensions/") + ".js"
         response = client.get("/_cnnviz/mathjax/" + path)
         assert response.status_code == 200, path
         assert response.mimetype == "application/javascript" and len(response.get_data()) > 1000
+        files.append(response.get_data())
+    together = client.get("/_cnnviz/mathjax/components.js?load=" + ",".join(["startup", *names]))
+    assert together.status_code == 200 and together.mimetype == "application/javascript"
+    assert together.get_data() == b"\n;\n".join(files)
+    for load in ("core,../../bundle", "core,nope", "/etc/passwd", ""):
+        assert client.get("/_cnnviz/mathjax/components.js?load=" + load).status_code == 404
 
 
 # ---------------------------------------------------------------- model

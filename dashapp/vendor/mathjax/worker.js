@@ -17,16 +17,34 @@
 
 var base = self.location.href.replace(/\/[^/]*$/, ""); // .../_cnnviz/mathjax
 
+// Every component, in an order where each comes after those it needs. The dashboard
+// sends them as one script (dashapp/bundle.py), which is imported at once, instead of
+// one request after the other as MathJax's loader would ask for them.
+var COMPONENTS = ["core", "adaptors/liteDOM", "input/tex-base", "[tex]/ams", "[tex]/newcommand",
+  "[tex]/noundefined", "[tex]/boldsymbol", "[tex]/color", "output/svg", "output/svg/fonts/tex",
+  "a11y/assistive-mml"];
+
+function urlOf(component) {
+  return base + "/" + component.replace("[tex]/", "input/tex/extensions/") + ".js";
+}
+
+var imported = COMPONENTS.map(urlOf);
+var allImported;
+var whenImported = new Promise(function (resolve) {
+  allImported = resolve;
+});
+
 self.MathJax = {
   loader: {
     paths: { mathjax: base },
-    // no document here: MathJax's loader calls this to load a component
+    load: COMPONENTS,
+    // MathJax's loader calls this for each component it needs (there is no document to
+    // add a script to); those imported below are there once the import is done.
     require: function (url) {
-      importScripts(url);
+      return imported.indexOf(url) >= 0 ? whenImported : whenImported.then(function () {
+        importScripts(url);
+      });
     },
-    load: ["core", "adaptors/liteDOM", "input/tex-base", "output/svg", "a11y/assistive-mml",
-      "[tex]/ams", "[tex]/newcommand", "[tex]/noundefined", "[tex]/boldsymbol",
-      "[tex]/color"],
   },
   tex: {
     // The tracer writes plain TeX and AMS macros (tracer/latex.py, tracer/explainers):
@@ -37,7 +55,8 @@ self.MathJax = {
   svg: { fontCache: "local" }, // every formula carries the glyphs it uses
   startup: { typeset: false },
 };
-importScripts(base + "/startup.js");
+importScripts(base + "/components.js?load=" + ["startup"].concat(COMPONENTS).join(","));
+allImported();
 
 var ready = MathJax.startup.promise.then(function () {
   var adaptor = MathJax.startup.adaptor;
