@@ -42,7 +42,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# CNNVIZ_BENCH_TREE=DIR measures the tracer and store of another checkout (a baseline
+# commit: git worktree add /tmp/base 8a39736) with this bench, so that both are measured
+# the same way; alternate the two runs.
+TREE = os.environ.get("CNNVIZ_BENCH_TREE") or str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, TREE)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -53,6 +57,26 @@ from tracer.session import Trace  # noqa: E402
 from tracer.train import prepare, resolve  # noqa: E402
 
 MODES = ("inline", "background", "off")
+
+# perf_counter() when RunWriter.add_iteration last returned (in any thread): the end of
+# "until the last iteration is committed", before the run's close (status row, and the
+# WAL checkpoint SQLite runs when the writer's last connection closes).
+_LAST_COMMIT = [0.0]
+
+
+def _watch_commits() -> None:
+    from storage import RunWriter
+
+    add = RunWriter.add_iteration
+    if getattr(add, "watched", False):
+        return
+
+    def add_iteration(self, record):
+        add(self, record)
+        _LAST_COMMIT[0] = time.perf_counter()
+
+    add_iteration.watched = True
+    RunWriter.add_iteration = add_iteration
 
 
 def step(model, optimizer, criterion, x, y) -> None:
@@ -114,6 +138,7 @@ def run_traced(
     **more,
 ) -> tuple[float, float, Trace]:
     options = {"explain": mode, **more} if _trace_supports_explain() else {}
+    _watch_commits()
     started = time.perf_counter()
     inside = 0.0
     with Trace(
@@ -129,6 +154,7 @@ def run_traced(
                 step(work.model, work.optimizer, work.criterion, xb, yb)
             inside += time.perf_counter() - t0
     total = time.perf_counter() - started
+    run.bench_committed = (_LAST_COMMIT[0] - started) / block
     return inside / block, total / block, run
 
 
@@ -242,6 +268,10 @@ def run_torchlens(work: Workload, block: int, folder: Path):
     return total / block, total / block
 
 
+def speed_of(writes, label: str) -> float:
+    return next(speed for name, speed, _, _ in writes if name == label)
+
+
 def stats(samples: list[float]) -> tuple[float, float]:
     return 1000 * min(samples), 1000 * statistics.median(samples)
 
@@ -249,39 +279,70 @@ def stats(samples: list[float]) -> tuple[float, float]:
 # ---------------------------------------------------------------- store writes
 
 
-def write_speed(record, folder: Path, rounds: int) -> list[tuple[str, float, float]]:
-    """MB/s of RunWriter.add_iteration against raw sqlite3 executemany of the same BLOBs."""
+def write_speed(record, folder: Path, rounds: int) -> list[tuple[str, float, float, list]]:
+    """MB/s of RunWriter.add_iteration against raw sqlite3 executemany of the same BLOBs,
+    in a WAL database with SQLite's default checkpoint policy (what one writes by hand)
+    and with the store's own (`WAL_AUTOCHECKPOINT_PAGES`); the order within a round
+    alternates. Also each round's store / raw speed ratio."""
     from storage import RunInfo, RunWriter, open_engine
+    from storage.store import WAL_AUTOCHECKPOINT_PAGES
 
-    blobs = [np.ascontiguousarray(t.array).tobytes() for t in record.tensors]
-    megabytes = sum(len(b) for b in blobs) / 1e6
+    # Every BLOB the store writes: the tensors, and with explanation off the raw truth.
+    arrays = [(t.name, t.array) for t in record.tensors]
+    if getattr(record, "capture", None) is not None:
+        arrays += list(record.capture.arrays.items())
+    blobs = [(name, np.ascontiguousarray(a).tobytes()) for name, a in arrays]
+    megabytes = sum(len(b) for _, b in blobs) / 1e6
     engine = open_engine(folder / "writes.db")
     writer = RunWriter.begin(engine, RunInfo(name="write-bench"))
-    raw = sqlite3.connect(folder / "raw.db", isolation_level=None)
-    raw.execute("PRAGMA journal_mode = WAL")
-    raw.execute("PRAGMA synchronous = NORMAL")
-    raw.execute(
-        "CREATE TABLE blobs (id INTEGER PRIMARY KEY, iteration INTEGER, name TEXT, data BLOB)"
-    )
-    store_times, raw_times = [], []
-    for i in range(rounds):
+    raws = []
+    for name, checkpoint in (("raw.db", None), ("raw-policy.db", WAL_AUTOCHECKPOINT_PAGES)):
+        raw = sqlite3.connect(folder / name, isolation_level=None)
+        raw.execute("PRAGMA journal_mode = WAL")
+        raw.execute("PRAGMA synchronous = NORMAL")
+        if checkpoint is not None:
+            raw.execute(f"PRAGMA wal_autocheckpoint = {checkpoint}")
+        raw.execute(
+            "CREATE TABLE blobs (id INTEGER PRIMARY KEY, iteration INTEGER, name TEXT, data BLOB)"
+        )
+        raws.append(raw)
+
+    def store_write(i):
         record.index = 1000 + i
-        started = time.perf_counter()
         writer.add_iteration(record)
-        store_times.append(time.perf_counter() - started)
-        started = time.perf_counter()
+
+    def raw_write(raw, i):
         raw.execute("BEGIN IMMEDIATE")
         raw.executemany(
             "INSERT INTO blobs (iteration, name, data) VALUES (?, ?, ?)",
-            [(i, t.name, b) for t, b in zip(record.tensors, blobs, strict=True)],
+            [(i, name, b) for name, b in blobs],
         )
         raw.execute("COMMIT")
-        raw_times.append(time.perf_counter() - started)
-    raw.close()
+
+    writes = [store_write, lambda i: raw_write(raws[0], i), lambda i: raw_write(raws[1], i)]
+    times: list[list[float]] = [[] for _ in writes]
+    for i in range(rounds):
+        order = range(len(writes)) if i % 2 == 0 else reversed(range(len(writes)))
+        for k in order:
+            started = time.perf_counter()
+            writes[k](i)
+            times[k].append(time.perf_counter() - started)
+    for raw in raws:
+        raw.close()
     engine.dispose()
+    labels = (
+        "cnnviz store (add_iteration)",
+        "raw sqlite3 executemany",
+        "raw, the store's checkpoint policy",
+    )
     return [
-        ("cnnviz store (add_iteration)", megabytes / statistics.median(store_times), megabytes),
-        ("raw sqlite3 executemany", megabytes / statistics.median(raw_times), megabytes),
+        (
+            label,
+            megabytes / statistics.median(series),
+            megabytes,
+            [r / s for s, r in zip(times[0], series)],
+        )
+        for label, series in zip(labels, times, strict=True)
     ]
 
 
@@ -308,7 +369,7 @@ print(int(hwm.split()[1]) / 1024)
 
 
 def peak_memory(model: str, iterations: int, modes: list[str]) -> list[tuple[str, float]]:
-    script = _MEMORY_CHILD.format(root=str(Path(__file__).resolve().parents[1]))
+    script = _MEMORY_CHILD.format(root=TREE)
     out = []
     for mode in modes:
         result = subprocess.run(
@@ -341,7 +402,9 @@ def main() -> None:
         "synchronous host copies instead of the side stream's), and MODE@process for the "
         "worker process (background, off) (default: all that apply)",
     )
-    parser.add_argument("--writes", type=int, default=5, help="rounds of the write bench (0: skip)")
+    parser.add_argument(
+        "--writes", type=int, default=15, help="rounds of the write bench (0: skip)"
+    )
     parser.add_argument(
         "--memory", type=int, default=0, help="iterations per peak-memory subprocess (0: skip)"
     )
@@ -378,6 +441,7 @@ def main() -> None:
     work = Workload(args.model, args.batch, args.device)
     training: dict[str, list[float]] = {v: [] for v in variants}
     end_to_end: dict[str, list[float]] = {v: [] for v in variants}
+    committed: dict[str, list[float]] = {v: [] for v in variants}  # until the last commit
     last_runs: dict[str, Trace] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -411,6 +475,8 @@ def main() -> None:
                     inside, total, run = traced(work, args.block, db, bound, mode, **more)
                     pipeline.WORKER_NICENESS = niceness
                     last_runs[variant] = run
+                    if getattr(run, "bench_committed", None) is not None:
+                        committed[variant].append(run.bench_committed)
                 training[variant].append(inside)
                 end_to_end[variant].append(total)
         sizes = {
@@ -442,6 +508,7 @@ def main() -> None:
 
     plain = statistics.median(end_to_end["plain"]) if "plain" in variants else None
     floor = statistics.median(end_to_end["floor"]) if "floor" in variants else None
+    print(f"code measured: {TREE}")
     print(
         f"{args.model}, batch {work.batch}, 1 torch thread, {args.rounds} rounds x {args.block} "
         f"iterations per variant, interleaved; ms per iteration (min / median over rounds)"
@@ -460,6 +527,23 @@ def main() -> None:
             f"{variant:22} {t_min:8.2f} / {t_med:8.2f} {e_min:8.2f} / {e_med:8.2f}   "
             + ",  ".join(ratios)
         )
+    print(
+        "per-round ratios (each round's variant / plain or floor of the same round), min / median:"
+    )
+    for variant in variants:
+        if variant in ("plain", "floor"):
+            continue
+        parts = []
+        for label in ("plain", "floor"):
+            if label not in variants:
+                continue
+            columns = [("training", training), ("end to end", end_to_end)]
+            if committed[variant]:
+                columns.append(("to last commit", committed))
+            for what, series in columns:
+                ratios = [v / b for v, b in zip(series[variant], end_to_end[label], strict=False)]
+                parts.append(f"{what} {min(ratios):.2f} / {statistics.median(ratios):.2f}x {label}")
+        print(f"  {variant:20} " + ";  ".join(parts))
     for variant, run in last_runs.items():
         stored = max(run.stored, 1)
         split = ", ".join(f"{k} {1000 * v / stored:.1f} ms" for k, v in run.timings.items())
@@ -472,10 +556,14 @@ def main() -> None:
         per_iteration = sizes["torchlens"] / args.block
         print(f"  {'torchlens':20} {per_iteration / 1e6:.2f} MB of bundle per iteration")
     if writes:
-        print("store writes of one full-capture iteration:")
-        for label, speed, megabytes in writes:
-            print(f"  {label:32} {speed:8.1f} MB/s ({megabytes:.2f} MB per iteration)")
-        print(f"  ratio store / raw: {writes[0][1] / writes[1][1]:.2f}")
+        print(f"store writes of one full-capture iteration, {args.writes} rounds:")
+        for label, speed, megabytes, _ in writes:
+            print(f"  {label:36} {speed:8.1f} MB/s ({megabytes:.2f} MB per iteration)")
+        for label, _, _, ratios in writes[1:]:
+            print(
+                f"  store / {label}: ratio of medians {writes[0][1] / speed_of(writes, label):.2f}, "
+                f"per round min {min(ratios):.2f} median {statistics.median(ratios):.2f}"
+            )
     if args.memory:
         modes_mem = ["plain"] + (list(modes) if _trace_supports_explain() else ["today"])
         print(f"peak resident memory, {args.memory} iterations at the model's defaults:")

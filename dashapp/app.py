@@ -56,6 +56,7 @@ def create_app(store_location: str | os.PathLike, *, render_shell: bool = True) 
         ]
     )
     bundle.register(app.server, app.config.requests_pathname_prefix)
+    bundle.replace_polyfill(app)
     downloads.register(app.server)
     tensorpanel.register(app)
     formulafit.register(app.server)

@@ -231,14 +231,14 @@ def register(server) -> None:
     import flask
 
     from .data import current_store
-    from .layouts import math_markdown
+    from .layouts import formula_tex
 
     def stored_formula(run_id: int, index: int, position: int):
         record = current_store().load_iteration(run_id, index, with_data=False)
         steps = [s for s in (record.steps if record else []) if s.position == position]
         if not steps:
             flask.abort(404)
-        body = math_markdown(steps[0].formula_values)  # the same sanitising as on the page
+        body = formula_tex(steps[0].formula_values)  # the same sanitising as on the page
         response = flask.Response(body, mimetype="text/plain")
         response.headers["Cache-Control"] = "private, max-age=3600"
         response.headers["X-Content-Type-Options"] = "nosniff"

@@ -2,8 +2,9 @@
 
 Store text (run names, layer names, tensor names, notes) only ever goes into
 html/dbc components as plain strings, which React renders as text. Formulas
-come from the tracer and go into `dcc.Markdown(..., mathjax=True)` through
-`math_markdown`, which keeps them inside one display-math block.
+come from the tracer and go into a `data-tex` attribute through `formula_tex`
+(the unsafe macros shown as text), which MathJax typesets in a worker
+(assets/formula_queue.js).
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ _UNSAFE_TEX = re.compile(
 # ---------------------------------------------------------------- text and math
 
 
+def formula_tex(latex: str) -> str:
+    """A formula's TeX as the page hands it to MathJax: on one line, with every `$`
+    escaped and the macros that link, style or load shown as text instead of run."""
+    body = " ".join(str(latex).replace("$", r"\$").splitlines())
+    return neutralise_tex(body)
+
+
 def math_markdown(latex: str) -> str:
     """A formula as one Markdown display-math block.
 
@@ -51,8 +59,7 @@ def math_markdown(latex: str) -> str:
     escaping every `$` and joining the lines leaves no way to close the block
     early and put Markdown after it; unsafe macros are shown, not run.
     """
-    body = " ".join(str(latex).replace("$", r"\$").splitlines())
-    return f"$$\n{neutralise_tex(body)}\n$$"
+    return f"$$\n{formula_tex(latex)}\n$$"
 
 
 def neutralise_tex(latex: str) -> str:
@@ -61,12 +68,13 @@ def neutralise_tex(latex: str) -> str:
 
 
 def formula(latex: str, class_name: str = "") -> html.Div:
-    """A typeset formula. The wrapper is there from the first render (dcc.Markdown
-    itself appears only once its script has loaded), so one can wait for MathJax."""
+    """A typeset formula: its TeX in `data-tex` (an attribute, so never markup),
+    typeset by MathJax in a worker off the page's main thread (assets/formula_queue.js)
+    into the empty `.formula-math` box, which is there from the first render."""
     return html.Div(
         [
-            dcc.Markdown(math_markdown(latex), mathjax=True),
-            # assets/copy_latex.js copies the LaTeX MathJax typeset here
+            html.Div(className="formula-math", **{"data-tex": formula_tex(latex)}),
+            # assets/copy_latex.js copies the TeX typeset here
             html.Button(
                 title="Copy as LaTeX",
                 className="copy-latex",

@@ -33,6 +33,13 @@ def encode(array: np.ndarray) -> tuple[bytes, str]:
     return array.tobytes(order="C"), array.dtype.str
 
 
+def encode_buffer(array: np.ndarray) -> tuple[memoryview, str]:
+    """`encode` without copying the bytes: a view of them (sqlite3 binds any buffer as
+    a BLOB), valid while `array` is not written to."""
+    array = to_little_endian(array)
+    return memoryview(array.reshape(-1).view(np.uint8)), array.dtype.str
+
+
 def decode(data: bytes, dtype: str, shape: tuple[int, ...] | None) -> np.ndarray:
     """Inverse of `encode`. `shape` None gives the flat array (a truncated tensor)."""
     try:
@@ -176,16 +183,15 @@ def _json_fast(flat: np.ndarray) -> str:
     values = flat.astype(np.float64)  # the Python float of each value: what repr writes
     text = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY).decode()  # NaN/Inf: null
     with np.errstate(invalid="ignore"):
-        magnitude = np.abs(values)
-        other = np.flatnonzero(
-            ((magnitude < _ORJSON_LOW) & (magnitude > 0)) | (magnitude >= _ORJSON_HIGH)
-        )
-    if other.size == 0:
+        magnitude = np.abs(values)  # NaN compares False: stays orjson's null
+        tiny = np.flatnonzero((magnitude < _ORJSON_LOW) & (magnitude > 0))
+        huge = np.flatnonzero((magnitude >= _ORJSON_HIGH) & (magnitude < math.inf))
+    if tiny.size == 0 and huge.size == 0:
         return text
     items = text[1:-1].split(",")
-    for i, v in zip(other.tolist(), values[other].tolist(), strict=True):
-        if math.isfinite(v):
-            items[i] = repr(v)
+    for at in (tiny, huge):
+        for i, written in zip(at.tolist(), map(repr, values[at].tolist()), strict=True):
+            items[i] = written
     return "[" + ",".join(items) + "]"
 
 

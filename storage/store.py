@@ -968,7 +968,7 @@ def _iteration_rows(record: IterationRecord) -> _IterationRows:
         # allow_nan=False: the manifest says inf and NaN its own way (JSON has neither).
         capture = dict(manifest=json.dumps(record.capture.manifest, allow_nan=False))
         for key, array in record.capture.arrays.items():
-            data, dtype = codec.encode(np.asarray(array))
+            data, dtype = codec.encode_buffer(np.asarray(array))
             capture_arrays.append(
                 dict(key=key, dtype=dtype, shape=[int(d) for d in np.shape(array)], data=data)
             )
@@ -1062,6 +1062,9 @@ def _insert_core(conn, table, rows: list[dict], *, ids: bool = True) -> list[int
     """executemany through SQLAlchemy Core; the new ids in the rows' order."""
     if not rows:
         return []
+    rows = [  # the byte views of `codec.encode_buffer` as bytes, for every driver
+        {k: bytes(v) if isinstance(v, memoryview) else v for k, v in row.items()} for row in rows
+    ]
     if not ids:
         conn.execute(table.insert(), rows)
         return []
@@ -1127,7 +1130,7 @@ def _shape(shape) -> str:
 def _tensor_row(tensor: TensorRecord) -> tuple[dict, dict]:
     """Column values for `tensors` and `tensor_data` (summaries of the full tensor)."""
     array = np.asarray(tensor.array)
-    data, dtype = codec.encode(array)
+    data, dtype = codec.encode_buffer(array)  # the bytes are read once, by the insert
     summary = tensor.summary or codec.summarize(array)
     row = dict(
         name=tensor.name,

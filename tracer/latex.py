@@ -7,6 +7,7 @@ ellipsis, and its last row/column; the full values stay in the stored tensor.
 from __future__ import annotations
 
 import math
+import re
 from functools import partial
 
 import numpy as np
@@ -50,7 +51,6 @@ def fmt(value: float, style: str = "fixed") -> str:
     return "0.0000" if text == "-0.0000" else text
 
 
-_FIXED = "{:.4f}"
 _POWERS: dict[str, str] = {}
 
 
@@ -62,16 +62,7 @@ def _power(exponent: str) -> str:
     return power
 
 
-def _sci_cells(row: list[float]) -> list[str]:
-    """`fmt(v, "sci")` of finite cells, without its per-cell checks."""
-    texts = []
-    for value in row:
-        if value == 0.0:
-            texts.append("0.0000")
-            continue
-        mantissa, _, exponent = f"{value:.3e}".partition("e")
-        texts.append(mantissa + _power(exponent))
-    return texts
+_EXPONENT = re.compile(r"e([+-][0-9]+)")
 
 
 def scalar(value: float) -> str:
@@ -110,13 +101,31 @@ def bmatrix(
     if style is None:  # chosen from the cells shown: a large tensor is not scanned whole
         style = number_format(shown)
     finite = style == "int" or bool(np.isfinite(shown).all())
-    if style == "fixed" and finite:
-        cells = partial(map, _FIXED.format)  # then fmt(v, "fixed") is this, but for -0.0000
-    elif style == "sci" and finite:
-        cells = _sci_cells
-    else:
-        cells = partial(map, partial(fmt, style=style))
     gap = cols.index(None) if None in cols else None  # where the row's \cdots goes
+    if style == "fixed" and finite:
+        # One format call per row; then fmt(v, "fixed") is each cell, but for -0.0000
+        # (a cell of its own: every cell is -?digits.4 digits, so the text only matches whole).
+        cells = ["{:.4f}"] * shown.shape[1]
+        if gap is not None:
+            cells.insert(gap, r"\cdots")
+        row_format = " & ".join(cells).format
+        lines = [row_format(*row).replace("-0.0000", "0.0000") for row in shown.tolist()]
+        return _assemble(lines, rows, cols)
+    if style == "sci" and finite:
+        # The same with "{:.3e}" cells; then zeros (fmt writes 0.0000) and exponents
+        # (e-05 -> \times 10^{-5}) are rewritten in the matrix's text, each distinct
+        # exponent once, longest first (e-100 before e-10). A zero is the only cell
+        # whose mantissa starts 0 or -0, and no other text holds e+ or e-.
+        cells = ["{:.3e}"] * shown.shape[1]
+        if gap is not None:
+            cells.insert(gap, r"\cdots")
+        row_format = " & ".join(cells).format
+        text = _assemble([row_format(*row) for row in shown.tolist()], rows, cols)
+        text = text.replace("-0.000e+00", "0.0000").replace("0.000e+00", "0.0000")
+        for exponent in sorted(set(_EXPONENT.findall(text)), key=len, reverse=True):
+            text = text.replace("e" + exponent, _power(exponent))
+        return text
+    cells = partial(map, partial(fmt, style=style))
     lines = []
     for row in shown.tolist():
         texts = list(cells(row))
@@ -125,6 +134,11 @@ def bmatrix(
         if gap is not None:
             texts.insert(gap, r"\cdots")
         lines.append(" & ".join(texts))
+    return _assemble(lines, rows, cols)
+
+
+def _assemble(lines: list[str], rows: list[int | None], cols: list[int | None]) -> str:
+    """The bmatrix of the shown rows' lines, with the row of dots where rows are left out."""
     if None in rows:
         dots = " & ".join(r"\ddots" if c is None else r"\vdots" for c in cols)
         lines.insert(rows.index(None), dots)

@@ -216,8 +216,8 @@ class Background:
                 self._error = exc
             finally:
                 job = None  # the iteration's arrays go before its bytes are given back
-                self.budget.release(nbytes)
                 self._queue.task_done()
+                self.budget.release(nbytes)
 
     def _check(self) -> None:
         self.raise_pending()

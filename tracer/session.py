@@ -424,7 +424,7 @@ class Trace:
         self._in_iteration = False
         if not self._traced:
             return
-        captured = self._capture.finish()
+        captured = self._capture.finish(settle=False)  # settled by the worker
         if self._pending_loss is not None:
             loss_value = self._pending_loss
         else:
@@ -473,7 +473,7 @@ class Trace:
         """Build and write one captured iteration (in the worker thread, or inline)."""
         captured, index, loss = job
         started = time.perf_counter()
-        record = self._build(captured, index, loss)
+        record = self._build(captured.settle(), index, loss)
         if not self._layers_written:
             self._writer.set_layers(layer_infos(captured, explained=self.explain != "off"))
             self._layers_written = True
@@ -565,7 +565,12 @@ class _StoreJob(ProcessJob):
         captured, index, loss = job
         started = time.perf_counter()
         record = build_record(
-            captured, index, loss, bounds=self.bounds, strict=self.strict, explain=self.explain
+            captured.settle(),
+            index,
+            loss,
+            bounds=self.bounds,
+            strict=self.strict,
+            explain=self.explain,
         )
         if not self._layers_written:
             self._writer.set_layers(layer_infos(captured, explained=self.explain))

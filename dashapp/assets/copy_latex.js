@@ -1,8 +1,8 @@
 /* "Copy as LaTeX" beside every formula (dashapp/layouts.formula).
  *
- * The button holds no text of its own: it copies the LaTeX that MathJax typeset in
- * its formula box, read from MathJax's math item, so the page carries each formula
- * once (a dcc.Clipboard per formula sent it a second time, and was one more React
+ * The button holds no text of its own: it copies the TeX its formula box was typeset
+ * from (the `data-tex` of its `.formula-math`), so the page carries each formula once
+ * (a dcc.Clipboard per formula sent it a second time, and was one more React
  * component per formula to render).
  */
 (function () {
@@ -12,13 +12,11 @@
     if (!button) {
       return;
     }
-    var mathjax = window.MathJax;
-    var document_ = mathjax && mathjax.startup && mathjax.startup.document;
-    var items = document_ ? document_.getMathItemsWithin([button.parentElement]) : [];
-    if (!items.length || !navigator.clipboard) {
+    var math = button.parentElement.querySelector(".formula-math[data-tex]");
+    if (!math || !navigator.clipboard) {
       return;
     }
-    navigator.clipboard.writeText(items[0].math).then(function () {
+    navigator.clipboard.writeText(math.getAttribute("data-tex")).then(function () {
       button.classList.add("copied");
       button.title = "Copied";
       setTimeout(function () {

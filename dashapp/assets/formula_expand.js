@@ -2,8 +2,9 @@
  *
  * The page shows each formula with numbers with some matrix columns elided so that it
  * fits; the button fetches the formula as the store holds it (already made safe for
- * MathJax by the server, and put into the page as text, never as markup) and has
- * MathJax typeset it in a scrollable box below; a second click hides it again.
+ * MathJax by the server) and puts its TeX into the `data-tex` attribute of a
+ * scrollable box below (an attribute, never markup), which assets/formula_queue.js
+ * then typesets like every other formula; a second click hides it again.
  */
 (function () {
   "use strict";
@@ -29,10 +30,7 @@
         return response.text();
       })
       .then(function (tex) {
-        box.textContent = tex;
-        if (window.MathJax && window.MathJax.typeset) {
-          window.MathJax.typeset([box]);
-        }
+        box.setAttribute("data-tex", tex);
       })
       .catch(function (error) {
         box.textContent = "The stored formula could not be loaded (" + error.message + ").";

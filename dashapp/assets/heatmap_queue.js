@@ -28,12 +28,26 @@
   var scanning = false;
   var plotly = null; // a promise of window.Plotly
 
-  // The same plotly.js that dcc.Graph uses, loaded the way dcc.Graph loads it.
+  // The same plotly.js that dcc.Graph uses, loaded the way dcc.Graph loads it (Dash's
+  // renderer sets _dashPlotlyJSURL once it runs, to this address: dashapp/bundle.py).
+  function plotlyURL() {
+    if (window._dashPlotlyJSURL) {
+      return window._dashPlotlyJSURL;
+    }
+    var prefix = "/";
+    try {
+      prefix = JSON.parse(document.getElementById("_dash-config").textContent).requests_pathname_prefix;
+    } catch (error) {
+      // no Dash configuration: the app is served at the root
+    }
+    return prefix + "_dash-component-suites/plotly/package_data/plotly.min.js";
+  }
+
   function loadPlotly() {
     if (!plotly) {
       plotly = window.Plotly ? Promise.resolve(window.Plotly) : new Promise(function (resolve, reject) {
         var script = document.createElement("script");
-        script.src = window._dashPlotlyJSURL;
+        script.src = plotlyURL();
         script.async = true;
         script.onload = function () { resolve(window.Plotly); };
         script.onerror = function (error) { plotly = null; reject(error); };
@@ -88,9 +102,33 @@
     };
   }
 
+  // A slot's figure is fetched as soon as the slot is queued (near the viewport), so the
+  // figures of the next heatmaps arrive while the one before is drawn instead of each
+  // request waiting for the drawing before it.
+  function prefetch(slot) {
+    var src = slot.getAttribute("data-src");
+    if (!src || slot.getAttribute("data-figure") || (slot._cnnvizFetch && slot._cnnvizFetch.src === src)) {
+      return;
+    }
+    var promise = figureOf(slot);
+    promise.catch(function () {
+      // reported when the slot is drawn
+    });
+    slot._cnnvizFetch = { src: src, promise: promise };
+  }
+
+  function fetched(slot) {
+    var pending = slot._cnnvizFetch;
+    slot._cnnvizFetch = null;
+    if (pending && pending.src === slot.getAttribute("data-src") && !slot.getAttribute("data-figure")) {
+      return pending.promise;
+    }
+    return figureOf(slot);
+  }
+
   function draw(Plotly, slot) {
     slot._cnnvizDrawn = sourceOf(slot); // being fetched: not queued again meanwhile
-    return figureOf(slot).then(function (pair) {
+    return fetched(slot).then(function (pair) {
       return show(Plotly, slot, pair[0], pair[1]);
     });
   }
@@ -165,6 +203,7 @@
     if (queue.indexOf(slot) < 0) {
       queue.push(slot);
     }
+    prefetch(slot);
   }
 
   var observer = "IntersectionObserver" in window
@@ -198,6 +237,43 @@
       }
     }
     pump();
+  }
+
+  // Every view of the iteration page has heatmaps: plotly.js loads while Dash fetches
+  // the page (it is compiled off the main thread as it streams in, see
+  // scripts/plotly-bundle/build.js), not once the first heatmap comes near the viewport.
+  // Then one tiny heatmap is drawn off screen and thrown away: plotly.js's first plot
+  // adds its stylesheet (a style recalculation of the whole document) and sets itself up,
+  // which cost the first real heatmap a few hundred milliseconds more than the next ones
+  // once formulas and panels filled the page; now it happens while the page is small.
+  function warmUp(Plotly) {
+    if (document.querySelector(".heatmap-slot .main-svg")) {
+      return; // a heatmap is drawn already
+    }
+    var box = document.createElement("div");
+    box.setAttribute("aria-hidden", "true");
+    box.style.cssText = "position:fixed;left:-10000px;top:0;width:60px;height:60px;";
+    document.body.appendChild(box);
+    var layout = { width: 60, height: 60, margin: { l: 0, r: 0, t: 0, b: 0 } };
+    var trace = { type: "heatmap", z: [[0, 1], [1, 0]], showscale: false };
+    Promise.resolve(Plotly.newPlot(box, [trace], layout, { displayModeBar: false }))
+      .then(function () {
+        Plotly.purge(box);
+      })
+      .catch(function () {
+        // only a warm-up: a real heatmap that fails says so
+      })
+      .then(function () {
+        box.remove();
+      });
+  }
+
+  if (/\/iteration$/.test(window.location.pathname)) {
+    loadPlotly().then(function (Plotly) {
+      setTimeout(function () { warmUp(Plotly); }, 0);
+    }).catch(function (error) {
+      console.error("cnnviz could not load plotly.js", error);
+    });
   }
 
   new MutationObserver(function () {

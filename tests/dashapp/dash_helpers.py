@@ -340,6 +340,12 @@ def components(layout, kind=None, class_name: str | None = None) -> list:
     return found
 
 
+def formulas_in(layout) -> list[str]:
+    """The TeX of every formula in the layout (`.formula-math` boxes, typeset in the
+    browser by assets/formula_queue.js), in document order."""
+    return [getattr(m, "data-tex") for m in components(layout, class_name="formula-math")]
+
+
 def text_of(layout) -> str:
     """The layout's text as a browser would show it (Markdown sources included)."""
     return " ".join(str(n) for n in walk(layout) if isinstance(n, (str, int, float)))

@@ -392,10 +392,11 @@ def test_a_run_named_like_html_is_shown_as_text_everywhere(page, base, path, rea
     assert_clean(page)  # no <img src=x>, no alert dialog
 
 
-def test_formulas_are_typeset_a_few_at_a_time_without_blocking(page, base, store):
-    """MathJax.typeset from dcc.Markdown is queued (assets/formula_queue.js): the call
-    returns at once, the formula is typeset in a later task, and every formula of the
-    page still ends up typeset."""
+def test_formulas_are_typeset_off_the_main_thread(page, base, store):
+    """Formulas are typeset by MathJax in a worker (assets/formula_queue.js): MathJax is
+    never loaded into the page itself, a formula added to the page is typeset in a later
+    task, a formula whose TeX changes shows the new one and never the old, and every
+    formula of the view ends up typeset."""
     open_page(page, base + "/iteration?run=1&it=1&phase=forward")
     record = store.load_iteration(1, 1)
     assert_typeset(
@@ -405,13 +406,29 @@ def test_formulas_are_typeset_a_few_at_a_time_without_blocking(page, base, store
         """() => {
             const el = document.createElement('div');
             el.id = 'queued-formula';
-            el.textContent = '\\\\[x_{n}^{2}\\\\]';
+            el.setAttribute('data-tex', 'x_{n}^{2}');
             document.getElementById('step-1').appendChild(el);
-            window.MathJax.typeset([el]);
             return el.querySelector('mjx-container') !== null;
         }"""
     )
     assert typeset_in_the_call is False
+    assert page.evaluate("typeof window.MathJax") == "undefined"
     page.wait_for_selector("#queued-formula mjx-container", timeout=10_000)
-    assert page.locator("#queued-formula mjx-merror").count() == 0
+    assert page.locator("#queued-formula [data-mml-node=merror]").count() == 0
+    assert page.locator("#queued-formula mjx-assistive-mml").text_content() == "xn2"
+    # new TeX in the same box: the old formula is gone within the same task, before
+    # anything is painted (the page's MutationObserver runs as a microtask before ours)
+    emptied = page.evaluate(
+        """() => {
+            const el = document.getElementById('queued-formula');
+            el.setAttribute('data-tex', 'y_{m}');
+            return Promise.resolve().then(() => el.querySelector('mjx-container') === null);
+        }"""
+    )
+    assert emptied is True
+    page.wait_for_function(
+        "document.querySelector('#queued-formula mjx-assistive-mml')?.textContent === 'ym'",
+        timeout=10_000,
+    )
+    assert page.locator("#queued-formula mjx-container").count() == 1
     assert_clean(page)

@@ -162,8 +162,8 @@ def test_the_partial_plotly_bundle_draws_every_figure(page, base):
     )
     open_page(page, base + "/iteration?run=1&it=1", ".tensor-panel")
     graph_data(weight_panel(page), ".js-plotly-plot")
-    assert bundles and all(b == ("plotly.js cartesian", bundles[0][1]) for b in bundles)
-    assert bundles[0][1] < 2_000_000  # the full bundle is 4.8 MB
+    assert bundles and all(b == ("plotly.js heatmap-bar", bundles[0][1]) for b in bundles)
+    assert bundles[0][1] < 1_300_000  # the full bundle is 4.8 MB, the cartesian one 1.5 MB
     open_page(page, base + "/compare", ".js-plotly-plot")  # heatmaps, lines and bars
     page.locator("#compare-diff-graph .js-plotly-plot .main-svg").first.wait_for()
     assert list(page.problems) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from urllib.parse import urlencode
 
@@ -15,6 +16,7 @@ from dash_helpers import (
     components,
     copy_store,
     drawn_z,
+    formulas_in,
     run_callback,
     text_of,
     using_store,
@@ -204,7 +206,7 @@ def test_iteration_walks_every_step_in_order_with_its_check(pages, store, reques
         assert step.title in text_of(card)
         mark = "none" if step.verified is None else ("yes" if step.verified else "no")
         assert getattr(card, "data-verified") == mark
-        assert len(components(card, dcc.Markdown)) == 2  # general formula, with numbers
+        assert len(formulas_in(card)) == 2  # general formula, with numbers
     sections = [
         s.id
         for v in shown
@@ -422,8 +424,37 @@ def test_a_view_in_the_url_opens_that_window(pages, dash_app, store, request_ctx
         "/formula/18446744073709551616/1/0.tex",
         "/formula/1/18446744073709551616/0.tex",
         "/formula/1/1/18446744073709551616.tex",
+        "/_cnnviz/mathjax/nope.js",
+        "/_cnnviz/mathjax/../bundle.py",
+        "/_cnnviz/mathjax/%2e%2e/%2e%2e/bundle.py",
+        "/_cnnviz/mathjax/LICENSE",
     ):
         assert client.get(address).status_code == 404, address
+
+
+def test_the_mathjax_worker_and_every_component_it_loads_are_served(dash_app):
+    """Formulas are typeset by MathJax in a worker (assets/formula_queue.js) that loads
+    its components from the dashboard itself, all in one script: each one it names must
+    be there, in the order asked."""
+    client = dash_app.server.test_client()
+    worker = client.get("/_cnnviz/mathjax/worker.js")
+    assert worker.status_code == 200 and worker.mimetype == "application/javascript"
+    source = worker.get_data(as_text=True)
+    load = re.search(r"COMPONENTS = \[(.*?)\];", source, re.S).group(1)  # what it loads
+    names = re.findall(r'"([^"]+)"', load)
+    assert "core" in names and "[tex]/ams" in names and "output/svg" in names
+    files = []
+    for name in ["startup", *names]:
+        path = name.replace("[tex]/", "input/tex/extensions/") + ".js"
+        response = client.get("/_cnnviz/mathjax/" + path)
+        assert response.status_code == 200, path
+        assert response.mimetype == "application/javascript" and len(response.get_data()) > 1000
+        files.append(response.get_data())
+    together = client.get("/_cnnviz/mathjax/components.js?load=" + ",".join(["startup", *names]))
+    assert together.status_code == 200 and together.mimetype == "application/javascript"
+    assert together.get_data() == b"\n;\n".join(files)
+    for load in ("core,../../bundle", "core,nope", "/etc/passwd", ""):
+        assert client.get("/_cnnviz/mathjax/components.js?load=" + load).status_code == 404
 
 
 # ---------------------------------------------------------------- model
@@ -434,8 +465,7 @@ def test_model_lists_layers_with_shapes_formulas_and_a_diagram(pages, store, req
     run = store.get_run(2)
     rows = components(layout, html.Tr)[1:]
     assert [getattr(r, "data-layer") for r in rows] == [layer.name for layer in run.layers]
-    formulas = [m.children for m in components(layout, dcc.Markdown)]
-    assert formulas == [f"$$\n{layer.formula}\n$$" for layer in run.layers if layer.formula]
+    assert formulas_in(layout) == [layer.formula for layer in run.layers if layer.formula]
     diagram = components(layout, dcc.Graph)[0].figure
     assert len(diagram.layout.shapes) == len(run.layers) + 1  # + the input
     assert f"{sum(layer.num_params for layer in run.layers)} parameters" in text_of(layout)
@@ -738,6 +768,21 @@ def test_provenance_panel_names_the_cells_read_from_the_previous_iteration(pages
     assert "fc.weight.state.exp_avg of iteration 1: [0, 1] = 0.25" in text
     assert "✓ recomputed 0.5 = stored 0.5" in text
     assert list(prov.reads()) == ["fc.weight.grad"]
+
+
+def test_the_page_loads_regenerator_runtime_where_dash_loads_babel_polyfill(dash_app):
+    """Dash's first script, @babel/polyfill (a long task to evaluate), is answered with
+    regenerator-runtime, the one part of it Dash's own scripts call (dashapp/bundle.py);
+    every browser test then runs the pages on it."""
+    client = dash_app.server.test_client()
+    shell = client.get("/").get_data(as_text=True)
+    (src,) = re.findall(r'src="([^"]*/deps/polyfill@[^"]*)"', shell)
+    response = client.get(src)
+    assert response.status_code == 200 and response.mimetype == "application/javascript"
+    assert response.headers["X-Cnnviz-Bundle"] == "regenerator-runtime"
+    assert "regeneratorRuntime = runtime" in response.get_data(as_text=True)
+    react = re.findall(r'src="([^"]*/deps/react@[^"]*)"', shell)[0]
+    assert "X-Cnnviz-Bundle" not in client.get(react).headers  # everything else is Dash's own
 
 
 def test_a_kept_view_is_never_out_of_date(pages, dash_app, dash_store, tmp_path, request_ctx):

@@ -69,6 +69,33 @@ def test_cpu_copies_are_the_synchronous_copies_and_make_no_stream():
     assert copies.streams == 0 and copies.pending == 0
 
 
+def test_cpu_buffers_are_reused_only_once_nothing_refers_to_them():
+    copies = HostCopies()
+    big = torch.arange(64 * 1024, dtype=torch.float32).reshape(256, 256)  # 256 KiB, pooled
+    first = copies.copy(big)
+    kept = first.reshape(-1)[:10]  # a view (a bounded tensor's first elements) outlives it
+    del first
+    second = copies.copy(big + 1)
+    assert not np.shares_memory(second, kept)  # the view keeps its buffer in use
+    np.testing.assert_array_equal(kept, np.arange(10, dtype=np.float32))
+    del kept
+    third = copies.copy(big + 2)  # the first buffer is free now: reused, refilled
+    np.testing.assert_array_equal(third, (big + 2).numpy())
+    assert copies.buffers.nbytes == 2 * big.numel() * 4
+    held = torch.from_numpy(third)  # a tensor over the array keeps it too
+    del third
+    np.testing.assert_array_equal(copies.copy(big + 3), (big + 3).numpy())
+    np.testing.assert_array_equal(held.numpy(), (big + 2).numpy())
+    # Buffers nobody used for `keep` iterations are dropped.
+    for _ in range(copies.buffers.keep + 1):
+        copies.buffers.next_iteration()
+    assert copies.buffers.nbytes == 2 * big.numel() * 4  # both still referred to
+    del held, second
+    for _ in range(copies.buffers.keep + 1):
+        copies.buffers.next_iteration()
+    assert copies.buffers.nbytes == 0
+
+
 def test_a_cpu_capture_uses_the_synchronous_path():
     torch.manual_seed(0)
     model = _inplace_model()

@@ -36,3 +36,42 @@ def test_tiny_or_huge_values_are_written_in_scientific_notation():
     assert bmatrix(np.array([[2.5e-6, 0.0]])) == (
         r"\begin{bmatrix}2.500\times 10^{-6} & 0.0000\end{bmatrix}"
     )
+
+
+def _cells_one_by_one(values, max_rows=12, max_cols=10):
+    """bmatrix written the plain way: fmt() of each shown cell, in one style for the matrix."""
+    from tracer.latex import _pick, fmt, number_format
+
+    array = np.asarray(values).reshape(np.shape(values)[0], -1)
+    rows, cols = _pick(array.shape[0], max_rows), _pick(array.shape[1], max_cols)
+    shown = array[[r for r in rows if r is not None]][:, [c for c in cols if c is not None]]
+    style = number_format(shown)
+    lines = []
+    for r in rows:
+        if r is None:
+            lines.append(" & ".join(r"\ddots" if c is None else r"\vdots" for c in cols))
+            continue
+        lines.append(" & ".join(r"\cdots" if c is None else fmt(array[r, c], style) for c in cols))
+    return r"\begin{bmatrix}" + r" \\ ".join(lines) + r"\end{bmatrix}"
+
+
+def test_every_cell_is_what_fmt_writes_for_it():
+    rng = np.random.default_rng(5)
+    for k in range(400):
+        shape = (int(rng.integers(1, 16)), int(rng.integers(1, 14)))
+        values = rng.standard_normal(shape) * 10.0 ** float(rng.integers(-9, 7))
+        if k % 3 == 0:
+            values.flat[rng.integers(0, values.size, 3)] = [-0.0, 0.0, -1e-7]
+        if k % 7 == 0:
+            values.flat[rng.integers(0, values.size)] = [np.nan, np.inf, -np.inf][k % 3]
+        if k % 5 == 0:
+            values = values.astype(np.float32)
+        if k % 11 == 0:
+            values = rng.integers(-50, 50, shape)
+        assert bmatrix(values) == _cells_one_by_one(values), (k, values)
+
+
+def test_exponents_that_begin_alike_are_written_apart():
+    values = np.array([[1.5e-10, 2.5e-100, -0.0], [3e-11, 0.0, 4.25e-101]])
+    assert bmatrix(values) == _cells_one_by_one(values)
+    assert r"1.500\times 10^{-10} & 2.500\times 10^{-100} & 0.0000" in bmatrix(values)

@@ -119,6 +119,7 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
             handle.remove()
         self._handles.clear()
         self._tensor_handles.clear()
+        self._copies.buffers.clear()  # (arrays still in use keep their own buffers)
         self._exit_mode()
         self.active = False
         self._reset()
@@ -126,9 +127,13 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
     def start(self) -> None:
         self._reset()
         self._copies.take_nbytes()  # count this iteration's copies from here
+        self._copies.buffers.next_iteration()
         self.active = True
 
-    def finish(self) -> CapturedIteration:
+    def finish(self, *, settle: bool = True) -> CapturedIteration:
+        """The captured iteration. `settle=False` leaves working out what the
+        parameter gradients say (clipping, accumulation: NumPy passes over them) to
+        whoever takes it, the worker (`CapturedIteration.settle`)."""
         self.active = False
         self._exit_mode()  # the forward raised a BaseException that skipped our post hook
         if not self._stepped:
@@ -141,13 +146,6 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
             handle.remove()
         self._tensor_handles.clear()
         self._copies.wait()  # every copy is in host memory before anything reads it
-        grad_scale = self._grad_scale()
-        if grad_scale is not None:
-            self._problem(
-                "the gradients were scaled between backward and optimizer.step() (gradient "
-                "clipping): the update steps use the scaled .grad, the backward steps check "
-                "the gradient backward computed"
-            )
         captured = CapturedIteration(
             calls=self._calls,
             values=self._values,
@@ -155,8 +153,6 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
             params=self._params,
             param_grads=self._param_grads,
             grad_increments=self._grad_increments,
-            grads_at_start=self._grads_before(grad_scale),
-            grad_scale=grad_scale,
             params_after=self._params_after,
             state_before=self._state_before,
             state_after=self._state_after,
@@ -173,9 +169,10 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
             problems=self._problems,
             optimizer=self._optimizer_spec,
             nbytes=self._copies.take_nbytes(),
+            settled=False,
         )
         self._reset()
-        return captured
+        return captured.settle() if settle else captured
 
     def _reset(self) -> None:
         self._calls: list[CapturedCall] = []

@@ -113,9 +113,15 @@ class ModuleHooks:
     def _hook_module(self, module: nn.Module, name: str) -> None:
         # Calls made while autograd runs backward are recomputations (activation
         # checkpointing), not the model's forward: the forward already recorded them.
+        # The function recorder records nothing inside a leaf module, so it is left
+        # while one runs: otherwise every torch call of the module and of our own
+        # copies there would pass through its Python `__torch_function__` (half the
+        # capture's own cost on LeNet-5).
         def pre_hook(mod, args, kwargs):
             if self.active and not self._in_backward() and not self._inside_function():
                 self._leaf_depth += 1
+                if self._leaf_depth == 1:
+                    self._exit_mode()
                 with self._ours(f"before {name}"):
                     self._before(mod, name, args, kwargs)
 
@@ -124,6 +130,8 @@ class ModuleHooks:
                 self._leaf_depth = max(0, self._leaf_depth - 1)
                 with self._ours(f"after {name}"):
                     self._after(mod, output)
+                if self._leaf_depth == 0 and self._root_depth > 0:
+                    self._enter_mode()  # back in the model's own forward
 
         self._handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
         self._handles.append(

@@ -14,6 +14,85 @@ import torch
 from .records import to_numpy
 from .spec import optimizer_spec, plain_group
 
+CLIPPED = (
+    "the gradients were scaled between backward and optimizer.step() (gradient "
+    "clipping): the update steps use the scaled .grad, the backward steps check "
+    "the gradient backward computed"
+)
+
+
+def settle_grads(cap) -> None:
+    """Work out from a captured iteration's gradients whether they were clipped
+    (`grad_scale`) or accumulated (`grads_at_start`): NumPy over the copies, which
+    the worker does (`Capture.finish(settle=False)`, `CapturedIteration.settle`)."""
+    scale = grad_scale(cap.grad_increments, cap.param_grads)
+    if scale is not None and CLIPPED not in cap.problems:
+        cap.problems.append(CLIPPED)
+    cap.grads_at_start = grads_before(cap.grad_increments, cap.param_grads, scale)
+    cap.grad_scale = scale
+    cap.settled = True
+
+
+def _close(a: float, b: float, rtol: float) -> bool:
+    """np.isclose(a, b, rtol) of two finite numbers (atol 1e-8), without NumPy's overhead."""
+    return abs(a - b) <= 1e-8 + rtol * abs(b)
+
+
+def grad_scale(increments: dict, param_grads: dict) -> float | None:
+    """The factor 0 < c < 1 when, for every parameter, .grad at the step was c times
+    what this iteration's backward computed: the gradients were clipped
+    (clip_grad_norm_, a trainer's max_grad_norm) or scaled between backward and
+    optimizer.step(). None when they were not, or not all by one factor."""
+    factor = None
+    for name, increment in increments.items():
+        total = param_grads.get(name)
+        if total is None or total.shape != increment.shape or increment.dtype.kind != "f":
+            return None
+        if np.array_equal(total, increment):
+            # The common case, .grad as backward left it: c = 1 without a float64 pass.
+            if not np.isfinite(total).all():
+                return None  # a diverged gradient (NaN/inf) is no clipping factor
+            if not total.any():
+                continue
+            c = 1.0
+        else:
+            inc, tot = increment.astype(np.float64), total.astype(np.float64)
+            if not (np.isfinite(inc).all() and np.isfinite(tot).all()):
+                return None  # a diverged gradient (NaN/inf) is no clipping factor
+            norm = float(np.sum(inc * inc))
+            if norm == 0.0:
+                continue
+            c = float(np.sum(tot * inc)) / norm
+            scale = max(float(np.max(np.abs(tot))), 1e-30)
+            if not np.allclose(tot, c * inc, rtol=1e-5, atol=1e-6 * scale):
+                return None
+        if factor is not None and not _close(c, factor, 1e-4):
+            return None
+        factor = c if factor is None else factor
+    if factor is None or not 0.0 < factor < 1.0 or _close(factor, 1.0, 1e-6):
+        return None  # clipping only shrinks; c > 1 is accumulation (the same batch twice)
+    return factor
+
+
+def grads_before(
+    increments: dict, param_grads: dict, scale: float | None = None
+) -> dict[str, np.ndarray]:
+    """What .grad held before this iteration's backward added to it, per parameter."""
+    if scale is not None:
+        return {}  # clipped, not accumulated: nothing was there before
+    before = {}
+    for name, increment in increments.items():
+        total = param_grads.get(name)
+        if (
+            total is not None
+            and total.shape == increment.shape
+            and not np.array_equal(
+                total, increment, equal_nan=True
+            )  # NaN grads: diverged, not accumulated
+        ):
+            before[name] = total - increment
+    return before
+
 
 class OptimizerHooks:
     """The part of `Capture` that watches parameters and the optimizer."""
@@ -33,57 +112,6 @@ class OptimizerHooks:
             self._grad_increments[name] = array if previous is None else previous + array
 
         return hook
-
-    def _grad_scale(self) -> float | None:
-        """The factor 0 < c < 1 when, for every parameter, .grad at the step was c times
-        what this iteration's backward computed: the gradients were clipped
-        (clip_grad_norm_, a trainer's max_grad_norm) or scaled between backward and
-        optimizer.step(). None when they were not, or not all by one factor."""
-        factor = None
-        for name, increment in self._grad_increments.items():
-            total = self._param_grads.get(name)
-            if total is None or total.shape != increment.shape or increment.dtype.kind != "f":
-                return None
-            if np.array_equal(total, increment):
-                # The common case, .grad as backward left it: c = 1 without a float64 pass.
-                if not np.isfinite(total).all():
-                    return None  # a diverged gradient (NaN/inf) is no clipping factor
-                if not total.any():
-                    continue
-                c = 1.0
-            else:
-                inc, tot = increment.astype(np.float64), total.astype(np.float64)
-                if not (np.isfinite(inc).all() and np.isfinite(tot).all()):
-                    return None  # a diverged gradient (NaN/inf) is no clipping factor
-                norm = float(np.sum(inc * inc))
-                if norm == 0.0:
-                    continue
-                c = float(np.sum(tot * inc)) / norm
-                scale = max(float(np.max(np.abs(tot))), 1e-30)
-                if not np.allclose(tot, c * inc, rtol=1e-5, atol=1e-6 * scale):
-                    return None
-            if factor is not None and not np.isclose(c, factor, rtol=1e-4):
-                return None
-            factor = c if factor is None else factor
-        if factor is None or not 0.0 < factor < 1.0 or np.isclose(factor, 1.0, rtol=1e-6):
-            return None  # clipping only shrinks; c > 1 is accumulation (the same batch twice)
-        return factor
-
-    def _grads_before(self, grad_scale: float | None = None) -> dict[str, np.ndarray]:
-        if grad_scale is not None:
-            return {}  # clipped, not accumulated: nothing was there before
-        before = {}
-        for name, increment in self._grad_increments.items():
-            total = self._param_grads.get(name)
-            if (
-                total is not None
-                and total.shape == increment.shape
-                and not np.array_equal(
-                    total, increment, equal_nan=True
-                )  # NaN grads: diverged, not accumulated
-            ):
-                before[name] = total - increment
-        return before
 
     def _store_param_grad(self, name: str, grad: torch.Tensor) -> None:
         array = self._copy(grad)

@@ -97,6 +97,17 @@ class CapturedIteration:
     problems: list[str] = field(default_factory=list)  # what the hooks could not capture
     optimizer: OptimizerSpec | None = None  # at the first optimizer.step() of the iteration
     nbytes: int = 0  # the host copies taken for it, in bytes (what the queue's bound counts)
+    # Whether grad_scale, grads_at_start and their problem are worked out (`settle`).
+    settled: bool = True
+
+    def settle(self) -> CapturedIteration:
+        """Work out what the parameter gradients say (clipping, accumulation), where
+        the capture left it to the worker (`Capture.finish(settle=False)`)."""
+        if not self.settled:
+            from .optimizer import settle_grads
+
+            settle_grads(self)
+        return self
 
 
 def iter_tensors(obj, path: str = "", depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
