@@ -147,7 +147,9 @@ def main() -> None:
                             target = 1.2 * base + bound / 2**20
                             line += f"   target {target:7.1f} ({'met' if max(values) <= target else 'NOT met'})"
                         if (label, model, mode) in held:
-                            line += f"   copies held at most {max(held[(label, model, mode)]):.0f} MiB"
+                            line += (
+                                f"   copies held at most {max(held[(label, model, mode)]):.0f} MiB"
+                            )
                     print(line)
     if costs:
         print(
