@@ -65,10 +65,6 @@ def _power(exponent: str) -> str:
 _EXPONENT = re.compile(r"e([+-][0-9]+)")
 
 
-def _power_of(match: re.Match) -> str:
-    return _power(match.group(1))
-
-
 def scalar(value: float) -> str:
     """A single number, with the format chosen for its own magnitude."""
     return fmt(value, number_format(np.asarray([value], dtype=np.float64)))
@@ -116,21 +112,19 @@ def bmatrix(
         lines = [row_format(*row).replace("-0.0000", "0.0000") for row in shown.tolist()]
         return _assemble(lines, rows, cols)
     if style == "sci" and finite:
-        # The same, with "{:.3e}" cells: then zeros (written 0.0000 by fmt) and
-        # exponents (e-05 -> \times 10^{-5}) are rewritten in the row's text. A zero
-        # is the only cell whose mantissa starts 0 or -0, so those match whole cells.
+        # The same with "{:.3e}" cells; then zeros (fmt writes 0.0000) and exponents
+        # (e-05 -> \times 10^{-5}) are rewritten in the matrix's text, each distinct
+        # exponent once, longest first (e-100 before e-10). A zero is the only cell
+        # whose mantissa starts 0 or -0, and no other text holds e+ or e-.
         cells = ["{:.3e}"] * shown.shape[1]
         if gap is not None:
             cells.insert(gap, r"\cdots")
         row_format = " & ".join(cells).format
-        lines = [
-            _EXPONENT.sub(
-                _power_of,
-                row_format(*row).replace("-0.000e+00", "0.0000").replace("0.000e+00", "0.0000"),
-            )
-            for row in shown.tolist()
-        ]
-        return _assemble(lines, rows, cols)
+        text = _assemble([row_format(*row) for row in shown.tolist()], rows, cols)
+        text = text.replace("-0.000e+00", "0.0000").replace("0.000e+00", "0.0000")
+        for exponent in sorted(set(_EXPONENT.findall(text)), key=len, reverse=True):
+            text = text.replace("e" + exponent, _power(exponent))
+        return text
     cells = partial(map, partial(fmt, style=style))
     lines = []
     for row in shown.tolist():

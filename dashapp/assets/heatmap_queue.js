@@ -102,9 +102,33 @@
     };
   }
 
+  // A slot's figure is fetched as soon as the slot is queued (near the viewport), so the
+  // figures of the next heatmaps arrive while the one before is drawn instead of each
+  // request waiting for the drawing before it.
+  function prefetch(slot) {
+    var src = slot.getAttribute("data-src");
+    if (!src || slot.getAttribute("data-figure") || (slot._cnnvizFetch && slot._cnnvizFetch.src === src)) {
+      return;
+    }
+    var promise = figureOf(slot);
+    promise.catch(function () {
+      // reported when the slot is drawn
+    });
+    slot._cnnvizFetch = { src: src, promise: promise };
+  }
+
+  function fetched(slot) {
+    var pending = slot._cnnvizFetch;
+    slot._cnnvizFetch = null;
+    if (pending && pending.src === slot.getAttribute("data-src") && !slot.getAttribute("data-figure")) {
+      return pending.promise;
+    }
+    return figureOf(slot);
+  }
+
   function draw(Plotly, slot) {
     slot._cnnvizDrawn = sourceOf(slot); // being fetched: not queued again meanwhile
-    return figureOf(slot).then(function (pair) {
+    return fetched(slot).then(function (pair) {
       return show(Plotly, slot, pair[0], pair[1]);
     });
   }
@@ -179,6 +203,7 @@
     if (queue.indexOf(slot) < 0) {
       queue.push(slot);
     }
+    prefetch(slot);
   }
 
   var observer = "IntersectionObserver" in window

@@ -69,3 +69,9 @@ def test_every_cell_is_what_fmt_writes_for_it():
         if k % 11 == 0:
             values = rng.integers(-50, 50, shape)
         assert bmatrix(values) == _cells_one_by_one(values), (k, values)
+
+
+def test_exponents_that_begin_alike_are_written_apart():
+    values = np.array([[1.5e-10, 2.5e-100, -0.0], [3e-11, 0.0, 4.25e-101]])
+    assert bmatrix(values) == _cells_one_by_one(values)
+    assert r"1.500\times 10^{-10} & 2.500\times 10^{-100} & 0.0000" in bmatrix(values)
