@@ -35,7 +35,10 @@ of it on the training thread before the block returns; `"off"` writes the raw
 tensors only, in the worker, with the raw truth `cnnviz explain` explains them
 from later (`tracer.explain`). `worker="process"` makes the worker a process of
 its own instead of a thread. An error in the worker is raised at the next
-`iteration()` or when the `with` block ends.
+`iteration()` or when the `with` block ends. The captured iterations not yet
+written are bounded in bytes (`queue_bytes`, default 512 MiB, see
+`tracer.pipeline`): the loop waits at `iteration()` for room rather than holding
+more; an iteration larger than the bound is captured alone.
 """
 
 from __future__ import annotations
