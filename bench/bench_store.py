@@ -64,6 +64,9 @@ from storage import RunInfo, Store  # noqa: E402
 from storage.records import IterationRecord, StepRecord, TensorRecord  # noqa: E402
 
 PYTHON = sys.executable
+# One client alone walks the first of each kind's addresses round and round: its first
+# visit of each is reported apart from the later ones (what a server may have kept).
+ALONE_ADDRESSES = 10
 # `cnnviz serve` as shipped: the default production settings (docs/team.md).
 DEFAULT_SERVER = "serve"
 TENSORS, STEPS = 60, 23
@@ -321,6 +324,8 @@ def _page_figures(samples: dict[str, list[float]]) -> dict:
             requests=len(times),
             p50_ms=round(1000 * statistics.median(times), 1) if times else None,
             p95_ms=round(1000 * percentile(times, 0.95), 1) if times else None,
+            p99_ms=round(1000 * percentile(times, 0.99), 1) if times else None,
+            max_ms=round(1000 * max(times), 1) if times else None,
         )
         for label, times in samples.items()
     }
@@ -341,12 +346,13 @@ def bench_load(
 ) -> list[dict]:
     """One store, then each server setting in turn (in the order given: repeat them to
     interleave) and, for each, each tree (this checkout and a baseline: the same load
-    on the same store, one after the other), each under the same load (`load_once`)."""
+    on the same store, one after the other, in turns ABBA...: the first run on a new
+    store meets colder caches), each under the same load (`load_once`)."""
     pages = build_load_store(location)
     trees = trees or {"this": REPO}
     out = []
-    for one in settings:
-        for name, tree in trees.items():
+    for turn, one in enumerate(settings):
+        for name, tree in list(trees.items())[:: -1 if turn % 2 else 1]:
             result = load_once(
                 location,
                 pages,
@@ -416,8 +422,8 @@ def load_once(
       address of each kind (the same three pages).
 
     Before them, one client alone for `baseline_seconds` under the same trace, walking
-    each kind's addresses in order (its first visit of an address is reported apart:
-    nothing is kept yet): each page's own cost on this machine, which bounds what 50
+    the first `ALONE_ADDRESSES` of each kind's addresses round and round (its first
+    visit of an address is reported apart: nothing is kept yet): each page's own cost on this machine, which bounds what 50
     clients can get (they queue for the same cores)."""
     server, base, log, log_path = _start_server(tree, settings, location)
     trace = None
@@ -449,7 +455,7 @@ def load_once(
         turn = 0
         while time.monotonic() < stop_at:
             for label in labels:
-                addresses = bodies[label]
+                addresses = bodies[label][:ALONE_ADDRESSES]
                 timed = _timed(base, addresses[turn % len(addresses)])
                 (alone_first if turn < len(addresses) else alone)[label].append(timed)
             turn += 1

@@ -21,6 +21,7 @@ from storage import LayerInfo, RunInfo, StepRecord, TensorRecord
 
 from . import formulafit, links
 from .formatting import format_diff
+from .plain import el
 from .tensorpanel import GRAPH_CONFIG, ROLE_LABELS, PanelView, TensorPanel  # noqa: F401 (re-exported)
 from .tensorview import MatrixView
 
@@ -325,30 +326,32 @@ def tensor_panel(
     )
 
 
-def tensor_flow(inputs: Sequence[html.Div], outputs: Sequence[html.Div]) -> html.Div:
+def tensor_flow(inputs: Sequence, outputs: Sequence) -> dict:
     """What a step reads, then (after an arrow) what it writes; wraps on narrow screens."""
     parts = []
     if inputs:
         parts.append(
-            html.Div(
+            el(
+                html.Div,
                 [
-                    html.Div("reads", className="flow-label"),
-                    html.Div(inputs, className="flow-items"),
+                    el(html.Div, "reads", className="flow-label"),
+                    el(html.Div, inputs, className="flow-items"),
                 ],
                 className="flow-group flow-in",
             )
         )
     if outputs:
         parts.append(
-            html.Div(
+            el(
+                html.Div,
                 [
-                    html.Div("→ writes" if inputs else "writes", className="flow-label"),
-                    html.Div(outputs, className="flow-items"),
+                    el(html.Div, "→ writes" if inputs else "writes", className="flow-label"),
+                    el(html.Div, outputs, className="flow-items"),
                 ],
                 className="flow-group flow-out",
             )
         )
-    return html.Div(parts, className="tensor-flow")
+    return el(html.Div, parts, className="tensor-flow")
 
 
 # ---------------------------------------------------------------- steps
@@ -373,13 +376,15 @@ def step_card(
         return [p for p in made if p is not None]
 
     layer_text = step.layer if layer is None else f"{step.layer} · {layer.type}"
-    header = html.Div(
+    header = el(
+        html.Div,
         [
-            html.Div(
+            el(
+                html.Div,
                 [
-                    html.Span(str(number), className="step-number"),
-                    html.H4(step.title, className="step-title"),
-                    html.Span(layer_text, className="step-layer"),
+                    el(html.Span, str(number), className="step-number"),
+                    el(html.H4, step.title, className="step-title"),
+                    el(html.Span, layer_text, className="step-layer"),
                 ],
                 className="step-heading",
             ),
@@ -388,13 +393,15 @@ def step_card(
         className="step-header",
     )
     body = [
-        html.Div(
-            [html.Div("General formula", className="formula-label"), formula(step.formula)],
+        el(
+            html.Div,
+            [el(html.Div, "General formula", className="formula-label"), formula(step.formula)],
             className="formula-row",
         ),
-        html.Div(
+        el(
+            html.Div,
             [
-                html.Div("With this iteration's numbers", className="formula-label"),
+                el(html.Div, "With this iteration's numbers", className="formula-label"),
                 fitted_formula(step.formula_values, full_formula_src),
             ],
             className="formula-row",
@@ -402,11 +409,13 @@ def step_card(
         tensor_flow(panels(step.inputs, "in"), panels(step.outputs, "out")),
     ]
     if step.note:
-        body.append(html.P(step.note, className="step-note"))
+        body.append(el(html.P, step.note, className="step-note"))
     if step.reference:
-        body.append(html.P(["Checked against: ", step.reference], className="step-reference"))
+        body.append(el(html.P, ["Checked against: ", step.reference], className="step-reference"))
+    # The card's parts as plain nodes (dashapp.plain): a LeNet-5 backward pass is 23
+    # cards; the card itself stays a component (its id and data-verified are read).
     return html.Section(
-        [header, html.Div(body, className="step-body")],
+        [header, el(html.Div, body, className="step-body")],
         id=f"step-{number}",
         className=f"step-card phase-{step.phase}",
         **{"data-verified": _verified_attr(step)},
