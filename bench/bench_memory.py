@@ -10,8 +10,9 @@ queue bound (`--queue-bytes`, this checkout's default; the baseline bounded the 
 in iterations only).
 
 Training-thread capture cost (`--capture`): in one subprocess per checkout and model,
-a plain step and a captured step (cnnviz's hooks, copies and `Capture.finish`, the
-hand-off's input, no worker running) alternate; CPU time of the thread
+a plain step (on a copy of the model, no hooks attached) and a captured step
+(cnnviz's hooks, copies and `Capture.finish`, the hand-off's input, no worker
+running) alternate; CPU time of the thread
 (`time.thread_time`), min and median, and the ratio of medians. That is what the
 training thread itself pays, whatever the worker does.
 
@@ -47,12 +48,16 @@ with one_torch_thread():
         from tracer.capture import Capture
         b = config.batch_size
         batches = [(x[i : i + b], y[i : i + b]) for i in range(0, config.samples - b + 1, b)]
+        import copy
+        # The plain step runs on a copy of the model without cnnviz's hooks attached.
+        m2 = copy.deepcopy(m)
+        o2 = type(o)(m2.parameters(), **o.defaults)
         capture = Capture(m, o, c).attach()
         capture.active = False
-        def step(xb, yb):
+        def step(xb, yb, m=m2, o=o2):
             o.zero_grad(); c(m(xb), yb).backward(); o.step()
         def captured(xb, yb):
-            capture.start(); step(xb, yb)
+            capture.start(); step(xb, yb, m, o)
             try:
                 return capture.finish(settle=False)  # as Trace does: the worker settles
             except TypeError:
