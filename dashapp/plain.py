@@ -12,8 +12,9 @@ prop the class knows (about 40 µs). Together about 0.7 ms a row of the runs tab
   the same props, so the encoder runs at C speed: the page-content callback sends it
   (`app.create_app` wraps every page's layout with `serve_plain`).
 - `el(html.Td, children, className=...)` builds one plain node directly where a page
-  makes hundreds (the runs table's rows). The keyword names are checked against the
-  class's props, as Dash checks them, once per class and set of names.
+  makes hundreds (the runs table's rows, a tensor panel's insides, a step card's
+  parts). The keyword names are checked against the class's props, as Dash checks
+  them, once per class and set of names.
 
 Both give the JSON the component classes give (tests/dashapp/test_plain.py compares
 whole pages); the tests turn plain nodes back into components (dash_helpers.walk).
