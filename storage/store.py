@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import re
 import sqlite3
 import stat
 import threading
@@ -24,6 +25,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
+import orjson
 from sqlalchemy import (
     JSON,
     URL,
@@ -186,6 +188,22 @@ def _sqlite_uri(path: Path, **params: str) -> str:
     return f"file:{quote(str(path.resolve()))}" + (f"?{query}" if query else "")
 
 
+_LONG_NUMBER = re.compile(r"[0-9]{19}")
+
+
+def _json_loads(text):
+    """A JSON column's value, read by orjson (several times faster than json.loads: a
+    page of 50 runs decodes 100 of them), except where it would read differently:
+    what it refuses (NaN, Infinity, which Python's json writes) and numbers of 19 or
+    more digits (it reads integers past 64 bits as floats) are read by json.loads."""
+    if _LONG_NUMBER.search(text):
+        return json.loads(text)
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def _sqlite_engine(target: _Target, *, readonly: bool, foreign_keys: bool = True) -> Engine:
     """A SQLite engine whose connections come from our own `sqlite3.connect`, so
     that read-only is `mode=ro` (or `immutable=1`) for every way of naming the file."""
@@ -204,7 +222,7 @@ def _sqlite_engine(target: _Target, *, readonly: bool, foreign_keys: bool = True
             uri, uri=True, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
         )
 
-    engine = create_engine("sqlite://", creator=connect)
+    engine = create_engine("sqlite://", creator=connect, json_deserializer=_json_loads)
     _configure_sqlite(engine, readonly=readonly, foreign_keys=foreign_keys)
     return engine
 
@@ -214,7 +232,7 @@ def _make_engine(target: _Target, *, readonly: bool, foreign_keys: bool = True) 
         _check_sqlite_path(target.path, create=not readonly)
         return _sqlite_engine(target, readonly=readonly, foreign_keys=foreign_keys)
     if target.dialect == "sqlite":
-        engine = create_engine(target.url)
+        engine = create_engine(target.url, json_deserializer=_json_loads)
         _configure_sqlite(engine, readonly=readonly, foreign_keys=foreign_keys)
         return engine
     if target.dialect == "postgresql":
