@@ -291,6 +291,18 @@ def test_the_byte_bound_holds_what_is_captured_and_not_yet_written(tmp_path):
     _same_records(_stored(tmp_path / "alone.db")[1][:4], _stored(tmp_path / "two.db")[1][:4])
 
 
+def test_an_iteration_that_raises_gives_its_reserved_bytes_back(tmp_path):
+    model, optimizer, criterion, x, y = _seed_setup()
+    with Trace(model, optimizer, criterion, db=tmp_path / "r.db", queue_bytes=1) as run:
+        _loop(run, model, optimizer, criterion, x, y, 2)
+        with pytest.raises(ValueError):
+            with run.iteration():
+                raise ValueError("the user's bug, caught by the user")
+        assert run._pipeline.budget.held <= run._estimate  # (the last one may be in hand)
+        _loop(run, model, optimizer, criterion, x, y, 2)  # no wait for bytes never given back
+    assert run.stored == 4 and run._pipeline.budget.held == 0
+
+
 def test_the_byte_bound_waits_for_the_worker_and_lets_a_large_job_through_alone():
     handled, held = [], []
 
