@@ -198,6 +198,8 @@ def wait_ready(tab, selector: str | None = None, timeout: float = WAIT_MS) -> No
             const content = document.getElementById('_pages_content');
             if (!content || content.children.length === 0) return false;
             if (document.querySelector('[data-dash-is-loading="true"]')) return false;
+            // a tensor panel told the address's view on back or forward, not answered yet
+            if (document.querySelector('.tensor-panel[aria-busy="true"]')) return false;
             const formulas = document.querySelectorAll('.formula');
             for (const f of formulas) { if (!f.querySelector('mjx-container')) return false; }
             return true;
