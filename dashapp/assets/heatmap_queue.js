@@ -76,14 +76,27 @@
       return Promise.resolve([inline, JSON.parse(inline)]);
     }
     var src = slot.getAttribute("data-src");
-    return fetch(src, { credentials: "same-origin" }).then(function (response) {
-      if (!response.ok) {
-        throw new Error("HTTP " + response.status + " for " + src);
-      }
-      return response.json();
-    }).then(function (figure) {
-      return [src, figure];
+    return fetchText(src).then(function (text) {
+      return [src, JSON.parse(text)]; // each slot its own objects: Plotly keeps and changes them
     });
+  }
+
+  // Two slots showing the same figure (a LeNet-5 conv1 view shows X_col in two steps) ask
+  // for it once while the first request is under way.
+  var inFlight = {};
+
+  function fetchText(src) {
+    if (!inFlight[src]) {
+      inFlight[src] = fetch(src, { credentials: "same-origin" }).then(function (response) {
+        if (!response.ok) {
+          throw new Error("HTTP " + response.status + " for " + src);
+        }
+        return response.text();
+      });
+      var done = function () { delete inFlight[src]; };
+      inFlight[src].then(done, done);
+    }
+    return inFlight[src];
   }
 
   function onClick(slot) {
