@@ -119,8 +119,17 @@ class _CallContext(StepContext):
     which is how the check is recognised.
     """
 
-    def __init__(self, call: LayerCall, phase: str, shared: dict[str, set[str]]):
+    def __init__(
+        self,
+        call: LayerCall,
+        phase: str,
+        shared: dict[str, set[str]],
+        computed: dict[int, str] | None = None,
+    ):
         super().__init__(call, phase)
+        # id(array) -> what computed it, for references PyTorch computed after the step
+        # rather than autograd during it (`tracer.capture.inputgrad`)
+        self.computed = computed or {}
         self.shared_refs = {
             id(g): (n, len(shared[n]))
             for n, g in zip(call.input_names, call.grad_inputs, strict=True)
@@ -131,6 +140,9 @@ class _CallContext(StepContext):
     def step(self, title, formula, values, *, inputs, outputs, checks=(), note="", magnitude=0.0):
         kept, deferred = [], {}
         for ours, theirs, what in checks:
+            by = self.computed.get(id(theirs)) if theirs is not None else None
+            if by is not None and what.startswith("autograd "):
+                what = f"PyTorch {what.removeprefix('autograd ')} ({by})"
             hit = self.shared_refs.get(id(theirs)) if theirs is not None else None
             if hit is None:
                 kept.append((ours, theirs, what))
@@ -251,6 +263,7 @@ def build_iteration(
 
     steps: list[StepRecord] = []
     shared = _shared_inputs(cap)
+    computed = {id(cap.grads[n]): by for n, by in cap.computed_grads.items() if n in cap.grads}
 
     def warn(message: str) -> None:
         if message not in warnings:
@@ -271,7 +284,7 @@ def build_iteration(
                 "this operation" if call.module is None else f"{call.kind}"
             )
         if why is None:
-            ctx = _CallContext(layer_call, phase, shared)
+            ctx = _CallContext(layer_call, phase, shared, computed)
             try:
                 getattr(explainer, phase)(layer_call, ctx)
             except Unsupported as exc:

@@ -14,6 +14,8 @@ import click
 
 from storage.location import DB_ENV_VAR, NAME_MAX, StoreError, default_db
 
+from .pipeline import DEFAULT_QUEUE_SIZE
+
 # torch's CPU generator (and the synthetic data's) seeds a Mersenne Twister with the
 # low 32 bits only: 2**32 and 0 draw the same numbers. Seeds outside are refused.
 SEED_MAX = 2**32 - 1
@@ -192,7 +194,7 @@ class MaxElements(click.ParamType):
 @click.option(
     "--queue-size",
     type=POSITIVE_INT,
-    default=2,
+    default=DEFAULT_QUEUE_SIZE,
     show_default=True,
     help="Captured iterations that may wait for the worker before training waits for it.",
 )

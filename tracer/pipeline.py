@@ -52,7 +52,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-DEFAULT_QUEUE_SIZE = 2  # captured iterations waiting for the worker, at most
+# Captured iterations waiting for the worker, at most. The byte bound is what bounds
+# memory; this only keeps a model of tiny iterations from queueing without end. With 2
+# (as before the byte bound) a LeNet-5 run waited for the worker after its third
+# traced iteration while holding 30 MiB of its 512 MiB bound.
+DEFAULT_QUEUE_SIZE = 16
 # Bytes of host copies of captured iterations not yet written, at most (see above).
 DEFAULT_QUEUE_BYTES = 512 * 2**20
 
@@ -237,23 +241,15 @@ class Background:
     def put(self, job: Any, nbytes: int = 0, reserved: int = 0) -> None:
         """Queue a job of `nbytes` (replacing the `reserved` bytes); waits while the
         queue is full. Raises the worker's error, if any."""
-        self.budget.add(nbytes - reserved)
-        queued = False
-        try:
-            self.raise_pending()
-            while True:
-                try:
-                    self._queue.put((job, nbytes), timeout=0.05)
-                except queue.Full:
-                    pass
-                else:
-                    queued = True  # the worker gives its bytes back, handled or dropped
-                    self.raise_pending()  # failed while we waited: this job will be dropped
-                    return
-                self._check()
-        finally:
-            if not queued:
-                self.budget.release(nbytes)
+
+        def offer() -> bool:
+            try:
+                self._queue.put((job, nbytes), timeout=0.05)
+            except queue.Full:
+                return False
+            return True  # the worker gives its bytes back, handled or dropped
+
+        _hand_over(self, nbytes, reserved, offer)
 
     def raise_pending(self) -> None:
         """Raise the worker's first error in the calling thread (once)."""
@@ -280,6 +276,24 @@ class Background:
             self._thread.join()
         finally:
             sys.setswitchinterval(self._switch)
+
+
+def _hand_over(worker, nbytes: int, reserved: int, offer: Callable[[], bool]) -> None:
+    """Queue a job of `nbytes` for `worker` (a `Background` or a `ProcessWorker`), in
+    place of the `reserved` bytes: `offer` tries to queue it for a moment and says
+    whether it did; while the queue is full the worker's error or death is checked
+    between tries. Bytes of a job that was never queued are given back; those of a
+    queued one come back when the worker is done with it, handled or dropped."""
+    worker.budget.add(nbytes - reserved)
+    queued = False
+    try:
+        worker.raise_pending()
+        while not (queued := offer()):
+            worker._check()
+        worker.raise_pending()  # it failed while we waited: this job will be dropped
+    finally:
+        if not queued:
+            worker.budget.release(nbytes)
 
 
 def _lower_priority() -> None:
@@ -402,26 +416,16 @@ class ProcessWorker:
         self.budget.release(nbytes)
 
     def put(self, job: Any, nbytes: int = 0, reserved: int = 0) -> None:
-        self.budget.add(nbytes - reserved)
-        sent = False
-        try:
-            self.raise_pending()
-            while True:
-                try:
-                    self._jobs.put(job, timeout=0.05)
-                except queue.Full:
-                    pass
-                else:
-                    self._sent += 1
-                    self._sizes.append(nbytes)
-                    sent = True
-                    self._collect()
-                    self.raise_pending()
-                    return
-                self._check()
-        finally:
-            if not sent:
-                self.budget.release(nbytes)
+        def offer() -> bool:
+            try:
+                self._jobs.put(job, timeout=0.05)
+            except queue.Full:
+                return False
+            self._sent += 1
+            self._sizes.append(nbytes)  # given back as the child's result comes
+            return True
+
+        _hand_over(self, nbytes, reserved, offer)
 
     def raise_pending(self) -> None:
         self._collect()

@@ -128,6 +128,7 @@ def pack(
         grad_scale=_number(cap.grad_scale),
         problems=list(cap.problems),
         optimizer=cap.optimizer.to_json() if cap.optimizer is not None else None,
+        computed_grads=dict(cap.computed_grads),
     )
     return CaptureRecord(manifest=manifest, arrays=p.arrays)
 
@@ -228,5 +229,6 @@ def unpack(
         grad_scale=_from_number(m["grad_scale"]),
         problems=list(m["problems"]),
         optimizer=OptimizerSpec.from_json(m["optimizer"]) if m["optimizer"] else None,
+        computed_grads=dict(m.get("computed_grads", {})),  # stores from before it
     )
     return cap, _from_number(m["loss_value"])

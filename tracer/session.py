@@ -63,6 +63,7 @@ from storage.records import IterationRecord
 
 from .assemble import NOT_EXPLAINED, Bounds, TraceError, build_record, layer_infos  # noqa: F401
 from .capture import Capture
+from .capture.inputgrad import fill_input_grad
 from .explainers import explainer_for
 from .pipeline import (
     DEFAULT_QUEUE_BYTES,
@@ -225,7 +226,12 @@ class Trace:
         # input_grad: autograd also computes dL/d(input), the reference for the first
         # layer's input-gradient step. It is not free: PyTorch's CPU convolution
         # backward for the input is the largest single cost of tracing LeNet-5.
-        self._capture = Capture(model, optimizer, criterion, input_grad=bool(input_grad))
+        # On CPU the worker thread computes it instead, once the first traced iteration
+        # shows it gets autograd's array (`tracer.capture.inputgrad`); with the worker
+        # process, which runs no torch, the training thread does at the hand-off.
+        self._capture = Capture(
+            model, optimizer, criterion, input_grad=bool(input_grad), input_grad_later=True
+        )
         self._writer: RunWriter | None = None
         self._engine = None
         self._modes: list[tuple[nn.Module, bool]] = []
@@ -428,6 +434,8 @@ class Trace:
         if not self._traced:
             return
         captured = self._capture.finish(settle=False)  # settled by the worker
+        if self.worker == "process" and captured.input_grad_from is not None:
+            fill_input_grad(captured)  # with torch, which the worker process does not run
         if self._pending_loss is not None:
             loss_value = self._pending_loss
         else:

@@ -50,11 +50,15 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
         input_grad: bool = True,
         loss_name: str = "loss",
         functional: bool = True,
+        input_grad_later: bool = False,
     ):
         self.model = model
         self.optimizer = optimizer
         self.criterion = criterion if isinstance(criterion, nn.Module) else None
         self.input_grad = input_grad
+        # Whether the worker computes dL/d(input) instead of autograd (`inputgrad`):
+        # None until the first traced iteration shows it gives autograd's array.
+        self._input_grad_later: bool | None = None if input_grad_later else False
         self.loss_name = loss_name
         self.param_names = {id(p): name for name, p in model.named_parameters()}
         self.param_layers = {}
@@ -171,10 +175,36 @@ class Capture(ModuleHooks, FunctionalHooks, CustomFunctionHooks, OptimizerHooks)
             nbytes=self._copies.take_nbytes(),
             settled=False,
         )
+        if self._input_named is not None:
+            name, device, by_autograd = self._input_named
+            if not by_autograd:
+                captured.input_grad_from = name
+            elif self._input_grad_later is None and device == "cpu":
+                self._input_grad_later = self._same_input_grad(captured, name)
         self._reset()
         return captured.settle() if settle else captured
 
+    def _same_input_grad(self, captured: CapturedIteration, name: str) -> bool | None:
+        """Whether `inputgrad` gives autograd's dL/d(input) of this iteration bitwise
+        (None: this iteration cannot tell, e.g. it was abandoned before its backward)."""
+        from .inputgrad import conv_input_grad, input_consumer
+
+        theirs = captured.grads.get(name)
+        call = input_consumer(captured.calls, name)
+        if call is None:
+            return False
+        if theirs is None:
+            return None
+        try:
+            ours = conv_input_grad(call, captured)
+        except Exception:  # noqa: BLE001 - autograd keeps computing it
+            return False
+        if ours is None:
+            return None
+        return ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
+
     def _reset(self) -> None:
+        self._input_named: tuple[str, str, bool] | None = None  # (name, device, by autograd)
         self._calls: list[CapturedCall] = []
         self._values: dict[str, CapturedValue] = {}
         self._grads: dict[str, np.ndarray] = {}

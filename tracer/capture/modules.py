@@ -53,6 +53,8 @@ class ModuleHooks:
         layer against; parameters' gradients are unchanged by it. The copy is a
         clone of a fresh leaf, not the leaf itself, so an in-place first layer
         still works (in-place ops on a leaf that requires grad are an error).
+        Once the worker is known to compute the same gradient (`inputgrad`), the
+        input is left as it is.
         """
         args, kwargs, changed = list(args), dict(kwargs), False
         position = 0
@@ -63,13 +65,15 @@ class ModuleHooks:
                 continue
             if self._key(tensor) in self._keys:
                 continue  # the model called on its own output again
-            if (
+            wanted = (
                 not changed
+                and self._input_named is None
                 and self.input_grad
                 and tensor.is_floating_point()
                 and not tensor.requires_grad
                 and torch.is_grad_enabled()
-            ):
+            )
+            if wanted and not self._input_grad_later:
                 tensor = tensor.detach().requires_grad_(True).clone()
                 container[slot] = tensor
                 changed = True
@@ -78,7 +82,10 @@ class ModuleHooks:
             else:
                 name = names.model_input(position)
                 position += 1
-            self._name(tensor, name, ROLE_INPUT, None)
+            name = self._name(tensor, name, ROLE_INPUT, None)
+            if wanted:
+                # the worker computes its gradient (`inputgrad`), or autograd does
+                self._input_named = (name, tensor.device.type, changed)
         return tuple(args), kwargs, changed
 
     def _root_post_hook(self, module, args, output):

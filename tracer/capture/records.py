@@ -99,14 +99,25 @@ class CapturedIteration:
     nbytes: int = 0  # the host copies taken for it, in bytes (what the queue's bound counts)
     # Whether grad_scale, grads_at_start and their problem are worked out (`settle`).
     settled: bool = True
+    # The model input whose gradient the capture left to the worker (`inputgrad`):
+    # `settle` computes it into `grads`.
+    input_grad_from: str | None = None
+    # Gradients in `grads` that PyTorch computed after the step, not autograd during it:
+    # name -> how (said on the steps checked against them).
+    computed_grads: dict[str, str] = field(default_factory=dict)
 
     def settle(self) -> CapturedIteration:
-        """Work out what the parameter gradients say (clipping, accumulation), where
-        the capture left it to the worker (`Capture.finish(settle=False)`)."""
+        """Work out what the capture left to the worker: what the parameter gradients
+        say (clipping, accumulation; `Capture.finish(settle=False)`) and the input's
+        gradient (`inputgrad.fill_input_grad`)."""
         if not self.settled:
             from .optimizer import settle_grads
 
             settle_grads(self)
+        if self.input_grad_from is not None:
+            from .inputgrad import fill_input_grad
+
+            fill_input_grad(self)
         return self
 
 
