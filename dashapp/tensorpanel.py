@@ -448,7 +448,8 @@ def _record_of(state: dict) -> TensorRecord:
 
 
 def _identity(state: dict) -> list:
-    """What an answer of `change_view` was computed for: the panel's tensor and view."""
+    """What an answer of `change_view` was computed for: the panel's tensor and view
+    (assets/tensor_panel.js compares it with the panel's state when the answer comes)."""
     return [state["run"], state["it"], state["name"], state["lead"], state["row0"], state["col0"]]
 
 

@@ -163,6 +163,11 @@
     return JSON.stringify(a) === JSON.stringify(b);
   }
 
+  // tensorpanel._identity: the tensor and view a panel's state says it shows
+  function identity(state) {
+    return [state.run, state.it, state.name, state.lead, state.row0, state.col0];
+  }
+
   window.dash_clientside = window.dash_clientside || {};
   window.dash_clientside.cnnviz_panel = {
     apply: function (answer, nav, state) {
@@ -177,8 +182,7 @@
       if (asked === told && told !== null) {
         busy(document.querySelector('.tensor-panel[data-aio="' + CSS.escape(aio) + '"]'), false);
       }
-      var current = [state.run, state.it, state.name, state.lead, state.row0, state.col0];
-      if (asked !== told || !same(answer.base, current)) {
+      if (asked !== told || !same(answer.base, identity(state))) {
         (answer.axes || []).forEach(function (axis) {
           clientside.set_props(
             { component: "TensorPanel", subcomponent: "offset", axis: axis, aio_id: aio },

@@ -216,6 +216,31 @@ VIEW_READY = """(view) => {
 }"""
 
 
+# Answers to the panels' window changes (tensorpanel.change_view: its outputs include
+# the offsets) come back late when asked: `cnnvizSlow` holds a delay in ms for each
+# next one asked, `cnnvizLate` counts those held back, `cnnvizBusy` all callbacks out.
+SLOW_PANEL_ANSWERS = """(() => {
+    const fetch = window.fetch;
+    window.cnnvizSlow = [];
+    window.cnnvizLate = 0;
+    window.cnnvizBusy = 0;
+    window.fetch = function (resource, options) {
+        const answer = fetch.apply(this, arguments);
+        const body = options && typeof options.body === 'string' ? options.body : '';
+        if (!String(resource).includes('_dash-update-component')) return answer;
+        const panel = (JSON.parse(body).output || '').includes('"subcomponent":"offset"');
+        const ms = (panel && window.cnnvizSlow.shift()) || 0;
+        window.cnnvizBusy += 1;
+        window.cnnvizLate += ms ? 1 : 0;
+        const done = () => { window.cnnvizBusy -= 1; window.cnnvizLate -= ms ? 1 : 0; };
+        return answer.then(
+            (r) => new Promise((resolve) => setTimeout(() => { done(); resolve(r); }, ms)),
+            (e) => { done(); throw e; });
+    };
+})()"""
+PANEL_ANSWERS_SETTLED = "window.cnnvizLate === 0 && window.cnnvizBusy === 0"
+
+
 def wait_view(tab, view: str, timeout: float = WAIT_MS) -> None:
     """Until the iteration page shows `view` ("phase/layer", "backward/" for a whole
     phase) with its formulas typeset: after a link within the page, one callback

@@ -12,7 +12,16 @@ import sys
 
 import numpy as np
 import pytest
-from dash_helpers import cnnviz_serve, graph_data, open_page, run_callback, using_store, wait_ready
+from dash_helpers import (
+    PANEL_ANSWERS_SETTLED,
+    SLOW_PANEL_ANSWERS,
+    cnnviz_serve,
+    graph_data,
+    open_page,
+    run_callback,
+    using_store,
+    wait_ready,
+)
 
 from storage import (
     RUN_COMPLETED,
@@ -139,30 +148,6 @@ def test_the_window_is_in_the_url_and_back_and_forward_restore_it(page, base):
     assert list(page.problems) == []
 
 
-# Answers to the panels' window changes (tensorpanel.change_view: its outputs include
-# the offsets) come back late when asked: `cnnvizSlow` holds a delay in ms for each
-# next one asked, `cnnvizLate` counts those held back, `cnnvizBusy` all callbacks out.
-SLOW_PANEL_ANSWERS = """(() => {
-    const fetch = window.fetch;
-    window.cnnvizSlow = [];
-    window.cnnvizLate = 0;
-    window.cnnvizBusy = 0;
-    window.fetch = function (resource, options) {
-        const answer = fetch.apply(this, arguments);
-        const body = options && typeof options.body === 'string' ? options.body : '';
-        if (!String(resource).includes('_dash-update-component')) return answer;
-        const panel = (JSON.parse(body).output || '').includes('"subcomponent":"offset"');
-        const ms = (panel && window.cnnvizSlow.shift()) || 0;
-        window.cnnvizBusy += 1;
-        window.cnnvizLate += ms ? 1 : 0;
-        const done = () => { window.cnnvizBusy -= 1; window.cnnvizLate -= ms ? 1 : 0; };
-        return answer.then(
-            (r) => new Promise((resolve) => setTimeout(() => { done(); resolve(r); }, ms)),
-            (e) => { done(); throw e; });
-    };
-})()"""
-
-
 def test_a_late_answer_never_undoes_back_and_forward(page, base):
     """Back, then forward before the answer to the back has come: the panels end where
     the address says (rows 17.., columns 33..), and the late answer neither moves them
@@ -185,7 +170,7 @@ def test_a_late_answer_never_undoes_back_and_forward(page, base):
     page.wait_for_function("window.cnnvizLate === 1")  # asked, not answered yet
     page.go_forward()
     page.wait_for_url(re.compile(r"t\.fc\.weight=%4017%2C33$"))
-    page.wait_for_function("window.cnnvizLate === 0 && window.cnnvizBusy === 0")
+    page.wait_for_function(PANEL_ANSWERS_SETTLED)
     page.wait_for_timeout(500)  # what a late answer would do, it has done by now
     assert page.url.endswith("t.fc.weight=%4017%2C33")
     assert page.evaluate("history.length") == entries
