@@ -96,7 +96,7 @@ def test_pan_a_window_keeps_it_in_the_url_and_back_returns(page, base):
 
     page.go_back()
     page.wait_for_url(re.compile(r"t\.fc\.weight=%4033%2C1$"))
-    wait_ready(page, ".tensor-panel")  # Dash may rebuild the page from the address
+    wait_ready(page, ".tensor-panel")  # the panel is told the address's view (aria-busy)
     panel = weight_panel(page)
     panel.locator(".tensor-caption:text-is('rows 33–96 of 120; columns 1–64 of 400')").wait_for()
     np.testing.assert_array_equal(z_of(graph_data(panel, ".js-plotly-plot")[0]), WEIGHT[32:96, :64])
