@@ -145,3 +145,40 @@ def test_two_heatmaps_of_the_same_figure_ask_for_it_once(page, base):
     )
     assert len(asked) == 1
     assert list(page.problems) == []
+
+
+def test_the_first_heatmaps_of_a_view_come_with_it(page, base, lenet_store):
+    """The figures of a view's first heatmaps are sent with the view (pages/iteration.py,
+    with_first_figures), each once: they are drawn without a request to /figure (a slot
+    showing one of them again too) and show the stored numbers; the view's other
+    heatmaps are fetched as before."""
+    asked = []
+    page.on("request", lambda r: asked.append(r.url) if "/figure/" in r.url else None)
+    open_page(page, base + "/iteration?run=1&it=1&phase=forward&layer=conv1", ".tensor-panel")
+    slots = page.locator(".tensor-panel .heatmap-slot[data-figure-inline]")
+    assert slots.count() == 2  # input and X_col; the next step's X_col is the same figure
+    slots.first.locator(".main-svg").first.wait_for(timeout=WAIT_MS)
+    drawn = page.evaluate(
+        """() => [...document.querySelectorAll('.heatmap-slot[data-figure-inline]')]
+            .filter((s) => s.querySelector('.main-svg')).map((s) => s.getAttribute('data-src'))"""
+    )
+    assert drawn and not [url for url in asked if any(url.endswith(src) for src in drawn)]
+    again = page.locator(f'.heatmap-slot:not([data-figure-inline])[data-src="{drawn[-1]}"]')
+    if again.count():  # the same figure in a later step
+        again.first.scroll_into_view_if_needed()
+        again.first.locator(".main-svg").first.wait_for(timeout=WAIT_MS)
+        assert not [url for url in asked if url.endswith(drawn[-1])]
+    panel = page.locator(".tensor-panel:has(.heatmap-slot[data-figure-inline])").first
+    name = panel.get_attribute("data-tensor")
+    with RunStore(lenet_store) as store:
+        tensor = store.load_tensor(1, 1, name)
+    view = matrix_view(tensor.array, tensor.shape, role=tensor.role)
+    (drawn,) = graph_data(panel, ".js-plotly-plot")
+    z = [[float("nan") if v is None else v for v in row] for row in drawn["z"]]
+    np.testing.assert_array_equal(np.array(z, dtype=np.float64), view.values)
+    last = page.locator(".tensor-panel .heatmap-slot").last
+    assert last.get_attribute("data-figure-inline") is None
+    last.scroll_into_view_if_needed()
+    last.locator(".main-svg").first.wait_for(timeout=WAIT_MS)
+    assert any(url.endswith(last.get_attribute("data-src")) for url in asked)
+    assert list(page.problems) == []
