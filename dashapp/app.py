@@ -16,7 +16,7 @@ from pathlib import Path
 
 import dash
 import dash_bootstrap_components as dbc
-from dash import html
+from dash import dcc, html
 
 from storage import RunStore
 
@@ -53,6 +53,7 @@ def create_app(store_location: str | os.PathLike, *, render_shell: bool = True) 
         [
             layouts.navbar(NAV_PAGES),
             dbc.Container(dash.page_container, fluid=True, className="page-container"),
+            dropdown_warm_up(),
         ]
     )
     bundle.register(app.server, app.config.requests_pathname_prefix)
@@ -65,6 +66,22 @@ def create_app(store_location: str | os.PathLike, *, render_shell: bool = True) 
     if render_shell:  # not for Dash's dev server: its dev tools must come before any request
         _render_shell_once(app)
     return app
+
+
+def dropdown_warm_up() -> html.Div:
+    """A hidden, empty dcc.Dropdown in the page shell.
+
+    dcc.Dropdown is a lazy React component: the first one rendered fetches and evaluates
+    dcc's dropdown chunk and renders again once it is there. In the shell that happens
+    while the browser waits for the page's content; in the content (the iteration page's
+    run picker) it cost a task of 60-80 ms after the content was shown, just before the
+    first heatmaps were drawn. With the chunk resolved, the pages' dropdowns render with
+    the content."""
+    return html.Div(
+        dcc.Dropdown(id="cnnviz-dropdown-warm-up", options=[]),
+        hidden=True,
+        **{"aria-hidden": "true"},
+    )
 
 
 def _render_shell_once(app: dash.Dash) -> None:

@@ -467,32 +467,29 @@ def iteration_stepper(
             className="iteration-stepper",
         )
     shown = sorted({1, count, *range(max(1, current - window), min(count, current + window) + 1)})
-    items = [_page_item("‹ previous", link(current - 1) if current > 1 else None)]
+    items = [_page_link("‹ previous", link(current - 1) if current > 1 else None)]
     last = 0
     for i in shown:
         if i - last > 1:
-            items.append(
-                html.Li(html.Span("…", className="page-link"), className="page-item disabled")
-            )
-        items.append(_page_item(str(i), link(i), active=i == current))
+            items.append(_page_link("…", None))
+        items.append(_page_link(str(i), link(i), active=i == current))
         last = i
-    items.append(_page_item("next ›", link(current + 1) if current < count else None))
+    items.append(_page_link("next ›", link(current + 1) if current < count else None))
     if current < 1:  # no iteration on screen yet: just the links
         items = items[1:-1]
+    # Bootstrap's pagination with the links side by side and no list elements around
+    # them (cnnviz.css joins their borders): one Dash component per link, not three.
     return html.Nav(
-        html.Ul(items, className="pagination pagination-sm mb-0"),
-        className="iteration-stepper",
+        items,
+        className="iteration-stepper pagination pagination-sm mb-0",
         **{"aria-label": "iterations"},
     )
 
 
-def _page_item(label: str, href: str | None, *, active: bool = False) -> html.Li:
+def _page_link(label: str, href: str | None, *, active: bool = False):
     if href is None:
-        return html.Li(html.Span(label, className="page-link"), className="page-item disabled")
-    return html.Li(
-        dcc.Link(label, href=href, className="page-link"),
-        className="page-item" + (" active" if active else ""),
-    )
+        return html.Span(label, className="page-link disabled")
+    return dcc.Link(label, href=href, className="page-link" + (" active" if active else ""))
 
 
 def metric(label: str, value, *, hint: str | None = None, class_name: str = "") -> html.Div:

@@ -20,7 +20,8 @@
   "use strict";
   var MARGIN_PX = 600;
   var NEAR = MARGIN_PX + "px"; // slots this close to the viewport are drawn
-  var GAP_MS = 10; // pause between two drawings
+  var KEEP_PX = 2 * MARGIN_PX; // a queued slot this close stays queued (nextSlot)
+  var GAP_MS = 0; // a task boundary between two drawings: the browser paints in between
 
   var observed = new WeakSet();
   var queue = [];
@@ -44,8 +45,12 @@
   }
 
   function loadPlotly() {
+    if (window.Plotly) {
+      // evaluated: its script's load event can come a while later, after other tasks
+      return Promise.resolve(window.Plotly);
+    }
     if (!plotly) {
-      plotly = window.Plotly ? Promise.resolve(window.Plotly) : new Promise(function (resolve, reject) {
+      plotly = new Promise(function (resolve, reject) {
         var script = document.createElement("script");
         script.src = plotlyURL();
         script.async = true;
@@ -71,14 +76,27 @@
       return Promise.resolve([inline, JSON.parse(inline)]);
     }
     var src = slot.getAttribute("data-src");
-    return fetch(src, { credentials: "same-origin" }).then(function (response) {
-      if (!response.ok) {
-        throw new Error("HTTP " + response.status + " for " + src);
-      }
-      return response.json();
-    }).then(function (figure) {
-      return [src, figure];
+    return fetchText(src).then(function (text) {
+      return [src, JSON.parse(text)]; // each slot its own objects: Plotly keeps and changes them
     });
+  }
+
+  // Two slots showing the same figure (a LeNet-5 conv1 view shows X_col in two steps) ask
+  // for it once while the first request is under way.
+  var inFlight = {};
+
+  function fetchText(src) {
+    if (!inFlight[src]) {
+      inFlight[src] = fetch(src, { credentials: "same-origin" }).then(function (response) {
+        if (!response.ok) {
+          throw new Error("HTTP " + response.status + " for " + src);
+        }
+        return response.text();
+      });
+      var done = function () { delete inFlight[src]; };
+      inFlight[src].then(done, done);
+    }
+    return inFlight[src];
   }
 
   function onClick(slot) {
@@ -151,33 +169,48 @@
     });
   }
 
-  // A slot queued while near the viewport may have left it (the reader scrolled on, or
-  // formulas typeset above it pushed it down): the next one drawn is one near the
-  // viewport now; the others go back to the observer, so nothing waits for them.
-  function near(slot) {
+  // A slot queued while near the viewport may have left it: the reader scrolled on, or
+  // formulas typeset above it pushed it down (a LeNet-5 formula with numbers is hundreds
+  // of pixels tall, and its box is empty until typeset). The next one drawn is the one
+  // nearest the viewport now, one in it first. One still within KEEP_PX stays queued (its
+  // figure is fetched already: drawing it while the page is idle costs less than waiting
+  // for the reader to scroll to it); the others go back to the observer, so nothing
+  // waits for them.
+  function distance(slot) {
     var box = slot.getBoundingClientRect();
-    return box.bottom > -MARGIN_PX && box.top < window.innerHeight + MARGIN_PX;
+    if (box.bottom > 0 && box.top < window.innerHeight) {
+      return 0;
+    }
+    return box.top >= window.innerHeight ? box.top - window.innerHeight : -box.bottom;
+  }
+
+  function near(slot) {
+    return distance(slot) < MARGIN_PX;
   }
 
   function nextSlot() {
-    for (var i = 0; i < queue.length; i++) {
-      if (near(queue[i])) {
-        return queue.splice(i, 1)[0];
-      }
-    }
-    var redraw = null;
+    var best = -1;
+    var bestDistance = Infinity;
+    var kept = [];
     queue.splice(0).forEach(function (slot) {
-      if (slot._cnnvizDrawn !== undefined || !observer) {
-        redraw = redraw || slot; // shown once already, its figure changed: redraw it
-        if (redraw !== slot) {
-          queue.push(slot);
+      if (!slot.isConnected) {
+        return;
+      }
+      var away = distance(slot);
+      if (away < KEEP_PX || slot._cnnvizDrawn !== undefined || !observer) {
+        // near, or shown once already and its figure changed (redrawn wherever it is)
+        if (away < bestDistance) {
+          best = kept.length;
+          bestDistance = away;
         }
-      } else if (slot.isConnected && !observed.has(slot)) {
+        kept.push(slot);
+      } else if (!observed.has(slot)) {
         observed.add(slot);
         observer.observe(slot);
       }
     });
-    return redraw;
+    queue = kept;
+    return best < 0 ? null : queue.splice(best, 1)[0];
   }
 
   function pump() {
@@ -219,8 +252,12 @@
       }, { rootMargin: NEAR + " 0px" })
     : null;
 
-  // Slots come and go as Dash renders pages: watch every slot whose figure is not
-  // drawn; one already drawn once (so it has been near the viewport) is redrawn.
+  // Slots come and go as Dash renders pages: every slot whose figure is not drawn is
+  // looked at in the next animation frame after it appears (when the browser lays the
+  // page out anyway): one near the viewport is queued and its figure fetched at once,
+  // the others are watched by the observer; one drawn once already (so it has been near
+  // the viewport) is redrawn. Waiting for the observer's first report instead cost a
+  // LeNet-5 view 100-200 ms between its slots appearing and their figures being asked.
   function scan() {
     scanning = false;
     var slots = document.querySelectorAll(".heatmap-slot[data-figure], .heatmap-slot[data-src]");
@@ -229,7 +266,7 @@
       if (!stale(slot) || observed.has(slot) || queue.indexOf(slot) >= 0) {
         continue;
       }
-      if (slot._cnnvizDrawn !== undefined || !observer) {
+      if (slot._cnnvizDrawn !== undefined || !observer || near(slot)) {
         enqueue(slot);
       } else {
         observed.add(slot);
@@ -237,6 +274,18 @@
       }
     }
     pump();
+  }
+
+  function scanSoon() {
+    if (scanning) {
+      return;
+    }
+    scanning = true;
+    if (document.visibilityState === "visible" && window.requestAnimationFrame) {
+      window.requestAnimationFrame(scan);
+    } else {
+      setTimeout(scan, 30); // no frames in a hidden tab
+    }
   }
 
   // Every view of the iteration page has heatmaps: plotly.js loads while Dash fetches
@@ -247,8 +296,8 @@
   // which cost the first real heatmap a few hundred milliseconds more than the next ones
   // once formulas and panels filled the page; now it happens while the page is small.
   function warmUp(Plotly) {
-    if (document.querySelector(".heatmap-slot .main-svg")) {
-      return; // a heatmap is drawn already
+    if (document.querySelector(".heatmap-slot")) {
+      return; // the page's heatmaps are there: the first one drawn takes the setup
     }
     var box = document.createElement("div");
     box.setAttribute("aria-hidden", "true");
@@ -276,12 +325,7 @@
     });
   }
 
-  new MutationObserver(function () {
-    if (!scanning) {
-      scanning = true;
-      setTimeout(scan, 30);
-    }
-  }).observe(document.documentElement, {
+  new MutationObserver(scanSoon).observe(document.documentElement, {
     childList: true, subtree: true, attributes: true, attributeFilter: ["data-figure", "data-src"],
   });
 })();

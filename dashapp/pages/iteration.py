@@ -97,7 +97,12 @@ def view_link(run_id: int, index: int, view: View) -> str:
 
 def side_menu(parts: list[Section], view: View, run_id: int, index: int) -> html.Nav:
     """Input -> each phase and its layers -> what if, each a link to that view; the
-    steps of the view shown are listed under it, as anchors on this page."""
+    steps of the view shown are listed under it, as anchors on this page.
+
+    Flat on purpose: each section is one Div holding its links, with no list elements
+    around each link. Dash renders every element as a component of its own, and the
+    menu was a quarter of a LeNet-5 view's ~490 components (each costs the commit of the
+    view, and Dash's renderer looks at every one again on each later update)."""
 
     def link(target: View, label, class_name: str, title: str | None = None) -> dcc.Link:
         here = " toc-current" if target == view else ""
@@ -108,52 +113,40 @@ def side_menu(parts: list[Section], view: View, run_id: int, index: int) -> html
             title=title,
         )
 
-    items = [
-        html.Li(link(View(INPUT), "Input, labels, weights", "toc-view"), className="toc-section")
-    ]
+    items = [html.Div("This iteration", className="toc-title")]
+    items.append(
+        html.Div(link(View(INPUT), "Input, labels, weights", "toc-view"), className="toc-section")
+    )
     for section in parts:
-        entries = []
+        entries = [
+            link(
+                View(section.key),
+                section.title,
+                "toc-view",
+                title=f"every layer of the {section.title.lower()} on one page",
+            )
+        ]
         for layer in layers_of(section):
             steps = [(n, s) for name, group in section.groups if name == layer for n, s in group]
-            target = View(section.key, layer)
             entries.append(
-                html.Li(
-                    link(
-                        target,
-                        [layer, html.Span(f" {len(steps)}", className="toc-count")],
-                        "toc-layer",
-                    )
+                link(
+                    View(section.key, layer),
+                    [layer, html.Span(f" {len(steps)}", className="toc-count")],
+                    "toc-layer",
                 )
             )
             if view.phase == section.key and view.layer in (None, layer):
                 entries += [
-                    html.Li(
-                        html.A(
-                            [html.Span(str(n), className="toc-num"), step.title],
-                            href=f"#step-{n}",
-                            className=f"toc-step verified-{_mark(step)}",
-                        )
+                    html.A(
+                        [html.Span(str(n), className="toc-num"), step.title],
+                        href=f"#step-{n}",
+                        className=f"toc-step verified-{_mark(step)}",
                     )
                     for n, step in steps
                 ]
-        items.append(
-            html.Li(
-                [
-                    link(
-                        View(section.key),
-                        section.title,
-                        "toc-view",
-                        title=f"every layer of the {section.title.lower()} on one page",
-                    ),
-                    html.Ul(entries),
-                ],
-                className=f"toc-section toc-{section.key}",
-            )
-        )
-    items.append(html.Li(link(View(WHATIF), "What if", "toc-view"), className="toc-section"))
-    return html.Nav(
-        [html.Div("This iteration", className="toc-title"), html.Ul(items)], className="toc"
-    )
+        items.append(html.Div(entries, className=f"toc-section toc-{section.key}"))
+    items.append(html.Div(link(View(WHATIF), "What if", "toc-view"), className="toc-section"))
+    return html.Nav(items, className="toc", **{"aria-label": "this iteration"})
 
 
 def journey(parts: list[Section], view: View, run_id: int, index: int) -> html.Nav:

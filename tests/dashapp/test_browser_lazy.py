@@ -87,3 +87,61 @@ def test_the_last_heatmap_shows_the_stored_numbers_once_scrolled_to(page, base, 
     np.testing.assert_array_equal(np.array(z, dtype=np.float64), view.values)
     assert drawn["row0_on_top"] is True
     assert list(page.problems) == []
+
+
+PUSHED_SLOT = """(src) => {
+    // a slot 200 px below the viewport (near: queued, its figure fetched), moved 900 px
+    // below it in the same frame, after it was queued: as a formula typeset above it does
+    const slot = document.createElement('div');
+    slot.className = 'heatmap-slot pushed-slot';
+    const below = (px) => `${window.scrollY + window.innerHeight + px}px`;
+    slot.style.cssText = `position:absolute;left:0;width:120px;height:120px;top:${below(200)}`;
+    slot.setAttribute('data-src', src);
+    document.body.appendChild(slot);
+    // the page's MutationObserver queued its scan first: this frame callback runs after it
+    queueMicrotask(() => requestAnimationFrame(() => { slot.style.top = below(900); }));
+}"""
+
+
+def test_a_heatmap_pushed_down_after_it_was_queued_is_still_drawn(page, base):
+    """Formulas typeset above a queued heatmap push it out of the margin where heatmaps
+    are drawn; its figure is fetched already, so it is drawn while the page is idle,
+    without waiting for the reader to scroll to it."""
+    open_lenet_page(page, base)
+    src = page.locator(".tensor-panel .heatmap-slot[data-src]").last.get_attribute("data-src")
+    page.evaluate("window.scrollTo({top: 0, behavior: 'instant'})")
+    page.evaluate(PUSHED_SLOT, src)
+    page.locator(".pushed-slot .main-svg").first.wait_for(timeout=WAIT_MS)
+    box = page.locator(".pushed-slot").bounding_box()
+    assert box["y"] > 1000 + 600  # drawn outside the viewport and its margin
+    assert page.evaluate("window.scrollY") == 0
+    assert list(page.problems) == []
+
+
+TWO_SLOTS = """(src) => {
+    for (let i = 0; i < 2; i++) {
+        const slot = document.createElement('div');
+        slot.className = 'heatmap-slot twin-slot';
+        slot.style.cssText = `position:absolute;left:${i * 130}px;width:120px;height:120px;`
+            + `top:${window.scrollY + 100}px`;
+        slot.setAttribute('data-src', src);
+        document.body.appendChild(slot);
+    }
+}"""
+
+
+def test_two_heatmaps_of_the_same_figure_ask_for_it_once(page, base):
+    """A figure shown twice in view (a LeNet-5 conv1 view shows X_col in two steps) is
+    fetched once, and both heatmaps are drawn from it."""
+    open_lenet_page(page, base)
+    src = page.locator(".tensor-panel .heatmap-slot[data-src]").last.get_attribute("data-src")
+    asked = []
+    page.on("request", lambda r: asked.append(r.url) if r.url.endswith(src) else None)
+    page.evaluate("window.scrollTo({top: 0, behavior: 'instant'})")
+    page.evaluate(TWO_SLOTS, src)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.twin-slot')].every((s) => s.querySelector('.main-svg'))",
+        timeout=WAIT_MS,
+    )
+    assert len(asked) == 1
+    assert list(page.problems) == []

@@ -377,6 +377,31 @@ def test_unknown_addresses_get_the_not_found_page(page, base, path, message):
     assert_clean(page)
 
 
+def test_the_dropdown_chunk_loads_with_the_page_shell(page, base):
+    """dcc.Dropdown is a lazy component: the page shell holds a hidden one
+    (app.dropdown_warm_up), so dcc's dropdown chunk is loaded while a page waits for its
+    content, even on a page whose content has no dropdown, and the pages' run pickers
+    render with their content instead of in a task after it. The hidden one is out of
+    sight and out of the accessibility tree."""
+    chunks = []
+    page.on("request", lambda r: chunks.append(r.url) if "async-dropdown" in r.url else None)
+    page.goto(base + "/no/such/page")
+    wait_ready(page, ".not-found-message")
+    page.problems[:] = [p for p in page.problems if "404" not in p]  # the address is a 404
+    assert (
+        page.locator(".not-found-message .Select, .not-found-message .dash-dropdown").count() == 0
+    )
+    page.wait_for_load_state("networkidle")
+    assert len(chunks) == 1
+    warm = page.locator("#cnnviz-dropdown-warm-up")
+    assert warm.count() == 1 and not warm.is_visible()
+    assert page.get_by_role("combobox").count() == 0
+    open_page(page, base + "/iteration?run=1&it=1&phase=forward", ".tensor-panel")
+    picker = page.locator("#iteration-run")
+    assert picker.is_visible() and "seed" in picker.inner_text().lower()
+    assert_clean(page)
+
+
 @pytest.mark.parametrize(
     ("path", "ready"),
     [
