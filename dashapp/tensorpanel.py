@@ -32,7 +32,20 @@ from urllib.parse import quote, urlencode
 
 import flask
 import numpy as np
-from dash import ALL, MATCH, Input, Output, State, callback, ctx, dcc, html, no_update
+from dash import (
+    ALL,
+    MATCH,
+    ClientsideFunction,
+    Input,
+    Output,
+    State,
+    callback,
+    clientside_callback,
+    ctx,
+    dcc,
+    html,
+)
+from dash.exceptions import PreventUpdate
 from plotly.utils import PlotlyJSONEncoder
 
 from storage import TensorRecord, names
@@ -225,6 +238,7 @@ class TensorPanel(html.Div):
         caption = staticmethod(lambda aio_id: TensorPanel.ids.part("caption", aio_id))
         state = staticmethod(lambda aio_id: TensorPanel.ids.part("state", aio_id))
         nav = staticmethod(lambda aio_id: TensorPanel.ids.part("nav", aio_id))
+        answer = staticmethod(lambda aio_id: TensorPanel.ids.part("answer", aio_id))
         click = staticmethod(lambda aio_id: TensorPanel.ids.part("click", aio_id))
 
     def __init__(
@@ -363,7 +377,11 @@ class TensorPanel(html.Div):
         # a LeNet-5 page has 160 panels, and every pattern-matched component costs the
         # browser time when Dash renders the page.
         stateful = (
-            [el(dcc.Store, id=ids.state(aio_id), data=state), el(dcc.Store, id=ids.nav(aio_id))]
+            [
+                el(dcc.Store, id=ids.state(aio_id), data=state),
+                el(dcc.Store, id=ids.nav(aio_id)),
+                el(dcc.Store, id=ids.answer(aio_id)),
+            ]
             if controls
             else []
         )
@@ -429,11 +447,15 @@ def _record_of(state: dict) -> TensorRecord:
     )
 
 
+def _identity(state: dict) -> list:
+    """What an answer of `change_view` was computed for: the panel's tensor and view
+    (assets/tensor_panel.js compares it with the panel's state when the answer comes)."""
+    return [state["run"], state["it"], state["name"], state["lead"], state["row0"], state["col0"]]
+
+
 @callback(
-    Output(TensorPanel.ids.graph(MATCH), "data-src"),
-    Output(TensorPanel.ids.caption(MATCH), "children"),
+    Output(TensorPanel.ids.answer(MATCH), "data"),
     Output(TensorPanel.ids.offset(MATCH, ALL), "value"),
-    Output(TensorPanel.ids.state(MATCH), "data"),
     Input(TensorPanel.ids.lead(MATCH, ALL), "value"),
     Input(TensorPanel.ids.offset(MATCH, ALL), "value"),
     Input(TensorPanel.ids.move(MATCH, ALL), "n_clicks"),
@@ -442,11 +464,19 @@ def _record_of(state: dict) -> TensorRecord:
     prevent_initial_call=True,
 )
 def change_view(_lead, _offsets, _moves, nav, state):
-    """A new plane or window: the figure's address, the caption, the offsets (clamped).
+    """A new plane or window: the offsets (clamped) at once, and an answer (the figure's
+    address, the caption, the new state) that `apply_view` shows unless it is stale.
 
-    assets/tensor_panel.js puts the new view into the URL when the address changes."""
+    On back and forward, assets/tensor_panel.js tells the panel the address's view
+    through `nav` (`view`), or `cancel`s an unanswered one when Dash rebuilds the page
+    instead. The answer carries the `nav` it was asked under and the view it was
+    computed from: Dash applies every answer that comes back, in the order they come,
+    so an answer asked before the last back or forward, or computed for a view the
+    panel no longer shows, must be told apart from the current one in the browser."""
     tensor = _record_of(state)
     trigger = ctx.triggered_id or {}
+    if trigger.get("subcomponent") == "nav" and nav and nav.get("cancel"):
+        raise PreventUpdate
     offsets = {item["id"]["axis"]: item.get("value") for item in ctx.inputs_list[1]}
     if trigger.get("subcomponent") == "nav" and nav:
         view = PanelView.from_url(nav["view"]) if nav.get("view") else PanelView()
@@ -473,14 +503,29 @@ def change_view(_lead, _offsets, _moves, nav, state):
         for item in ctx.inputs_list[1]
     ]
     new_state = {**state, "lead": list(view.lead), "row0": view.row0, "col0": view.col0}
+    answer = {"nav": (nav or {}).get("at"), "base": _identity(state), "axes": list(offsets)}
     if all(new_state[k] == state[k] for k in ("lead", "row0", "col0")):
-        return no_update, no_update, shown, no_update
-    return (
-        figure_url(state["run"], state["it"], state["name"], view, state.get("extra")),
-        caption(tensor, view),
-        shown,
-        new_state,
-    )
+        return {**answer, "state": None}, shown
+    return {
+        **answer,
+        "src": figure_url(state["run"], state["it"], state["name"], view, state.get("extra")),
+        "caption": caption(tensor, view),
+        "state": new_state,
+    }, shown
+
+
+# The panel's figure, caption and state change only here, in the browser, where the
+# panel's current `nav` and state are known (assets/tensor_panel.js: cnnviz_panel.apply).
+clientside_callback(
+    ClientsideFunction(namespace="cnnviz_panel", function_name="apply"),
+    Output(TensorPanel.ids.graph(MATCH), "data-src"),
+    Output(TensorPanel.ids.caption(MATCH), "children"),
+    Output(TensorPanel.ids.state(MATCH), "data"),
+    Input(TensorPanel.ids.answer(MATCH), "data"),
+    State(TensorPanel.ids.nav(MATCH), "data"),
+    State(TensorPanel.ids.state(MATCH), "data"),
+    prevent_initial_call=True,
+)
 
 
 def register(app) -> None:

@@ -198,6 +198,8 @@ def wait_ready(tab, selector: str | None = None, timeout: float = WAIT_MS) -> No
             const content = document.getElementById('_pages_content');
             if (!content || content.children.length === 0) return false;
             if (document.querySelector('[data-dash-is-loading="true"]')) return false;
+            // a tensor panel told the address's view on back or forward, not answered yet
+            if (document.querySelector('.tensor-panel[aria-busy="true"]')) return false;
             const formulas = document.querySelectorAll('.formula');
             for (const f of formulas) { if (!f.querySelector('mjx-container')) return false; }
             return true;
@@ -212,6 +214,31 @@ VIEW_READY = """(view) => {
     if (document.querySelector('[data-dash-is-loading="true"]')) return false;
     return [...shown.querySelectorAll('.formula')].every((f) => f.querySelector('mjx-container'));
 }"""
+
+
+# Answers to the panels' window changes (tensorpanel.change_view: its outputs include
+# the offsets) come back late when asked: `cnnvizSlow` holds a delay in ms for each
+# next one asked, `cnnvizLate` counts those held back, `cnnvizBusy` all callbacks out.
+SLOW_PANEL_ANSWERS = """(() => {
+    const fetch = window.fetch;
+    window.cnnvizSlow = [];
+    window.cnnvizLate = 0;
+    window.cnnvizBusy = 0;
+    window.fetch = function (resource, options) {
+        const answer = fetch.apply(this, arguments);
+        const body = options && typeof options.body === 'string' ? options.body : '';
+        if (!String(resource).includes('_dash-update-component')) return answer;
+        const panel = (JSON.parse(body).output || '').includes('"subcomponent":"offset"');
+        const ms = (panel && window.cnnvizSlow.shift()) || 0;
+        window.cnnvizBusy += 1;
+        window.cnnvizLate += ms ? 1 : 0;
+        const done = () => { window.cnnvizBusy -= 1; window.cnnvizLate -= ms ? 1 : 0; };
+        return answer.then(
+            (r) => new Promise((resolve) => setTimeout(() => { done(); resolve(r); }, ms)),
+            (e) => { done(); throw e; });
+    };
+})()"""
+PANEL_ANSWERS_SETTLED = "window.cnnvizLate === 0 && window.cnnvizBusy === 0"
 
 
 def wait_view(tab, view: str, timeout: float = WAIT_MS) -> None:

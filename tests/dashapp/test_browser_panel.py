@@ -9,7 +9,14 @@ import re
 
 import numpy as np
 import pytest
-from dash_helpers import cnnviz_serve, graph_data, open_page, wait_ready
+from dash_helpers import (
+    PANEL_ANSWERS_SETTLED,
+    SLOW_PANEL_ANSWERS,
+    cnnviz_serve,
+    graph_data,
+    open_page,
+    wait_ready,
+)
 
 from storage import (
     IterationRecord,
@@ -99,6 +106,40 @@ def test_pan_a_window_keeps_it_in_the_url_and_back_returns(page, base):
     weight_panel(page).locator(
         ".tensor-caption:text-is('rows 33–96 of 120; columns 337–400 of 400')"
     ).wait_for()
+    assert list(page.problems) == []
+
+
+def test_a_late_answer_never_undoes_back_and_forward(page, base):
+    """The iteration page's panels, as the compare page's: back, then forward before the
+    answer to the back has come; the panel ends on the address's window, and the late
+    answer adds no history entry."""
+    page.add_init_script(SLOW_PANEL_ANSWERS)
+    open_page(page, base + "/iteration?run=1&it=1&t.fc.weight=@33,1", ".tensor-panel")
+    panel = weight_panel(page)
+    columns = panel.locator(".slice-control input[type=number]").nth(1)
+    columns.fill("337")
+    columns.press("Enter")
+    page.wait_for_url(re.compile(r"t\.fc\.weight=%4033%2C337$"))
+    wait_ready(page)
+    entries = page.evaluate("history.length")
+    page.evaluate("window.cnnvizSlow = [1500]")  # the answer to the back comes last
+    page.go_back()
+    page.wait_for_url(re.compile(r"t\.fc\.weight=@33,1$"))
+    page.wait_for_function("window.cnnvizLate === 1")  # asked, not answered yet
+    page.go_forward()
+    page.wait_for_url(re.compile(r"%2C337$"))
+    page.wait_for_function(PANEL_ANSWERS_SETTLED)
+    page.wait_for_timeout(500)  # what a late answer would do, it has done by now
+    assert page.url.endswith("t.fc.weight=%4033%2C337")
+    assert page.evaluate("history.length") == entries
+    wait_ready(page, ".tensor-panel")
+    panel = weight_panel(page)
+    assert panel.locator(".tensor-caption").inner_text() == (
+        "rows 33–96 of 120; columns 337–400 of 400"
+    )
+    np.testing.assert_array_equal(
+        z_of(graph_data(panel, ".js-plotly-plot")[0]), WEIGHT[32:96, 336:]
+    )
     assert list(page.problems) == []
 
 

@@ -369,7 +369,7 @@ def test_a_panel_moves_its_window_and_plane(pages, dash_app, tmp_path, request_c
         "col0": 0,
     }
     with using_store(dash_app, path):
-        src, caption, shown, new = run_callback(
+        answer, shown = run_callback(
             tensorpanel.change_view,
             [3, 2],
             [1, 1],
@@ -379,11 +379,15 @@ def test_a_panel_moves_its_window_and_plane(pages, dash_app, tmp_path, request_c
             triggered="lead",
             inputs_list=[lead, offsets(1, 1)],
         )
+        # the answer says what it was computed from (assets/tensor_panel.js shows it
+        # only while the panel still shows that view and no back/forward came since)
+        assert answer["base"] == [1, 1, "x.out", [0, 0], 0, 0] and answer["nav"] is None
+        src, caption, new = answer["src"], answer["caption"], answer["state"]
         assert caption == "sample 3 of 4; channel 2 of 3; rows 1–64 of 100; columns 1–64 of 90"
         z = drawn_z(dash_app.server.test_client().get(src).get_data(as_text=True))
         np.testing.assert_array_equal(z, values[2, 1, :64, :64])
         # rows from 80 is clamped so that the window stays inside the plane (rows 37-100)
-        src, caption, shown, new = run_callback(
+        answer, shown = run_callback(
             tensorpanel.change_view,
             [3, 2],
             [80, 30],
@@ -392,6 +396,7 @@ def test_a_panel_moves_its_window_and_plane(pages, dash_app, tmp_path, request_c
             new,
             inputs_list=[lead, offsets(80, 30)],
         )
+        src, new = answer["src"], answer["state"]
         assert shown == [37, 27] and (new["row0"], new["col0"]) == (36, 26)
         z = drawn_z(dash_app.server.test_client().get(src).get_data(as_text=True))
         np.testing.assert_array_equal(z, values[2, 1, 36:100, 26:90])
