@@ -76,28 +76,9 @@
       return Promise.resolve([inline, JSON.parse(inline)]);
     }
     var src = slot.getAttribute("data-src");
-    var sent = sentWithThePage(slot, src);
-    if (sent) {
-      return Promise.resolve([src, JSON.parse(sent)]);
-    }
     return fetchText(src).then(function (text) {
       return [src, JSON.parse(text)]; // each slot its own objects: Plotly keeps and changes them
     });
-  }
-
-  // The figures of a view's first heatmaps come with the view (pages/iteration.py,
-  // with_first_figures): the figure of `src` in this slot, or in another slot that shows
-  // the same figure, while that slot's address is still `src`.
-  function sentWithThePage(slot, src) {
-    var holders = [slot].concat(Array.prototype.slice.call(
-      document.querySelectorAll(".heatmap-slot[data-figure-inline]")));
-    for (var i = 0; i < holders.length; i++) {
-      var holder = holders[i];
-      if (holder.getAttribute("data-figure-for") === src && holder.getAttribute("data-figure-inline")) {
-        return holder.getAttribute("data-figure-inline");
-      }
-    }
-    return null;
   }
 
   // Two slots showing the same figure (a LeNet-5 conv1 view shows X_col in two steps) ask

@@ -24,14 +24,11 @@ import shlex
 import threading
 import weakref
 from collections import OrderedDict
-from urllib.parse import urlsplit
 
 import dash
 import dash_bootstrap_components as dbc
-import flask
 import numpy as np
 from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html
-from werkzeug.exceptions import HTTPException
 
 from dashapp import layouts, links, plain
 from dashapp.data import (
@@ -663,76 +660,16 @@ def _view_key(record, info, view, query) -> tuple | None:
     return (facts, record.index, view.phase, view.layer, windows)
 
 
-# The figures of a view's first heatmaps come with the view (the first step's, or the
-# batch and labels of the input): the browser draws them as soon as it has laid the view
-# out, without a request to /figure after the view is shown. The others are fetched as
-# they come near the viewport (assets/heatmap_queue.js).
-FIGURES_WITH_THE_VIEW = 3
-
-
-def _first_slots(node, found: list, count: int) -> None:
-    """The first `count` heatmap slots of a plain tree with a figure address, in order."""
-    if len(found) >= count:
-        return
-    if isinstance(node, list):
-        for child in node:
-            _first_slots(child, found, count)
-        return
-    if not isinstance(node, dict):
-        return
-    props = node.get("props") or {}
-    if "heatmap-slot" in str(props.get("className", "")).split() and props.get("data-src"):
-        found.append(node)
-        return
-    for value in props.values():
-        if isinstance(value, (dict, list)):
-            _first_slots(value, found, count)
-
-
-def with_first_figures(body: list, count: int = FIGURES_WITH_THE_VIEW) -> list:
-    """`body` with the figure JSON of its first `count` heatmap slots in each slot's
-    `data-figure-inline`, and the address it answers in `data-figure-for` (the slot
-    draws it while its `data-src` is still that address; a slot showing the same
-    figure again takes it from the first, assets/heatmap_queue.js). Each figure is what
-    GET `data-src` answers: the figure route itself is asked, inside this process."""
-    app = flask.current_app
-    adapter = app.url_map.bind("localhost")
-    slots: list = []
-    _first_slots(body, slots, count)
-    sent = set()
-    for node in slots:
-        src = node["props"]["data-src"]
-        if src in sent:
-            continue
-        sent.add(src)
-        try:
-            endpoint, args = adapter.match(urlsplit(src).path, method="GET")
-            with app.test_request_context(src):
-                response = app.view_functions[endpoint](**args)
-        except HTTPException:
-            continue  # the slot fetches it, and says what went wrong
-        if response.status_code != 200:
-            continue
-        node["props"] = {
-            **node["props"],
-            "data-figure-for": src,
-            "data-figure-inline": response.get_data(as_text=True),
-        }
-    return body
-
-
 def _view_body(store, record, info, parts, view, views, query) -> list:
     key = _view_key(record, info, view, query)
     if key is None:
-        return with_first_figures(
-            plain.tree(_build_view_body(store, record, info, parts, view, views))
-        )
+        return plain.tree(_build_view_body(store, record, info, parts, view, views))
     with _kept_lock:
         kept = _kept_views.setdefault(store, OrderedDict())
         if key in kept:
             kept.move_to_end(key)
             return kept[key]
-    body = with_first_figures(plain.tree(_build_view_body(store, record, info, parts, view, views)))
+    body = plain.tree(_build_view_body(store, record, info, parts, view, views))
     with _kept_lock:
         kept[key] = body
         while len(kept) > VIEWS_KEPT:
