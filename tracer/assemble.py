@@ -124,12 +124,18 @@ class _CallContext(StepContext):
         call: LayerCall,
         phase: str,
         shared: dict[str, set[str]],
-        computed: dict[int, str] | None = None,
+        computed: dict[str, str] | None = None,
     ):
         super().__init__(call, phase)
-        # id(array) -> what computed it, for references PyTorch computed after the step
-        # rather than autograd during it (`tracer.capture.inputgrad`)
-        self.computed = computed or {}
+        # Gradients PyTorch computed after the step rather than autograd during it
+        # (`tracer.capture.inputgrad`): id of the reference array -> how. (The arrays
+        # are the call's own: a storage bound cuts them.)
+        computed = computed or {}
+        self.computed = {
+            id(g): computed[n]
+            for n, g in zip(call.input_names, call.grad_inputs, strict=True)
+            if g is not None and n in computed
+        }
         self.shared_refs = {
             id(g): (n, len(shared[n]))
             for n, g in zip(call.input_names, call.grad_inputs, strict=True)
@@ -263,7 +269,7 @@ def build_iteration(
 
     steps: list[StepRecord] = []
     shared = _shared_inputs(cap)
-    computed = {id(cap.grads[n]): by for n, by in cap.computed_grads.items() if n in cap.grads}
+    computed = cap.computed_grads
 
     def warn(message: str) -> None:
         if message not in warnings:
