@@ -132,3 +132,19 @@ def test_where_the_worker_cannot_autograd_keeps_computing_the_input_gradient(tmp
         assert not any("aten.convolution_backward" in r for r in references)
         assert all(s.verified is not False for s in record.steps)
         assert np.isfinite(record.tensor("input.grad").array).all()
+
+
+def test_an_iteration_without_a_backward_has_no_input_gradient_and_no_warning(tmp_path):
+    config = resolve(model_name="seed-cnn", seed=0, iterations=1)
+    model, optimizer, criterion, x, y = prepare(config)
+    with Trace(model, optimizer, criterion, db=tmp_path / "r.db") as run:
+        with run.iteration():  # decides that the worker computes dL/d(input)
+            optimizer.zero_grad()
+            criterion(model(x), y).backward()
+            optimizer.step()
+        with run.iteration():  # a forward and the loss only (an evaluation, say)
+            criterion(model(x), y)
+    first, second = _stored(tmp_path / "r.db")
+    assert first.tensor("input.grad").array.shape == x.shape
+    assert "input.grad" not in [t.name for t in second.tensors]
+    assert not [w for w in second.warnings if "input" in w]

@@ -99,13 +99,15 @@ def fill_input_grad(cap: CapturedIteration) -> None:
         return
     cap.input_grad_from = None
     call = input_consumer(cap.calls, input_name)
-    array = conv_input_grad(call, cap) if call is not None else None
-    if array is None:
+    if call is None:
         cap.problems.append(
-            f"{names.grad(input_name)}: not computed (the model input's only use was a "
-            "convolution in earlier iterations, not in this one)"
+            f"{names.grad(input_name)}: not computed (the model input was the input of one "
+            "convolution in the first traced iteration, not in this one)"
         )
         return
+    array = conv_input_grad(call, cap)
+    if array is None:
+        return  # no backward reached the convolution: autograd would have given none either
     cap.grads[input_name] = array
     cap.computed_grads[input_name] = COMPUTED_BY
 
