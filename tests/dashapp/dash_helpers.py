@@ -241,6 +241,23 @@ SLOW_PANEL_ANSWERS = """(() => {
 PANEL_ANSWERS_SETTLED = "window.cnnvizLate === 0 && window.cnnvizBusy === 0"
 
 
+def back_then_forward_before_the_answer(tab, back_url, forward_url) -> None:
+    """With SLOW_PANEL_ANSWERS in the page: go back (to an address matching `back_url`)
+    with the answer to the back held for 1.5 s, go forward (to `forward_url`) before it
+    comes, and wait until every answer, the late one too, has been applied. The late
+    answer adds no history entry."""
+    entries = tab.evaluate("history.length")
+    tab.evaluate("window.cnnvizSlow = [1500]")  # the answer to the back comes last
+    tab.go_back()
+    tab.wait_for_url(back_url)
+    tab.wait_for_function("window.cnnvizLate === 1")  # asked, not answered yet
+    tab.go_forward()
+    tab.wait_for_url(forward_url)
+    tab.wait_for_function(PANEL_ANSWERS_SETTLED)
+    tab.wait_for_timeout(500)  # what a late answer would do, it has done by now
+    assert tab.evaluate("history.length") == entries
+
+
 def wait_view(tab, view: str, timeout: float = WAIT_MS) -> None:
     """Until the iteration page shows `view` ("phase/layer", "backward/" for a whole
     phase) with its formulas typeset: after a link within the page, one callback

@@ -13,8 +13,8 @@ import sys
 import numpy as np
 import pytest
 from dash_helpers import (
-    PANEL_ANSWERS_SETTLED,
     SLOW_PANEL_ANSWERS,
+    back_then_forward_before_the_answer,
     cnnviz_serve,
     graph_data,
     open_page,
@@ -163,17 +163,12 @@ def test_a_late_answer_never_undoes_back_and_forward(page, base):
     rows.first.press("Enter")
     page.wait_for_url(re.compile(r"t\.fc\.weight=%4017%2C33$"))
     assert_window(page, 16, 32)
-    entries = page.evaluate("history.length")
-    page.evaluate("window.cnnvizSlow = [1500]")  # the answer to the back comes last
-    page.go_back()
-    page.wait_for_url(re.compile(r"t\.fc\.weight=%401%2C33$"))
-    page.wait_for_function("window.cnnvizLate === 1")  # asked, not answered yet
-    page.go_forward()
-    page.wait_for_url(re.compile(r"t\.fc\.weight=%4017%2C33$"))
-    page.wait_for_function(PANEL_ANSWERS_SETTLED)
-    page.wait_for_timeout(500)  # what a late answer would do, it has done by now
+    back_then_forward_before_the_answer(
+        page,
+        re.compile(r"t\.fc\.weight=%401%2C33$"),
+        re.compile(r"t\.fc\.weight=%4017%2C33$"),
+    )
     assert page.url.endswith("t.fc.weight=%4017%2C33")
-    assert page.evaluate("history.length") == entries
     assert page.evaluate(NAMED_WINDOWS) == [[16, 32]] * 3
     assert [rows.nth(i).input_value() for i in range(2)] == ["17", "33"]
     assert_window(page, 16, 32)

@@ -57,7 +57,7 @@ def input_consumer(calls: list[CapturedCall], input_name: str) -> CapturedCall |
     settings = spec.settings
     if settings.get("transposed") or settings.get("padding_mode", "zeros") != "zeros":
         return None
-    if not all(isinstance(p, int) for p in _tuple(settings.get("padding"))):
+    if isinstance(settings.get("padding"), str):
         return None  # "same" / "valid": the module pads on its own
     return call
 
@@ -80,9 +80,9 @@ def conv_input_grad(call: CapturedCall, cap: CapturedIteration) -> np.ndarray | 
             torch.from_numpy(x),
             torch.from_numpy(weight),
             list(bias.shape) if bias is not None else None,
-            list(_tuple(settings["stride"], dims)),
-            list(_tuple(settings["padding"], dims)),
-            list(_tuple(settings["dilation"], dims)),
+            list(settings["stride"]),  # tuples: nn.Conv*d stores them so
+            list(settings["padding"]),
+            list(settings["dilation"]),
             False,
             [0] * dims,
             int(settings["groups"]),
@@ -110,9 +110,3 @@ def fill_input_grad(cap: CapturedIteration) -> None:
         return  # no backward reached the convolution: autograd would have given none either
     cap.grads[input_name] = array
     cap.computed_grads[input_name] = COMPUTED_BY
-
-
-def _tuple(value, dims: int | None = None) -> tuple:
-    if isinstance(value, (tuple, list)):
-        return tuple(value)
-    return (value,) * (dims or 1)
