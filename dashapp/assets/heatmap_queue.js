@@ -28,6 +28,7 @@
   var timer = null;
   var scanning = false;
   var plotly = null; // a promise of window.Plotly
+  var warming = null; // window.Plotly while the warm-up waits for the page shell
 
   // The same plotly.js that dcc.Graph uses, loaded the way dcc.Graph loads it (Dash's
   // renderer sets _dashPlotlyJSURL once it runs, to this address: dashapp/bundle.py).
@@ -260,6 +261,9 @@
   // LeNet-5 view 100-200 ms between its slots appearing and their figures being asked.
   function scan() {
     scanning = false;
+    if (warming) {
+      warmUp(warming);
+    }
     var slots = document.querySelectorAll(".heatmap-slot[data-figure], .heatmap-slot[data-src]");
     for (var i = 0; i < slots.length; i++) {
       var slot = slots[i];
@@ -291,13 +295,23 @@
   // Every view of the iteration page has heatmaps: plotly.js loads while Dash fetches
   // the page (it is compiled off the main thread as it streams in, see
   // scripts/plotly-bundle/build.js), not once the first heatmap comes near the viewport.
-  // Then one tiny heatmap is drawn off screen and thrown away: plotly.js's first plot
-  // adds its stylesheet (a style recalculation of the whole document) and sets itself up,
-  // which cost the first real heatmap a few hundred milliseconds more than the next ones
-  // once formulas and panels filled the page; now it happens while the page is small.
+  // Then, if the page shell came without its view (Dash's router fetches it), one tiny
+  // heatmap is drawn off screen and thrown away while the page waits: plotly.js's first
+  // plot adds its stylesheet (a style recalculation of the whole document) and sets itself
+  // up, which cost the first real heatmap a few hundred milliseconds more than the next
+  // ones once formulas and panels filled the page. A shell that brings its view has no
+  // such wait: there the warm-up only delayed the view.
   function warmUp(Plotly) {
-    if (document.querySelector(".heatmap-slot")) {
-      return; // the page's heatmaps are there: the first one drawn takes the setup
+    var content = document.getElementById("_pages_content");
+    if (!content) {
+      warming = Plotly; // the shell is not drawn yet: decided when it is (scan)
+      return;
+    }
+    warming = null;
+    if (content.firstChild || document.querySelector(".heatmap-slot")) {
+      // The view is there, or on its way with the shell (dashapp/firstview.py): the
+      // first heatmap drawn takes the setup; a warm-up now would only delay the view.
+      return;
     }
     var box = document.createElement("div");
     box.setAttribute("aria-hidden", "true");
