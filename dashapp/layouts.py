@@ -19,7 +19,7 @@ from plotly.utils import PlotlyJSONEncoder
 
 from storage import LayerInfo, RunInfo, StepRecord, TensorRecord
 
-from . import formulafit, links
+from . import formulafit, links, statichtml
 from .formatting import format_diff
 from .plain import el
 from .tensorpanel import GRAPH_CONFIG, ROLE_LABELS, PanelView, TensorPanel  # noqa: F401 (re-exported)
@@ -86,6 +86,24 @@ def formula(latex: str, class_name: str = "") -> html.Div:
     )
 
 
+def formula_markup(latex: str, class_name: str = ""):
+    """`formula` as static markup (dashapp/statichtml.py): the same elements."""
+    return statichtml.tag(
+        "div",
+        [
+            statichtml.tag("div", className="formula-math", data_tex=formula_tex(latex)),
+            statichtml.tag(
+                "button",
+                title="Copy as LaTeX",
+                className="copy-latex",
+                type="button",
+                aria_label="Copy as LaTeX",
+            ),
+        ],
+        className=f"formula {class_name}".strip(),
+    )
+
+
 def status_badge(status: str | RunInfo) -> dbc.Badge:
     """A run's status; given the run, as people should read it ("stale",
     "diverged (NaN at iteration 4)")."""
@@ -118,13 +136,17 @@ def bdi(text: str, **props) -> html.Bdi:
 
 def verified_badge(step: StepRecord) -> html.Span:
     """ "✓ matches autograd, max |Δ| = 3.6e-08", its failing twin, or a neutral note."""
+    text, kind = verified_text(step)
+    return html.Span(text, className=f"verify {kind}")
+
+
+def verified_text(step: StepRecord) -> tuple[str, str]:
+    """(text, class) of `verified_badge`."""
     if step.verified is None:
-        return html.Span("no PyTorch counterpart (intermediate)", className="verify verify-none")
+        return "no PyTorch counterpart (intermediate)", "verify-none"
     if step.verified:
-        text = f"✓ matches autograd, max |Δ| = {format_diff(step.max_abs_diff)}"
-        return html.Span(text, className="verify verify-ok")
-    text = f"✗ differs from autograd, max |Δ| = {format_diff(step.max_abs_diff)}"
-    return html.Span(text, className="verify verify-bad")
+        return f"✓ matches autograd, max |Δ| = {format_diff(step.max_abs_diff)}", "verify-ok"
+    return f"✗ differs from autograd, max |Δ| = {format_diff(step.max_abs_diff)}", "verify-bad"
 
 
 # ---------------------------------------------------------------- page frame
@@ -376,33 +398,38 @@ def step_card(
         return [p for p in made if p is not None]
 
     layer_text = step.layer if layer is None else f"{step.layer} · {layer.type}"
-    header = el(
-        html.Div,
+    # The header and the formula rows are static markup, one component each
+    # (dashapp/statichtml.py): a LeNet-5 conv1 view is six cards, and each of their
+    # elements was a component for the browser to render and Dash to look at.
+    tag = statichtml.tag
+    verify_text, verify_class = verified_text(step)
+    header = statichtml.html_node(
         [
-            el(
-                html.Div,
+            tag(
+                "div",
                 [
-                    el(html.Span, str(number), className="step-number"),
-                    el(html.H4, step.title, className="step-title"),
-                    el(html.Span, layer_text, className="step-layer"),
+                    tag("span", str(number), className="step-number"),
+                    tag("h4", step.title, className="step-title"),
+                    tag("span", layer_text, className="step-layer"),
                 ],
                 className="step-heading",
             ),
-            verified_badge(step),
+            tag("span", verify_text, className=f"verify {verify_class}"),
         ],
         className="step-header",
     )
     body = [
-        el(
-            html.Div,
-            [el(html.Div, "General formula", className="formula-label"), formula(step.formula)],
+        statichtml.html_node(
+            [
+                tag("div", "General formula", className="formula-label"),
+                formula_markup(step.formula),
+            ],
             className="formula-row",
         ),
-        el(
-            html.Div,
+        statichtml.html_node(
             [
-                el(html.Div, "With this iteration's numbers", className="formula-label"),
-                fitted_formula(step.formula_values, full_formula_src),
+                tag("div", "With this iteration's numbers", className="formula-label"),
+                fitted_formula_markup(step.formula_values, full_formula_src),
             ],
             className="formula-row",
         ),
@@ -437,6 +464,28 @@ def fitted_formula(latex: str, full_src: str | None) -> html.Div:
                 **{"data-src": full_src, "aria-expanded": "false"},
             ),
             html.Div(className="formula-expanded", hidden=True),
+        ],
+        className="formula-fitted",
+    )
+
+
+def fitted_formula_markup(latex: str, full_src: str | None):
+    """`fitted_formula` as static markup (dashapp/statichtml.py): the same elements."""
+    fitted = formulafit.fit(latex)
+    if full_src is None or not formulafit.elides(latex, fitted):
+        return formula_markup(fitted, "formula-values")  # whole, perhaps on two lines
+    return statichtml.tag(
+        "div",
+        [
+            formula_markup(fitted, "formula-values"),
+            statichtml.tag(
+                "button",
+                "show every stored entry",
+                className="btn btn-link btn-sm p-0 formula-expand",
+                data_src=full_src,
+                aria_expanded="false",
+            ),
+            statichtml.tag("div", className="formula-expanded", hidden=True),
         ],
         className="formula-fitted",
     )

@@ -214,11 +214,32 @@
     return best < 0 ? null : queue.splice(best, 1)[0];
   }
 
+  // The next drawing, as a task of its own (the browser paints in between). One for a
+  // slot in the viewport goes before the page's other pending work (scheduler.postTask
+  // "user-blocking"): after a view is shown, Dash's renderer and React queue a few
+  // hundred milliseconds of their own follow-up tasks, none of which the reader sees.
+  function later(work, urgent) {
+    if (urgent && window.scheduler && window.scheduler.postTask) {
+      window.scheduler.postTask(work, { priority: "user-blocking" });
+      return true;
+    }
+    return setTimeout(work, GAP_MS);
+  }
+
+  function inView() {
+    for (var i = 0; i < queue.length; i++) {
+      if (queue[i].isConnected && distance(queue[i]) === 0) {
+        return true;
+      }
+    }
+    return false;
+  }
+
   function pump() {
     if (timer !== null || !queue.length) {
       return;
     }
-    timer = setTimeout(function () {
+    timer = later(function () {
       loadPlotly().then(function (Plotly) {
         var slot = nextSlot();
         if (slot && slot.isConnected && stale(slot)) {
@@ -230,7 +251,7 @@
         timer = null;
         pump();
       });
-    }, GAP_MS);
+    }, inView());
   }
 
   function enqueue(slot) {
@@ -280,7 +301,31 @@
     pump();
   }
 
+  // The figures of the first slots of a newly shown view are asked for at once, in the
+  // task that added them, instead of once the browser has laid the page out (on a
+  // LeNet-5 view 100-150 ms later): a view opens at its top, where these are. Only
+  // slots never seen before, and only the first EARLY of them, so what is further down
+  // still waits until it comes near.
+  var EARLY = 2;
+  var seen = new WeakSet();
+
+  function prefetchFirst() {
+    var slots = document.querySelectorAll(".heatmap-slot[data-src]");
+    var fresh = 0;
+    for (var i = 0; i < slots.length; i++) {
+      if (seen.has(slots[i])) {
+        continue;
+      }
+      seen.add(slots[i]);
+      if (fresh < EARLY && stale(slots[i])) {
+        prefetch(slots[i]);
+        fresh += 1;
+      }
+    }
+  }
+
   function scanSoon() {
+    prefetchFirst();
     if (scanning) {
       return;
     }

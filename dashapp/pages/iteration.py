@@ -30,7 +30,7 @@ import dash_bootstrap_components as dbc
 import numpy as np
 from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html
 
-from dashapp import layouts, links, plain
+from dashapp import layouts, links, plain, statichtml
 from dashapp.data import (
     NotFound,
     PreviousArrays,
@@ -95,28 +95,26 @@ def view_link(run_id: int, index: int, view: View) -> str:
     )
 
 
-def side_menu(parts: list[Section], view: View, run_id: int, index: int) -> html.Nav:
+def side_menu(parts: list[Section], view: View, run_id: int, index: int):
     """Input -> each phase and its layers -> what if, each a link to that view; the
     steps of the view shown are listed under it, as anchors on this page.
 
-    Flat on purpose: each section is one Div holding its links, with no list elements
-    around each link. Dash renders every element as a component of its own, and the
-    menu was a quarter of a LeNet-5 view's ~490 components (each costs the commit of the
-    view, and Dash's renderer looks at every one again on each later update)."""
+    One component (dashapp/statichtml.py): the menu is static markup, and as Dash
+    components it was about 80 of a LeNet-5 view's ~430 (each costs the commit of the
+    view, and Dash's renderer looks at every one again on each later update). Its links
+    move inside the app as dcc.Link does."""
 
-    def link(target: View, label, class_name: str, title: str | None = None) -> dcc.Link:
+    def link(target: View, label, class_name: str, title: str | None = None):
         here = " toc-current" if target == view else ""
-        return dcc.Link(
-            label,
-            href=view_link(run_id, index, target),
-            className=class_name + here,
-            title=title,
+        return statichtml.link(
+            label, view_link(run_id, index, target), className=class_name + here, title=title
         )
 
-    items = [html.Div("This iteration", className="toc-title")]
-    items.append(
-        html.Div(link(View(INPUT), "Input, labels, weights", "toc-view"), className="toc-section")
-    )
+    def section_div(entries, class_name: str = ""):
+        return statichtml.tag("div", entries, className=f"toc-section{class_name}")
+
+    items = [statichtml.tag("div", "This iteration", className="toc-title")]
+    items.append(section_div(link(View(INPUT), "Input, labels, weights", "toc-view")))
     for section in parts:
         entries = [
             link(
@@ -131,22 +129,25 @@ def side_menu(parts: list[Section], view: View, run_id: int, index: int) -> html
             entries.append(
                 link(
                     View(section.key, layer),
-                    [layer, html.Span(f" {len(steps)}", className="toc-count")],
+                    [layer, statichtml.tag("span", f" {len(steps)}", className="toc-count")],
                     "toc-layer",
                 )
             )
             if view.phase == section.key and view.layer in (None, layer):
                 entries += [
-                    html.A(
-                        [html.Span(str(n), className="toc-num"), step.title],
+                    statichtml.tag(
+                        "a",
+                        [statichtml.tag("span", str(n), className="toc-num"), step.title],
                         href=f"#step-{n}",
                         className=f"toc-step verified-{_mark(step)}",
                     )
                     for n, step in steps
                 ]
-        items.append(html.Div(entries, className=f"toc-section toc-{section.key}"))
-    items.append(html.Div(link(View(WHATIF), "What if", "toc-view"), className="toc-section"))
-    return html.Nav(items, className="toc", **{"aria-label": "this iteration"})
+        items.append(section_div(entries, f" toc-{section.key}"))
+    items.append(section_div(link(View(WHATIF), "What if", "toc-view")))
+    return statichtml.html_node(
+        items, element="nav", className="toc", **{"aria-label": "this iteration"}
+    )
 
 
 def journey(parts: list[Section], view: View, run_id: int, index: int) -> html.Nav:
