@@ -134,14 +134,9 @@ def bdi(text: str, **props) -> html.Bdi:
     return html.Bdi(text, **props)
 
 
-def verified_badge(step: StepRecord) -> html.Span:
-    """ "✓ matches autograd, max |Δ| = 3.6e-08", its failing twin, or a neutral note."""
-    text, kind = verified_text(step)
-    return html.Span(text, className=f"verify {kind}")
-
-
 def verified_text(step: StepRecord) -> tuple[str, str]:
-    """(text, class) of `verified_badge`."""
+    """A step's check, (text, class): "✓ matches autograd, max |Δ| = 3.6e-08"
+    ("verify-ok"), its failing twin, or a neutral note."""
     if step.verified is None:
         return "no PyTorch counterpart (intermediate)", "verify-none"
     if step.verified:
@@ -429,7 +424,7 @@ def step_card(
         statichtml.html_node(
             [
                 tag("div", "With this iteration's numbers", className="formula-label"),
-                fitted_formula_markup(step.formula_values, full_formula_src),
+                fitted_formula(step.formula_values, full_formula_src),
             ],
             className="formula-row",
         ),
@@ -449,28 +444,10 @@ def step_card(
     )
 
 
-def fitted_formula(latex: str, full_src: str | None) -> html.Div:
-    """The formula with numbers, columns elided to fit; a button shows it as stored when
-    entries were left out (not when the fit only broke a line)."""
-    fitted = formulafit.fit(latex)
-    if full_src is None or not formulafit.elides(latex, fitted):
-        return formula(fitted, "formula-values")  # whole, perhaps on two lines
-    return html.Div(
-        [
-            formula(fitted, "formula-values"),
-            html.Button(
-                "show every stored entry",
-                className="btn btn-link btn-sm p-0 formula-expand",
-                **{"data-src": full_src, "aria-expanded": "false"},
-            ),
-            html.Div(className="formula-expanded", hidden=True),
-        ],
-        className="formula-fitted",
-    )
-
-
-def fitted_formula_markup(latex: str, full_src: str | None):
-    """`fitted_formula` as static markup (dashapp/statichtml.py): the same elements."""
+def fitted_formula(latex: str, full_src: str | None):
+    """The formula with numbers, columns elided to fit, as static markup
+    (dashapp/statichtml.py); a button shows it as stored when entries were left out (not
+    when the fit only broke a line: assets/formula_expand.js)."""
     fitted = formulafit.fit(latex)
     if full_src is None or not formulafit.elides(latex, fitted):
         return formula_markup(fitted, "formula-values")  # whole, perhaps on two lines
@@ -503,16 +480,19 @@ def iteration_stepper(
     window: int = 4,
     phase: str | None = None,
     layer: str | None = None,
-) -> html.Nav:
+):
     """Links to iterations 1..count around `current`, with previous and next; each shows
     the same `phase` and `layer` of its iteration."""
 
     def link(i: int) -> str:
         return links.iteration(run_id, i, phase=phase, layer=layer)
 
+    tag = statichtml.tag
+    nav = {"element": "nav", "className": "iteration-stepper pagination pagination-sm mb-0"}
     if count <= 0:
-        return html.Nav(
-            html.Span("no iterations stored yet", className="text-muted"),
+        return statichtml.html_node(
+            tag("span", "no iterations stored yet", className="text-muted"),
+            element="nav",
             className="iteration-stepper",
         )
     shown = sorted({1, count, *range(max(1, current - window), min(count, current + window) + 1)})
@@ -527,18 +507,15 @@ def iteration_stepper(
     if current < 1:  # no iteration on screen yet: just the links
         items = items[1:-1]
     # Bootstrap's pagination with the links side by side and no list elements around
-    # them (cnnviz.css joins their borders): one Dash component per link, not three.
-    return html.Nav(
-        items,
-        className="iteration-stepper pagination pagination-sm mb-0",
-        **{"aria-label": "iterations"},
-    )
+    # them (cnnviz.css joins their borders), as static markup: one component
+    # (dashapp/statichtml.py).
+    return statichtml.html_node(items, **nav, **{"aria-label": "iterations"})
 
 
 def _page_link(label: str, href: str | None, *, active: bool = False):
     if href is None:
-        return html.Span(label, className="page-link disabled")
-    return dcc.Link(label, href=href, className="page-link" + (" active" if active else ""))
+        return statichtml.tag("span", label, className="page-link disabled")
+    return statichtml.link(label, href, className="page-link" + (" active" if active else ""))
 
 
 def metric(label: str, value, *, hint: str | None = None, class_name: str = "") -> html.Div:
@@ -547,6 +524,20 @@ def metric(label: str, value, *, hint: str | None = None, class_name: str = "") 
             html.Div(label, className="metric-label"),
             html.Div(value, className="metric-value"),
             html.Div(hint, className="metric-hint") if hint else None,
+        ],
+        className=f"metric {class_name}".strip(),
+    )
+
+
+def metric_markup(label: str, value, *, hint: str | None = None, class_name: str = ""):
+    """`metric` as static markup (dashapp/statichtml.py): the same elements."""
+    tag = statichtml.tag
+    return tag(
+        "div",
+        [
+            tag("div", label, className="metric-label"),
+            tag("div", value, className="metric-value"),
+            tag("div", hint, className="metric-hint") if hint else None,
         ],
         className=f"metric {class_name}".strip(),
     )
