@@ -26,8 +26,13 @@ ratios of medians against `plain` and `floor` measured in the same rounds.
 Then the store's write speed against raw sqlite3 executemany of the same BLOBs (MB/s,
 interleaved), and, with --memory, peak resident memory of whole runs in subprocesses.
 
+With --sustained N, one run of N iterations at the default bound, explained in the
+background, between two blocks of N plain steps: the training thread's time per
+iteration while the queue still takes the iterations, and once it is full, when the
+loop waits for the worker (a long run's pace: what the worker costs per iteration).
+
     .venv/bin/python bench/bench_pipeline.py [--model lenet5] [--rounds 5] [--block 3]
-        [--variants plain,floor,default/background,...] [--memory 30]
+        [--variants plain,floor,default/background,...] [--memory 30] [--sustained 60]
 """
 
 from __future__ import annotations
@@ -191,6 +196,33 @@ def run_traced_in_process(
             inside += time.perf_counter() - t0
     total = time.perf_counter() - started
     return inside / block, total / block, run
+
+
+def run_sustained(work: Workload, iterations: int, db: Path, bound: int | None) -> dict:
+    """One long traced run between two blocks of plain steps: ms per iteration."""
+
+    def plain_block() -> list[float]:
+        times = []
+        for _ in range(iterations):
+            started = time.perf_counter()
+            work.step()
+            times.append(time.perf_counter() - started)
+        return times
+
+    plain = plain_block()
+    traced = []
+    with Trace(
+        work.model, work.optimizer, work.criterion, db=db, max_elements=bound, explain="background"
+    ) as run:
+        for _ in range(iterations):
+            xb, yb = work.next_batch()
+            started = time.perf_counter()
+            with run.iteration():
+                step(work.model, work.optimizer, work.criterion, xb, yb)
+            traced.append(time.perf_counter() - started)
+        queue = run.queue_size
+    plain += plain_block()
+    return {"plain": plain, "traced": traced, "queue": queue}
 
 
 def raw_arrays(work: Workload) -> list[np.ndarray]:
@@ -408,6 +440,12 @@ def main() -> None:
     parser.add_argument(
         "--memory", type=int, default=0, help="iterations per peak-memory subprocess (0: skip)"
     )
+    parser.add_argument(
+        "--sustained",
+        type=int,
+        default=0,
+        help="iterations of one long default-bound run, against as many plain steps (0: skip)",
+    )
     args = parser.parse_args()
     niceness = pipeline.WORKER_NICENESS
     torch.set_num_threads(1)
@@ -505,6 +543,11 @@ def main() -> None:
             if args.writes and full_record is not None
             else []
         )
+        sustained = (
+            run_sustained(work, args.sustained, tmp / "sustained.db", default_bound)
+            if args.sustained
+            else None
+        )
 
     plain = statistics.median(end_to_end["plain"]) if "plain" in variants else None
     floor = statistics.median(end_to_end["floor"]) if "floor" in variants else None
@@ -564,6 +607,25 @@ def main() -> None:
                 f"  store / {label}: ratio of medians {writes[0][1] / speed_of(writes, label):.2f}, "
                 f"per round min {min(ratios):.2f} median {statistics.median(ratios):.2f}"
             )
+    if sustained is not None:
+        base = statistics.median(sustained["plain"])
+        queue = sustained["queue"]
+        print(
+            f"one run of {args.sustained} iterations, default bound, background, between "
+            f"{args.sustained} plain steps before and after; queue of {queue} iterations:"
+        )
+        print(f"  plain step                      median {1000 * base:7.2f} ms")
+        parts = [("while the queue takes them", sustained["traced"][1:queue])]
+        parts.append(("once it is full (the worker's pace)", sustained["traced"][queue + 1 :]))
+        parts.append(("the whole run", sustained["traced"]))
+        for label, times in parts:
+            if times:
+                median = statistics.median(times)
+                mean = sum(times) / len(times)
+                print(
+                    f"  {label:36} median {1000 * median:7.2f} ms ({median / base:5.2f}x plain), "
+                    f"mean {1000 * mean:7.2f} ms ({mean / base:5.2f}x)"
+                )
     if args.memory:
         modes_mem = ["plain"] + (list(modes) if _trace_supports_explain() else ["today"])
         print(f"peak resident memory, {args.memory} iterations at the model's defaults:")
