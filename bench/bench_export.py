@@ -13,6 +13,8 @@ Each store's run 1 is exported. Prints min and median seconds and ratios to the 
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import statistics
 import sys
 import tempfile
@@ -51,6 +53,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     out = Path(tempfile.mkdtemp())
+    atexit.register(shutil.rmtree, out, True)  # the exported pages are MBs each
     files = {"floor": out / "floor.html"}
     floor_page(files["floor"])
     for label, store_path in (("seed-cnn", args.seed_store), ("lenet5", args.lenet_store)):

@@ -26,8 +26,16 @@ ratios of medians against `plain` and `floor` measured in the same rounds.
 Then the store's write speed against raw sqlite3 executemany of the same BLOBs (MB/s,
 interleaved), and, with --memory, peak resident memory of whole runs in subprocesses.
 
+With --sustained N, one run of N steps at the default bound, explained in the
+background, between two blocks of N plain steps, for each k of --every (every k-th
+step traced): the training thread's mean time per step over the whole run and over
+its second half. Once the queue is full the loop waits for the worker, so a long
+run's pace is what the worker costs per traced iteration, spread over k steps. Means,
+not medians: a traced step and the untraced steps between count alike.
+
     .venv/bin/python bench/bench_pipeline.py [--model lenet5] [--rounds 5] [--block 3]
         [--variants plain,floor,default/background,...] [--memory 30]
+        [--sustained 80 --every 1,8]
 """
 
 from __future__ import annotations
@@ -191,6 +199,42 @@ def run_traced_in_process(
             inside += time.perf_counter() - t0
     total = time.perf_counter() - started
     return inside / block, total / block, run
+
+
+def run_sustained(
+    work: Workload, iterations: int, db: Path, bound: int | None, every: int = 1
+) -> dict:
+    """One long traced run (every `every`-th step traced) between two blocks of plain
+    steps: seconds per step."""
+
+    def plain_block() -> list[float]:
+        times = []
+        for _ in range(iterations):
+            started = time.perf_counter()
+            work.step()
+            times.append(time.perf_counter() - started)
+        return times
+
+    plain = plain_block()
+    traced = []
+    with Trace(
+        work.model,
+        work.optimizer,
+        work.criterion,
+        db=db,
+        max_elements=bound,
+        explain="background",
+        every=every,
+    ) as run:
+        for _ in range(iterations):
+            xb, yb = work.next_batch()
+            started = time.perf_counter()
+            with run.iteration():
+                step(work.model, work.optimizer, work.criterion, xb, yb)
+            traced.append(time.perf_counter() - started)
+        queue = run.queue_size
+    plain += plain_block()
+    return {"plain": plain, "traced": traced, "queue": queue, "every": every}
 
 
 def raw_arrays(work: Workload) -> list[np.ndarray]:
@@ -408,6 +452,17 @@ def main() -> None:
     parser.add_argument(
         "--memory", type=int, default=0, help="iterations per peak-memory subprocess (0: skip)"
     )
+    parser.add_argument(
+        "--sustained",
+        type=int,
+        default=0,
+        help="steps of one long default-bound run, against as many plain steps (0: skip)",
+    )
+    parser.add_argument(
+        "--every",
+        default="1",
+        help="comma-separated: a --sustained run for each, tracing every k-th step (e.g. 1,8)",
+    )
     args = parser.parse_args()
     niceness = pipeline.WORKER_NICENESS
     torch.set_num_threads(1)
@@ -505,6 +560,10 @@ def main() -> None:
             if args.writes and full_record is not None
             else []
         )
+        sustained = [
+            run_sustained(work, args.sustained, tmp / f"sustained-{k}.db", default_bound, int(k))
+            for k in (args.every.split(",") if args.sustained else [])
+        ]
 
     plain = statistics.median(end_to_end["plain"]) if "plain" in variants else None
     floor = statistics.median(end_to_end["floor"]) if "floor" in variants else None
@@ -564,6 +623,20 @@ def main() -> None:
                 f"  store / {label}: ratio of medians {writes[0][1] / speed_of(writes, label):.2f}, "
                 f"per round min {min(ratios):.2f} median {statistics.median(ratios):.2f}"
             )
+    for one in sustained:
+        base = statistics.mean(one["plain"])
+        steps = one["traced"]
+        half = steps[len(steps) // 2 :]
+        print(
+            f"one run of {args.sustained} steps at the default bound, background, every "
+            f"{one['every']}. step traced (a queue of {one['queue']} traced iterations), "
+            f"against {args.sustained} plain steps before and after; mean ms per step:"
+        )
+        print(
+            f"  plain {1000 * base:7.2f};  the whole run {1000 * statistics.mean(steps):7.2f} "
+            f"({statistics.mean(steps) / base:5.2f}x);  its second half "
+            f"{1000 * statistics.mean(half):7.2f} ({statistics.mean(half) / base:5.2f}x)"
+        )
     if args.memory:
         modes_mem = ["plain"] + (list(modes) if _trace_supports_explain() else ["today"])
         print(f"peak resident memory, {args.memory} iterations at the model's defaults:")

@@ -10,7 +10,9 @@ explanations + verification, SQLite write), and the bytes stored per iteration.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -70,6 +72,7 @@ def main() -> None:
     model, x, y, criterion, optimizer = setup()
     capture = Capture(model, optimizer, criterion).attach()
     tmp = tempfile.mkdtemp()
+    atexit.register(shutil.rmtree, tmp, True)  # the stores are tens of MB
     engine = open_engine(Path(tmp) / "split.db")
     writer = RunWriter.begin(engine, RunInfo(name="bench"))
     hooks, explain, write = [], [], []

@@ -16,7 +16,9 @@ min and median.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,6 +66,7 @@ def child(root: str, captured: int = 6) -> None:
     finally:
         capture.detach()
     folder = tempfile.mkdtemp()
+    atexit.register(shutil.rmtree, folder, True)  # the stores are tens of MB
     writers = {}
     for label in MODES:
         engine = open_engine(os.path.join(folder, label.replace("/", "-") + ".db"))

@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The suite writes stores, a PostgreSQL cluster and browser profiles under the temp
+# directory (about 300 MB at once); a full disk shows up as hundreds of unrelated errors.
+tmp_dir="${TMPDIR:-/tmp}"
+free_mb=$(df -Pm "$tmp_dir" | awk 'NR == 2 {print $4}')
+if [ "${free_mb:-0}" -lt 1024 ]; then
+  echo "only ${free_mb} MB free in $tmp_dir; the tests need about 1 GB (installs included)" >&2
+  exit 1
+fi
+
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium chromium-driver)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import math
 import os
 import platform
 import sys
@@ -81,6 +82,10 @@ DEFAULT_EXPLAIN = "background"
 # Where `background` and `off` do their work: a thread of this process, or a process
 # of its own (see `tracer.pipeline`; the bench measures both).
 WORKERS = ("thread", "process")
+# A run whose loop waited for the worker this long, and for this share of the run since
+# its first traced iteration, ends with a hint to trace fewer steps.
+WAIT_HINT_SECONDS = 2.0
+WAIT_HINT_SHARE = 0.3
 DEFAULT_WORKER = "thread"
 
 
@@ -219,6 +224,9 @@ class Trace:
         self._in_iteration = False
         self._traced = False  # whether the open iteration is traced (every `every`-th)
         self._started = 0.0
+        self._first_traced: float | None = None  # when the first traced iteration began
+        self._steps = 0  # begin() calls from that one on, traced or not
+        self._last_end = 0.0  # when the last iteration ended
         self._pending_loss: float | None = None
         self._reserved = 0  # bytes of the queue's bound taken for the open iteration
         self._estimate = 0  # bytes the last captured iteration took
@@ -325,12 +333,37 @@ class Trace:
                     # hands finishes: a scheduler's grace period is short).
                     self._pipeline.close(drain=not self._stopped(exc_type))
                     worker_error = getattr(self._pipeline, "error", None)
+                    if exc_type is None and worker_error is None:
+                        self._hint_at_waiting()
                 self._flush_messages()
             finally:
                 self._finish(exc_type, exc, worker_error)
         if exc_type is None and self._pipeline is not None:
             self._pipeline.raise_pending()
         return False
+
+    def _hint_at_waiting(self) -> None:
+        """Say so when the loop spent much of the run waiting for the worker.
+
+        A long run settles at the worker's pace once the queue is full: explaining and
+        writing an iteration can take several training steps (LeNet-5 at the default
+        bound: about 85 ms of the worker's CPU against a 10 ms step). Tracing every k-th
+        step lets it keep up."""
+        waited = self.timings["handoff"]
+        if self.explain == "inline" or self._first_traced is None or self.stored < 2:
+            return
+        span = self._last_end - self._first_traced  # the loop's time, not the final drain
+        if waited < WAIT_HINT_SECONDS or waited < WAIT_HINT_SHARE * span:
+            return
+        worker = (self.timings["explain"] + self.timings["write"]) / self.stored
+        step = max((span - waited) / self._steps, 1e-6)  # a step of the loop, not waiting
+        every = max(self.every + 1, math.ceil(worker / step))
+        self._warn(
+            f"the training loop waited for the worker {waited:.1f} s of {span:.1f} s "
+            f"({waited / span:.0%}): it explains and writes a traced iteration in about "
+            f"{1000 * worker:.0f} ms, {worker / step:.1f} of this loop's steps; trace with "
+            f"`every={every}` or more (`--every {every}`) to let it keep up"
+        )
 
     def _stopped(self, exc_type) -> bool:
         """Whether the run ends because someone stopped it: Ctrl-C, or an exception
@@ -418,9 +451,13 @@ class Trace:
         self.index = index
         self._traced = traced
         self._in_iteration = True
+        if self._first_traced is not None or traced:
+            self._steps += 1
         if self._traced:
             self._pending_loss = None
             self._started = time.perf_counter()
+            if self._first_traced is None:
+                self._first_traced = self._started
             self._capture.start()
         return self._traced
 
@@ -431,6 +468,7 @@ class Trace:
         if not self._in_iteration:
             raise RuntimeError("no iteration is open: call begin() first")
         self._in_iteration = False
+        self._last_end = time.perf_counter()
         if not self._traced:
             return
         captured = self._capture.finish(settle=False)  # settled by the worker

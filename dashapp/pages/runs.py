@@ -335,7 +335,7 @@ def filters(view: dict, models: list[str], statuses: list[str]) -> html.Div:
                     type="date",
                     value=view["from"].isoformat() if view["from"] else "",
                     debounce=True,
-                    className="form-control form-control-sm",
+                    className="form-control form-control-sm runs-filter-date",
                 ),
             ),
             field(
@@ -345,7 +345,7 @@ def filters(view: dict, models: list[str], statuses: list[str]) -> html.Div:
                     type="date",
                     value=view["to"].isoformat() if view["to"] else "",
                     debounce=True,
-                    className="form-control form-control-sm",
+                    className="form-control form-control-sm runs-filter-date",
                 ),
             ),
             dcc.Link("clear filters", href=view_href(view, **dict.fromkeys(FILTERS), page=1))

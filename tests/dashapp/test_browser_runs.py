@@ -92,6 +92,13 @@ def test_filters_and_sorting_are_in_the_url(page, base):
     seeds = page.locator("table.runs-table tbody tr td:nth-child(4)").all_inner_texts()
     assert seeds == sorted(seeds)
 
+    # Every filter's box is wide enough for its value (at 1280 px, as the test page is).
+    boxes = page.locator(".runs-filters .dash-input-container").evaluate_all(
+        "boxes => boxes.map(b => [b.querySelector('input').id, b.scrollWidth, b.clientWidth])"
+    )
+    assert len(boxes) == 4
+    assert [id for id, needed, width in boxes if needed > width] == [], boxes
+
     open_page(page, base + "/?model=seed-cnn&seed=1", "table.runs-table")
     assert shown_runs(page) == ["2"]
     assert "1 run match the filters" in page.inner_text(".page-subtitle").replace(

@@ -69,6 +69,35 @@ def test_cpu_copies_are_the_synchronous_copies_and_make_no_stream():
     assert copies.streams == 0 and copies.pending == 0
 
 
+def test_to_numpy_copies_every_kind_of_cpu_tensor_without_aliasing_it():
+    leaf = torch.randn(3, 4, requires_grad=True)
+    cases = {
+        "requires grad": leaf * 2,
+        "transposed": torch.arange(12.0).reshape(3, 4).t(),
+        "strided slice": torch.arange(20.0)[::3],
+        "negative view": torch.arange(6.0)._neg_view(),
+        "int64": torch.arange(5),
+        "bool": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(2.5, dtype=torch.float64),
+        "empty": torch.empty(0, 3),
+    }
+    for what, tensor in cases.items():
+        array = to_numpy(tensor)
+        expected = tensor.detach().resolve_neg().clone().numpy()
+        assert array.dtype == expected.dtype and array.shape == expected.shape, what
+        np.testing.assert_array_equal(array, expected, err_msg=what)
+        if tensor.numel():
+            assert not np.shares_memory(array, tensor.detach().numpy(force=True)), what
+    # Widened where NumPy has no (exact) dtype; nothing for what a store cannot hold.
+    half = torch.tensor([1.5, -2.25], dtype=torch.bfloat16)
+    assert to_numpy(half).dtype == np.float32
+    np.testing.assert_array_equal(to_numpy(half), [1.5, -2.25])
+    assert to_numpy(torch.randn(2, dtype=torch.complex64)) is None
+    assert to_numpy(torch.empty(2, device="meta")) is None
+    sparse = torch.eye(3).to_sparse()
+    np.testing.assert_array_equal(to_numpy(sparse), np.eye(3, dtype=np.float32))
+
+
 def test_cpu_buffers_are_reused_only_once_nothing_refers_to_them():
     copies = HostCopies()
     big = torch.arange(64 * 1024, dtype=torch.float32).reshape(256, 256)  # 256 KiB, pooled

@@ -4,8 +4,11 @@ bounded queue; errors from the worker raised in the training loop; Ctrl-C."""
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
+import time
+import warnings
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ import torch
 from torch import nn
 
 from storage import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED, RunStore
+from tracer import session
 from tracer.assemble import TraceError
 from tracer.explainers.base import Explainer, register
 from tracer.pipeline import WORKER_NICENESS, Background, WorkerError
@@ -269,6 +273,30 @@ def test_the_queue_bounds_iterations_in_flight(tmp_path):
         )
     # One waiting in the queue, one in the worker's hands.
     assert max(seen) <= 2 and run.stored == 8
+
+
+def _waiting_hints(run_options: dict, tmp_path, iterations: int, between=None) -> list[str]:
+    # LeNet-5 at its default bound: the worker takes several of its steps per iteration.
+    config = resolve(model_name="lenet5", seed=0, iterations=1)
+    model, optimizer, criterion, x, y = prepare(config)
+    x, y = x[: config.batch_size], y[: config.batch_size]
+    options = {"max_elements": config.max_elements, "queue_size": 1, **run_options}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Trace(model, optimizer, criterion, db=tmp_path / "r.db", **options) as run:
+            _loop(run, model, optimizer, criterion, x, y, iterations, between)
+    return [str(w.message) for w in caught if "waited for the worker" in str(w.message)]
+
+
+def test_a_run_that_waited_for_the_worker_says_how_to_keep_up(tmp_path, monkeypatch):
+    # The threshold is for real runs (seconds); 6 iterations wait a fraction of one.
+    monkeypatch.setattr(session, "WAIT_HINT_SECONDS", 0.05)
+    (hint,) = _waiting_hints({}, tmp_path, 6)
+    every = int(re.search(r"`every=(\d+)` or more \(`--every \1`\)", hint).group(1))
+    assert every >= 2
+    assert re.search(r"waited for the worker \d+\.\d s of \d+\.\d s \(\d+%\)", hint)
+    # A loop slower than the worker (data loading, say) never waits for it.
+    assert _waiting_hints({}, tmp_path / "slow", 4, lambda i: time.sleep(0.3)) == []
 
 
 def test_the_byte_bound_holds_what_is_captured_and_not_yet_written(tmp_path):

@@ -41,26 +41,8 @@ import threading
 import numpy as np
 import torch
 
-from .records import to_numpy
+from .records import NUMPY_DTYPES, cpu_view, to_numpy
 
-# dtypes copied as they are; other floating types are widened to float32 on the device
-# first, as `to_numpy` does on the host.
-_DIRECT = {
-    torch.float32,
-    torch.float64,
-    torch.int8,
-    torch.int16,
-    torch.int32,
-    torch.int64,
-    torch.uint8,
-    torch.bool,
-}
-
-
-# The dtypes the recycled CPU buffers take (`to_numpy` copies the others: float16 and
-# bfloat16 are widened to float32 there).
-_POOLED = {np.dtype(t) for t in (np.float32, np.float64, np.int8, np.int16, np.int32, np.int64)}
-_POOLED |= {np.dtype(np.uint8), np.dtype(np.bool_)}
 # Smaller copies come from malloc as before: its small blocks are cheap and reused.
 POOL_MIN_BYTES = 64 * 1024
 
@@ -93,12 +75,10 @@ class HostBuffers:
 
     def copy(self, tensor: torch.Tensor) -> np.ndarray | None:
         """A copy of a CPU tensor in a recycled buffer, or None where `to_numpy` makes
-        it (another device or layout, a dtype widened there, a small tensor)."""
-        try:
-            source = tensor.detach().numpy()  # a view; raises off the CPU, for sparse...
-        except Exception:
-            return None
-        if source.nbytes < POOL_MIN_BYTES or source.dtype not in _POOLED:
+        it (another device or layout, a dtype widened there, a small tensor). The
+        tensor is read through `cpu_view`, without a torch operator."""
+        source = cpu_view(tensor)
+        if source is None or source.nbytes < POOL_MIN_BYTES:
             return None
         key = (source.shape, source.dtype)
         free = self._free
@@ -183,7 +163,9 @@ class HostCopies:
             return to_numpy(tensor)
         if t.is_complex():
             return None
-        if t.dtype not in _DIRECT:
+        if (
+            t.dtype not in NUMPY_DTYPES
+        ):  # widened to float32 on the device first, as `to_numpy` does
             if not t.dtype.is_floating_point:
                 return to_numpy(tensor)
             t = t.float()  # float16, bfloat16, float8: NumPy has no (or no exact) dtype

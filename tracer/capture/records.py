@@ -19,10 +19,48 @@ import torch
 
 from .spec import ModuleSpec, OptimizerSpec
 
+# dtypes NumPy holds as they are (float16, bfloat16... are widened to float32).
+NUMPY_DTYPES = frozenset(
+    {
+        torch.float32,
+        torch.float64,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.uint8,
+        torch.bool,
+    }
+)
+
+
+def cpu_view(tensor: torch.Tensor) -> np.ndarray | None:
+    """A NumPy view of a CPU tensor's memory (no copy), or None for a tensor on another
+    device, of another layout, or of a dtype NumPy lacks.
+
+    Made without a torch operator: each operator call (`detach`, `to`) lets go of the
+    GIL, and with the tracer's worker thread busy, getting it back cost the training
+    thread up to a switch interval (5 ms) per call. Reading the tensor's attributes and
+    `numpy(force=True)` (a detached view, in C++) keep it."""
+    if (
+        tensor.device.type != "cpu"
+        or tensor.layout != torch.strided
+        or tensor.dtype not in NUMPY_DTYPES
+        or tensor.is_quantized
+    ):
+        return None
+    try:
+        return tensor.numpy(force=True)  # (a conjugate or negative view is resolved: a copy)
+    except Exception:  # a tensor without storage (fake, functional)
+        return None
+
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray | None:
     """A detached CPU copy (never a view of live memory), or None for a tensor a
     store cannot hold (complex, meta, fake)."""
+    view = cpu_view(tensor)
+    if view is not None:
+        return view.copy()
     try:
         t = tensor.detach()
         if t.layout != torch.strided:
