@@ -73,6 +73,7 @@ def create_app(store_location: str | os.PathLike, *, render_shell: bool = True) 
     bundle.register(app.server, app.config.requests_pathname_prefix)
     bundle.replace_polyfill(app)
     bundle.drop_dash_table(app)
+    firstview.preload_shell(app)
     downloads.register(app.server)
     tensorpanel.register(app)
     formulafit.register(app.server)
@@ -87,11 +88,12 @@ def dropdown_warm_up() -> html.Div:
     """A hidden, empty dcc.Dropdown in the page shell.
 
     dcc.Dropdown is a lazy React component: the first one rendered fetches and evaluates
-    dcc's dropdown chunk and renders again once it is there. In the shell that happens
-    while the browser waits for the page's content; in the content (the iteration page's
-    run picker) it cost a task of 60-80 ms after the content was shown, just before the
-    first heatmaps were drawn. With the chunk resolved, the pages' dropdowns render with
-    the content."""
+    dcc's dropdown chunk and renders again once it is there. When the shell comes without
+    its view (no Referer: dashapp/firstview.py), that happens while the browser waits for
+    the page's content; in the content (the iteration page's run picker) it cost a task
+    of 60-80 ms after the content was shown, just before the first heatmaps were drawn.
+    With the chunk resolved, the pages' dropdowns render with the content. (A shell that
+    brings its view renders both at once: the chunk is asked for with the view.)"""
     return html.Div(
         dcc.Dropdown(id="cnnviz-dropdown-warm-up", options=[]),
         hidden=True,
