@@ -147,30 +147,45 @@ def verified_text(step: StepRecord) -> tuple[str, str]:
 # ---------------------------------------------------------------- page frame
 
 
-def navbar(pages: Sequence[tuple[str, str]]) -> dbc.Navbar:
+def navbar(pages: Sequence[tuple[str, str]]):
+    """The app's navbar, as Bootstrap's markup (what dbc.Navbar drew), static: one
+    component instead of a dozen dash-bootstrap-components, which were part of every
+    first view's commit (dashapp/statichtml.py). Its links move inside the app; the link
+    of the page shown is marked active (assets/static_html.js: `data-active="exact"`,
+    as dbc.NavLink's active="exact")."""
+    tag = statichtml.tag
     items = [
-        dbc.NavItem(dbc.NavLink(label, href=href, active="exact", id=f"nav-{label.lower()}"))
+        tag(
+            "div",
+            statichtml.link(
+                label,
+                href,
+                className="nav-link",
+                id=f"nav-{label.lower()}",
+                data_active="exact",
+            ),
+            className="nav-item",
+        )
         for label, href in pages
     ]
-    return dbc.Navbar(
-        dbc.Container(
-            [
-                dbc.NavbarBrand(
-                    [
-                        html.Span("cnnviz", className="brand-name"),
-                        html.Span(
-                            " backprop with real numbers", className="brand-tag d-none d-md-inline"
-                        ),
-                    ],
-                    href="/",
-                ),
-                dbc.Nav(items, navbar=True, className="ms-auto"),
-            ],
-            fluid=True,
-        ),
-        color="dark",
-        dark=True,
-        className="mb-3 app-navbar",
+    brand = statichtml.link(
+        [
+            tag("span", "cnnviz", className="brand-name"),
+            tag("span", " backprop with real numbers", className="brand-tag d-none d-md-inline"),
+        ],
+        "/",
+        className="navbar-brand",
+    )
+    return statichtml.html_node(
+        [
+            tag(
+                "div",
+                [brand, tag("div", items, className="ms-auto navbar-nav")],
+                className="container-fluid",
+            )
+        ],
+        element="nav",
+        className="mb-3 app-navbar navbar navbar-expand-md navbar-dark bg-dark",
     )
 
 

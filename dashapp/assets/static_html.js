@@ -11,14 +11,31 @@
 (function () {
   "use strict";
 
+  // Links marked data-active="exact" carry Bootstrap's `active` while the address's
+  // path is theirs (the navbar; dbc.NavLink's active="exact").
+  function markActive(root) {
+    var links = (root || document).querySelectorAll('a[data-active="exact"]');
+    for (var i = 0; i < links.length; i++) {
+      links[i].classList.toggle("active", links[i].pathname === window.location.pathname);
+    }
+  }
+
   function Html(props) {
     var attributes = Object.assign({}, props.attributes || {}, {
       id: props.id,
       className: props.className,
       dangerouslySetInnerHTML: { __html: props.html || "" },
+      ref: function (element) {
+        if (element) {
+          markActive(element);
+        }
+      },
     });
     return window.React.createElement(props.element || "div", attributes);
   }
+
+  window.addEventListener("popstate", function () { markActive(); });
+  window.addEventListener("_dashprivate_pushstate", function () { markActive(); });
 
   window.cnnviz_static = { Html: Html };
 

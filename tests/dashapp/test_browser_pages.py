@@ -450,6 +450,26 @@ def test_the_first_view_comes_with_the_page_shell(page, base):
     assert_clean(page)
 
 
+def test_the_navbar_marks_the_page_shown_and_moves_inside_the_app(page, base):
+    """The navbar is static markup (layouts.navbar): its links move inside the app and
+    the page shown is marked, as dbc.NavLink's active="exact" did."""
+
+    def active():
+        return page.locator(".app-navbar .nav-link.active").all_inner_texts()
+
+    open_page(page, base + "/iteration?run=2&it=1&phase=backward", ".step-card")
+    assert active() == ["Iteration"]
+    page.evaluate("window.cnnvizSameDocument = true")
+    page.locator("#nav-runs").click()
+    wait_ready(page, "table.runs-table")
+    assert active() == ["Runs"]
+    page.go_back()
+    wait_ready(page, ".step-card")
+    assert active() == ["Iteration"]
+    assert page.evaluate("window.cnnvizSameDocument === true")
+    assert_clean(page)
+
+
 @pytest.mark.parametrize(
     ("path", "ready"),
     [
