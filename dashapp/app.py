@@ -20,7 +20,18 @@ from dash import dcc, html
 
 from storage import RunStore
 
-from . import bundle, downloads, formulafit, health, layouts, links, plain, status, tensorpanel
+from . import (
+    bundle,
+    downloads,
+    firstview,
+    formulafit,
+    health,
+    layouts,
+    links,
+    plain,
+    status,
+    tensorpanel,
+)
 from .data import LOCATION_KEY, STORE_KEY
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -49,15 +60,20 @@ def create_app(store_location: str | os.PathLike, *, render_shell: bool = True) 
     for page in dash.page_registry.values():  # the page-content callback sends plain trees
         page["layout"] = plain.serve_plain(page["layout"])
     app.server.extensions[STORE_KEY] = store
-    app.layout = html.Div(
-        [
-            layouts.navbar(NAV_PAGES),
-            dbc.Container(dash.page_container, fluid=True, className="page-container"),
-            dropdown_warm_up(),
-        ]
-    )
+    navbar = plain.tree(layouts.navbar(NAV_PAGES))
+    warm_up = plain.tree(dropdown_warm_up())
+
+    def shell():  # per request: the first view comes with it (dashapp/firstview.py)
+        container = firstview.page_container(app)
+        return html.Div(
+            [navbar, dbc.Container(container, fluid=True, className="page-container"), warm_up]
+        )
+
+    app.layout = shell
     bundle.register(app.server, app.config.requests_pathname_prefix)
     bundle.replace_polyfill(app)
+    bundle.drop_dash_table(app)
+    firstview.preload_shell(app)
     downloads.register(app.server)
     tensorpanel.register(app)
     formulafit.register(app.server)
@@ -72,11 +88,12 @@ def dropdown_warm_up() -> html.Div:
     """A hidden, empty dcc.Dropdown in the page shell.
 
     dcc.Dropdown is a lazy React component: the first one rendered fetches and evaluates
-    dcc's dropdown chunk and renders again once it is there. In the shell that happens
-    while the browser waits for the page's content; in the content (the iteration page's
-    run picker) it cost a task of 60-80 ms after the content was shown, just before the
-    first heatmaps were drawn. With the chunk resolved, the pages' dropdowns render with
-    the content."""
+    dcc's dropdown chunk and renders again once it is there. When the shell comes without
+    its view (no Referer: dashapp/firstview.py), that happens while the browser waits for
+    the page's content; in the content (the iteration page's run picker) it cost a task
+    of 60-80 ms after the content was shown, just before the first heatmaps were drawn.
+    With the chunk resolved, the pages' dropdowns render with the content. (A shell that
+    brings its view renders both at once: the chunk is asked for with the view.)"""
     return html.Div(
         dcc.Dropdown(id="cnnviz-dropdown-warm-up", options=[]),
         hidden=True,

@@ -19,7 +19,7 @@ from plotly.utils import PlotlyJSONEncoder
 
 from storage import LayerInfo, RunInfo, StepRecord, TensorRecord
 
-from . import formulafit, links
+from . import formulafit, links, statichtml
 from .formatting import format_diff
 from .plain import el
 from .tensorpanel import GRAPH_CONFIG, ROLE_LABELS, PanelView, TensorPanel  # noqa: F401 (re-exported)
@@ -86,6 +86,24 @@ def formula(latex: str, class_name: str = "") -> html.Div:
     )
 
 
+def formula_markup(latex: str, class_name: str = ""):
+    """`formula` as static markup (dashapp/statichtml.py): the same elements."""
+    return statichtml.tag(
+        "div",
+        [
+            statichtml.tag("div", className="formula-math", data_tex=formula_tex(latex)),
+            statichtml.tag(
+                "button",
+                title="Copy as LaTeX",
+                className="copy-latex",
+                type="button",
+                aria_label="Copy as LaTeX",
+            ),
+        ],
+        className=f"formula {class_name}".strip(),
+    )
+
+
 def status_badge(status: str | RunInfo) -> dbc.Badge:
     """A run's status; given the run, as people should read it ("stale",
     "diverged (NaN at iteration 4)")."""
@@ -116,15 +134,14 @@ def bdi(text: str, **props) -> html.Bdi:
     return html.Bdi(text, **props)
 
 
-def verified_badge(step: StepRecord) -> html.Span:
-    """ "✓ matches autograd, max |Δ| = 3.6e-08", its failing twin, or a neutral note."""
+def verified_text(step: StepRecord) -> tuple[str, str]:
+    """A step's check, (text, class): "✓ matches autograd, max |Δ| = 3.6e-08"
+    ("verify-ok"), its failing twin, or a neutral note."""
     if step.verified is None:
-        return html.Span("no PyTorch counterpart (intermediate)", className="verify verify-none")
+        return "no PyTorch counterpart (intermediate)", "verify-none"
     if step.verified:
-        text = f"✓ matches autograd, max |Δ| = {format_diff(step.max_abs_diff)}"
-        return html.Span(text, className="verify verify-ok")
-    text = f"✗ differs from autograd, max |Δ| = {format_diff(step.max_abs_diff)}"
-    return html.Span(text, className="verify verify-bad")
+        return f"✓ matches autograd, max |Δ| = {format_diff(step.max_abs_diff)}", "verify-ok"
+    return f"✗ differs from autograd, max |Δ| = {format_diff(step.max_abs_diff)}", "verify-bad"
 
 
 # ---------------------------------------------------------------- page frame
@@ -376,32 +393,37 @@ def step_card(
         return [p for p in made if p is not None]
 
     layer_text = step.layer if layer is None else f"{step.layer} · {layer.type}"
-    header = el(
-        html.Div,
+    # The header and the formula rows are static markup, one component each
+    # (dashapp/statichtml.py): a LeNet-5 conv1 view is six cards, and each of their
+    # elements was a component for the browser to render and Dash to look at.
+    tag = statichtml.tag
+    verify_text, verify_class = verified_text(step)
+    header = statichtml.html_node(
         [
-            el(
-                html.Div,
+            tag(
+                "div",
                 [
-                    el(html.Span, str(number), className="step-number"),
-                    el(html.H4, step.title, className="step-title"),
-                    el(html.Span, layer_text, className="step-layer"),
+                    tag("span", str(number), className="step-number"),
+                    tag("h4", step.title, className="step-title"),
+                    tag("span", layer_text, className="step-layer"),
                 ],
                 className="step-heading",
             ),
-            verified_badge(step),
+            tag("span", verify_text, className=f"verify {verify_class}"),
         ],
         className="step-header",
     )
     body = [
-        el(
-            html.Div,
-            [el(html.Div, "General formula", className="formula-label"), formula(step.formula)],
+        statichtml.html_node(
+            [
+                tag("div", "General formula", className="formula-label"),
+                formula_markup(step.formula),
+            ],
             className="formula-row",
         ),
-        el(
-            html.Div,
+        statichtml.html_node(
             [
-                el(html.Div, "With this iteration's numbers", className="formula-label"),
+                tag("div", "With this iteration's numbers", className="formula-label"),
                 fitted_formula(step.formula_values, full_formula_src),
             ],
             className="formula-row",
@@ -422,21 +444,25 @@ def step_card(
     )
 
 
-def fitted_formula(latex: str, full_src: str | None) -> html.Div:
-    """The formula with numbers, columns elided to fit; a button shows it as stored when
-    entries were left out (not when the fit only broke a line)."""
+def fitted_formula(latex: str, full_src: str | None):
+    """The formula with numbers, columns elided to fit, as static markup
+    (dashapp/statichtml.py); a button shows it as stored when entries were left out (not
+    when the fit only broke a line: assets/formula_expand.js)."""
     fitted = formulafit.fit(latex)
     if full_src is None or not formulafit.elides(latex, fitted):
-        return formula(fitted, "formula-values")  # whole, perhaps on two lines
-    return html.Div(
+        return formula_markup(fitted, "formula-values")  # whole, perhaps on two lines
+    return statichtml.tag(
+        "div",
         [
-            formula(fitted, "formula-values"),
-            html.Button(
+            formula_markup(fitted, "formula-values"),
+            statichtml.tag(
+                "button",
                 "show every stored entry",
                 className="btn btn-link btn-sm p-0 formula-expand",
-                **{"data-src": full_src, "aria-expanded": "false"},
+                data_src=full_src,
+                aria_expanded="false",
             ),
-            html.Div(className="formula-expanded", hidden=True),
+            statichtml.tag("div", className="formula-expanded", hidden=True),
         ],
         className="formula-fitted",
     )
@@ -454,16 +480,19 @@ def iteration_stepper(
     window: int = 4,
     phase: str | None = None,
     layer: str | None = None,
-) -> html.Nav:
+):
     """Links to iterations 1..count around `current`, with previous and next; each shows
     the same `phase` and `layer` of its iteration."""
 
     def link(i: int) -> str:
         return links.iteration(run_id, i, phase=phase, layer=layer)
 
+    tag = statichtml.tag
+    nav = {"element": "nav", "className": "iteration-stepper pagination pagination-sm mb-0"}
     if count <= 0:
-        return html.Nav(
-            html.Span("no iterations stored yet", className="text-muted"),
+        return statichtml.html_node(
+            tag("span", "no iterations stored yet", className="text-muted"),
+            element="nav",
             className="iteration-stepper",
         )
     shown = sorted({1, count, *range(max(1, current - window), min(count, current + window) + 1)})
@@ -478,18 +507,15 @@ def iteration_stepper(
     if current < 1:  # no iteration on screen yet: just the links
         items = items[1:-1]
     # Bootstrap's pagination with the links side by side and no list elements around
-    # them (cnnviz.css joins their borders): one Dash component per link, not three.
-    return html.Nav(
-        items,
-        className="iteration-stepper pagination pagination-sm mb-0",
-        **{"aria-label": "iterations"},
-    )
+    # them (cnnviz.css joins their borders), as static markup: one component
+    # (dashapp/statichtml.py).
+    return statichtml.html_node(items, **nav, **{"aria-label": "iterations"})
 
 
 def _page_link(label: str, href: str | None, *, active: bool = False):
     if href is None:
-        return html.Span(label, className="page-link disabled")
-    return dcc.Link(label, href=href, className="page-link" + (" active" if active else ""))
+        return statichtml.tag("span", label, className="page-link disabled")
+    return statichtml.link(label, href, className="page-link" + (" active" if active else ""))
 
 
 def metric(label: str, value, *, hint: str | None = None, class_name: str = "") -> html.Div:
@@ -498,6 +524,20 @@ def metric(label: str, value, *, hint: str | None = None, class_name: str = "") 
             html.Div(label, className="metric-label"),
             html.Div(value, className="metric-value"),
             html.Div(hint, className="metric-hint") if hint else None,
+        ],
+        className=f"metric {class_name}".strip(),
+    )
+
+
+def metric_markup(label: str, value, *, hint: str | None = None, class_name: str = ""):
+    """`metric` as static markup (dashapp/statichtml.py): the same elements."""
+    tag = statichtml.tag
+    return tag(
+        "div",
+        [
+            tag("div", label, className="metric-label"),
+            tag("div", value, className="metric-value"),
+            tag("div", hint, className="metric-hint") if hint else None,
         ],
         className=f"metric {class_name}".strip(),
     )

@@ -50,7 +50,7 @@ from plotly.utils import PlotlyJSONEncoder
 
 from storage import TensorRecord, names
 
-from . import figures, links
+from . import figures, links, statichtml
 from .data import NotFound, current_store
 from .formatting import format_scalar, format_shape
 from .plain import el
@@ -264,20 +264,21 @@ class TensorPanel(html.Div):
         `click_store=False`: no `ids.click` store (a page that listens to clicks its
         own way, as the iteration page's provenance does, saves a component per panel)."""
         view = (view or PanelView()).clamped(tensor.shape, tensor.role)
-        header = el(
-            html.Div,
+        # The header and the download links are static markup, one component each
+        # (dashapp/statichtml.py): a LeNet-5 view shows up to 20 panels.
+        tag = statichtml.tag
+        header = statichtml.html_node(
             [
-                el(html.Code, tensor.name, className="tensor-name"),
-                el(html.Span, format_shape(tensor.shape), className="tensor-shape"),
-                el(html.Span, ROLE_LABELS.get(tensor.role, tensor.role), className="tensor-role"),
+                tag("code", tensor.name, className="tensor-name"),
+                tag("span", format_shape(tensor.shape), className="tensor-shape"),
+                tag("span", ROLE_LABELS.get(tensor.role, tensor.role), className="tensor-role"),
             ],
             className="tensor-header",
         )
-        links_row = el(
-            html.Div,
+        links_row = statichtml.html_node(
             [
-                el(
-                    html.A,
+                tag(
+                    "a",
                     f".{fmt}",
                     href=links.download(run_id, index, tensor.name, fmt),
                     download="",

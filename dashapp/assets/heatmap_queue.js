@@ -28,6 +28,7 @@
   var timer = null;
   var scanning = false;
   var plotly = null; // a promise of window.Plotly
+  var warming = null; // window.Plotly while the warm-up waits for the page shell
 
   // The same plotly.js that dcc.Graph uses, loaded the way dcc.Graph loads it (Dash's
   // renderer sets _dashPlotlyJSURL once it runs, to this address: dashapp/bundle.py).
@@ -213,11 +214,32 @@
     return best < 0 ? null : queue.splice(best, 1)[0];
   }
 
+  // The next drawing, as a task of its own (the browser paints in between). One for a
+  // slot in the viewport goes before the page's other pending work (scheduler.postTask
+  // "user-blocking"): after a view is shown, Dash's renderer and React queue a few
+  // hundred milliseconds of their own follow-up tasks, none of which the reader sees.
+  function later(work, urgent) {
+    if (urgent && window.scheduler && window.scheduler.postTask) {
+      window.scheduler.postTask(work, { priority: "user-blocking" });
+      return true;
+    }
+    return setTimeout(work, GAP_MS);
+  }
+
+  function inView() {
+    for (var i = 0; i < queue.length; i++) {
+      if (queue[i].isConnected && distance(queue[i]) === 0) {
+        return true;
+      }
+    }
+    return false;
+  }
+
   function pump() {
     if (timer !== null || !queue.length) {
       return;
     }
-    timer = setTimeout(function () {
+    timer = later(function () {
       loadPlotly().then(function (Plotly) {
         var slot = nextSlot();
         if (slot && slot.isConnected && stale(slot)) {
@@ -229,7 +251,7 @@
         timer = null;
         pump();
       });
-    }, GAP_MS);
+    }, inView());
   }
 
   function enqueue(slot) {
@@ -260,6 +282,9 @@
   // LeNet-5 view 100-200 ms between its slots appearing and their figures being asked.
   function scan() {
     scanning = false;
+    if (warming) {
+      warmUp(warming);
+    }
     var slots = document.querySelectorAll(".heatmap-slot[data-figure], .heatmap-slot[data-src]");
     for (var i = 0; i < slots.length; i++) {
       var slot = slots[i];
@@ -276,7 +301,31 @@
     pump();
   }
 
+  // The figures of the first slots of a newly shown view are asked for at once, in the
+  // task that added them, instead of once the browser has laid the page out (on a
+  // LeNet-5 view 100-150 ms later): a view opens at its top, where these are. Only
+  // slots never seen before, and only the first EARLY of them, so what is further down
+  // still waits until it comes near.
+  var EARLY = 2;
+  var seen = new WeakSet();
+
+  function prefetchFirst() {
+    var slots = document.querySelectorAll(".heatmap-slot[data-src]");
+    var fresh = 0;
+    for (var i = 0; i < slots.length; i++) {
+      if (seen.has(slots[i])) {
+        continue;
+      }
+      seen.add(slots[i]);
+      if (fresh < EARLY && stale(slots[i])) {
+        prefetch(slots[i]);
+        fresh += 1;
+      }
+    }
+  }
+
   function scanSoon() {
+    prefetchFirst();
     if (scanning) {
       return;
     }
@@ -291,13 +340,23 @@
   // Every view of the iteration page has heatmaps: plotly.js loads while Dash fetches
   // the page (it is compiled off the main thread as it streams in, see
   // scripts/plotly-bundle/build.js), not once the first heatmap comes near the viewport.
-  // Then one tiny heatmap is drawn off screen and thrown away: plotly.js's first plot
-  // adds its stylesheet (a style recalculation of the whole document) and sets itself up,
-  // which cost the first real heatmap a few hundred milliseconds more than the next ones
-  // once formulas and panels filled the page; now it happens while the page is small.
+  // Then, if the page shell came without its view (Dash's router fetches it), one tiny
+  // heatmap is drawn off screen and thrown away while the page waits: plotly.js's first
+  // plot adds its stylesheet (a style recalculation of the whole document) and sets itself
+  // up, which cost the first real heatmap a few hundred milliseconds more than the next
+  // ones once formulas and panels filled the page. A shell that brings its view has no
+  // such wait: there the warm-up only delayed the view.
   function warmUp(Plotly) {
-    if (document.querySelector(".heatmap-slot")) {
-      return; // the page's heatmaps are there: the first one drawn takes the setup
+    var content = document.getElementById("_pages_content");
+    if (!content) {
+      warming = Plotly; // the shell is not drawn yet: decided when it is (scan)
+      return;
+    }
+    warming = null;
+    if (content.firstChild || document.querySelector(".heatmap-slot")) {
+      // The view is there, or on its way with the shell (dashapp/firstview.py): the
+      // first heatmap drawn takes the setup; a warm-up now would only delay the view.
+      return;
     }
     var box = document.createElement("div");
     box.setAttribute("aria-hidden", "true");

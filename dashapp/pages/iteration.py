@@ -30,7 +30,7 @@ import dash_bootstrap_components as dbc
 import numpy as np
 from dash import ClientsideFunction, Input, Output, State, ctx, dcc, html
 
-from dashapp import layouts, links, plain
+from dashapp import layouts, links, plain, statichtml
 from dashapp.data import (
     NotFound,
     PreviousArrays,
@@ -95,28 +95,26 @@ def view_link(run_id: int, index: int, view: View) -> str:
     )
 
 
-def side_menu(parts: list[Section], view: View, run_id: int, index: int) -> html.Nav:
+def side_menu(parts: list[Section], view: View, run_id: int, index: int):
     """Input -> each phase and its layers -> what if, each a link to that view; the
     steps of the view shown are listed under it, as anchors on this page.
 
-    Flat on purpose: each section is one Div holding its links, with no list elements
-    around each link. Dash renders every element as a component of its own, and the
-    menu was a quarter of a LeNet-5 view's ~490 components (each costs the commit of the
-    view, and Dash's renderer looks at every one again on each later update)."""
+    One component (dashapp/statichtml.py): the menu is static markup, and as Dash
+    components it was about 80 of a LeNet-5 view's ~430 (each costs the commit of the
+    view, and Dash's renderer looks at every one again on each later update). Its links
+    move inside the app as dcc.Link does."""
 
-    def link(target: View, label, class_name: str, title: str | None = None) -> dcc.Link:
+    def link(target: View, label, class_name: str, title: str | None = None):
         here = " toc-current" if target == view else ""
-        return dcc.Link(
-            label,
-            href=view_link(run_id, index, target),
-            className=class_name + here,
-            title=title,
+        return statichtml.link(
+            label, view_link(run_id, index, target), className=class_name + here, title=title
         )
 
-    items = [html.Div("This iteration", className="toc-title")]
-    items.append(
-        html.Div(link(View(INPUT), "Input, labels, weights", "toc-view"), className="toc-section")
-    )
+    def section_div(entries, class_name: str = ""):
+        return statichtml.tag("div", entries, className=f"toc-section{class_name}")
+
+    items = [statichtml.tag("div", "This iteration", className="toc-title")]
+    items.append(section_div(link(View(INPUT), "Input, labels, weights", "toc-view")))
     for section in parts:
         entries = [
             link(
@@ -131,25 +129,28 @@ def side_menu(parts: list[Section], view: View, run_id: int, index: int) -> html
             entries.append(
                 link(
                     View(section.key, layer),
-                    [layer, html.Span(f" {len(steps)}", className="toc-count")],
+                    [layer, statichtml.tag("span", f" {len(steps)}", className="toc-count")],
                     "toc-layer",
                 )
             )
             if view.phase == section.key and view.layer in (None, layer):
                 entries += [
-                    html.A(
-                        [html.Span(str(n), className="toc-num"), step.title],
+                    statichtml.tag(
+                        "a",
+                        [statichtml.tag("span", str(n), className="toc-num"), step.title],
                         href=f"#step-{n}",
                         className=f"toc-step verified-{_mark(step)}",
                     )
                     for n, step in steps
                 ]
-        items.append(html.Div(entries, className=f"toc-section toc-{section.key}"))
-    items.append(html.Div(link(View(WHATIF), "What if", "toc-view"), className="toc-section"))
-    return html.Nav(items, className="toc", **{"aria-label": "this iteration"})
+        items.append(section_div(entries, f" toc-{section.key}"))
+    items.append(section_div(link(View(WHATIF), "What if", "toc-view")))
+    return statichtml.html_node(
+        items, element="nav", className="toc", **{"aria-label": "this iteration"}
+    )
 
 
-def journey(parts: list[Section], view: View, run_id: int, index: int) -> html.Nav:
+def journey(parts: list[Section], view: View, run_id: int, index: int):
     """The iteration at a glance, one link per stage: Input -> Forward -> Loss -> Backward
     -> Update (-> What if); the stage shown is marked. A phase's link opens its first
     layer, from where "next" walks on: a LeNet-5 backward pass in one view is 23 steps
@@ -164,23 +165,27 @@ def journey(parts: list[Section], view: View, run_id: int, index: int) -> html.N
             )
         )
     stages.append((View(WHATIF), "What if"))
+    tag = statichtml.tag
     items = []
     for i, (stage, label) in enumerate(stages):
         if i:
-            items.append(html.Span("→", className="journey-arrow", **{"aria-hidden": "true"}))
+            items.append(tag("span", "→", className="journey-arrow", aria_hidden="true"))
         here = stage.phase == view.phase
         items.append(
-            dcc.Link(
+            statichtml.link(
                 label,
-                href=view_link(run_id, index, stage),
+                view_link(run_id, index, stage),
                 className=f"journey-stage journey-{stage.phase}"
                 + (" journey-current" if here else ""),
             )
         )
-    return html.Nav(items, className="journey", **{"aria-label": "stages of this iteration"})
+    # static markup, one component (dashapp/statichtml.py)
+    return statichtml.html_node(
+        items, element="nav", className="journey", **{"aria-label": "stages of this iteration"}
+    )
 
 
-def walk_nav(parts: list[Section], view: View, run_id: int, index: int, *, ids: bool) -> html.Nav:
+def walk_nav(parts: list[Section], view: View, run_id: int, index: int, *, ids: bool):
     """Previous and next in the student's order (layer by layer from a layer; phase by
     phase from a whole phase), and where this view stands."""
     before, after = neighbours(parts, view)
@@ -195,20 +200,22 @@ def walk_nav(parts: list[Section], view: View, run_id: int, index: int, *, ids: 
 
     def step(target: View | None, label: str, key: str):
         if target is None:
-            return html.Span(className=f"walk-{key}")
-        return dcc.Link(
+            return statichtml.tag("span", className=f"walk-{key}")
+        return statichtml.link(
             label.format(target.title),
-            href=view_link(run_id, index, target),
+            view_link(run_id, index, target),
             className=f"btn btn-outline-primary btn-sm walk-{key}",
-            **({"id": f"iteration-{key}"} if ids else {}),
+            id=f"iteration-{key}" if ids else None,
         )
 
-    return html.Nav(
+    # static markup, one component (dashapp/statichtml.py)
+    return statichtml.html_node(
         [
             step(before, "← {}", "previous"),
-            html.Span(where, className="walk-here"),
+            statichtml.tag("span", where, className="walk-here"),
             step(after, "{} →", "next"),
         ],
+        element="nav",
         className="walk",
         **{"aria-label": "previous and next part of this iteration"},
     )
@@ -354,21 +361,22 @@ def step_sections(
     return out
 
 
-def summary(record: IterationRecord, run: RunInfo) -> html.Div:
+def summary(record: IterationRecord, run: RunInfo):
     checked = [s for s in record.steps if s.verified is not None]
     ok = sum(1 for s in checked if s.verified)
     worst = max((s.max_abs_diff for s in checked if s.max_abs_diff is not None), default=None)
     all_ok = ok == len(checked)
     accuracy = "" if record.accuracy is None else f"{record.accuracy:.2f}"
-    return html.Div(
+    # static markup, one component (dashapp/statichtml.py)
+    return statichtml.html_node(
         [
-            layouts.metric("Loss", format_scalar(record.loss)),
-            layouts.metric("Accuracy", accuracy or "—"),
-            layouts.metric(
+            layouts.metric_markup("Loss", format_scalar(record.loss)),
+            layouts.metric_markup("Accuracy", accuracy or "—"),
+            layouts.metric_markup(
                 "Learning rate",
                 format_scalar(record.learning_rate) if record.learning_rate is not None else "—",
             ),
-            layouts.metric(
+            layouts.metric_markup(
                 "Checked against autograd",
                 f"{ok} of {len(checked)} steps match",
                 hint=f"largest |ours − PyTorch| = {format_diff(worst)}",

@@ -328,7 +328,7 @@ def drawn_z(slot) -> np.ndarray:
     return np.array([[np.nan if v is None else v for v in row] for row in z], dtype=np.float64)
 
 
-def as_component(node):
+def as_component(node, *, static: bool = True):
     """A plain node (dashapp.plain: {"type", "namespace", "props"}) as the Dash component
     it stands for, built by its class, which checks every prop as Dash does; anything
     else as it is."""
@@ -337,6 +337,10 @@ def as_component(node):
     import dash_bootstrap_components as dbc
     from dash import dcc, html
 
+    from dashapp import statichtml
+
+    if node["namespace"] == statichtml.NAMESPACE:  # kept as sent with static=False
+        return static_as_component(node["props"]) if static else node
     module = {
         "dash_html_components": html,
         "dash_core_components": dcc,
@@ -346,10 +350,59 @@ def as_component(node):
     def convert(value):
         if isinstance(value, list):
             return [convert(v) for v in value]
-        return as_component(value)
+        return as_component(value, static=static)
 
     props = {key: convert(value) for key, value in node["props"].items()}
     return getattr(module, node["type"])(**props)
+
+
+def static_as_component(props: dict):
+    """A dashapp.statichtml `Html` node as the html.* components its markup holds (an
+    `a[data-dash-link]` as the dcc.Link it stands for), so tests read it as they read
+    any other part of a page. The markup is parsed by the standard library's HTML parser,
+    which decodes what statichtml escaped."""
+    from html.parser import HTMLParser
+
+    from dash import dcc, html
+
+    def make(tag: str, attributes: dict, children: list):
+        attributes = {("className" if k == "class" else k): v for k, v in attributes.items()}
+        if len(children) == 1 and isinstance(children[0], str):
+            children = children[0]  # html.Span("text"), as the pages write it
+        if tag == "a" and "data-dash-link" in attributes:
+            attributes.pop("data-dash-link")
+            return dcc.Link(children, **attributes)
+        if attributes.get("hidden") is None and "hidden" in attributes:
+            attributes["hidden"] = True
+        kind = getattr(html, tag.capitalize())
+        return kind(children, **attributes) if children else kind(**attributes)
+
+    class Builder(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.stack = [[]]
+            self.opened = []
+
+        def handle_starttag(self, tag, attrs):
+            self.opened.append((tag, dict(attrs)))
+            self.stack.append([])
+
+        def handle_endtag(self, tag):
+            opened, attributes = self.opened.pop()
+            assert opened == tag, (opened, tag)
+            children = self.stack.pop()
+            self.stack[-1].append(make(tag, attributes, children))
+
+        def handle_data(self, data):
+            self.stack[-1].append(data)
+
+    builder = Builder()
+    builder.feed(props.get("html", ""))
+    builder.close()
+    extra = dict(props.get("attributes") or {})
+    if props.get("className"):
+        extra["class"] = props["className"]
+    return make(props.get("element", "div"), extra, builder.stack[0])
 
 
 def walk(node):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from dash import dcc, html
-from dash_helpers import INJECTION, components, formulas_in, text_of
+from dash_helpers import INJECTION, as_component, components, formulas_in, text_of
 
-from dashapp import layouts, links
+from dashapp import layouts, links, statichtml
 from dashapp.tensorpanel import PanelView, figure_url
 from storage import StepRecord, TensorRecord
 
@@ -70,7 +70,7 @@ def test_math_markdown_keeps_a_formula_in_one_display_block():
 )
 def test_verified_badge(verified, diff, text, mark):
     step = make_step(verified=verified, max_abs_diff=diff)
-    assert layouts.verified_badge(step).children == text
+    assert layouts.verified_text(step)[0] == text
     card = layouts.step_card(5, step, panels_of(TENSORS))
     assert card.id == "step-5"
     assert getattr(card, "data-verified") == mark
@@ -176,6 +176,11 @@ def _matrix(rows: int, cols: int) -> str:
     return rf"\begin{{bmatrix}}{body}\end{{bmatrix}}"
 
 
+def static(markup):
+    """Markup from dashapp.statichtml, read as the components it shows."""
+    return as_component(statichtml.html_node([markup]))
+
+
 def expand_buttons(block) -> list:
     """The "show every stored entry" buttons (each formula also has its copy button)."""
     return [b for b in components(block, html.Button) if "formula-expand" in b.className]
@@ -189,7 +194,7 @@ def test_a_formula_only_broken_in_two_lines_offers_no_stored_entries(seed_store)
     with RunStore(seed_store) as store:
         step = store.load_iteration(1, 1, with_data=False).steps[0]
     assert step.title.startswith("Unfold input patches")
-    block = layouts.fitted_formula(step.formula_values, "/formula/1/1/0.tex")
+    block = static(layouts.fitted_formula(step.formula_values, "/formula/1/1/0.tex"))
     assert not expand_buttons(block)
     (tex,) = formulas_in(block)
     assert r"\begin{gathered}" in tex  # broken in two, nothing elided
@@ -198,7 +203,7 @@ def test_a_formula_only_broken_in_two_lines_offers_no_stored_entries(seed_store)
 
 def test_an_elided_formula_offers_every_stored_entry():
     latex = rf"W = {_matrix(2, 60)}"
-    block = layouts.fitted_formula(latex, "/formula/1/1/3.tex")
+    block = static(layouts.fitted_formula(latex, "/formula/1/1/3.tex"))
     (button,) = expand_buttons(block)
     assert button.children == "show every stored entry"
     assert r"\cdots" in formulas_in(block)[0]

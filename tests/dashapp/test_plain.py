@@ -31,8 +31,9 @@ MODULES = {"/": "runs", "/iteration": "iteration", "/model": "model", "/compare"
 
 
 def components_of(node):
-    """Every plain node in `node` turned back into the component its class builds."""
-    node = as_component(node)
+    """Every plain node in `node` turned back into the component its class builds
+    (statichtml's `Html` nodes have no class: they are sent as they are)."""
+    node = as_component(node, static=False)
     if isinstance(node, list):
         return [components_of(n) for n in node]
     children = getattr(node, "children", None)
