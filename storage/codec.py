@@ -73,20 +73,26 @@ def summarize(array: np.ndarray) -> dict[str, float | int | None]:
         return _summary_of_finite(flat.astype(np.float64), 0, 0)
     count, mean, m2, sumsq = 0, 0.0, 0.0, 0.0
     low, high = math.inf, -math.inf
+    # One float64 buffer for every chunk: a fresh chunk-sized array each time (two per
+    # chunk before) is above malloc's mmap threshold, so each cost page faults.
+    buffer = np.empty(min(flat.size, _SUMMARY_CHUNK), dtype=np.float64)
     for start in range(0, flat.size, _SUMMARY_CHUNK):
         raw = flat[start : start + _SUMMARY_CHUNK]
-        chunk = raw.astype(np.float64)
-        n = chunk.size
+        n = raw.size
+        chunk = buffer[:n]
+        np.copyto(chunk, raw, casting="unsafe")  # the values astype(float64) gives
         chunk_mean = float(chunk.sum()) / n
         if not math.isfinite(chunk_mean):  # a NaN or Inf in this chunk
             return _summary_with_nonfinite(flat)
-        deviation = chunk - chunk_mean
-        chunk_m2 = float(np.dot(deviation, deviation))
-        sumsq += float(np.dot(chunk, chunk))
         # Extremes of the original values: the same numbers (the conversion to float64
         # keeps order), read at the original width.
         low = min(low, float(raw.min()))
         high = max(high, float(raw.max()))
+        chunk -= chunk_mean  # in place: the buffer is this call's own
+        chunk_m2 = float(np.dot(chunk, chunk))
+        # The sum of squares from the same pass: sum x^2 = sum (x - m)^2 + n m^2 for the
+        # chunk's mean m, two non-negative terms (no cancellation).
+        sumsq += chunk_m2 + n * chunk_mean * chunk_mean
         total = count + n
         delta = chunk_mean - mean
         mean += delta * n / total

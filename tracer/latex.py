@@ -16,11 +16,14 @@ MAX_ROWS = 12
 MAX_COLS = 10
 
 
-def number_format(values: np.ndarray) -> str:
-    """One format for a whole matrix so that its columns line up when read."""
-    finite = np.abs(values[np.isfinite(values)]) if values.size else values
+def number_format(values: np.ndarray, all_finite: bool | None = None) -> str:
+    """One format for a whole matrix so that its columns line up when read.
+    `all_finite`: whether every value is finite, when the caller knows."""
     if values.dtype.kind in "biu":
         return "int"
+    if all_finite is None:
+        all_finite = bool(np.isfinite(values).all())
+    finite = np.abs(values if all_finite else values[np.isfinite(values)])
     if finite.size == 0:
         return "fixed"
     largest = float(finite.max())
@@ -94,13 +97,16 @@ def bmatrix(
     rows = _pick(array.shape[0], max_rows)
     cols = _pick(array.shape[1], max_cols)
     # The shown cells as Python numbers, read once (indexing NumPy cell by cell costs
-    # more than formatting them).
-    shown = array if None not in rows else array[[r for r in rows if r is not None]]
+    # more than formatting them): the head rows and columns and the last, by slicing.
+    shown = array
+    if None in rows:
+        shown = np.concatenate((shown[: max_rows - 2], shown[-1:]))
     if None in cols:
-        shown = shown[:, [c for c in cols if c is not None]]
+        shown = np.concatenate((shown[:, : max_cols - 2], shown[:, -1:]), axis=1)
+    finite = shown.dtype.kind in "biu" or bool(np.isfinite(shown).all())
     if style is None:  # chosen from the cells shown: a large tensor is not scanned whole
-        style = number_format(shown)
-    finite = style == "int" or bool(np.isfinite(shown).all())
+        style = number_format(shown, finite)
+    finite = finite or style == "int"
     gap = cols.index(None) if None in cols else None  # where the row's \cdots goes
     if style == "fixed" and finite:
         # One format call per row; then fmt(v, "fixed") is each cell, but for -0.0000
