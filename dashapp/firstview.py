@@ -112,24 +112,3 @@ def page_container(app: dash.Dash):
             html.Div(id=DUMMY_ID, disable_n_clicks=True),
         ]
     )
-
-
-def preload_shell(app: dash.Dash) -> None:
-    """Ask for the page shell (`_dash-layout`, with its first view) and the callbacks
-    (`_dash-dependencies`) from the page's head, while the browser loads and evaluates
-    the scripts (about 0.6 s on a LeNet-5 view), instead of once Dash's renderer has
-    started: the renderer's own requests are then answered from the preload (same
-    address, a same-origin fetch: `crossorigin="anonymous"` is fetch()'s credentials
-    mode "same-origin")."""
-    interpolate = app.interpolate_index
-    prefix = app.config.requests_pathname_prefix
-
-    def interpolate_index(**kwargs):
-        links = "".join(
-            f'<link rel="preload" href="{prefix}{name}" as="fetch" crossorigin="anonymous">'
-            for name in ("_dash-layout", "_dash-dependencies")
-        )
-        kwargs["css"] = links + kwargs.get("css", "")
-        return interpolate(**kwargs)
-
-    app.interpolate_index = interpolate_index

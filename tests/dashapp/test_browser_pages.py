@@ -403,8 +403,8 @@ def test_the_dropdown_chunk_loads_with_the_page_shell(page, base):
 
 
 def test_the_first_view_comes_with_the_page_shell(page, base):
-    """dashapp/firstview.py: the layout the page asks for (once, preloaded from its head)
-    holds the view of its address, so no page-content callback is asked on load (the side menu's links, static markup,
+    """dashapp/firstview.py: the layout the page asks for holds the view of its address,
+    so no page-content callback is asked on load (the side menu's links, static markup,
     still move inside the app through Dash's router); a layout built for another address
     (a browser that cut the Referer) is put right by assets/first_view.js."""
     asked, shells = [], []
@@ -420,13 +420,7 @@ def test_the_first_view_comes_with_the_page_shell(page, base):
     page.on("request", on_request)
     open_page(page, base + "/iteration?run=2&it=1&phase=backward", ".step-card")
     assert asked == []
-    # asked once, from the page's head (a <link rel=preload>): the renderer took that answer
     assert len(shells) == 1
-    initiators = page.evaluate(
-        """() => performance.getEntriesByType('resource')
-            .filter((e) => e.name.endsWith('/_dash-layout')).map((e) => e.initiatorType)"""
-    )
-    assert initiators == ["link"]
     assert page.title() == "Iteration · cnnviz"
     assert page.locator(".iteration-view").get_attribute("data-view") == "backward/"
     page.evaluate("window.cnnvizSameDocument = true")
