@@ -347,7 +347,7 @@ class Trace:
 
         A long run settles at the worker's pace once the queue is full: explaining and
         writing an iteration can take several training steps (LeNet-5 at the default
-        bound: about 85 ms of the worker's CPU against a 10 ms step). Tracing every k-th
+        bound: about 50 ms of the worker's CPU against a 10 ms step). Tracing every k-th
         step lets it keep up."""
         waited = self.timings["handoff"]
         if self.explain == "inline" or self._first_traced is None or self.stored < 2:

@@ -163,9 +163,7 @@ class HostCopies:
             return to_numpy(tensor)
         if t.is_complex():
             return None
-        if (
-            t.dtype not in NUMPY_DTYPES
-        ):  # widened to float32 on the device first, as `to_numpy` does
+        if t.dtype not in NUMPY_DTYPES:  # widened to float32 on the device, as `to_numpy` does
             if not t.dtype.is_floating_point:
                 return to_numpy(tensor)
             t = t.float()  # float16, bfloat16, float8: NumPy has no (or no exact) dtype

@@ -39,9 +39,9 @@ def cpu_view(tensor: torch.Tensor) -> np.ndarray | None:
     device, of another layout, or of a dtype NumPy lacks.
 
     Made without a torch operator: each operator call (`detach`, `to`) lets go of the
-    GIL, and with the tracer's worker thread busy, getting it back cost the training
-    thread up to a switch interval (5 ms) per call. Reading the tensor's attributes and
-    `numpy(force=True)` (a detached view, in C++) keep it."""
+    GIL, and while the tracer's worker thread runs Python the training thread can wait
+    up to a switch interval (5 ms) to get it back. Reading the tensor's attributes and
+    `numpy(force=True)` (a detached view, made in C++) keep it."""
     if (
         tensor.device.type != "cpu"
         or tensor.layout != torch.strided
