@@ -127,12 +127,30 @@ def _trace_supports_explain() -> bool:
     return "explain" in inspect.signature(Trace.__init__).parameters
 
 
-def run_plain(work: Workload, block: int) -> tuple[float, float]:
+def plain_steps(work: Workload, count: int) -> list[float]:
+    """Seconds of each of `count` plain steps."""
     times = []
-    for _ in range(block):
+    for _ in range(count):
         started = time.perf_counter()
         work.step()
         times.append(time.perf_counter() - started)
+    return times
+
+
+def traced_steps(work: Workload, run: Trace, count: int) -> list[float]:
+    """Seconds of each of `count` steps inside `run.iteration()` (hand-off included)."""
+    times = []
+    for _ in range(count):
+        xb, yb = work.next_batch()
+        started = time.perf_counter()
+        with run.iteration():
+            step(work.model, work.optimizer, work.criterion, xb, yb)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def run_plain(work: Workload, block: int) -> tuple[float, float]:
+    times = plain_steps(work, block)
     return sum(times) / block, sum(times) / block
 
 
@@ -148,19 +166,13 @@ def run_traced(
     options = {"explain": mode, **more} if _trace_supports_explain() else {}
     _watch_commits()
     started = time.perf_counter()
-    inside = 0.0
     with Trace(
         work.model, work.optimizer, work.criterion, db=db, max_elements=bound, **options
     ) as run:
         run.keep_last_record = True  # the write bench takes a full-capture record
         if synchronous_copies:  # the CPU path's copies on CUDA too, to compare
             run._capture._copies.asynchronous = False
-        for _ in range(block):
-            xb, yb = work.next_batch()
-            t0 = time.perf_counter()
-            with run.iteration():
-                step(work.model, work.optimizer, work.criterion, xb, yb)
-            inside += time.perf_counter() - t0
+        inside = sum(traced_steps(work, run, block))
     total = time.perf_counter() - started
     run.bench_committed = (_LAST_COMMIT[0] - started) / block
     return inside / block, total / block, run
@@ -178,7 +190,6 @@ def run_traced_in_process(
     """`run_traced` with the worker as a process of its own (`worker="process"`): the
     captured iterations are pickled to it, and it explains and writes them."""
     started = time.perf_counter()
-    inside = 0.0
     with Trace(
         work.model,
         work.optimizer,
@@ -191,12 +202,7 @@ def run_traced_in_process(
     ) as run:
         if synchronous_copies:
             run._capture._copies.asynchronous = False
-        for _ in range(block):
-            xb, yb = work.next_batch()
-            t0 = time.perf_counter()
-            with run.iteration():
-                step(work.model, work.optimizer, work.criterion, xb, yb)
-            inside += time.perf_counter() - t0
+        inside = sum(traced_steps(work, run, block))
     total = time.perf_counter() - started
     return inside / block, total / block, run
 
@@ -207,33 +213,12 @@ def run_sustained(
     """One long traced run (every `every`-th step traced) between two blocks of plain
     steps: seconds per step."""
 
-    def plain_block() -> list[float]:
-        times = []
-        for _ in range(iterations):
-            started = time.perf_counter()
-            work.step()
-            times.append(time.perf_counter() - started)
-        return times
-
-    plain = plain_block()
-    traced = []
-    with Trace(
-        work.model,
-        work.optimizer,
-        work.criterion,
-        db=db,
-        max_elements=bound,
-        explain="background",
-        every=every,
-    ) as run:
-        for _ in range(iterations):
-            xb, yb = work.next_batch()
-            started = time.perf_counter()
-            with run.iteration():
-                step(work.model, work.optimizer, work.criterion, xb, yb)
-            traced.append(time.perf_counter() - started)
+    plain = plain_steps(work, iterations)
+    options = {"max_elements": bound, "explain": "background", "every": every}
+    with Trace(work.model, work.optimizer, work.criterion, db=db, **options) as run:
+        traced = traced_steps(work, run, iterations)
         queue = run.queue_size
-    plain += plain_block()
+    plain += plain_steps(work, iterations)
     return {"plain": plain, "traced": traced, "queue": queue, "every": every}
 
 
