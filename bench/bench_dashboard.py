@@ -17,9 +17,7 @@ bench/results/). For each tree:
   task, the bytes the Dash callbacks returned, and how many typeset formulas are cut
   off (wider than their box) at 1280 px;
 - in-process (a worker process per tree, Flask's test client, no network): every Dash
-  callback those page loads made, every figure they fetched, and their page shell
-  (`_dash-layout` with the page's Referer: it holds the first view, see
-  dashapp/firstview.py), replayed `--replays` times: p95 of each;
+  callback those page loads made, replayed `--replays` times: p95 of each;
 - the runs page's content callback at 10, 1,000 and 10,000 runs.
 
 Prints each tree's figures (median over `--repeats` page loads) and the ratios
@@ -331,11 +329,7 @@ def measure_page(
     callbacks = []
     figures = []
 
-    layouts = []
-
     def on_response(response):
-        if response.url.endswith("/_dash-layout"):  # the first view comes with it
-            layouts.append(response.request.headers.get("referer", ""))
         if "/figure/" in response.url:
             figures.append("/figure/" + response.url.split("/figure/", 1)[1])
         if "_dash-update-component" in response.url:
@@ -381,7 +375,6 @@ def measure_page(
     out["callback_bytes"] = sum(c["bytes"] for c in callbacks)
     out["callbacks"] = [c["body"] for c in callbacks if c["body"]]
     out["figures"] = figures
-    out["layouts"] = layouts
     out["height_px"] = page.evaluate("document.documentElement.scrollHeight")
     out["heatmap_count"] = page.evaluate("document.querySelectorAll('.heatmap').length")
     context.close()
@@ -403,7 +396,7 @@ def worker(args) -> None:
     client.get("/")  # the first request claims the pages' callbacks
     out = {}
     for label, bodies in requests.items():
-        if label in ("_figures", "_layouts"):
+        if label == "_figures":
             continue
         for k, body in enumerate(bodies):
             times = []
@@ -418,18 +411,6 @@ def worker(args) -> None:
                 continue
             outputs = json.loads(body).get("output", "?")
             out[f"{label} #{k} {outputs[:60]}"] = sorted(times)
-    for label, referers in requests.get("_layouts", {}).items():
-        for k, referer in enumerate(referers):  # the page shell with the page's first view
-            times = []
-            for _ in range(args.replays):
-                start = time.perf_counter()
-                # the browser's page, on this client's host (a Referer naming another
-                # host gets the shell without the view)
-                page = "http://localhost/" + referer.split("/", 3)[-1]
-                response = client.get("/_dash-layout", headers={"Referer": page})
-                times.append(time.perf_counter() - start)
-                assert response.status_code == 200, (label, referer, response.status_code)
-            out[f"{label} page shell with its first view #{k}"] = sorted(times)
     for label, addresses in requests.get("_figures", {}).items():
         for k, address in enumerate(addresses):
             times = []
@@ -572,7 +553,6 @@ def main() -> None:
     for name, tree in trees.items():
         requests = {page: results[name][page][0]["callbacks"] for page in urls}
         requests["_figures"] = {page: results[name][page][0]["figures"] for page in urls}
-        requests["_layouts"] = {page: results[name][page][0]["layouts"] for page in urls}
         scale_dbs = [dbs[name].get(n, dbs[name][1000]) for n in SCALES]
         callbacks[name] = replay(tree, dbs[name][1000], scale_dbs, requests, args.replays)
 

@@ -23,7 +23,6 @@ from storage import RunStore
 from . import (
     bundle,
     downloads,
-    firstview,
     formulafit,
     health,
     layouts,
@@ -63,13 +62,13 @@ def create_app(store_location: str | os.PathLike, *, render_shell: bool = True) 
     navbar = plain.tree(layouts.navbar(NAV_PAGES))
     warm_up = plain.tree(dropdown_warm_up())
 
-    def shell():  # per request: the first view comes with it (dashapp/firstview.py)
-        container = firstview.page_container(app)
-        return html.Div(
-            [navbar, dbc.Container(container, fluid=True, className="page-container"), warm_up]
-        )
-
-    app.layout = shell
+    app.layout = html.Div(
+        [
+            navbar,
+            dbc.Container(dash.page_container, fluid=True, className="page-container"),
+            warm_up,
+        ]
+    )
     bundle.register(app.server, app.config.requests_pathname_prefix)
     bundle.replace_polyfill(app)
     bundle.drop_dash_table(app)
@@ -87,12 +86,11 @@ def dropdown_warm_up() -> html.Div:
     """A hidden, empty dcc.Dropdown in the page shell.
 
     dcc.Dropdown is a lazy React component: the first one rendered fetches and evaluates
-    dcc's dropdown chunk and renders again once it is there. When the shell comes without
-    its view (no Referer: dashapp/firstview.py), that happens while the browser waits for
-    the page's content; in the content (the iteration page's run picker) it cost a task
-    of 60-80 ms after the content was shown, just before the first heatmaps were drawn.
-    With the chunk resolved, the pages' dropdowns render with the content. (A shell that
-    brings its view renders both at once: the chunk is asked for with the view.)"""
+    dcc's dropdown chunk and renders again once it is there. In the shell that happens
+    while the browser waits for the page's content; in the content (the iteration page's
+    run picker) it cost a task of 60-80 ms after the content was shown, just before the
+    first heatmaps were drawn. With the chunk resolved, the pages' dropdowns render with
+    the content."""
     return html.Div(
         dcc.Dropdown(id="cnnviz-dropdown-warm-up", options=[]),
         hidden=True,

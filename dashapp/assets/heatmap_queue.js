@@ -340,12 +340,11 @@
   // Every view of the iteration page has heatmaps: plotly.js loads while Dash fetches
   // the page (it is compiled off the main thread as it streams in, see
   // scripts/plotly-bundle/build.js), not once the first heatmap comes near the viewport.
-  // Then, if the page shell came without its view (Dash's router fetches it), one tiny
-  // heatmap is drawn off screen and thrown away while the page waits: plotly.js's first
-  // plot adds its stylesheet (a style recalculation of the whole document) and sets itself
-  // up, which cost the first real heatmap a few hundred milliseconds more than the next
-  // ones once formulas and panels filled the page. A shell that brings its view has no
-  // such wait: there the warm-up only delayed the view.
+  // Then, while the page waits for its view (Dash's router fetches it), one tiny heatmap
+  // is drawn off screen and thrown away: plotly.js's first plot adds its stylesheet (a
+  // style recalculation of the whole document) and sets itself up, which cost the first
+  // real heatmap a few hundred milliseconds more than the next ones once formulas and
+  // panels filled the page. Once the view is there, the warm-up would only delay it.
   function warmUp(Plotly) {
     var content = document.getElementById("_pages_content");
     if (!content) {
@@ -354,8 +353,7 @@
     }
     warming = null;
     if (content.firstChild || document.querySelector(".heatmap-slot")) {
-      // The view is there, or on its way with the shell (dashapp/firstview.py): the
-      // first heatmap drawn takes the setup; a warm-up now would only delay the view.
+      // The view is there: the first heatmap drawn takes the setup.
       return;
     }
     var box = document.createElement("div");

@@ -402,48 +402,6 @@ def test_the_dropdown_chunk_loads_with_the_page_shell(page, base):
     assert_clean(page)
 
 
-def test_the_first_view_comes_with_the_page_shell(page, base):
-    """dashapp/firstview.py: the layout the page asks for holds the view of its address,
-    so no page-content callback is asked on load (the side menu's links, static markup,
-    still move inside the app through Dash's router); a layout built for another address
-    (a browser that cut the Referer) is put right by assets/first_view.js."""
-    asked, shells = [], []
-
-    def on_request(request):
-        if "_dash-update-component" in request.url and "_pages_content" in (
-            request.post_data or ""
-        ):
-            asked.append(request.url)
-        if request.url.endswith("/_dash-layout"):
-            shells.append(request.url)
-
-    page.on("request", on_request)
-    open_page(page, base + "/iteration?run=2&it=1&phase=backward", ".step-card")
-    assert asked == []
-    assert len(shells) == 1
-    assert page.title() == "Iteration · cnnviz"
-    assert page.locator(".iteration-view").get_attribute("data-view") == "backward/"
-    page.evaluate("window.cnnvizSameDocument = true")
-    page.locator(".toc-forward .toc-layer").first.click()  # through the router
-    page.wait_for_url(re.compile(r"it=1&phase=forward&layer=\w+$"))
-    wait_ready(page, ".iteration-view[data-view^='forward/']")
-    assert len(asked) == 1 and page.evaluate("window.cnnvizSameDocument === true")
-
-    def cut_referer(route):  # as a browser that cuts the Referer to the origin
-        route.fulfill(
-            response=route.fetch(headers={**route.request.headers, "referer": base + "/"})
-        )
-
-    page.route("**/_dash-layout", cut_referer)
-    open_page(
-        page, base + "/iteration?run=2&it=1&phase=loss", ".iteration-view[data-view^='loss/']"
-    )
-    assert page.locator("h1").inner_text() == "Iteration 1 of 3"
-    assert page.locator("table.runs-table").count() == 0
-    page.unroute("**/_dash-layout")
-    assert_clean(page)
-
-
 def test_the_navbar_marks_the_page_shown_and_moves_inside_the_app(page, base):
     """The navbar is static markup (layouts.navbar): its links move inside the app and
     the page shown is marked, as dbc.NavLink's active="exact" did."""
