@@ -20,17 +20,7 @@ from dash import dcc, html
 
 from storage import RunStore
 
-from . import (
-    bundle,
-    downloads,
-    formulafit,
-    health,
-    layouts,
-    links,
-    plain,
-    status,
-    tensorpanel,
-)
+from . import bundle, downloads, formulafit, health, layouts, links, plain, status, tensorpanel
 from .data import LOCATION_KEY, STORE_KEY
 
 PACKAGE_DIR = Path(__file__).resolve().parent

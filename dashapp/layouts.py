@@ -67,41 +67,31 @@ def neutralise_tex(latex: str) -> str:
     return _UNSAFE_TEX.sub(lambda m: r"\backslash\text{" + m.group(1) + "}", str(latex))
 
 
-def formula(latex: str, class_name: str = "") -> html.Div:
+def formula(latex: str, class_name: str = ""):
     """A typeset formula: its TeX in `data-tex` (an attribute, so never markup),
     typeset by MathJax in a worker off the page's main thread (assets/formula_queue.js)
-    into the empty `.formula-math` box, which is there from the first render."""
-    return html.Div(
-        [
-            html.Div(className="formula-math", **{"data-tex": formula_tex(latex)}),
-            # assets/copy_latex.js copies the TeX typeset here
-            html.Button(
-                title="Copy as LaTeX",
-                className="copy-latex",
-                type="button",
-                **{"aria-label": "Copy as LaTeX"},
-            ),
-        ],
-        className=f"formula {class_name}".strip(),
-    )
+    into the empty `.formula-math` box, which is there from the first render; one static
+    component (dashapp/statichtml.py)."""
+    return statichtml.html_node(_formula_parts(latex), className=f"formula {class_name}".strip())
 
 
 def formula_markup(latex: str, class_name: str = ""):
-    """`formula` as static markup (dashapp/statichtml.py): the same elements."""
-    return statichtml.tag(
-        "div",
-        [
-            statichtml.tag("div", className="formula-math", data_tex=formula_tex(latex)),
-            statichtml.tag(
-                "button",
-                title="Copy as LaTeX",
-                className="copy-latex",
-                type="button",
-                aria_label="Copy as LaTeX",
-            ),
-        ],
-        className=f"formula {class_name}".strip(),
-    )
+    """`formula` as markup, for inside another static component."""
+    return statichtml.tag("div", _formula_parts(latex), className=f"formula {class_name}".strip())
+
+
+def _formula_parts(latex: str) -> list:
+    return [
+        statichtml.tag("div", className="formula-math", data_tex=formula_tex(latex)),
+        # assets/copy_latex.js copies the TeX typeset here
+        statichtml.tag(
+            "button",
+            title="Copy as LaTeX",
+            className="copy-latex",
+            type="button",
+            aria_label="Copy as LaTeX",
+        ),
+    ]
 
 
 def status_badge(status: str | RunInfo) -> dbc.Badge:
@@ -533,29 +523,25 @@ def _page_link(label: str, href: str | None, *, active: bool = False):
     return statichtml.link(label, href, className="page-link" + (" active" if active else ""))
 
 
-def metric(label: str, value, *, hint: str | None = None, class_name: str = "") -> html.Div:
-    return html.Div(
-        [
-            html.Div(label, className="metric-label"),
-            html.Div(value, className="metric-value"),
-            html.Div(hint, className="metric-hint") if hint else None,
-        ],
-        className=f"metric {class_name}".strip(),
-    )
+def metric(label: str, value, *, hint: str | None = None, class_name: str = ""):
+    """A labelled number, one static component (dashapp/statichtml.py)."""
+    parts = _metric_parts(label, value, hint)
+    return statichtml.html_node(parts, className=f"metric {class_name}".strip())
 
 
 def metric_markup(label: str, value, *, hint: str | None = None, class_name: str = ""):
-    """`metric` as static markup (dashapp/statichtml.py): the same elements."""
+    """`metric` as markup, for inside another static component."""
+    parts = _metric_parts(label, value, hint)
+    return statichtml.tag("div", parts, className=f"metric {class_name}".strip())
+
+
+def _metric_parts(label: str, value, hint: str | None) -> list:
     tag = statichtml.tag
-    return tag(
-        "div",
-        [
-            tag("div", label, className="metric-label"),
-            tag("div", value, className="metric-value"),
-            tag("div", hint, className="metric-hint") if hint else None,
-        ],
-        className=f"metric {class_name}".strip(),
-    )
+    return [
+        tag("div", label, className="metric-label"),
+        tag("div", value, className="metric-value"),
+        tag("div", hint, className="metric-hint") if hint else None,
+    ]
 
 
 def run_label(run) -> str:
