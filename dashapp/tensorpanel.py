@@ -28,7 +28,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 import flask
 import numpy as np
@@ -602,7 +602,54 @@ def figure(run_id: int, index: int, filename: str) -> flask.Response:
         if "with" in args:  # one colour scale over both tensors' full ranges
             view = shared_range(view, store, _selection(args["with"]), name)
         figure = figures.heatmap_dict(view)
-    body = json.dumps(figure, cls=PlotlyJSONEncoder)
-    response = flask.Response(body, mimetype="application/json")
+    response = flask.Response(_figure_json(figure), mimetype="application/json")
     response.headers["Cache-Control"] = "private, max-age=3600"  # a stored iteration never changes
     return response
+
+
+def _figure_json(figure: dict) -> str:
+    return json.dumps(figure, cls=PlotlyJSONEncoder)
+
+
+_PLAIN_FIGURE = re.compile(
+    re.escape(FIGURE) + r"/(\d+)/(\d+)/([^/?]+)\.json\?lead=([\d,]*)&row=(\d+)&col=(\d+)"
+)
+
+
+def send_first_figures(store, tree, count: int = 2) -> None:
+    """Put the figures of the first `count` heatmap slots of a page's plain tree (in
+    document order) into the page, as `data-sent-figure` ({"src", "figure"}): the view
+    opens at its top, and the browser draws these without asking for them
+    (assets/heatmap_queue.js), while it would otherwise wait for the figure route after
+    building the view, on a busy machine 100-200 ms. The figure is the route's, made by
+    the same code from the same window; the slots further down are fetched as before.
+    Only a slot whose address is a plain window of this iteration (no `with`, `minus`)."""
+    slots = []
+
+    def walk(node):
+        if len(slots) >= count:
+            return
+        if isinstance(node, (list, tuple)):
+            for child in node:
+                walk(child)
+        elif isinstance(node, dict) and isinstance(node.get("props"), dict):
+            props = node["props"]
+            if " heatmap-slot " in f" {props.get('className', '')} " and props.get("data-src"):
+                slots.append(props)
+            walk(props.get("children"))
+
+    walk(tree)
+    for props in slots:
+        match = _PLAIN_FIGURE.fullmatch(props["data-src"])
+        if match is None:
+            continue
+        run_id, index, name = int(match[1]), int(match[2]), unquote(match[3])
+        lead = tuple(int(i) for i in match[4].split(",") if i)
+        window = store.tensor_window(
+            run_id, index, name, lead=lead, row0=int(match[5]), col0=int(match[6]),
+            rows=MAX_ROWS, cols=MAX_COLS,
+        )
+        if window is None:
+            continue
+        figure = figures.heatmap_dict(window_view(window))
+        props["data-sent-figure"] = _figure_json({"src": props["data-src"], "figure": figure})

@@ -77,6 +77,15 @@
       return Promise.resolve([inline, JSON.parse(inline)]);
     }
     var src = slot.getAttribute("data-src");
+    var sent = slot.getAttribute("data-sent-figure");
+    if (sent) {
+      // the figure of the address the page was built with, sent with it (the first
+      // slots of a view: tensorpanel.send_first_figures); not once the panel shows another
+      sent = JSON.parse(sent);
+      if (sent.src === src) {
+        return Promise.resolve([src, sent.figure]);
+      }
+    }
     return fetchText(src).then(function (text) {
       return [src, JSON.parse(text)]; // each slot its own objects: Plotly keeps and changes them
     });

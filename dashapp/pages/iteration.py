@@ -58,7 +58,7 @@ from dashapp.steps import (
     neighbours,
     sections,
 )
-from dashapp.tensorpanel import PanelView, views_from_query
+from dashapp.tensorpanel import PanelView, send_first_figures, views_from_query
 from dashapp.whatif import whatif_section
 from storage import (
     RUN_RUNNING,
@@ -668,16 +668,22 @@ def _view_key(record, info, view, query) -> tuple | None:
     return (facts, record.index, view.phase, view.layer, windows)
 
 
+def _plain_view_body(store, record, info, parts, view, views) -> list:
+    body = plain.tree(_build_view_body(store, record, info, parts, view, views))
+    send_first_figures(store, body)
+    return body
+
+
 def _view_body(store, record, info, parts, view, views, query) -> list:
     key = _view_key(record, info, view, query)
     if key is None:
-        return plain.tree(_build_view_body(store, record, info, parts, view, views))
+        return _plain_view_body(store, record, info, parts, view, views)
     with _kept_lock:
         kept = _kept_views.setdefault(store, OrderedDict())
         if key in kept:
             kept.move_to_end(key)
             return kept[key]
-    body = plain.tree(_build_view_body(store, record, info, parts, view, views))
+    body = _plain_view_body(store, record, info, parts, view, views)
     with _kept_lock:
         kept[key] = body
         while len(kept) > VIEWS_KEPT:
