@@ -28,7 +28,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import quote, unquote, urlencode
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import flask
 import numpy as np
@@ -47,6 +47,7 @@ from dash import (
 )
 from dash.exceptions import PreventUpdate
 from plotly.utils import PlotlyJSONEncoder
+from werkzeug.exceptions import HTTPException
 
 from storage import TensorRecord, names
 
@@ -578,10 +579,19 @@ def figure(run_id: int, index: int, filename: str) -> flask.Response:
     name, dot, ext = filename.rpartition(".")
     if not dot or ext != "json" or not _NAME.fullmatch(name):
         flask.abort(404)
-    args = flask.request.args
+    figure = window_figure(current_store(), run_id, index, name, flask.request.args)
+    response = flask.Response(
+        json.dumps(figure, cls=PlotlyJSONEncoder), mimetype="application/json"
+    )
+    response.headers["Cache-Control"] = "private, max-age=3600"  # a stored iteration never changes
+    return response
+
+
+def window_figure(store, run_id: int, index: int, name: str, args: Mapping[str, str]) -> dict:
+    """The figure of the window `args` names (the figure route's query); 404 (an HTTP
+    exception) for a tensor, window or other iteration that is not there."""
     (row0,) = _ints(args.get("row", "0"), most=1) or (0,)
     (col0,) = _ints(args.get("col", "0"), most=1) or (0,)
-    store = current_store()
     place = dict(lead=_ints(args.get("lead")), row0=row0, col0=col0, rows=MAX_ROWS, cols=MAX_COLS)
     window = store.tensor_window(run_id, index, name, **place)
     if window is None:
@@ -592,38 +602,32 @@ def figure(run_id: int, index: int, filename: str) -> flask.Response:
         if other is None or tuple(other.tensor.shape) != tuple(window.tensor.shape):
             flask.abort(404)
         diff = difference_view(window_view(other), view)
-        figure = figures.heatmap_dict(
+        return figures.heatmap_dict(
             diff,
             colorscale=figures.DIFF_STOPS,
             colorbar=True,
             zrange=figures.symmetric_range(diff.values),
         )
-    else:
-        if "with" in args:  # one colour scale over both tensors' full ranges
-            view = shared_range(view, store, _selection(args["with"]), name)
-        figure = figures.heatmap_dict(view)
-    response = flask.Response(_figure_json(figure), mimetype="application/json")
-    response.headers["Cache-Control"] = "private, max-age=3600"  # a stored iteration never changes
-    return response
+    if "with" in args:  # one colour scale over both tensors' full ranges
+        view = shared_range(view, store, _selection(args["with"]), name)
+    return figures.heatmap_dict(view)
 
 
-def _figure_json(figure: dict) -> str:
-    return json.dumps(figure, cls=PlotlyJSONEncoder)
-
-
-_PLAIN_FIGURE = re.compile(
-    re.escape(FIGURE) + r"/(\d+)/(\d+)/([^/?]+)\.json\?lead=([\d,]*)&row=(\d+)&col=(\d+)"
-)
+_FIGURE_PATH = re.compile(re.escape(FIGURE) + r"/(\d+)/(\d+)/([^/]+)\.json")
 
 
 def send_first_figures(store, tree, count: int = 2) -> None:
     """Put the figures of the first `count` heatmap slots of a page's plain tree (in
-    document order) into the page, as `data-sent-figure` ({"src", "figure"}): the view
-    opens at its top, and the browser draws these without asking for them
-    (assets/heatmap_queue.js), while it would otherwise wait for the figure route after
-    building the view, on a busy machine 100-200 ms. The figure is the route's, made by
-    the same code from the same window; the slots further down are fetched as before.
-    Only a slot whose address is a plain window of this iteration (no `with`, `minus`)."""
+    document order) into the page: `data-sent-figure`, the figure of the address in
+    `data-sent-src` (the slot's `data-src` until its panel shows another window).
+
+    A view opens at its top, where these slots are: the browser draws them as soon as
+    the view is built (assets/heatmap_queue.js) instead of asking the figure route for
+    them then, which on a LeNet-5 view put 80-200 ms between the view and its first
+    heatmap. Each figure is the route's own answer for the slot's address; the slots
+    further down are fetched as they come near the viewport, as before, and a slot
+    whose window changes fetches its new figure. Another slot of the view with the same
+    address (a LeNet-5 conv1 view shows X_col in two steps) is drawn from it too."""
     slots = []
 
     def walk(node):
@@ -634,22 +638,20 @@ def send_first_figures(store, tree, count: int = 2) -> None:
                 walk(child)
         elif isinstance(node, dict) and isinstance(node.get("props"), dict):
             props = node["props"]
-            if " heatmap-slot " in f" {props.get('className', '')} " and props.get("data-src"):
+            if " heatmap-slot " in f" {props.get('className') or ''} " and props.get("data-src"):
                 slots.append(props)
             walk(props.get("children"))
 
     walk(tree)
     for props in slots:
-        match = _PLAIN_FIGURE.fullmatch(props["data-src"])
+        address = urlsplit(props["data-src"])
+        match = _FIGURE_PATH.fullmatch(address.path)
         if match is None:
             continue
         run_id, index, name = int(match[1]), int(match[2]), unquote(match[3])
-        lead = tuple(int(i) for i in match[4].split(",") if i)
-        window = store.tensor_window(
-            run_id, index, name, lead=lead, row0=int(match[5]), col0=int(match[6]),
-            rows=MAX_ROWS, cols=MAX_COLS,
-        )
-        if window is None:
-            continue
-        figure = figures.heatmap_dict(window_view(window))
-        props["data-sent-figure"] = _figure_json({"src": props["data-src"], "figure": figure})
+        try:
+            figure = window_figure(store, run_id, index, name, dict(parse_qsl(address.query)))
+        except HTTPException:
+            continue  # not there: the browser asks the route, which says so
+        props["data-sent-src"] = props["data-src"]
+        props["data-sent-figure"] = json.dumps(figure, cls=PlotlyJSONEncoder)

@@ -13,8 +13,11 @@
  * A tensor panel's slot (dashapp/tensorpanel.py) holds no figure, only its address
  * in `data-src`: the figure is fetched when the slot nears the viewport, so the page
  * reads from the store only what is looked at; a new `data-src` (another window or
- * plane) is fetched and drawn the same way. A click on a cell sets the `data` of the
- * Dash component named in the slot's `data-click` to the cell's position and value.
+ * plane) is fetched and drawn the same way. The first two slots of an iteration view
+ * come with their figures (`data-sent-figure`, tensorpanel.send_first_figures),
+ * drawn without a request while they are the figures of the slots' addresses. A
+ * click on a cell sets the `data` of the Dash component named in the slot's
+ * `data-click` to the cell's position and value.
  */
 (function () {
   "use strict";
@@ -77,18 +80,26 @@
       return Promise.resolve([inline, JSON.parse(inline)]);
     }
     var src = slot.getAttribute("data-src");
-    var sent = slot.getAttribute("data-sent-figure");
+    var sent = sentFigure(src);
     if (sent) {
-      // the figure of the address the page was built with, sent with it (the first
-      // slots of a view: tensorpanel.send_first_figures); not once the panel shows another
-      sent = JSON.parse(sent);
-      if (sent.src === src) {
-        return Promise.resolve([src, sent.figure]);
-      }
+      return Promise.resolve([src, JSON.parse(sent)]);
     }
     return fetchText(src).then(function (text) {
       return [src, JSON.parse(text)]; // each slot its own objects: Plotly keeps and changes them
     });
+  }
+
+  // The figure of `src` if the page came with it: the first slots of an iteration view
+  // hold their figure in `data-sent-figure`, for the address in `data-sent-src`
+  // (tensorpanel.send_first_figures); a panel showing another window no longer matches.
+  function sentFigure(src) {
+    var slots = document.querySelectorAll(".heatmap-slot[data-sent-figure]");
+    for (var i = 0; i < slots.length; i++) {
+      if (slots[i].getAttribute("data-sent-src") === src) {
+        return slots[i].getAttribute("data-sent-figure");
+      }
+    }
+    return null;
   }
 
   // Two slots showing the same figure (a LeNet-5 conv1 view shows X_col in two steps) ask

@@ -227,7 +227,8 @@ def _mark(step: StepRecord) -> str:
 
 def panel_maker(store, record: IterationRecord, run: RunInfo, views: dict[str, PanelView]):
     """panel(tensor name, panel id) for this iteration: metadata only, the heatmap is
-    fetched by the browser when it comes into view; a scalar's one value is read here."""
+    fetched by the browser when it comes into view (the view's first two are sent with
+    it: `_plain_view_body`); a scalar's one value is read here."""
     tensors = {t.name: t for t in record.tensors}
 
     def panel(name: str, panel_id: str):
@@ -669,6 +670,7 @@ def _view_key(record, info, view, query) -> tuple | None:
 
 
 def _plain_view_body(store, record, info, parts, view, views) -> list:
+    """The view's body as the plain tree Dash sends, with its first two heatmaps' figures."""
     body = plain.tree(_build_view_body(store, record, info, parts, view, views))
     send_first_figures(store, body)
     return body

@@ -145,3 +145,39 @@ def test_two_heatmaps_of_the_same_figure_ask_for_it_once(page, base):
     )
     assert len(asked) == 1
     assert list(page.problems) == []
+
+
+def test_the_first_two_heatmaps_of_a_view_are_drawn_without_a_request(page, base, lenet_store):
+    """They come with the view (tensorpanel.send_first_figures) and show the stored
+    numbers, and so does the other heatmap of the same address (X_col, in two steps);
+    the next ones are asked for; a panel moved to another plane asks for its figure."""
+    asked = []
+    page.on("request", lambda r: asked.append(r.url) if "/figure/" in r.url else None)
+    open_page(page, base + "/iteration?run=1&it=1&phase=forward&layer=conv1", ".tensor-panel")
+    panels = page.locator(".tensor-panel:has(.heatmap-slot)")
+    first = [panels.nth(i) for i in range(2)]
+    sources = [panel.locator(".heatmap-slot").get_attribute("data-src") for panel in first]
+    with RunStore(lenet_store) as store:
+        for panel in first:
+            assert panel.locator(".heatmap-slot").get_attribute("data-sent-figure")
+            (drawn,) = graph_data(panel, ".heatmap")
+            tensor = store.load_tensor(1, 1, panel.get_attribute("data-tensor"))
+            view = matrix_view(tensor.array, tensor.shape, role=tensor.role)
+            z = [[float("nan") if v is None else v for v in row] for row in drawn["z"]]
+            np.testing.assert_array_equal(np.array(z, dtype=np.float64), view.values)
+    page.wait_for_load_state("networkidle", timeout=WAIT_MS)
+    assert not [url for url in asked if url.endswith(tuple(sources))]
+    assert panels.count() > 2 and asked  # the next ones in view are fetched
+    # a panel with a plane to choose: its next plane is fetched, not the sent figure shown
+    panel = first[0] if first[0].locator(".slice-input").count() else first[1]
+    slot = panel.locator(".heatmap-slot")
+    before = slot.get_attribute("data-src")
+    panel.locator(".slice-input").first.fill("2")
+    panel.locator(".slice-input").first.press("Enter")
+    page.wait_for_function(
+        "([el, before]) => el.getAttribute('data-src') !== before",
+        arg=[slot.element_handle(), before],
+    )
+    graph_data(panel, ".heatmap")  # drawn with the figure its address names now
+    assert [url for url in asked if url.endswith(slot.get_attribute("data-src"))]
+    assert list(page.problems) == []

@@ -279,6 +279,32 @@ def test_iteration_heatmaps_hold_the_stored_values(pages, dash_app, store, reque
         np.testing.assert_array_equal(drawn_z(response.get_data(as_text=True)), expected)
 
 
+@pytest.mark.parametrize("view", [{}, {"phase": "forward", "layer": "conv"}, {"phase": "backward"}])
+def test_a_view_sends_its_first_two_figures_as_the_figure_route_answers_them(
+    pages, dash_app, store, request_ctx, view
+):
+    """The first two heatmaps of a view come with it (the browser draws them without
+    asking); each is the figure route's answer for its slot's address, the stored
+    values; the slots further down are left to the route."""
+    layout = pages.iteration.layout(run="2", it="3", **view)
+    slots = components(layout, html.Div, "heatmap-slot")
+    assert len(slots) > 2
+    record = store.load_iteration(2, 3)
+    client = dash_app.server.test_client()
+    for slot in slots[:2]:
+        src = getattr(slot, "data-src")
+        assert getattr(slot, "data-sent-src") == src
+        sent = json.loads(getattr(slot, "data-sent-figure"))
+        response = client.get(src)
+        assert response.status_code == 200
+        assert sent == response.get_json()
+        name = src.split("/")[4].split(".json")[0]
+        tensor = record.tensor(name)
+        expected = matrix_view(tensor.array, tensor.shape, role=tensor.role).values
+        np.testing.assert_array_equal(drawn_z(getattr(slot, "data-sent-figure")), expected)
+    assert not any(hasattr(slot, "data-sent-figure") for slot in slots[2:])
+
+
 def test_iteration_defaults_to_the_latest_run(pages, request_ctx):
     assert "Iteration 1 of 3" in text_of(pages.iteration.layout())
     assert INJECTION in text_of(pages.iteration.layout())  # run 3's name, as text
