@@ -127,3 +127,33 @@ def drop_dash_table(app) -> None:
         return interpolate(**kwargs)
 
     app.interpolate_index = interpolate_index
+
+
+# plotly.js, asked for at the top of the page shell, where the page draws heatmaps as
+# soon as it is shown.
+_EARLY_PLOTLY = (
+    '<script async data-cnnviz-plotly src="{src}" '
+    "onerror=\"this.setAttribute('data-failed', '')\"></script>"
+)
+
+
+def load_plotly_early(app, paths: tuple[str, ...] = ("iteration",)) -> None:
+    """Put plotly.js in the `<head>` of the shell of `paths` as an async script.
+
+    assets/heatmap_queue.js loaded it from the body, once Dash's scripts before it had
+    been fetched: its compilation off the main thread (scripts/plotly-bundle/build.js)
+    then often finished after the view was shown, and in 3 to 4 of 10 LeNet-5 loads the
+    first heatmap waited 100-250 ms for it. From the head it is compiled while the other
+    scripts download and evaluate. heatmap_queue.js waits for this script instead of
+    adding its own; every other page loads plotly.js when it first needs it, as before.
+    """
+    interpolate = app.interpolate_index
+    src = app.config.requests_pathname_prefix + DASH_PLOTLY_PATH
+    early = {app.config.routes_pathname_prefix + path for path in paths}
+
+    def interpolate_index(**kwargs):
+        if flask.has_request_context() and flask.request.path in early:
+            kwargs["css"] = kwargs.get("css", "") + _EARLY_PLOTLY.format(src=src)
+        return interpolate(**kwargs)
+
+    app.interpolate_index = interpolate_index

@@ -53,6 +53,15 @@
       // evaluated: its script's load event can come a while later, after other tasks
       return Promise.resolve(window.Plotly);
     }
+    // The iteration page's shell asks for it in its <head> (bundle.load_plotly_early):
+    // that script is waited for, unless it failed (then it is asked for again here).
+    var early = document.querySelector("script[data-cnnviz-plotly]:not([data-failed])");
+    if (!plotly && early) {
+      plotly = new Promise(function (resolve, reject) {
+        early.addEventListener("load", function () { resolve(window.Plotly); });
+        early.addEventListener("error", function (error) { plotly = null; reject(error); });
+      });
+    }
     if (!plotly) {
       plotly = new Promise(function (resolve, reject) {
         var script = document.createElement("script");
@@ -357,9 +366,10 @@
     }
   }
 
-  // Every view of the iteration page has heatmaps: plotly.js loads while Dash fetches
-  // the page (it is compiled off the main thread as it streams in, see
-  // scripts/plotly-bundle/build.js), not once the first heatmap comes near the viewport.
+  // Every view of the iteration page has heatmaps: plotly.js loads with the page shell
+  // (asked for in its <head>, bundle.load_plotly_early, and compiled off the main thread
+  // as it streams in, scripts/plotly-bundle/build.js), not once the first heatmap comes
+  // near the viewport.
   // Then, while the page waits for its view (Dash's router fetches it), one tiny heatmap
   // is drawn off screen and thrown away: plotly.js's first plot adds its stylesheet (a
   // style recalculation of the whole document) and sets itself up, which cost the first

@@ -181,3 +181,23 @@ def test_the_first_two_heatmaps_of_a_view_are_drawn_without_a_request(page, base
     graph_data(panel, ".heatmap")  # drawn with the figure its address names now
     assert [url for url in asked if url.endswith(slot.get_attribute("data-src"))]
     assert list(page.problems) == []
+
+
+def test_plotly_that_failed_to_load_from_the_head_is_asked_for_again(page, base):
+    """The iteration page's shell asks for plotly.js in its <head>
+    (bundle.load_plotly_early); when that request fails, the heatmaps ask again."""
+    failed = []
+
+    def fail_once(route):
+        if failed:
+            route.continue_()
+        else:
+            failed.append(route.request.url)
+            route.abort()
+
+    page.route("**/plotly.min.js", fail_once)
+    open_page(page, base + "/iteration?run=1&it=1", ".tensor-panel")
+    page.wait_for_function(IN_VIEW_DRAWN, timeout=WAIT_MS)
+    assert len(failed) == 1
+    # the failure itself ("Failed to load resource", the aborted request) and nothing else
+    assert [p for p in page.problems if "plotly" not in p and "Failed to load" not in p] == []

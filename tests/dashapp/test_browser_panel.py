@@ -198,6 +198,7 @@ def test_the_partial_plotly_bundle_draws_every_figure(page, base):
     graph_data(weight_panel(page), ".js-plotly-plot")
     assert bundles and all(b == ("plotly.js heatmap-bar", bundles[0][1]) for b in bundles)
     assert bundles[0][1] < 1_300_000  # the full bundle is 4.8 MB, the cartesian one 1.5 MB
+    assert len(bundles) == 1  # the one the shell's <head> asks for, not a second copy
     open_page(page, base + "/compare", ".js-plotly-plot")  # heatmaps, lines and bars
     page.locator("#compare-diff-graph .js-plotly-plot .main-svg").first.wait_for()
     assert list(page.problems) == []

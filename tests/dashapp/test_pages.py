@@ -816,6 +816,21 @@ def test_the_page_loads_regenerator_runtime_where_dash_loads_babel_polyfill(dash
     assert "X-Cnnviz-Bundle" not in client.get(react).headers  # everything else is Dash's own
 
 
+def test_only_the_iteration_page_asks_for_plotly_in_its_head(dash_app):
+    """Its views draw heatmaps as soon as they are shown: plotly.js is fetched and compiled
+    from the top of the shell (dashapp/bundle.py); the other pages load it when they
+    first draw one."""
+    client = dash_app.server.test_client()
+    shell = client.get("/iteration?run=1&it=1").get_data(as_text=True)
+    head = shell.split("</head>")[0]
+    (src,) = re.findall(r'<script async data-cnnviz-plotly src="([^"]+)"', head)
+    response = client.get(src)
+    assert response.status_code == 200
+    assert response.headers["X-Cnnviz-Bundle"] == "plotly.js heatmap-bar"
+    for other in ("/", "/model?run=1", "/compare?a=1:1&b=2:1"):
+        assert "data-cnnviz-plotly" not in client.get(other).get_data(as_text=True), other
+
+
 def test_a_kept_view_is_never_out_of_date(pages, dash_app, dash_store, tmp_path, request_ctx):
     """The body of a view is kept for the next reader (its iteration never changes); the
     header around it, the count, the status and the run picker, is read anew."""
