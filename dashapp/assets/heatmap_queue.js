@@ -31,7 +31,6 @@
   var timer = null;
   var scanning = false;
   var plotly = null; // a promise of window.Plotly
-  var warming = null; // window.Plotly while the warm-up waits for the page shell
 
   // The same plotly.js that dcc.Graph uses, loaded the way dcc.Graph loads it (Dash's
   // renderer sets _dashPlotlyJSURL once it runs, to this address: dashapp/bundle.py).
@@ -311,9 +310,6 @@
   // LeNet-5 view 100-200 ms between its slots appearing and their figures being asked.
   function scan() {
     scanning = false;
-    if (warming) {
-      warmUp(warming);
-    }
     var slots = document.querySelectorAll(".heatmap-slot[data-figure], .heatmap-slot[data-src]");
     for (var i = 0; i < slots.length; i++) {
       var slot = slots[i];
@@ -369,45 +365,13 @@
   // Every view of the iteration page has heatmaps: plotly.js loads with the page shell
   // (asked for in its <head>, bundle.load_plotly_early, and compiled off the main thread
   // as it streams in, scripts/plotly-bundle/build.js), not once the first heatmap comes
-  // near the viewport.
-  // Then, while the page waits for its view (Dash's router fetches it), one tiny heatmap
-  // is drawn off screen and thrown away: plotly.js's first plot adds its stylesheet (a
-  // style recalculation of the whole document) and sets itself up, which cost the first
-  // real heatmap a few hundred milliseconds more than the next ones once formulas and
-  // panels filled the page. Once the view is there, the warm-up would only delay it.
-  function warmUp(Plotly) {
-    var content = document.getElementById("_pages_content");
-    if (!content) {
-      warming = Plotly; // the shell is not drawn yet: decided when it is (scan)
-      return;
-    }
-    warming = null;
-    if (content.firstChild || document.querySelector(".heatmap-slot")) {
-      // The view is there: the first heatmap drawn takes the setup.
-      return;
-    }
-    var box = document.createElement("div");
-    box.setAttribute("aria-hidden", "true");
-    box.style.cssText = "position:fixed;left:-10000px;top:0;width:60px;height:60px;";
-    document.body.appendChild(box);
-    var layout = { width: 60, height: 60, margin: { l: 0, r: 0, t: 0, b: 0 } };
-    var trace = { type: "heatmap", z: [[0, 1], [1, 0]], showscale: false };
-    Promise.resolve(Plotly.newPlot(box, [trace], layout, { displayModeBar: false }))
-      .then(function () {
-        Plotly.purge(box);
-      })
-      .catch(function () {
-        // only a warm-up: a real heatmap that fails says so
-      })
-      .then(function () {
-        box.remove();
-      });
-  }
-
+  // near the viewport. (A throw-away heatmap drawn while the page waited for its view,
+  // to set plotly.js up before the first real one, was taken out: the main thread is
+  // busy all along the way to a LeNet-5 view, and that drawing, 60-90 ms, put off the
+  // view by as much as it saved the first heatmap, 10-25 ms; interleaved loads drew the
+  // heatmaps in view 4-10% sooner without it.)
   if (/\/iteration$/.test(window.location.pathname)) {
-    loadPlotly().then(function (Plotly) {
-      setTimeout(function () { warmUp(Plotly); }, 0);
-    }).catch(function (error) {
+    loadPlotly().catch(function (error) {
       console.error("cnnviz could not load plotly.js", error);
     });
   }
