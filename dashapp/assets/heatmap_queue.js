@@ -369,7 +369,7 @@
   // to set plotly.js up before the first real one, was taken out: the main thread is
   // busy all along the way to a LeNet-5 view, and that drawing, 60-90 ms, put off the
   // view by as much as it saved the first heatmap, 10-25 ms; interleaved loads drew the
-  // heatmaps in view 4-10% sooner without it.)
+  // heatmaps in view 2-8% sooner without it.)
   if (/\/iteration$/.test(window.location.pathname)) {
     loadPlotly().catch(function (error) {
       console.error("cnnviz could not load plotly.js", error);
