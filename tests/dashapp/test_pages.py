@@ -262,7 +262,7 @@ def test_iteration_shows_one_phase_and_its_steps_only(pages, store, request_ctx)
 
 
 def test_iteration_heatmaps_hold_the_stored_values(pages, dash_app, store, request_ctx):
-    """The page reads no tensor bytes; each slot's figure address serves the stored values."""
+    """The page reads no whole tensor; each slot's figure address serves the stored values."""
     layout = pages.iteration.layout(run="2", it="3")
     record = store.load_iteration(2, 3)
     panels = components(layout, html.Div, "tensor-panel")
