@@ -530,11 +530,14 @@ clientside_callback(
 )
 
 
+FIGURE_ENDPOINT = "cnnviz_figure"
+
+
 def register(app) -> None:
     """The figure route (GET /figure/<run>/<it>/<tensor>.json)."""
     app.server.add_url_rule(
         f"{FIGURE}/<int:run_id>/<int:index>/<filename>",
-        endpoint="cnnviz_figure",
+        endpoint=FIGURE_ENDPOINT,
         view_func=figure,
         methods=["GET"],
     )
@@ -576,15 +579,21 @@ def figure(run_id: int, index: int, filename: str) -> flask.Response:
 
     `&with=RUN:IT` colours it on one scale with the same tensor of another iteration;
     `&minus=RUN:IT` draws this window minus that iteration's (the compare page's B − A)."""
-    name, dot, ext = filename.rpartition(".")
-    if not dot or ext != "json" or not _NAME.fullmatch(name):
-        flask.abort(404)
+    name = _tensor_name(filename)
     figure = window_figure(current_store(), run_id, index, name, flask.request.args)
     response = flask.Response(
         json.dumps(figure, cls=PlotlyJSONEncoder), mimetype="application/json"
     )
     response.headers["Cache-Control"] = "private, max-age=3600"  # a stored iteration never changes
     return response
+
+
+def _tensor_name(filename: str) -> str:
+    """`<tensor>.json` -> the tensor's name; anything else is a 404."""
+    name, dot, ext = filename.rpartition(".")
+    if not dot or ext != "json" or not _NAME.fullmatch(name):
+        flask.abort(404)
+    return name
 
 
 def window_figure(store, run_id: int, index: int, name: str, args: Mapping[str, str]) -> dict:
@@ -611,9 +620,6 @@ def window_figure(store, run_id: int, index: int, name: str, args: Mapping[str, 
     if "with" in args:  # one colour scale over both tensors' full ranges
         view = shared_range(view, store, _selection(args["with"]), name)
     return figures.heatmap_dict(view)
-
-
-_FIGURE_PATH = re.compile(re.escape(FIGURE) + r"/(\d+)/(\d+)/([^/]+)\.json")
 
 
 def send_first_figures(store, tree, count: int = 2) -> None:
@@ -643,14 +649,16 @@ def send_first_figures(store, tree, count: int = 2) -> None:
             walk(props.get("children"))
 
     walk(tree)
+    routes = flask.current_app.url_map.bind("localhost")
     for props in slots:
         address = urlsplit(props["data-src"])
-        match = _FIGURE_PATH.fullmatch(address.path)
-        if match is None:
-            continue
-        run_id, index, name = int(match[1]), int(match[2]), unquote(match[3])
-        try:
-            figure = window_figure(store, run_id, index, name, dict(parse_qsl(address.query)))
+        try:  # the address as the figure route reads it
+            endpoint, values = routes.match(unquote(address.path), method="GET")
+            if endpoint != FIGURE_ENDPOINT:
+                continue
+            name = _tensor_name(values["filename"])
+            args = dict(parse_qsl(address.query))
+            figure = window_figure(store, values["run_id"], values["index"], name, args)
         except HTTPException:
             continue  # not there: the browser asks the route, which says so
         props["data-sent-src"] = props["data-src"]
