@@ -67,23 +67,51 @@ new PerformanceObserver((list) => {
 }).observe({type: 'longtask', buffered: true});
 """
 
-# Conditions polled on every animation frame. FIRST_IN_VIEW checks both of a view's at
-# once, from the same frames: {selector: the first performance.now() at which
-# everything it matches in view held `done`}, once each has. (Waited for one after the
-# other, as until session 6, the heatmaps of a view with formulas could not be found
-# drawn before its formulas were typeset: conv1's heatmaps were timed after them.)
-FIRST_IN_VIEW = """(pairs) => {
-    const seen = (window.cnnvizFirstInView = window.cnnvizFirstInView || {});
-    for (const [selector, done] of pairs) {
-        if (selector in seen) continue;
-        const all = Array.from(document.querySelectorAll(selector)).filter((e) => {
-            const box = e.getBoundingClientRect();
-            return box.height > 0 && box.bottom > 0 && box.top < window.innerHeight;
-        });
-        if (all.length > 0 && all.every((e) => e.querySelector(done))) seen[selector] = performance.now();
-    }
-    return pairs.every(([selector]) => selector in seen) ? seen : false;
+# When the heatmaps and the formulas in view are first shown, each the first
+# performance.now() at which everything its selector matches in view holds `done`
+# (FIRST_IN_VIEW: {selector: time}, once each has). Both are timed from the same
+# frames: waited for one after the other, as until session 6, the heatmaps of a view
+# with formulas could not be found drawn before its formulas were typeset.
+# - A pair's optional third selector names the element whose box says where a match
+#   is: a formula's row (`.formula-row`, with its label), since a formula not typeset
+#   yet may have no height of its own. Until session 7 an empty formula box, 0 px tall,
+#   did not count as in view, so "formulas in view" held once the first was typeset.
+# - The conditions are checked in the frame that would show them: in a ResizeObserver
+#   callback (run after layout, before paint) for each drawn heatmap and typeset formula
+#   as it comes in, and on every animation frame (for scrolling). Until session 7 they
+#   were checked on animation frames only, at the start of a frame: a heatmap drawn in
+#   that frame, and painted in it, was found one frame later, and while the page's main
+#   thread runs task after task that next frame can be 300 ms away.
+WATCH_FIRST_IN_VIEW = """(pairs) => {
+    const seen = (window.cnnvizFirstInView = {});
+    const check = () => {
+        for (const [selector, done, where] of pairs) {
+            if (selector in seen) continue;
+            const all = Array.from(document.querySelectorAll(selector)).filter((e) => {
+                if (e.getClientRects().length === 0) return false;  // not rendered (hidden)
+                const box = ((where && e.closest(where)) || e).getBoundingClientRect();
+                return box.height > 0 && box.bottom > 0 && box.top < window.innerHeight;
+            });
+            if (all.length > 0 && all.every((e) => e.querySelector(done))) seen[selector] = performance.now();
+        }
+        return pairs.every(([selector]) => selector in seen);
+    };
+    const watched = pairs.map(([selector, done]) => done).join(",");
+    const resized = new ResizeObserver(() => check());
+    new MutationObserver((records) => {
+        for (const record of records) {
+            for (const node of record.addedNodes) {
+                if (node.nodeType !== 1) continue;
+                if (node.matches(watched)) resized.observe(node);
+                for (const inner of node.querySelectorAll(watched)) resized.observe(inner);
+            }
+        }
+    }).observe(document, {childList: true, subtree: true});
+    const frame = () => { if (!check()) requestAnimationFrame(frame); };
+    requestAnimationFrame(frame);
 }"""
+FIRST_IN_VIEW = """(pairs) => pairs.every(([selector]) => selector in (window.cnnvizFirstInView || {}))
+    ? window.cnnvizFirstInView : false"""
 ALL_DONE = """([selector, done]) => {
     const all = Array.from(document.querySelectorAll(selector));
     return all.length > 0 && all.every((e) => e.querySelector(done)) ? performance.now() : false;
@@ -351,6 +379,13 @@ def measure_page(
     page.on("response", on_response)
     out = {"url": url}
     timeout = 120_000
+    wanted = {
+        "formulas_in_view_ms": [".formula", "mjx-container", ".formula-row"] if formulas else None,
+        "heatmaps_in_view_ms": [".heatmap", ".main-svg"] if heatmaps else None,
+    }
+    pairs = [pair for pair in wanted.values() if pair]
+    if pairs:
+        page.add_init_script(f"({WATCH_FIRST_IN_VIEW})({json.dumps(pairs)});")
     # with formulas, the first step in view: formulas and heatmaps on screen together
     open_page(
         page,
@@ -359,11 +394,6 @@ def measure_page(
         step=formulas,
         how=scroll if heatmaps or formulas else "playwright",  # the runs page: as before
     )
-    wanted = {
-        "formulas_in_view_ms": [".formula", "mjx-container"] if formulas else None,
-        "heatmaps_in_view_ms": [".heatmap", ".main-svg"] if heatmaps else None,
-    }
-    pairs = [pair for pair in wanted.values() if pair]
     if pairs:
         first = page.wait_for_function(
             FIRST_IN_VIEW, arg=pairs, timeout=timeout, polling="raf"
