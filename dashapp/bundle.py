@@ -157,3 +157,23 @@ def load_plotly_early(app, paths: tuple[str, ...] = ("iteration",)) -> None:
         return interpolate(**kwargs)
 
     app.interpolate_index = interpolate_index
+
+
+# The renderer's `request_post` hook hands every callback's answer to the functions that
+# the page's scripts put in `window.cnnvizAnswers`, before Dash renders it.
+_RENDERER = (
+    "var renderer = new DashRenderer({request_post: function (payload, response) {"
+    " (window.cnnvizAnswers || []).forEach(function (listen) {"
+    " try { listen(payload, response); } catch (error) { console.error(error); } }); }});"
+)
+
+
+def announce_answers(app) -> None:
+    """Let the page's scripts see each callback's answer as soon as it arrives.
+
+    assets/formula_queue.js sends the first formulas of a view to its MathJax worker
+    then, while React builds the view (150-280 ms on a LeNet-5 view), instead of once
+    their elements are in the page. A listener that throws is reported in the console
+    and does not stop Dash from showing the answer.
+    """
+    app.renderer = _RENDERER

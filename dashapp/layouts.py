@@ -67,11 +67,15 @@ def neutralise_tex(latex: str) -> str:
     return _UNSAFE_TEX.sub(lambda m: r"\backslash\text{" + m.group(1) + "}", str(latex))
 
 
+FORMULA_MARGINS_REM = 0.7  # .formula mjx-container[display="true"]: 0.35rem above and below
+
+
 def formula(latex: str, class_name: str = ""):
     """A typeset formula: its TeX in `data-tex` (an attribute, so never markup),
     typeset by MathJax in a worker off the page's main thread (assets/formula_queue.js)
-    into the empty `.formula-math` box, which is there from the first render; one static
-    component (dashapp/statichtml.py)."""
+    into the empty `.formula-math` box, which is there from the first render and as tall
+    as the formula will be (formulafit.height_px), so that nothing below it moves when it
+    is typeset; one static component (dashapp/statichtml.py)."""
     return statichtml.html_node(_formula_parts(latex), className=f"formula {class_name}".strip())
 
 
@@ -81,8 +85,12 @@ def formula_markup(latex: str, class_name: str = ""):
 
 
 def _formula_parts(latex: str) -> list:
+    tex = formula_tex(latex)
+    # In rem, as MathJax's sizes follow the text's, with the typeset formula's margins
+    # (cnnviz.css); assets/formula_queue.js drops it once the formula is typeset.
+    height = f"min-height: {formulafit.height_px(tex) / 16 + FORMULA_MARGINS_REM:.2f}rem"
     return [
-        statichtml.tag("div", className="formula-math", data_tex=formula_tex(latex)),
+        statichtml.tag("div", className="formula-math", data_tex=tex, style=height),
         # assets/copy_latex.js copies the TeX typeset here
         statichtml.tag(
             "button",

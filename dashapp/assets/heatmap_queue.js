@@ -199,8 +199,8 @@
   }
 
   // A slot queued while near the viewport may have left it: the reader scrolled on, or
-  // formulas typeset above it pushed it down (a LeNet-5 formula with numbers is hundreds
-  // of pixels tall, and its box is empty until typeset). The next one drawn is the one
+  // formulas typeset above it moved it (a formula's box is as tall as estimated until
+  // it is typeset, dashapp/layouts.formula). The next one drawn is the one
   // nearest the viewport now, one in it first. One still within KEEP_PX stays queued (its
   // figure is fetched already: drawing it while the page is idle costs less than waiting
   // for the reader to scroll to it); the others go back to the observer, so nothing

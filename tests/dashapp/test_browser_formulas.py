@@ -88,3 +88,73 @@ def test_an_elided_formula_expands_to_the_stored_one(narrow, base):
     card.locator(".formula-expand").click()
     assert card.locator(".formula-expanded").is_hidden()
     assert narrow.errors == []
+
+
+# The row of every formula of a view (its label and its box): their heights, in order.
+ROW_HEIGHTS = """() => Array.from(document.querySelectorAll('.step-card .formula-row'))
+    .map((row) => row.getBoundingClientRect().height)"""
+
+
+@pytest.mark.parametrize(("run", "phase"), [(1, "forward"), (3, "backward"), (4, "forward")])
+def test_a_formula_takes_its_place_before_it_is_typeset(browser, base, run, phase):
+    """The box of a formula not typeset yet is about as tall as the formula will be, so
+    the page does not jump (and a heatmap below does not leave the view) when MathJax's
+    answer comes: rows measured with the MathJax worker never answering, then typeset."""
+    heights = []
+    for typeset in (False, True):
+        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+        tab = context.new_page()
+        url = f"{base}/iteration?run={run}&it=1&phase={phase}"
+        if typeset:
+            open_page(tab, url, ".step-card")  # every formula typeset
+        else:
+            tab.route("**/_cnnviz/mathjax/**", lambda route: route.abort())
+            tab.goto(url)
+            tab.wait_for_selector(".step-card .formula-row")
+            tab.wait_for_load_state("networkidle")
+            assert tab.locator(".step-card mjx-container").count() == 0
+        heights.append(tab.evaluate(ROW_HEIGHTS))
+        context.close()
+    before, after = heights
+    assert len(before) == len(after) >= 6
+    moved = [(b, a) for b, a in zip(before, after, strict=True) if abs(a - b) > max(24, 0.08 * a)]
+    assert moved == [], moved
+
+
+# Every formula the page sends the MathJax worker: its TeX, and whether the view's step
+# cards were in the page then.
+RECORD_WORKER = """
+window.cnnvizAsked = [];
+const post = Worker.prototype.postMessage;
+Worker.prototype.postMessage = function (message) {
+    if (message && message.tex !== undefined) {
+        window.cnnvizAsked.push({tex: message.tex, cards: document.querySelectorAll('.step-card').length});
+    }
+    return post.apply(this, arguments);
+};
+"""
+
+
+def test_a_views_first_formulas_are_typeset_while_the_view_is_built(narrow, base):
+    """The callback's answer is read as it arrives: the worker has the view's first two
+    formulas before React has put the view in the page; and a formula that occurs more
+    than once (one general formula for every ReLU) is typeset once."""
+    narrow.add_init_script(RECORD_WORKER)
+    open_page(narrow, f"{base}/iteration?run=3&it=1&phase=backward", ".step-card")
+    narrow.wait_for_function(
+        "() => Array.from(document.querySelectorAll('.formula'))"
+        ".every((f) => f.querySelector('mjx-container'))"
+    )
+    asked = narrow.evaluate("window.cnnvizAsked")
+    first = narrow.evaluate(
+        "Array.from(document.querySelectorAll('.formula-math')).slice(0, 2)"
+        ".map((e) => e.getAttribute('data-tex'))"
+    )
+    assert [a["tex"] for a in asked[:2]] == first
+    assert [a["cards"] for a in asked[:2]] == [0, 0]
+    texs = narrow.evaluate(
+        "Array.from(document.querySelectorAll('.formula-math')).map((e) => e.getAttribute('data-tex'))"
+    )
+    assert len(set(texs)) < len(texs)  # some formula occurs twice on this page
+    assert sorted(a["tex"] for a in asked) == sorted(set(texs))  # each typeset once
+    assert narrow.errors == []
