@@ -10,10 +10,13 @@ figure (`data-src`, GET /figure/<run>/<iteration>/<tensor>.json?lead=..&row=..&c
 served from `Store.tensor_window`, which reads only that window's bytes), and
 assets/heatmap_queue.js fetches and draws it once the slot nears the viewport.
 
-The panel's view is in the URL as `t.<tensor>=<lead>@<row>,<col>` (1-based, e.g.
-`t.0.out=3,2@1,1`, `t.fc1.weight=@65,1`): a link opens exactly that view, and
-moving the window adds a history entry (assets/tensor_panel.js), so back and
-forward step through the views.
+The controls work in the browser (assets/tensor_panel.js): a new plane or window is a
+new figure address for the slot, kept within the tensor's limits (`data-limits`, those
+of `PanelView.clamped`); the figure route's answer carries the window's caption, which
+the page shows with the heatmap. The panel's view is in the URL as
+`t.<tensor>=<lead>@<row>,<col>` (1-based, e.g. `t.0.out=3,2@1,1`,
+`t.fc1.weight=@65,1`): a link opens exactly that view, and moving the window adds a
+history entry, so back and forward step through the views.
 
 Component ids derive from one `aio_id` (Dash's All-in-One pattern): other code can
 listen to `TensorPanel.ids.click(MATCH)` (`data`: run, it, tensor, lead, row, col of
@@ -33,19 +36,9 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 import flask
 import numpy as np
 from dash import (
-    ALL,
-    MATCH,
-    ClientsideFunction,
-    Input,
-    Output,
-    State,
-    callback,
-    clientside_callback,
-    ctx,
     dcc,
     html,
 )
-from dash.exceptions import PreventUpdate
 from plotly.utils import PlotlyJSONEncoder
 from werkzeug.exceptions import HTTPException
 
@@ -88,7 +81,6 @@ _INDEX = re.compile(r"[0-9]{1,9}")
 _SELECTION = re.compile(
     r"([0-9]{1,18}):([0-9]{1,18})"
 )  # ASCII digits only: str.isdigit() also takes "²"
-MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 MOVE_ARROWS = (("left", "←"), ("up", "↑"), ("down", "↓"), ("right", "→"))
 
 
@@ -200,46 +192,22 @@ def _stringified(component_id: dict) -> str:
 
 
 class TensorPanel(html.Div):
-    """One tensor: header, full-tensor summary, window controls, lazy heatmap, downloads."""
+    """One tensor: header, full-tensor summary, window controls, lazy heatmap, downloads.
+
+    Four components whatever the tensor: the header, summary and window controls as one
+    static markup component (dashapp/statichtml.py), the heatmap slot, the caption and
+    download links as another, and the panel around them. A LeNet-5 view shows up to 20
+    panels, and every Dash component costs the browser time when a view is shown (each
+    panel with window controls was 15 components: inputs, buttons, labels and the stores
+    of a server callback). The controls are driven in the browser
+    (assets/tensor_panel.js): they rewrite the slot's figure address, whose answer also
+    carries the window's caption (`figure`)."""
 
     class ids:
         @staticmethod
         def part(name: str, aio_id):
             return {"component": "TensorPanel", "subcomponent": name, "aio_id": aio_id}
 
-        @staticmethod
-        def lead(aio_id, axis):
-            return {
-                "component": "TensorPanel",
-                "subcomponent": "lead",
-                "axis": axis,
-                "aio_id": aio_id,
-            }
-
-        @staticmethod
-        def offset(aio_id, axis):
-            """The first row ("row") or column ("col") of the window, 1-based."""
-            return {
-                "component": "TensorPanel",
-                "subcomponent": "offset",
-                "axis": axis,
-                "aio_id": aio_id,
-            }
-
-        @staticmethod
-        def move(aio_id, direction):
-            return {
-                "component": "TensorPanel",
-                "subcomponent": "move",
-                "direction": direction,
-                "aio_id": aio_id,
-            }
-
-        graph = staticmethod(lambda aio_id: TensorPanel.ids.part("graph", aio_id))
-        caption = staticmethod(lambda aio_id: TensorPanel.ids.part("caption", aio_id))
-        state = staticmethod(lambda aio_id: TensorPanel.ids.part("state", aio_id))
-        nav = staticmethod(lambda aio_id: TensorPanel.ids.part("nav", aio_id))
-        answer = staticmethod(lambda aio_id: TensorPanel.ids.part("answer", aio_id))
         click = staticmethod(lambda aio_id: TensorPanel.ids.part("click", aio_id))
 
     def __init__(
@@ -251,283 +219,194 @@ class TensorPanel(html.Div):
         aio_id: str,
         view: PanelView | None = None,
         scalar: float | None = None,
-        controls: bool = True,
+        follows: str | None = None,
+        view_store: str | None = None,
         figure_query: Mapping[str, str] | None = None,
         summary: str | None = None,
         downloads: bool = True,
         click_store: bool = True,
     ):
-        """`controls=False`: no window controls; another panel's window is shown (the
-        page's callback sets this panel's figure address and caption, e.g. side B and
-        the difference following side A on the compare page). `figure_query`: extra
-        keys of the figure address (see `figure`). `summary`: a line to show instead of
-        the tensor's own summary. `downloads=False`: no download links.
-        `click_store=False`: no `ids.click` store (a page that listens to clicks its
-        own way, as the iteration page's provenance does, saves a component per panel)."""
+        """`follows`: the aio_id of the panel whose window this one shows, with no
+        controls of its own (side B and the difference follow side A on the compare
+        page). `view_store`: the id of a dcc.Store that gets this panel's view as the URL
+        writes it ("" for the first window) each time it changes (a page callback that
+        needs the window reads it there). `figure_query`: extra keys of the figure
+        address (see `figure`). `summary`: a line to show instead of the tensor's own
+        summary. `downloads=False`: no download links. `click_store=False`: no
+        `ids.click` store (a page that listens to clicks its own way, as the iteration
+        page's provenance does, saves a component per panel)."""
         view = (view or PanelView()).clamped(tensor.shape, tensor.role)
-        # The header and the download links are static markup, one component each
-        # (dashapp/statichtml.py): a LeNet-5 view shows up to 20 panels.
         tag = statichtml.tag
-        header = statichtml.html_node(
-            [
-                tag("code", tensor.name, className="tensor-name"),
-                tag("span", format_shape(tensor.shape), className="tensor-shape"),
-                tag("span", ROLE_LABELS.get(tensor.role, tensor.role), className="tensor-role"),
-            ],
-            className="tensor-header",
-        )
-        links_row = statichtml.html_node(
-            [
-                tag(
-                    "a",
-                    f".{fmt}",
-                    href=links.download(run_id, index, tensor.name, fmt),
-                    download="",
-                    className="download-link",
-                    title=f"download all values as .{fmt}",
-                )
-                for fmt in links.DOWNLOAD_FORMATS
-            ],
-            className="tensor-downloads",
-        )
+        top = [
+            tag(
+                "div",
+                [
+                    tag("code", tensor.name, className="tensor-name"),
+                    tag("span", format_shape(tensor.shape), className="tensor-shape"),
+                    tag("span", ROLE_LABELS.get(tensor.role, tensor.role), className="tensor-role"),
+                ],
+                className="tensor-header",
+            )
+        ]
+        bottom = []
+        slot = click = None
+        limits = None
         if len(tensor.shape) == 0:
-            body = el(html.Div, format_scalar(scalar), className="tensor-scalar")
-            line = None
+            top.append(tag("div", format_scalar(scalar), className="tensor-scalar"))
         else:
-            body = self._body(
-                tensor,
-                run_id,
-                index,
-                aio_id,
-                view,
-                controls=controls,
-                extra=figure_query,
-                click_store=click_store,
-            )
-            line = el(
+            line = summary if summary is not None else summary_line(tensor)
+            top.append(tag("div", line, className="tensor-summary"))
+            if follows is None:
+                controls, limits = _controls(tensor, view)
+                top.append(controls)
+            rows, cols = plane_shape(tensor.shape)
+            width, height = figures.heatmap_size(min(rows, MAX_ROWS), min(cols, MAX_COLS))
+            slot = el(
                 html.Div,
-                summary if summary is not None else summary_line(tensor),
-                className="tensor-summary",
+                className="heatmap heatmap-slot",
+                style={"width": f"{width}px", "height": f"{height}px"},
+                **{
+                    "data-src": figure_url(run_id, index, tensor.name, view, figure_query),
+                    "data-config": json.dumps(GRAPH_CONFIG),
+                    **({"data-click": _stringified(self.ids.click(aio_id))} if click_store else {}),
+                    # provenance_click.js: which tensor a click on a cell asks about
+                    "data-tensor": tensor.name,
+                },
             )
-        super().__init__(
-            [header, line, body, links_row if downloads else None],
-            className="tensor-panel",
-            # data-follows: the window is another panel's, which keeps the URL
-            # (assets/tensor_panel.js leaves this one out).
-            **{"data-tensor": tensor.name, "data-aio": aio_id},
-            **({} if controls else {"data-follows": "1"}),
-        )
-
-    def _body(
-        self, tensor, run_id, index, aio_id, view, *, controls=True, extra=None, click_store=True
-    ) -> dict:
-        ids = self.ids
-        rows, cols = plane_shape(tensor.shape)
-        dims = lead_dims(tensor.shape, tensor.role) if controls else ()
-        shows_all = rows <= MAX_ROWS and cols <= MAX_COLS
-        if not controls:
-            rows_more = cols_more = False
-        else:
-            rows_more, cols_more = rows > MAX_ROWS, cols > MAX_COLS
-        extra = dict(extra or {})
-        controls = []
-        for dim in dims:
-            if dim.size <= 1:
-                continue
-            controls.append(
-                _number(dim.label, ids.lead(aio_id, dim.axis), view.lead[dim.axis] + 1, dim.size)
-            )
-        if rows_more:
-            controls.append(_number("rows from", ids.offset(aio_id, "row"), view.row0 + 1, rows))
-        if cols_more:
-            controls.append(_number("columns from", ids.offset(aio_id, "col"), view.col0 + 1, cols))
-        if not shows_all and (rows_more or cols_more):
-            controls.append(
-                el(
-                    html.Span,
+            # assets/heatmap_queue.js writes the caption of each window it draws here
+            bottom.append(tag("div", caption(tensor, view), className="tensor-caption"))
+            click = el(dcc.Store, id=self.ids.click(aio_id)) if click_store else None
+        if downloads:
+            bottom.append(
+                tag(
+                    "div",
                     [
-                        el(
-                            html.Button,
-                            arrow,
-                            id=ids.move(aio_id, direction),
-                            n_clicks=0,
-                            className="btn btn-outline-secondary btn-sm pan-button",
-                            title=f"move the window {direction}",
-                            disabled=(rows <= MAX_ROWS)
-                            if direction in ("up", "down")
-                            else (cols <= MAX_COLS),
+                        tag(
+                            "a",
+                            f".{fmt}",
+                            href=links.download(run_id, index, tensor.name, fmt),
+                            download="",
+                            className="download-link",
+                            title=f"download all values as .{fmt}",
                         )
-                        for direction, arrow in MOVE_ARROWS
+                        for fmt in links.DOWNLOAD_FORMATS
                     ],
-                    className="pan-buttons",
+                    className="tensor-downloads",
                 )
             )
-        state = {
-            "run": run_id,
-            "it": index,
-            "name": tensor.name,
-            "shape": list(tensor.shape),
-            "role": tensor.role,
-            "stored": tensor.stored_numel,
-            "lead": list(view.lead),
-            "row0": view.row0,
-            "col0": view.col0,
-            "extra": extra,
-        }
-        width, height = figures.heatmap_size(min(rows, MAX_ROWS), min(cols, MAX_COLS))
-        # A panel whose whole plane is shown has no controls, so no state and no callback:
-        # a LeNet-5 page has 160 panels, and every pattern-matched component costs the
-        # browser time when Dash renders the page.
-        stateful = (
+        attributes = {"data-tensor": tensor.name, "data-aio": aio_id}
+        if limits is not None:
+            attributes["data-limits"] = json.dumps(limits, separators=(",", ":"))
+        if follows is not None:
+            # the window is that panel's, which keeps the URL (assets/tensor_panel.js)
+            attributes["data-follows"] = follows
+        if view_store is not None:
+            attributes["data-view-store"] = view_store
+        super().__init__(
             [
-                el(dcc.Store, id=ids.state(aio_id), data=state),
-                el(dcc.Store, id=ids.nav(aio_id)),
-                el(dcc.Store, id=ids.answer(aio_id)),
-            ]
-            if controls
-            else []
-        )
-        return el(
-            html.Div,
-            [
-                el(html.Div, controls, className="slice-controls") if controls else None,
-                el(
-                    html.Div,
-                    id=ids.graph(aio_id),
-                    className="heatmap heatmap-slot",
-                    style={"width": f"{width}px", "height": f"{height}px"},
-                    **{
-                        "data-src": figure_url(run_id, index, tensor.name, view, extra),
-                        "data-config": json.dumps(GRAPH_CONFIG),
-                        **({"data-click": _stringified(ids.click(aio_id))} if click_store else {}),
-                        # provenance_click.js: which tensor a click on a cell asks about
-                        "data-tensor": tensor.name,
-                    },
-                ),
-                el(
-                    html.Div,
-                    caption(tensor, view),
-                    id=ids.caption(aio_id),
-                    className="tensor-caption",
-                ),
-                *stateful,
-                el(dcc.Store, id=ids.click(aio_id)) if click_store else None,
+                statichtml.html_node(top),
+                slot,
+                statichtml.html_node(bottom) if bottom else None,
+                click,
             ],
-            className="tensor-figure",
+            className="tensor-panel",
+            **attributes,
         )
 
 
-def _number(label: str, component_id, value: int, size: int) -> dict:
-    return el(
-        html.Label,
+def _controls(tensor: TensorRecord, view: PanelView):
+    """The window controls of a panel, as markup, and the limits assets/tensor_panel.js
+    keeps its views within (those of PanelView.clamped); (None, None) when the whole
+    plane is shown and there is no plane to choose."""
+    rows, cols = plane_shape(tensor.shape)
+    dims = lead_dims(tensor.shape, tensor.role)
+    rows_more, cols_more = rows > MAX_ROWS, cols > MAX_COLS
+    parts = [
+        _number(dim.label, str(dim.axis), view.lead[dim.axis] + 1, dim.size)
+        for dim in dims
+        if dim.size > 1
+    ]
+    if rows_more:
+        parts.append(_number("rows from", "row", view.row0 + 1, rows))
+    if cols_more:
+        parts.append(_number("columns from", "col", view.col0 + 1, cols))
+    if rows_more or cols_more:
+        parts.append(
+            statichtml.tag(
+                "span",
+                [
+                    statichtml.tag(
+                        "button",
+                        arrow,
+                        type="button",
+                        className="btn btn-outline-secondary btn-sm pan-button",
+                        title=f"move the window {direction}",
+                        data_move=direction,
+                        disabled=(rows <= MAX_ROWS)
+                        if direction in ("up", "down")
+                        else (cols <= MAX_COLS),
+                    )
+                    for direction, arrow in MOVE_ARROWS
+                ],
+                className="pan-buttons",
+            )
+        )
+    if not parts:
+        return None, None
+    limits = {
+        "lead": [d.size for d in dims],
+        "rows": rows,
+        "cols": cols,
+        "window": [MAX_ROWS, MAX_COLS],
+    }
+    return statichtml.tag("div", parts, className="slice-controls"), limits
+
+
+def _number(label: str, axis: str, value: int, size: int):
+    """A number input with − and + (1-based): a lead index (`axis` "0", "1", ...), or the
+    window's first row ("row") or column ("col")."""
+    tag = statichtml.tag
+    return tag(
+        "label",
         [
-            el(html.Span, label, className="me-1"),
-            el(
-                dcc.Input,
-                id=component_id,
-                type="number",
-                min=1,
-                max=size,
-                step=1,
-                value=value,
-                debounce=True,
+            tag("span", label, className="me-1"),
+            tag(
+                "span",
+                [
+                    tag(
+                        "button",
+                        "−",
+                        type="button",
+                        className="slice-step",
+                        data_step="-1",
+                        aria_label=f"previous ({label})",
+                    ),
+                    tag(
+                        "input",
+                        type="number",
+                        className="slice-value",
+                        min="1",
+                        max=str(size),
+                        step="1",
+                        value=str(value),
+                        data_axis=axis,
+                        aria_label=label,
+                    ),
+                    tag(
+                        "button",
+                        "+",
+                        type="button",
+                        className="slice-step",
+                        data_step="1",
+                        aria_label=f"next ({label})",
+                    ),
+                ],
                 className="slice-input",
             ),
-            el(html.Span, f"of {size}", className="ms-1 text-muted"),
+            tag("span", f"of {size}", className="ms-1 text-muted"),
         ],
         className="slice-control",
     )
-
-
-def _record_of(state: dict) -> TensorRecord:
-    return TensorRecord(
-        name=state["name"],
-        role=state["role"],
-        array=np.empty(0),
-        shape=tuple(state["shape"]),
-        stored_numel=state.get("stored"),
-    )
-
-
-def _identity(state: dict) -> list:
-    """What an answer of `change_view` was computed for: the panel's tensor and view
-    (assets/tensor_panel.js compares it with the panel's state when the answer comes)."""
-    return [state["run"], state["it"], state["name"], state["lead"], state["row0"], state["col0"]]
-
-
-@callback(
-    Output(TensorPanel.ids.answer(MATCH), "data"),
-    Output(TensorPanel.ids.offset(MATCH, ALL), "value"),
-    Input(TensorPanel.ids.lead(MATCH, ALL), "value"),
-    Input(TensorPanel.ids.offset(MATCH, ALL), "value"),
-    Input(TensorPanel.ids.move(MATCH, ALL), "n_clicks"),
-    Input(TensorPanel.ids.nav(MATCH), "data"),
-    State(TensorPanel.ids.state(MATCH), "data"),
-    prevent_initial_call=True,
-)
-def change_view(_lead, _offsets, _moves, nav, state):
-    """A new plane or window: the offsets (clamped) at once, and an answer (the figure's
-    address, the caption, the new state) that `apply_view` shows unless it is stale.
-
-    On back and forward, assets/tensor_panel.js tells the panel the address's view
-    through `nav` (`view`), or `cancel`s an unanswered one when Dash rebuilds the page
-    instead. The answer carries the `nav` it was asked under and the view it was
-    computed from: Dash applies every answer that comes back, in the order they come,
-    so an answer asked before the last back or forward, or computed for a view the
-    panel no longer shows, must be told apart from the current one in the browser."""
-    tensor = _record_of(state)
-    trigger = ctx.triggered_id or {}
-    if trigger.get("subcomponent") == "nav" and nav and nav.get("cancel"):
-        raise PreventUpdate
-    offsets = {item["id"]["axis"]: item.get("value") for item in ctx.inputs_list[1]}
-    if trigger.get("subcomponent") == "nav" and nav:
-        view = PanelView.from_url(nav["view"]) if nav.get("view") else PanelView()
-    else:
-        chosen = {item["id"]["axis"]: item.get("value") for item in ctx.inputs_list[0]}
-        lead = tuple(
-            (int(chosen[i]) - 1) if isinstance(chosen.get(i), (int, float)) else state["lead"][i]
-            for i in range(len(state["lead"]))
-        )
-
-        def start(axis: str, before: int) -> int:
-            value = offsets.get(axis)
-            return int(value) - 1 if isinstance(value, (int, float)) else before
-
-        row0, col0 = start("row", state["row0"]), start("col", state["col0"])
-        if trigger.get("subcomponent") == "move":
-            d_row, d_col = MOVES[trigger["direction"]]
-            row0 += d_row * (MAX_ROWS // 2)
-            col0 += d_col * (MAX_COLS // 2)
-        view = PanelView(lead=lead, row0=row0, col0=col0)
-    view = view.clamped(tensor.shape, tensor.role)
-    shown = [
-        view.row0 + 1 if item["id"]["axis"] == "row" else view.col0 + 1
-        for item in ctx.inputs_list[1]
-    ]
-    new_state = {**state, "lead": list(view.lead), "row0": view.row0, "col0": view.col0}
-    answer = {"nav": (nav or {}).get("at"), "base": _identity(state), "axes": list(offsets)}
-    if all(new_state[k] == state[k] for k in ("lead", "row0", "col0")):
-        return {**answer, "state": None}, shown
-    return {
-        **answer,
-        "src": figure_url(state["run"], state["it"], state["name"], view, state.get("extra")),
-        "caption": caption(tensor, view),
-        "state": new_state,
-    }, shown
-
-
-# The panel's figure, caption and state change only here, in the browser, where the
-# panel's current `nav` and state are known (assets/tensor_panel.js: cnnviz_panel.apply).
-clientside_callback(
-    ClientsideFunction(namespace="cnnviz_panel", function_name="apply"),
-    Output(TensorPanel.ids.graph(MATCH), "data-src"),
-    Output(TensorPanel.ids.caption(MATCH), "children"),
-    Output(TensorPanel.ids.state(MATCH), "data"),
-    Input(TensorPanel.ids.answer(MATCH), "data"),
-    State(TensorPanel.ids.nav(MATCH), "data"),
-    State(TensorPanel.ids.state(MATCH), "data"),
-    prevent_initial_call=True,
-)
 
 
 FIGURE_ENDPOINT = "cnnviz_figure"
@@ -597,8 +476,9 @@ def _tensor_name(filename: str) -> str:
 
 
 def window_figure(store, run_id: int, index: int, name: str, args: Mapping[str, str]) -> dict:
-    """The figure of the window `args` names (the figure route's query); 404 (an HTTP
-    exception) for a tensor, window or other iteration that is not there."""
+    """The figure of the window `args` names (the figure route's query), with the
+    window's caption (`caption`, shown under the heatmap); 404 (an HTTP exception) for
+    a tensor, window or other iteration that is not there."""
     (row0,) = _ints(args.get("row", "0"), most=1) or (0,)
     (col0,) = _ints(args.get("col", "0"), most=1) or (0,)
     place = dict(lead=_ints(args.get("lead")), row0=row0, col0=col0, rows=MAX_ROWS, cols=MAX_COLS)
@@ -606,20 +486,26 @@ def window_figure(store, run_id: int, index: int, name: str, args: Mapping[str, 
     if window is None:
         flask.abort(404)
     view = window_view(window)
+    shown = PanelView(lead=tuple(window.lead), row0=window.row0, col0=window.col0)
     if "minus" in args:  # B - A in this window, on its own diverging scale
         other = store.tensor_window(*_selection(args["minus"]), name, **place)
         if other is None or tuple(other.tensor.shape) != tuple(window.tensor.shape):
             flask.abort(404)
         diff = difference_view(window_view(other), view)
-        return figures.heatmap_dict(
+        figure = figures.heatmap_dict(
             diff,
             colorscale=figures.DIFF_STOPS,
             colorbar=True,
             zrange=figures.symmetric_range(diff.values),
         )
+        counts = [
+            n for n in (window.tensor.stored_numel, other.tensor.stored_numel) if n is not None
+        ]
+        both = dataclasses.replace(window.tensor, stored_numel=min(counts) if counts else None)
+        return {**figure, "caption": caption(both, shown)}
     if "with" in args:  # one colour scale over both tensors' full ranges
         view = shared_range(view, store, _selection(args["with"]), name)
-    return figures.heatmap_dict(view)
+    return {**figures.heatmap_dict(view), "caption": caption(window.tensor, shown)}
 
 
 def send_first_figures(store, tree, count: int = 2) -> None:

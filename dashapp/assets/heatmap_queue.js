@@ -188,6 +188,12 @@
       slot.style.height = layout.height + "px";
     }
     slot._cnnvizDrawn = source;
+    // the window's caption (tensorpanel.window_figure), under the heatmap it describes
+    var panel = slot.closest(".tensor-panel");
+    var caption = panel && panel.querySelector(".tensor-caption");
+    if (caption && typeof figure.caption === "string") {
+      caption.textContent = figure.caption;
+    }
     return Promise.resolve(Plotly.react(slot, figure.data || [], layout, config)).then(function () {
       slot._cnnvizShown = source; // what the slot shows now (tests wait for it)
       slot.dispatchEvent(new CustomEvent("cnnviz:drawn", { bubbles: true })); // provenance_click.js

@@ -30,8 +30,7 @@ from typing import NamedTuple
 
 import dash
 import dash_bootstrap_components as dbc
-import numpy as np
-from dash import ALL, Input, Output, State, ctx, dcc, html
+from dash import Input, Output, State, ctx, dcc, html
 
 from dashapp import figures, layouts, links
 from dashapp.data import (
@@ -47,8 +46,6 @@ from dashapp.guard import page_layout
 from dashapp.tensorpanel import (
     PanelView,
     TensorPanel,
-    caption,
-    figure_url,
     views_from_query,
 )
 from dashapp.tensorview import MAX_COLS, MAX_ROWS
@@ -86,6 +83,9 @@ PANEL_A, PANEL_B, PANEL_B_OWN, PANEL_DIFF = (
     "compare-b-own",
     "compare-diff",
 )
+# A's window as the URL writes it, from assets/tensor_panel.js (the address bar's `t.`
+# key is written by the browser, which Dash does not see).
+PANEL_A_VIEW = "compare-a-view"
 
 
 def comparable(tensors: list[TensorRecord]) -> dict[str, dict[str, list[str]]]:
@@ -412,6 +412,7 @@ def panels(store: RunStore, choice: Choice, view: PanelView, stats) -> list:
                 index=ia,
                 aio_id=PANEL_A,
                 view=view,
+                view_store=PANEL_A_VIEW,  # navigate keeps the window
                 click_store=False,  # this page does not listen to clicks on cells
                 figure_query={"with": links.selection(rb, ib)} if same else None,
                 scalar=scalars.get("a"),
@@ -433,7 +434,7 @@ def panels(store: RunStore, choice: Choice, view: PanelView, stats) -> list:
             aio_id=PANEL_B if same else PANEL_B_OWN,
             view=view,
             click_store=False,
-            controls=not same,
+            follows=PANEL_A if same else None,
             figure_query={"with": links.selection(ra, ia)} if same else None,
             scalar=scalars.get("b"),
         )
@@ -447,7 +448,7 @@ def panels(store: RunStore, choice: Choice, view: PanelView, stats) -> list:
             aio_id=PANEL_DIFF,
             view=view,
             click_store=False,
-            controls=False,
+            follows=PANEL_A,
             figure_query={"minus": links.selection(ra, ia)},
             summary=difference_line(stats[0], numel) if stats is not None else "",
             downloads=False,
@@ -473,44 +474,6 @@ def panels(store: RunStore, choice: Choice, view: PanelView, stats) -> list:
             )
         )
     return [dbc.Col(card, lg=4) for card in cards]
-
-
-_EMPTY = np.empty(0)  # the records of `follow_a` only carry a shape and a stored count
-
-
-@dash.callback(
-    # The panels' own callback (MATCH) may write these too; B and Δ have no controls,
-    # so it never does here.
-    Output(TensorPanel.ids.graph(PANEL_B), "data-src", allow_duplicate=True),
-    Output(TensorPanel.ids.caption(PANEL_B), "children", allow_duplicate=True),
-    Output(TensorPanel.ids.graph(PANEL_DIFF), "data-src", allow_duplicate=True),
-    Output(TensorPanel.ids.caption(PANEL_DIFF), "children", allow_duplicate=True),
-    Input(TensorPanel.ids.state(PANEL_A), "data"),
-    State("compare-ref", "data"),
-    prevent_initial_call=True,
-)
-def follow_a(state, ref):
-    """B and the difference show the window A's controls chose (same shapes only)."""
-    if not state:
-        raise dash.exceptions.PreventUpdate
-    view = PanelView(lead=tuple(state["lead"]), row0=state["row0"], col0=state["col0"])
-    (ra, ia), (rb, ib) = ref["a"], ref["b"]
-    shape, role, name = tuple(state["shape"]), state["role"], state["name"]
-    b = TensorRecord(name=name, role=role, array=_EMPTY, shape=shape, stored_numel=ref["stored_b"])
-    counts = [n for n in (state.get("stored"), ref["stored_b"]) if n is not None]
-    both = TensorRecord(
-        name=name,
-        role=role,
-        array=_EMPTY,
-        shape=shape,
-        stored_numel=min(counts) if counts else None,
-    )
-    return (
-        figure_url(rb, ib, name, view, {"with": links.selection(ra, ia)}),
-        caption(b, view),
-        figure_url(rb, ib, name, view, {"minus": links.selection(ra, ia)}),
-        caption(both, view),
-    )
 
 
 # ---------------------------------------------------------------- choosing
@@ -920,6 +883,7 @@ def layout(
         stats_block(choice.ta, choice.tb, stats) if choice.tb is not None else None,
         history_section(history),
         dcc.Location(id="compare-url", refresh="callback-nav"),
+        dcc.Store(id=PANEL_A_VIEW, data=_url_view(view)),
         dcc.Store(
             id="compare-ref",
             data={
@@ -930,22 +894,15 @@ def layout(
                 "tensor": choice.name,
                 "runs": choice.picked,
                 "history": [[r.id, layouts.run_label(r)] for r in history],
-                "stored_b": choice.tb.stored_numel if choice.tb is not None else None,
             },
         ),
     ]
     return html.Div(page, className="compare-page")
 
 
-def _panel_view_now(states_list) -> str | None:
-    """A's window as the URL writes it, from A's panel state (the address bar's `t.` key
-    is written by the browser, which Dash does not see)."""
-    for item in states_list or []:
-        if item["id"].get("aio_id") == PANEL_A and item.get("value"):
-            state = item["value"]
-            view = PanelView(tuple(state["lead"]), state["row0"], state["col0"])
-            return None if view == PanelView(lead=tuple(0 for _ in view.lead)) else view.to_url()
-    return None
+def _url_view(view: PanelView) -> str:
+    """A panel's view as the URL writes it; "" for the first window of the first plane."""
+    return "" if view == PanelView(lead=tuple(0 for _ in view.lead)) else view.to_url()
 
 
 @dash.callback(
@@ -959,10 +916,10 @@ def _panel_view_now(states_list) -> str | None:
     Input("compare-tensor", "value"),
     Input("compare-runs", "value"),
     State("compare-ref", "data"),
-    State(TensorPanel.ids.state(ALL), "data"),
+    State(PANEL_A_VIEW, "data"),
     prevent_initial_call=True,
 )
-def navigate(a_run, a_it, b_run, b_it, layer, role, tensor, runs, ref, _panel_states):
+def navigate(a_run, a_it, b_run, b_it, layer, role, tensor, runs, ref, shown):
     """Every control rewrites the query string; the page is rebuilt from it. The window
     stays where it was while the tensor stays the same."""
     trigger = ctx.triggered_id
@@ -983,10 +940,8 @@ def navigate(a_run, a_it, b_run, b_it, layer, role, tensor, runs, ref, _panel_st
     if trigger == "compare-layer":
         role = ref["role"]  # kept when the new layer has it, else the page picks one
     views = None
-    if tensor == ref["tensor"]:
-        states = ctx.states_list[-1] if ctx.states_list else []
-        shown = _panel_view_now(states)
-        views = {tensor: shown} if shown else None
+    if tensor == ref["tensor"] and shown:
+        views = {tensor: shown}
     url = links.compare(
         (a_run, a_it),
         (b_run, b_it),

@@ -198,8 +198,6 @@ def wait_ready(tab, selector: str | None = None, timeout: float = WAIT_MS) -> No
             const content = document.getElementById('_pages_content');
             if (!content || content.children.length === 0) return false;
             if (document.querySelector('[data-dash-is-loading="true"]')) return false;
-            // a tensor panel told the address's view on back or forward, not answered yet
-            if (document.querySelector('.tensor-panel[aria-busy="true"]')) return false;
             const formulas = document.querySelectorAll('.formula');
             for (const f of formulas) { if (!f.querySelector('mjx-container')) return false; }
             return true;
@@ -216,20 +214,21 @@ VIEW_READY = """(view) => {
 }"""
 
 
-# Answers to the panels' window changes (tensorpanel.change_view: its outputs include
-# the offsets) come back late when asked: `cnnvizSlow` holds a delay in ms for each
-# next one asked, `cnnvizLate` counts those held back, `cnnvizBusy` all callbacks out.
-SLOW_PANEL_ANSWERS = """(() => {
+# Figures come back late when asked: `cnnvizSlow` holds a delay in ms for the next
+# figure asked whose address contains `cnnvizSlowMatch`, `cnnvizLate` counts those held
+# back, `cnnvizBusy` all figures out.
+SLOW_FIGURES = """(() => {
     const fetch = window.fetch;
-    window.cnnvizSlow = [];
+    window.cnnvizSlow = 0;
+    window.cnnvizSlowMatch = '';
     window.cnnvizLate = 0;
     window.cnnvizBusy = 0;
-    window.fetch = function (resource, options) {
+    window.fetch = function (resource) {
         const answer = fetch.apply(this, arguments);
-        const body = options && typeof options.body === 'string' ? options.body : '';
-        if (!String(resource).includes('_dash-update-component')) return answer;
-        const panel = (JSON.parse(body).output || '').includes('"subcomponent":"offset"');
-        const ms = (panel && window.cnnvizSlow.shift()) || 0;
+        const url = String(resource);
+        if (!url.includes('/figure/')) return answer;
+        const ms = window.cnnvizSlow && url.includes(window.cnnvizSlowMatch) ? window.cnnvizSlow : 0;
+        if (ms) window.cnnvizSlow = 0;
         window.cnnvizBusy += 1;
         window.cnnvizLate += ms ? 1 : 0;
         const done = () => { window.cnnvizBusy -= 1; window.cnnvizLate -= ms ? 1 : 0; };
@@ -238,23 +237,26 @@ SLOW_PANEL_ANSWERS = """(() => {
             (e) => { done(); throw e; });
     };
 })()"""
-PANEL_ANSWERS_SETTLED = "window.cnnvizLate === 0 && window.cnnvizBusy === 0"
+FIGURES_SETTLED = """() => window.cnnvizLate === 0 && window.cnnvizBusy === 0
+    && Array.from(document.querySelectorAll('.heatmap-slot[data-src]')).every(
+        (s) => s._cnnvizShown === undefined || s._cnnvizShown === s.getAttribute('data-src'))"""
 
 
-def back_then_forward_before_the_answer(tab, back_url, forward_url) -> None:
-    """With SLOW_PANEL_ANSWERS in the page: go back (to an address matching `back_url`)
-    with the answer to the back held for 1.5 s, go forward (to `forward_url`) before it
-    comes, and wait until every answer, the late one too, has been applied. The late
-    answer adds no history entry."""
+def back_then_forward_before_the_figure(tab, back_url, forward_url, back_figure: str) -> None:
+    """With SLOW_FIGURES in the page: go back (to an address matching `back_url`) with the
+    figure whose address contains `back_figure` held for 1.5 s, go forward (to
+    `forward_url`) before it comes, and wait until every figure, the late one too, has
+    come and every slot shows its own address. Neither adds a history entry."""
     entries = tab.evaluate("history.length")
-    tab.evaluate("window.cnnvizSlow = [1500]")  # the answer to the back comes last
+    tab.evaluate(f"window.cnnvizSlowMatch = {json.dumps(back_figure)}; window.cnnvizSlow = 1500")
     tab.go_back()
     tab.wait_for_url(back_url)
     tab.wait_for_function("window.cnnvizLate === 1")  # asked, not answered yet
     tab.go_forward()
     tab.wait_for_url(forward_url)
-    tab.wait_for_function(PANEL_ANSWERS_SETTLED)
-    tab.wait_for_timeout(500)  # what a late answer would do, it has done by now
+    tab.wait_for_function(FIGURES_SETTLED)
+    tab.wait_for_timeout(500)  # what a late figure would do, it has done by now
+    tab.wait_for_function(FIGURES_SETTLED)
     assert tab.evaluate("history.length") == entries
 
 
@@ -384,6 +386,13 @@ def static_as_component(props: dict):
             self.opened = []
 
         def handle_starttag(self, tag, attrs):
+            if tag == "input":  # a void element: no end tag, read as the dcc.Input it does
+                known = ("type", "min", "max", "step", "value", "class")
+                props = {k: v for k, v in attrs if k in known}
+                if "class" in props:
+                    props["className"] = props.pop("class")
+                self.stack[-1].append(dcc.Input(**props))
+                return
             self.opened.append((tag, dict(attrs)))
             self.stack.append([])
 

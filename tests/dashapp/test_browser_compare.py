@@ -13,8 +13,8 @@ import sys
 import numpy as np
 import pytest
 from dash_helpers import (
-    SLOW_PANEL_ANSWERS,
-    back_then_forward_before_the_answer,
+    SLOW_FIGURES,
+    back_then_forward_before_the_figure,
     cnnviz_serve,
     graph_data,
     open_page,
@@ -148,11 +148,11 @@ def test_the_window_is_in_the_url_and_back_and_forward_restore_it(page, base):
     assert list(page.problems) == []
 
 
-def test_a_late_answer_never_undoes_back_and_forward(page, base):
-    """Back, then forward before the answer to the back has come: the panels end where
-    the address says (rows 17.., columns 33..), and the late answer neither moves them
-    nor adds a history entry (a stale answer is dropped in the browser)."""
-    page.add_init_script(SLOW_PANEL_ANSWERS)
+def test_a_late_figure_never_undoes_back_and_forward(page, base):
+    """Back, then forward before A's figure for the back has come: the panels end where
+    the address says (rows 17.., columns 33..), and the late figure neither leaves its
+    window drawn nor adds a history entry."""
+    page.add_init_script(SLOW_FIGURES)
     open_page(page, base + "/compare?a=1:3&b=2:3&tensor=fc.weight", "#compare-diff-graph")
     page.locator(
         '.tensor-panel[data-aio="compare-a"] button[title="move the window right"]'
@@ -163,10 +163,11 @@ def test_a_late_answer_never_undoes_back_and_forward(page, base):
     rows.first.press("Enter")
     page.wait_for_url(re.compile(r"t\.fc\.weight=%4017%2C33$"))
     assert_window(page, 16, 32)
-    back_then_forward_before_the_answer(
+    back_then_forward_before_the_figure(
         page,
         re.compile(r"t\.fc\.weight=%401%2C33$"),
         re.compile(r"t\.fc\.weight=%4017%2C33$"),
+        "fc.weight.json?lead=&row=0&col=32&with=2%3A3",
     )
     assert page.url.endswith("t.fc.weight=%4017%2C33")
     assert page.evaluate(NAMED_WINDOWS) == [[16, 32]] * 3

@@ -172,8 +172,8 @@ def test_the_first_two_heatmaps_of_a_view_are_drawn_without_a_request(page, base
     panel = first[0] if first[0].locator(".slice-input").count() else first[1]
     slot = panel.locator(".heatmap-slot")
     before = slot.get_attribute("data-src")
-    panel.locator(".slice-input").first.fill("2")
-    panel.locator(".slice-input").first.press("Enter")
+    panel.locator(".slice-input input").first.fill("2")
+    panel.locator(".slice-input input").first.press("Enter")
     page.wait_for_function(
         "([el, before]) => el.getAttribute('data-src') !== before",
         arg=[slot.element_handle(), before],

@@ -10,8 +10,8 @@ import re
 import numpy as np
 import pytest
 from dash_helpers import (
-    SLOW_PANEL_ANSWERS,
-    back_then_forward_before_the_answer,
+    SLOW_FIGURES,
+    back_then_forward_before_the_figure,
     cnnviz_serve,
     graph_data,
     open_page,
@@ -96,7 +96,7 @@ def test_pan_a_window_keeps_it_in_the_url_and_back_returns(page, base):
 
     page.go_back()
     page.wait_for_url(re.compile(r"t\.fc\.weight=%4033%2C1$"))
-    wait_ready(page, ".tensor-panel")  # the panel is told the address's view (aria-busy)
+    wait_ready(page, ".tensor-panel")
     panel = weight_panel(page)
     panel.locator(".tensor-caption:text-is('rows 33–96 of 120; columns 1–64 of 400')").wait_for()
     np.testing.assert_array_equal(z_of(graph_data(panel, ".js-plotly-plot")[0]), WEIGHT[32:96, :64])
@@ -109,11 +109,11 @@ def test_pan_a_window_keeps_it_in_the_url_and_back_returns(page, base):
     assert list(page.problems) == []
 
 
-def test_a_late_answer_never_undoes_back_and_forward(page, base):
-    """The iteration page's panels, as the compare page's: back, then forward before the
-    answer to the back has come; the panel ends on the address's window, and the late
-    answer adds no history entry."""
-    page.add_init_script(SLOW_PANEL_ANSWERS)
+def test_a_late_figure_never_undoes_back_and_forward(page, base):
+    """Back, then forward before the figure of the back's window has come: the panel ends
+    on the address's window (its heatmap and its caption), and neither the late figure
+    nor the back and forward add a history entry."""
+    page.add_init_script(SLOW_FIGURES)
     open_page(page, base + "/iteration?run=1&it=1&t.fc.weight=@33,1", ".tensor-panel")
     panel = weight_panel(page)
     columns = panel.locator(".slice-control input[type=number]").nth(1)
@@ -121,11 +121,13 @@ def test_a_late_answer_never_undoes_back_and_forward(page, base):
     columns.press("Enter")
     page.wait_for_url(re.compile(r"t\.fc\.weight=%4033%2C337$"))
     wait_ready(page)
-    back_then_forward_before_the_answer(
-        page, re.compile(r"t\.fc\.weight=@33,1$"), re.compile(r"%2C337$")
+    back_then_forward_before_the_figure(
+        page,
+        re.compile(r"t\.fc\.weight=@33,1$"),
+        re.compile(r"%2C337$"),
+        "fc.weight.json?lead=&row=32&col=0",
     )
     assert page.url.endswith("t.fc.weight=%4033%2C337")
-    wait_ready(page, ".tensor-panel")
     panel = weight_panel(page)
     assert panel.locator(".tensor-caption").inner_text() == (
         "rows 33–96 of 120; columns 337–400 of 400"
@@ -133,6 +135,7 @@ def test_a_late_answer_never_undoes_back_and_forward(page, base):
     np.testing.assert_array_equal(
         z_of(graph_data(panel, ".js-plotly-plot")[0]), WEIGHT[32:96, 336:]
     )
+    assert panel.locator("input[data-axis=col]").input_value() == "337"
     assert list(page.problems) == []
 
 
@@ -201,4 +204,49 @@ def test_the_partial_plotly_bundle_draws_every_figure(page, base):
     assert len(bundles) == 1  # the one the shell's <head> asks for, not a second copy
     open_page(page, base + "/compare", ".js-plotly-plot")  # heatmaps, lines and bars
     page.locator("#compare-diff-graph .js-plotly-plot .main-svg").first.wait_for()
+    assert list(page.problems) == []
+
+
+def test_the_numbers_step_and_stay_within_the_tensor(page, base):
+    """A sample's − and + step through the planes and stop at the last; a number past the
+    end shows the last plane; a number cleared shows the plane it showed."""
+    open_page(page, base + "/iteration?run=1&it=1", ".tensor-panel")
+    batch = page.locator('.tensor-panel[data-tensor="x"]').first
+    sample = batch.locator("input[data-axis='0']")
+    channel = batch.locator("input[data-axis='1']")
+    plus = batch.locator(".slice-control:has(input[data-axis='0']) button[data-step='1']")
+    plus.click()
+    page.wait_for_url(re.compile(r"t\.x=2%2C1%401%2C1$"))
+    batch.locator(
+        ".tensor-caption:text-is('sample 2 of 3; channel 1 of 2; rows 1–64 of 100; "
+        "columns 1–64 of 90')"
+    ).wait_for()
+    np.testing.assert_array_equal(
+        z_of(graph_data(batch, ".js-plotly-plot")[0]), BATCH[1, 0, :64, :64]
+    )
+    plus.click()
+    plus.click()  # past the last sample: stays there
+    page.wait_for_url(re.compile(r"t\.x=3%2C1%401%2C1$"))
+    assert sample.input_value() == "3"
+    channel.fill("9")
+    channel.press("Enter")
+    page.wait_for_url(re.compile(r"t\.x=3%2C2%401%2C1$"))
+    assert channel.input_value() == "2"
+    sample.fill("")
+    sample.press("Enter")
+    assert sample.input_value() == "3"
+    batch.locator(
+        ".tensor-caption:text-is('sample 3 of 3; channel 2 of 2; rows 1–64 of 100; "
+        "columns 1–64 of 90')"
+    ).wait_for()
+    np.testing.assert_array_equal(
+        z_of(graph_data(batch, ".js-plotly-plot")[0]), BATCH[2, 1, :64, :64]
+    )
+    page.go_back()
+    page.wait_for_url(re.compile(r"t\.x=3%2C1%401%2C1$"))
+    batch.locator(
+        ".tensor-caption:text-is('sample 3 of 3; channel 1 of 2; rows 1–64 of 100; "
+        "columns 1–64 of 90')"
+    ).wait_for()
+    assert channel.input_value() == "1"
     assert list(page.problems) == []

@@ -130,8 +130,9 @@ def test_nd_tensors_get_one_selector_per_leading_axis_longer_than_one():
         "conv.out", "activation", np.zeros((4, 1, 3, 3), dtype=np.float32), layer="conv"
     )
     panel = layouts.tensor_panel(act, run_id=1, index=1, panel="p")
-    inputs = [i for i in components(panel, dcc.Input) if "axis" in i.id]
-    assert [(i.id["axis"], i.min, i.max, i.value) for i in inputs] == [(0, 1, 4, 1)]
+    inputs = components(panel, dcc.Input)
+    assert [(i.min, i.max, i.value) for i in inputs] == [("1", "4", "1")]
+    assert 'data-axis="0"' in panel.children[0]["props"]["html"]  # the sample's axis
 
 
 def test_iteration_stepper_links_every_nearby_iteration():

@@ -358,6 +358,10 @@ def test_choosing_another_run_goes_to_its_first_iteration(pages):
 
 
 def test_a_panel_moves_its_window_and_plane(pages, dash_app, tmp_path, request_ctx):
+    """A panel's controls work in the browser (assets/tensor_panel.js) within the limits
+    the panel names; each window's figure carries the caption shown under it."""
+    import json as json_
+
     from dashapp import tensorpanel
     from storage import RunInfo, RunWriter, TensorRecord, open_engine
     from storage.records import IterationRecord
@@ -366,66 +370,35 @@ def test_a_panel_moves_its_window_and_plane(pages, dash_app, tmp_path, request_c
     engine = open_engine(path)
     writer = RunWriter.begin(engine, RunInfo(name="nd"))
     values = np.arange(4 * 3 * 100 * 90, dtype=np.float32).reshape(4, 3, 100, 90)
-    writer.add_iteration(
-        IterationRecord(1, 0.5, [TensorRecord("x.out", "activation", values, layer="x")], [])
-    )
+    record = TensorRecord("x.out", "activation", values, layer="x")
+    writer.add_iteration(IterationRecord(1, 0.5, [record], []))
     writer.finish()
     engine.dispose()
-    ids = tensorpanel.TensorPanel.ids
-    lead = [
-        {"id": ids.lead("p", 0), "property": "value", "value": 3},
-        {"id": ids.lead("p", 1), "property": "value", "value": 2},
-    ]
-
-    def offsets(row, col):
-        return [
-            {"id": ids.offset("p", "row"), "property": "value", "value": row},
-            {"id": ids.offset("p", "col"), "property": "value", "value": col},
-        ]
-
-    state = {
-        "run": 1,
-        "it": 1,
-        "name": "x.out",
-        "shape": [4, 3, 100, 90],
-        "role": "activation",
-        "stored": values.size,
-        "lead": [0, 0],
-        "row0": 0,
-        "col0": 0,
-    }
+    panel = tensorpanel.TensorPanel(
+        record, run_id=1, index=1, aio_id="p", view=tensorpanel.PanelView((3, 2), 80, 30)
+    )
+    limits = json_.loads(getattr(panel, "data-limits"))
+    assert limits == {"lead": [4, 3], "rows": 100, "cols": 90, "window": [64, 64]}
+    markup = str(panel.children[0]["props"]["html"])
+    for axis, value in (("0", 4), ("1", 3), ("row", 37), ("col", 27)):  # clamped, 1-based
+        assert f'value="{value}" data-axis="{axis}"' in markup
+    client = dash_app.server.test_client()
     with using_store(dash_app, path):
-        answer, shown = run_callback(
-            tensorpanel.change_view,
-            [3, 2],
-            [1, 1],
-            [0, 0, 0, 0],
-            None,
-            state,
-            triggered="lead",
-            inputs_list=[lead, offsets(1, 1)],
-        )
-        # the answer says what it was computed from (assets/tensor_panel.js shows it
-        # only while the panel still shows that view and no back/forward came since)
-        assert answer["base"] == [1, 1, "x.out", [0, 0], 0, 0] and answer["nav"] is None
-        src, caption, new = answer["src"], answer["caption"], answer["state"]
-        assert caption == "sample 3 of 4; channel 2 of 3; rows 1–64 of 100; columns 1–64 of 90"
-        z = drawn_z(dash_app.server.test_client().get(src).get_data(as_text=True))
-        np.testing.assert_array_equal(z, values[2, 1, :64, :64])
-        # rows from 80 is clamped so that the window stays inside the plane (rows 37-100)
-        answer, shown = run_callback(
-            tensorpanel.change_view,
-            [3, 2],
-            [80, 30],
-            [0, 0, 0, 0],
-            None,
-            new,
-            inputs_list=[lead, offsets(80, 30)],
-        )
-        src, new = answer["src"], answer["state"]
-        assert shown == [37, 27] and (new["row0"], new["col0"]) == (36, 26)
-        z = drawn_z(dash_app.server.test_client().get(src).get_data(as_text=True))
-        np.testing.assert_array_equal(z, values[2, 1, 36:100, 26:90])
+        for query, caption, window in (
+            (
+                "lead=2,1&row=0&col=0",
+                "sample 3 of 4; channel 2 of 3; rows 1–64 of 100; columns 1–64 of 90",
+                np.s_[2, 1, :64, :64],
+            ),
+            (
+                "lead=2,1&row=36&col=26",
+                "sample 3 of 4; channel 2 of 3; rows 37–100 of 100; columns 27–90 of 90",
+                np.s_[2, 1, 36:100, 26:90],
+            ),
+        ):
+            answer = client.get(f"/figure/1/1/x.out.json?{query}").get_data(as_text=True)
+            assert json_.loads(answer)["caption"] == caption
+            np.testing.assert_array_equal(drawn_z(answer), values[window])
 
 
 def test_a_view_in_the_url_opens_that_window(pages, dash_app, store, request_ctx):
