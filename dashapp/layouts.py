@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterable, Sequence
 
 import dash_bootstrap_components as dbc
 from dash import dcc, html
+from markupsafe import Markup
 from plotly.utils import PlotlyJSONEncoder
 
 from storage import LayerInfo, RunInfo, StepRecord, TensorRecord
 
 from . import formulafit, links, statichtml
 from .formatting import format_diff
-from .plain import el
 from .tensorpanel import GRAPH_CONFIG, ROLE_LABELS, PanelView, TensorPanel  # noqa: F401 (re-exported)
 from .tensorview import MatrixView
 
@@ -356,32 +356,34 @@ def tensor_panel(
     )
 
 
-def tensor_flow(inputs: Sequence, outputs: Sequence) -> dict:
-    """What a step reads, then (after an arrow) what it writes; wraps on narrow screens."""
+def tensor_flow(inputs: Sequence[Markup], outputs: Sequence[Markup]) -> Markup:
+    """What a step reads, then (after an arrow) what it writes, as markup (panels from
+    tensorpanel.panel_markup); wraps on narrow screens."""
+    tag = statichtml.tag
     parts = []
     if inputs:
         parts.append(
-            el(
-                html.Div,
+            tag(
+                "div",
                 [
-                    el(html.Div, "reads", className="flow-label"),
-                    el(html.Div, inputs, className="flow-items"),
+                    tag("div", "reads", className="flow-label"),
+                    tag("div", inputs, className="flow-items"),
                 ],
                 className="flow-group flow-in",
             )
         )
     if outputs:
         parts.append(
-            el(
-                html.Div,
+            tag(
+                "div",
                 [
-                    el(html.Div, "→ writes" if inputs else "writes", className="flow-label"),
-                    el(html.Div, outputs, className="flow-items"),
+                    tag("div", "→ writes" if inputs else "writes", className="flow-label"),
+                    tag("div", outputs, className="flow-items"),
                 ],
                 className="flow-group flow-out",
             )
         )
-    return el(html.Div, parts, className="tensor-flow")
+    return tag("div", parts, className="tensor-flow")
 
 
 # ---------------------------------------------------------------- steps
@@ -390,28 +392,32 @@ def tensor_flow(inputs: Sequence, outputs: Sequence) -> dict:
 def step_card(
     number: int,
     step: StepRecord,
-    panel: Callable[[str, str], html.Div | None],
+    panel: Callable[[str, str], Markup | None],
     *,
     layer: LayerInfo | None = None,
     full_formula_src: str | None = None,
-) -> html.Section:
+):
     """One step: title, layer, general formula, formula with numbers, heatmaps, check, note.
 
-    `panel(tensor name, panel id)` gives a tensor's panel (None for a tensor not stored).
-    The formula with numbers is fitted to the page (dashapp/formulafit.py); when that
-    elided columns, a button fetches the formula as stored from `full_formula_src`."""
+    `panel(tensor name, panel id)` gives a tensor's panel as markup
+    (tensorpanel.panel_markup; None for a tensor not stored). The formula with numbers
+    is fitted to the page (dashapp/formulafit.py); when that elided columns, a button
+    fetches the formula as stored from `full_formula_src`.
 
-    def panels(names: Iterable[str], side: str) -> list[html.Div]:
+    The whole card is one static component (dashapp/statichtml.py): a LeNet-5 conv1
+    view is six cards, and each of their elements was a component for the browser to
+    render and Dash to look at (the view's commit was its longest task); nothing in a
+    card is a callback's input or output (its panels work in the browser)."""
+
+    def panels(names: Iterable[str], side: str) -> list[Markup]:
         made = (panel(name, f"{number}-{side}-{k}") for k, name in enumerate(names))
         return [p for p in made if p is not None]
 
     layer_text = step.layer if layer is None else f"{step.layer} · {layer.type}"
-    # The header and the formula rows are static markup, one component each
-    # (dashapp/statichtml.py): a LeNet-5 conv1 view is six cards, and each of their
-    # elements was a component for the browser to render and Dash to look at.
     tag = statichtml.tag
     verify_text, verify_class = verified_text(step)
-    header = statichtml.html_node(
+    header = tag(
+        "div",
         [
             tag(
                 "div",
@@ -427,14 +433,16 @@ def step_card(
         className="step-header",
     )
     body = [
-        statichtml.html_node(
+        tag(
+            "div",
             [
                 tag("div", "General formula", className="formula-label"),
                 formula_markup(step.formula),
             ],
             className="formula-row",
         ),
-        statichtml.html_node(
+        tag(
+            "div",
             [
                 tag("div", "With this iteration's numbers", className="formula-label"),
                 fitted_formula(step.formula_values, full_formula_src),
@@ -444,16 +452,15 @@ def step_card(
         tensor_flow(panels(step.inputs, "in"), panels(step.outputs, "out")),
     ]
     if step.note:
-        body.append(el(html.P, step.note, className="step-note"))
+        body.append(tag("p", step.note, className="step-note"))
     if step.reference:
-        body.append(el(html.P, ["Checked against: ", step.reference], className="step-reference"))
-    # The card's parts as plain nodes (dashapp.plain): a LeNet-5 backward pass is 23
-    # cards; the card itself stays a component (its id and data-verified are read).
-    return html.Section(
-        [header, el(html.Div, body, className="step-body")],
+        body.append(tag("p", ["Checked against: ", step.reference], className="step-reference"))
+    return statichtml.html_node(
+        [header, tag("div", body, className="step-body")],
+        element="section",
         id=f"step-{number}",
         className=f"step-card phase-{step.phase}",
-        **{"data-verified": _verified_attr(step)},
+        data_verified=_verified_attr(step),
     )
 
 

@@ -63,15 +63,19 @@ def html_node(
     *,
     element: str = "div",
     className: str | None = None,
+    id: str | None = None,  # noqa: A002 (Dash's name for it)
     **attributes: str,
 ) -> Node:
     """One component drawn as `<element class=...>children</element>`: `attributes` are
-    set on the element (aria-label=..., data-x=...), `children` is markup from `tag`."""
+    set on the element (aria-label=..., data-x=...), `children` is markup from `tag`;
+    `id` is the component's (and the element's) id."""
     props = {"html": str(_text(list(children) if not isinstance(children, str) else children))}
     if element != "div":
         props["element"] = element
     if className:
         props["className"] = className
+    if id is not None:
+        props["id"] = id
     if attributes:
         props["attributes"] = {k.replace("_", "-"): str(v) for k, v in attributes.items()}
     return Node(props=props, type=TYPE, namespace=NAMESPACE)

@@ -26,6 +26,7 @@ a clicked cell) without knowing how the panel is drawn.
 from __future__ import annotations
 
 import dataclasses
+import html as html_lib
 import json
 import math
 import re
@@ -39,6 +40,7 @@ from dash import (
     dcc,
     html,
 )
+from markupsafe import Markup, escape
 from plotly.utils import PlotlyJSONEncoder
 from werkzeug.exceptions import HTTPException
 
@@ -75,6 +77,10 @@ ROLE_LABELS = {
     names.ROLE_OPTIMIZER_STATE: "optimizer state",
     names.ROLE_OUTPUT: "output",
 }
+# A heatmap slot's opening tag in static markup (as `_panel` writes it: class first).
+_SLOT_TAG = re.compile(
+    r'<div class="heatmap heatmap-slot"(?P<attributes>[^>]*?\sdata-src="(?P<src>[^"]*)"[^>]*)>'
+)
 _VIEW = re.compile(r"((?:[0-9]{1,9})(?:,[0-9]{1,9})*)?@([0-9]{1,9}),([0-9]{1,9})")
 _NAME = re.compile(r"[\w.#@\-]{1,300}")
 _INDEX = re.compile(r"[0-9]{1,9}")
@@ -191,17 +197,108 @@ def _stringified(component_id: dict) -> str:
     return json.dumps(component_id, sort_keys=True, separators=(",", ":"))
 
 
+def _panel(
+    tensor: TensorRecord,
+    *,
+    run_id: int,
+    index: int,
+    aio_id: str,
+    view: PanelView | None = None,
+    scalar: float | None = None,
+    follows: str | None = None,
+    view_store: str | None = None,
+    figure_query: Mapping[str, str] | None = None,
+    summary: str | None = None,
+    downloads: bool = True,
+    click: dict | None = None,
+) -> tuple[dict[str, str], Markup]:
+    """A panel's attributes (data-tensor, data-aio, ...) and what it holds, as markup.
+    `click`: the id of the store a click on a cell goes to (see `TensorPanel`)."""
+    view = (view or PanelView()).clamped(tensor.shape, tensor.role)
+    tag = statichtml.tag
+    parts = [
+        tag(
+            "div",
+            [
+                tag("code", tensor.name, className="tensor-name"),
+                tag("span", format_shape(tensor.shape), className="tensor-shape"),
+                tag("span", ROLE_LABELS.get(tensor.role, tensor.role), className="tensor-role"),
+            ],
+            className="tensor-header",
+        )
+    ]
+    limits = None
+    if len(tensor.shape) == 0:
+        parts.append(tag("div", format_scalar(scalar), className="tensor-scalar"))
+    else:
+        line = summary if summary is not None else summary_line(tensor)
+        parts.append(tag("div", line, className="tensor-summary"))
+        if follows is None:
+            controls, limits = _controls(tensor, view)
+            parts.append(controls)
+        rows, cols = plane_shape(tensor.shape)
+        width, height = figures.heatmap_size(min(rows, MAX_ROWS), min(cols, MAX_COLS))
+        parts.append(
+            tag(
+                "div",
+                className="heatmap heatmap-slot",
+                style=f"width: {width}px; height: {height}px",
+                data_src=figure_url(run_id, index, tensor.name, view, figure_query),
+                data_config=json.dumps(GRAPH_CONFIG),
+                data_click=_stringified(click) if click is not None else None,
+                # provenance_click.js: which tensor a click on a cell asks about
+                data_tensor=tensor.name,
+            )
+        )
+        # assets/heatmap_queue.js writes the caption of each window it draws here
+        parts.append(tag("div", caption(tensor, view), className="tensor-caption"))
+    if downloads:
+        parts.append(
+            tag(
+                "div",
+                [
+                    tag(
+                        "a",
+                        f".{fmt}",
+                        href=links.download(run_id, index, tensor.name, fmt),
+                        download="",
+                        className="download-link",
+                        title=f"download all values as .{fmt}",
+                    )
+                    for fmt in links.DOWNLOAD_FORMATS
+                ],
+                className="tensor-downloads",
+            )
+        )
+    attributes = {"data-tensor": tensor.name, "data-aio": aio_id}
+    if limits is not None:
+        attributes["data-limits"] = json.dumps(limits, separators=(",", ":"))
+    if follows is not None:
+        # the window is that panel's, which keeps the URL (assets/tensor_panel.js)
+        attributes["data-follows"] = follows
+    if view_store is not None:
+        attributes["data-view-store"] = view_store
+    return attributes, Markup("").join(parts)
+
+
+def panel_markup(tensor: TensorRecord, **options) -> Markup:
+    """A panel as markup (`TensorPanel`'s options, no click store), for a part of a page
+    that is static markup as a whole (the iteration page's step cards)."""
+    attributes, inner = _panel(tensor, **options)
+    named = {key.replace("-", "_"): value for key, value in attributes.items()}
+    return statichtml.tag("div", inner, className="tensor-panel", **named)
+
+
 class TensorPanel(html.Div):
     """One tensor: header, full-tensor summary, window controls, lazy heatmap, downloads.
 
-    Four components whatever the tensor: the header, summary and window controls as one
-    static markup component (dashapp/statichtml.py), the heatmap slot, the caption and
-    download links as another, and the panel around them. A LeNet-5 view shows up to 20
-    panels, and every Dash component costs the browser time when a view is shown (each
-    panel with window controls was 15 components: inputs, buttons, labels and the stores
-    of a server callback). The controls are driven in the browser
+    Everything in it is static markup (one component, dashapp/statichtml.py): a LeNet-5
+    view shows up to 20 panels, and every Dash component costs the browser time when a
+    view is shown (each panel with window controls was 15 components: inputs, buttons,
+    labels and the stores of a server callback). The controls are driven in the browser
     (assets/tensor_panel.js): they rewrite the slot's figure address, whose answer also
-    carries the window's caption (`figure`)."""
+    carries the window's caption (`figure`). `panel_markup` gives the same panel as
+    markup for inside a larger static part."""
 
     class ids:
         @staticmethod
@@ -235,80 +332,24 @@ class TensorPanel(html.Div):
         summary. `downloads=False`: no download links. `click_store=False`: no
         `ids.click` store (a page that listens to clicks its own way, as the iteration
         page's provenance does, saves a component per panel)."""
-        view = (view or PanelView()).clamped(tensor.shape, tensor.role)
-        tag = statichtml.tag
-        top = [
-            tag(
-                "div",
-                [
-                    tag("code", tensor.name, className="tensor-name"),
-                    tag("span", format_shape(tensor.shape), className="tensor-shape"),
-                    tag("span", ROLE_LABELS.get(tensor.role, tensor.role), className="tensor-role"),
-                ],
-                className="tensor-header",
-            )
-        ]
-        bottom = []
-        slot = click = None
-        limits = None
-        if len(tensor.shape) == 0:
-            top.append(tag("div", format_scalar(scalar), className="tensor-scalar"))
-        else:
-            line = summary if summary is not None else summary_line(tensor)
-            top.append(tag("div", line, className="tensor-summary"))
-            if follows is None:
-                controls, limits = _controls(tensor, view)
-                top.append(controls)
-            rows, cols = plane_shape(tensor.shape)
-            width, height = figures.heatmap_size(min(rows, MAX_ROWS), min(cols, MAX_COLS))
-            slot = el(
-                html.Div,
-                className="heatmap heatmap-slot",
-                style={"width": f"{width}px", "height": f"{height}px"},
-                **{
-                    "data-src": figure_url(run_id, index, tensor.name, view, figure_query),
-                    "data-config": json.dumps(GRAPH_CONFIG),
-                    **({"data-click": _stringified(self.ids.click(aio_id))} if click_store else {}),
-                    # provenance_click.js: which tensor a click on a cell asks about
-                    "data-tensor": tensor.name,
-                },
-            )
-            # assets/heatmap_queue.js writes the caption of each window it draws here
-            bottom.append(tag("div", caption(tensor, view), className="tensor-caption"))
-            click = el(dcc.Store, id=self.ids.click(aio_id)) if click_store else None
-        if downloads:
-            bottom.append(
-                tag(
-                    "div",
-                    [
-                        tag(
-                            "a",
-                            f".{fmt}",
-                            href=links.download(run_id, index, tensor.name, fmt),
-                            download="",
-                            className="download-link",
-                            title=f"download all values as .{fmt}",
-                        )
-                        for fmt in links.DOWNLOAD_FORMATS
-                    ],
-                    className="tensor-downloads",
-                )
-            )
-        attributes = {"data-tensor": tensor.name, "data-aio": aio_id}
-        if limits is not None:
-            attributes["data-limits"] = json.dumps(limits, separators=(",", ":"))
-        if follows is not None:
-            # the window is that panel's, which keeps the URL (assets/tensor_panel.js)
-            attributes["data-follows"] = follows
-        if view_store is not None:
-            attributes["data-view-store"] = view_store
+        has_plane = len(tensor.shape) > 0
+        click = self.ids.click(aio_id) if click_store and has_plane else None
+        attributes, inner = _panel(
+            tensor,
+            run_id=run_id,
+            index=index,
+            aio_id=aio_id,
+            view=view,
+            scalar=scalar,
+            follows=follows,
+            view_store=view_store,
+            figure_query=figure_query,
+            summary=summary,
+            downloads=downloads,
+            click=click,
+        )
         super().__init__(
-            [
-                statichtml.html_node(top),
-                slot,
-                statichtml.html_node(bottom) if bottom else None,
-                click,
-            ],
+            [statichtml.html_node(inner), el(dcc.Store, id=click) if click else None],
             className="tensor-panel",
             **attributes,
         )
@@ -510,8 +551,9 @@ def window_figure(store, run_id: int, index: int, name: str, args: Mapping[str, 
 
 def send_first_figures(store, tree, count: int = 2) -> None:
     """Put the figures of the first `count` heatmap slots of a page's plain tree (in
-    document order) into the page: `data-sent-figure`, the figure of the address in
-    `data-sent-src` (the slot's `data-src` until its panel shows another window).
+    document order, in components and in static markup alike) into the page:
+    `data-sent-figure`, the figure of the address in `data-sent-src` (the slot's
+    `data-src` until its panel shows another window).
 
     A view opens at its top, where these slots are: the browser draws them as soon as
     the view is built (assets/heatmap_queue.js) instead of asking the figure route for
@@ -520,7 +562,7 @@ def send_first_figures(store, tree, count: int = 2) -> None:
     further down are fetched as they come near the viewport, as before, and a slot
     whose window changes fetches its new figure. Another slot of the view with the same
     address (a LeNet-5 conv1 view shows X_col in two steps) is drawn from it too."""
-    slots = []
+    slots = []  # (props of a slot component, None) or (props of an Html node, match)
 
     def walk(node):
         if len(slots) >= count:
@@ -530,14 +572,20 @@ def send_first_figures(store, tree, count: int = 2) -> None:
                 walk(child)
         elif isinstance(node, dict) and isinstance(node.get("props"), dict):
             props = node["props"]
+            if node.get("namespace") == statichtml.NAMESPACE:
+                for match in _SLOT_TAG.finditer(props.get("html") or ""):
+                    if len(slots) < count:
+                        slots.append((props, match))
+                return
             if " heatmap-slot " in f" {props.get('className') or ''} " and props.get("data-src"):
-                slots.append(props)
+                slots.append((props, None))
             walk(props.get("children"))
 
     walk(tree)
     routes = flask.current_app.url_map.bind("localhost")
-    for props in slots:
-        address = urlsplit(props["data-src"])
+    for props, match in reversed(slots):  # from the end: a match's offsets stay right
+        src = props["data-src"] if match is None else html_lib.unescape(match["src"])
+        address = urlsplit(src)
         try:  # the address as the figure route reads it
             endpoint, values = routes.match(unquote(address.path), method="GET")
             if endpoint != FIGURE_ENDPOINT:
@@ -547,5 +595,11 @@ def send_first_figures(store, tree, count: int = 2) -> None:
             figure = window_figure(store, values["run_id"], values["index"], name, args)
         except HTTPException:
             continue  # not there: the browser asks the route, which says so
-        props["data-sent-src"] = props["data-src"]
-        props["data-sent-figure"] = json.dumps(figure, cls=PlotlyJSONEncoder)
+        sent = json.dumps(figure, cls=PlotlyJSONEncoder)
+        if match is None:
+            props["data-sent-src"] = src
+            props["data-sent-figure"] = sent
+        else:
+            added = f' data-sent-src="{escape(src)}" data-sent-figure="{escape(sent)}"'
+            text, at = props["html"], match.end("attributes")
+            props["html"] = text[:at] + added + text[at:]

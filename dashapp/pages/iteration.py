@@ -58,7 +58,7 @@ from dashapp.steps import (
     neighbours,
     sections,
 )
-from dashapp.tensorpanel import PanelView, send_first_figures, views_from_query
+from dashapp.tensorpanel import PanelView, panel_markup, send_first_figures, views_from_query
 from dashapp.whatif import whatif_section
 from storage import (
     RUN_RUNNING,
@@ -239,15 +239,14 @@ def panel_maker(store, record: IterationRecord, run: RunInfo, views: dict[str, P
         if len(tensor.shape) == 0:
             window = store.tensor_window(run.id, record.index, name)
             scalar = float(window.values[0, 0]) if window and window.stored.all() else None
-        return layouts.tensor_panel(
+        return panel_markup(
             tensor,
             run_id=run.id,
             index=record.index,
-            panel=panel_id,
+            aio_id=panel_id,
             view=views.get(name),
             scalar=scalar,
-            click_store=False,  # a click asks for the cell's provenance (provenance_click.js)
-        )
+        )  # no click store: a click asks for the cell's provenance (provenance_click.js)
 
     return panel
 
@@ -264,56 +263,63 @@ def label_text(store, record: IterationRecord, run: RunInfo) -> str | None:
     return None
 
 
-def input_section(record: IterationRecord, run: RunInfo, panel, labels_text) -> html.Section:
-    """What goes in: the batch, its labels, the weights before this step, the learning rate."""
+def input_section(record: IterationRecord, run: RunInfo, panel, labels_text):
+    """What goes in: the batch, its labels, the weights before this step, the learning
+    rate; one static component (dashapp/statichtml.py), its panels as markup."""
 
     def panels(names, key):
         made = (panel(n, f"{key}-{i}") for i, n in enumerate(names))
         return [p for p in made if p is not None]
 
+    tag = statichtml.tag
     inputs = [t.name for t in record.tensors if t.role == names.ROLE_INPUT]
     labels = [t.name for t in record.tensors if t.role == names.ROLE_TARGET]
     weights = [t.name for t in record.tensors if t.role == names.ROLE_PARAM]
-    label_text = labels_text
     lr = record.learning_rate if record.learning_rate is not None else run.learning_rate
-    return html.Section(
+    return statichtml.html_node(
         [
-            html.H2("Input", className="section-title"),
-            html.P(
+            tag("h2", "Input", className="section-title"),
+            tag(
+                "p",
                 "The batch this iteration trains on, its labels, and the weights before the update.",
                 className="section-lead",
             ),
-            html.Div(
+            tag(
+                "div",
                 [
-                    html.Div(
+                    tag(
+                        "div",
                         [
-                            html.H3("Input data", className="h6"),
-                            html.Div(panels(inputs, "input"), className="flow-items"),
-                        ]
+                            tag("h3", "Input data", className="h6"),
+                            tag("div", panels(inputs, "input"), className="flow-items"),
+                        ],
                     ),
-                    html.Div(
+                    tag(
+                        "div",
                         [
-                            html.H3("Labels", className="h6"),
-                            html.Div(panels(labels, "labels"), className="flow-items"),
-                            html.P(label_text, className="small text-muted")
-                            if label_text
+                            tag("h3", "Labels", className="h6"),
+                            tag("div", panels(labels, "labels"), className="flow-items"),
+                            tag("p", labels_text, className="small text-muted")
+                            if labels_text
                             else None,
-                        ]
+                        ],
                     ),
                 ],
                 className="input-row",
             ),
-            html.H3("Weights before this iteration", className="h6 mt-3"),
-            html.Div(panels(weights, "weights"), className="flow-items"),
-            html.P(
+            tag("h3", "Weights before this iteration", className="h6 mt-3"),
+            tag("div", panels(weights, "weights"), className="flow-items"),
+            tag(
+                "p",
                 [
                     "Learning rate η = ",
-                    html.Strong(format_scalar(lr) if lr is not None else "not recorded"),
+                    tag("strong", format_scalar(lr) if lr is not None else "not recorded"),
                     f" ({run.optimizer})" if run.optimizer else "",
                 ],
                 className="mt-2 mb-0",
             ),
         ],
+        element="section",
         id="section-input",
         className="phase-section section-input",
     )

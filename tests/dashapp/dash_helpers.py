@@ -411,6 +411,8 @@ def static_as_component(props: dict):
     extra = dict(props.get("attributes") or {})
     if props.get("className"):
         extra["class"] = props["className"]
+    if props.get("id") is not None:
+        extra["id"] = props["id"]
     return make(props.get("element", "div"), extra, builder.stack[0])
 
 

@@ -8,7 +8,7 @@ from dash import dcc, html
 from dash_helpers import INJECTION, as_component, components, formulas_in, text_of
 
 from dashapp import layouts, links, statichtml
-from dashapp.tensorpanel import PanelView, figure_url
+from dashapp.tensorpanel import PanelView, figure_url, panel_markup
 from storage import StepRecord, TensorRecord
 
 
@@ -39,12 +39,12 @@ TENSORS = {
 
 
 def panels_of(tensors, run_id=1, index=2):
-    """The `panel` argument of step_card: a TensorPanel per stored tensor."""
+    """The `panel` argument of step_card: a panel's markup per stored tensor."""
 
     def panel(name, panel_id):
         if name not in tensors:
             return None
-        return layouts.tensor_panel(tensors[name], run_id=run_id, index=index, panel=panel_id)
+        return panel_markup(tensors[name], run_id=run_id, index=index, aio_id=panel_id)
 
     return panel
 
@@ -71,7 +71,7 @@ def test_math_markdown_keeps_a_formula_in_one_display_block():
 def test_verified_badge(verified, diff, text, mark):
     step = make_step(verified=verified, max_abs_diff=diff)
     assert layouts.verified_text(step)[0] == text
-    card = layouts.step_card(5, step, panels_of(TENSORS))
+    card = as_component(layouts.step_card(5, step, panels_of(TENSORS)))
     assert card.id == "step-5"
     assert getattr(card, "data-verified") == mark
 
