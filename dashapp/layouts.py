@@ -18,7 +18,7 @@ from dash import dcc, html
 from markupsafe import Markup
 from plotly.utils import PlotlyJSONEncoder
 
-from storage import LayerInfo, RunInfo, StepRecord, TensorRecord
+from storage import LayerInfo, RunInfo, StepRecord
 
 from . import formulafit, links, statichtml
 from .formatting import format_diff
@@ -332,28 +332,6 @@ def figure_json(figure) -> str:
     """A figure (go.Figure or plain dict) as the JSON Plotly.js reads (NaN as null)."""
     plain = figure if isinstance(figure, dict) else figure.to_plotly_json()
     return json.dumps(plain, cls=PlotlyJSONEncoder)
-
-
-def tensor_panel(
-    record: TensorRecord,
-    *,
-    run_id: int,
-    index: int,
-    panel: str,
-    view: PanelView | None = None,
-    scalar: float | None = None,
-    click_store: bool = True,
-) -> TensorPanel:
-    """One tensor as a TensorPanel (dashapp/tensorpanel.py); `panel` is its aio_id."""
-    return TensorPanel(
-        record,
-        run_id=run_id,
-        index=index,
-        aio_id=panel,
-        view=view,
-        scalar=scalar,
-        click_store=click_store,
-    )
 
 
 def tensor_flow(inputs: Sequence[Markup], outputs: Sequence[Markup]) -> Markup:

@@ -8,7 +8,7 @@ from dash import dcc, html
 from dash_helpers import INJECTION, as_component, components, formulas_in, text_of
 
 from dashapp import layouts, links, statichtml
-from dashapp.tensorpanel import PanelView, figure_url, panel_markup
+from dashapp.tensorpanel import PanelView, TensorPanel, figure_url, panel_markup
 from storage import StepRecord, TensorRecord
 
 
@@ -120,7 +120,7 @@ def test_store_text_never_reaches_markdown():
 
 def test_scalar_tensors_show_their_number():
     loss = TensorRecord("loss.value", "output", np.array(0.7576, dtype=np.float32), layer="loss")
-    panel = layouts.tensor_panel(loss, run_id=1, index=1, panel="p", scalar=0.7576)
+    panel = TensorPanel(loss, run_id=1, index=1, aio_id="p", scalar=0.7576)
     assert not components(panel, dcc.Graph) and not components(panel, html.Div, "heatmap-slot")
     assert components(panel, html.Div, "tensor-scalar")[0].children == "0.7576"
 
@@ -129,7 +129,7 @@ def test_nd_tensors_get_one_selector_per_leading_axis_longer_than_one():
     act = TensorRecord(
         "conv.out", "activation", np.zeros((4, 1, 3, 3), dtype=np.float32), layer="conv"
     )
-    panel = layouts.tensor_panel(act, run_id=1, index=1, panel="p")
+    panel = TensorPanel(act, run_id=1, index=1, aio_id="p")
     inputs = components(panel, dcc.Input)
     assert [(i.min, i.max, i.value) for i in inputs] == [("1", "4", "1")]
     assert 'data-axis="0"' in panel.children[0]["props"]["html"]  # the sample's axis
