@@ -124,6 +124,9 @@ def test_the_window_is_in_the_url_and_back_and_forward_restore_it(page, base):
     wait_ready(page)
     assert_window(page, 0, 32)
     assert "columns 33–96 of 150" in page.locator("#compare-b-graph .tensor-caption").inner_text()
+    # the page's store has A's window (the run and iteration pickers keep it)
+    told = "window.dash_component_api.getLayout('compare-a-view').props.data"
+    assert page.evaluate(told) == "@1,33"
     rows = page.locator('.tensor-panel[data-aio="compare-a"] .slice-control input').first
     rows.fill("17")
     rows.press("Enter")

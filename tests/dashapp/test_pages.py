@@ -610,6 +610,15 @@ def test_compare_controls_write_the_url(pages, request_ctx):
         pages.compare.navigate, *args[:7], [1, 2], ref, [], triggered="compare-runs.value"
     )
     assert search.endswith("&runs=1%2C2")
+    # A's window (told by its panel, assets/tensor_panel.js) stays while the tensor does
+    search = run_callback(
+        pages.compare.navigate,
+        *[*args[:3], 2, *args[4:]],
+        ref,
+        "@1,33",
+        triggered="compare-b-it.value",
+    )
+    assert search.endswith("&tensor=conv.weight&t.conv.weight=%401%2C33")
 
 
 def test_compare_run_search_finds_name_model_seed_and_id(pages, request_ctx):
