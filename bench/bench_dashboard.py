@@ -300,7 +300,9 @@ NEXT_VIEW_SHOWN = """(before) => {
     const view = document.querySelector('.iteration-view');
     if (!view || view.dataset.view === before) return false;
     const near = (e) => {
-        const box = e.getBoundingClientRect();
+        if (e.getClientRects().length === 0) return false;  // not rendered (hidden)
+        // a formula not typeset yet may have no height of its own: its row's (FIRST_IN_VIEW)
+        const box = (e.closest('.formula-row') || e).getBoundingClientRect();
         return box.height > 0 && box.bottom > 0 && box.top < window.innerHeight;
     };
     const formulas = [...view.querySelectorAll('.formula')].filter(near);
