@@ -58,8 +58,21 @@ self.MathJax = {
 importScripts(base + "/components.js?load=" + ["startup"].concat(COMPONENTS).join(","));
 allImported();
 
+// One formula typeset as soon as MathJax is there, of the kinds the pages show (a
+// fraction, a matrix with dots, an exponent): the first formula MathJax typesets costs
+// it far more than the next ones (its code is compiled and its tables are built then),
+// and that was the first formula of the view the reader waits for. Done here, it
+// happens while the page is still loading its scripts.
+var WARM_UP = "\\frac{\\partial L}{\\partial W} = \\begin{bmatrix}-1.5 & \\cdots \\\\ " +
+  "2.0\\times 10^{-4} & \\vdots\\end{bmatrix}";
+
 var ready = MathJax.startup.promise.then(function () {
   var adaptor = MathJax.startup.adaptor;
+  try {
+    MathJax.tex2svg(WARM_UP, { display: true });
+  } catch (error) {
+    // only a warm-up: the formulas asked for report their own errors
+  }
   self.postMessage({ css: adaptor.textContent(MathJax.svgStylesheet()) });
   return adaptor;
 });
