@@ -213,7 +213,15 @@ def _panel(
     click: dict | None = None,
 ) -> tuple[dict[str, str], Markup]:
     """A panel's attributes (data-tensor, data-aio, ...) and what it holds, as markup.
-    `click`: the id of the store a click on a cell goes to (see `TensorPanel`)."""
+
+    `follows`: the aio_id of the panel whose window this one shows, with no controls of
+    its own (side B and the difference follow side A on the compare page).
+    `view_store`: the id of a dcc.Store that gets this panel's view as the URL writes it
+    ("" for the first window) each time it changes (a page callback that needs the
+    window reads it there). `figure_query`: extra keys of the figure address (see
+    `figure`). `summary`: a line to show instead of the tensor's own summary.
+    `downloads=False`: no download links. `click`: the id of the store a click on a
+    cell goes to (see `TensorPanel`)."""
     view = (view or PanelView()).clamped(tensor.shape, tensor.role)
     tag = statichtml.tag
     parts = [
@@ -307,47 +315,13 @@ class TensorPanel(html.Div):
 
         click = staticmethod(lambda aio_id: TensorPanel.ids.part("click", aio_id))
 
-    def __init__(
-        self,
-        tensor: TensorRecord,
-        *,
-        run_id: int,
-        index: int,
-        aio_id: str,
-        view: PanelView | None = None,
-        scalar: float | None = None,
-        follows: str | None = None,
-        view_store: str | None = None,
-        figure_query: Mapping[str, str] | None = None,
-        summary: str | None = None,
-        downloads: bool = True,
-        click_store: bool = True,
-    ):
-        """`follows`: the aio_id of the panel whose window this one shows, with no
-        controls of its own (side B and the difference follow side A on the compare
-        page). `view_store`: the id of a dcc.Store that gets this panel's view as the URL
-        writes it ("" for the first window) each time it changes (a page callback that
-        needs the window reads it there). `figure_query`: extra keys of the figure
-        address (see `figure`). `summary`: a line to show instead of the tensor's own
-        summary. `downloads=False`: no download links. `click_store=False`: no
-        `ids.click` store (a page that listens to clicks its own way, as the iteration
+    def __init__(self, tensor: TensorRecord, *, aio_id: str, click_store: bool = True, **options):
+        """`options`: those of `_panel` (run_id, index, view, ...). `click_store=False`:
+        no `ids.click` store (a page that listens to clicks its own way, as the iteration
         page's provenance does, saves a component per panel)."""
         has_plane = len(tensor.shape) > 0
         click = self.ids.click(aio_id) if click_store and has_plane else None
-        attributes, inner = _panel(
-            tensor,
-            run_id=run_id,
-            index=index,
-            aio_id=aio_id,
-            view=view,
-            scalar=scalar,
-            follows=follows,
-            view_store=view_store,
-            figure_query=figure_query,
-            summary=summary,
-            downloads=downloads,
-            click=click,
-        )
+        attributes, inner = _panel(tensor, aio_id=aio_id, click=click, **options)
         super().__init__(
             [statichtml.html_node(inner), el(dcc.Store, id=click) if click else None],
             className="tensor-panel",

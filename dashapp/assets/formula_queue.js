@@ -42,7 +42,6 @@
   var visible = new Set();
   var typeset = new Map(); // TeX -> {html} or {error}, the last KEEP
   var asked = new Map(); // worker job id -> TeX, not answered yet
-  var askedTex = new Set(); // the TeX of those jobs
   var queued = null; // the job id of the one formula sent for an element (the others wait)
   var lastId = 0;
 
@@ -58,10 +57,17 @@
       }, { rootMargin: NEAR })
     : null;
 
+  function isAsked(tex) { // a formula with the worker (a handful at most)
+    var found = false;
+    asked.forEach(function (asking) {
+      found = found || asking === tex;
+    });
+    return found;
+  }
+
   function ask(tex) {
     lastId += 1;
     asked.set(lastId, tex);
-    askedTex.add(tex);
     worker.postMessage({ id: lastId, tex: tex });
     return lastId;
   }
@@ -79,12 +85,12 @@
 
   function next() {
     for (var i = 0; i < waiting.length; i++) {
-      if (visible.has(waiting[i]) && !askedTex.has(waiting[i].getAttribute("data-tex"))) {
+      if (visible.has(waiting[i]) && !isAsked(waiting[i].getAttribute("data-tex"))) {
         return waiting[i];
       }
     }
     for (var j = 0; j < waiting.length; j++) {
-      if (!askedTex.has(waiting[j].getAttribute("data-tex"))) {
+      if (!isAsked(waiting[j].getAttribute("data-tex"))) {
         return waiting[j];
       }
     }
@@ -163,7 +169,6 @@
       queued = null;
     }
     if (tex !== undefined) {
-      askedTex.delete(tex);
       var result = data.error !== undefined ? { error: data.error } : { html: data.html };
       keep(tex, result);
       // every element waiting for this TeX, the one it was sent for among them
@@ -239,7 +244,7 @@
   window.cnnvizAnswers = window.cnnvizAnswers || [];
   window.cnnvizAnswers.push(function (payload, response) {
     texts(response, []).forEach(function (tex) {
-      if (tex && !typeset.has(tex) && !askedTex.has(tex)) {
+      if (tex && !typeset.has(tex) && !isAsked(tex)) {
         ask(tex);
       }
     });
